@@ -1,0 +1,69 @@
+"""Device and precision selection."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+
+from .errors import InputError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; others are checked to exist."""
+    if isinstance(name, torch.device):
+        return name
+    key = str(name).lower()
+    if key == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if key.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu or auto")
+        return torch.device(key)
+    if key == "mps":
+        if not _mps_available():
+            raise InputError("device 'mps' was asked for but Apple MPS is not available: use cpu or auto")
+        return torch.device("mps")
+    if key == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"unknown device {name!r}: choose one of {', '.join(DEVICES)}")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for ``precision`` on ``device``.
+
+    ``auto`` is bfloat16 on CPUs and on CUDA GPUs that support it (it roughly halves CPU
+    time with channels-last tensors), float16 on older CUDA GPUs and float32 on MPS.
+    """
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp32" or (precision == "auto" and device.type == "mps"):
+        return torch.float32
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Mixed-precision region for ``dtype`` (a no-op for float32)."""
+    if dtype == torch.float32:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield

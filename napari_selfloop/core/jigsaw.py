@@ -1,0 +1,158 @@
+"""Jigsaw puzzles: the permutation pool and the transforms ``T`` and ``T^-1``.
+
+A square patch is cut into a 3x3 grid of tiles. Slot ``j`` of the puzzled image shows
+input tile ``perm[j]`` rotated by ``rot[j] * 90`` degrees (counter-clockwise, as
+``torch.rot90``). The class the jigsaw head predicts is the index of ``perm`` in the pool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+GRID = 3
+NUM_TILES = GRID * GRID
+DEFAULT_POOL_SIZE = 100
+DEFAULT_POOL_SEED = 2016
+
+
+@lru_cache(maxsize=4)
+def _all_permutations(n: int) -> np.ndarray:
+    return np.array(list(itertools.permutations(range(n))), dtype=np.uint8)
+
+
+@lru_cache(maxsize=8)
+def _pool(k: int, seed: int) -> np.ndarray:
+    perms = _all_permutations(NUM_TILES)
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(len(perms)))]
+    min_dist = (perms != perms[chosen[0]]).sum(axis=1).astype(np.int16)
+    for _ in range(k - 1):
+        best = np.flatnonzero(min_dist == min_dist.max())
+        pick = int(best[rng.integers(len(best))])
+        chosen.append(pick)
+        np.minimum(min_dist, (perms != perms[pick]).sum(axis=1), out=min_dist)
+    pool = perms[chosen].astype(np.int64)
+    pool.setflags(write=False)
+    return pool
+
+
+def permutation_pool(k: int = DEFAULT_POOL_SIZE, seed: int = DEFAULT_POOL_SEED) -> np.ndarray:
+    """The K permutations of 9 tiles chosen greedily for maximal Hamming distance.
+
+    Follows Noroozi & Favaro (2016): start from a random permutation, then repeatedly
+    add the permutation of all ``9!`` whose smallest Hamming distance to those already
+    chosen is largest (ties broken by the seeded generator). The result is read-only and
+    reproducible for a given ``(k, seed)``.
+
+    Returns
+    -------
+    np.ndarray
+        ``(k, 9)`` int64 array.
+    """
+    if not 2 <= k <= 1000:
+        raise ValueError(f"pool size must be between 2 and 1000, got {k}")
+    return _pool(int(k), int(seed))
+
+
+def pool_hash(pool: np.ndarray) -> str:
+    """A short stable fingerprint of a pool, stored in checkpoints."""
+    data = np.ascontiguousarray(pool, dtype=np.uint8).tobytes()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def min_hamming_distance(pool: np.ndarray) -> int:
+    """Smallest Hamming distance between any two permutations of the pool."""
+    d = (pool[:, None, :] != pool[None, :, :]).sum(-1)
+    np.fill_diagonal(d, NUM_TILES + 1)
+    return int(d.min())
+
+
+def _check_square(x: torch.Tensor) -> int:
+    h, w = x.shape[-2:]
+    if h != w or h % GRID:
+        raise ValueError(f"jigsaw needs square patches with sides divisible by {GRID}, got {h}x{w}")
+    return h // GRID
+
+
+def _to_tiles(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, 9, C, t, t), tiles in row-major order."""
+    b, c, h, _ = x.shape
+    t = h // GRID
+    return x.reshape(b, c, GRID, t, GRID, t).permute(0, 2, 4, 1, 3, 5).reshape(b, NUM_TILES, c, t, t)
+
+
+def _from_tiles(tiles: torch.Tensor) -> torch.Tensor:
+    b, _, c, t, _ = tiles.shape
+    x = tiles.reshape(b, GRID, GRID, c, t, t).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, GRID * t, GRID * t)
+
+
+def _rotate_tiles(tiles: torch.Tensor, rots: torch.Tensor) -> torch.Tensor:
+    out = tiles.clone()
+    for k in (1, 2, 3):
+        sel = rots == k
+        if bool(sel.any()):
+            out[sel] = torch.rot90(tiles[sel], k, dims=(-2, -1))
+    return out
+
+
+def _as_index(a: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.asarray(a) if not isinstance(a, torch.Tensor) else a).to(
+        device=device, dtype=torch.long
+    )
+
+
+def jigsaw(x: torch.Tensor, perms: torch.Tensor, rots: torch.Tensor) -> torch.Tensor:
+    """Apply ``T``: shuffle and rotate the 3x3 tiles of each image in the batch.
+
+    Parameters
+    ----------
+    x
+        ``(B, C, H, W)`` with ``H == W`` divisible by 3.
+    perms
+        ``(B, 9)``: slot ``j`` of image ``b`` shows input tile ``perms[b, j]``.
+    rots
+        ``(B, 9)`` in 0..3: that tile is rotated by ``rots[b, j] * 90`` degrees.
+    """
+    _check_square(x)
+    perms, rots = _as_index(perms, x.device), _as_index(rots, x.device) % 4
+    tiles = _to_tiles(x)
+    idx = perms[:, :, None, None, None].expand_as(tiles)
+    return _from_tiles(_rotate_tiles(torch.gather(tiles, 1, idx), rots))
+
+
+def unjigsaw(y: torch.Tensor, perms: torch.Tensor, rots: torch.Tensor) -> torch.Tensor:
+    """Apply ``T^-1``: undo :func:`jigsaw` on a (prediction) map of the same layout."""
+    _check_square(y)
+    perms, rots = _as_index(perms, y.device), _as_index(rots, y.device) % 4
+    tiles = _rotate_tiles(_to_tiles(y), (-rots) % 4)
+    idx = perms[:, :, None, None, None].expand_as(tiles)
+    return _from_tiles(torch.empty_like(tiles).scatter_(1, idx, tiles))
+
+
+def sample_puzzles(
+    rng: np.random.Generator, batch: int, q: int, pool: np.ndarray, rotate: bool = True
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw ``q`` distinct pool classes per image and random tile rotations.
+
+    Returns
+    -------
+    classes
+        ``(batch, q)`` indices into ``pool`` (the jigsaw targets).
+    perms
+        ``(batch, q, 9)`` the permutations themselves.
+    rots
+        ``(batch, q, 9)`` rotations in 0..3 (all zero when ``rotate`` is False).
+    """
+    k = len(pool)
+    if not 1 <= q <= k:
+        raise ValueError(f"Q must be between 1 and the pool size {k}, got {q}")
+    classes = np.stack([rng.choice(k, size=q, replace=False) for _ in range(batch)])
+    perms = pool[classes]
+    rots = rng.integers(0, 4, size=(batch, q, NUM_TILES)) if rotate else np.zeros_like(perms)
+    return classes, perms, rots

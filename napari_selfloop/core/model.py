@@ -1,0 +1,248 @@
+"""ResUNet-18: a ResNet-18 encoder, a U-Net decoder and a jigsaw classification head.
+
+The encoder returns its skip features; the decoder turns them into a one-channel
+foreground logit at full resolution; the jigsaw head classifies which permutation of
+the puzzle pool was applied (the self-supervised task of the self-loop method).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Sides of the network input must be multiples of this (the encoder's total stride).
+STRIDE = 32
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a :class:`ResUNet`.
+
+    Parameters
+    ----------
+    in_channels
+        Input channels (3: grayscale and RGBA images are converted to RGB first).
+    width
+        Channels of the first encoder stage; 64 is the real ResUNet-18, smaller values
+        give a thinner network for fast tests.
+    num_permutations
+        Classes of the jigsaw head (K, the size of the permutation pool).
+    dropout
+        Dropout probability in the decoder (used by MC dropout); 0 disables it.
+    norm_mean, norm_std
+        Per-channel normalisation applied to inputs in [0, 1].
+    """
+
+    in_channels: int = 3
+    width: int = 64
+    num_permutations: int = 100
+    dropout: float = 0.2
+    norm_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    norm_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.in_channels < 1 or self.width < 4 or self.num_permutations < 2:
+            raise ValueError(f"invalid model config: {self}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        if len(self.norm_mean) != self.in_channels or len(self.norm_std) != self.in_channels:
+            raise ValueError("norm_mean and norm_std need one value per input channel")
+        if min(self.norm_std) <= 0:
+            raise ValueError("norm_std values must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, so a checkpoint loads with ``weights_only=True``."""
+        d = asdict(self)
+        d["norm_mean"] = list(self.norm_mean)
+        d["norm_std"] = list(self.norm_std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+        kw = dict(d)
+        for key in ("norm_mean", "norm_std"):
+            if key in kw:
+                kw[key] = tuple(float(v) for v in kw[key])
+        return cls(**kw)
+
+
+class BasicBlock(nn.Module):
+    """The two-convolution residual block of ResNet-18."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.downsample(x), inplace=True)
+
+
+class ResNet18Encoder(nn.Module):
+    """ResNet-18 feature extractor returning the five skip features.
+
+    Strides 2, 4, 8, 16, 32 with ``w, w, 2w, 4w, 8w`` channels (``w = 64`` for the real
+    network).
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 64) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, w, 7, 2, 3, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)
+        )
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        widths = [w, w, 2 * w, 4 * w, 8 * w]
+        self.layer1 = nn.Sequential(BasicBlock(w, w), BasicBlock(w, w))
+        self.layer2 = nn.Sequential(BasicBlock(w, 2 * w, 2), BasicBlock(2 * w, 2 * w))
+        self.layer3 = nn.Sequential(BasicBlock(2 * w, 4 * w, 2), BasicBlock(4 * w, 4 * w))
+        self.layer4 = nn.Sequential(BasicBlock(4 * w, 8 * w, 2), BasicBlock(8 * w, 8 * w))
+        self.channels: tuple[int, ...] = tuple(widths)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Zero-init the last BN of each residual branch (He et al. "bag of tricks").
+        for m in self.modules():
+            if isinstance(m, BasicBlock):
+                nn.init.zeros_(m.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        f0 = self.stem(x)
+        f1 = self.layer1(self.pool(f0))
+        f2 = self.layer2(f1)
+        f3 = self.layer3(f2)
+        f4 = self.layer4(f3)
+        return [f0, f1, f2, f3, f4]
+
+
+class _ConvBNReLU(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)
+        )
+
+
+class UNetDecoder(nn.Module):
+    """U-Net decoder: upsample, concatenate the skip feature, two 3x3 convolutions."""
+
+    def __init__(self, encoder_channels: tuple[int, ...], dropout: float = 0.0) -> None:
+        super().__init__()
+        c0, c1, c2, c3, c4 = encoder_channels
+        outs = [c3, c2, c1, c0]
+        skips = [c3, c2, c1, c0]
+        blocks = []
+        cin = c4
+        for skip, cout in zip(skips, outs, strict=True):
+            blocks.append(nn.Sequential(_ConvBNReLU(cin + skip, cout), _ConvBNReLU(cout, cout)))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        final = max(c0 // 2, 8)
+        self.final_block = nn.Sequential(_ConvBNReLU(cin, final), _ConvBNReLU(final, final))
+        self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
+        self.head = nn.Conv2d(final, 1, 1)
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = self.dropout(feats[-1])
+        for block, skip in zip(self.blocks, reversed(feats[:-1]), strict=True):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = self.dropout(block(torch.cat([x, skip], dim=1)))
+        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+        return self.head(self.final_block(x))
+
+
+class JigsawHead(nn.Module):
+    """Global average pool of the deepest feature, then a linear layer to K classes."""
+
+    def __init__(self, channels: int, num_permutations: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(channels, num_permutations)
+
+    def forward(self, deepest: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(deepest, 1), 1))
+
+
+class ResUNet(nn.Module):
+    """ResUNet-18 with a jigsaw head.
+
+    ``forward`` takes normalised images ``(B, C, H, W)`` of any size: sides that are not
+    multiples of 32 are padded (reflect where possible) and the logits cropped back.
+    """
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        cfg = self.config
+        self.encoder = ResNet18Encoder(cfg.in_channels, cfg.width)
+        self.decoder = UNetDecoder(self.encoder.channels, cfg.dropout)
+        self.jigsaw_head = JigsawHead(self.encoder.channels[-1], cfg.num_permutations)
+        self.register_buffer("norm_mean", torch.tensor(cfg.norm_mean).view(1, -1, 1, 1), False)
+        self.register_buffer("norm_std", torch.tensor(cfg.norm_std).view(1, -1, 1, 1), False)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map images in [0, 1] to the network's input scale."""
+        return (x - self.norm_mean.to(x.dtype)) / self.norm_std.to(x.dtype)
+
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder features of an image in [0, 1] whose sides are multiples of 32."""
+        return self.encoder(self.normalize(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Foreground logits ``(B, 1, H, W)`` for images ``x`` in [0, 1]."""
+        seg, _ = self.forward_both(x)
+        return seg
+
+    def forward_both(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Segmentation logits and jigsaw logits for images in [0, 1]."""
+        h, w = x.shape[-2:]
+        xp = pad_to_stride(x)
+        feats = self.forward_features(xp)
+        seg = self.decoder(feats)[..., :h, :w]
+        return seg, self.jigsaw_head(feats[-1])
+
+
+def pad_to_stride(x: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
+    """Pad the bottom/right of ``x`` so both sides are multiples of ``stride``."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % stride, (-w) % stride
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if ph < h and pw < w else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def build_model(config: ModelConfig | None = None, seed: int | None = None) -> ResUNet:
+    """A freshly initialised ResUNet-18 (deterministic when ``seed`` is given)."""
+    if seed is None:
+        return ResUNet(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ResUNet(config)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def set_mc_dropout(model: nn.Module, enabled: bool) -> None:
+    """Switch only the dropout layers to training mode (MC dropout) or back."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout | nn.Dropout2d):
+            m.train(enabled)
