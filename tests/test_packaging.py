@@ -1,0 +1,257 @@
+"""Packaging, manifest and CI consistency checks.
+
+The wheel tests build from a copy of the sources (so a stale ``build/`` folder in the
+working tree cannot leak files into the wheel) and install the wheel into a throw-away
+virtual environment, which is then used from a directory outside the repository, as a user
+would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "napari_selfloop"
+DIST_NAME = "napari-selfloop"
+
+# Top-level files the build needs (the package directory is copied separately).
+BUILD_FILES = ("setup.cfg", "pyproject.toml", "MANIFEST.in", "README.md", "LICENSE", "napari.yaml")
+
+
+def _run(cmd: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300):
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+    assert proc.returncode == 0, (
+        f"command failed ({proc.returncode}): {' '.join(map(str, cmd))}\n"
+        f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-4000:]}"
+    )
+    return proc
+
+
+def _clean_env() -> dict[str, str]:
+    """Environment for child processes that does not leak this interpreter's paths."""
+    env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "PYTHONHOME"}}
+    env.pop("VIRTUAL_ENV", None)
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    env["PIP_NO_INPUT"] = "1"
+    return env
+
+
+def _readme_block(marker: str) -> str:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(
+        rf"<!-- {marker} -->\s*```(?:bash|sh)?\n(.*?)\n```\s*<!-- /{marker} -->", text, re.S
+    )
+    assert match, f"README.md has no fenced block between <!-- {marker} --> markers"
+    lines = [ln for ln in match.group(1).splitlines() if ln.strip()]
+    assert len(lines) == 1, f"the {marker} block should hold exactly one command: {lines}"
+    return lines[0].strip()
+
+
+# --------------------------------------------------------------------------------------
+# manifest in the source tree
+# --------------------------------------------------------------------------------------
+
+
+def test_package_manifest_is_the_root_manifest():
+    root_manifest = ROOT / "napari.yaml"
+    pkg_manifest = PACKAGE / "napari.yaml"
+    assert root_manifest.is_file() and not root_manifest.is_symlink()
+    assert pkg_manifest.exists(), "napari_selfloop/napari.yaml is missing (dangling link?)"
+    if pkg_manifest.is_symlink():
+        assert os.readlink(pkg_manifest) == "../napari.yaml"
+    assert pkg_manifest.read_bytes() == root_manifest.read_bytes()
+
+
+def test_root_manifest_validates():
+    npe2 = pytest.importorskip("npe2")
+    manifest = npe2.PluginManifest.from_file(ROOT / "napari.yaml")
+    assert manifest.name == DIST_NAME
+    assert manifest.display_name == "Self-loop annotation assistant"
+
+
+# --------------------------------------------------------------------------------------
+# the built wheel
+# --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    pytest.importorskip("build")
+    src = tmp_path_factory.mktemp("src")
+    for name in BUILD_FILES:
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, src / name)
+    shutil.copytree(
+        PACKAGE,
+        src / PACKAGE.name,
+        symlinks=True,  # keep napari.yaml a link, as git stores it
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"),
+    )
+    outdir = tmp_path_factory.mktemp("dist")
+    _run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(outdir)],
+        cwd=src,
+        env=_clean_env(),
+    )
+    wheels = sorted(outdir.glob("napari_selfloop-*.whl"))
+    assert len(wheels) == 1, wheels
+    return wheels[0]
+
+
+@pytest.mark.slow
+def test_wheel_contents(wheel: Path):
+    with zipfile.ZipFile(wheel) as zf:
+        names = set(zf.namelist())
+        info = zf.getinfo("napari_selfloop/napari.yaml")
+        # A symlink stored as such would have S_IFLNK in the external attributes.
+        assert (info.external_attr >> 16) & 0o170000 != 0o120000, "manifest stored as a link"
+        assert zf.read(info) == (ROOT / "napari.yaml").read_bytes()
+        entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+        eps = zf.read(entry_points).decode()
+        metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+
+    assert "napari_selfloop/__init__.py" in names
+    core_sources = {f"napari_selfloop/core/{p.name}" for p in (PACKAGE / "core").glob("*.py")}
+    assert core_sources, "no napari_selfloop/core modules in the source tree"
+    assert core_sources <= names, f"missing from wheel: {sorted(core_sources - names)}"
+    # Every Python module and data file of the package ships.
+    for path in PACKAGE.rglob("*"):
+        if "__pycache__" in path.parts or not path.is_file():
+            continue
+        if path.suffix in {".py", ".tif", ".png", ".json", ".yaml"}:
+            rel = path.relative_to(ROOT).as_posix()
+            assert rel in names, f"{rel} missing from the wheel"
+    assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+    assert "[napari.manifest]" in eps
+    assert "napari-selfloop = napari_selfloop:napari.yaml" in eps
+    assert "napari-selfloop = napari_selfloop.cli:main" in eps
+    assert re.search(r"^Requires-Python: >=3\.10", metadata, re.M)
+    assert re.search(r"^Requires-Dist: torch>=2\.1", metadata, re.M)
+
+
+def _venv_bin(venv: Path) -> Path:
+    return venv / ("Scripts" if os.name == "nt" else "bin")
+
+
+DISCOVER = """
+import json, sys
+from pathlib import Path
+import npe2
+import napari_selfloop
+pm = npe2.PluginManager.instance()
+pm.discover()
+names = sorted(pm._manifests)
+mf = pm.get_manifest("napari-selfloop")
+print(json.dumps({
+    "plugins": names,
+    "package": napari_selfloop.__file__,
+    "version": napari_selfloop.__version__,
+    "manifest_package": mf.package_metadata.name if mf.package_metadata else None,
+    "manifest_version": mf.package_version,
+}))
+"""
+
+
+@pytest.mark.slow
+def test_wheel_installs_and_is_discovered(wheel: Path, tmp_path: Path):
+    pytest.importorskip("npe2")
+    venv = tmp_path / "venv"
+    _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], cwd=tmp_path)
+    if sys.prefix != sys.base_prefix:
+        # Running inside a venv: --system-site-packages only exposes the base interpreter,
+        # so expose this environment's site-packages (napari, npe2, ...) with a plain path
+        # .pth. Its own .pth files (such as the editable install of this repository) are
+        # not processed this way, so napari_selfloop can only come from the wheel.
+        purelib = sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"]
+        parent = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+        Path(purelib, "_parent_env.pth").write_text("\n".join(sorted(parent)) + "\n")
+    vbin = _venv_bin(venv)
+    vpy = vbin / "python"
+    env = _clean_env()
+    _run(
+        [str(vpy), "-m", "pip", "install", "--no-deps", "--no-index", str(wheel)],
+        cwd=tmp_path,
+        env=env,
+    )
+
+    outside = tmp_path / "elsewhere"  # cwd outside the repository
+    outside.mkdir()
+    proc = _run([str(vpy), "-c", DISCOVER], cwd=outside, env=env)
+    import json
+
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert DIST_NAME in info["plugins"]
+    assert Path(info["package"]).resolve().is_relative_to(venv.resolve()), info["package"]
+    assert info["manifest_package"] == DIST_NAME
+
+    proc = _run([str(vpy), "-m", "npe2", "validate", "--imports", DIST_NAME], cwd=outside, env=env)
+    assert "valid" in proc.stdout
+
+    script = vbin / "napari-selfloop"
+    assert script.is_file(), "console script napari-selfloop was not installed"
+    has_cli = (PACKAGE / "cli" / "__init__.py").is_file() or (PACKAGE / "cli.py").is_file()
+    if has_cli:
+        proc = _run([str(script), "--help"], cwd=outside, env=env, timeout=120)
+        assert "usage" in proc.stdout.lower()
+
+
+# --------------------------------------------------------------------------------------
+# README / CI
+# --------------------------------------------------------------------------------------
+
+
+def test_ci_runs_readme_test_command():
+    command = _readme_block("test-command")
+    ci_lines = [ln.strip() for ln in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert command in ci_lines, f".ci/run does not run the README test command: {command!r}"
+    assert os.access(ROOT / ".ci" / "run", os.X_OK), ".ci/run is not executable"
+    assert "set -euo pipefail" in ci_lines
+
+
+def test_readme_run_command():
+    assert (
+        _readme_block("run-command")
+        == "bash scripts/setup.sh && .venv/bin/napari -w napari-selfloop"
+    )
+
+
+def test_setup_script_pins_cpu_torch_first():
+    text = (ROOT / "scripts" / "setup.sh").read_text()
+    assert 'TORCH_SPEC="torch==2.13.0"' in text
+    assert text.index('pip install ${TORCH_PIP_ARGS:-} "$TORCH_SPEC"') < text.index(
+        'pip install -e "$ROOT[testing]"'
+    )
+    if shutil.which("bash"):
+        _run(["bash", "-n", str(ROOT / "scripts" / "setup.sh")], cwd=ROOT)
+        _run(["bash", "-n", str(ROOT / ".ci" / "run")], cwd=ROOT)
+
+
+# --------------------------------------------------------------------------------------
+# lint
+# --------------------------------------------------------------------------------------
+
+
+def test_ruff_check():
+    ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    proc = subprocess.run(
+        [ruff, "check", "--no-cache", "napari_selfloop", "tests"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
