@@ -27,7 +27,7 @@ def test_min_hamming_distance_counts_slots():
 
 @pytest.mark.parametrize("rotation", [0, 1, 2, 3, "random"])
 def test_inverse_undoes_every_permutation(rotation):
-    pool = torch.as_tensor(J.permutation_pool())
+    pool = torch.tensor(J.permutation_pool())
     x = torch.rand(len(pool), 2, 12, 12)
     if rotation == "random":
         rots = torch.randint(0, 4, (len(pool), 9))
@@ -78,7 +78,7 @@ def test_sample_puzzles_draws_distinct_classes():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 def test_round_trip_on_cuda():
-    pool = torch.as_tensor(J.permutation_pool()).cuda()
+    pool = torch.tensor(J.permutation_pool()).cuda()
     x = torch.rand(len(pool), 3, 96, 96, device="cuda")
     rots = torch.randint(0, 4, (len(pool), 9), device="cuda")
     assert torch.equal(J.unjigsaw(J.jigsaw(x, pool, rots), pool, rots), x)

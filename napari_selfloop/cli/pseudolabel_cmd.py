@@ -1,0 +1,104 @@
+"""``napari-selfloop pseudo-label``: probability, uncertainty and mask TIFFs per image."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..core.checkpoint import load_checkpoint
+from ..core.errors import InputError
+from ..core.imageio import TiffRowWriter, check_image, open_image
+from ..core.pseudolabel import METHODS, PseudoLabelConfig, pseudo_label
+from .progressbar import drive
+
+log = logging.getLogger(__name__)
+
+#: Output files per image: suffix -> dtype.
+OUTPUTS = {"prob": np.float32, "uncertainty": np.float32, "mask": np.uint8}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    d = PseudoLabelConfig()
+    p = sub.add_parser(
+        "pseudo-label",
+        help="pseudo-label images with self-loop uncertainty or a baseline",
+        description="Writes DIR/STEM_prob.tif (float32 in [0, 1]), DIR/STEM_uncertainty.tif "
+        "(float32) and DIR/STEM_mask.tif (uint8: 1 confident foreground, 0 confident "
+        "background, 255 uncertain) for every image.",
+    )
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="TIFF, PNG or JPEG")
+    p.add_argument("--checkpoint", action="append", required=True, type=Path,
+                   help="model checkpoint; repeat it for --method ensemble")
+    p.add_argument("--method", choices=METHODS, default=d.method)
+    p.add_argument("--q", type=int, default=d.q,
+                   help=f"permutations (self-loop) or passes (MC dropout); default {d.q}")
+    p.add_argument("--threshold", type=float, default=d.threshold,
+                   help=f"confidence threshold in (0.5, 1); default {d.threshold}")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"self-loop encoder learning rate ({d.lr})")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="multiple of 96")
+    p.add_argument("--overlap", type=int, default=None,
+                   help="pixels shared by neighbouring patches (default: a sixth of the patch)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.set_defaults(func=run)
+
+
+def _prepare_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _unique_stems(images: list[Path]) -> None:
+    seen: dict[str, Path] = {}
+    for path in images:
+        if path.stem in seen:
+            raise InputError(
+                f"{path} and {seen[path.stem]} would both write {path.stem}_*.tif: "
+                "rename one or run them separately"
+            )
+        seen[path.stem] = path
+
+
+def run(args: argparse.Namespace) -> int:
+    config = PseudoLabelConfig(
+        method=args.method, q=args.q, threshold=args.threshold, lr=args.lr,
+        patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
+        precision=args.precision, seed=args.seed,
+    )
+    _unique_stems(args.images)
+    models = [load_checkpoint(p).model for p in args.checkpoint]
+    # Check every image before the first long computation starts.
+    opened = []
+    for path in args.images:
+        image = open_image(path)
+        check_image(image)
+        opened.append((path, image))
+    _prepare_out(args.out)
+    for path, image in opened:
+        info = check_image(image)
+        with contextlib.ExitStack() as stack:
+            sinks = {
+                name: stack.enter_context(
+                    TiffRowWriter(args.out / f"{path.stem}_{name}.tif", info.height, info.width, dtype)
+                )
+                for name, dtype in OUTPUTS.items()
+            }
+            result = drive(
+                pseudo_label(image, models, config, device=args.device, sinks=sinks),
+                desc=path.name, quiet=args.quiet,
+            )
+        extra = ""
+        if result.losses is not None:
+            extra = f", mean jigsaw loss {float(np.mean(result.losses)):.3f}"
+        log.info("%s: %s pseudo-label (%dx%d) in %.1f s on %s%s -> %s",
+                 path.name, config.method, info.width, info.height, result.seconds,
+                 result.info.get("device"), extra, args.out / f"{path.stem}_*.tif")
+    return 0

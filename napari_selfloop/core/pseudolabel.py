@@ -1,0 +1,395 @@
+"""Pseudo-labels with uncertainty: self-loop (Li et al. 2020) and the paper's baselines.
+
+Every method maps a batch of patches to a foreground probability map and a per-pixel
+uncertainty map; :func:`pseudo_label` runs one over a whole image of any size by
+blending overlapping patches (see :mod:`.tiling`).
+
+Methods
+-------
+``selfloop``
+    Algorithm 1: Q jigsaw puzzles; for each, the segmentation of the puzzled patch is
+    predicted with the current encoder and the fixed decoder, then the encoder (a copy:
+    the loaded model never changes) takes one optimiser step on the jigsaw loss. The Q
+    maps, put back in place by ``T^-1``, are averaged with weights ``1 - l_i / sum(l)``.
+``selfloop-no-ss``
+    The Q puzzled maps averaged with equal weights, without encoder updates.
+``softmax``
+    The sigmoid of one forward pass.
+``mc-dropout``
+    The mean of Q forward passes with dropout active.
+``ensemble``
+    The mean over several models.
+
+The uncertainty is the (weighted) standard deviation of the Q maps, or, for
+``softmax``, the binary entropy in bits.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .device import autocast, resolve_device, resolve_precision
+from .errors import InputError
+from .imageio import check_image
+from .jigsaw import jigsaw, permutation_pool, sample_puzzles, unjigsaw
+from .model import ResUNet, pad_to_stride, set_mc_dropout
+from .progress import Progress
+from .tiling import tiled_apply
+
+log = logging.getLogger(__name__)
+
+METHODS = ("selfloop", "selfloop-no-ss", "softmax", "mc-dropout", "ensemble")
+#: Patch sides must be multiples of this: 3x3 whole tiles whose side the stride divides.
+PATCH_MULTIPLE = 96
+
+
+@dataclass(frozen=True)
+class PseudoLabelConfig:
+    """How to compute a pseudo-label.
+
+    Parameters
+    ----------
+    method
+        One of :data:`METHODS`.
+    q
+        Jigsaw permutations (self-loop) or stochastic passes (MC dropout).
+    threshold
+        Pixels with probability above ``threshold`` are confident foreground, below
+        ``1 - threshold`` confident background, the rest uncertain.
+    lr
+        Learning rate of the self-loop encoder updates (Adam).
+    patch_size, overlap
+        Square patches (a multiple of 96) and their overlap when tiling; the overlap
+        defaults to a sixth of the patch.
+    batch_size
+        Patches processed together.
+    precision
+        ``auto``, ``fp32``, ``bf16`` or ``fp16`` (see :func:`.device.resolve_precision`).
+    channels_last
+        Run convolutions in channels-last memory format (faster on CPUs and GPUs).
+    seed
+        Seeds the permutations, rotations and dropout masks.
+    rotate_tiles
+        Rotate each jigsaw tile by a random multiple of 90 degrees.
+    """
+
+    method: str = "selfloop"
+    q: int = 10
+    threshold: float = 0.8
+    lr: float = 1e-4
+    patch_size: int = 384
+    overlap: int | None = None
+    batch_size: int = 4
+    precision: str = "auto"
+    channels_last: bool = True
+    seed: int = 0
+    rotate_tiles: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.q < 1:
+            raise InputError(f"Q must be at least 1, got {self.q}")
+        if not 0.5 < self.threshold < 1.0:
+            raise InputError(f"threshold must be between 0.5 and 1, got {self.threshold}")
+        if self.patch_size < PATCH_MULTIPLE or self.patch_size % PATCH_MULTIPLE:
+            raise InputError(f"patch size must be a multiple of 96 (288, 384, 480 ...), got {self.patch_size}")
+        if self.overlap is not None and not 0 <= self.overlap < self.patch_size // 2:
+            raise InputError(
+                f"overlap must be at least 0 and less than half the patch size "
+                f"({self.patch_size // 2}), got {self.overlap}"
+            )
+        if self.batch_size < 1 or self.lr <= 0:
+            raise InputError("batch size must be at least 1 and lr positive")
+
+
+@dataclass
+class PatchResult:
+    """Outputs of one method on a batch of patches (tensors of shape ``(B, P, P)``)."""
+
+    prob: torch.Tensor
+    uncertainty: torch.Tensor
+    losses: torch.Tensor | None = None  # (B, Q) jigsaw losses
+    weights: torch.Tensor | None = None  # (B, Q) self-loop weights
+    classes: torch.Tensor | None = None  # (B, Q) jigsaw pool indices
+
+
+@dataclass
+class PseudoLabelResult:
+    """A pseudo-label of a whole image.
+
+    ``probability``, ``uncertainty`` and ``mask`` are ``(H, W)`` arrays, or None when
+    they were streamed to files. ``losses``, ``weights`` and ``classes`` hold one row of
+    Q values per patch for the self-loop methods.
+    """
+
+    probability: np.ndarray | None
+    uncertainty: np.ndarray | None
+    mask: np.ndarray | None
+    config: PseudoLabelConfig
+    losses: np.ndarray | None = None
+    weights: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+UNCERTAIN = 255
+
+
+def confidence_mask(prob: np.ndarray, threshold: float) -> np.ndarray:
+    """uint8 mask: 1 confident foreground, 0 confident background, 255 uncertain."""
+    mask = np.full(prob.shape, UNCERTAIN, dtype=np.uint8)
+    mask[prob > threshold] = 1
+    mask[prob < 1.0 - threshold] = 0
+    return mask
+
+
+def selfloop_weights(losses: torch.Tensor) -> torch.Tensor:
+    """Algorithm 1's normalised weights ``w_i = 1 - l_i / sum(l)`` along the last axis.
+
+    Edge cases the paper skips: one permutation gets weight 1; when all losses are equal
+    or their sum is 0 the weights are equal.
+    """
+    losses = losses.float().clamp_min(0)
+    q = losses.shape[-1]
+    if q == 1:
+        return torch.ones_like(losses)
+    total = losses.sum(-1, keepdim=True)
+    raw = torch.where(total > 0, 1.0 - losses / total.clamp_min(1e-12), torch.ones_like(losses))
+    norm = raw.sum(-1, keepdim=True)
+    return torch.where(norm > 0, raw / norm.clamp_min(1e-12), torch.full_like(raw, 1.0 / q))
+
+
+def _weighted_mean_std(maps: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``maps`` (B, Q, H, W), ``weights`` (B, Q) summing to 1."""
+    w = weights[:, :, None, None]
+    mean = (w * maps).sum(1)
+    var = (w * (maps - mean[:, None]) ** 2).sum(1)
+    return mean, var.clamp_min(0).sqrt()
+
+
+def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
+    p = p.clamp(1e-6, 1 - 1e-6)
+    return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+
+
+def _prob(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits.float())[:, 0]
+
+
+@torch.no_grad()
+def predict_softmax(model: ResUNet, x: torch.Tensor) -> PatchResult:
+    """One forward pass; uncertainty is the binary entropy (bits)."""
+    p = _prob(model(x))
+    return PatchResult(p, _binary_entropy(p))
+
+
+@torch.no_grad()
+def predict_mc_dropout(model: ResUNet, x: torch.Tensor, passes: int) -> PatchResult:
+    """Mean and standard deviation of ``passes`` forward passes with dropout on."""
+    if model.config.dropout <= 0:
+        raise InputError("MC dropout needs a model with dropout; this checkpoint has dropout 0")
+    set_mc_dropout(model, True)
+    try:
+        maps = torch.stack([_prob(model(x)) for _ in range(passes)], 1)
+    finally:
+        set_mc_dropout(model, False)
+    q = maps.shape[1]
+    return PatchResult(*_weighted_mean_std(maps, maps.new_full((maps.shape[0], q), 1.0 / q)))
+
+
+@torch.no_grad()
+def predict_ensemble(models: Sequence[ResUNet], x: torch.Tensor) -> PatchResult:
+    """Mean and standard deviation over the models' sigmoid maps."""
+    maps = torch.stack([_prob(m(x)) for m in models], 1)
+    q = maps.shape[1]
+    return PatchResult(*_weighted_mean_std(maps, maps.new_full((maps.shape[0], q), 1.0 / q)))
+
+
+def predict_selfloop(
+    model: ResUNet,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    perms: torch.Tensor,
+    rots: torch.Tensor,
+    *,
+    lr: float = 1e-4,
+    update_encoder: bool = True,
+) -> PatchResult:
+    """Algorithm 1 on a batch of square patches ``x`` (B, 3, P, P) in [0, 1].
+
+    ``classes`` (B, Q) are the pool indices of the puzzles, ``perms``/``rots``
+    (B, Q, 9) the permutations and tile rotations (see :func:`.jigsaw.sample_puzzles`).
+    The encoder and jigsaw head are copied, so ``model`` is left bit-identical; the
+    copies run with frozen BatchNorm statistics. With ``update_encoder=False`` this is
+    the ``selfloop-no-ss`` baseline (equal weights, no optimiser steps).
+    """
+    q = classes.shape[1]
+    if update_encoder:
+        encoder = copy.deepcopy(model.encoder).eval()
+        head = copy.deepcopy(model.jigsaw_head).eval()
+        params = [*encoder.parameters(), *head.parameters()]
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=lr)
+    else:
+        encoder, head = model.encoder, model.jigsaw_head
+    maps, losses = [], []
+    for i in range(q):
+        xi = pad_to_stride(jigsaw(x, perms[:, i], rots[:, i]))
+        with torch.set_grad_enabled(update_encoder):
+            feats = encoder(model.normalize(xi))
+            loss = F.cross_entropy(head(feats[-1]).float(), classes[:, i], reduction="none")
+        with torch.no_grad():
+            seg = model.decoder([f.detach() for f in feats])[..., : x.shape[-2], : x.shape[-1]]
+            maps.append(unjigsaw(torch.sigmoid(seg.float()), perms[:, i], rots[:, i])[:, 0])
+        losses.append(loss.detach())
+        if update_encoder:
+            opt.zero_grad(set_to_none=True)
+            loss.mean().backward()
+            opt.step()
+    loss_t = torch.stack(losses, 1)
+    weights = selfloop_weights(loss_t) if update_encoder else torch.full_like(loss_t, 1.0 / q)
+    mean, std = _weighted_mean_std(torch.stack(maps, 1), weights)
+    return PatchResult(mean, std, loss_t, weights, classes)
+
+
+def _check_models(models: Sequence[ResUNet], method: str) -> None:
+    if not models:
+        raise InputError("no model given: load a checkpoint or start a new model first")
+    if method == "ensemble" and len(models) < 2:
+        raise InputError("the ensemble method needs at least two checkpoints")
+    if method != "ensemble" and len(models) > 1:
+        raise InputError(f"only the ensemble method takes several checkpoints, not {method!r}")
+
+
+def pseudo_label(
+    image: Any,
+    models: ResUNet | Sequence[ResUNet],
+    config: PseudoLabelConfig | None = None,
+    *,
+    device: str | torch.device = "auto",
+    sinks: dict[str, Any] | None = None,
+) -> Generator[Progress, None, PseudoLabelResult]:
+    """Pseudo-label a whole 2D image, patch by patch.
+
+    Parameters
+    ----------
+    image
+        ``(H, W)``, ``(H, W, 3)`` or ``(H, W, 4)`` array: numpy, memory-mapped, dask or
+        zarr (read tile by tile).
+    models
+        The model (several for ``ensemble``). Its weights are never changed; it is moved
+        to ``device`` and set to eval mode for the run.
+    sinks
+        Optional ``{"prob", "uncertainty", "mask"}`` writers with ``write_rows(y0,
+        block)`` (e.g. :class:`.imageio.TiffRowWriter`) so that no output is held in
+        memory; the result's arrays are then None.
+
+    Yields
+    ------
+    Progress
+        After each batch of patches (a point where the caller may stop).
+
+    Returns
+    -------
+    PseudoLabelResult
+    """
+    cfg = config or PseudoLabelConfig()
+    models = [models] if isinstance(models, ResUNet) else list(models)
+    _check_models(models, cfg.method)
+    info = check_image(image)
+    dev = resolve_device(device)
+    dtype = resolve_precision(cfg.precision, dev)
+    pool = permutation_pool(models[0].config.num_permutations)
+    # An image smaller than a patch gets the smallest patch that covers it.
+    patch = min(cfg.patch_size, PATCH_MULTIPLE * math.ceil(max(info.height, info.width) / PATCH_MULTIPLE))
+    overlap = cfg.patch_size // 6 if cfg.overlap is None else cfg.overlap
+    rng = np.random.default_rng(cfg.seed)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    was_training = [m.training for m in models]
+    for m in models:
+        m.to(device=dev, memory_format=fmt).eval()
+    records: dict[str, list[np.ndarray]] = {"losses": [], "weights": [], "classes": []}
+    batch_no = 0
+
+    def patch_fn(batch: np.ndarray) -> dict[str, np.ndarray]:
+        nonlocal batch_no
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), autocast(dev, dtype):
+            torch.manual_seed(cfg.seed * 100003 + batch_no)
+            out = _run_method(models, x, cfg, rng, pool, dev)
+        batch_no += 1
+        if out.losses is not None:
+            records["losses"].append(out.losses.cpu().numpy())
+            records["weights"].append(out.weights.cpu().numpy())
+            records["classes"].append(out.classes.cpu().numpy())
+        return {"prob": out.prob.cpu().numpy(), "uncertainty": out.uncertainty.cpu().numpy()}
+
+    start = time.perf_counter()
+    tile_sinks = None
+    if sinks is not None:
+        tile_sinks = {"prob": _MaskingSink(sinks["prob"], sinks["mask"], cfg.threshold),
+                      "uncertainty": sinks["uncertainty"]}
+    try:
+        outputs = yield from tiled_apply(
+            image, patch_fn, patch_size=patch, overlap=min(overlap, patch // 3),
+            batch_size=cfg.batch_size, out_names=("prob", "uncertainty"), sinks=tile_sinks,
+        )
+    finally:
+        for m, flag in zip(models, was_training, strict=True):
+            m.train(flag)
+    prob = outputs["prob"]
+    result = PseudoLabelResult(
+        probability=prob,
+        uncertainty=outputs["uncertainty"],
+        mask=None if prob is None else confidence_mask(prob, cfg.threshold),
+        config=cfg,
+        seconds=time.perf_counter() - start,
+        info={"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "patch_size": patch},
+    )
+    if records["losses"]:
+        result.losses = np.concatenate(records["losses"])
+        result.weights = np.concatenate(records["weights"])
+        result.classes = np.concatenate(records["classes"])
+    return result
+
+
+def _run_method(
+    models: list[ResUNet], x: torch.Tensor, cfg: PseudoLabelConfig, rng: np.random.Generator,
+    pool: np.ndarray, dev: torch.device,
+) -> PatchResult:
+    if cfg.method == "softmax":
+        return predict_softmax(models[0], x)
+    if cfg.method == "mc-dropout":
+        return predict_mc_dropout(models[0], x, cfg.q)
+    if cfg.method == "ensemble":
+        return predict_ensemble(models, x)
+    classes, perms, rots = sample_puzzles(rng, x.shape[0], cfg.q, pool, cfg.rotate_tiles)
+    return predict_selfloop(
+        models[0], x,
+        torch.as_tensor(classes, device=dev), torch.as_tensor(perms, device=dev),
+        torch.as_tensor(rots, device=dev), lr=cfg.lr, update_encoder=cfg.method == "selfloop",
+    )
+
+
+class _MaskingSink:
+    """Forwards probability rows to a sink and their confidence mask to another."""
+
+    def __init__(self, prob_sink: Any, mask_sink: Any, threshold: float) -> None:
+        self.prob_sink, self.mask_sink, self.threshold = prob_sink, mask_sink, threshold
+
+    def write_rows(self, y0: int, block: np.ndarray) -> None:
+        self.prob_sink.write_rows(y0, block)
+        self.mask_sink.write_rows(y0, confidence_mask(block, self.threshold))
