@@ -1,0 +1,801 @@
+"""Reading images safely and lazily, and writing results atomically.
+
+Reading
+    :func:`open_image` identifies a file by its first bytes (not its extension) and returns an
+    array-like of shape ``(H, W)`` or ``(H, W, C)``. TIFFs stay on disk: an uncompressed,
+    contiguous TIFF comes back as a read-only ``numpy.memmap``, any other TIFF as a zarr array
+    over tifffile's store, decoded tile by tile. PNG and JPEG are read into memory with Pillow
+    (a dependency of scikit-image). Pixel order is the file's: the EXIF orientation tag of a
+    JPEG is not applied, so masks line up with what other readers (tifffile, scikit-image)
+    return.
+
+    :func:`check_image` accepts numpy arrays, ``np.memmap``, dask and zarr arrays (anything
+    with ``shape``, ``dtype`` and slicing) of shape ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)``
+    or ``(H, W, 4)`` and dtype bool, uint8, uint16 or float16/32/64. Signed integers and
+    32/64-bit unsigned integers are refused: there is no range to scale them by that would be
+    right for every source, so the caller is asked to convert them.
+
+    :func:`read_region` and :func:`read_region_padded` read one window as float32 RGB in
+    ``[0, 1]``, touching only that window of a lazy array.
+
+Writing
+    :func:`atomic_path`, :func:`write_tiff` and :func:`write_json` write to a temporary file in
+    the target's directory, fsync it and ``os.replace`` it onto the target, so a crash or a
+    full disk never leaves a partial file where a good one was. :class:`TiffRowWriter` writes
+    a large single-channel TIFF band by band without holding it in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import tempfile
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from napari_selfloop.core.errors import InputError, SelfloopError
+
+__all__ = [
+    "ImageInfo",
+    "TiffRowWriter",
+    "atomic_path",
+    "check_image",
+    "open_image",
+    "read_region",
+    "read_region_padded",
+    "write_json",
+    "write_tiff",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Values this far outside [0, 1] in a float image are rounding noise and are clipped.
+FLOAT_TOLERANCE = 1e-3
+
+_SUPPORTED_DTYPES = ("bool", "uint8", "uint16", "float16", "float32", "float64")
+_INTEGER_SCALE = {"bool": 1.0, "uint8": 255.0, "uint16": 65535.0}
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
+
+
+# --------------------------------------------------------------------------------------------
+# checking
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Shape and pixel type of a 2D image accepted by the core.
+
+    Attributes
+    ----------
+    height, width
+        Size in pixels (both at least 1).
+    channels
+        1 (grayscale), 3 (RGB) or 4 (RGBA; the alpha channel is ignored when reading).
+    dtype
+        The stored pixel type (bool, uint8, uint16, float16, float32 or float64).
+    """
+
+    height: int
+    width: int
+    channels: int
+    dtype: np.dtype
+
+
+def _shape_problem(shape: tuple[int, ...]) -> str | None:
+    """Return a one-line complaint about an image shape, or None when it is fine."""
+    ndim = len(shape)
+    if ndim == 3 and shape[-1] in (1, 3, 4):
+        pass
+    elif ndim == 3 and shape[0] in (1, 2, 3, 4) and shape[-1] > 4:
+        return (
+            f"got shape {shape}, which looks channel-first: move the channel axis last "
+            "(np.moveaxis(image, 0, -1)) or pick one plane"
+        )
+    elif ndim == 3 and shape[-1] > 4:
+        return (
+            f"got shape {shape} with {shape[-1]} channels; at most 4 are supported "
+            "(gray, RGB or RGBA): pick one plane or save an RGB version"
+        )
+    elif ndim == 3 and shape[-1] == 2:
+        return (
+            f"got shape {shape} with 2 channels; expected 1, 3 or 4 (gray, RGB, RGBA): "
+            "keep the first channel (image[..., 0]) or convert to RGB"
+        )
+    elif ndim != 2:
+        return f"expected a 2D RGB or grayscale image, got shape {shape}: pick one plane"
+    if 0 in shape[:2] or (ndim == 3 and shape[2] == 0):
+        return f"the image is empty (shape {shape}): pick an image with at least one pixel"
+    return None
+
+
+def _dtype_problem(dtype: np.dtype) -> str | None:
+    if dtype.name in _SUPPORTED_DTYPES:
+        return None
+    return (
+        f"unsupported pixel type {dtype.name}: convert the image to uint8, uint16 or "
+        "float scaled to [0, 1]"
+    )
+
+
+def check_image(arr: Any) -> ImageInfo:
+    """Check that ``arr`` is a 2D grayscale, RGB or RGBA image the core can read.
+
+    Parameters
+    ----------
+    arr
+        A numpy array, ``np.memmap``, dask or zarr array (anything with ``shape``, ``dtype``
+        and numpy-style slicing). Nothing is read from it.
+
+    Returns
+    -------
+    ImageInfo
+        Height, width, channel count and dtype.
+
+    Raises
+    ------
+    InputError
+        For other shapes (stacks, channel-first arrays, more than 4 channels, empty images)
+        and pixel types (signed or 32/64-bit integers, complex, object).
+    """
+    if not (hasattr(arr, "shape") and hasattr(arr, "dtype")):
+        arr = np.asarray(arr)
+    shape = tuple(int(s) for s in arr.shape)
+    problem = _shape_problem(shape)
+    if problem is None:
+        problem = _dtype_problem(np.dtype(arr.dtype))
+    if problem is not None:
+        raise InputError(problem)
+    channels = 1 if len(shape) == 2 else shape[2]
+    return ImageInfo(shape[0], shape[1], channels, np.dtype(arr.dtype))
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+
+
+def _describe(path: Path) -> str:
+    return path.name or str(path)
+
+
+def open_image(path: str | os.PathLike[str]) -> Any:
+    """Open a PNG, JPEG or TIFF file as a 2D image, lazily where the format allows.
+
+    The format is identified by the file's first bytes, not by its extension.
+
+    Parameters
+    ----------
+    path
+        The file to open.
+
+    Returns
+    -------
+    array-like
+        Shape ``(H, W)`` or ``(H, W, C)`` with C in (1, 3, 4), accepted by
+        :func:`check_image`. A read-only ``numpy.memmap`` for uncompressed contiguous TIFFs, a
+        read-only zarr array for other TIFFs (tiled, compressed), a numpy array for PNG/JPEG.
+
+    Raises
+    ------
+    InputError
+        When the file is missing, is not a PNG/JPEG/TIFF, is corrupt or truncated, holds
+        several planes, is channel-first, has more than 4 channels or an unsupported pixel
+        type. The message names the file and says what to do.
+    """
+    path = Path(path)
+    name = _describe(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist: check the file name and folder")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image file: pick a file inside it")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError as exc:
+        raise InputError(f"could not read {path}: {exc.strerror or exc}") from exc
+    if not head:
+        raise InputError(f"{name} is empty (0 bytes): the file was not saved completely")
+    try:
+        if head.startswith(_TIFF_MAGICS):
+            image = _open_tiff(path)
+        elif head.startswith(_PNG_MAGIC):
+            image = _open_pil(path, "PNG")
+        elif head.startswith(_JPEG_MAGIC):
+            image = _open_pil(path, "JPEG")
+        else:
+            raise InputError(f"is not a PNG, JPEG or TIFF file (starts with {head[:8]!r})")
+        check_image(image)
+    except InputError as exc:
+        message = str(exc)
+        raise InputError(
+            f"{name} {message}" if message.startswith("is ") else f"{name}: {message}"
+        ) from exc
+    return image
+
+
+def _open_pil(path: Path, kind: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            frames = int(getattr(img, "n_frames", 1))
+            if frames > 1 and kind == "PNG":
+                raise InputError(f"is an animated PNG with {frames} frames: pick one plane")
+            if frames > 1:
+                logger.info("%s holds %d pictures; reading the first", path.name, frames)
+            img.load()
+            mode = img.mode
+            if mode in ("P", "PA"):
+                transparent = mode == "PA" or "transparency" in img.info
+                img = img.convert("RGBA" if transparent else "RGB")
+            elif mode in ("LA", "La", "RGBa"):
+                img = img.convert("RGBA")
+            elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                img = img.convert("RGB")
+            elif mode == "1":
+                img = img.convert("L")
+            arr = np.asarray(img)
+    except InputError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise InputError(
+            f"is too large to read as {kind} ({exc}): save it as a tiled TIFF instead"
+        ) from exc
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+        raise InputError(f"is a corrupt or truncated {kind} file ({exc}): re-export it") from exc
+    if arr.dtype.kind == "i":  # 16-bit PNGs may come back as int32 ('I' mode)
+        lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+        if lo < 0 or hi > 65535:
+            raise InputError(f"holds values in [{lo}, {hi}], outside uint16: re-export it")
+        arr = arr.astype(np.uint16)
+    return np.ascontiguousarray(arr.astype(arr.dtype.newbyteorder("="), copy=False))
+
+
+def _open_tiff(path: Path) -> Any:
+    import tifffile
+    import zarr
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError("is a TIFF file without images: re-export it")
+            if len(tif.series) > 1:
+                logger.info(
+                    "%s holds %d image series; using the first (%s)",
+                    path.name,
+                    len(tif.series),
+                    tif.series[0].shape,
+                )
+            series = tif.series[0]
+            shape = tuple(int(s) for s in series.shape)
+            while len(shape) > 2 and shape[0] == 1:  # singleton leading axes (ImageJ, OME)
+                shape = shape[1:]
+            problem = _shape_problem(shape) or _dtype_problem(np.dtype(series.dtype))
+            if problem is not None:
+                raise InputError(problem)
+            page = series.pages[0]
+            if page is None or tuple(page.shape) != shape:
+                raise InputError(
+                    f"stores shape {shape} in a layout that cannot be read as one plane: "
+                    "re-save it as a plain 2D TIFF"
+                )
+            size = path.stat().st_size
+            for offset, count in zip(page.dataoffsets, page.databytecounts):
+                if count and offset + count > size:
+                    raise InputError(
+                        f"is a truncated TIFF file (pixel data ends at byte {offset + count}, "
+                        f"file has {size}): copy or export it again"
+                    )
+            index = page.index
+            memmappable = bool(page.is_memmappable)
+            compression = getattr(page.compression, "name", str(page.compression))
+    except InputError:
+        raise
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise InputError(f"is a corrupt or truncated TIFF file ({exc}): re-export it") from exc
+
+    if memmappable:
+        try:
+            image = tifffile.memmap(path, page=index, mode="r")
+        except (OSError, ValueError) as exc:
+            raise InputError(f"is a corrupt TIFF file ({exc}): re-export it") from exc
+        return image.reshape(shape)
+    try:
+        store = tifffile.imread(path, aszarr=True, key=index)
+        image = zarr.open(store, mode="r")
+        image[(0,) * image.ndim]  # decode one tile now: unsupported codecs fail here
+    except Exception as exc:
+        raise InputError(
+            f"could not decode its pixels (compression {compression}: {exc}): "
+            "re-save it uncompressed or with zlib/LZW"
+        ) from exc
+    return image
+
+
+def _to_float(window: np.ndarray) -> np.ndarray:
+    """Scale a window of a supported dtype to float32 in [0, 1]."""
+    scale = _INTEGER_SCALE.get(window.dtype.name)
+    if scale is not None:
+        out = window.astype(np.float32)
+        if scale != 1.0:
+            out /= np.float32(scale)
+        return out
+    out = window.astype(np.float32)
+    if out.size == 0:
+        return out
+    lo, hi = float(np.min(out)), float(np.max(out))
+    if np.isnan(lo) or np.isnan(hi):
+        raise InputError("the image contains NaN values: replace them first (np.nan_to_num(image))")
+    if hi > 1.0 + FLOAT_TOLERANCE:
+        raise InputError(
+            f"float images must be scaled to [0, 1]; got values up to {hi:.6g}: divide by 255 "
+            "(or the image's maximum) or pass the integer image"
+        )
+    if lo < -FLOAT_TOLERANCE:
+        raise InputError(
+            f"float images must be scaled to [0, 1]; got values down to {lo:.6g}: rescale "
+            "the image (e.g. skimage.exposure.rescale_intensity) or pass the integer image"
+        )
+    if lo < 0.0 or hi > 1.0:
+        np.clip(out, 0.0, 1.0, out=out)
+    return out
+
+
+def _read_window(arr: Any, info: ImageInfo, ys: slice, xs: slice) -> np.ndarray:
+    if info.channels == 1 and getattr(arr, "ndim", len(arr.shape)) == 3:
+        key: tuple[Any, ...] = (ys, xs, 0)
+    elif info.channels == 4:
+        key = (ys, xs, slice(0, 3))
+    else:
+        key = (ys, xs)
+    try:
+        window = np.asarray(arr[key])
+    except SelfloopError:
+        raise
+    except Exception as exc:  # lazy readers (zarr, dask, tifffile codecs) fail in many ways
+        raise InputError(
+            f"could not read pixels [{ys.start}:{ys.stop}, {xs.start}:{xs.stop}] of the "
+            f"image ({type(exc).__name__}: {exc}): the file may be corrupt"
+        ) from exc
+    out = _to_float(window)
+    if out.ndim == 2:
+        out = np.repeat(out[:, :, None], 3, axis=2)
+    return np.ascontiguousarray(out)
+
+
+def read_region(arr: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Read one window of an image as float32 RGB in [0, 1].
+
+    Only the window is read from lazy arrays (memmap, zarr, dask).
+
+    Parameters
+    ----------
+    arr
+        An image accepted by :func:`check_image`.
+    y0, y1, x0, x1
+        The window ``[y0:y1, x0:x1]``; it must lie inside the image and not be empty.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, shape ``(y1 - y0, x1 - x0, 3)``. Gray is replicated to 3 channels, alpha is
+        dropped; uint8 is divided by 255, uint16 by 65535, bool becomes 0/1, float is passed
+        through (values within a tiny tolerance outside [0, 1] are clipped).
+
+    Raises
+    ------
+    InputError
+        For an unsupported image, a window outside the image, NaN values or float values
+        outside [0, 1].
+    """
+    info = check_image(arr)
+    if not (0 <= y0 < y1 <= info.height and 0 <= x0 < x1 <= info.width):
+        raise InputError(
+            f"window [{y0}:{y1}, {x0}:{x1}] is not inside the {info.height}x{info.width} "
+            "image: use read_region_padded for windows that extend past the border"
+        )
+    return _read_window(arr, info, slice(int(y0), int(y1)), slice(int(x0), int(x1)))
+
+
+def _reflect(start: int, stop: int, length: int) -> np.ndarray:
+    """Source indices for positions start..stop-1 under symmetric reflection (np.pad)."""
+    idx = np.arange(start, stop, dtype=np.int64) % (2 * length)
+    return np.where(idx < length, idx, 2 * length - 1 - idx)
+
+
+def read_region_padded(arr: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    """Like :func:`read_region`, but the window may extend past the image on any side.
+
+    The missing part is filled by symmetric reflection (``np.pad(..., mode="symmetric")``,
+    repeated as often as needed), so an image smaller than a patch is padded up to the patch.
+    Only the part of the image the window maps to is read.
+
+    Parameters
+    ----------
+    arr
+        An image accepted by :func:`check_image`.
+    y0, y1, x0, x1
+        The window; ``y0 < y1`` and ``x0 < x1``, any of them may be negative or beyond the
+        image.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, shape ``(y1 - y0, x1 - x0, 3)`` in [0, 1].
+    """
+    info = check_image(arr)
+    if y1 <= y0 or x1 <= x0:
+        raise InputError(f"window [{y0}:{y1}, {x0}:{x1}] is empty: pass y0 < y1 and x0 < x1")
+    if y0 >= 0 and x0 >= 0 and y1 <= info.height and x1 <= info.width:
+        return read_region(arr, y0, y1, x0, x1)
+    rows = _reflect(int(y0), int(y1), info.height)
+    cols = _reflect(int(x0), int(x1), info.width)
+    ry0, ry1 = int(rows.min()), int(rows.max()) + 1
+    rx0, rx1 = int(cols.min()), int(cols.max()) + 1
+    block = _read_window(arr, info, slice(ry0, ry1), slice(rx0, rx1))
+    return np.ascontiguousarray(block[np.ix_(rows - ry0, cols - rx0)])
+
+
+# --------------------------------------------------------------------------------------------
+# atomic writing
+
+_umask_lock = threading.Lock()
+_umask_cache: list[int] = []
+
+
+def _default_mode() -> int:
+    """File mode a newly created file would get (0o666 minus the umask)."""
+    with _umask_lock:
+        if not _umask_cache:
+            current = os.umask(0o022)
+            os.umask(current)
+            _umask_cache.append(current)
+    return 0o666 & ~_umask_cache[0]
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not supported on every platform / file system
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _nearly_full(directory: Path) -> bool:
+    try:
+        stats = os.statvfs(directory)
+    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
+        return False
+    return stats.f_bavail * stats.f_frsize < 2**20
+
+
+def _write_error(path: Path, exc: OSError) -> OSError:
+    """An OSError of the same kind whose message names the target path.
+
+    Short writes (numpy's ``tofile``, used by tifffile, raises ``OSError`` without an errno)
+    on a nearly full file system are reported as ``ENOSPC``. Call this before removing the
+    temporary file, while the space it took is still in use.
+    """
+    code = exc.errno
+    if code is None and _nearly_full(path.parent):
+        code = errno.ENOSPC
+    reason = exc.strerror or str(exc)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (the disk or quota is full: free some space or write elsewhere)"
+    return OSError(code, f"could not write {path}: {reason}")
+
+
+def _new_temp(path: Path) -> Path:
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    os.close(fd)
+    return Path(tmp)
+
+
+def _install(tmp: Path, path: Path) -> None:
+    """fsync ``tmp``, give it the target's permissions and rename it onto ``path``."""
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = _default_mode()
+    os.chmod(tmp, mode)
+    _fsync_path(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success, move it onto ``path`` atomically.
+
+    The temporary file is named ``.NAME.tmp-XXXX`` in the same directory (so the final rename
+    never crosses file systems). When the ``with`` block finishes, the file is fsynced and
+    ``os.replace``-d onto ``path``; on any exception it is removed and an existing file at
+    ``path`` is left untouched.
+
+    Parameters
+    ----------
+    path
+        The final destination.
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary path to write to (it exists, empty, when the block starts).
+
+    Raises
+    ------
+    OSError
+        When writing, syncing or renaming fails (a full disk, a read-only folder ...); the
+        message names ``path``. Other exceptions from the block propagate unchanged.
+    """
+    path = Path(path)
+    tmp = _new_temp(path)
+    try:
+        yield tmp
+        _install(tmp, path)
+    except OSError as exc:
+        error = _write_error(path, exc)
+        _remove_quietly(tmp)
+        raise error from exc
+    except BaseException:
+        _remove_quietly(tmp)
+        raise
+
+
+def _remove_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def write_tiff(path: str | os.PathLike[str], array: npt.ArrayLike, **kwargs: Any) -> Path:
+    """Write ``array`` to a TIFF file atomically.
+
+    Parameters
+    ----------
+    path
+        Destination file.
+    array
+        The image (2D, or 3D with channels last).
+    **kwargs
+        Passed to ``tifffile.imwrite`` (e.g. ``compression="zlib"``, ``photometric=...``).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    import tifffile
+
+    data = np.asarray(array)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, data, **kwargs)
+    return path
+
+
+def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON (UTF-8) atomically.
+
+    The object is serialised before anything is written, so an unserialisable value leaves no
+    file behind.
+
+    Parameters
+    ----------
+    path
+        Destination file.
+    obj
+        Any JSON-serialisable value.
+    indent
+        Indentation of the output.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
+
+
+def _cleanup_writer(fd: list[int], tmp: Path) -> None:
+    if fd:
+        with contextlib.suppress(OSError):
+            os.close(fd.pop())
+    _remove_quietly(tmp)
+
+
+class TiffRowWriter:
+    """Write a large 2D single-channel TIFF band by band, atomically, without holding it.
+
+    An uncompressed, contiguous TIFF of the final size is created in a temporary file next to
+    ``path`` (``tifffile.imwrite(tmp, None, shape=..., dtype=..., returnoffset=True)``, which
+    writes the header and leaves the pixel data as a hole); :meth:`write_rows` then writes the
+    bytes of each band at their offset with plain file I/O (``os.pwrite``), so neither the
+    image nor a memory map of it is ever resident. :meth:`commit` fsyncs and renames the
+    temporary file onto ``path``; :meth:`abort` removes it. Used as a context manager it
+    commits on success and aborts on an exception. Rows never written read back as 0.
+
+    Parameters
+    ----------
+    path
+        Destination file.
+    height, width
+        Image size in pixels.
+    dtype
+        Pixel type, e.g. ``np.float32`` or ``np.uint8``.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], height: int, width: int, dtype: npt.DTypeLike
+    ) -> None:
+        import tifffile
+
+        self.path = Path(path)
+        self.height, self.width = int(height), int(width)
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        if self.height < 1 or self.width < 1:
+            raise InputError(f"TiffRowWriter needs a positive size, got {height}x{width}")
+        if self.dtype.kind not in "biuf" or self.dtype.itemsize > 8:
+            raise InputError(f"TiffRowWriter cannot write pixel type {self.dtype.name}")
+        self._row_bytes = self.width * self.dtype.itemsize
+        nbytes = self.height * self._row_bytes
+        self._tmp = _new_temp(self.path)
+        self._fd: list[int] = []
+        self._finalizer = weakref.finalize(self, _cleanup_writer, self._fd, self._tmp)
+        self._written = np.zeros(self.height, dtype=bool)
+        try:
+            result = tifffile.imwrite(
+                self._tmp,
+                None,
+                shape=(self.height, self.width),
+                dtype=self.dtype,
+                byteorder="<",
+                photometric="minisblack",
+                bigtiff=nbytes > 2**32 - 2**25,
+                returnoffset=True,
+            )
+            if result is None:
+                raise OSError(errno.EIO, "tifffile did not report a data offset")
+            self._offset, bytecount = int(result[0]), int(result[1])
+            if bytecount != nbytes:
+                raise OSError(
+                    errno.EIO, f"tifffile laid out {bytecount} bytes of pixels, expected {nbytes}"
+                )
+            self._fd.append(os.open(self._tmp, os.O_RDWR))
+        except OSError as exc:
+            error = _write_error(self.path, exc)
+            self._finalizer()
+            raise error from exc
+        except BaseException:
+            self._finalizer()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`commit` or :meth:`abort`."""
+        return not self._finalizer.alive
+
+    def write_rows(self, y0: int, block: npt.ArrayLike) -> None:
+        """Write rows ``y0 .. y0 + len(block) - 1``.
+
+        Parameters
+        ----------
+        y0
+            First row.
+        block
+            Shape ``(rows, width)``. Converted to the writer's dtype; float values are not
+            silently truncated into an integer file (that raises).
+
+        Raises
+        ------
+        OSError
+            When the write fails (e.g. a full disk); the temporary file is then removed.
+        """
+        if self.closed:
+            raise RuntimeError(f"TiffRowWriter for {self.path} is already closed")
+        block = np.asarray(block)
+        if block.ndim != 2 or block.shape[1] != self.width:
+            raise ValueError(
+                f"expected rows of shape (n, {self.width}), got {block.shape} for {self.path}"
+            )
+        y0 = int(y0)
+        if y0 < 0 or y0 + block.shape[0] > self.height:
+            raise ValueError(
+                f"rows {y0}..{y0 + block.shape[0] - 1} are outside 0..{self.height - 1} "
+                f"of {self.path}"
+            )
+        if self.dtype.kind in "biu" and block.dtype.kind == "f":
+            raise ValueError(
+                f"{self.path} stores {self.dtype.name}; got {block.dtype.name} rows: scale and "
+                "convert them first"
+            )
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        view = memoryview(data).cast("B")
+        position = self._offset + y0 * self._row_bytes
+        try:
+            while view:
+                count = os.pwrite(self._fd[0], view, position)
+                if count <= 0:
+                    raise OSError(errno.EIO, "short write")
+                view = view[count:]
+                position += count
+        except OSError as exc:
+            error = _write_error(self.path, exc)
+            self.abort()
+            raise error from exc
+        self._written[y0 : y0 + block.shape[0]] = True
+
+    def commit(self) -> Path:
+        """Flush to disk and move the finished file onto ``path``.
+
+        Returns
+        -------
+        pathlib.Path
+            The final path.
+        """
+        if self.closed:
+            raise RuntimeError(f"TiffRowWriter for {self.path} is already closed")
+        missing = int(np.count_nonzero(~self._written))
+        if missing:
+            logger.warning(
+                "%s: %d of %d rows were never written (left 0)", self.path, missing, self.height
+            )
+        try:
+            fd = self._fd.pop()
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _install(self._tmp, self.path)
+        except OSError as exc:
+            error = _write_error(self.path, exc)
+            self._finalizer()
+            raise error from exc
+        self._finalizer.detach()
+        return self.path
+
+    def abort(self) -> None:
+        """Discard the temporary file (idempotent); ``path`` is left as it was."""
+        self._finalizer()
+
+    def __enter__(self) -> TiffRowWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            if not self.closed:
+                self.commit()
+        else:
+            self.abort()
