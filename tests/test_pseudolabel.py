@@ -1,0 +1,243 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_selfloop.core.errors import InputError
+from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.pseudolabel import (
+    METHODS,
+    PseudoLabelConfig,
+    confidence_mask,
+    pseudo_label,
+    selfloop_weights,
+)
+from napari_selfloop.core.tiling import run_to_completion
+from tests.conftest import TINY, assert_same_state, state_snapshot
+
+
+def calibrated(seed: int = 0, width: int = 8):
+    """A real model whose BatchNorm statistics were set on random images.
+
+    Freshly initialised BatchNorm makes the output nearly constant; after one
+    calibration pass it varies over the image, so comparisons mean something.
+    """
+    model = build_model(ModelConfig(width=width), seed=seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(2, 3, 96, 96, generator=gen))
+    return model.eval()
+
+
+def run(image, model, **kw):
+    kw.setdefault("precision", "fp32")
+    kw.setdefault("patch_size", 96)
+    kw.setdefault("q", 3)
+    return run_to_completion(pseudo_label(image, model, PseudoLabelConfig(**kw)))
+
+
+def test_weights_follow_algorithm_1():
+    w = selfloop_weights(torch.tensor([[1.0, 2.0, 3.0]]))
+    # 1 - l/sum = 5/6, 4/6, 3/6; normalised by their sum (2).
+    assert torch.allclose(w, torch.tensor([[5 / 12, 4 / 12, 3 / 12]]))
+    many = selfloop_weights(torch.rand(7, 10) * 5)
+    assert torch.allclose(many.sum(-1), torch.ones(7))
+    assert (many >= 0).all()
+
+
+@pytest.mark.parametrize(
+    "losses, expected",
+    [
+        ([[4.2]], [[1.0]]),  # Q = 1: the formula gives 0/0
+        ([[2.0, 2.0, 2.0, 2.0]], [[0.25] * 4]),  # all equal
+        ([[0.0, 0.0]], [[0.5, 0.5]]),  # all zero
+        ([[0.0, 3.0]], [[1.0, 0.0]]),  # one zero loss
+    ],
+)
+def test_weights_edge_cases(losses, expected):
+    w = selfloop_weights(torch.tensor(losses))
+    assert torch.allclose(w, torch.tensor(expected))
+    assert torch.isfinite(w).all()
+
+
+def test_selfloop_leaves_the_model_bit_identical(rgb_image):
+    model = calibrated()
+    model.train()  # the caller's mode is restored too
+    snap = state_snapshot(model)
+    result = run(rgb_image, model, method="selfloop", q=4, lr=1e-2)
+    assert_same_state(model, snap)
+    assert model.training
+    assert all(m.training for m in model.modules())
+    assert result.weights.shape == (1, 4)  # a 70x90 image fits one 96x96 patch; Q = 4
+    assert np.allclose(result.weights.sum(1), 1.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_gives_maps_of_the_image_size(method, rgb_image):
+    models = [calibrated(0), calibrated(1)] if method == "ensemble" else calibrated()
+    result = run(rgb_image, models, method=method)
+    h, w = rgb_image.shape[:2]
+    for arr in (result.probability, result.uncertainty, result.mask):
+        assert arr.shape == (h, w)
+    assert result.probability.dtype == np.float32
+    assert 0.0 <= result.probability.min() and result.probability.max() <= 1.0
+    assert (result.uncertainty >= 0).all() and result.uncertainty.max() > 0
+    assert np.array_equal(result.mask, confidence_mask(result.probability, 0.8))
+    if method.startswith("selfloop"):
+        assert result.losses.shape == result.weights.shape == (1, 3)
+        assert np.allclose(result.weights.sum(1), 1.0, atol=1e-6)
+    else:
+        assert result.losses is None
+
+
+def test_encoder_updates_change_the_result(rgb_image):
+    model = calibrated()
+    with_ss = run(rgb_image, model, method="selfloop", q=5, lr=1e-2)
+    without = run(rgb_image, model, method="selfloop-no-ss", q=5)
+    # Same puzzles (same seed), so any difference comes from the encoder updates.
+    assert np.array_equal(with_ss.classes, without.classes)
+    assert np.abs(with_ss.probability - without.probability).max() > 1e-4
+    # The jigsaw loss falls as the copied encoder learns the puzzle.
+    assert with_ss.losses[0, -1] < with_ss.losses[0, 0]
+    assert np.allclose(without.weights, 0.2)
+
+
+def test_same_seed_same_result(rgb_image):
+    model = calibrated()
+    a = run(rgb_image, model, method="selfloop", seed=3)
+    b = run(rgb_image, model, method="selfloop", seed=3)
+    c = run(rgb_image, model, method="selfloop", seed=4)
+    assert np.array_equal(a.probability, b.probability)
+    assert not np.array_equal(a.classes, c.classes)
+
+
+def test_tiled_matches_untiled_on_one_patch():
+    model = calibrated()
+    image = np.random.default_rng(1).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    result = run(image, model, method="softmax", patch_size=192)
+    with torch.no_grad():
+        x = torch.from_numpy(image / 255.0).float().permute(2, 0, 1)[None]
+        untiled = torch.sigmoid(model(x))[0, 0].numpy()
+    assert untiled.std() > 0.01  # the map is not flat
+    np.testing.assert_allclose(result.probability, untiled, atol=1e-5)
+
+
+def test_tiles_blend_into_the_untiled_map():
+    """Several overlapping patches stitched together stay close to one big pass."""
+    model = calibrated()
+    image = np.random.default_rng(2).integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    with torch.no_grad():
+        x = torch.from_numpy(image / 255.0).float().permute(2, 0, 1)[None]
+        untiled = torch.sigmoid(model(x))[0, 0].numpy()
+    tiled = run(image, model, method="softmax", patch_size=96, overlap=32).probability
+    assert np.corrcoef(tiled.ravel(), untiled.ravel())[0, 1] > 0.6
+    # No seams: the step across a patch border is no larger than steps elsewhere.
+    steps = np.abs(np.diff(tiled, axis=1)).mean(0)
+    assert steps.max() < 5 * np.median(steps)
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((1, 1), np.uint8),
+        np.full((5, 7, 3), 200, np.uint8),
+        np.random.default_rng(0).integers(0, 65535, (33, 101), dtype=np.uint16),
+        np.random.default_rng(0).integers(0, 256, (97, 131, 4), dtype=np.uint8),
+        np.random.default_rng(0).random((50, 60, 3)).astype(np.float32),
+        np.random.default_rng(0).random((40, 41)) > 0.5,
+    ],
+    ids=["1x1", "tiny-rgb", "uint16-gray", "rgba-odd", "float", "bool"],
+)
+def test_odd_inputs_work(image):
+    result = run(image, calibrated(), method="selfloop", q=2)
+    assert result.probability.shape == image.shape[:2]
+    assert np.isfinite(result.probability).all()
+
+
+def test_rgba_alpha_is_ignored():
+    rgb = np.random.default_rng(0).integers(0, 256, (60, 60, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full((60, 60), 7, np.uint8)])
+    model = calibrated()
+    a = run(rgb, model, method="softmax").probability
+    b = run(rgba, model, method="softmax").probability
+    assert np.array_equal(a, b)
+
+
+def test_lazy_inputs_give_the_same_map(tmp_path):
+    import dask.array as da
+    import tifffile
+
+    image = np.random.default_rng(0).integers(0, 256, (150, 170, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "x.tif", image)
+    model = calibrated()
+    ref = run(image, model, method="softmax").probability
+    for lazy in (da.from_array(image, chunks=(64, 64, 3)), tifffile.memmap(tmp_path / "x.tif")):
+        np.testing.assert_array_equal(run(lazy, model, method="softmax").probability, ref)
+
+
+def test_bf16_is_close_to_fp32(rgb_image):
+    model = calibrated()
+    a = run(rgb_image, model, method="softmax", precision="fp32").probability
+    b = run(rgb_image, model, method="softmax", precision="bf16").probability
+    assert np.abs(a - b).max() < 0.05
+
+
+def test_confidence_mask_three_way():
+    prob = np.array([0.95, 0.81, 0.8, 0.5, 0.2, 0.19, 0.0], np.float32)
+    assert confidence_mask(prob, 0.8).tolist() == [1, 1, 255, 255, 255, 0, 0]
+
+
+def test_progress_events_end_complete(rgb_image):
+    gen = pseudo_label(np.zeros((200, 300), np.uint8), calibrated(),
+                       PseudoLabelConfig(method="softmax", patch_size=96, batch_size=2))
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration:
+            break
+    assert events and events[-1].done == events[-1].total
+    assert [e.done for e in events] == sorted(e.done for e in events)
+
+
+def test_cancel_leaves_model_untouched():
+    model = calibrated()
+    snap = state_snapshot(model)
+    gen = pseudo_label(np.zeros((300, 300, 3), np.uint8), model,
+                       PseudoLabelConfig(method="selfloop", q=2, patch_size=96, batch_size=1))
+    next(gen)
+    gen.close()  # what the plugin's Cancel and Ctrl-C do
+    assert_same_state(model, snap)
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        ({"method": "bayes"}, "unknown method"),
+        ({"q": 0}, "Q must be"),
+        ({"threshold": 0.4}, "threshold"),
+        ({"patch_size": 100}, "multiple of 96"),
+        ({"patch_size": 96, "overlap": 48}, "overlap"),
+    ],
+)
+def test_bad_config_is_refused(kw, words):
+    with pytest.raises(InputError, match=words):
+        PseudoLabelConfig(**kw)
+
+
+def test_model_count_is_checked(rgb_image):
+    model = build_model(TINY, seed=0)
+    with pytest.raises(InputError, match="at least two"):
+        run(rgb_image, [model], method="ensemble")
+    with pytest.raises(InputError, match="only the ensemble"):
+        run(rgb_image, [model, model], method="softmax")
+    with pytest.raises(InputError, match="dropout"):
+        run(rgb_image, build_model(ModelConfig(width=8, dropout=0.0)), method="mc-dropout")
+
+
+def test_bad_image_is_refused():
+    with pytest.raises(InputError, match="pick one plane"):
+        run(np.zeros((5, 3, 64, 64), np.uint8), build_model(TINY), method="softmax")
