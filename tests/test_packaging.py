@@ -244,7 +244,8 @@ def test_setup_script_pins_cpu_torch_first():
 
 
 def test_ruff_check():
-    ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
+    # Prefer the ruff of this environment (the pinned tool chain) over one on PATH.
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff is None:
         pytest.skip("ruff is not installed")
     proc = subprocess.run(
