@@ -83,7 +83,7 @@ def test_every_method_gives_maps_of_the_image_size(method, rgb_image):
     for arr in (result.probability, result.uncertainty, result.mask):
         assert arr.shape == (h, w)
     assert result.probability.dtype == np.float32
-    assert 0.0 <= result.probability.min() and result.probability.max() <= 1.0
+    assert result.probability.min() >= 0.0 and result.probability.max() <= 1.0
     assert (result.uncertainty >= 0).all() and result.uncertainty.max() > 0
     assert np.array_equal(result.mask, confidence_mask(result.probability, 0.8))
     if method.startswith("selfloop"):

@@ -44,7 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-selfloop`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except argparse.ArgumentError as e:  # raised instead of exiting by some Pythons
+        print(f"napari-selfloop: error: {e} (see --help)", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # --help, --version and usage errors
+        return int(e.code or 0)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",

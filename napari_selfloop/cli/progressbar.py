@@ -12,18 +12,23 @@ T = TypeVar("T")
 
 
 def drive(gen: Generator[Progress, None, T], desc: str, quiet: bool = False) -> T:
-    """Exhaust ``gen``, showing its progress on stderr; return its return value."""
-    bar: Any = None
-    if not quiet:
-        from tqdm import tqdm
+    """Exhaust ``gen``, showing its progress on stderr; return its return value.
 
-        bar = tqdm(desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
+    The bar appears with the first event (so an early error stays one line) and only
+    when stderr is a terminal.
+    """
+    bar: Any = None
+    show = not quiet and sys.stderr.isatty()
     try:
         while True:
             try:
                 event = next(gen)
             except StopIteration as stop:
                 return stop.value
+            if show and bar is None:
+                from tqdm import tqdm
+
+                bar = tqdm(desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
             if bar is not None:
                 if event.total and bar.total != event.total:
                     bar.total = event.total

@@ -108,6 +108,8 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
     if not zipfile.is_zipfile(path):
         with open(path, "rb") as f:
             head = f.read(8)
+        if head[:4] == b"PK\x03\x04":
+            raise CheckpointError(f"{path.name} is corrupt or truncated (its zip archive is incomplete)")
         if head[:1] == b"\x80":
             raise CheckpointError(
                 f"{path.name} is a legacy pickle file, not a napari-selfloop checkpoint; "
