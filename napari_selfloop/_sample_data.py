@@ -29,7 +29,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], sigma: float
     return n / (n.std() + 1e-9)
 
 
-def make_nuclei(size: int = 256, seed: int = 0, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def make_nuclei(
+    size: int = 256, seed: int = 0, n: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """An H&E-like RGB tile and its nucleus instance labels.
 
     Parameters

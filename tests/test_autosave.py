@@ -44,7 +44,10 @@ def test_save_restore_roundtrip(tmp_path):
     # Overwrite keeps one file pair, no temp leftovers.
     store.save("ab12", lab * 0, name="img")
     assert store.load("ab12").labels.sum() == 0
-    assert sorted(p.name for p in (tmp_path / "project" / "autosave").iterdir()) == ["ab12.json", "ab12.tif"]
+    assert sorted(p.name for p in (tmp_path / "project" / "autosave").iterdir()) == [
+        "ab12.json",
+        "ab12.tif",
+    ]
     store.delete("ab12")
     assert store.load("ab12") is None
 

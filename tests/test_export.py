@@ -72,8 +72,13 @@ def test_single_pixel_and_holes():
 
 def test_export_writes_files_and_updates_manifest(tmp_path):
     lab = _labels()
-    entry = export_annotation(tmp_path / "out", "my image.png", lab, image_sha256="ab" * 32,
-                              checkpoint={"path": "m.pt", "sha256": "cd" * 32})
+    entry = export_annotation(
+        tmp_path / "out",
+        "my image.png",
+        lab,
+        image_sha256="ab" * 32,
+        checkpoint={"path": "m.pt", "sha256": "cd" * 32},
+    )
     out = tmp_path / "out"
     assert entry["mask"] == "my_image_mask.tif"
     mask = tifffile.imread(out / entry["mask"])

@@ -40,7 +40,11 @@ def image_key(image: Any) -> str:
     h = hashlib.sha256()
     shape = tuple(int(s) for s in image.shape)
     h.update(repr((shape, str(np.dtype(image.dtype)))).encode())
-    if isinstance(image, np.ndarray) and not isinstance(image, np.memmap) and image.nbytes <= FULL_HASH_BYTES:
+    if (
+        isinstance(image, np.ndarray)
+        and not isinstance(image, np.memmap)
+        and image.nbytes <= FULL_HASH_BYTES
+    ):
         h.update(np.ascontiguousarray(image).tobytes())
     else:
         height, width = shape[0], shape[1]
@@ -77,7 +81,9 @@ class AutosaveStore:
             raise InputError(f"invalid autosave key {key!r}")
         return self.folder / f"{key}.tif", self.folder / f"{key}.json"
 
-    def save(self, key: str, labels: np.ndarray, *, name: str = "", extra: dict[str, Any] | None = None) -> Path:
+    def save(
+        self, key: str, labels: np.ndarray, *, name: str = "", extra: dict[str, Any] | None = None
+    ) -> Path:
         """Save ``labels`` for the image with ``key``; returns the TIFF's path."""
         labels = np.asarray(labels)
         if labels.ndim != 2:

@@ -100,7 +100,9 @@ def bootstrap_he(rgb: np.ndarray, *, min_distance: int = 4) -> BootstrapResult:
     fg = ndi.binary_opening(fg, morphology.disk(1))
     dist = ndi.distance_transform_edt(fg)
     coords = feature.peak_local_max(
-        filters.gaussian(dist, sigma=1), min_distance=min_distance, labels=measure.label(fg),
+        filters.gaussian(dist, sigma=1),
+        min_distance=min_distance,
+        labels=measure.label(fg),
         exclude_border=False,
     )
     markers = np.zeros(fg.shape, np.int32)

@@ -54,7 +54,9 @@ def labels_to_mask(labels: np.ndarray, uncertain: str = "keep") -> np.ndarray:
     if labels.ndim != 2:
         raise InputError(f"expected a 2D mask, got shape {labels.shape}: pick one plane")
     if uncertain not in UNCERTAIN_POLICIES:
-        raise InputError(f"uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {uncertain!r}")
+        raise InputError(
+            f"uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}, got {uncertain!r}"
+        )
     if labels.dtype.kind not in "biu":
         raise InputError(f"a mask must hold integer labels, got {labels.dtype}")
     mask = np.where(labels == 0, 0, 1).astype(np.uint8)
@@ -121,17 +123,19 @@ def mask_to_geojson(
         rings = _polygon(crop, ys.start - 1, xs.start - 1)
         if rings is None:
             continue
-        features.append({
-            "type": "Feature",
-            "id": f"object-{i}",
-            "geometry": {"type": "Polygon", "coordinates": rings},
-            "properties": {
-                "objectType": object_type,
-                "classification": {"name": classification, "color": list(color)},
-                "isLocked": False,
-                "measurements": {"Area px": int((instances[sl] == i).sum()), "Label": int(i)},
-            },
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"object-{i}",
+                "geometry": {"type": "Polygon", "coordinates": rings},
+                "properties": {
+                    "objectType": object_type,
+                    "classification": {"name": classification, "color": list(color)},
+                    "isLocked": False,
+                    "measurements": {"Area px": int((instances[sl] == i).sum()), "Label": int(i)},
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -203,7 +207,11 @@ def export_annotation(
     }
     write_tiff(out / files["mask"], mask, compression="zlib")
     write_tiff(out / files["instances"], instances, compression="zlib")
-    write_json(out / files["geojson"], mask_to_geojson(instances, classification=classification), indent=None)
+    write_json(
+        out / files["geojson"],
+        mask_to_geojson(instances, classification=classification),
+        indent=None,
+    )
     entry = {
         "name": str(name),
         "image": image_path,
@@ -220,7 +228,9 @@ def export_annotation(
     }
     manifest_path = out / MANIFEST
     manifest = _read_manifest(manifest_path)
-    manifest["entries"] = [e for e in manifest["entries"] if e.get("mask") != files["mask"]] + [entry]
+    manifest["entries"] = [e for e in manifest["entries"] if e.get("mask") != files["mask"]] + [
+        entry
+    ]
     write_json(manifest_path, manifest)
     log.info("exported %s: %d objects -> %s", name, entry["objects"], out)
     return entry

@@ -81,10 +81,18 @@ def uncertain_regions(
     uncertain = mask == UNCERTAIN
     if not uncertain.any():
         return []
-    grown = ndi.binary_dilation(uncertain, iterations=merge_distance) if merge_distance > 0 else uncertain
+    grown = (
+        ndi.binary_dilation(uncertain, iterations=merge_distance)
+        if merge_distance > 0
+        else uncertain
+    )
     labels, n = ndi.label(grown)
     labels = np.where(uncertain, labels, 0)
-    weights = uncertain.astype(np.float64) if uncertainty is None else np.where(uncertain, uncertainty, 0.0)
+    weights = (
+        uncertain.astype(np.float64)
+        if uncertainty is None
+        else np.where(uncertain, uncertainty, 0.0)
+    )
     index = np.arange(1, n + 1)
     areas = ndi.sum_labels(uncertain, labels, index)
     scores = ndi.sum_labels(weights, labels, index)
@@ -95,11 +103,13 @@ def uncertain_regions(
         if slices[i] is None or areas[i] < min_area:
             continue
         ys, xs = slices[i]
-        regions.append(Region(
-            bbox=(ys.start, xs.start, ys.stop, xs.stop),
-            centroid=(float(centroids[i][0]), float(centroids[i][1])),
-            area=int(areas[i]),
-            score=float(scores[i]),
-        ))
+        regions.append(
+            Region(
+                bbox=(ys.start, xs.start, ys.stop, xs.stop),
+                centroid=(float(centroids[i][0]), float(centroids[i][1])),
+                area=int(areas[i]),
+                score=float(scores[i]),
+            )
+        )
     regions.sort(key=lambda r: (-r.score, r.bbox[0], r.bbox[1]))
     return regions[:limit] if limit is not None else regions

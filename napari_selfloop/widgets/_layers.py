@@ -1,0 +1,280 @@
+"""Layer helpers shared by the panels: pickers, result layers found by role, checks.
+
+Result layers carry ``layer.metadata["selfloop"] = {"role": ..., "source": IMAGE_NAME, ...}``
+with role ``probability``, ``uncertainty`` or ``labels`` (the correction layer), so a
+re-run updates them in place (found by role and source, whatever they were renamed to)
+instead of piling up new layers.
+
+The correction Labels layer holds 0 = background, 1 = foreground (any other painted label
+counts as foreground too) and 255 = uncertain, the core's mask convention.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Labels, Layer, Shapes
+from napari.utils.colormaps import DirectLabelColormap
+from qtpy.QtWidgets import QComboBox
+
+from ..core.errors import InputError
+from ..core.imageio import ImageInfo, check_image
+from ..core.pseudolabel import UNCERTAIN
+
+KEY = "selfloop"
+ROLES = ("probability", "uncertainty", "labels")
+SUFFIX = {"probability": "probability", "uncertainty": "uncertainty", "labels": "corrections"}
+FOREGROUND, BACKGROUND = 1, 0
+#: Correction colours: cyan foreground, bright yellow uncertain (stands out on H&E and skin).
+FOREGROUND_COLOR = (0.0, 0.9, 1.0, 1.0)
+UNCERTAIN_COLOR = (1.0, 0.85, 0.0, 1.0)
+
+
+def camera(viewer: Any) -> Any:
+    """The viewer's camera (``viewer.scene.camera`` since napari 0.9, else ``viewer.camera``)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera
+
+
+def role_of(layer: Layer) -> str | None:
+    meta = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
+    return meta.get("role") if isinstance(meta, dict) else None
+
+
+def meta_of(layer: Layer) -> dict[str, Any]:
+    """The layer's napari-selfloop metadata (created empty if missing)."""
+    meta = layer.metadata.get(KEY)
+    if not isinstance(meta, dict):
+        meta = {}
+        layer.metadata[KEY] = meta
+    return meta
+
+
+def source_of(layer: Layer) -> str | None:
+    meta = layer.metadata.get(KEY)
+    return meta.get("source") if isinstance(meta, dict) else None
+
+
+def is_source_image(layer: Layer) -> bool:
+    """An Image layer that is not one of our result maps."""
+    return isinstance(layer, Image) and role_of(layer) is None
+
+
+def is_correction(layer: Layer) -> bool:
+    return isinstance(layer, Labels) and role_of(layer) == "labels"
+
+
+def find_result(viewer: Any, source: str, role: str) -> Layer | None:
+    for layer in viewer.layers:
+        if role_of(layer) == role and source_of(layer) == source:
+            return layer
+    return None
+
+
+def image_for(viewer: Any, labels: Layer) -> Image | None:
+    """The image a correction layer belongs to (by recorded source name)."""
+    src = source_of(labels)
+    if src is not None and src in viewer.layers:
+        layer = viewer.layers[src]
+        return layer if isinstance(layer, Image) else None
+    return None
+
+
+def image_data(layer: Image) -> Any:
+    """The full-resolution array of an Image layer, checked to be a 2D gray/RGB(A) image."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    shape = tuple(int(s) for s in data.shape)
+    if not layer.rgb and len(shape) != 2:
+        planes = " x ".join(str(s) for s in shape[:-2])
+        raise InputError(
+            f"layer '{layer.name}' is a stack of shape {shape} ({planes} planes of "
+            f"{shape[-2]}x{shape[-1]}); expected a 2D RGB or grayscale image: pick one plane "
+            "(e.g. add layer.data[0] as a new image)"
+        )
+    try:
+        check_image(data)
+    except InputError as e:
+        raise InputError(f"layer '{layer.name}': {e}") from None
+    return data
+
+
+def image_info(layer: Image) -> ImageInfo:
+    return check_image(image_data(layer))
+
+
+def correction_colormap() -> DirectLabelColormap:
+    return DirectLabelColormap(
+        color_dict={
+            None: FOREGROUND_COLOR,
+            BACKGROUND: (0.0, 0.0, 0.0, 0.0),
+            FOREGROUND: FOREGROUND_COLOR,
+            UNCERTAIN: UNCERTAIN_COLOR,
+        }
+    )
+
+
+def correction_mask(labels: Layer) -> np.ndarray:
+    """The correction layer's data as a 2D array, checked."""
+    data = np.asarray(labels.data)
+    if data.ndim != 2:
+        raise InputError(f"Labels layer '{labels.name}' has shape {data.shape}; expected a 2D mask")
+    return data
+
+
+def check_labels_shape(labels: Layer, info: ImageInfo) -> None:
+    shape = tuple(labels.data.shape)
+    if shape != (info.height, info.width):
+        raise InputError(
+            f"Labels layer '{labels.name}' has shape {shape} but its image is "
+            f"{info.height}x{info.width}: delete or rename that layer and run again"
+        )
+
+
+def put_result(
+    viewer: Any,
+    source: str,
+    role: str,
+    data: np.ndarray,
+    *,
+    box: tuple[int, int, int, int] | None = None,
+    extra_meta: dict[str, Any] | None = None,
+    like: Image | None = None,
+    **kwargs: Any,
+) -> Layer:
+    """Create or update the ``role`` layer of image ``source`` (main thread only).
+
+    With ``box = (y0, x0, y1, x1)`` only that window is replaced by ``data`` (the rest of
+    an existing layer is kept); the full shape then comes from ``like``.
+    """
+    layer = find_result(viewer, source, role)
+    full_shape = tuple(data.shape) if box is None else None
+    if box is not None:
+        base = (
+            like.data[0]
+            if like is not None and like.multiscale
+            else (like.data if like is not None else None)
+        )
+        full_shape = tuple(int(s) for s in base.shape[:2]) if base is not None else None
+    if layer is not None and tuple(layer.data.shape) != full_shape:
+        if role == "labels":
+            raise InputError(
+                f"Labels layer '{layer.name}' has shape {tuple(layer.data.shape)} but the image is "
+                f"{full_shape}: delete that layer and run again"
+            )
+        viewer.layers.remove(layer)
+        layer = None
+    if box is None:
+        new = data
+    else:
+        y0, x0, y1, x1 = box
+        if layer is not None:
+            new = np.array(layer.data, copy=True)
+        else:
+            fill = UNCERTAIN if role == "labels" else 0
+            new = np.full(full_shape, fill, dtype=data.dtype)
+        new[y0:y1, x0:x1] = data
+    meta = {"role": role, "source": source, **(extra_meta or {})}
+    if layer is None:
+        name = f"{source} [{SUFFIX[role]}]"
+        spatial = _spatial_kwargs(like)
+        if role == "labels":
+            layer = viewer.add_labels(
+                new,
+                name=name,
+                colormap=correction_colormap(),
+                opacity=0.55,
+                metadata={KEY: meta},
+                **spatial,
+                **kwargs,
+            )
+            layer.selected_label = FOREGROUND
+            layer.brush_size = 8
+        else:
+            cmap = "magma" if role == "uncertainty" else "viridis"
+            top = 1.0 if role == "probability" else max(1e-3, float(np.nanmax(new)))
+            layer = viewer.add_image(
+                new,
+                name=name,
+                colormap=cmap,
+                contrast_limits=(0.0, top),
+                blending="additive",
+                opacity=0.6,
+                visible=False,
+                metadata={KEY: meta},
+                **spatial,
+                **kwargs,
+            )
+    else:
+        meta_of(layer).update(meta)
+        layer.data = new
+        if role == "uncertainty":
+            layer.contrast_limits = (0.0, max(1e-3, float(np.nanmax(new))))
+    return layer
+
+
+def _spatial_kwargs(like: Image | None) -> dict[str, Any]:
+    if like is None:
+        return {}
+    return {"scale": tuple(like.scale[-2:]), "translate": tuple(like.translate[-2:])}
+
+
+class LayerCombo(QComboBox):
+    """A combo box of the viewer's layers that pass ``accept``, kept up to date.
+
+    The current layer is remembered by name across refreshes; newest layers come first.
+    """
+
+    def __init__(
+        self, viewer: Any, accept: Callable[[Layer], bool], *, none_text: str = "(none)"
+    ) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._accept = accept
+        self._none_text = none_text
+        self.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.moved, events.reordered):
+            ev.connect(self.refresh)
+        events.inserted.connect(self._watch)
+        for layer in viewer.layers:
+            layer.events.name.connect(self.refresh)
+        self.refresh()
+
+    def _watch(self, event: Any) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self.refresh)
+
+    def refresh(self, *_: Any) -> None:
+        current = self.currentText()
+        names = [layer.name for layer in reversed(self._viewer.layers) if self._accept(layer)]
+        self.blockSignals(True)
+        self.clear()
+        if names:
+            self.addItems(names)
+        else:
+            self.addItem(self._none_text)
+        if current in names:
+            self.setCurrentIndex(names.index(current))
+        self.blockSignals(False)
+        if current not in names:
+            self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self) -> Layer | None:
+        name = self.currentText()
+        if name in self._viewer.layers and self._accept(self._viewer.layers[name]):
+            return self._viewer.layers[name]
+        return None
+
+    def set_layer(self, name: str) -> None:
+        self.refresh()
+        i = self.findText(name)
+        if i >= 0:
+            self.setCurrentIndex(i)
+
+
+def shapes_layers(layer: Layer) -> bool:
+    return isinstance(layer, Shapes)

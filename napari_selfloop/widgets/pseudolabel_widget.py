@@ -1,0 +1,290 @@
+"""Pseudo-label panel: run self-loop (or a baseline) on an image, the view or a rectangle.
+
+Results become three layers per image (updated in place on a re-run): the probability map,
+the uncertainty map, and the correction Labels layer (1 confident foreground, 0 confident
+background, 255 = uncertain, drawn in yellow so it stands out).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from napari.layers import Image, Shapes
+from napari.utils.notifications import show_error
+from qtpy.QtWidgets import (
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.device import resolve_device
+from ..core.errors import InputError, SelfloopError
+from ..core.pseudolabel import (
+    METHODS,
+    UNCERTAIN,
+    PseudoLabelConfig,
+    PseudoLabelResult,
+    pseudo_label,
+)
+from ._autosave import autosave_for, key_for
+from ._layers import (
+    LayerCombo,
+    camera,
+    check_labels_shape,
+    find_result,
+    image_data,
+    is_source_image,
+    put_result,
+)
+from ._runner import Runner, error_message
+from ._state import get_state
+
+log = logging.getLogger(__name__)
+
+AREAS = ("Whole image", "Current view", "Rectangle (Shapes layer)")
+#: Patches of 288 px, one at a time on CPU, keep each step (a Cancel point) to ~1-2 s.
+GUI_PATCH = 288
+
+Box = tuple[int, int, int, int]
+
+
+def view_box(viewer: Any, image: Image) -> Box:
+    """The part of ``image`` (data pixels, y0, x0, y1, x1) visible in the canvas."""
+    h, w = (float(s) for s in viewer.canvas.size)  # (height, width) in screen pixels
+    cam = camera(viewer)
+    zoom = float(cam.zoom)
+    cy, cx = (float(c) for c in cam.center[-2:])
+    corners = [
+        (cy - h / (2 * zoom), cx - w / (2 * zoom)),
+        (cy + h / (2 * zoom), cx + w / (2 * zoom)),
+    ]
+    return _world_box(image, corners)
+
+
+def _world_box(image: Image, world_points: list[tuple[float, float]]) -> Box:
+    pts = []
+    for y, x in world_points:
+        world = np.zeros(image.ndim)
+        world[-2:] = (y, x)
+        pts.append(np.asarray(image.world_to_data(world))[-2:])
+    arr = np.asarray(pts)
+    return _clip_box(arr.min(0), arr.max(0), image)
+
+
+def _clip_box(lo: np.ndarray, hi: np.ndarray, image: Image) -> Box:
+    data = image.data[0] if image.multiscale else image.data
+    height, width = int(data.shape[0]), int(data.shape[1])
+    y0, x0 = max(0, int(np.floor(lo[0]))), max(0, int(np.floor(lo[1])))
+    y1, x1 = min(height, int(np.ceil(hi[0]))), min(width, int(np.ceil(hi[1])))
+    if y1 - y0 < 8 or x1 - x0 < 8:
+        raise InputError(
+            "the chosen area does not overlap the image (or is under 8 pixels): "
+            "move the view or draw the rectangle over the image"
+        )
+    return y0, x0, y1, x1
+
+
+def shapes_box(shapes: Shapes, image: Image) -> Box:
+    """The bounding box (image pixels) of the selected shape, or of the last one drawn."""
+    if len(shapes.data) == 0:
+        raise InputError(f"Shapes layer '{shapes.name}' is empty: draw a rectangle in it first")
+    index = max(shapes.selected_data) if shapes.selected_data else len(shapes.data) - 1
+    verts = np.asarray(shapes.data[index])[:, -2:]
+    world = [tuple(shapes.data_to_world(v)[-2:]) for v in verts]
+    return _world_box(image, world)
+
+
+class PseudoLabelWidget(QWidget):
+    """Pseudo-label an image with the current model and show results as layers."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        autosave_for(napari_viewer)
+        self.image_combo = LayerCombo(napari_viewer, is_source_image, none_text="(open an image)")
+        self.method_combo = QComboBox()
+        self.method_combo.addItems(list(METHODS))
+        self.method_combo.setToolTip(
+            "selfloop: jigsaw-weighted self-loop (the paper's method)\n"
+            "selfloop-no-ss: jigsaw maps averaged, no encoder updates\n"
+            "softmax: one forward pass\nmc-dropout: Q passes with dropout\n"
+            "ensemble: mean of the current model and the checkpoints added in the Model panel"
+        )
+        self.q_spin = QSpinBox()
+        self.q_spin.setRange(1, 50)
+        self.q_spin.setValue(10)
+        self.q_spin.setToolTip("Jigsaw permutations (self-loop) or dropout passes (MC dropout)")
+        self.threshold_spin = QDoubleSpinBox()
+        self.threshold_spin.setRange(0.51, 0.99)
+        self.threshold_spin.setSingleStep(0.05)
+        self.threshold_spin.setValue(0.8)
+        self.threshold_spin.setToolTip(
+            "Probability above this is confident foreground, below 1 - this "
+            "confident background; the rest is marked uncertain"
+        )
+        self.area_combo = QComboBox()
+        self.area_combo.addItems(list(AREAS))
+        self.shapes_combo = LayerCombo(
+            napari_viewer, lambda layer: isinstance(layer, Shapes), none_text="(add a Shapes layer)"
+        )
+        self.run_button = QPushButton("Pseudo-label")
+        self.runner = Runner("Pseudo-label", self)
+
+        form = QFormLayout()
+        form.addRow("Image", self.image_combo)
+        form.addRow("Method", self.method_combo)
+        form.addRow("Q", self.q_spin)
+        form.addRow("Threshold", self.threshold_spin)
+        form.addRow("Area", self.area_combo)
+        form.addRow("Rectangle in", self.shapes_combo)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.run_button)
+        layout.addWidget(self.runner.make_bar())
+        layout.addStretch(1)
+
+        self.area_combo.currentIndexChanged.connect(self._area_changed)
+        self.method_combo.currentTextChanged.connect(self._method_changed)
+        self.run_button.clicked.connect(self.run)
+        self.runner.started.connect(lambda: self.run_button.setEnabled(False))
+        self.runner.finished.connect(lambda *_: self.run_button.setEnabled(True))
+        self._area_changed()
+
+    def _area_changed(self, *_: Any) -> None:
+        self.shapes_combo.setEnabled(self.area_combo.currentIndex() == 2)
+
+    def _method_changed(self, method: str) -> None:
+        self.q_spin.setEnabled(method in ("selfloop", "selfloop-no-ss", "mc-dropout"))
+
+    def config(self) -> PseudoLabelConfig:
+        try:
+            cuda = resolve_device(self.state.device).type == "cuda"
+        except SelfloopError:
+            cuda = False
+        return PseudoLabelConfig(
+            method=self.method_combo.currentText(),
+            q=self.q_spin.value(),
+            threshold=round(self.threshold_spin.value(), 4),
+            patch_size=GUI_PATCH,
+            batch_size=4 if cuda else 1,
+        )
+
+    def box(self, image: Image) -> Box:
+        area = self.area_combo.currentIndex()
+        if area == 1:
+            return view_box(self.viewer, image)
+        if area == 2:
+            shapes = self.shapes_combo.layer()
+            if shapes is None:
+                raise InputError(
+                    "no Shapes layer: add one and draw a rectangle, or choose another area"
+                )
+            return shapes_box(shapes, image)
+        data = image_data(image)
+        return 0, 0, int(data.shape[0]), int(data.shape[1])
+
+    def run(self) -> bool:
+        """Start a pseudo-label run (returns False, with a notification, if it cannot)."""
+        try:
+            image = self.image_combo.layer()
+            if image is None:
+                raise InputError("no image layer: open an image (or File > Open Sample) first")
+            data = image_data(image)
+            models = self._models()
+            config = self.config()
+            y0, x0, y1, x1 = box = self.box(image)
+            existing = find_result(self.viewer, image.name, "labels")
+            if existing is not None:
+                from ..core.imageio import check_image
+
+                check_labels_shape(existing, check_image(data))
+            key = key_for(image)
+        except (SelfloopError, OSError) as e:
+            show_error(f"Pseudo-label: {error_message(e)}")
+            return False
+        crop = data[y0:y1, x0:x1]
+        device = self.state.device
+        ckpt = self.state.checkpoint
+        checkpoint = {"path": str(ckpt.path) if ckpt.path else None, "sha256": ckpt.sha256}
+        name = image.name
+        where = "" if box == (0, 0, *data.shape[:2]) else f" [{y0}:{y1}, {x0}:{x1}]"
+
+        def done(result: PseudoLabelResult) -> None:
+            self._show(name, box, result, key, checkpoint)
+
+        return self.runner.start(
+            lambda: pseudo_label(crop, models, config, device=device),
+            on_done=done,
+            message=f"{config.method} on {name}{where}…",
+        )
+
+    def _models(self) -> list:
+        if self.state.model is None:
+            raise InputError(
+                "no model: load a checkpoint or press New model in the Model panel "
+                "(or use 'Start without a model')"
+            )
+        models = [self.state.model]
+        if self.method_combo.currentText() == "ensemble":
+            models += [c.model for c in self.state.ensemble]
+        return models
+
+    def _show(
+        self, name: str, box: Box, result: PseudoLabelResult, key: str, checkpoint: dict
+    ) -> None:
+        if name not in self.viewer.layers:
+            show_error(f"Pseudo-label: image layer '{name}' was removed during the run")
+            return
+        image = self.viewer.layers[name]
+        meta = {
+            "method": result.config.method,
+            "q": result.config.q,
+            "threshold": result.config.threshold,
+        }
+        put_result(
+            self.viewer,
+            name,
+            "probability",
+            result.probability.astype(np.float32),
+            box=box,
+            like=image,
+            extra_meta=meta,
+        )
+        put_result(
+            self.viewer,
+            name,
+            "uncertainty",
+            result.uncertainty.astype(np.float32),
+            box=box,
+            like=image,
+            extra_meta=meta,
+        )
+        labels = put_result(
+            self.viewer,
+            name,
+            "labels",
+            result.mask,
+            box=box,
+            like=image,
+            extra_meta={**meta, "image_key": key, "checkpoint": checkpoint, "done": False},
+        )
+        self.viewer.layers.selection.active = labels
+        mask = result.mask
+        fg = float((mask == 1).mean()) * 100
+        unc = float((mask == UNCERTAIN).mean()) * 100
+        extra = ""
+        if result.losses is not None and result.losses.size:
+            extra = f" · mean jigsaw loss {float(np.mean(result.losses)):.2f}"
+        self.runner.status.setText(
+            f"{result.config.method} on '{name}' ({mask.shape[1]}x{mask.shape[0]}) in "
+            f"{result.seconds:.1f} s on {result.info.get('device', '?')}: {fg:.0f}% foreground, "
+            f"{unc:.0f}% uncertain (yellow){extra}. Correct the mask, then Review."
+        )
+        self.state.labels_updated.emit(labels.name)

@@ -1,0 +1,125 @@
+"""Pseudo-label panel: results as layers, updated in place; areas; cancel; bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+from conftest import assert_same_state, state_snapshot
+from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, fake_stack, small_nuclei, wait_run
+
+from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.widgets._layers import find_result, role_of
+from napari_selfloop.widgets._state import get_state
+from napari_selfloop.widgets.model_widget import ModelWidget
+from napari_selfloop.widgets.pseudolabel_widget import PseudoLabelWidget
+
+pytestmark = GUI_MARKS
+pytest_plugins = ("gui_support",)
+
+
+def _setup(make_napari_viewer, size=96):
+    viewer = make_napari_viewer()
+    image, _ = small_nuclei(size)
+    viewer.add_image(image, name="tile")
+    model = dock(viewer, ModelWidget)
+    model.new_model(width=TINY_WIDTH)
+    panel = dock(viewer, PseudoLabelWidget)
+    panel.q_spin.setValue(2)
+    return viewer, panel
+
+
+def test_results_as_layers_updated_in_place(make_napari_viewer, project, notes, qtbot):
+    viewer, panel = _setup(make_napari_viewer)
+    assert panel.image_combo.currentText() == "tile"
+    assert panel.run()
+    assert wait_run(qtbot, panel.runner).status == "done"
+    roles = sorted(role_of(layer) or "" for layer in viewer.layers)
+    assert roles == ["", "labels", "probability", "uncertainty"]
+    labels = find_result(viewer, "tile", "labels")
+    prob = find_result(viewer, "tile", "probability")
+    assert labels.data.shape == (96, 96) and labels.data.dtype == np.uint8
+    assert set(np.unique(labels.data)) <= {0, 1, 255}
+    assert prob.data.dtype == np.float32 and 0 <= prob.data.min() <= prob.data.max() <= 1
+    # A re-run with another method updates the same three layers.
+    panel.method_combo.setCurrentText("softmax")
+    assert panel.run()
+    assert wait_run(qtbot, panel.runner).status == "done"
+    assert len(viewer.layers) == 4 and find_result(viewer, "tile", "labels") is labels
+    assert labels.metadata["selfloop"]["method"] == "softmax"
+    assert not errors(notes)
+
+
+def test_rectangle_and_view_areas(make_napari_viewer, project, notes, qtbot):
+    viewer, panel = _setup(make_napari_viewer)
+    panel.method_combo.setCurrentText("softmax")
+    shapes = viewer.add_shapes(
+        [np.array([[10, 20], [10, 60], [50, 60], [50, 20]])], shape_type="rectangle"
+    )
+    panel.area_combo.setCurrentIndex(2)
+    panel.shapes_combo.set_layer(shapes.name)
+    assert panel.box(viewer.layers["tile"]) == (10, 20, 50, 60)
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    labels = find_result(viewer, "tile", "labels").data
+    # Outside the rectangle the new layer starts as "uncertain" (not looked at yet).
+    assert (labels[:10] == 255).all() and (labels[:, :20] == 255).all()
+    prob = find_result(viewer, "tile", "probability").data
+    assert (prob[:10] == 0).all() and prob[10:50, 20:60].any()
+    # Current view: zoomed in on the centre gives a box inside the image.
+    viewer.scene.camera.center = (48, 48)
+    viewer.scene.camera.zoom = 20
+    panel.area_combo.setCurrentIndex(1)
+    y0, x0, y1, x1 = panel.box(viewer.layers["tile"])
+    assert 0 < y0 < 48 < y1 < 96 and 0 < x0 < 48 < x1 < 96
+    assert not errors(notes)
+
+
+def test_cancel_leaves_model_unchanged_and_viewer_usable(make_napari_viewer, project, notes, qtbot):
+    viewer, panel = _setup(make_napari_viewer, size=600)
+    model = get_state(viewer).model
+    snapshot = state_snapshot(model)
+    panel.q_spin.setValue(3)
+    assert panel.run()
+    qtbot.waitUntil(lambda: panel.runner.progress.maximum() > 1, timeout=60_000)  # first step done
+    panel.runner.cancel()
+    outcome = wait_run(qtbot, panel.runner, timeout=15_000)
+    assert outcome.status == "cancelled"
+    assert_same_state(model, snapshot)
+    assert find_result(viewer, "tile", "labels") is None  # nothing half-shown
+    # The viewer and the panel still work.
+    viewer.add_points([[5, 5]])
+    panel.method_combo.setCurrentText("softmax")
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    assert not errors(notes)
+
+
+def test_bad_input_notifies(make_napari_viewer, project, notes, qtbot):
+    viewer = make_napari_viewer()
+    panel = dock(viewer, PseudoLabelWidget)
+    assert not panel.run()
+    assert "no image layer" in errors(notes)[-1]
+    viewer.add_image(fake_stack(), name="stack")
+    dock(viewer, ModelWidget).new_model(width=TINY_WIDTH)
+    panel.image_combo.set_layer("stack")
+    assert not panel.run()
+    assert "stack" in errors(notes)[-1] and "pick one plane" in errors(notes)[-1]
+    viewer.add_image(small_nuclei(64)[0], name="tile")
+    viewer.add_labels(
+        np.zeros((10, 10), np.uint8),
+        name="wrong",
+        metadata={"selfloop": {"role": "labels", "source": "tile"}},
+    )
+    panel.image_combo.set_layer("tile")
+    assert not panel.run()
+    assert "shape" in errors(notes)[-1]
+    # No model.
+    get_state(viewer).set_checkpoint(None)
+    viewer.layers.remove("wrong")
+    assert not panel.run()
+    assert "no model" in errors(notes)[-1]
+    # A rectangle outside the image.
+    get_state(viewer).new_checkpoint(build_model(ModelConfig(width=TINY_WIDTH)))
+    viewer.add_shapes(
+        [np.array([[500, 500], [500, 600], [600, 600], [600, 500]])], shape_type="rectangle"
+    )
+    panel.area_combo.setCurrentIndex(2)
+    assert not panel.run()
+    assert "does not overlap" in errors(notes)[-1]
