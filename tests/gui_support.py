@@ -11,29 +11,6 @@ from napari_selfloop._sample_data import make_lesion, make_nuclei
 TINY_WIDTH = 8
 
 
-@pytest.fixture
-def project(tmp_path, monkeypatch):
-    """A fresh project folder (autosave, exports, checkpoints) for each test."""
-    path = tmp_path / "project"
-    monkeypatch.setenv("NAPARI_SELFLOOP_PROJECT", str(path))
-    return path
-
-
-@pytest.fixture
-def notes():
-    """Every napari notification shown during the test (``.message``, ``.severity``)."""
-    from napari.utils.notifications import notification_manager
-
-    got = []
-
-    def record(event):
-        got.append(event.value if hasattr(event, "value") else event)
-
-    notification_manager.notification_ready.connect(record)
-    yield got
-    notification_manager.notification_ready.disconnect(record)
-
-
 def errors(notes) -> list[str]:
     return [
         str(n.message) for n in notes if str(getattr(n, "severity", "")).lower().endswith("error")

@@ -12,7 +12,7 @@ from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.model_widget import ModelWidget
 
 pytestmark = GUI_MARKS
-pytest_plugins = ("gui_support",)
+pytest_plugins = ("gui_fixtures",)
 
 
 def test_new_model_and_card(make_napari_viewer, project, notes):

@@ -13,7 +13,7 @@ from napari_selfloop.widgets.model_widget import ModelWidget
 from napari_selfloop.widgets.pseudolabel_widget import PseudoLabelWidget
 
 pytestmark = GUI_MARKS
-pytest_plugins = ("gui_support",)
+pytest_plugins = ("gui_fixtures",)
 
 
 def _setup(make_napari_viewer, size=96):

@@ -43,6 +43,8 @@ class SelfloopState:
         The project folder (autosave, exports, new checkpoints) changed.
     labels_updated(str)
         A correction Labels layer (by name) got new content from a run.
+    done_changed(str)
+        A correction layer (by name) was marked done or not done.
     """
 
     model_changed = Signal(object)
@@ -50,6 +52,7 @@ class SelfloopState:
     device_changed = Signal(str)
     project_changed = Signal(object)
     labels_updated = Signal(str)
+    done_changed = Signal(str)
 
     def __init__(self) -> None:
         self.checkpoint: Checkpoint | None = None

@@ -1,0 +1,218 @@
+"""Export panel: corrected masks for retraining (TIFF, GeoJSON, manifest) and autosave.
+
+Export writes ``STEM_mask.tif``, ``STEM_instances.tif``, ``STEM.geojson`` (QuPath) and
+updates ``manifest.json`` in the chosen folder, atomically (see
+:mod:`napari_selfloop.core.export`). The autosave section sets the project folder where
+corrections are saved every 30 seconds and restored when an image is reopened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import InputError, SelfloopError
+from ..core.export import UNCERTAIN_POLICIES, export_annotation
+from ._autosave import autosave_for
+from ._layers import LayerCombo, correction_mask, image_for, is_correction, meta_of, source_of
+from ._runner import Runner, error_message
+from ._state import get_state
+
+UNCERTAIN_TEXT = {
+    "keep": "keep as 255 (ignored by training)",
+    "background": "count as background",
+    "foreground": "count as foreground",
+}
+
+
+def _folder_row(edit: QLineEdit, button: QPushButton) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    row.addWidget(button)
+    return row
+
+
+class ExportWidget(QWidget):
+    """Export corrections and manage the project folder used for autosave."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self.autosave = autosave_for(napari_viewer)
+
+        self.labels_combo = LayerCombo(
+            napari_viewer, is_correction, none_text="(no corrections yet)"
+        )
+        self.folder_edit = QLineEdit(str(self.state.project_dir / "exports"))
+        self.folder_button = QPushButton("…")
+        self.uncertain_combo = QComboBox()
+        for key in UNCERTAIN_POLICIES:
+            self.uncertain_combo.addItem(UNCERTAIN_TEXT[key], key)
+        self.class_edit = QLineEdit("Nucleus")
+        self.class_edit.setToolTip("QuPath class of the exported objects (Nucleus, Lesion, ...)")
+        self.export_button = QPushButton("Export")
+        self.export_done_button = QPushButton("Export all done")
+        self.runner = Runner("Export", self)
+
+        self.project_edit = QLineEdit(str(self.state.project_dir))
+        self.project_button = QPushButton("…")
+        self.autosave_check = QCheckBox("Autosave corrections every 30 s")
+        self.autosave_check.setChecked(self.autosave.enabled)
+        self.save_now_button = QPushButton("Save now")
+        self.autosave_status = QLabel(
+            "Corrections are restored when the same image is opened again."
+        )
+        self.autosave_status.setWordWrap(True)
+
+        form = QFormLayout()
+        form.addRow("Corrections", self.labels_combo)
+        form.addRow("Folder", _folder_row(self.folder_edit, self.folder_button))
+        form.addRow("Uncertain", self.uncertain_combo)
+        form.addRow("Class", self.class_edit)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.export_button)
+        buttons.addWidget(self.export_done_button)
+        box = QGroupBox("Autosave")
+        auto = QFormLayout(box)
+        auto.addRow("Project", _folder_row(self.project_edit, self.project_button))
+        row = QHBoxLayout()
+        row.addWidget(self.autosave_check, 1)
+        row.addWidget(self.save_now_button)
+        auto.addRow(row)
+        auto.addRow(self.autosave_status)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addLayout(buttons)
+        layout.addWidget(self.runner.make_bar())
+        layout.addWidget(box)
+        layout.addStretch(1)
+
+        self.folder_button.clicked.connect(lambda: self._browse(self.folder_edit))
+        self.project_button.clicked.connect(lambda: self._browse(self.project_edit, project=True))
+        self.project_edit.editingFinished.connect(self._project_edited)
+        self.export_button.clicked.connect(lambda: self.export())
+        self.export_done_button.clicked.connect(self.export_done)
+        self.autosave_check.toggled.connect(self.autosave.set_enabled)
+        self.save_now_button.clicked.connect(lambda: self.autosave.save_now(force=True))
+        self.autosave.saved.connect(self._saved)
+        self.state.project_changed.connect(self._project_changed)
+        self.labels_combo.currentIndexChanged.connect(self._guess_class)
+        self._guess_class()
+
+    # -- export ----------------------------------------------------------------------------
+
+    def export(self, names: list[str] | None = None) -> bool:
+        """Export the chosen correction layer (or the layers ``names``) in the background."""
+        try:
+            layers = (
+                [self.viewer.layers[n] for n in names] if names else [self.labels_combo.layer()]
+            )
+            if not layers or layers[0] is None:
+                raise InputError(
+                    "no correction layer: run Pseudo-label or Start without a model first"
+                )
+            out = Path(self.folder_edit.text()).expanduser()
+            if not str(self.folder_edit.text()).strip():
+                raise InputError("choose a folder to export into")
+            policy = self.uncertain_combo.currentData()
+            cls = self.class_edit.text().strip() or "Nucleus"
+            jobs = []
+            for layer in layers:
+                data = np.array(correction_mask(layer), copy=True)  # a snapshot for the thread
+                image = image_for(self.viewer, layer)
+                meta = meta_of(layer)
+                if image is not None and tuple(image.data.shape[:2]) != data.shape:
+                    raise InputError(
+                        f"Labels layer '{layer.name}' has shape {data.shape} but its image "
+                        f"'{image.name}' is {tuple(image.data.shape[:2])}"
+                    )
+                src = getattr(image, "source", None)
+                jobs.append(
+                    dict(
+                        name=source_of(layer) or layer.name,
+                        labels=data,
+                        image_sha256=meta.get("image_key"),
+                        image_path=str(src.path) if src is not None and src.path else None,
+                        checkpoint=meta.get("checkpoint"),
+                        classification=cls,
+                        uncertain=policy,
+                    )
+                )
+        except (SelfloopError, OSError, KeyError) as e:
+            show_error(f"Export: {error_message(e)}")
+            return False
+
+        def work() -> list[dict]:
+            return [export_annotation(out, **job) for job in jobs]
+
+        def done(entries: list[dict]) -> None:
+            objects = sum(e["objects"] for e in entries)
+            self.runner.status.setText(
+                f"Exported {len(entries)} image(s), {objects} objects, to {out}"
+            )
+            show_info(f"Exported {len(entries)} image(s) to {out}")
+
+        return self.runner.start(work, on_done=done, message=f"exporting to {out}…")
+
+    def export_done(self) -> bool:
+        names = [
+            layer.name
+            for layer in self.viewer.layers
+            if is_correction(layer) and meta_of(layer).get("done")
+        ]
+        if not names:
+            show_error(
+                "Export: no corrections are marked done (tick 'done' in Review or Fine-tune)"
+            )
+            return False
+        return self.export(names)
+
+    # -- folders and autosave ------------------------------------------------------------
+
+    def _browse(self, edit: QLineEdit, project: bool = False) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a folder", edit.text())
+        if path:
+            edit.setText(path)
+            if project:
+                self._project_edited()
+
+    def _project_edited(self) -> None:
+        text = self.project_edit.text().strip()
+        if text:
+            self.state.set_project_dir(text)
+
+    def _project_changed(self, path: Path) -> None:
+        old_default = self.folder_edit.text()
+        self.project_edit.setText(str(path))
+        if old_default.endswith("exports"):
+            self.folder_edit.setText(str(Path(path) / "exports"))
+
+    def _saved(self, count: int) -> None:
+        when = (
+            self.autosave.last_saved_at.strftime("%H:%M:%S") if self.autosave.last_saved_at else "?"
+        )
+        self.autosave_status.setText(
+            f"Autosaved {count} layer(s) at {when} to {self.state.project_dir / 'autosave'}"
+        )
+
+    def _guess_class(self, *_: Any) -> None:
+        layer = self.labels_combo.layer()
+        if layer is not None and meta_of(layer).get("bootstrap") == "dermoscopy":
+            self.class_edit.setText("Lesion")

@@ -1,0 +1,246 @@
+"""Review panel: walk through the uncertain regions, most uncertain first.
+
+*Next region* centres and zooms the view on the next unreviewed region; the counter says
+how many are left. A region can be settled in one click (its uncertain pixels become
+foreground or background) or corrected with napari's brush, then *Next*.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.errors import InputError, SelfloopError
+from ..core.pseudolabel import UNCERTAIN
+from ..core.regions import Region, uncertain_regions
+from ._autosave import autosave_for
+from ._layers import (
+    BACKGROUND,
+    FOREGROUND,
+    LayerCombo,
+    camera,
+    correction_mask,
+    find_result,
+    is_correction,
+    meta_of,
+    source_of,
+)
+from ._runner import error_message
+from ._state import get_state
+
+#: A region fills about this fraction of the smaller side of the canvas after *Next*.
+FILL = 0.4
+MIN_WINDOW = 48  # pixels: never zoom closer than this many image pixels across
+
+
+class ReviewWidget(QWidget):
+    """Ranked uncertain regions of a correction layer, with Next / Previous navigation."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        autosave_for(napari_viewer)
+        self.regions: list[Region] = []
+        self.reviewed: set[int] = set()
+        self.current: int | None = None
+
+        self.labels_combo = LayerCombo(
+            napari_viewer, is_correction, none_text="(run Pseudo-label first)"
+        )
+        self.find_button = QPushButton("Find uncertain regions")
+        self.prev_button = QPushButton("◀ Previous")
+        self.next_button = QPushButton("Next region ▶")
+        self.next_button.setToolTip(
+            "Centre and zoom on the next unreviewed region (most uncertain first)"
+        )
+        self.fg_button = QPushButton("Region is foreground")
+        self.bg_button = QPushButton("Region is background")
+        for b in (self.fg_button, self.bg_button):
+            b.setToolTip("Set this region's remaining uncertain (yellow) pixels")
+        self.counter = QLabel("No regions yet")
+        self.counter.setWordWrap(True)
+        self.region_list = QListWidget()
+        self.region_list.setMaximumHeight(140)
+        self.done_check = QCheckBox("These corrections are done (use them to fine-tune)")
+
+        form = QFormLayout()
+        form.addRow("Corrections", self.labels_combo)
+        nav = QHBoxLayout()
+        nav.addWidget(self.prev_button)
+        nav.addWidget(self.next_button)
+        settle = QHBoxLayout()
+        settle.addWidget(self.fg_button)
+        settle.addWidget(self.bg_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.find_button)
+        layout.addWidget(self.counter)
+        layout.addLayout(nav)
+        layout.addLayout(settle)
+        layout.addWidget(self.region_list)
+        layout.addWidget(self.done_check)
+        layout.addStretch(1)
+
+        self.find_button.clicked.connect(self.find_regions)
+        self.next_button.clicked.connect(self.next_region)
+        self.prev_button.clicked.connect(self.previous_region)
+        self.fg_button.clicked.connect(lambda: self.settle(FOREGROUND))
+        self.bg_button.clicked.connect(lambda: self.settle(BACKGROUND))
+        self.region_list.currentRowChanged.connect(self._row_chosen)
+        self.labels_combo.currentIndexChanged.connect(self._layer_changed)
+        self.done_check.toggled.connect(self._done_toggled)
+        self.state.labels_updated.connect(self._labels_updated)
+        self.state.done_changed.connect(lambda *_: self._layer_changed(keep_regions=True))
+        self._layer_changed()
+
+    # -- data ------------------------------------------------------------------------------
+
+    def _labels(self):
+        layer = self.labels_combo.layer()
+        if layer is None:
+            raise InputError("no correction layer: run Pseudo-label or Start without a model first")
+        return layer
+
+    def find_regions(self) -> list[Region]:
+        """Rank the uncertain regions of the chosen correction layer (resets the review)."""
+        try:
+            labels = self._labels()
+            mask = correction_mask(labels)
+            unc_layer = find_result(self.viewer, source_of(labels) or "", "uncertainty")
+            unc = None
+            if unc_layer is not None and tuple(unc_layer.data.shape) == mask.shape:
+                unc = np.asarray(unc_layer.data)
+            self.regions = uncertain_regions(mask, unc)
+        except SelfloopError as e:
+            show_error(f"Review: {error_message(e)}")
+            self.regions = []
+        self.reviewed.clear()
+        self.current = None
+        self.region_list.blockSignals(True)
+        self.region_list.clear()
+        for i, r in enumerate(self.regions, start=1):
+            self.region_list.addItem(f"#{i}  uncertainty {r.score:.1f}  ·  {r.area} px")
+        self.region_list.blockSignals(False)
+        self._update_counter()
+        return self.regions
+
+    @property
+    def left(self) -> int:
+        return len(self.regions) - len(self.reviewed)
+
+    def _update_counter(self) -> None:
+        n = len(self.regions)
+        if n == 0:
+            self.counter.setText(
+                "No uncertain regions: the mask is ready (or press Find after a run)."
+            )
+        else:
+            at = "" if self.current is None else f"Region {self.current + 1} of {n} · "
+            self.counter.setText(f"{at}{len(self.reviewed)} reviewed, {self.left} left")
+        self.next_button.setEnabled(self.left > 0)
+        self.prev_button.setEnabled(self.current is not None and self.current > 0)
+        has = self.current is not None
+        self.fg_button.setEnabled(has)
+        self.bg_button.setEnabled(has)
+
+    # -- navigation ------------------------------------------------------------------------
+
+    def next_region(self) -> Region | None:
+        """Go to the most uncertain region not reviewed yet."""
+        if not self.regions:
+            self.find_regions()
+        todo = [i for i in range(len(self.regions)) if i not in self.reviewed]
+        if not todo:
+            show_info("All uncertain regions reviewed")
+            self._update_counter()
+            return None
+        after = [i for i in todo if self.current is None or i > self.current]
+        return self.go_to((after or todo)[0])
+
+    def previous_region(self) -> Region | None:
+        if self.current is None or self.current == 0:
+            return None
+        return self.go_to(self.current - 1)
+
+    def go_to(self, index: int) -> Region:
+        region = self.regions[index]
+        self.current = index
+        self.reviewed.add(index)
+        self._centre_on(region)
+        self.region_list.blockSignals(True)
+        self.region_list.setCurrentRow(index)
+        self.region_list.blockSignals(False)
+        self._update_counter()
+        return region
+
+    def _row_chosen(self, row: int) -> None:
+        if 0 <= row < len(self.regions):
+            self.go_to(row)
+
+    def _centre_on(self, region: Region) -> None:
+        labels = self.labels_combo.layer()
+        if labels is None:
+            return
+        y0, x0, y1, x1 = region.bbox
+        centre = np.asarray(labels.data_to_world(np.array(region.centroid, float)))
+        scale = np.abs(np.asarray(labels.scale[-2:], float))
+        extent = max(MIN_WINDOW, y1 - y0, x1 - x0) * float(scale.max())
+        cam = camera(self.viewer)
+        cam.center = tuple(float(c) for c in centre[-2:])
+        canvas = min(float(s) for s in self.viewer.canvas.size)
+        cam.zoom = max(1e-3, FILL * canvas / extent)
+        self.viewer.layers.selection.active = labels
+
+    # -- settling a region -----------------------------------------------------------------
+
+    def settle(self, value: int) -> int:
+        """Set the current region's uncertain pixels to ``value``; returns how many changed."""
+        labels = self.labels_combo.layer()
+        if labels is None or self.current is None:
+            return 0
+        y0, x0, y1, x1 = self.regions[self.current].bbox
+        data = labels.data
+        window = data[y0:y1, x0:x1]
+        hit = window == UNCERTAIN
+        count = int(hit.sum())
+        if count:
+            window[hit] = value
+            labels.refresh()
+        return count
+
+    # -- reacting to other panels ----------------------------------------------------------
+
+    def _labels_updated(self, name: str) -> None:
+        self.labels_combo.set_layer(name)
+        self.find_regions()
+
+    def _layer_changed(self, *_: Any, keep_regions: bool = False) -> None:
+        layer = self.labels_combo.layer()
+        self.done_check.blockSignals(True)
+        self.done_check.setChecked(bool(layer is not None and meta_of(layer).get("done")))
+        self.done_check.setEnabled(layer is not None)
+        self.done_check.blockSignals(False)
+        if keep_regions:
+            return
+        self.regions, self.reviewed, self.current = [], set(), None
+        self.region_list.clear()
+        self._update_counter()
+
+    def _done_toggled(self, on: bool) -> None:
+        layer = self.labels_combo.layer()
+        if layer is not None:
+            meta_of(layer)["done"] = bool(on)
+            self.state.done_changed.emit(layer.name)
