@@ -1,0 +1,161 @@
+"""``napari-selfloop train``: semi-supervised fine-tuning from folders of images and masks."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from ..core.checkpoint import file_sha256, load_checkpoint
+from ..core.errors import InputError
+from ..core.imageio import open_image
+from ..core.model import ModelConfig, build_model
+from ..core.training import FRAMEWORKS, TrainConfig, TrainItem, train
+from .progressbar import drive
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    d = TrainConfig()
+    p = sub.add_parser(
+        "train",
+        help="fine-tune a model on labelled and unlabelled images (self-loop or a baseline)",
+        description="Images in --images are paired with masks in --masks by file stem (a mask "
+        "may also be named STEM_mask.*). Masks are 0 background, 1 foreground, 255 not "
+        "labelled. Unlabelled images are the images not chosen as labelled, plus --unlabeled.",
+    )
+    p.add_argument("--images", required=True, type=Path, help="folder of images")
+    p.add_argument("--masks", type=Path, help="folder of masks (uint8 0/1/255), paired by stem")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--labeled", nargs="+", metavar="NAME",
+                       help="images to use as labelled (stems or file names); default: all with a mask")
+    which.add_argument("--labeled-fraction", type=float, metavar="F",
+                       help="label a seeded random fraction of the images that have masks")
+    p.add_argument("--validation", nargs="+", metavar="NAME", default=[],
+                   help="images (with masks) held out to choose the best checkpoint")
+    p.add_argument("--unlabeled", type=Path, help="extra folder of unlabelled images")
+    p.add_argument("--framework", choices=FRAMEWORKS, default=d.framework)
+    p.add_argument("--checkpoint", type=Path, help="initial model (default: a new ResUNet-18)")
+    p.add_argument("--resume", type=Path, help="continue a run from a checkpoint written by train")
+    p.add_argument("--width", type=int, default=64, help="width of a new model (64 = ResUNet-18)")
+    p.add_argument("--iterations", type=int, default=d.iterations)
+    p.add_argument("--q", type=int, default=d.q, help=f"jigsaw permutations per patch ({d.q})")
+    p.add_argument("--threshold", type=float, default=d.threshold)
+    p.add_argument("--confidence", choices=("two-sided", "foreground"), default=d.confidence)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--warmup", type=float, default=d.warmup,
+                   help="fraction of iterations on labelled data only before pseudo-labels")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help="multiple of 96")
+    p.add_argument("--validate-every", type=int, default=d.validate_every)
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.set_defaults(func=run)
+
+
+def list_images(folder: Path, what: str) -> dict[str, Path]:
+    """Image files of a folder by stem (refusing two files with the same stem)."""
+    if not folder.is_dir():
+        raise InputError(f"{what} folder {folder} does not exist or is not a folder")
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            if path.stem in found:
+                raise InputError(f"{path.name} and {found[path.stem].name} in {folder} have the same "
+                                 "stem: keep one")
+            found[path.stem] = path
+    if not found:
+        raise InputError(f"no PNG, JPEG or TIFF files in {what} folder {folder}")
+    return found
+
+
+def _pick(names: list[str], images: dict[str, Path], what: str) -> list[str]:
+    stems = []
+    for name in names:
+        stem = Path(name).stem if Path(name).stem in images else name
+        if stem not in images:
+            raise InputError(f"{what} image {name!r} is not in the images folder")
+        stems.append(stem)
+    return stems
+
+
+def _item(stem: str, path: Path, mask_path: Path | None) -> TrainItem:
+    mask = None
+    if mask_path is not None:
+        m = np.asarray(open_image(mask_path))
+        mask = m[..., 0] if m.ndim == 3 else m
+    return TrainItem(name=path.name, image=open_image(path), mask=mask, sha256=file_sha256(path))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.out.exists() and not args.force and args.resume is None:
+        raise InputError(f"{args.out} exists; pass --force to overwrite it")
+    if args.checkpoint is not None and args.resume is not None:
+        raise InputError("pass either --checkpoint (start from a model) or --resume (continue a run)")
+    images = list_images(args.images, "--images")
+    masks: dict[str, Path] = {}
+    if args.masks is not None:
+        for stem, path in list_images(args.masks, "--masks").items():
+            key = stem[:-5] if stem.endswith("_mask") and stem[:-5] in images else stem
+            if key in images:
+                masks[key] = path
+    with_masks = [s for s in images if s in masks]
+    validation = _pick(args.validation, images, "--validation")
+    if args.labeled:
+        labelled = _pick(args.labeled, images, "--labeled")
+    elif args.labeled_fraction is not None:
+        if not 0 < args.labeled_fraction <= 1:
+            raise InputError(f"--labeled-fraction must be in (0, 1], got {args.labeled_fraction}")
+        pool = [s for s in with_masks if s not in validation]
+        n = max(1, round(args.labeled_fraction * len(pool))) if pool else 0
+        rng = np.random.default_rng(args.seed)
+        labelled = sorted(rng.choice(pool, size=n, replace=False).tolist()) if n else []
+    else:
+        labelled = [s for s in with_masks if s not in validation]
+    for stem in labelled + validation:
+        if stem not in masks:
+            raise InputError(f"{images[stem].name} has no mask in {args.masks or '(no --masks given)'}: "
+                             f"add {stem}.png/.tif there")
+    overlap = set(labelled) & set(validation)
+    if overlap:
+        raise InputError(f"{sorted(overlap)[0]} is both labelled and validation: pick one")
+    unlabelled = [s for s in images if s not in labelled and s not in validation]
+    extra = list_images(args.unlabeled, "--unlabeled") if args.unlabeled is not None else {}
+    config = TrainConfig(
+        framework=args.framework, iterations=args.iterations, patch_size=args.patch_size,
+        batch_size=args.batch_size, q=args.q, threshold=args.threshold, confidence=args.confidence,
+        lr=args.lr, warmup=args.warmup, seed=args.seed, precision=args.precision,
+        validate_every=args.validate_every,
+    )
+    parent = None
+    if args.checkpoint is not None:
+        ck = load_checkpoint(args.checkpoint)
+        model, parent = ck.model, ck.sha256
+    elif args.resume is not None:
+        model = build_model(load_checkpoint(args.resume).config)
+    else:
+        try:
+            model = build_model(ModelConfig(width=args.width), seed=args.seed)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    lab_items = [_item(s, images[s], masks[s]) for s in labelled]
+    val_items = [_item(s, images[s], masks[s]) for s in validation]
+    unl_items = [_item(s, images[s], None) for s in unlabelled]
+    unl_items += [_item(s, p, None) for s, p in extra.items()]
+    log.info("training %s: %d labelled, %d unlabelled, %d validation image(s), %d iterations",
+             config.framework, len(lab_items), len(unl_items), len(val_items), config.iterations)
+    gen = train(model, lab_items, unl_items, config, validation=val_items or None,
+                device=args.device, resume=args.resume, out=args.out, parent=parent)
+    result = drive(gen, desc=f"train {config.framework}", quiet=args.quiet)
+    metric = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
+    log.info("best %s %s at step %d; %d steps in %.0f s -> %s", result.metric_name, metric,
+             result.best_step, result.steps, result.seconds, result.checkpoint or "(nothing written)")
+    return 0

@@ -1,0 +1,665 @@
+"""Semi-supervised fine-tuning with self-loop pseudo-labels (Li et al. 2020, Eq. 2).
+
+:func:`train` is a generator of :class:`~.progress.Progress` events that returns a
+:class:`TrainResult`; the plugin wraps it in a worker thread and the CLI drives it with a
+progress bar. Every yield is a point where the caller may stop (``generator.close()``).
+
+One iteration, for ``framework="selfloop"``:
+
+1. Draw ``batch_size`` labelled and ``unlabeled_batch_size`` unlabelled random patches
+   (flips, 90-degree rotations, mild HED/brightness jitter; see :mod:`.datasets`).
+2. *Unsynchronised update* (:func:`selfloop_update`): with the decoder fixed, the encoder
+   (and the jigsaw head) of the training model itself takes ``q`` optimiser steps on
+   ``L_SS`` of ``q`` jigsaw puzzles of the unlabelled patches; the decoder's predictions of
+   the puzzled patches, put back in place and weighted by ``1 - l_i / sum(l)``, give
+   ``y_sl``. The network runs in eval mode for this (BatchNorm statistics untouched), as in
+   :func:`.pseudolabel.predict_selfloop` but without a copy.
+3. One optimiser step of the whole network on
+   ``L_SEG(labelled) + ss_weight * L_SS(one puzzle per labelled patch) + ug_weight *
+   L_UG(unlabelled, y_sl)``.
+
+The comparison frameworks replace ``y_sl`` by the ``softmax`` map, the ``mc-dropout``
+mean of ``mc_passes`` passes, or ``selfloop-no-ss`` (the ``q`` puzzled maps averaged, no
+encoder updates), and drop ``L_SS``; ``supervised`` uses the labelled patches only.
+
+Losses are averaged over a batch rather than summed (Eq. 2 sums them), so their scale does
+not depend on the batch size; ``L_SS`` of the labelled patches uses one puzzle per patch
+and step, not ``q``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_items
+from .device import autocast, resolve_device, resolve_precision
+from .errors import CheckpointError, InputError
+from .jigsaw import jigsaw, permutation_pool, sample_puzzles, unjigsaw
+from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
+from .metrics import pixel_counts, scores_from_counts
+from .model import ResUNet
+from .progress import Progress
+from .pseudolabel import (
+    PATCH_MULTIPLE,
+    PseudoLabelConfig,
+    predict_mc_dropout,
+    predict_selfloop,
+    predict_softmax,
+    pseudo_label,
+    selfloop_weights,
+)
+
+__all__ = ["FRAMEWORKS", "TrainConfig", "TrainItem", "TrainResult", "selfloop_update", "train"]
+
+log = logging.getLogger(__name__)
+
+FRAMEWORKS = ("selfloop", "supervised", "softmax", "mc-dropout", "selfloop-no-ss")
+SCHEDULES = ("cosine", "constant")
+#: The cosine schedule ends at this fraction of the initial learning rate.
+MIN_LR_FRACTION = 0.05
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; plain fields, stored in every checkpoint (:meth:`to_dict`).
+
+    Parameters
+    ----------
+    framework
+        One of :data:`FRAMEWORKS`.
+    iterations
+        Optimiser iterations in all (a resumed run continues up to this number).
+    patch_size
+        Side of the random training patches, a multiple of 96.
+    batch_size
+        Labelled patches per iteration.
+    unlabeled_batch_size
+        Unlabelled patches per iteration (default: ``batch_size``).
+    q
+        Jigsaw permutations per unlabelled patch (self-loop, self-loop without L_SS).
+    threshold, confidence
+        Pixels where the pseudo-label is confident enter ``L_UG``: ``two-sided`` means
+        ``y > threshold or y < 1 - threshold``, ``foreground`` the paper's literal
+        ``y > threshold``.
+    lr, ss_lr, weight_decay, schedule
+        Adam learning rate (cosine decay to 5% of it, or constant), the learning rate of
+        the self-loop encoder updates (default: the current ``lr``), weight decay.
+    warmup
+        Fraction of the iterations trained on labelled data only before pseudo-labels
+        are used (0 by default; useful when training from scratch).
+    ug_weight, ss_weight
+        Weights of ``L_UG`` and of the labelled ``L_SS`` in the objective.
+    mc_passes
+        Stochastic passes of the ``mc-dropout`` framework.
+    seed
+        Seeds patch sampling, augmentation, puzzles and dropout.
+    precision
+        ``auto``, ``fp32``, ``bf16`` or ``fp16``. ``auto`` trains in float32 on CPUs
+        (bf16 backward passes are slower than fp32 on CPUs without native bf16) and uses
+        :func:`.device.resolve_precision` elsewhere.
+    channels_last
+        Channels-last memory format for convolutions.
+    validate_every
+        Evaluate (validation Dice, or the mean ``L_SEG`` since the last evaluation when
+        there is no validation set) every this many iterations and at the end; the best
+        evaluation is kept.
+    hed_jitter, brightness_jitter
+        Strength of the colour augmentation (0 disables it).
+    val_patch_size
+        Patch side for tiled prediction of validation images.
+    save_optimizer
+        Store the optimiser state in checkpoints so that training can be resumed.
+    """
+
+    framework: str = "selfloop"
+    iterations: int = 200
+    patch_size: int = 192
+    batch_size: int = 4
+    unlabeled_batch_size: int | None = None
+    q: int = 3
+    threshold: float = 0.8
+    confidence: str = "two-sided"
+    lr: float = 3e-4
+    ss_lr: float | None = None
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    warmup: float = 0.0
+    ug_weight: float = 1.0
+    ss_weight: float = 1.0
+    mc_passes: int = 10
+    seed: int = 0
+    precision: str = "auto"
+    channels_last: bool = True
+    validate_every: int = 50
+    hed_jitter: float = 0.03
+    brightness_jitter: float = 0.1
+    val_patch_size: int = 384
+    save_optimizer: bool = True
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.framework not in FRAMEWORKS:
+            problems.append(f"unknown framework {self.framework!r}: choose one of {', '.join(FRAMEWORKS)}")
+        if self.iterations < 1:
+            problems.append(f"iterations must be at least 1, got {self.iterations}")
+        for name in ("patch_size", "val_patch_size"):
+            v = getattr(self, name)
+            if v < PATCH_MULTIPLE or v % PATCH_MULTIPLE:
+                problems.append(f"{name.replace('_', ' ')} must be a multiple of 96 (96, 192, 288 ...), got {v}")
+        if self.batch_size < 1 or (self.unlabeled_batch_size is not None and self.unlabeled_batch_size < 1):
+            problems.append("batch sizes must be at least 1")
+        if self.q < 1 or self.mc_passes < 1:
+            problems.append(f"Q and the MC dropout passes must be at least 1, got {self.q} and {self.mc_passes}")
+        if not 0.5 < self.threshold < 1.0:
+            problems.append(f"threshold must be between 0.5 and 1, got {self.threshold}")
+        if self.confidence not in CONFIDENCE_MODES:
+            problems.append(f"confidence must be one of {', '.join(CONFIDENCE_MODES)}, got {self.confidence!r}")
+        if not self.lr > 0 or (self.ss_lr is not None and not self.ss_lr > 0) or self.weight_decay < 0:
+            problems.append("learning rates must be positive and weight decay not negative")
+        if self.schedule not in SCHEDULES:
+            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not 0.0 <= self.warmup < 1.0:
+            problems.append(f"warmup is a fraction of the iterations in [0, 1), got {self.warmup}")
+        if self.ug_weight < 0 or self.ss_weight < 0:
+            problems.append("loss weights must not be negative")
+        if self.validate_every < 1:
+            problems.append(f"validate_every must be at least 1, got {self.validate_every}")
+        if self.hed_jitter < 0 or self.brightness_jitter < 0:
+            problems.append("jitter strengths must not be negative")
+        if problems:
+            raise InputError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (for checkpoints read with ``weights_only=True``)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Rebuild a config, ignoring keys this version does not know."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    @property
+    def unlabeled_batch(self) -> int:
+        return self.unlabeled_batch_size or self.batch_size
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns when it runs to the end.
+
+    ``metric_name`` is ``val_f1`` (higher is better) with a validation set, otherwise
+    ``train_seg_loss`` (the mean ``L_SEG`` between evaluations; lower is better).
+    ``checkpoint`` is the file holding the best weights (None without ``out``).
+    """
+
+    best_step: int
+    best_metric: float | None
+    metric_name: str
+    steps: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+
+
+def _train_dtype(precision: str, dev: torch.device) -> torch.dtype:
+    if precision == "auto" and dev.type == "cpu":
+        return torch.float32
+    return resolve_precision(precision, dev)
+
+
+def _to_tensor(batch: np.ndarray, dev: torch.device, fmt: torch.memory_format) -> torch.Tensor:
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
+
+
+def _selfloop_updates(
+    model: ResUNet, x: torch.Tensor, classes: torch.Tensor, perms: torch.Tensor, rots: torch.Tensor,
+    optimizer: torch.optim.Optimizer, dtype: torch.dtype = torch.float32,
+) -> Generator[int, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Generator form of :func:`selfloop_update`: yields after each encoder step."""
+    q = classes.shape[1]
+    dev = x.device
+    was_training = model.training
+    dec_params = list(model.decoder.parameters())
+    flags = [p.requires_grad for p in dec_params]
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    model.eval()
+    for p in dec_params:
+        p.requires_grad_(False)
+    maps, losses = [], []
+    try:
+        for i in range(q):
+            xi = jigsaw(x, perms[:, i], rots[:, i]).contiguous(memory_format=fmt)
+            with autocast(dev, dtype):
+                feats = model.encoder(model.normalize(xi))
+                logits = model.jigsaw_head(feats[-1])
+            loss = F.cross_entropy(logits.float(), classes[:, i], reduction="none")
+            with torch.no_grad(), autocast(dev, dtype):
+                seg = model.decoder([f.detach() for f in feats])
+            maps.append(unjigsaw(torch.sigmoid(seg.float()), perms[:, i], rots[:, i])[:, 0])
+            losses.append(loss.detach())
+            optimizer.zero_grad(set_to_none=True)
+            loss.mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            yield i + 1
+    finally:
+        for p, flag in zip(dec_params, flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+    loss_t = torch.stack(losses, 1)
+    weights = selfloop_weights(loss_t)
+    y = (weights[:, :, None, None] * torch.stack(maps, 1)).sum(1)
+    return y, loss_t, weights
+
+
+def selfloop_update(
+    model: ResUNet, x: torch.Tensor, classes: torch.Tensor, perms: torch.Tensor, rots: torch.Tensor,
+    optimizer: torch.optim.Optimizer, dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The unsynchronised part of a self-loop iteration on unlabelled patches.
+
+    With the decoder fixed (no gradient, eval mode), the encoder and jigsaw head of
+    ``model`` itself take one ``optimizer`` step per puzzle on its ``L_SS`` (Algorithm 1);
+    before each step the decoder predicts the puzzled patch. The model runs in eval mode
+    throughout, so no BatchNorm statistics change; the decoder's parameters are untouched.
+
+    Parameters
+    ----------
+    x
+        ``(B, 3, P, P)`` patches in [0, 1], ``P`` a multiple of 96.
+    classes, perms, rots
+        ``(B, Q)`` pool indices and ``(B, Q, 9)`` permutations and tile rotations
+        (:func:`.jigsaw.sample_puzzles`).
+    optimizer
+        Any optimiser over the model's parameters; parameters without a gradient (the
+        decoder's) are skipped by ``torch.optim`` optimisers.
+
+    Returns
+    -------
+    y_sl, losses, weights
+        ``(B, P, P)`` pseudo-label, ``(B, Q)`` jigsaw losses and their weights.
+    """
+    gen = _selfloop_updates(model, x, classes, perms, rots, optimizer, dtype)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if cfg.schedule == "constant":
+        return cfg.lr
+    t = min(max(step - 1, 0) / max(cfg.iterations - 1, 1), 1.0)
+    return cfg.lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """A deep copy of a (nested) optimiser state with every tensor cloned to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
+
+
+def _data_record(*groups: tuple[str, list[PreparedItem]]) -> list[dict[str, Any]]:
+    return [
+        {"name": it.name, "sha256": it.sha256, "role": role, "labelled_pixels": it.labelled_pixels}
+        for role, items in groups for it in items
+    ]
+
+
+def train(
+    model: ResUNet,
+    labeled: list[TrainItem],
+    unlabeled: list[TrainItem],
+    config: TrainConfig | None = None,
+    *,
+    validation: list[TrainItem] | None = None,
+    device: str | torch.device = "auto",
+    resume: Path | str | None = None,
+    out: Path | str | None = None,
+    parent: str | None = None,
+) -> Generator[Progress, None, TrainResult]:
+    """Fine-tune ``model`` on labelled and unlabelled images (a generator).
+
+    The inputs are checked when ``train`` is called (before the first event), so bad
+    input fails at once with a one-line :class:`~.errors.InputError`: an empty labelled
+    set, a labelled image without a mask or whose mask has another size or values other
+    than 0/1/255, masks with no labelled pixel at all, MC dropout on a model without
+    dropout, an ``out`` folder that does not exist, a ``resume`` checkpoint of another
+    architecture.
+
+    Parameters
+    ----------
+    model
+        The network to train, in place. It is moved to ``device``.
+    labeled
+        Images with (possibly partial) masks; at least one.
+    unlabeled
+        Images without masks (masks given here are ignored). May be empty: then every
+        framework trains on the labelled images only.
+    config
+        :class:`TrainConfig` (defaults if None).
+    validation
+        Images with masks for choosing the best weights (pixel Dice of the sigmoid map
+        thresholded at 0.5 over their labelled pixels, pooled over images). Without it
+        the best weights are those with the lowest mean ``L_SEG`` between evaluations.
+    device
+        ``auto``, ``cpu``, ``cuda``, ``mps`` or a torch device.
+    resume
+        A checkpoint written by ``train``: its weights, optimiser state and step are
+        restored and training continues up to ``config.iterations``.
+    out
+        Where the best checkpoint is written (atomically), each time a better one is
+        found, and once more at the end with the whole run's history. It records the parent, the data seen, the config, the metrics, the history
+        and, with ``save_optimizer``, the optimiser state and step for resuming.
+    parent
+        SHA-256 of the checkpoint ``model`` came from (recorded as the parent).
+
+    Yields
+    ------
+    Progress
+        After every iteration (``data["phase"] == "train"``), after each self-loop
+        encoder update (``"selfloop"``) and while validating (``"validate"``). Every
+        event's ``data`` holds ``step``, ``phase``, ``lr`` and the latest ``loss``,
+        ``loss_seg``, ``loss_ss``, ``loss_ug`` (NaN before the first iteration);
+        the event of an iteration that was evaluated also holds ``val_f1`` (with a
+        validation set) and ``best_step``.
+
+    Returns
+    -------
+    TrainResult
+
+    Notes
+    -----
+    What happens to ``model``: it is trained in place; when the generator ends, raises
+    or is closed (cancelled) at any yield, ``model`` is loaded with the best weights
+    evaluated so far -- its initial weights if no evaluation has happened yet -- and
+    left in eval mode on ``device``. ``out`` only ever holds a complete checkpoint of the
+    best weights. The global torch random generator is seeded from ``config.seed``.
+    """
+    cfg = config or TrainConfig()
+    lab = check_items(labeled, "labelled", need_masks=True)
+    if not lab:
+        raise InputError("no labelled images: label at least one image (a partial mask is enough)")
+    if sum(it.labelled_pixels for it in lab) == 0:
+        raise InputError("the labelled masks mark no pixel as 0 or 1 (all are 255, not labelled): "
+                         "label some pixels first")
+    unl = check_items(unlabeled, "unlabelled", need_masks=False)
+    val = check_items(validation, "validation", need_masks=True)
+    if val and sum(it.labelled_pixels for it in val) == 0:
+        raise InputError("the validation masks have no labelled pixel (all 255)")
+    if cfg.framework == "mc-dropout" and model.config.dropout <= 0:
+        raise InputError("the mc-dropout framework needs a model with dropout; this one has dropout 0")
+    if cfg.q > model.config.num_permutations:
+        raise InputError(f"Q ({cfg.q}) exceeds the jigsaw pool size ({model.config.num_permutations})")
+    out = Path(out) if out is not None else None
+    if out is not None and not out.parent.is_dir():
+        raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
+    if out is not None and out.is_dir():
+        raise InputError(f"cannot write {out}: it is a folder, give a file name (.pt)")
+    resumed: dict[str, Any] | None = None
+    if resume is not None:
+        ck = load_checkpoint(resume)
+        if ck.config != model.config:
+            raise CheckpointError(f"{Path(resume).name} holds a different model ({ck.config}) "
+                                  f"than the one given ({model.config})")
+        resumed = {"state": ck.model.state_dict(), "meta": ck.meta}
+    dev = resolve_device(device)
+    return _train_loop(model, lab, unl, val, cfg, dev, resumed, out, parent)
+
+
+def _train_loop(
+    model: ResUNet, lab: list[PreparedItem], unl: list[PreparedItem], val: list[PreparedItem],
+    cfg: TrainConfig, dev: torch.device, resumed: dict[str, Any] | None, out: Path | None,
+    parent: str | None,
+) -> Generator[Progress, None, TrainResult]:
+    dtype = _train_dtype(cfg.precision, dev)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    start_time = time.perf_counter()
+    model.to(device=dev, memory_format=fmt)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_step, history = 0, []
+    metric_name = "val_f1" if val else "train_seg_loss"
+    best: dict[str, Any] = {"step": None, "metric": None, "state": None, "metrics": {}}
+    if resumed is not None:
+        model.load_state_dict(resumed["state"])
+        meta = resumed["meta"]
+        training = meta.get("training") or {}
+        start_step = int(training.get("step") or 0)
+        if training.get("optimizer"):
+            optimizer.load_state_dict(training["optimizer"])
+        else:
+            log.warning("the resumed checkpoint has no optimiser state; starting a fresh optimiser")
+        history = list(meta.get("history") or [])
+        parent = parent or meta.get("parent")
+        old = meta.get("metrics") or {}
+        if old.get("metric_name") == metric_name and old.get("metric") is not None:
+            best.update(step=start_step, metric=float(old["metric"]), state=_snapshot(model), metrics=old)
+    initial = _snapshot(model)
+    torch.manual_seed(cfg.seed * 1000003 + start_step)
+    rng = np.random.default_rng([cfg.seed, start_step])
+    pool = permutation_pool(model.config.num_permutations)
+    augment = Augment(hed=cfg.hed_jitter, brightness=cfg.brightness_jitter)
+    lab_sampler = PatchSampler(lab, cfg.patch_size, rng, augment)
+    use_unlabelled = cfg.framework != "supervised" and bool(unl)
+    if cfg.framework != "supervised" and not unl:
+        log.warning("no unlabelled images: the %s framework trains on labelled data only", cfg.framework)
+    unl_sampler = PatchSampler(unl, cfg.patch_size, rng, augment) if use_unlabelled else None
+    warmup_steps = int(round(cfg.warmup * cfg.iterations))
+    data = _data_record(("labelled", lab), ("unlabelled", unl), ("validation", val))
+    last = {"loss": math.nan, "loss_seg": math.nan, "loss_ss": math.nan, "loss_ug": math.nan}
+    window: list[float] = []
+    total = cfg.iterations
+
+    def event(step: int, phase: str, lr: float, message: str, **extra: Any) -> Progress:
+        return Progress(step, total, message, {"step": step, "phase": phase, "lr": lr, **last, **extra})
+
+    def consider(step: int, metric: float, extra: dict[str, Any]) -> bool:
+        better = best["metric"] is None or (
+            metric > best["metric"] if metric_name == "val_f1" else metric < best["metric"])
+        if not better:
+            return False
+        metrics = {"metric_name": metric_name, "metric": float(metric), "best_step": step,
+                   "framework": cfg.framework, **extra}
+        optim = _cpu_copy(optimizer.state_dict()) if out is not None and cfg.save_optimizer else None
+        best.update(step=step, metric=float(metric), state=_snapshot(model), metrics=metrics, optim=optim)
+        save(model)
+        return True
+
+    def save(weights: torch.nn.Module) -> None:
+        if out is None:
+            return
+        step = best["step"]
+        training = {"config": cfg.to_dict(), "step": step, "device": str(dev),
+                    "dtype": str(dtype).replace("torch.", ""), "optimizer": best.get("optim")}
+        save_checkpoint(out, weights, training=training, history=history, metrics=best["metrics"],
+                        parent=parent, data=data,
+                        note=f"{cfg.framework} training, best {metric_name} at step {step}")
+
+    def evaluate(step: int, lr: float) -> Generator[Progress, None, dict[str, Any]]:
+        if val:
+            scores = yield from _validate(model, val, cfg, dev, dtype, step, total, lambda m: event(step, "validate", lr, m))
+            extra = {f"val_{k}": v for k, v in scores.items() if k in ("f1", "balanced_accuracy", "precision", "recall")}
+            metric = scores["f1"]
+        else:
+            metric = float(np.mean(window)) if window else math.nan
+            extra = {"train_seg_loss": metric}
+            window.clear()
+            if math.isnan(metric):
+                return extra
+        is_best = consider(step, metric, extra)
+        return {**extra, "best_step": best["step"], "improved": is_best}
+
+    try:
+        if val and start_step == 0:
+            info = yield from evaluate(0, _lr_at(cfg, 1))
+            history.append({"step": 0, **{k: v for k, v in info.items() if k != "improved"}})
+        for step in range(start_step + 1, total + 1):
+            t0 = time.perf_counter()
+            lr = _lr_at(cfg, step)
+            ss_lr = cfg.ss_lr if cfg.ss_lr is not None else lr
+            xl_np, ml_np = lab_sampler.sample(cfg.batch_size)
+            xl = _to_tensor(xl_np, dev, fmt)
+            ml = torch.from_numpy(ml_np).to(dev)
+            y = None
+            ss_values: list[float] = []
+            xu = None
+            if unl_sampler is not None and step > warmup_steps:
+                xu = _to_tensor(unl_sampler.sample(cfg.unlabeled_batch)[0], dev, fmt)
+                if cfg.framework == "selfloop":
+                    for g in optimizer.param_groups:
+                        g["lr"] = ss_lr
+                    classes, perms, rots = (torch.as_tensor(a, device=dev) for a in
+                                            sample_puzzles(rng, xu.shape[0], cfg.q, pool))
+                    gen = _selfloop_updates(model, xu, classes, perms, rots, optimizer, dtype)
+                    while True:
+                        try:
+                            i = next(gen)
+                        except StopIteration as stop:
+                            y, losses_u, _ = stop.value
+                            break
+                        yield event(step - 1, "selfloop", lr, f"step {step}: self-loop update {i}/{cfg.q}")
+                    ss_values.append(float(losses_u.mean()))
+                else:
+                    y = _baseline_pseudo_label(model, xu, cfg, rng, pool, dtype)
+            for g in optimizer.param_groups:
+                g["lr"] = lr
+            loss_seg, loss_ss_l, loss_ug = _objective_step(model, optimizer, xl, ml, xu, y, cfg, rng, pool, dtype)
+            if loss_ss_l is not None:
+                ss_values.insert(0, loss_ss_l)
+            last.update(loss_seg=loss_seg, loss_ss=float(np.mean(ss_values)) if ss_values else 0.0,
+                        loss_ug=loss_ug if loss_ug is not None else 0.0)
+            last["loss"] = last["loss_seg"] + cfg.ss_weight * last["loss_ss"] + cfg.ug_weight * last["loss_ug"]
+            window.append(loss_seg)
+            record = {"step": step, "lr": lr, **last, "seconds": time.perf_counter() - t0}
+            history.append(record)
+            extra: dict[str, Any] = {}
+            if step % cfg.validate_every == 0 or step == total:
+                extra = yield from evaluate(step, lr)
+                record.update({k: v for k, v in extra.items() if k != "improved"})
+            msg = f"step {step}/{total} loss {last['loss']:.4f}"
+            if "val_f1" in extra:
+                msg += f" val F1 {extra['val_f1']:.4f}"
+            yield event(step, "train", lr, msg, **{k: v for k, v in extra.items() if k != "improved"})
+    finally:
+        state = best["state"] if best["state"] is not None else initial
+        model.load_state_dict(state)
+        model.eval()
+    if best["state"] is not None:
+        save(model)  # the best weights again, now with the whole run's history
+    return TrainResult(
+        best_step=best["step"] if best["step"] is not None else start_step,
+        best_metric=best["metric"], metric_name=metric_name, steps=total - start_step,
+        history=history, metrics=best["metrics"],
+        checkpoint=out if (out is not None and best["state"] is not None) else None,
+        seconds=time.perf_counter() - start_time,
+    )
+
+
+@torch.no_grad()
+def _baseline_pseudo_label(
+    model: ResUNet, xu: torch.Tensor, cfg: TrainConfig, rng: np.random.Generator,
+    pool: np.ndarray, dtype: torch.dtype,
+) -> torch.Tensor:
+    """Pseudo-labels of the comparison frameworks (no gradient, eval mode)."""
+    was = model.training
+    model.eval()
+    try:
+        with autocast(xu.device, dtype):
+            if cfg.framework == "softmax":
+                return predict_softmax(model, xu).prob
+            if cfg.framework == "mc-dropout":
+                return predict_mc_dropout(model, xu, cfg.mc_passes).prob
+            classes, perms, rots = (torch.as_tensor(a, device=xu.device)
+                                    for a in sample_puzzles(rng, xu.shape[0], cfg.q, pool))
+            return predict_selfloop(model, xu, classes, perms, rots, update_encoder=False).prob
+    finally:
+        model.train(was)
+
+
+def _objective_step(
+    model: ResUNet, optimizer: torch.optim.Optimizer, xl: torch.Tensor, ml: torch.Tensor,
+    xu: torch.Tensor | None, y: torch.Tensor | None, cfg: TrainConfig,
+    rng: np.random.Generator, pool: np.ndarray, dtype: torch.dtype,
+) -> tuple[float, float | None, float | None]:
+    """One step of the whole network on L_SEG + L_SS(labelled) + L_UG (one forward pass)."""
+    model.train()
+    nl = xl.shape[0]
+    parts = [xl] if xu is None else [xl, xu]
+    n_plain = sum(p.shape[0] for p in parts)
+    classes = None
+    if cfg.framework == "selfloop" and cfg.ss_weight > 0:
+        cls, perms, rots = sample_puzzles(rng, nl, 1, pool)
+        classes = torch.as_tensor(cls[:, 0], device=xl.device)
+        puzzled = jigsaw(xl, torch.as_tensor(perms[:, 0]), torch.as_tensor(rots[:, 0]))
+        parts.append(puzzled.contiguous(memory_format=torch.channels_last)
+                     if xl.is_contiguous(memory_format=torch.channels_last) else puzzled)
+    x = torch.cat(parts)
+    with autocast(x.device, dtype):
+        feats = model.encoder(model.normalize(x))
+        seg = model.decoder([f[:n_plain] for f in feats])
+        jig = model.jigsaw_head(feats[-1][n_plain:]) if classes is not None else None
+    l_seg = seg_loss(seg[:nl], ml)
+    loss = l_seg
+    l_ss = l_ug = None
+    if jig is not None:
+        l_ss = ss_loss(jig, classes)
+        loss = loss + cfg.ss_weight * l_ss
+    if xu is not None and y is not None:
+        l_ug = ug_loss(seg[nl:], y, cfg.threshold, cfg.confidence)
+        loss = loss + cfg.ug_weight * l_ug
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return (float(l_seg.detach()), None if l_ss is None else float(l_ss.detach()),
+            None if l_ug is None else float(l_ug.detach()))
+
+
+def _validate(
+    model: ResUNet, val: list[PreparedItem], cfg: TrainConfig, dev: torch.device,
+    dtype: torch.dtype, step: int, total: int, make_event: Any,
+) -> Generator[Progress, None, dict[str, float]]:
+    """Pooled pixel scores of the sigmoid map (> 0.5) over the validation images."""
+    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    plc = PseudoLabelConfig(method="softmax", patch_size=cfg.val_patch_size, precision=precision,
+                            channels_last=cfg.channels_last, seed=cfg.seed)
+    counts = np.zeros(4, dtype=np.int64)
+    was = model.training
+    try:
+        for n, item in enumerate(val, 1):
+            gen = pseudo_label(item.image, model, plc, device=dev)
+            while True:
+                try:
+                    next(gen)
+                except StopIteration as stop:
+                    result = stop.value
+                    break
+                yield make_event(f"validating {item.name} ({n}/{len(val)})")
+            mask = item.mask
+            counts += pixel_counts(result.probability > 0.5, mask, ignore=IGNORE)
+    finally:
+        model.train(was)
+    return scores_from_counts(counts)

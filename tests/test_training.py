@@ -1,0 +1,313 @@
+"""Semi-supervised training: losses by hand, the unsynchronised step, cancel/resume, refusals."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from napari_selfloop.core.checkpoint import load_checkpoint
+from napari_selfloop.core.datasets import Augment, PatchSampler, check_items
+from napari_selfloop.core.errors import InputError
+from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles
+from napari_selfloop.core.losses import seg_loss, ss_loss, ug_loss
+from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.training import (
+    TrainConfig,
+    TrainItem,
+    _selfloop_updates,
+    selfloop_update,
+    train,
+)
+from tests.conftest import TINY, assert_same_state, state_snapshot
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two OpenMP threads on a shared 2-core machine spin and stall tiny convolutions.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def blobs(seed: int, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
+    """A pale image with purple discs (nuclei) and its 0/1 mask."""
+    r = np.random.default_rng(seed)
+    img = r.integers(190, 230, size=(n, n, 3)).astype(np.uint8)
+    mask = np.zeros((n, n), np.uint8)
+    yy, xx = np.mgrid[:n, :n]
+    for _ in range(7):
+        cy, cx, rad = r.integers(8, n - 8), r.integers(8, n - 8), r.integers(5, 9)
+        mask[(yy - cy) ** 2 + (xx - cx) ** 2 < rad**2] = 1
+    img[mask == 1] = (95, 45, 160)
+    return img, mask
+
+
+def items(n: int, start: int = 0, masks: bool = True) -> list[TrainItem]:
+    out = []
+    for i in range(start, start + n):
+        img, m = blobs(i)
+        out.append(TrainItem(f"img{i}.png", img, m if masks else None))
+    return out
+
+
+FAST = dict(iterations=4, patch_size=96, batch_size=2, q=2, lr=3e-3, hed_jitter=0.0,
+            val_patch_size=96, validate_every=2)
+
+
+def run(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+# ------------------------------------------------------------------------------------ losses
+
+
+def test_seg_loss_by_hand_ignores_255():
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 0.0]]]])
+    mask = torch.tensor([[[1, 0], [255, 1]]], dtype=torch.uint8)
+    expected = (math.log(2) + math.log(1 + math.exp(2)) + math.log(2)) / 3
+    assert float(seg_loss(logits, mask)) == pytest.approx(expected, rel=1e-6)
+    # The ignored pixel's prediction does not matter, and gets no gradient.
+    logits2 = logits.clone()
+    logits2[0, 0, 1, 0] = 50.0
+    logits2.requires_grad_(True)
+    loss = seg_loss(logits2, mask)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
+    loss.backward()
+    assert logits2.grad[0, 0, 1, 0] == 0
+    # No labelled pixel at all: 0, not NaN.
+    assert float(seg_loss(logits, torch.full_like(mask, 255))) == 0.0
+
+
+def test_ss_loss_by_hand():
+    logits = torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    expected = (math.log(1 + math.exp(-1) + math.exp(-2)) + math.log(3)) / 2
+    assert float(ss_loss(logits, torch.tensor([2, 0]))) == pytest.approx(expected, rel=1e-6)
+
+
+def test_ug_loss_by_hand_two_sided_and_foreground():
+    y = torch.tensor([[[0.95, 0.5], [0.1, 0.85]], [[0.6, 0.5], [0.4, 0.7]]])
+    logits = torch.zeros(2, 1, 2, 2)  # predictions 0.5 everywhere
+    two = (0.45**2 + 0.4**2 + 0.35**2) / 3  # 0.95, 0.1, 0.85 are confident at 0.8
+    fg = (0.45**2 + 0.35**2) / 2  # only 0.95 and 0.85 exceed 0.8
+    # The second image has no confident pixel: it contributes 0 to the batch mean.
+    assert float(ug_loss(logits, y, 0.8)) == pytest.approx(two / 2, rel=1e-6)
+    assert float(ug_loss(logits, y, 0.8, "foreground")) == pytest.approx(fg / 2, rel=1e-6)
+    # y is a target: no gradient flows into it.
+    yg = y.clone().requires_grad_(True)
+    lg = logits.clone().requires_grad_(True)
+    ug_loss(lg, yg, 0.8).backward()
+    assert yg.grad is None and lg.grad is not None
+
+
+# --------------------------------------------------------------------- unsynchronised step
+
+
+def test_selfloop_update_changes_encoder_only_and_keeps_decoder_fixed_at_every_step():
+    model = build_model(TINY, seed=0)
+    model.train()
+    x = torch.rand(2, 3, 96, 96)
+    pool = permutation_pool(TINY.num_permutations)
+    classes, perms, rots = (torch.as_tensor(a) for a in sample_puzzles(np.random.default_rng(0), 2, 3, pool))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    decoder0 = state_snapshot(model.decoder)
+    encoder0 = state_snapshot(model.encoder)
+    bn_buffers0 = {k: v for k, v in encoder0.items() if "running" in k or "num_batches" in k}
+    gen = _selfloop_updates(model, x, classes, perms, rots, opt)
+    steps = 0
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            y, losses, weights = stop.value
+            break
+        steps += 1
+        assert_same_state(model.decoder, decoder0)  # decoder fixed during every encoder update
+    assert steps == 3
+    enc = model.encoder.state_dict()
+    assert any(not torch.equal(enc[k], v) for k, v in encoder0.items() if k not in bn_buffers0)
+    for k, v in bn_buffers0.items():  # eval mode: BatchNorm statistics untouched
+        assert torch.equal(enc[k], v)
+    assert model.training  # mode restored
+    assert y.shape == (2, 96, 96) and float(y.min()) >= 0 and float(y.max()) <= 1
+    assert losses.shape == (2, 3)
+    torch.testing.assert_close(weights.sum(1), torch.ones(2))
+
+
+def test_selfloop_update_plain_function_returns_weighted_average():
+    model = build_model(TINY, seed=1)
+    x = torch.rand(1, 3, 96, 96)
+    pool = permutation_pool(TINY.num_permutations)
+    classes, perms, rots = (torch.as_tensor(a) for a in sample_puzzles(np.random.default_rng(1), 1, 1, pool))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    decoder0 = state_snapshot(model.decoder)
+    y, losses, weights = selfloop_update(model, x, classes, perms, rots, opt)
+    assert_same_state(model.decoder, decoder0)
+    assert weights.tolist() == [[1.0]]  # Q = 1: weight 1
+    assert torch.isfinite(losses).all()
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def test_a_few_iterations_lower_the_loss():
+    model = build_model(TINY, seed=0)
+    cfg = TrainConfig(framework="supervised", iterations=30, patch_size=96, batch_size=4,
+                      lr=5e-3, hed_jitter=0.0, validate_every=100, schedule="constant")
+    events, result = run(train(model, items(2), [], cfg))
+    losses = [e.data["loss_seg"] for e in events if e.data["phase"] == "train"]
+    assert len(losses) == 30
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    assert result.metric_name == "train_seg_loss" and result.best_step == 30
+
+
+@pytest.mark.parametrize("framework", ["selfloop", "softmax", "mc-dropout", "selfloop-no-ss"])
+def test_every_framework_trains_and_reports_its_losses(framework, tmp_path):
+    model = build_model(TINY, seed=0)
+    cfg = TrainConfig(framework=framework, mc_passes=2, **FAST)
+    events, result = run(train(model, items(1), items(1, 5, masks=False), cfg,
+                               validation=items(1, 9), out=tmp_path / "m.pt"))
+    train_events = [e for e in events if e.data["phase"] == "train"]
+    assert [e.done for e in train_events] == [1, 2, 3, 4]
+    for e in train_events:
+        for key in ("step", "loss", "loss_seg", "loss_ss", "loss_ug", "lr"):
+            assert math.isfinite(e.data[key]), key
+    assert "val_f1" in train_events[1].data and "val_f1" not in train_events[0].data
+    assert (train_events[-1].data["loss_ss"] > 0) == (framework == "selfloop")
+    if framework == "selfloop":
+        assert sum(e.data["phase"] == "selfloop" for e in events) == 4 * cfg.q
+    assert result.metric_name == "val_f1" and result.checkpoint == tmp_path / "m.pt"
+    assert not model.training
+
+
+def test_checkpoint_records_parent_data_config_metrics_history(tmp_path):
+    model = build_model(TINY, seed=0)
+    cfg = TrainConfig(**FAST)
+    out = tmp_path / "best.pt"
+    _, result = run(train(model, items(1), items(1, 3, masks=False), cfg, validation=items(1, 9),
+                          out=out, parent="ab" * 32))
+    raw = torch.load(out, weights_only=True)  # plain types and tensors only
+    assert raw["parent"] == "ab" * 32
+    roles = {d["name"]: d["role"] for d in raw["data"]}
+    assert roles == {"img0.png": "labelled", "img3.png": "unlabelled", "img9.png": "validation"}
+    assert all(len(d["sha256"]) == 64 for d in raw["data"])
+    assert TrainConfig.from_dict(raw["training"]["config"]) == cfg
+    assert raw["training"]["step"] == result.best_step
+    assert set(raw["training"]["optimizer"]) == {"state", "param_groups"}
+    assert raw["metrics"]["metric_name"] == "val_f1"
+    assert raw["metrics"]["val_f1"] == pytest.approx(result.best_metric)
+    assert [h["step"] for h in raw["history"]][:2] == [0, 1]
+    ck = load_checkpoint(out)
+    assert_same_state(ck.model, state_snapshot(model.cpu()))  # model holds the best weights
+
+
+def test_cancel_keeps_best_and_resume_continues(tmp_path):
+    model = build_model(TINY, seed=0)
+    cfg = TrainConfig(**{**FAST, "iterations": 6, "validate_every": 2})
+    out = tmp_path / "run.pt"
+    gen = train(model, items(1), items(1, 4, masks=False), cfg, out=out)
+    for event in gen:
+        if event.data["phase"] == "train" and event.done == 3:
+            break
+    gen.close()  # cancel in the middle of the run
+    ck = load_checkpoint(out)
+    assert ck.meta["training"]["step"] == 2  # the last evaluation (no validation: L_SEG)
+    assert ck.meta["metrics"]["metric_name"] == "train_seg_loss"
+    assert ck.meta["training"]["optimizer"]["state"]  # Adam moments, for resuming
+    assert_same_state(ck.model, state_snapshot(model.cpu()))
+    assert not model.training
+
+    model2 = build_model(TINY, seed=5)
+    events, result = run(train(model2, items(1), items(1, 4, masks=False), cfg, resume=out, out=out))
+    steps = [e.done for e in events if e.data["phase"] == "train"]
+    assert steps == [3, 4, 5, 6]
+    assert result.steps == 4
+    history = load_checkpoint(out).meta["history"]
+    assert [h["step"] for h in history][:2] == [1, 2]
+
+
+def test_cancel_before_any_evaluation_restores_initial_weights(tmp_path):
+    model = build_model(TINY, seed=0)
+    before = state_snapshot(model)
+    cfg = TrainConfig(**{**FAST, "validate_every": 10, "iterations": 10})
+    gen = train(model, items(1), [], cfg, out=tmp_path / "x.pt")
+    next(gen)
+    gen.close()
+    assert_same_state(model, before)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_partial_masks_train_on_labelled_pixels_only():
+    img, mask = blobs(3)
+    partial = np.full_like(mask, 255)
+    partial[:40, :40] = mask[:40, :40]
+    prepared = check_items([TrainItem("p", img, partial)], "labelled", need_masks=True)
+    assert prepared[0].labelled_pixels == 1600
+    sampler = PatchSampler(prepared, 96, np.random.default_rng(0), Augment(hed=0.0))
+    patches, masks = sampler.sample(8)
+    assert patches.shape == (8, 96, 96, 3) and masks.shape == (8, 96, 96)
+    assert set(np.unique(masks)) <= {0, 1, 255}
+    assert all(np.count_nonzero(m != 255) > 0 for m in masks)  # crops find labelled pixels
+    model = build_model(TINY, seed=0)
+    cfg = TrainConfig(**{**FAST, "framework": "supervised"})
+    events, _ = run(train(model, [TrainItem("p", img, partial)], [], cfg))
+    assert all(math.isfinite(e.data["loss_seg"]) for e in events)
+
+
+def test_small_images_are_padded_and_their_mask_ignored_outside():
+    img, mask = blobs(2, n=50)
+    prepared = check_items([TrainItem("s", img[:, :40], mask[:, :40])], "labelled", need_masks=True)
+    sampler = PatchSampler(prepared, 96, np.random.default_rng(0), Augment(hed=0.05))
+    patches, masks = sampler.sample(2)
+    assert patches.shape == (2, 96, 96, 3)
+    assert (masks == 255).sum(axis=(1, 2)).tolist() == [96 * 96 - 50 * 40] * 2
+
+
+# ------------------------------------------------------------------------------ refusals
+
+
+def _bad(name):
+    img, mask = blobs(0)
+    cases = {
+        "empty": ([], "no labelled images"),
+        "size": ([TrainItem("a.png", img, mask[:-1])], "mask has shape"),
+        "values": ([TrainItem("a.png", img, np.where(mask == 1, 2, 0).astype(np.uint8))], "values 2"),
+        "no mask": ([TrainItem("a.png", img, None)], "has no mask"),
+        "all ignored": ([TrainItem("a.png", img, np.full_like(mask, 255))], "no pixel"),
+        "3d image": ([TrainItem("a.png", np.zeros((3, 5, 40, 40), np.uint8), mask)], "pick one plane"),
+    }
+    return cases[name]
+
+
+@pytest.mark.parametrize("case", ["empty", "size", "values", "no mask", "all ignored", "3d image"])
+def test_refusals_happen_at_call_time(case):
+    labelled, message = _bad(case)
+    with pytest.raises(InputError, match=message):
+        train(build_model(TINY), labelled, [], TrainConfig(**FAST))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [({"patch_size": 100}, "multiple of 96"), ({"framework": "magic"}, "unknown framework"),
+     ({"threshold": 0.4}, "threshold"), ({"iterations": 0}, "iterations"),
+     ({"confidence": "both"}, "confidence")],
+)
+def test_bad_config_is_refused(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_other_refusals(tmp_path):
+    no_dropout = build_model(ModelConfig(width=8, dropout=0.0))
+    with pytest.raises(InputError, match="dropout"):
+        train(no_dropout, items(1), items(1, 3, False), TrainConfig(framework="mc-dropout", **FAST))
+    with pytest.raises(InputError, match="does not exist"):
+        train(build_model(TINY), items(1), [], TrainConfig(**FAST), out=tmp_path / "no" / "x.pt")
