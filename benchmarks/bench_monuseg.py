@@ -225,12 +225,12 @@ def run_benchmark(dataset: str, data: list[dict[str, Any]], args: argparse.Names
                        threshold=args.threshold, confidence=args.confidence, seed=args.seed,
                        precision="fp32", validate_every=10**6, hed_jitter=args.hed,
                        warmup=0.0)
-    stage1 = replace(base, framework="supervised", iterations=args.stage1, lr=args.lr1)
+    stage1 = replace(base, framework=args.stage1_framework, iterations=args.stage1, lr=args.lr1)
     stage2 = replace(base, iterations=args.stage2, lr=args.lr2)
     report: dict[str, Any] = {
         "dataset": dataset, "test_images": [d["name"] for d in test],
         "model": {**mcfg.to_dict(), "note": f"ResUNet-18 architecture at width {args.width} (64 = paper)"},
-        "stage1": stage1.to_dict(), "stage2": stage2.to_dict(), "threads": torch.get_num_threads(),
+        "stage1": stage1.to_dict(), "stage1_framework": args.stage1_framework, "stage2": stage2.to_dict(), "threads": torch.get_num_threads(),
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "runs": {}, "table1": {}, "table2": {}, "paper": {
             "table1": PAPER_TABLE1 if dataset == "monuseg" else None,
             "table2": PAPER_TABLE2[dataset]},
@@ -254,7 +254,8 @@ def run_benchmark(dataset: str, data: list[dict[str, Any]], args: argparse.Names
             info = run_train(model, lab, [], replace(stage1, iterations=iters1), f"{key} stage1")
             return model, info
 
-        sup, info1 = cached_model(f"{key}_stage1_{iters1}", build)
+        s1 = "" if args.stage1_framework == "supervised" else f"_{args.stage1_framework}"
+        sup, info1 = cached_model(f"{key}_stage1{s1}_{iters1}", build)
         fk = f"{frac:g}"
         report["runs"][f"{fk}/stage1"] = {**info1, "labelled": len(lab), "unlabelled": len(unl)}
         if frac == 1.0:
@@ -264,8 +265,9 @@ def run_benchmark(dataset: str, data: list[dict[str, Any]], args: argparse.Names
         report["table2"].setdefault("stage1-only", {})[fk] = evaluate_test(sup, test, objects, args.eval_patch)
         save()
         if table1_on:
-            report["table1"][fk] = table1(sup, [data[i] for i in unl_idx], args.crop, args.patch,
-                                          args.lr2, args.table1_images)
+            report["table1"][fk] = table1(sup, [data[i] for i in unl_idx], args.crop,
+                                          args.table1_patch or args.patch, args.table1_lr or args.lr2,
+                                          args.table1_images)
             log.info("[%s] table 1: %s", key, json.dumps(report["table1"][fk]["scores"]))
             save()
         state = {k: v.clone() for k, v in sup.state_dict().items()}
@@ -279,6 +281,107 @@ def run_benchmark(dataset: str, data: list[dict[str, Any]], args: argparse.Names
             save()
     save()
     return report
+
+
+def run_sweep(dataset: str, data: list[dict[str, Any]], args: argparse.Namespace,
+              out_json: Path, settings: list[dict[str, Any]]) -> dict[str, Any]:
+    """Choose self-loop hyper-parameters on a validation split carved from the training images.
+
+    At the first labelled fraction, ``args.val`` of the unlabelled training images are set
+    aside (their masks are used only for scoring here); each setting fine-tunes the stage-1
+    model on the labelled and remaining unlabelled images, and is scored on the validation
+    images. The test split is not touched.
+    """
+    train_idx, _ = split(len(data), args.test, args.seed)
+    frac = float(args.fractions[0])
+    lab_idx, unl_idx = labelled_subset(train_idx, frac, args.seed)
+    val_idx, unl_idx = unl_idx[: args.val], unl_idx[args.val:]
+    lab = [item(data[i]) for i in lab_idx]
+    unl = [item(data[i], False) for i in unl_idx]
+    val = [data[i] for i in val_idx]
+    mcfg = ModelConfig(width=args.width)
+    base = TrainConfig(patch_size=args.patch, batch_size=args.batch, q=args.q, threshold=args.threshold,
+                       confidence=args.confidence, seed=args.seed, precision="fp32",
+                       validate_every=10**6, hed_jitter=args.hed, iterations=args.stage2, lr=args.lr2)
+    key = f"{dataset}{getattr(args, 'size', '')}_w{args.width}_p{args.patch}_s{args.seed}_f{frac}"
+    sup, _ = cached_model(f"{key}_stage1_{args.stage1}", lambda: None)
+    state = {k: v.clone() for k, v in sup.state_dict().items()}
+    report: dict[str, Any] = {"dataset": dataset, "fraction": frac, "validation": [d["name"] for d in val],
+                              "unlabelled": len(unl), "labelled": len(lab), "base": base.to_dict(),
+                              "results": []}
+    report["stage1_only"] = evaluate_test(sup, val, False, args.eval_patch)
+    for setting in settings:
+        model = build_model(mcfg)
+        model.load_state_dict(state)
+        cfg = replace(base, **setting)
+        info = run_train(model, lab, unl, cfg, f"sweep {setting}")
+        scores = evaluate_test(model, val, False, args.eval_patch)
+        report["results"].append({"setting": setting, "validation": scores, "run": info})
+        log.info("sweep %s: %s", setting, scores)
+        write_json(out_json, report)
+    return report
+
+
+def markdown_tables(results: Path) -> str:
+    """README tables (ours beside the paper's) from the results JSON files."""
+    lines: list[str] = []
+    mon = results / "monuseg_semisup.json"
+    if mon.exists():
+        r = json.loads(mon.read_text())
+        if r["table1"]:
+            lines += ["**Table 1 analogue** (MoNuSeg, pseudo-labels of the stage-1 model on the unlabelled "
+                      "images; pixel F1 = Dice % / balanced accuracy %; paper: its \"F1\" %)", "",
+                      "| labelled | " + " | ".join(PAPER_TABLE1["0.2"]) + " |",
+                      "|---|" + "---|" * len(PAPER_TABLE1["0.2"])]
+            for fk, t in r["table1"].items():
+                cells = []
+                for m in PAPER_TABLE1["0.2"]:
+                    sc = t["scores"].get(m)
+                    paper = PAPER_TABLE1[str(fk) if str(fk) in PAPER_TABLE1 else "0.2"].get(m)
+                    ours = f"{sc['f1']:.1f} / {sc['balanced_accuracy']:.1f}" if sc else "n/a"
+                    cells.append(f"{ours} ({paper})")
+                lines.append(f"| {float(fk):.0%} | " + " | ".join(cells) + " |")
+            noss = [t["scores"].get("selfloop-no-ss") for t in r["table1"].values()]
+            if all(noss):
+                lines += ["", "Self-loop without L_SS (Q = 10, not in the paper's Table 1): " + ", ".join(
+                    f"{float(fk):.0%}: {t['scores']['selfloop-no-ss']['f1']:.1f} / "
+                    f"{t['scores']['selfloop-no-ss']['balanced_accuracy']:.1f}" for fk, t in r["table1"].items())]
+            lines.append("")
+    for name, title in (("monuseg", "MoNuSeg"), ("isic", "ISIC")):
+        path = results / f"{name}_semisup.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        t2 = r["table2"]
+        objects = name == "monuseg"
+        cols = ["0.2", "0.5", "1"]
+        lines += [f"**Table 2 analogue, {title}** (test split; pixel F1 = Dice % / balanced accuracy %"
+                  + ("; object F1 / AJI %" if objects else "") + "; paper \"F1\" in brackets)", "",
+                  "| framework | 20% | 50% | 100% |", "|---|---|---|---|"]
+        for fw in ("stage1-only", *FRAMEWORKS):
+            if fw not in t2:
+                continue
+            cells = []
+            for c in cols:
+                sc = t2[fw].get(c)
+                paper = PAPER_TABLE2[name].get(fw, {}).get("1.0" if c == "1" else c)
+                if sc is None:
+                    cells.append("-" if paper is None else f"- ({paper})")
+                    continue
+                txt = f"{sc['f1']:.1f} / {sc['balanced_accuracy']:.1f}"
+                if objects:
+                    txt += f"; {sc['object_f1']:.1f} / {sc['aji']:.1f}"
+                cells.append(txt + (f" ({paper})" if paper is not None else ""))
+            label = {"stage1-only": "stage 1 only (supervised, fewer iterations)",
+                     "supervised": "fully supervised"}.get(fw, fw)
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines += ["", f"Wall time {r.get('wall_seconds', 0) / 60:.0f} min; "
+                  f"stage 1 {r['stage1']['iterations']} iterations (lr {r['stage1']['lr']}), "
+                  f"stage 2 {r['stage2']['iterations']} (lr {r['stage2']['lr']}), Q = {r['stage2']['q']}, "
+                  f"threshold {r['stage2']['threshold']} ({r['stage2']['confidence']}), "
+                  f"patch {r['stage2']['patch_size']}, batch {r['stage2']['batch_size']}+"
+                  f"{r['stage2']['batch_size']}, width {r['model']['width']}.", ""]
+    return "\n".join(lines)
 
 
 def common_args(p: argparse.ArgumentParser, **defaults: Any) -> None:
@@ -300,6 +403,8 @@ def common_args(p: argparse.ArgumentParser, **defaults: Any) -> None:
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
     p.add_argument("--no-full", dest="full", action="store_false", help="skip the 100%% row")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--stage1-framework", default="supervised", choices=("supervised", "selfloop"),
+                   help="selfloop: stage 1 trains L_SEG + L_SS on the labelled images (no unlabelled)")
     p.add_argument("--out", type=Path)
     p.set_defaults(**defaults)
 
@@ -310,12 +415,27 @@ def main() -> int:
     p.add_argument("--crop", type=int, default=384, help="Table 1 centre crop")
     p.add_argument("--table1-images", type=int, default=8, help="Table 1: unlabelled images scored")
     p.add_argument("--no-table1", dest="table1", action="store_false")
+    p.add_argument("--table1-lr", type=float, help="self-loop encoder lr for Table 1 (default --lr2)")
+    p.add_argument("--table1-patch", type=int, help="patch for Table 1 pseudo-labels (default --patch)")
+    p.add_argument("--sweep", action="store_true",
+                   help="instead: choose self-loop settings on a validation split (needs stage 1 cached)")
+    p.add_argument("--val", type=int, default=4, help="--sweep: validation images")
+    p.add_argument("--tables", action="store_true", help="print the README tables from results/")
     args = p.parse_args()
+    if args.tables:
+        print(markdown_tables(HERE / "results"))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)
     if not (DATA / "monuseg" / "train" / "images").is_dir():
         print(f"skipped: MoNuSeg not found under {DATA} (set SELFLOOP_DATA)")
         return 0
     torch.set_num_threads(args.threads)
+    if args.sweep:
+        settings = [{"framework": "supervised"}, {"threshold": 0.8}, {"threshold": 0.7},
+                    {"threshold": 0.9}, {"confidence": "foreground"}, {"q": 6}]
+        out = args.out or HERE / "results" / "monuseg_sweep.json"
+        run_sweep("monuseg", load_monuseg(), args, out, settings)
+        return 0
     out = args.out or HERE / "results" / "monuseg_semisup.json"
     run_benchmark("monuseg", load_monuseg(), args, out, objects=True, table1_on=args.table1)
     log.info("wrote %s", out)
