@@ -1,0 +1,135 @@
+"""``napari-selfloop gui``: open napari with the assistant docked, on a sample or your images.
+
+napari is imported only when the command runs, so the rest of the CLI stays headless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from .._sample_data import SAMPLES
+from ..core.errors import InputError
+
+log = logging.getLogger(__name__)
+
+PLUGIN = "napari-selfloop"
+ASSISTANT = "Self-loop assistant"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "gui", help="open napari with the plugin docked, on a sample image or your images"
+    )
+    p.add_argument("images", nargs="*", type=Path, help="images to open (TIFF, PNG, JPEG)")
+    p.add_argument(
+        "--sample",
+        choices=sorted(SAMPLES),
+        default=None,
+        help="open a sample image: " + "; ".join(f"{k}: {v[1]}" for k, v in SAMPLES.items()),
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="checkpoint to load (default: a new, untrained ResUNet-18)",
+    )
+    p.add_argument("--width", type=int, default=64, help="width of a new model (64 = ResUNet-18)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument(
+        "--project",
+        type=Path,
+        default=None,
+        help="project folder for autosave, exports and new checkpoints "
+        "(default $NAPARI_SELFLOOP_PROJECT or ~/napari-selfloop)",
+    )
+    p.set_defaults(func=run)
+
+
+def _dock(viewer: Any) -> Any:
+    """Dock the assistant through the npe2 manifest (as napari's Plugins menu does)."""
+    try:
+        _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, ASSISTANT)
+        return widget
+    except (KeyError, ValueError, LookupError) as e:  # plugin not registered (not installed)
+        log.warning("napari-selfloop is not registered with napari (%s); docking it directly", e)
+        from ..widgets.assistant import AssistantWidget
+
+        widget = AssistantWidget(viewer)
+        viewer.window.add_dock_widget(widget, name=ASSISTANT, area="right")
+        return widget
+
+
+def _open_sample(viewer: Any, key: str) -> None:
+    try:
+        viewer.open_sample(PLUGIN, key)
+    except (KeyError, ValueError, LookupError):
+        for data, kwargs, kind in SAMPLES[key][0]():
+            getattr(viewer, f"add_{kind}")(data, **kwargs)
+
+
+def setup_viewer(
+    viewer: Any,
+    *,
+    sample: str | None = None,
+    images: list[Path] | tuple[Path, ...] = (),
+    checkpoint: Path | None = None,
+    width: int = 64,
+    device: str = "auto",
+    project: Path | None = None,
+) -> Any:
+    """Open the sample / images in ``viewer``, dock the assistant and make it ready.
+
+    The model is the checkpoint, or else a new ResUNet-18 of ``width``. Returns the
+    assistant widget. Used by the ``gui`` command and by its test.
+    """
+    for path in images:
+        if not Path(path).exists():
+            raise InputError(f"image {path} does not exist")
+    if sample is not None and sample not in SAMPLES:
+        raise InputError(f"unknown sample {sample!r}: choose one of {', '.join(SAMPLES)}")
+    from ..widgets._state import get_state
+
+    state = get_state(viewer)
+    if project is not None:
+        state.set_project_dir(project)
+    if sample is not None:
+        _open_sample(viewer, sample)
+    for path in images:
+        viewer.open(str(path))
+    assistant = _dock(viewer)
+    model_panel = assistant.panel("Model")
+    if device != "auto":
+        model_panel.device_combo.setCurrentText(device)
+    if checkpoint is not None:
+        if model_panel.load(checkpoint) is None:
+            raise InputError(f"could not load {checkpoint}")
+        assistant.show_tab("Pseudo-label")
+    else:
+        model_panel.new_model(width=width)
+        # An untrained model predicts noise: start from a classical mask instead.
+        assistant.show_tab("Start")
+    if sample == "lesion":
+        assistant.panel("Start").set_kind("dermoscopy")
+    return assistant
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.checkpoint is not None and not args.checkpoint.exists():
+        raise InputError(f"checkpoint {args.checkpoint} does not exist")
+    import napari
+
+    viewer = napari.Viewer(title="napari-selfloop")
+    setup_viewer(
+        viewer,
+        sample=args.sample,
+        images=args.images,
+        checkpoint=args.checkpoint,
+        width=args.width,
+        device=args.device,
+        project=args.project,
+    )
+    napari.run()
+    return 0

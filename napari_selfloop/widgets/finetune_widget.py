@@ -1,0 +1,359 @@
+"""Fine-tune panel: train the current model on the corrections marked done (Eq. 2 of the paper).
+
+Labelled = the correction layers ticked *done* (their image and mask; 255 = not labelled);
+unlabelled = the other open images and, optionally, the images in a folder. Training runs
+on a copy of the current model in a background thread with a live loss / validation plot.
+Each run writes a new checkpoint version next to the current one (``model_v2.pt``, ...; a
+new model goes to ``PROJECT/checkpoints/``) and makes it the current model. *Stop* ends the
+run early and keeps the best checkpoint found so far; the model that was current before
+the run is never modified.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ..core.checkpoint import load_checkpoint
+from ..core.datasets import TrainItem
+from ..core.errors import InputError, SelfloopError
+from ..core.export import labels_to_mask
+from ..core.imageio import check_image, open_image
+from ..core.progress import Progress
+from ..core.training import FRAMEWORKS, TrainConfig, TrainResult, train
+from ._autosave import autosave_for
+from ._layers import correction_mask, image_data, image_for, is_correction, is_source_image, meta_of
+from ._plot import LivePlot
+from ._runner import Outcome, Runner, error_message
+from ._state import get_state
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_VERSION = re.compile(r"^(?P<base>.*?)(?:_v(?P<n>\d+))?$")
+
+
+def next_version_path(current: Path | None, project: Path) -> Path:
+    """The next free ``BASE_vN.pt`` beside ``current`` (or ``PROJECT/checkpoints/model_vN.pt``)."""
+    if current is None:
+        folder, base = Path(project) / "checkpoints", "model"
+    else:
+        folder = current.parent
+        base = _VERSION.match(current.stem).group("base") or "model"
+    taken = [0]
+    if folder.is_dir():
+        for p in folder.glob(f"{base}_v*.pt"):
+            m = _VERSION.match(p.stem)
+            if m and m.group("n") and m.group("base") == base:
+                taken.append(int(m.group("n")))
+    if current is not None:
+        m = _VERSION.match(current.stem)
+        if m and m.group("n"):
+            taken.append(int(m.group("n")))
+    return folder / f"{base}_v{max(taken) + 1}.pt"
+
+
+def folder_images(folder: Path) -> list[TrainItem]:
+    """Unlabelled images of a folder (PNG, JPEG, TIFF), opened lazily; others are skipped."""
+    if not folder.is_dir():
+        raise InputError(f"unlabelled folder {folder} does not exist")
+    items = []
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+            continue
+        try:
+            image = open_image(path)
+            check_image(image)
+        except (SelfloopError, OSError) as e:
+            log.warning("skipping %s: %s", path.name, e)
+            continue
+        items.append(TrainItem(name=path.name, image=image))
+    return items
+
+
+class FineTuneWidget(QWidget):
+    """Fine-tune the current model on the finished corrections."""
+
+    def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        autosave_for(napari_viewer)
+        self.last_result: TrainResult | None = None
+        self.last_checkpoint: Path | None = None
+        self._out: Path | None = None
+
+        self.labelled_list = QListWidget()
+        self.labelled_list.setMaximumHeight(90)
+        self.labelled_list.setToolTip("Tick the correction layers that are finished")
+        self.unlabelled_check = QCheckBox("Other open images as unlabelled data")
+        self.unlabelled_check.setChecked(True)
+        self.folder_edit = QLineEdit()
+        self.folder_edit.setPlaceholderText("optional folder of unlabelled images")
+        self.folder_button = QPushButton("…")
+        self.framework_combo = QComboBox()
+        self.framework_combo.addItems(list(FRAMEWORKS))
+        self.iterations_spin = QSpinBox()
+        self.iterations_spin.setRange(1, 100_000)
+        self.iterations_spin.setValue(200)
+        self.q_spin = QSpinBox()
+        self.q_spin.setRange(1, 20)
+        self.q_spin.setValue(3)
+        self.lr_spin = QDoubleSpinBox()
+        self.lr_spin.setDecimals(5)
+        self.lr_spin.setRange(1e-5, 1e-1)
+        self.lr_spin.setSingleStep(1e-4)
+        self.lr_spin.setValue(3e-4)
+        self.patch_combo = QComboBox()
+        self.patch_combo.addItems(["96", "192", "288", "384"])
+        self.patch_combo.setCurrentText("192")
+        self.patch_combo.setToolTip("Side of the training patches (multiples of 96)")
+        self.holdout_check = QCheckBox("Hold out one labelled image for validation")
+        self.holdout_check.setToolTip(
+            "With two or more done images, the last one chooses the best checkpoint "
+            "(validation F1); otherwise the lowest segmentation loss does"
+        )
+        self.start_button = QPushButton("Fine-tune")
+        self.runner = Runner("Fine-tune", self)
+        self.runner.cancel_button.setText("Stop")
+        self.runner.cancel_button.setToolTip(
+            "Stop after the current step and keep the best checkpoint so far"
+        )
+        self.plot = LivePlot({"val F1": (0.0, 1.0)})
+        self.result_label = QLabel("")
+        self.result_label.setWordWrap(True)
+
+        folder_row = QHBoxLayout()
+        folder_row.addWidget(self.folder_edit, 1)
+        folder_row.addWidget(self.folder_button)
+        form = QFormLayout()
+        form.addRow("Framework", self.framework_combo)
+        form.addRow("Iterations", self.iterations_spin)
+        form.addRow("Q", self.q_spin)
+        form.addRow("Learning rate", self.lr_spin)
+        form.addRow("Patch size", self.patch_combo)
+        layout = QVBoxLayout(self)
+        layout.addWidget(QLabel("Labelled: corrections marked done"))
+        layout.addWidget(self.labelled_list)
+        layout.addWidget(self.unlabelled_check)
+        layout.addLayout(folder_row)
+        layout.addLayout(form)
+        layout.addWidget(self.holdout_check)
+        layout.addWidget(self.start_button)
+        layout.addWidget(self.runner.make_bar())
+        layout.addWidget(self.plot)
+        layout.addWidget(self.result_label)
+        layout.addStretch(1)
+
+        self.folder_button.clicked.connect(self._browse)
+        self.start_button.clicked.connect(self.start)
+        self.labelled_list.itemChanged.connect(self._item_changed)
+        self.runner.started.connect(lambda: self.start_button.setEnabled(False))
+        self.runner.finished.connect(lambda *_: self.start_button.setEnabled(True))
+        events = napari_viewer.layers.events
+        for ev in (events.inserted, events.removed):
+            ev.connect(self.refresh)
+        self.state.labels_updated.connect(self.refresh)
+        self.state.done_changed.connect(self.refresh)
+        self.refresh()
+
+    # -- the labelled list -------------------------------------------------------------------
+
+    def refresh(self, *_: Any) -> None:
+        self.labelled_list.blockSignals(True)
+        self.labelled_list.clear()
+        for layer in self.viewer.layers:
+            if not is_correction(layer):
+                continue
+            item = QListWidgetItem(layer.name)
+            item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
+            item.setCheckState(Qt.Checked if meta_of(layer).get("done") else Qt.Unchecked)
+            self.labelled_list.addItem(item)
+        if self.labelled_list.count() == 0:
+            item = QListWidgetItem("(no corrections yet)")
+            item.setFlags(Qt.NoItemFlags)
+            self.labelled_list.addItem(item)
+        self.labelled_list.blockSignals(False)
+
+    def _item_changed(self, item: QListWidgetItem) -> None:
+        name = item.text()
+        if name in self.viewer.layers:
+            meta_of(self.viewer.layers[name])["done"] = item.checkState() == Qt.Checked
+            self.state.done_changed.emit(name)
+
+    def set_done(self, name: str, done: bool = True) -> None:
+        meta_of(self.viewer.layers[name])["done"] = bool(done)
+        self.state.done_changed.emit(name)
+
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(
+            self, "Folder of unlabelled images", self.folder_edit.text()
+        )
+        if path:
+            self.folder_edit.setText(path)
+
+    # -- gathering data (main thread: reads layers) ----------------------------------------
+
+    def _labelled(self) -> list[TrainItem]:
+        items = []
+        for layer in self.viewer.layers:
+            if not (is_correction(layer) and meta_of(layer).get("done")):
+                continue
+            image = image_for(self.viewer, layer)
+            if image is None:
+                raise InputError(
+                    f"the image of '{layer.name}' is not open: open it again or untick the layer"
+                )
+            data = image_data(image)
+            mask = labels_to_mask(correction_mask(layer))
+            info = check_image(data)
+            if mask.shape != (info.height, info.width):
+                raise InputError(
+                    f"Labels layer '{layer.name}' has shape {mask.shape} but its image "
+                    f"'{image.name}' is {info.height}x{info.width}"
+                )
+            items.append(TrainItem(name=image.name, image=data, mask=mask))
+        if not items:
+            raise InputError(
+                "no corrections are marked done: tick a correction layer above "
+                "(or 'done' in Review) after correcting it"
+            )
+        return items
+
+    def _unlabelled(self, labelled: list[TrainItem]) -> list[TrainItem]:
+        if not self.unlabelled_check.isChecked():
+            return []
+        used = {it.name for it in labelled}
+        items = []
+        for layer in self.viewer.layers:
+            if not is_source_image(layer) or layer.name in used:
+                continue
+            try:
+                items.append(TrainItem(name=layer.name, image=image_data(layer)))
+            except SelfloopError as e:
+                show_warning(
+                    f"Fine-tune: skipping '{layer.name}' as unlabelled data: {error_message(e)}"
+                )
+        return items
+
+    def config(self) -> TrainConfig:
+        iterations = self.iterations_spin.value()
+        return TrainConfig(
+            framework=self.framework_combo.currentText(),
+            iterations=iterations,
+            q=self.q_spin.value(),
+            lr=float(self.lr_spin.value()),
+            patch_size=int(self.patch_combo.currentText()),
+            validate_every=max(1, min(50, iterations // 4)),
+        )
+
+    # -- running ---------------------------------------------------------------------------
+
+    def start(self) -> bool:
+        """Start fine-tuning (returns False, with a notification, if it cannot)."""
+        try:
+            ckpt = self.state.checkpoint
+            if ckpt is None:
+                raise InputError(
+                    "no model: load a checkpoint or press New model in the Model panel"
+                )
+            labelled = self._labelled()
+            validation = None
+            if self.holdout_check.isChecked() and len(labelled) >= 2:
+                validation = [labelled.pop()]
+            unlabelled = self._unlabelled(labelled)
+            folder_text = self.folder_edit.text().strip()
+            folder = Path(folder_text).expanduser() if folder_text else None
+            if folder is not None and not folder.is_dir():
+                raise InputError(f"unlabelled folder {folder} does not exist")
+            config = self.config()
+            out = next_version_path(ckpt.path, self.state.project_dir)
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except (SelfloopError, OSError) as e:
+            show_error(f"Fine-tune: {error_message(e)}")
+            return False
+        model = copy.deepcopy(ckpt.model)  # the current model is never touched
+        device, parent = self.state.device, ckpt.sha256
+        self._out = out
+        self.plot.clear()
+        self.result_label.setText("")
+
+        def job():
+            extra = folder_images(folder) if folder is not None else []
+            return train(
+                model,
+                labelled,
+                unlabelled + extra,
+                config,
+                validation=validation,
+                device=device,
+                out=out,
+                parent=parent,
+            )
+
+        return self.runner.start(
+            job,
+            on_progress=self._progress,
+            on_done=self._done,
+            on_end=self._end,
+            message=f"fine-tuning on {len(labelled)} labelled image(s)…",
+        )
+
+    def _progress(self, event: Progress) -> None:
+        data = event.data
+        if data.get("phase") == "train":
+            step = data.get("step", event.done)
+            self.plot.add("loss", step, data.get("loss"))
+            self.plot.add("seg loss", step, data.get("loss_seg"))
+        if "val_f1" in data:
+            self.plot.add("val F1", data.get("step", event.done), data["val_f1"])
+
+    def _done(self, result: TrainResult) -> None:
+        self.last_result = result
+        metric = (
+            "" if result.best_metric is None else f"{result.metric_name} {result.best_metric:.4f} "
+        )
+        self.result_label.setText(
+            f"Finished {result.steps} iterations in {result.seconds:.0f} s; "
+            f"best {metric}at step {result.best_step}."
+        )
+
+    def _end(self, outcome: Outcome) -> None:
+        out = self._out
+        if outcome.status == "error" or out is None or not out.exists():
+            if outcome.status == "cancelled":
+                self.result_label.setText(
+                    "Stopped before the first evaluation: the model is unchanged."
+                )
+            return
+        ckpt = load_checkpoint(out)
+        self.state.set_checkpoint(ckpt)
+        self.last_checkpoint = out
+        note = "Stopped; kept" if outcome.status == "cancelled" else "Saved"
+        self.result_label.setText(
+            f"{self.result_label.text()} {note} the best checkpoint as {out.name} "
+            "(now the current model).".strip()
+        )
+        show_info(f"Fine-tune: {note.lower()} {out}, now the current model")

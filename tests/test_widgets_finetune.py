@@ -1,0 +1,138 @@
+"""Fine-tune panel: labelled = corrections marked done; new checkpoint versions; Stop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_same_state, state_snapshot
+from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, small_nuclei, wait_run
+
+from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.widgets._layers import put_result
+from napari_selfloop.widgets._state import get_state
+from napari_selfloop.widgets.finetune_widget import FineTuneWidget, next_version_path
+from napari_selfloop.widgets.model_widget import ModelWidget
+
+pytestmark = GUI_MARKS
+pytest_plugins = ("gui_fixtures",)
+
+
+def test_next_version_path(tmp_path):
+    assert next_version_path(None, tmp_path) == tmp_path / "checkpoints" / "model_v1.pt"
+    (tmp_path / "m.pt").touch()
+    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v1.pt"
+    (tmp_path / "m_v1.pt").touch()
+    (tmp_path / "m_v3.pt").touch()
+    assert next_version_path(tmp_path / "m_v1.pt", tmp_path) == tmp_path / "m_v4.pt"
+    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v4.pt"
+
+
+def _viewer(make_napari_viewer, size=96):
+    viewer = make_napari_viewer()
+    image, truth = small_nuclei(size)
+    layer = viewer.add_image(image, name="tile")
+    viewer.add_image(small_nuclei(size, seed=1)[0], name="unlabelled")
+    mask = (truth > 0).astype(np.uint8)
+    mask[: size // 3] = 255  # a partial correction
+    put_result(viewer, "tile", "labels", mask, like=layer, extra_meta={"image_key": "aa"})
+    return viewer
+
+
+def test_finetune_saves_versions_and_makes_them_current(
+    make_napari_viewer, project, notes, qtbot, tmp_path
+):
+    viewer = _viewer(make_napari_viewer)
+    first = save_checkpoint(tmp_path / "model.pt", build_model(ModelConfig(width=TINY_WIDTH)))
+    dock(viewer, ModelWidget).load(first)
+    old = get_state(viewer).model
+    snapshot = state_snapshot(old)
+    w = dock(viewer, FineTuneWidget)
+    assert w.labelled_list.count() == 1
+    assert not w.start() and "marked done" in errors(notes)[-1]
+    w.labelled_list.item(0).setCheckState(2)  # Qt.Checked
+    assert viewer.layers["tile [corrections]"].metadata["selfloop"]["done"]
+    w.iterations_spin.setValue(3)
+    w.q_spin.setValue(1)
+    w.patch_combo.setCurrentText("96")
+    assert w.start()
+    assert wait_run(qtbot, w.runner).status == "done"
+    assert len(w.plot.values("loss")) == 3
+    v1 = tmp_path / "model_v1.pt"
+    assert v1.exists() and get_state(viewer).checkpoint.path == v1
+    ckpt = load_checkpoint(v1)
+    assert ckpt.meta["parent"] == load_checkpoint(first).sha256
+    assert {d["name"] for d in ckpt.meta["data"]} >= {"tile", "unlabelled"}
+    assert_same_state(old, snapshot)  # the previous model object was not trained in place
+    # A second run makes v2 next to it.
+    assert w.start() and wait_run(qtbot, w.runner).status == "done"
+    assert get_state(viewer).checkpoint.path == tmp_path / "model_v2.pt"
+    assert "model_v2.pt" in w.result_label.text()
+    assert len(errors(notes)) == 1  # only the "nothing marked done" one
+
+
+def test_stop_keeps_best_and_leaves_old_model(make_napari_viewer, project, notes, qtbot):
+    viewer = _viewer(make_napari_viewer)
+    dock(viewer, ModelWidget).new_model(width=TINY_WIDTH)
+    old = get_state(viewer).model
+    snapshot = state_snapshot(old)
+    w = dock(viewer, FineTuneWidget)
+    w.set_done("tile [corrections]")
+    w.iterations_spin.setValue(400)  # evaluates every 50 steps
+    w.q_spin.setValue(1)
+    w.patch_combo.setCurrentText("96")
+    assert w.start()
+    qtbot.waitUntil(lambda: len(w.plot.values("loss")) >= 2, timeout=60_000)
+    w.runner.cancel()
+    outcome = wait_run(qtbot, w.runner, timeout=15_000)
+    assert outcome.status == "cancelled"
+    assert_same_state(old, snapshot)
+    assert get_state(viewer).model is old  # stopped before any evaluation: nothing kept
+    assert "unchanged" in w.result_label.text()
+    assert not (project / "checkpoints" / "model_v1.pt").exists()
+    assert not errors(notes)
+
+
+def test_stop_after_an_evaluation_keeps_the_best(make_napari_viewer, project, notes, qtbot):
+    viewer = _viewer(make_napari_viewer)
+    dock(viewer, ModelWidget).new_model(width=TINY_WIDTH)
+    old = get_state(viewer).model
+    w = dock(viewer, FineTuneWidget)
+    w.set_done("tile [corrections]")
+    w.iterations_spin.setValue(8)  # evaluates every 2 steps
+    w.q_spin.setValue(1)
+    w.patch_combo.setCurrentText("96")
+    out = project / "checkpoints" / "model_v1.pt"
+    assert w.start()
+    qtbot.waitUntil(out.exists, timeout=60_000)
+    w.runner.cancel()
+    assert wait_run(qtbot, w.runner, timeout=15_000).status == "cancelled"
+    current = get_state(viewer).checkpoint
+    assert current.path == out and current.model is not old
+    assert "Stopped; kept" in w.result_label.text()
+    assert not errors(notes)
+
+
+def test_finetune_bad_input(make_napari_viewer, project, notes, tmp_path):
+    viewer = _viewer(make_napari_viewer)
+    w = dock(viewer, FineTuneWidget)
+    w.set_done("tile [corrections]")
+    assert not w.start() and "no model" in errors(notes)[-1]
+    dock(viewer, ModelWidget).new_model(width=TINY_WIDTH)
+    w.folder_edit.setText(str(tmp_path / "missing"))
+    assert not w.start() and "does not exist" in errors(notes)[-1]
+    w.folder_edit.setText("")
+    viewer.layers["tile [corrections]"].data = np.zeros((10, 10), np.uint8)
+    assert not w.start() and "shape" in errors(notes)[-1]
+
+
+@pytest.mark.parametrize("fill", [255])
+def test_all_unlabelled_mask_is_refused(make_napari_viewer, project, notes, qtbot, fill):
+    viewer = _viewer(make_napari_viewer)
+    viewer.layers["tile [corrections]"].data = np.full((96, 96), fill, np.uint8)
+    dock(viewer, ModelWidget).new_model(width=TINY_WIDTH)
+    w = dock(viewer, FineTuneWidget)
+    w.set_done("tile [corrections]")
+    assert w.start()
+    assert wait_run(qtbot, w.runner).status == "error"
+    assert "no pixel" in errors(notes)[-1]
