@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 from conftest import assert_same_state, state_snapshot
 from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, fake_stack, small_nuclei, wait_run
@@ -88,6 +90,24 @@ def test_cancel_leaves_model_unchanged_and_viewer_usable(make_napari_viewer, pro
     viewer.add_points([[5, 5]])
     panel.method_combo.setCurrentText("softmax")
     assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    assert not errors(notes)
+
+
+def test_cancel_takes_effect_mid_step(make_napari_viewer, project, notes, qtbot):
+    """Cancel during a long step (a whole patch of Q updates) stops within a forward pass."""
+    viewer, panel = _setup(make_napari_viewer, size=400)
+    model = get_state(viewer).model
+    snapshot = state_snapshot(model)
+    panel.q_spin.setValue(50)  # one step = 50 self-loop updates of one patch
+    assert panel.run()
+    qtbot.wait(300)
+    assert panel.runner.running
+    t0 = time.perf_counter()
+    panel.runner.cancel()
+    assert wait_run(qtbot, panel.runner, timeout=15_000).status == "cancelled"
+    assert time.perf_counter() - t0 < 5.0
+    assert_same_state(model, snapshot)
+    assert all(not m._forward_pre_hooks for m in model.modules())  # the cancel hooks are gone
     assert not errors(notes)
 
 

@@ -11,6 +11,13 @@ events and return a result. :class:`Runner` drives one such job per panel:
 - errors come back as values and are shown with ``show_error`` (one line, no traceback);
   unexpected ones are logged with their traceback;
 - one run at a time: ``start`` refuses while a run is in progress.
+
+A core step can be long on a CPU (one self-loop patch with Q = 10 is Q optimiser steps), so
+for models passed as ``interrupt`` a forward pre-hook on every module also checks the
+Cancel flag and raises :class:`~napari_selfloop.core.errors.Cancelled` in the worker
+thread: Cancel then takes effect within one layer's forward pass. The core's generators
+clean up on that exception as on ``close()`` (the loaded model is never the one that
+changes: pseudo-labels update a copy of the encoder, fine-tuning trains a copy).
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,9 +60,29 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _drive(job: Callable[[], Any], cancel: threading.Event) -> Generator[Progress, None, Outcome]:
+def _install_interrupts(modules: Sequence[Any], cancel: threading.Event) -> list[Any]:
+    """Forward pre-hooks that raise Cancelled in this thread once ``cancel`` is set."""
+    thread = threading.get_ident()
+
+    def check(module: Any, args: Any) -> None:
+        # Only in the thread of this run: a hook copied along with a module (deepcopy)
+        # into another run does nothing there.
+        if cancel.is_set() and threading.get_ident() == thread:
+            raise Cancelled("cancelled")
+
+    handles = []
+    for model in modules:
+        for module in model.modules():
+            handles.append(module.register_forward_pre_hook(check))
+    return handles
+
+
+def _drive(
+    job: Callable[[], Any], cancel: threading.Event, interrupt: Sequence[Any] = ()
+) -> Generator[Progress, None, Outcome]:
     """Worker-thread side: run ``job()``; if it is a generator, step it until done or cancelled."""
     gen = None
+    handles = _install_interrupts(interrupt, cancel)
     try:
         gen = job()
         if not isinstance(gen, Generator):
@@ -78,6 +105,8 @@ def _drive(job: Callable[[], Any], cancel: threading.Event) -> Generator[Progres
     finally:
         if isinstance(gen, Generator):
             gen.close()
+        for handle in handles:
+            handle.remove()
 
 
 class Runner(QObject):
@@ -141,12 +170,14 @@ class Runner(QObject):
         on_progress: Callable[[Progress], None] | None = None,
         on_end: Callable[[Outcome], None] | None = None,
         message: str = "",
+        interrupt: Sequence[Any] = (),
     ) -> bool:
         """Run ``job()`` (a function returning a core generator, or a plain value) in a thread.
 
         ``on_progress(Progress)`` runs in the main thread on every yield; ``on_done(value)``
         with the generator's return value when it finishes; ``on_end(Outcome)`` always,
-        last. Returns False (and says so) when a run is already in progress.
+        last. ``interrupt``: torch modules whose forward passes also check Cancel.
+        Returns False (and says so) when a run is already in progress.
         """
         if self.running:
             show_info(f"{self.name} is already running: wait for it or press Cancel")
@@ -159,7 +190,7 @@ class Runner(QObject):
         self.progress.setFormat(message or f"{self.name}…")
         self.status.setText(message or f"{self.name}…")
         self.cancel_button.setEnabled(True)
-        worker = create_worker(_drive, job, self._cancel, _start_thread=False)
+        worker = create_worker(_drive, job, self._cancel, tuple(interrupt), _start_thread=False)
         worker.yielded.connect(self._yielded)
         worker.returned.connect(self._returned)
         self._worker = worker

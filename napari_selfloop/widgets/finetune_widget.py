@@ -319,6 +319,7 @@ class FineTuneWidget(QWidget):
             on_done=self._done,
             on_end=self._end,
             message=f"fine-tuning on {len(labelled)} labelled image(s)…",
+            interrupt=[model],
         )
 
     def _progress(self, event: Progress) -> None:

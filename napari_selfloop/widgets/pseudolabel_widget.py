@@ -223,6 +223,7 @@ class PseudoLabelWidget(QWidget):
             lambda: pseudo_label(crop, models, config, device=device),
             on_done=done,
             message=f"{config.method} on {name}{where}…",
+            interrupt=models,
         )
 
     def _models(self) -> list:
