@@ -1,0 +1,186 @@
+"""Speed and memory of every pseudo-label method.
+
+Times each method on one 1000x1000 RGB image with the real ResUNet-18 (width 64), in
+float32 and in the fastest precision (bfloat16 autocast on CPUs), as seconds per
+megapixel and as a ratio to one plain forward pass (``softmax``) measured in the same
+run. Medians of ``--repeats`` runs. Then measures the peak resident memory of a child
+process that pseudo-labels a lazy 8000x8000 tiled TIFF and streams its outputs to disk.
+
+Run::
+
+    python benchmarks/bench_pseudolabel.py            # full run (about 20 min on 2 cores)
+    python benchmarks/bench_pseudolabel.py --quick    # a smoke run
+
+Writes ``benchmarks/results/pseudolabel.json`` (or ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_selfloop import __version__
+from napari_selfloop.core.device import resolve_device
+from napari_selfloop.core.imageio import TiffRowWriter, check_image, open_image
+from napari_selfloop.core.model import build_model
+from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.tiling import run_to_completion
+
+HERE = Path(__file__).resolve().parent
+#: (label, method, Q); the first is the reference "one plain forward pass".
+CASES = [
+    ("softmax", "softmax", 1),
+    ("selfloop-no-ss Q=10", "selfloop-no-ss", 10),
+    ("selfloop Q=3", "selfloop", 3),
+    ("selfloop Q=6", "selfloop", 6),
+    ("selfloop Q=10", "selfloop", 10),
+    ("mc-dropout 10", "mc-dropout", 10),
+    ("ensemble 10", "ensemble", 10),
+]
+
+
+def synthetic_he(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """An H&E-like RGB tile: pink background with purple blobs."""
+    rng = np.random.default_rng(seed)
+    img = np.empty((height, width, 3), np.uint8)
+    img[:] = (235, 190, 215)
+    yy, xx = np.mgrid[:height, :width]
+    for _ in range(height * width // 2500):
+        cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(4, 12)
+        y0, y1, x0, x1 = max(cy - r, 0), min(cy + r + 1, height), max(cx - r, 0), min(cx + r + 1, width)
+        disk = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
+        img[y0:y1, x0:x1][disk] = (120, 60, 160)
+    noise = rng.integers(-12, 13, img.shape)
+    return np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+
+
+def time_methods(size: int, repeats: int, precisions: list[str], q_scale: float) -> dict:
+    image = synthetic_he(size, size)
+    model = build_model(seed=0).eval()
+    members = [model] + [build_model(seed=s).eval() for s in range(1, 10)]
+    rows = []
+    for precision in precisions:
+        ref = None
+        for label, method, q in CASES:
+            q = max(1, round(q * q_scale)) if q > 1 else q
+            models = members[:q] if method == "ensemble" else model
+            cfg = PseudoLabelConfig(method=method, q=q, precision=precision)
+            times = []
+            for _ in range(repeats):
+                res = run_to_completion(pseudo_label(image, models, cfg))
+                times.append(res.seconds)
+            med = statistics.median(times)
+            ref = med if ref is None else ref
+            row = {
+                "method": label, "precision": precision, "q": q, "seconds": med,
+                "seconds_all": times, "seconds_per_megapixel": med / (size * size / 1e6),
+                "ratio_to_forward": med / ref, "dtype": res.info["dtype"],
+            }
+            rows.append(row)
+            print(f"{precision:5s} {label:22s} {med:7.2f} s  x{med / ref:5.1f}", flush=True)
+    return {"image_size": [size, size], "repeats": repeats, "rows": rows}
+
+
+def memory_child(path: str, method: str, q: int) -> None:
+    """Run in a child process: pseudo-label a lazy TIFF to TIFF sinks, print peak RSS."""
+    model = build_model(seed=0).eval()
+    image = open_image(path)
+    info = check_image(image)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = Path(tempfile.mkdtemp())
+    start = time.perf_counter()
+    sinks = {
+        n: TiffRowWriter(out / f"{n}.tif", info.height, info.width, dt)
+        for n, dt in (("prob", np.float32), ("uncertainty", np.float32), ("mask", np.uint8))
+    }
+    cfg = PseudoLabelConfig(method=method, q=q)
+    run_to_completion(pseudo_label(image, model, cfg, sinks=sinks))
+    for s in sinks.values():
+        s.commit()
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"baseline_rss_mb": base / 1024, "peak_rss_mb": peak / 1024,
+                      "seconds": seconds, "type": type(image).__name__}))
+
+
+def write_tiled_tiff(path: Path, size: int) -> None:
+    """A zlib-compressed tiled TIFF written tile by tile (never whole in memory)."""
+    import tifffile
+
+    tile = 512
+    block = synthetic_he(tile, tile, seed=1)
+
+    def tiles():
+        for _ in range(-(-size // tile) ** 2):
+            yield block
+
+    tifffile.imwrite(path, tiles(), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
+                     photometric="rgb", compression="zlib")
+
+
+def measure_memory(sizes: list[int], method: str, q: int) -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in sizes:
+            path = Path(tmp) / f"big{size}.tif"
+            write_tiled_tiff(path, size)
+            out = subprocess.run(
+                [sys.executable, __file__, "--memory-child", str(path), method, str(q)],
+                capture_output=True, text=True, check=True,
+            )
+            row = json.loads(out.stdout.strip().splitlines()[-1])
+            row.update(size=[size, size], method=method, q=q)
+            rows.append(row)
+            print(f"memory {size}x{size} {method}: peak {row['peak_rss_mb']:.0f} MB "
+                  f"(baseline {row['baseline_rss_mb']:.0f} MB) in {row['seconds']:.0f} s", flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="small image, one repeat, smaller Q")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--size", type=int, default=1000)
+    p.add_argument("--memory-sizes", type=int, nargs="*", default=[2000, 8000])
+    p.add_argument("--out", type=Path, default=HERE / "results" / "pseudolabel.json")
+    p.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.memory_child:
+        memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
+        return
+    if args.quick:
+        args.size, args.repeats, args.memory_sizes = 288, 1, [1000]
+    speed = time_methods(args.size, args.repeats, ["fp32", "bf16"], 0.3 if args.quick else 1.0)
+    memory = measure_memory(args.memory_sizes, "softmax", 1)
+    if not args.quick:
+        memory += measure_memory([2000], "selfloop", 10)
+    result = {
+        "benchmark": "pseudolabel",
+        "package_version": __version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "device": str(resolve_device("auto")),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "model": "ResUNet-18 (width 64), random initialisation, patch 384, overlap 64, batch 4",
+        "speed": speed,
+        "memory": memory,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
