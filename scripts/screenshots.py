@@ -6,6 +6,11 @@ Opens napari as the README's first command does (the H&E-like sample, the assist
 then walks the loop: a bootstrap mask, a correction, fine-tuning, a self-loop pseudo-label of
 the next tile, review of its most uncertain region, export. One PNG of the whole window per
 step. Uses a temporary project folder, so nothing of the user's is touched.
+
+So that the pseudo-label in the pictures means something, the model is first trained
+headless (supervised, on three seeded sample tiles and their ground truth; a thin
+ResUNet-18 of width 16 by default, to keep this script to minutes on a laptop CPU), the way
+a lab's ML person would hand a checkpoint to a pathologist.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -25,8 +31,12 @@ log = logging.getLogger("screenshots")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
-    parser.add_argument("--width", type=int, default=64, help="model width (64 = ResUNet-18)")
-    parser.add_argument("--iterations", type=int, default=10, help="fine-tuning iterations")
+    parser.add_argument("--width", type=int, default=16, help="model width (64 = ResUNet-18)")
+    parser.add_argument("--pretrain", type=int, default=300, help="headless training iterations")
+    parser.add_argument(
+        "--iterations", type=int, default=10, help="fine-tuning iterations in the GUI"
+    )
+    parser.add_argument("--checkpoint", type=Path, default=None, help="skip pre-training: use this")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     project = Path(tempfile.mkdtemp(prefix="selfloop-shots-"))
@@ -38,13 +48,48 @@ def main() -> int:
 
     from napari_selfloop._sample_data import make_nuclei
     from napari_selfloop.cli.gui_cmd import setup_viewer
+    from napari_selfloop.core.checkpoint import save_checkpoint
+    from napari_selfloop.core.datasets import TrainItem
+    from napari_selfloop.core.model import ModelConfig, build_model
+    from napari_selfloop.core.tiling import run_to_completion
+    from napari_selfloop.core.training import TrainConfig, train
     from napari_selfloop.widgets._layers import find_result
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
+    model = build_model(ModelConfig(width=args.width), seed=0)
+    items = []
+    for seed in (1, 2, 3):
+        image, labels = make_nuclei(size=256, seed=seed)
+        items.append(TrainItem(f"nuclei_he_seed{seed}.png", image, (labels > 0).astype(np.uint8)))
+    t0 = time.perf_counter()
+    config = TrainConfig(
+        framework="supervised",
+        iterations=args.pretrain,
+        patch_size=96,
+        batch_size=8,
+        lr=3e-3,
+        validate_every=50,
+    )
+    (project / "checkpoints").mkdir(parents=True)
+    ckpt = project / "checkpoints" / "nuclei.pt"
+    if args.checkpoint is not None:
+        shutil.copyfile(args.checkpoint, ckpt)
+    else:
+        result = run_to_completion(train(model, items, [], config))
+        save_checkpoint(
+            ckpt,
+            model,
+            training={"config": config.to_dict()},
+            metrics=result.metrics,
+            data=[{"name": it.name, "sha256": None} for it in items],
+            note="screenshots: supervised pre-training on seeded sample tiles",
+        )
+        log.info("pre-trained %s in %.0f s", ckpt, time.perf_counter() - t0)
+
     viewer = napari.Viewer(title="napari-selfloop", show=True)
     viewer.window._qt_window.resize(1500, 950)
-    app = setup_viewer(viewer, sample="nuclei", width=args.width)
+    app = setup_viewer(viewer, sample="nuclei", checkpoint=ckpt)
     dock = viewer.window._dock_widgets.get("Self-loop assistant (napari-selfloop)")
     if dock is not None:
         dock.setMinimumWidth(430)
@@ -75,8 +120,9 @@ def main() -> int:
         viewer.screenshot(str(path), canvas_only=False, flash=False)
         log.info("wrote %s", path)
 
+    settle(1.0)
     viewer.reset_view()
-    # 1. Model card of a new model.
+    # 1. The model card of the checkpoint.
     app.show_tab("Model")
     shot("01_model.png")
 
@@ -99,7 +145,7 @@ def main() -> int:
     review.done_check.setChecked(True)
 
     # 4. Fine-tune on it, with the next tile as unlabelled data.
-    next_tile = make_nuclei(size=384, seed=11)[0]
+    next_tile = make_nuclei(size=320, seed=11)[0]
     viewer.add_image(next_tile, name="next tile", visible=False)
     app.show_tab("Fine-tune")
     ft = app.panel("Fine-tune")
@@ -115,6 +161,7 @@ def main() -> int:
     pseudo = app.panel("Pseudo-label")
     pseudo.image_combo.set_layer("next tile")
     pseudo.q_spin.setValue(10)
+    pseudo.threshold_spin.setValue(0.7)
     app.show_tab("Pseudo-label")
     pseudo.run()
     wait(pseudo.runner)
@@ -126,10 +173,11 @@ def main() -> int:
     unc = find_result(viewer, "next tile", "uncertainty")
     if unc is not None:
         for layer in list(viewer.layers):
-            layer.visible = layer.name in ("next tile", "next tile [uncertainty]")
-        unc.opacity = 0.8
+            layer.visible = layer.name == "next tile [uncertainty]"
+        unc.opacity = 1.0
         shot("05_uncertainty.png")
         unc.visible = False
+    viewer.layers["next tile"].visible = True
     viewer.layers["next tile [corrections]"].visible = True
 
     # 6. Review: jump to the most uncertain region.
@@ -154,7 +202,6 @@ def main() -> int:
         sorted(p.name for p in (project / "exports").iterdir()),
     )
     viewer.close()
-    del np
     return 0
 
 

@@ -223,7 +223,7 @@ def test_ci_runs_readme_test_command():
 def test_readme_run_command():
     assert (
         _readme_block("run-command")
-        == "bash scripts/setup.sh && .venv/bin/napari -w napari-selfloop"
+        == "bash scripts/setup.sh && .venv/bin/napari-selfloop gui --sample nuclei"
     )
 
 

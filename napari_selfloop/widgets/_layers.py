@@ -193,7 +193,7 @@ def put_result(
             layer.brush_size = 8
         else:
             cmap = "magma" if role == "uncertainty" else "viridis"
-            top = 1.0 if role == "probability" else max(1e-3, float(np.nanmax(new)))
+            top = 1.0 if role == "probability" else _display_top(new)
             layer = viewer.add_image(
                 new,
                 name=name,
@@ -210,8 +210,14 @@ def put_result(
         meta_of(layer).update(meta)
         layer.data = new
         if role == "uncertainty":
-            layer.contrast_limits = (0.0, max(1e-3, float(np.nanmax(new))))
+            layer.contrast_limits = (0.0, _display_top(new))
     return layer
+
+
+def _display_top(values: np.ndarray) -> float:
+    """Upper contrast limit of an uncertainty map: its 99.5th percentile (outliers saturate)."""
+    finite = values[np.isfinite(values)]
+    return max(1e-3, float(np.percentile(finite, 99.5))) if finite.size else 1.0
 
 
 def _spatial_kwargs(like: Image | None) -> dict[str, Any]:

@@ -60,6 +60,31 @@ def error_message(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_WARM = threading.Event()
+
+
+def warm_up() -> None:
+    """Import torch's lazily loaded optimiser machinery (``torch._dynamo``, seconds of
+    Python imports) and compute the jigsaw pool once, in a background thread, when the
+    first panel opens: done during the first run instead, they would hold the interpreter
+    lock long enough to stall the window for a few hundred milliseconds mid-run."""
+    if _WARM.is_set():
+        return
+    _WARM.set()
+
+    def work() -> None:
+        try:
+            import torch._dynamo  # noqa: F401
+
+            from ..core.jigsaw import permutation_pool
+
+            permutation_pool(100)  # the jigsaw pool is computed once (seconds) and cached
+        except Exception:  # an optimisation only; a failure here changes nothing else
+            log.debug("torch warm-up import failed", exc_info=True)
+
+    threading.Thread(target=work, name="napari-selfloop-warm-up", daemon=True).start()
+
+
 def _install_interrupts(modules: Sequence[Any], cancel: threading.Event) -> list[Any]:
     """Forward pre-hooks that raise Cancelled in this thread once ``cancel`` is set."""
     thread = threading.get_ident()
@@ -123,6 +148,7 @@ class Runner(QObject):
 
     def __init__(self, name: str, parent: QObject | None = None) -> None:
         super().__init__(parent)
+        warm_up()
         self.name = name
         self._cancel = threading.Event()
         self._worker: Any = None

@@ -32,6 +32,22 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FILTER = "napari-selfloop checkpoints (*.pt *.pth);;All files (*)"
 
 
+def card_text(ckpt: Checkpoint) -> str:
+    """The core's model card, with the training record's best metric written for people."""
+    lines = model_card(ckpt).splitlines()
+    metrics = ckpt.meta.get("metrics") or {}
+    name, value = metrics.get("metric_name"), metrics.get("metric")
+    if name and isinstance(value, (int, float)):
+        label = {"val_f1": "validation F1", "train_seg_loss": "training segmentation loss"}.get(
+            name, name
+        )
+        how = f" ({metrics['framework']})" if metrics.get("framework") else ""
+        step = f" at step {metrics['best_step']}" if metrics.get("best_step") is not None else ""
+        lines = [ln for ln in lines if not ln.startswith("validation:")]
+        lines.insert(2 if len(lines) > 1 else 1, f"best {label} {value:.4g}{step}{how}")
+    return "\n".join(lines)
+
+
 class ModelWidget(QWidget):
     """Load a checkpoint, or start a new ResUNet-18; choose the device; show the model card."""
 
@@ -180,5 +196,5 @@ class ModelWidget(QWidget):
         where = str(ckpt.path) if ckpt.path else "not saved yet (Fine-tune saves it)"
         params = count_parameters(ckpt.model) / 1e6
         self.card.setText(
-            f"{model_card(ckpt)}\n{params:.2f} M parameters · runs on {device}\nfile: {where}"
+            f"{card_text(ckpt)}\n{params:.2f} M parameters · runs on {device}\nfile: {where}"
         )

@@ -35,6 +35,7 @@ from ._layers import (
     find_result,
     is_correction,
     meta_of,
+    role_of,
     source_of,
 )
 from ._runner import error_message
@@ -190,10 +191,46 @@ class ReviewWidget(QWidget):
         if 0 <= row < len(self.regions):
             self.go_to(row)
 
+    def _highlight(self, labels: Any, region: Region) -> None:
+        """A magenta rectangle around the current region (one Shapes layer, reused)."""
+        y0, x0, y1, x1 = region.bbox
+        pad = 2
+        rect = (
+            np.array(
+                [
+                    [y0 - pad, x0 - pad],
+                    [y0 - pad, x1 + pad],
+                    [y1 + pad, x1 + pad],
+                    [y1 + pad, x0 - pad],
+                ],
+                float,
+            )
+            - 0.5
+        )
+        layer = next((la for la in self.viewer.layers if role_of(la) == "review"), None)
+        if layer is None:
+            layer = self.viewer.add_shapes(
+                [rect],
+                shape_type="rectangle",
+                edge_color="magenta",
+                face_color="transparent",
+                edge_width=max(1.0, (y1 - y0 + x1 - x0) / 40),
+                name="review region",
+                scale=tuple(labels.scale[-2:]),
+                translate=tuple(labels.translate[-2:]),
+                metadata={"selfloop": {"role": "review", "source": source_of(labels)}},
+            )
+        else:
+            layer.data = [rect]
+            layer.edge_width = max(1.0, (y1 - y0 + x1 - x0) / 40)
+            layer.edge_color = "magenta"
+            layer.visible = True
+
     def _centre_on(self, region: Region) -> None:
         labels = self.labels_combo.layer()
         if labels is None:
             return
+        self._highlight(labels, region)
         y0, x0, y1, x1 = region.bbox
         centre = np.asarray(labels.data_to_world(np.array(region.centroid, float)))
         scale = np.abs(np.asarray(labels.scale[-2:], float))
