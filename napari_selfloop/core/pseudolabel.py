@@ -217,6 +217,54 @@ def predict_ensemble(models: Sequence[ResUNet], x: torch.Tensor) -> PatchResult:
     return PatchResult(*_weighted_mean_std(maps, maps.new_full((maps.shape[0], q), 1.0 / q)))
 
 
+def selfloop_steps(
+    model: ResUNet,
+    x: torch.Tensor,
+    classes: torch.Tensor,
+    perms: torch.Tensor,
+    rots: torch.Tensor,
+    *,
+    encoder: torch.nn.Module,
+    head: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    dtype: torch.dtype = torch.float32,
+) -> Generator[int, None, PatchResult]:
+    """The loop of Algorithm 1, shared by pseudo-labelling and training.
+
+    For each of the Q puzzles: the puzzled patches go through ``encoder`` and ``head``
+    (the jigsaw loss ``l_i``) and, without gradient, through ``model.decoder`` (the map
+    ``S_i``, put back in place by ``T^-1``); then, if ``optimizer`` is given, one step on
+    the mean of ``l_i`` updates whatever parameters it holds. Yields ``i`` after each
+    puzzle (a cancel point) and returns the weighted mean and spread of the maps; with
+    no optimizer the weights are equal (the ``selfloop-no-ss`` baseline). The caller
+    decides which encoder is updated (a copy, or the training model's own) and keeps
+    BatchNorm in eval mode.
+    """
+    q = classes.shape[1]
+    h, w = x.shape[-2:]
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    maps, losses = [], []
+    for i in range(q):
+        xi = pad_to_stride(jigsaw(x, perms[:, i], rots[:, i])).contiguous(memory_format=fmt)
+        with torch.set_grad_enabled(optimizer is not None), autocast(x.device, dtype):
+            feats = encoder(model.normalize(xi))
+            loss = F.cross_entropy(head(feats[-1]).float(), classes[:, i], reduction="none")
+        with torch.no_grad(), autocast(x.device, dtype):
+            seg = model.decoder([f.detach() for f in feats])[..., :h, :w]
+        maps.append(unjigsaw(torch.sigmoid(seg.float()), perms[:, i], rots[:, i])[:, 0])
+        losses.append(loss.detach())
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+            loss.mean().backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        yield i + 1
+    loss_t = torch.stack(losses, 1)
+    weights = selfloop_weights(loss_t) if optimizer is not None else torch.full_like(loss_t, 1.0 / q)
+    mean, std = _weighted_mean_std(torch.stack(maps, 1), weights)
+    return PatchResult(mean, std, loss_t, weights, classes)
+
+
 def predict_selfloop(
     model: ResUNet,
     x: torch.Tensor,
@@ -226,43 +274,32 @@ def predict_selfloop(
     *,
     lr: float = 1e-4,
     update_encoder: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> PatchResult:
     """Algorithm 1 on a batch of square patches ``x`` (B, 3, P, P) in [0, 1].
 
     ``classes`` (B, Q) are the pool indices of the puzzles, ``perms``/``rots``
     (B, Q, 9) the permutations and tile rotations (see :func:`.jigsaw.sample_puzzles`).
-    The encoder and jigsaw head are copied, so ``model`` is left bit-identical; the
-    copies run with frozen BatchNorm statistics. With ``update_encoder=False`` this is
-    the ``selfloop-no-ss`` baseline (equal weights, no optimiser steps).
+    The encoder and jigsaw head are copied and the copies take the Adam steps, so
+    ``model`` is left bit-identical; the copies run with frozen BatchNorm statistics.
+    With ``update_encoder=False`` this is the ``selfloop-no-ss`` baseline (equal
+    weights, no optimiser steps).
     """
-    q = classes.shape[1]
+    optimizer = None
+    encoder, head = model.encoder, model.jigsaw_head
     if update_encoder:
-        encoder = copy.deepcopy(model.encoder).eval()
-        head = copy.deepcopy(model.jigsaw_head).eval()
+        encoder, head = copy.deepcopy(encoder).eval(), copy.deepcopy(head).eval()
         params = [*encoder.parameters(), *head.parameters()]
         for p in params:
             p.requires_grad_(True)
-        opt = torch.optim.Adam(params, lr=lr)
-    else:
-        encoder, head = model.encoder, model.jigsaw_head
-    maps, losses = [], []
-    for i in range(q):
-        xi = pad_to_stride(jigsaw(x, perms[:, i], rots[:, i]))
-        with torch.set_grad_enabled(update_encoder):
-            feats = encoder(model.normalize(xi))
-            loss = F.cross_entropy(head(feats[-1]).float(), classes[:, i], reduction="none")
-        with torch.no_grad():
-            seg = model.decoder([f.detach() for f in feats])[..., : x.shape[-2], : x.shape[-1]]
-            maps.append(unjigsaw(torch.sigmoid(seg.float()), perms[:, i], rots[:, i])[:, 0])
-        losses.append(loss.detach())
-        if update_encoder:
-            opt.zero_grad(set_to_none=True)
-            loss.mean().backward()
-            opt.step()
-    loss_t = torch.stack(losses, 1)
-    weights = selfloop_weights(loss_t) if update_encoder else torch.full_like(loss_t, 1.0 / q)
-    mean, std = _weighted_mean_std(torch.stack(maps, 1), weights)
-    return PatchResult(mean, std, loss_t, weights, classes)
+        optimizer = torch.optim.Adam(params, lr=lr)
+    gen = selfloop_steps(model, x, classes, perms, rots, encoder=encoder, head=head,
+                         optimizer=optimizer, dtype=dtype)
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value
 
 
 def _check_models(models: Sequence[ResUNet], method: str) -> None:
@@ -329,7 +366,7 @@ def pseudo_label(
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), autocast(dev, dtype):
             torch.manual_seed(cfg.seed * 100003 + batch_no)
-            out = _run_method(models, x, cfg, rng, pool, dev)
+            out = _run_method(models, x, cfg, rng, pool, dev, dtype)
         batch_no += 1
         if out.losses is not None:
             records["losses"].append(out.losses.cpu().numpy())
@@ -368,7 +405,7 @@ def pseudo_label(
 
 def _run_method(
     models: list[ResUNet], x: torch.Tensor, cfg: PseudoLabelConfig, rng: np.random.Generator,
-    pool: np.ndarray, dev: torch.device,
+    pool: np.ndarray, dev: torch.device, dtype: torch.dtype,
 ) -> PatchResult:
     if cfg.method == "softmax":
         return predict_softmax(models[0], x)
@@ -381,6 +418,7 @@ def _run_method(
         models[0], x,
         torch.as_tensor(classes, device=dev), torch.as_tensor(perms, device=dev),
         torch.as_tensor(rots, device=dev), lr=cfg.lr, update_encoder=cfg.method == "selfloop",
+        dtype=dtype,
     )
 
 

@@ -39,13 +39,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_items
 from .device import autocast, resolve_device, resolve_precision
 from .errors import CheckpointError, InputError
-from .jigsaw import jigsaw, permutation_pool, sample_puzzles, unjigsaw
+from .jigsaw import jigsaw, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
 from .model import ResUNet
@@ -57,7 +56,7 @@ from .pseudolabel import (
     predict_selfloop,
     predict_softmax,
     pseudo_label,
-    selfloop_weights,
+    selfloop_steps,
 )
 
 __all__ = ["FRAMEWORKS", "TrainConfig", "TrainItem", "TrainResult", "selfloop_update", "train"]
@@ -105,9 +104,9 @@ class TrainConfig:
     seed
         Seeds patch sampling, augmentation, puzzles and dropout.
     precision
-        ``auto``, ``fp32``, ``bf16`` or ``fp16``. ``auto`` trains in float32 on CPUs
-        (bf16 backward passes are slower than fp32 on CPUs without native bf16) and uses
-        :func:`.device.resolve_precision` elsewhere.
+        ``auto``, ``fp32``, ``bf16`` or ``fp16``; ``auto`` is
+        :func:`.device.resolve_precision` (float32 on CPUs without native bf16, where
+        bf16 backward passes were 2-3x slower than fp32).
     channels_last
         Channels-last memory format for convolutions.
     validate_every
@@ -214,12 +213,6 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def _train_dtype(precision: str, dev: torch.device) -> torch.dtype:
-    if precision == "auto" and dev.type == "cpu":
-        return torch.float32
-    return resolve_precision(precision, dev)
-
-
 def _to_tensor(batch: np.ndarray, dev: torch.device, fmt: torch.memory_format) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
 
@@ -229,40 +222,16 @@ def _selfloop_updates(
     optimizer: torch.optim.Optimizer, dtype: torch.dtype = torch.float32,
 ) -> Generator[int, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Generator form of :func:`selfloop_update`: yields after each encoder step."""
-    q = classes.shape[1]
-    dev = x.device
     was_training = model.training
-    dec_params = list(model.decoder.parameters())
-    flags = [p.requires_grad for p in dec_params]
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     model.eval()
-    for p in dec_params:
-        p.requires_grad_(False)
-    maps, losses = [], []
     try:
-        for i in range(q):
-            xi = jigsaw(x, perms[:, i], rots[:, i]).contiguous(memory_format=fmt)
-            with autocast(dev, dtype):
-                feats = model.encoder(model.normalize(xi))
-                logits = model.jigsaw_head(feats[-1])
-            loss = F.cross_entropy(logits.float(), classes[:, i], reduction="none")
-            with torch.no_grad(), autocast(dev, dtype):
-                seg = model.decoder([f.detach() for f in feats])
-            maps.append(unjigsaw(torch.sigmoid(seg.float()), perms[:, i], rots[:, i])[:, 0])
-            losses.append(loss.detach())
-            optimizer.zero_grad(set_to_none=True)
-            loss.mean().backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            yield i + 1
+        out = yield from selfloop_steps(
+            model, x, classes, perms, rots, encoder=model.encoder, head=model.jigsaw_head,
+            optimizer=optimizer, dtype=dtype,
+        )
     finally:
-        for p, flag in zip(dec_params, flags):
-            p.requires_grad_(flag)
         model.train(was_training)
-    loss_t = torch.stack(losses, 1)
-    weights = selfloop_weights(loss_t)
-    y = (weights[:, :, None, None] * torch.stack(maps, 1)).sum(1)
-    return y, loss_t, weights
+    return out.prob, out.losses, out.weights
 
 
 def selfloop_update(
@@ -435,7 +404,7 @@ def _train_loop(
     cfg: TrainConfig, dev: torch.device, resumed: dict[str, Any] | None, out: Path | None,
     parent: str | None,
 ) -> Generator[Progress, None, TrainResult]:
-    dtype = _train_dtype(cfg.precision, dev)
+    dtype = resolve_precision(cfg.precision, dev)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     start_time = time.perf_counter()
     model.to(device=dev, memory_format=fmt)
