@@ -167,6 +167,29 @@ def measure_memory(sizes: list[int], method: str, q: int) -> list[dict]:
     return rows
 
 
+def markdown(result: dict) -> str:
+    """The README tables of a results file."""
+    sp = result["speed"]
+    h, w = sp["image_size"]
+    lines = [
+        f"Speed on a {h}x{w} image (median of {sp['repeats']}; ratio to one plain forward pass "
+        "in the same run and precision):",
+        "",
+        "| method | precision | seconds | s / megapixel | x forward |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for r in sp["rows"]:
+        lines.append(f"| {r['method']} | {r['precision']} | {r['seconds']:.1f} | "
+                     f"{r['seconds_per_megapixel']:.1f} | {r['ratio_to_forward']:.1f} |")
+    lines += ["", "Peak resident memory, outputs streamed to TIFF files:", "",
+              "| lazy input | method | peak RSS (MB) | of which before the run (MB) | seconds |",
+              "|---|---|---:|---:|---:|"]
+    for m in result["memory"]:
+        lines.append(f"| {m['size'][0]}x{m['size'][1]} tiled TIFF | {m['method']} Q={m['q']} | "
+                     f"{m['peak_rss_mb']:.0f} | {m['baseline_rss_mb']:.0f} | {m['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="small image, one repeat, smaller Q")
@@ -175,7 +198,11 @@ def main() -> None:
     p.add_argument("--memory-sizes", type=int, nargs="*", default=[2000, 8000])
     p.add_argument("--out", type=Path, default=HERE / "results" / "pseudolabel.json")
     p.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--table", action="store_true", help="print the README tables of --out")
     args = p.parse_args()
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())))
+        return
     if args.memory_child:
         memory_child(args.memory_child[0], args.memory_child[1], int(args.memory_child[2]))
         return

@@ -249,24 +249,9 @@ class PseudoLabelWidget(QWidget):
             "q": result.config.q,
             "threshold": result.config.threshold,
         }
-        put_result(
-            self.viewer,
-            name,
-            "probability",
-            result.probability.astype(np.float32),
-            box=box,
-            like=image,
-            extra_meta=meta,
-        )
-        put_result(
-            self.viewer,
-            name,
-            "uncertainty",
-            result.uncertainty.astype(np.float32),
-            box=box,
-            like=image,
-            extra_meta=meta,
-        )
+        for kind, values in (("probability", result.probability), ("uncertainty", result.uncertainty)):
+            put_result(self.viewer, name, kind, values.astype(np.float32), box=box, like=image,
+                       extra_meta=meta)
         labels = put_result(
             self.viewer,
             name,
