@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -112,12 +111,24 @@ def time_methods(size: int, repeats: int, q_scale: float) -> dict:
     return {"image_size": [size, size], "repeats": repeats, "fastest_precision": fast, "rows": rows}
 
 
+def _proc_status_mb(key: str) -> float:
+    """A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MB.
+
+    ``ru_maxrss`` is not used: Linux carries it over from the parent across fork and
+    exec, so a child of a big process would report the parent's peak.
+    """
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{key} not in /proc/self/status")
+
+
 def memory_child(path: str, method: str, q: int) -> None:
     """Run in a child process: pseudo-label a lazy TIFF to TIFF sinks, print peak RSS."""
     model = build_model(seed=0).eval()
     image = open_image(path)
     info = check_image(image)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = _proc_status_mb("VmRSS")
     out = Path(tempfile.mkdtemp())
     start = time.perf_counter()
     sinks = {
@@ -129,8 +140,7 @@ def memory_child(path: str, method: str, q: int) -> None:
     for s in sinks.values():
         s.commit()
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"baseline_rss_mb": base / 1024, "peak_rss_mb": peak / 1024,
+    print(json.dumps({"baseline_rss_mb": base, "peak_rss_mb": _proc_status_mb("VmHWM"),
                       "seconds": seconds, "type": type(image).__name__}))
 
 
@@ -182,7 +192,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['method']} | {r['precision']} | {r['seconds']:.1f} | "
                      f"{r['seconds_per_megapixel']:.1f} | {r['ratio_to_forward']:.1f} |")
     lines += ["", "Peak resident memory, outputs streamed to TIFF files:", "",
-              "| lazy input | method | peak RSS (MB) | of which before the run (MB) | seconds |",
+              "| lazy input | method | peak RSS (MB) | RSS before the run (MB) | seconds |",
               "|---|---|---:|---:|---:|"]
     for m in result["memory"]:
         lines.append(f"| {m['size'][0]}x{m['size'][1]} tiled TIFF | {m['method']} Q={m['q']} | "
@@ -199,6 +209,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "pseudolabel.json")
     p.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--table", action="store_true", help="print the README tables of --out")
+    p.add_argument("--memory-only", action="store_true",
+                   help="redo only the memory measurements of an existing --out file")
     args = p.parse_args()
     if args.table:
         print(markdown(json.loads(args.out.read_text())))
@@ -208,6 +220,14 @@ def main() -> None:
         return
     if args.quick:
         args.size, args.repeats, args.memory_sizes = 288, 1, [1000]
+    if args.memory_only:
+        result = json.loads(args.out.read_text())
+        result["memory"] = measure_memory(args.memory_sizes, "softmax", 1) + measure_memory(
+            [2000], "selfloop", 3)
+        result["memory_date"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return
     load_before = os.getloadavg()
     speed = time_methods(args.size, args.repeats, 0.3 if args.quick else 1.0)
     memory = measure_memory(args.memory_sizes, "softmax", 1)
