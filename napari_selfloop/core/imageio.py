@@ -97,24 +97,23 @@ class ImageInfo:
 def _shape_problem(shape: tuple[int, ...]) -> str | None:
     """Return a one-line complaint about an image shape, or None when it is fine."""
     ndim = len(shape)
-    if ndim == 3 and shape[-1] in (1, 3, 4):
-        pass
-    elif ndim == 3 and shape[0] in (1, 2, 3, 4) and shape[-1] > 4:
-        return (
-            f"got shape {shape}, which looks channel-first: move the channel axis last "
-            "(np.moveaxis(image, 0, -1)) or pick one plane"
-        )
-    elif ndim == 3 and shape[-1] > 4:
-        return (
-            f"got shape {shape} with {shape[-1]} channels; at most 4 are supported "
-            "(gray, RGB or RGBA): pick one plane or save an RGB version"
-        )
-    elif ndim == 3 and shape[-1] == 2:
-        return (
-            f"got shape {shape} with 2 channels; expected 1, 3 or 4 (gray, RGB, RGBA): "
-            "keep the first channel (image[..., 0]) or convert to RGB"
-        )
-    elif ndim != 2:
+    if ndim == 3 and shape[-1] not in (1, 3, 4):
+        if shape[0] in (1, 2, 3, 4) and shape[-1] > 4:
+            return (
+                f"got shape {shape}, which looks channel-first: move the channel axis last "
+                "(np.moveaxis(image, 0, -1)) or pick one plane"
+            )
+        if shape[-1] > 4:
+            return (
+                f"got shape {shape} with {shape[-1]} channels; at most 4 are supported "
+                "(gray, RGB or RGBA): pick one plane or save an RGB version"
+            )
+        if shape[-1] == 2:
+            return (
+                f"got shape {shape} with 2 channels; expected 1, 3 or 4 (gray, RGB, RGBA): "
+                "keep the first channel (image[..., 0]) or convert to RGB"
+            )
+    elif ndim != 3 and ndim != 2:
         return f"expected a 2D RGB or grayscale image, got shape {shape}: pick one plane"
     if 0 in shape[:2] or (ndim == 3 and shape[2] == 0):
         return f"the image is empty (shape {shape}): pick an image with at least one pixel"
