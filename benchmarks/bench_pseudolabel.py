@@ -74,7 +74,7 @@ def fastest_precision() -> str:
     return "bf16" if resolve_precision("auto", dev) == torch.bfloat16 else "fp32"
 
 
-def time_methods(size: int, repeats: int, q_scale: float) -> dict:
+def time_methods(size: int, repeats: int, q_scale: float, only: list[str] | None = None) -> dict:
     """All cases in the fastest precision; the other precision for the first two only,
     unless it is native too, with one repeat (it is several times slower on AVX2 CPUs)."""
     image = synthetic_he(size, size)
@@ -83,11 +83,15 @@ def time_methods(size: int, repeats: int, q_scale: float) -> dict:
     # Warm-up: oneDNN builds its kernels on the first calls.
     run_to_completion(pseudo_label(image[:384, :384], model, PseudoLabelConfig(q=2, precision="fp32")))
     fast = fastest_precision()
-    plan = [(fast, CASES, repeats)]
-    if fast == "fp32":
-        plan.append(("bf16", SLOW_PRECISION_CASES, 1))
+    cases = [c for c in CASES if only is None or c[0] in only]
+    plan = [(fast, cases, repeats)]
+    if only is not None:
+        other = []
+    elif fast == "fp32":
+        other = [("bf16", SLOW_PRECISION_CASES, 1)]
     else:
-        plan.append(("fp32", CASES, repeats))
+        other = [("fp32", CASES, repeats)]
+    plan += other
     rows = []
     for precision, cases, n in plan:
         ref = None
@@ -209,6 +213,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "pseudolabel.json")
     p.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--table", action="store_true", help="print the README tables of --out")
+    p.add_argument("--cases", nargs="+", metavar="LABEL",
+                   help="time only these cases (e.g. softmax 'selfloop Q=10'), fastest precision, no memory")
     p.add_argument("--memory-only", action="store_true",
                    help="redo only the memory measurements of an existing --out file")
     args = p.parse_args()
@@ -229,9 +235,9 @@ def main() -> None:
         print(f"wrote {args.out}")
         return
     load_before = os.getloadavg()
-    speed = time_methods(args.size, args.repeats, 0.3 if args.quick else 1.0)
-    memory = measure_memory(args.memory_sizes, "softmax", 1)
-    if not args.quick:
+    speed = time_methods(args.size, args.repeats, 0.3 if args.quick else 1.0, args.cases)
+    memory = [] if args.cases else measure_memory(args.memory_sizes, "softmax", 1)
+    if not args.quick and not args.cases:
         memory += measure_memory([2000], "selfloop", 3)
     result = {
         "benchmark": "pseudolabel",
