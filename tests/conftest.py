@@ -19,6 +19,16 @@ def _seed_everything():
 
 
 @pytest.fixture
+def one_thread():
+    """Run a test with one torch thread (two OpenMP threads on a shared 2-core machine
+    spin and stall tiny convolutions)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
 def tiny_model():
     return build_model(TINY, seed=0).eval()
 

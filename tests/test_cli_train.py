@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 from napari_selfloop.cli import main
@@ -15,13 +14,8 @@ from napari_selfloop.core.checkpoint import load_checkpoint
 from napari_selfloop.core.metrics import aji, object_scores, pixel_scores
 from tests.test_training import blobs
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: Small convolutions stall when two OpenMP threads compete with other processes.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

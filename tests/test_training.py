@@ -23,14 +23,8 @@ from napari_selfloop.core.training import (
 )
 from tests.conftest import TINY, assert_same_state, state_snapshot
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two OpenMP threads on a shared 2-core machine spin and stall tiny convolutions.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+#: Small convolutions stall when two OpenMP threads compete with other processes.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(seed: int, n: int = 100) -> tuple[np.ndarray, np.ndarray]:

@@ -530,7 +530,7 @@ def _install(tmp: Path, path: Path) -> None:
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success, move it onto ``path`` atomically.
 
-    The temporary file is named ``.NAME.tmp-XXXX`` in the same directory (so the final rename
+    The temporary file is named ``.NAME.tmp-<random>`` in the same directory (so the final rename
     never crosses file systems). When the ``with`` block finishes, the file is fsynced and
     ``os.replace``-d onto ``path``; on any exception it is removed and an existing file at
     ``path`` is left untouched.
