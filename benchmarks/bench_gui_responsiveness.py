@@ -85,6 +85,16 @@ def wait_idle(runner, timeout: float) -> float:
     return time.perf_counter() - t0
 
 
+def cancel_latency(start, runner, after: float) -> float:
+    """Start a run, let it work ``after`` seconds, press Cancel; seconds until idle."""
+    start()
+    pump(after)
+    t0 = time.perf_counter()
+    runner.cancel()
+    wait_idle(runner, 120)
+    return round(time.perf_counter() - t0, 2)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small model and image (a smoke test)")
@@ -140,12 +150,8 @@ def main() -> int:
         }
 
     # Cancel latency of a pseudo-label run.
-    pseudo.run()
-    pump(3.0 if not args.quick else 1.0)
-    t0 = time.perf_counter()
-    pseudo.runner.cancel()
-    wait_idle(pseudo.runner, 120)
-    results["selfloop_cancel_seconds"] = round(time.perf_counter() - t0, 2)
+    results["selfloop_cancel_seconds"] = cancel_latency(pseudo.run, pseudo.runner,
+                                                        3.0 if not args.quick else 1.0)
 
     # Fine-tuning from the panel, on the ground truth as the "corrections" (the pseudo-label
     # runs above replaced the correction layer).
@@ -170,12 +176,8 @@ def main() -> int:
 
     # Stop latency of fine-tuning.
     ft.iterations_spin.setValue(10_000)
-    ft.start()
-    pump(4.0 if not args.quick else 1.5)
-    t0 = time.perf_counter()
-    ft.runner.cancel()
-    wait_idle(ft.runner, 120)
-    results["finetune_stop_seconds"] = round(time.perf_counter() - t0, 2)
+    results["finetune_stop_seconds"] = cancel_latency(ft.start, ft.runner,
+                                                      4.0 if not args.quick else 1.5)
 
     report = {
         "benchmark": "bench_gui_responsiveness",

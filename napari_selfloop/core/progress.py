@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -28,3 +32,17 @@ class Progress:
     @property
     def fraction(self) -> float:
         return self.done / self.total if self.total else 0.0
+
+
+def relay(gen: Generator[T, Any, R], make_event: Callable[[T], Progress]) -> Generator[Progress, None, R]:
+    """Re-yield each item of ``gen`` as ``make_event(item)`` and return ``gen``'s value.
+
+    Use as ``value = yield from relay(inner, to_event)`` to pass an inner job's steps on
+    as progress events (each one a cancel point) without unpacking ``StopIteration``.
+    """
+    while True:
+        try:
+            item = next(gen)
+        except StopIteration as stop:
+            return stop.value
+        yield make_event(item)

@@ -44,7 +44,7 @@ from .imageio import check_image
 from .jigsaw import jigsaw, permutation_pool, sample_puzzles, unjigsaw
 from .model import ResUNet, pad_to_stride, set_mc_dropout
 from .progress import Progress
-from .tiling import tiled_apply
+from .tiling import run_to_completion, tiled_apply
 
 log = logging.getLogger(__name__)
 
@@ -293,13 +293,8 @@ def predict_selfloop(
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.Adam(params, lr=lr)
-    gen = selfloop_steps(model, x, classes, perms, rots, encoder=encoder, head=head,
-                         optimizer=optimizer, dtype=dtype)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_completion(selfloop_steps(model, x, classes, perms, rots, encoder=encoder,
+                                            head=head, optimizer=optimizer, dtype=dtype))
 
 
 def _check_models(models: Sequence[ResUNet], method: str) -> None:

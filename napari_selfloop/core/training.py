@@ -48,7 +48,7 @@ from .jigsaw import jigsaw, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
 from .model import ResUNet
-from .progress import Progress
+from .progress import Progress, relay
 from .pseudolabel import (
     PATCH_MULTIPLE,
     PseudoLabelConfig,
@@ -58,6 +58,7 @@ from .pseudolabel import (
     pseudo_label,
     selfloop_steps,
 )
+from .tiling import run_to_completion
 
 __all__ = ["FRAMEWORKS", "TrainConfig", "TrainItem", "TrainResult", "selfloop_update", "train"]
 
@@ -261,12 +262,7 @@ def selfloop_update(
     y_sl, losses, weights
         ``(B, P, P)`` pseudo-label, ``(B, Q)`` jigsaw losses and their weights.
     """
-    gen = _selfloop_updates(model, x, classes, perms, rots, optimizer, dtype)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_completion(_selfloop_updates(model, x, classes, perms, rots, optimizer, dtype))
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -502,14 +498,11 @@ def _train_loop(
                         g["lr"] = ss_lr
                     classes, perms, rots = (torch.as_tensor(a, device=dev) for a in
                                             sample_puzzles(rng, xu.shape[0], cfg.q, pool))
-                    gen = _selfloop_updates(model, xu, classes, perms, rots, optimizer, dtype)
-                    while True:
-                        try:
-                            i = next(gen)
-                        except StopIteration as stop:
-                            y, losses_u, _ = stop.value
-                            break
-                        yield event(step - 1, "selfloop", lr, f"step {step}: self-loop update {i}/{cfg.q}")
+                    y, losses_u, _ = yield from relay(
+                        _selfloop_updates(model, xu, classes, perms, rots, optimizer, dtype),
+                        lambda i, step=step, lr=lr: event(
+                            step - 1, "selfloop", lr, f"step {step}: self-loop update {i}/{cfg.q}"),
+                    )
                     ss_values.append(float(losses_u.mean()))
                 else:
                     y = _baseline_pseudo_label(model, xu, cfg, rng, pool, dtype)
@@ -619,14 +612,9 @@ def _validate(
     was = model.training
     try:
         for n, item in enumerate(val, 1):
-            gen = pseudo_label(item.image, model, plc, device=dev)
-            while True:
-                try:
-                    next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                yield make_event(f"validating {item.name} ({n}/{len(val)})")
+            message = f"validating {item.name} ({n}/{len(val)})"
+            result = yield from relay(pseudo_label(item.image, model, plc, device=dev),
+                                      lambda _e, message=message: make_event(message))
             mask = item.mask
             counts += pixel_counts(result.probability > 0.5, mask, ignore=IGNORE)
     finally:
