@@ -66,14 +66,43 @@ def test_refuses_non_square_or_indivisible():
 
 def test_sample_puzzles_draws_distinct_classes():
     pool = J.permutation_pool()
-    classes, perms, rots = J.sample_puzzles(np.random.default_rng(0), 3, 10, pool)
-    assert classes.shape == (3, 10) and perms.shape == rots.shape == (3, 10, 9)
-    assert all(len(set(row)) == 10 for row in classes.tolist())
-    assert np.array_equal(perms, pool[classes])
-    _, _, no_rot = J.sample_puzzles(np.random.default_rng(0), 1, 2, pool, rotate=False)
-    assert not no_rot.any()
+    pz = J.sample_puzzles(np.random.default_rng(0), 3, 10, pool, "random")
+    assert pz.classes.shape == (3, 10) and pz.perms.shape == pz.rots.shape == (3, 10, 9)
+    assert all(len(set(row)) == 10 for row in pz.classes.tolist())
+    assert np.array_equal(pz.perms.numpy(), pool[pz.classes.numpy()])
+    assert pz.rots.any()
+    assert not J.sample_puzzles(np.random.default_rng(0), 1, 2, pool).rots.any()  # default: none
+    assert not pz.shifts.any()  # no patch given: no grid phase
     with pytest.raises(ValueError, match="Q must be"):
         J.sample_puzzles(np.random.default_rng(0), 1, 101, pool)
+    with pytest.raises(ValueError, match="rotation mode"):
+        J.sample_puzzles(np.random.default_rng(0), 1, 2, pool, "sideways")
+
+
+def test_per_class_rotations_are_a_fixed_pattern_of_the_class():
+    pool = J.permutation_pool()
+    a = J.sample_puzzles(np.random.default_rng(0), 4, 20, pool, "per-class")
+    b = J.sample_puzzles(np.random.default_rng(5), 4, 20, pool, "per-class")
+    patterns = J.rotation_patterns(len(pool))
+    for pz in (a, b):
+        assert np.array_equal(pz.rots.numpy(), patterns[pz.classes.numpy()])
+    assert patterns.shape == (100, 9) and len(np.unique(patterns)) == 4
+
+
+@pytest.mark.parametrize("rotation", J.ROTATIONS)
+def test_grid_phase_round_trip_and_moves_the_seams(rotation):
+    pool = J.permutation_pool()
+    pz = J.sample_puzzles(np.random.default_rng(3), 2, 5, pool, rotation, patch=12)
+    assert pz.shifts.shape == (2, 5, 2) and int(pz.shifts.min()) >= 0 and int(pz.shifts.max()) < 4
+    assert len({tuple(s) for s in pz.shifts.reshape(-1, 2).tolist()}) > 1
+    x = torch.rand(2, 1, 12, 12)
+    for i in range(pz.q):
+        y = pz.apply(x, i)
+        assert torch.equal(pz.undo(y, i), x)
+    # Rolling by (dy, dx) before cutting moves the tile boundaries by the same amount.
+    shifted = J.roll(x, torch.tensor([[1, 2], [0, 0]]))
+    assert torch.equal(shifted[0], torch.roll(x[0], (1, 2), dims=(-2, -1)))
+    assert torch.equal(shifted[1], x[1])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")

@@ -110,12 +110,12 @@ def test_selfloop_update_changes_encoder_only_and_keeps_decoder_fixed_at_every_s
     model.train()
     x = torch.rand(2, 3, 96, 96)
     pool = permutation_pool(TINY.num_permutations)
-    classes, perms, rots = (torch.as_tensor(a) for a in sample_puzzles(np.random.default_rng(0), 2, 3, pool))
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    puzzles = sample_puzzles(np.random.default_rng(0), 2, 3, pool, patch=96)
+    opt = torch.optim.SGD([*model.encoder.parameters(), *model.jigsaw_head.parameters()], lr=1e-1)
     decoder0 = state_snapshot(model.decoder)
     encoder0 = state_snapshot(model.encoder)
     bn_buffers0 = {k: v for k, v in encoder0.items() if "running" in k or "num_batches" in k}
-    gen = _selfloop_updates(model, x, classes, perms, rots, opt)
+    gen = _selfloop_updates(model, x, puzzles, opt)
     steps = 0
     while True:
         try:
@@ -136,14 +136,36 @@ def test_selfloop_update_changes_encoder_only_and_keeps_decoder_fixed_at_every_s
     torch.testing.assert_close(weights.sum(1), torch.ones(2))
 
 
+def test_selfloop_steps_in_training_do_not_replay_the_segmentation_momentum():
+    """With a zero jigsaw gradient the Q self-loop steps of a training iteration leave the
+    encoder where the previous iteration's objective step put it (they used to share the
+    training Adam, whose moments moved the encoder almost as far as a real step)."""
+    model = build_model(TINY, seed=0)
+    with torch.no_grad():
+        model.jigsaw_head.fc.weight.zero_()
+    model.jigsaw_head.fc.weight.requires_grad_(False)
+    cfg = TrainConfig(framework="selfloop", iterations=3, patch_size=96, batch_size=2, q=2,
+                      lr=1e-2, ss_weight=0.0, hed_jitter=0.0, validate_every=100)
+    after_objective = None
+    checked = 0
+    for ev in train(model, items(1), items(1, start=5, masks=False), cfg, device="cpu"):
+        enc = model.encoder.state_dict()
+        if ev.data["phase"] == "train":
+            after_objective = {k: v.clone() for k, v in enc.items()}
+        elif ev.data["phase"] == "selfloop" and after_objective is not None:
+            assert all(torch.equal(v, after_objective[k]) for k, v in enc.items())
+            checked += 1
+    assert checked == 4  # iterations 2 and 3, Q = 2 steps each
+
+
 def test_selfloop_update_plain_function_returns_weighted_average():
     model = build_model(TINY, seed=1)
     x = torch.rand(1, 3, 96, 96)
     pool = permutation_pool(TINY.num_permutations)
-    classes, perms, rots = (torch.as_tensor(a) for a in sample_puzzles(np.random.default_rng(1), 1, 1, pool))
+    puzzles = sample_puzzles(np.random.default_rng(1), 1, 1, pool)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     decoder0 = state_snapshot(model.decoder)
-    y, losses, weights = selfloop_update(model, x, classes, perms, rots, opt)
+    y, losses, weights = selfloop_update(model, x, puzzles, opt)
     assert_same_state(model.decoder, decoder0)
     assert weights.tolist() == [[1.0]]  # Q = 1: weight 1
     assert torch.isfinite(losses).all()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -135,24 +136,100 @@ def unjigsaw(y: torch.Tensor, perms: torch.Tensor, rots: torch.Tensor) -> torch.
     return _from_tiles(torch.empty_like(tiles).scatter_(1, idx, tiles))
 
 
+#: How the tiles of a puzzle are rotated: ``none`` (the default: the task the network
+#: learns), ``per-class`` (each pool entry carries a fixed pattern of tile rotations, so the
+#: rotations are part of the class) and ``random`` (the paper's literal reading: every tile
+#: rotated by a random multiple of 90 degrees, which makes the task near-unlearnable on
+#: histology, where continuity across seams is the only cue to a tile's slot).
+ROTATIONS = ("none", "per-class", "random")
+ROTATION_PATTERN_SEED = 2017
+
+
+@lru_cache(maxsize=8)
+def _rotation_patterns(k: int, seed: int) -> np.ndarray:
+    pats = np.random.default_rng(seed).integers(0, 4, size=(k, NUM_TILES))
+    pats.setflags(write=False)
+    return pats
+
+
+def rotation_patterns(k: int = DEFAULT_POOL_SIZE, seed: int = ROTATION_PATTERN_SEED) -> np.ndarray:
+    """The fixed tile rotations (``(k, 9)`` in 0..3) of each pool class for ``per-class``."""
+    return _rotation_patterns(int(k), int(seed))
+
+
+@dataclass(frozen=True)
+class Puzzles:
+    """Q puzzles for each image of a batch (torch tensors on one device).
+
+    ``classes`` ``(B, Q)`` pool indices (the jigsaw targets); ``perms`` and ``rots``
+    ``(B, Q, 9)`` the permutations and tile rotations; ``shifts`` ``(B, Q, 2)`` the grid
+    phase: the patch is rolled by ``(dy, dx)`` before it is cut into tiles and the map rolled
+    back after ``T^-1``, so the tile seams of different puzzles fall on different pixels.
+    """
+
+    classes: torch.Tensor
+    perms: torch.Tensor
+    rots: torch.Tensor
+    shifts: torch.Tensor
+
+    @property
+    def q(self) -> int:
+        return int(self.classes.shape[1])
+
+    def to(self, device: torch.device | str) -> Puzzles:
+        return Puzzles(*(t.to(device) for t in (self.classes, self.perms, self.rots, self.shifts)))
+
+    def apply(self, x: torch.Tensor, i: int) -> torch.Tensor:
+        """``T_i`` on a batch ``(B, C, P, P)``: roll by the grid phase, then shuffle and rotate."""
+        return jigsaw(roll(x, self.shifts[:, i]), self.perms[:, i], self.rots[:, i])
+
+    def undo(self, y: torch.Tensor, i: int) -> torch.Tensor:
+        """``T_i^-1`` on a map of the puzzled batch's layout."""
+        return roll(unjigsaw(y, self.perms[:, i], self.rots[:, i]), -self.shifts[:, i])
+
+
+def roll(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """Roll each image ``x[b]`` (cyclically) by ``shifts[b] = (dy, dx)`` pixels."""
+    s = shifts.detach().cpu().tolist()
+    if not any(dy or dx for dy, dx in s):
+        return x
+    return torch.stack([torch.roll(xb, (int(dy), int(dx)), dims=(-2, -1)) for xb, (dy, dx) in zip(x, s, strict=True)])
+
+
 def sample_puzzles(
-    rng: np.random.Generator, batch: int, q: int, pool: np.ndarray, rotate: bool = True
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Draw ``q`` distinct pool classes per image and random tile rotations.
+    rng: np.random.Generator, batch: int, q: int, pool: np.ndarray, rotation: str = "none",
+    *, patch: int | None = None,
+) -> Puzzles:
+    """Draw ``q`` distinct pool classes per image, their tile rotations and grid phases.
+
+    Parameters
+    ----------
+    rotation
+        One of :data:`ROTATIONS`.
+    patch
+        The patch side; when given, each puzzle gets a random grid phase in
+        ``[0, patch / 3)`` on both axes (None: no shift, the tiles lie on the fixed grid).
 
     Returns
     -------
-    classes
-        ``(batch, q)`` indices into ``pool`` (the jigsaw targets).
-    perms
-        ``(batch, q, 9)`` the permutations themselves.
-    rots
-        ``(batch, q, 9)`` rotations in 0..3 (all zero when ``rotate`` is False).
+    Puzzles
+        CPU tensors.
     """
     k = len(pool)
     if not 1 <= q <= k:
         raise ValueError(f"Q must be between 1 and the pool size {k}, got {q}")
+    if rotation not in ROTATIONS:
+        raise ValueError(f"unknown rotation mode {rotation!r}: choose one of {', '.join(ROTATIONS)}")
     classes = np.stack([rng.choice(k, size=q, replace=False) for _ in range(batch)])
     perms = pool[classes]
-    rots = rng.integers(0, 4, size=(batch, q, NUM_TILES)) if rotate else np.zeros_like(perms)
-    return classes, perms, rots
+    if rotation == "random":
+        rots = rng.integers(0, 4, size=(batch, q, NUM_TILES))
+    elif rotation == "per-class":
+        rots = rotation_patterns(k)[classes]
+    else:
+        rots = np.zeros_like(perms)
+    if patch:
+        shifts = rng.integers(0, max(patch // GRID, 1), size=(batch, q, 2))
+    else:
+        shifts = np.zeros((batch, q, 2), dtype=np.int64)
+    return Puzzles(*(torch.as_tensor(np.asarray(a, dtype=np.int64)) for a in (classes, perms, rots, shifts)))

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from .device import autocast, resolve_device, resolve_precision
 from .errors import InputError
 from .imageio import check_image
-from .jigsaw import jigsaw, permutation_pool, sample_puzzles, unjigsaw
+from .jigsaw import ROTATIONS, Puzzles, permutation_pool, sample_puzzles
 from .model import ResUNet, pad_to_stride, set_mc_dropout
 from .progress import Progress
 from .tiling import run_to_completion, tiled_apply
@@ -51,6 +51,12 @@ log = logging.getLogger(__name__)
 METHODS = ("selfloop", "selfloop-no-ss", "softmax", "mc-dropout", "ensemble")
 #: Patch sides must be multiples of this: 3x3 whole tiles whose side the stride divides.
 PATCH_MULTIPLE = 96
+#: Rules for the self-loop encoder steps (:func:`make_step_optimizer`).
+STEP_RULES = ("sgd", "adam")
+#: How the Q self-loop maps are averaged (see :class:`PseudoLabelConfig`).
+WEIGHTINGS = ("loss", "equal")
+#: Default step size of the self-loop encoder updates (plain SGD).
+DEFAULT_STEP_LR = 1e-2
 
 
 @dataclass(frozen=True)
@@ -66,8 +72,9 @@ class PseudoLabelConfig:
     threshold
         Pixels with probability above ``threshold`` are confident foreground, below
         ``1 - threshold`` confident background, the rest uncertain.
-    lr
-        Learning rate of the self-loop encoder updates (Adam).
+    lr, step_rule
+        Step size and rule of the self-loop encoder updates (:func:`make_step_optimizer`:
+        ``sgd`` by default, ``adam`` the earlier rule).
     patch_size, overlap
         Square patches (a multiple of 96) and their overlap when tiling; the overlap
         defaults to a sixth of the patch.
@@ -79,21 +86,31 @@ class PseudoLabelConfig:
         Run convolutions in channels-last memory format (faster on CPUs and GPUs).
     seed
         Seeds the permutations, rotations and dropout masks.
-    rotate_tiles
-        Rotate each jigsaw tile by a random multiple of 90 degrees.
+    rotation
+        Tile rotations of the puzzles (:data:`.jigsaw.ROTATIONS`); None (default): the
+        mode the model's jigsaw was trained with (its config's ``jigsaw_rotation``).
+    grid_shift
+        Give each puzzle its own grid phase (:class:`.jigsaw.Puzzles`), so the damaged
+        borders of tiles do not pile up on a fixed 3x3 grid in the averaged map.
+    weighting
+        ``loss``: Algorithm 1's weights ``1 - l_i / sum(l)``; ``equal``: the adapted maps
+        averaged with equal weights (to measure what the weighting adds).
     """
 
     method: str = "selfloop"
     q: int = 10
     threshold: float = 0.8
-    lr: float = 1e-4
+    lr: float = DEFAULT_STEP_LR
+    step_rule: str = "sgd"
     patch_size: int = 384
     overlap: int | None = None
     batch_size: int = 4
     precision: str = "auto"
     channels_last: bool = True
     seed: int = 0
-    rotate_tiles: bool = True
+    rotation: str | None = None
+    grid_shift: bool = True
+    weighting: str = "loss"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -111,6 +128,12 @@ class PseudoLabelConfig:
             )
         if self.batch_size < 1 or self.lr <= 0:
             raise InputError("batch size must be at least 1 and lr positive")
+        if self.step_rule not in STEP_RULES:
+            raise InputError(f"unknown step rule {self.step_rule!r}: choose one of {', '.join(STEP_RULES)}")
+        if self.weighting not in WEIGHTINGS:
+            raise InputError(f"unknown weighting {self.weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
+        if self.rotation is not None and self.rotation not in ROTATIONS:
+            raise InputError(f"unknown rotation mode {self.rotation!r}: choose one of {', '.join(ROTATIONS)}")
 
 
 @dataclass
@@ -122,6 +145,7 @@ class PatchResult:
     losses: torch.Tensor | None = None  # (B, Q) jigsaw losses
     weights: torch.Tensor | None = None  # (B, Q) self-loop weights
     classes: torch.Tensor | None = None  # (B, Q) jigsaw pool indices
+    maps: torch.Tensor | None = None  # (B, Q, P, P) the Q maps put back in place
 
 
 @dataclass
@@ -220,14 +244,13 @@ def predict_ensemble(models: Sequence[ResUNet], x: torch.Tensor) -> PatchResult:
 def selfloop_steps(
     model: ResUNet,
     x: torch.Tensor,
-    classes: torch.Tensor,
-    perms: torch.Tensor,
-    rots: torch.Tensor,
+    puzzles: Puzzles,
     *,
     encoder: torch.nn.Module,
     head: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None,
     dtype: torch.dtype = torch.float32,
+    weighting: str = "loss",
 ) -> Generator[int, None, PatchResult]:
     """The loop of Algorithm 1, shared by pseudo-labelling and training.
 
@@ -236,22 +259,24 @@ def selfloop_steps(
     ``S_i``, put back in place by ``T^-1``); then, if ``optimizer`` is given, one step on
     the mean of ``l_i`` updates whatever parameters it holds. Yields ``i`` after each
     puzzle (a cancel point) and returns the weighted mean and spread of the maps; with
-    no optimizer the weights are equal (the ``selfloop-no-ss`` baseline). The caller
-    decides which encoder is updated (a copy, or the training model's own) and keeps
-    BatchNorm in eval mode.
+    no optimizer, or with ``weighting="equal"``, the weights are equal (without an
+    optimizer this is the ``selfloop-no-ss`` baseline). The caller
+    decides which encoder is updated (a copy, or the training model's own) and with which
+    optimiser (never one that carries another objective's state), and keeps BatchNorm in
+    eval mode.
     """
-    q = classes.shape[1]
+    q = puzzles.q
     h, w = x.shape[-2:]
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
     maps, losses = [], []
     for i in range(q):
-        xi = pad_to_stride(jigsaw(x, perms[:, i], rots[:, i])).contiguous(memory_format=fmt)
+        xi = pad_to_stride(puzzles.apply(x, i)).contiguous(memory_format=fmt)
         with torch.set_grad_enabled(optimizer is not None), autocast(x.device, dtype):
             feats = encoder(model.normalize(xi))
-            loss = F.cross_entropy(head(feats[-1]).float(), classes[:, i], reduction="none")
+            loss = F.cross_entropy(head(feats[-1]).float(), puzzles.classes[:, i], reduction="none")
         with torch.no_grad(), autocast(x.device, dtype):
             seg = model.decoder([f.detach() for f in feats])[..., :h, :w]
-        maps.append(unjigsaw(torch.sigmoid(seg.float()), perms[:, i], rots[:, i])[:, 0])
+        maps.append(puzzles.undo(torch.sigmoid(seg.float()), i)[:, 0])
         losses.append(loss.detach())
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
@@ -260,30 +285,47 @@ def selfloop_steps(
             optimizer.zero_grad(set_to_none=True)
         yield i + 1
     loss_t = torch.stack(losses, 1)
-    weights = selfloop_weights(loss_t) if optimizer is not None else torch.full_like(loss_t, 1.0 / q)
-    mean, std = _weighted_mean_std(torch.stack(maps, 1), weights)
-    return PatchResult(mean, std, loss_t, weights, classes)
+    if optimizer is not None and weighting == "loss":
+        weights = selfloop_weights(loss_t)
+    else:
+        weights = torch.full_like(loss_t, 1.0 / q)
+    stacked = torch.stack(maps, 1)
+    mean, std = _weighted_mean_std(stacked, weights)
+    return PatchResult(mean, std, loss_t, weights, puzzles.classes, stacked)
+
+
+def make_step_optimizer(params: list[torch.nn.Parameter], rule: str, lr: float) -> torch.optim.Optimizer:
+    """The optimiser of the self-loop encoder steps: its own, fresh, never the training one's.
+
+    ``sgd`` (default): plain gradient steps of size ``lr``, so a zero jigsaw gradient moves
+    nothing and a weak one moves little. ``adam``: the earlier rule, whose first steps are
+    sign steps of size ``lr`` on every parameter whatever the gradient's size.
+    """
+    if rule == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    if rule == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    raise InputError(f"unknown step rule {rule!r}: choose one of {', '.join(STEP_RULES)}")
 
 
 def predict_selfloop(
     model: ResUNet,
     x: torch.Tensor,
-    classes: torch.Tensor,
-    perms: torch.Tensor,
-    rots: torch.Tensor,
+    puzzles: Puzzles,
     *,
-    lr: float = 1e-4,
+    lr: float = DEFAULT_STEP_LR,
+    step_rule: str = "sgd",
     update_encoder: bool = True,
+    weighting: str = "loss",
     dtype: torch.dtype = torch.float32,
 ) -> PatchResult:
     """Algorithm 1 on a batch of square patches ``x`` (B, 3, P, P) in [0, 1].
 
-    ``classes`` (B, Q) are the pool indices of the puzzles, ``perms``/``rots``
-    (B, Q, 9) the permutations and tile rotations (see :func:`.jigsaw.sample_puzzles`).
-    The encoder and jigsaw head are copied and the copies take the Adam steps, so
-    ``model`` is left bit-identical; the copies run with frozen BatchNorm statistics.
-    With ``update_encoder=False`` this is the ``selfloop-no-ss`` baseline (equal
-    weights, no optimiser steps).
+    ``puzzles`` are Q puzzles per patch (:func:`.jigsaw.sample_puzzles`). The encoder and
+    jigsaw head are copied and the copies take the steps (:func:`make_step_optimizer`),
+    so ``model`` is left bit-identical; the copies run with frozen BatchNorm statistics.
+    With ``update_encoder=False`` this is the ``selfloop-no-ss`` baseline (equal weights,
+    no optimiser steps).
     """
     optimizer = None
     encoder, head = model.encoder, model.jigsaw_head
@@ -292,9 +334,9 @@ def predict_selfloop(
         params = [*encoder.parameters(), *head.parameters()]
         for p in params:
             p.requires_grad_(True)
-        optimizer = torch.optim.Adam(params, lr=lr)
-    return run_to_completion(selfloop_steps(model, x, classes, perms, rots, encoder=encoder,
-                                            head=head, optimizer=optimizer, dtype=dtype))
+        optimizer = make_step_optimizer(params, step_rule, lr)
+    return run_to_completion(selfloop_steps(model, x, puzzles, encoder=encoder, head=head,
+                                            optimizer=optimizer, dtype=dtype, weighting=weighting))
 
 
 def _check_models(models: Sequence[ResUNet], method: str) -> None:
@@ -408,13 +450,12 @@ def _run_method(
         return predict_mc_dropout(models[0], x, cfg.q)
     if cfg.method == "ensemble":
         return predict_ensemble(models, x)
-    classes, perms, rots = sample_puzzles(rng, x.shape[0], cfg.q, pool, cfg.rotate_tiles)
-    return predict_selfloop(
-        models[0], x,
-        torch.as_tensor(classes, device=dev), torch.as_tensor(perms, device=dev),
-        torch.as_tensor(rots, device=dev), lr=cfg.lr, update_encoder=cfg.method == "selfloop",
-        dtype=dtype,
-    )
+    rotation = cfg.rotation or models[0].config.jigsaw_rotation
+    puzzles = sample_puzzles(rng, x.shape[0], cfg.q, pool, rotation,
+                             patch=x.shape[-1] if cfg.grid_shift else None).to(dev)
+    return predict_selfloop(models[0], x, puzzles, lr=cfg.lr, step_rule=cfg.step_rule,
+                            update_encoder=cfg.method == "selfloop", weighting=cfg.weighting,
+                            dtype=dtype)
 
 
 class _MaskingSink:

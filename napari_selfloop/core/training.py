@@ -44,14 +44,18 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_items
 from .device import autocast, resolve_device, resolve_precision
 from .errors import CheckpointError, InputError
-from .jigsaw import jigsaw, permutation_pool, sample_puzzles
+from .jigsaw import Puzzles, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
 from .model import ResUNet
+from .pretrain import PretrainConfig, pretrain_prepared
 from .progress import Progress, relay
 from .pseudolabel import (
+    DEFAULT_STEP_LR,
     PATCH_MULTIPLE,
+    STEP_RULES,
     PseudoLabelConfig,
+    make_step_optimizer,
     predict_mc_dropout,
     predict_selfloop,
     predict_softmax,
@@ -92,9 +96,20 @@ class TrainConfig:
         Pixels where the pseudo-label is confident enter ``L_UG``: ``two-sided`` means
         ``y > threshold or y < 1 - threshold``, ``foreground`` the paper's literal
         ``y > threshold``.
-    lr, ss_lr, weight_decay, schedule
-        Adam learning rate (cosine decay to 5% of it, or constant), the learning rate of
-        the self-loop encoder updates (default: the current ``lr``), weight decay.
+    lr, weight_decay, schedule
+        Adam learning rate (cosine decay to 5% of it, or constant) and weight decay.
+    ss_lr, ss_step_rule
+        Step size and rule of the Q self-loop encoder updates (decayed with the same
+        schedule). They use an optimiser of their own
+        (:func:`.pseudolabel.make_step_optimizer`, plain SGD by default), never the
+        segmentation optimiser, whose momentum would otherwise be replayed Q times.
+    grid_shift
+        A random grid phase per puzzle (:class:`.jigsaw.Puzzles`), so ``y_sl`` (and what
+        ``L_UG`` teaches) carries no 3x3 tile-seam pattern.
+    jigsaw_warmup, jigsaw_batch_size, jigsaw_patch_size
+        Steps of jigsaw pre-training (:func:`.pretrain.pretrain_jigsaw`, on the labelled
+        and unlabelled images) before the objective, so that ``L_SS`` carries
+        information; 0 (default) skips it.
     warmup
         Fraction of the iterations trained on labelled data only before pseudo-labels
         are used (0 by default; useful when training from scratch).
@@ -131,7 +146,12 @@ class TrainConfig:
     threshold: float = 0.8
     confidence: str = "two-sided"
     lr: float = 3e-4
-    ss_lr: float | None = None
+    ss_lr: float = DEFAULT_STEP_LR
+    ss_step_rule: str = "sgd"
+    grid_shift: bool = True
+    jigsaw_warmup: int = 0
+    jigsaw_batch_size: int = 32
+    jigsaw_patch_size: int = 96
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup: float = 0.0
@@ -165,8 +185,14 @@ class TrainConfig:
             problems.append(f"threshold must be between 0.5 and 1, got {self.threshold}")
         if self.confidence not in CONFIDENCE_MODES:
             problems.append(f"confidence must be one of {', '.join(CONFIDENCE_MODES)}, got {self.confidence!r}")
-        if not self.lr > 0 or (self.ss_lr is not None and not self.ss_lr > 0) or self.weight_decay < 0:
+        if not self.lr > 0 or not self.ss_lr > 0 or self.weight_decay < 0:
             problems.append("learning rates must be positive and weight decay not negative")
+        if self.ss_step_rule not in STEP_RULES:
+            problems.append(f"ss_step_rule must be one of {', '.join(STEP_RULES)}, got {self.ss_step_rule!r}")
+        if self.jigsaw_warmup < 0 or self.jigsaw_batch_size < 1:
+            problems.append("jigsaw warm-up steps must not be negative and its batch size at least 1")
+        if self.jigsaw_patch_size < PATCH_MULTIPLE or self.jigsaw_patch_size % PATCH_MULTIPLE:
+            problems.append(f"jigsaw patch size must be a multiple of {PATCH_MULTIPLE}, got {self.jigsaw_patch_size}")
         if self.schedule not in SCHEDULES:
             problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not 0.0 <= self.warmup < 1.0:
@@ -188,7 +214,8 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """Rebuild a config, ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        # ss_lr None meant "the current lr" with the shared optimiser; that rule is gone.
+        return cls(**{k: v for k, v in d.items() if k in known and not (k == "ss_lr" and v is None)})
 
     @property
     def unlabeled_batch(self) -> int:
@@ -219,7 +246,7 @@ def _to_tensor(batch: np.ndarray, dev: torch.device, fmt: torch.memory_format) -
 
 
 def _selfloop_updates(
-    model: ResUNet, x: torch.Tensor, classes: torch.Tensor, perms: torch.Tensor, rots: torch.Tensor,
+    model: ResUNet, x: torch.Tensor, puzzles: Puzzles,
     optimizer: torch.optim.Optimizer, dtype: torch.dtype = torch.float32,
 ) -> Generator[int, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Generator form of :func:`selfloop_update`: yields after each encoder step."""
@@ -227,7 +254,7 @@ def _selfloop_updates(
     model.eval()
     try:
         out = yield from selfloop_steps(
-            model, x, classes, perms, rots, encoder=model.encoder, head=model.jigsaw_head,
+            model, x, puzzles, encoder=model.encoder, head=model.jigsaw_head,
             optimizer=optimizer, dtype=dtype,
         )
     finally:
@@ -236,7 +263,7 @@ def _selfloop_updates(
 
 
 def selfloop_update(
-    model: ResUNet, x: torch.Tensor, classes: torch.Tensor, perms: torch.Tensor, rots: torch.Tensor,
+    model: ResUNet, x: torch.Tensor, puzzles: Puzzles,
     optimizer: torch.optim.Optimizer, dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The unsynchronised part of a self-loop iteration on unlabelled patches.
@@ -250,19 +277,18 @@ def selfloop_update(
     ----------
     x
         ``(B, 3, P, P)`` patches in [0, 1], ``P`` a multiple of 96.
-    classes, perms, rots
-        ``(B, Q)`` pool indices and ``(B, Q, 9)`` permutations and tile rotations
-        (:func:`.jigsaw.sample_puzzles`).
+    puzzles
+        Q puzzles per patch (:func:`.jigsaw.sample_puzzles`, on ``x``'s device).
     optimizer
-        Any optimiser over the model's parameters; parameters without a gradient (the
-        decoder's) are skipped by ``torch.optim`` optimisers.
+        The optimiser of these steps alone, over the encoder and jigsaw head
+        (:func:`.pseudolabel.make_step_optimizer`); never the one of the objective.
 
     Returns
     -------
     y_sl, losses, weights
         ``(B, P, P)`` pseudo-label, ``(B, Q)`` jigsaw losses and their weights.
     """
-    return run_to_completion(_selfloop_updates(model, x, classes, perms, rots, optimizer, dtype))
+    return run_to_completion(_selfloop_updates(model, x, puzzles, optimizer, dtype))
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -405,6 +431,9 @@ def _train_loop(
     start_time = time.perf_counter()
     model.to(device=dev, memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    ss_optimizer = make_step_optimizer([*model.encoder.parameters(), *model.jigsaw_head.parameters()],
+                                       cfg.ss_step_rule, cfg.ss_lr)
+    jigsaw_metrics: dict[str, Any] = {}
     start_step, history = 0, []
     metric_name = "val_f1" if val else "train_seg_loss"
     best: dict[str, Any] = {"step": None, "metric": None, "state": None, "metrics": {}}
@@ -420,6 +449,7 @@ def _train_loop(
         history = list(meta.get("history") or [])
         parent = parent or meta.get("parent")
         old = meta.get("metrics") or {}
+        jigsaw_metrics = {k: v for k, v in old.items() if k.startswith("jigsaw_")}
         if old.get("metric_name") == metric_name and old.get("metric") is not None:
             best.update(step=start_step, metric=float(old["metric"]), state=_snapshot(model), metrics=old)
     initial = _snapshot(model)
@@ -447,7 +477,7 @@ def _train_loop(
         if not better:
             return False
         metrics = {"metric_name": metric_name, "metric": float(metric), "best_step": step,
-                   "framework": cfg.framework, **extra}
+                   "framework": cfg.framework, **jigsaw_metrics, **extra}
         optim = _cpu_copy(optimizer.state_dict()) if out is not None and cfg.save_optimizer else None
         best.update(step=step, metric=float(metric), state=_snapshot(model), metrics=metrics, optim=optim)
         save(model)
@@ -478,13 +508,28 @@ def _train_loop(
         return {**extra, "best_step": best["step"], "improved": is_best}
 
     try:
+        if cfg.jigsaw_warmup and start_step == 0:
+            warm = yield from relay(
+                pretrain_prepared(model, lab + unl, PretrainConfig(
+                    iterations=cfg.jigsaw_warmup, patch_size=cfg.jigsaw_patch_size,
+                    batch_size=cfg.jigsaw_batch_size, grid_shift=cfg.grid_shift, seed=cfg.seed,
+                    precision=cfg.precision, channels_last=cfg.channels_last), dev),
+                lambda e: event(0, "jigsaw", _lr_at(cfg, 1), f"jigsaw warm-up: {e.message}",
+                                jigsaw_loss=e.data["loss"], jigsaw_top1=e.data["top1"]),
+            )
+            jigsaw_metrics = {"jigsaw_loss": warm.loss, "jigsaw_top1": warm.top1,
+                              "jigsaw_chance_loss": warm.chance_loss,
+                              "jigsaw_patch_size": cfg.jigsaw_patch_size,
+                              "jigsaw_rotation": model.config.jigsaw_rotation,
+                              "jigsaw_measured_on": "warm-up puzzles (running mean)"}
+            history.append({"step": 0, "phase": "jigsaw", **jigsaw_metrics})
         if val and start_step == 0:
             info = yield from evaluate(0, _lr_at(cfg, 1))
             history.append({"step": 0, **{k: v for k, v in info.items() if k != "improved"}})
         for step in range(start_step + 1, total + 1):
             t0 = time.perf_counter()
             lr = _lr_at(cfg, step)
-            ss_lr = cfg.ss_lr if cfg.ss_lr is not None else lr
+            ss_lr = cfg.ss_lr * lr / cfg.lr
             xl_np, ml_np = lab_sampler.sample(cfg.batch_size)
             xl = _to_tensor(xl_np, dev, fmt)
             ml = torch.from_numpy(ml_np).to(dev)
@@ -494,12 +539,11 @@ def _train_loop(
             if unl_sampler is not None and step > warmup_steps:
                 xu = _to_tensor(unl_sampler.sample(cfg.unlabeled_batch)[0], dev, fmt)
                 if cfg.framework == "selfloop":
-                    for g in optimizer.param_groups:
+                    for g in ss_optimizer.param_groups:
                         g["lr"] = ss_lr
-                    classes, perms, rots = (torch.as_tensor(a, device=dev) for a in
-                                            sample_puzzles(rng, xu.shape[0], cfg.q, pool))
+                    puzzles = _puzzles(rng, xu, cfg.q, pool, model, cfg)
                     y, losses_u, _ = yield from relay(
-                        _selfloop_updates(model, xu, classes, perms, rots, optimizer, dtype),
+                        _selfloop_updates(model, xu, puzzles, ss_optimizer, dtype),
                         lambda i, step=step, lr=lr: event(
                             step - 1, "selfloop", lr, f"step {step}: self-loop update {i}/{cfg.q}"),
                     )
@@ -540,6 +584,13 @@ def _train_loop(
     )
 
 
+def _puzzles(rng: np.random.Generator, x: torch.Tensor, q: int, pool: np.ndarray, model: ResUNet,
+             cfg: TrainConfig) -> Puzzles:
+    """Q puzzles per patch of ``x`` in the model's rotation mode, on ``x``'s device."""
+    return sample_puzzles(rng, x.shape[0], q, pool, model.config.jigsaw_rotation,
+                          patch=x.shape[-1] if cfg.grid_shift else None).to(x.device)
+
+
 @torch.no_grad()
 def _baseline_pseudo_label(
     model: ResUNet, xu: torch.Tensor, cfg: TrainConfig, rng: np.random.Generator,
@@ -554,9 +605,8 @@ def _baseline_pseudo_label(
                 return predict_softmax(model, xu).prob
             if cfg.framework == "mc-dropout":
                 return predict_mc_dropout(model, xu, cfg.mc_passes).prob
-            classes, perms, rots = (torch.as_tensor(a, device=xu.device)
-                                    for a in sample_puzzles(rng, xu.shape[0], cfg.q, pool))
-            return predict_selfloop(model, xu, classes, perms, rots, update_encoder=False).prob
+            return predict_selfloop(model, xu, _puzzles(rng, xu, cfg.q, pool, model, cfg),
+                                    update_encoder=False).prob
     finally:
         model.train(was)
 
@@ -573,9 +623,9 @@ def _objective_step(
     n_plain = sum(p.shape[0] for p in parts)
     classes = None
     if cfg.framework == "selfloop" and cfg.ss_weight > 0:
-        cls, perms, rots = sample_puzzles(rng, nl, 1, pool)
-        classes = torch.as_tensor(cls[:, 0], device=xl.device)
-        puzzled = jigsaw(xl, torch.as_tensor(perms[:, 0]), torch.as_tensor(rots[:, 0]))
+        puzzles = _puzzles(rng, xl, 1, pool, model, cfg)
+        classes = puzzles.classes[:, 0]
+        puzzled = puzzles.apply(xl, 0)
         parts.append(puzzled.contiguous(memory_format=torch.channels_last)
                      if xl.is_contiguous(memory_format=torch.channels_last) else puzzled)
     x = torch.cat(parts)
