@@ -46,7 +46,8 @@ def load_isic(size: int) -> list[dict]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common_args(p, test=19, hed=0.0, eval_patch=96, stage1=400, stage2=250)
+    common_args(p, test=19, hed=0.0, eval_patch=96, stage1=400, stage2=250, pretrain_patch=96,
+                jigsaw_eval_patch=96, table1_patch=96, crop=96, capture_crop=96)
     p.add_argument("--size", type=int, default=96, help="images are resized to size x size")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)

@@ -43,6 +43,7 @@ import torch  # noqa: E402
 
 from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from napari_selfloop.core.imageio import open_image, write_json  # noqa: E402
+from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles  # noqa: E402
 from napari_selfloop.core.metrics import (  # noqa: E402
     aji,
     instances,
@@ -51,7 +52,14 @@ from napari_selfloop.core.metrics import (  # noqa: E402
     scores_from_counts,
 )
 from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
+from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
+from napari_selfloop.core.pseudolabel import (  # noqa: E402
+    DEFAULT_STEP_LR,
+    PseudoLabelConfig,
+    PseudoLabelResult,
+    predict_selfloop,
+    pseudo_label,
+)
 from napari_selfloop.core.tiling import run_to_completion  # noqa: E402
 from napari_selfloop.core.training import TrainConfig, TrainItem, train  # noqa: E402
 
@@ -152,11 +160,16 @@ def cached_model(key: str, build: Any) -> tuple[torch.nn.Module, dict[str, Any]]
 # ---------------------------------------------------------------------- evaluation
 
 
-def predict(model: torch.nn.Module, image: np.ndarray, method: str = "softmax", q: int = 10,
-            patch: int = 192, lr: float = 1e-4, seed: int = 0) -> np.ndarray:
+def predict_full(model: torch.nn.Module, image: np.ndarray, method: str = "softmax", q: int = 10,
+                 patch: int = 192, lr: float = DEFAULT_STEP_LR, seed: int = 0, **kw: Any) -> PseudoLabelResult:
     cfg = PseudoLabelConfig(method=method, q=q, patch_size=patch, lr=lr, seed=seed,
-                            precision="fp32", batch_size=8)
-    return run_to_completion(pseudo_label(image, model, cfg, device="cpu")).probability
+                            precision="fp32", batch_size=8, **kw)
+    return run_to_completion(pseudo_label(image, model, cfg, device="cpu"))
+
+
+def predict(model: torch.nn.Module, image: np.ndarray, method: str = "softmax", q: int = 10,
+            patch: int = 192, lr: float = DEFAULT_STEP_LR, seed: int = 0, **kw: Any) -> np.ndarray:
+    return predict_full(model, image, method, q, patch, lr, seed, **kw).probability
 
 
 def score(prob: np.ndarray, truth: np.ndarray, labels: np.ndarray | None = None,
@@ -192,16 +205,17 @@ def crop_centre(a: np.ndarray, size: int) -> np.ndarray:
 def table1(model: torch.nn.Module, unl: list[dict[str, Any]], crop: int, patch: int, lr: float,
            max_images: int) -> dict[str, Any]:
     """Pseudo-label quality of each method on (crops of) the unlabelled images."""
-    methods = [("softmax", "softmax", 1), ("mc-dropout", "mc-dropout", 10),
-               ("selfloop-no-ss", "selfloop-no-ss", 10), ("selfloop-q3", "selfloop", 3),
-               ("selfloop-q6", "selfloop", 6), ("selfloop-q10", "selfloop", 10)]
+    methods = [("softmax", "softmax", 1, {}), ("mc-dropout", "mc-dropout", 10, {}),
+               ("selfloop-no-ss", "selfloop-no-ss", 10, {}), ("selfloop-q3", "selfloop", 3, {}),
+               ("selfloop-q6", "selfloop", 6, {}), ("selfloop-q10", "selfloop", 10, {}),
+               ("selfloop-q10-equal", "selfloop", 10, {"weighting": "equal"})]
     rows: dict[str, list[dict[str, float]]] = {m[0]: [] for m in methods}
     seconds = dict.fromkeys(rows, 0.0)
     for d in unl[:max_images]:
         image, truth = crop_centre(d["image"], crop), crop_centre(d["mask"], crop)
-        for name, method, q in methods:
+        for name, method, q, kw in methods:
             t0 = time.perf_counter()
-            prob = predict(model, image, method, q, patch=patch, lr=lr)
+            prob = predict(model, image, method, q, patch=patch, lr=lr, **kw)
             seconds[name] += time.perf_counter() - t0
             s = score(prob, truth)
             conf = (prob > 0.8) | (prob < 0.2)
@@ -210,177 +224,300 @@ def table1(model: torch.nn.Module, unl: list[dict[str, Any]], crop: int, patch: 
             rows[name].append(s)
     return {"scores": {k: mean_scores(v) for k, v in rows.items()},
             "seconds": {k: round(v, 1) for k, v in seconds.items()},
-            "images": [d["name"] for d in unl[:max_images]], "crop": crop}
+            "images": [d["name"] for d in unl[:max_images]], "crop": crop, "patch": patch, "step_lr": lr,
+            "loss_vs_dice": loss_vs_dice(model, unl[:max_images], patch, lr)}
+
+
+def loss_vs_dice(model: torch.nn.Module, images: list[dict[str, Any]], patch: int, lr: float,
+                 q: int = 10) -> dict[str, Any]:
+    """Does a low jigsaw loss l_i mark a good map S_i? Per centre patch, Q = 10 puzzles:
+    the Pearson correlation of l_i with the Dice of the i-th map (put back in place), and
+    the spread of the Algorithm 1 weights."""
+    corrs, spans, losses = [], [], []
+    for n, d in enumerate(images):
+        image, truth = crop_centre(d["image"], patch), crop_centre(d["mask"], patch) == 1
+        x = torch.from_numpy(image.astype(np.float32) / 255).permute(2, 0, 1)[None].contiguous()
+        puzzles = sample_puzzles(np.random.default_rng(n), 1, q, permutation_pool(model.config.num_permutations),
+                                 model.config.jigsaw_rotation, patch=patch)
+        model.eval()
+        r = predict_selfloop(model, x, puzzles, lr=lr)
+        dice = [scores_from_counts(pixel_counts(m.numpy() > 0.5, truth))["f1"] for m in r.maps[0]]
+        li = r.losses[0].numpy()
+        if np.std(li) > 0 and np.std(dice) > 0:
+            corrs.append(float(np.corrcoef(li, dice)[0, 1]))
+        spans.append([float(r.weights.min()), float(r.weights.max())])
+        losses.append([float(li.min()), float(li.max())])
+    return {"pearson_loss_dice_mean": round(float(np.mean(corrs)), 3) if corrs else None,
+            "pearson_per_image": [round(c, 3) for c in corrs], "weight_range": spans, "loss_range": losses}
+
+
+def error_capture(model: torch.nn.Module, test: list[dict[str, Any]], args: argparse.Namespace,
+                  step_lr: float) -> dict[str, Any]:
+    """Share of the model's wrong pixels inside the 5 / 10 / 20 % most uncertain pixels.
+
+    "Wrong" is the plain prediction (one forward pass, p > 0.5) against the truth, the same
+    pixels for every method; ``own_*`` uses each method's own pseudo-label instead. Ties in
+    the uncertainty are broken at random (seeded). Random pixels capture 5 / 10 / 20 %.
+    """
+    methods = [("softmax", "softmax", 1), ("mc-dropout", "mc-dropout", 10),
+               ("selfloop-no-ss", "selfloop-no-ss", 10), ("selfloop", "selfloop", 10)]
+    rows: dict[str, list[dict[str, float]]] = {m[0]: [] for m in methods}
+    rng = np.random.default_rng(0)
+    for d in test:
+        image, truth = crop_centre(d["image"], args.capture_crop), crop_centre(d["mask"], args.capture_crop) == 1
+        plain_wrong = (predict(model, image, "softmax", patch=args.eval_patch) > 0.5) != truth
+        for name, method, q in methods:
+            r = predict_full(model, image, method, q, patch=args.table1_patch, lr=step_lr)
+            unc = r.uncertainty.ravel() + 1e-9 * rng.random(truth.size)
+            order = np.argsort(-unc)
+            own_wrong = ((r.probability > 0.5) != truth).ravel()
+            row = {"error_fraction": 100 * float(plain_wrong.mean())}
+            for k in (5, 10, 20):
+                top = np.zeros(truth.size, bool)
+                top[order[: int(round(k / 100 * truth.size))]] = True
+                for label, wrong in (("", plain_wrong.ravel()), ("own_", own_wrong)):
+                    row[f"{label}top{k}"] = 100 * float((wrong & top).sum() / max(wrong.sum(), 1))
+            rows[name].append(row)
+    return {"mean": {k: {m: round(float(np.mean([r[m] for r in v])), 2) for m in v[0]} for k, v in rows.items()},
+            "per_image": rows, "images": [d["name"] for d in test], "crop": args.capture_crop,
+            "patch": args.table1_patch, "step_lr": step_lr}
 
 
 # -------------------------------------------------------------------------- driver
 
 
-def run_benchmark(dataset: str, data: list[dict[str, Any]], args: argparse.Namespace,
-                  out_json: Path, objects: bool, table1_on: bool) -> dict[str, Any]:
-    train_idx, test_idx = split(len(data), args.test, args.seed)
+def jigsaw_scores(model: torch.nn.Module, images: list[np.ndarray], patch: int, puzzles: int = 256) -> dict[str, float]:
+    """Held-out jigsaw loss and top-1 (``evaluate_jigsaw``) of a model, rounded."""
+    r = run_to_completion(evaluate_jigsaw(model, images, puzzles=puzzles, seed=0, patch_size=patch, device="cpu"))
+    return {"loss": round(r["loss"], 3), "top1": round(100 * r["top1"], 1), "patch": patch}
+
+
+def pretrained_start(dataset: str, data: list[dict[str, Any]], train_idx: list[int], args: argparse.Namespace,
+                     seed: int, mcfg: ModelConfig) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Stage 0: jigsaw pre-training of a fresh model on every training image (no masks)."""
+    key = f"{dataset}{getattr(args, 'size', '')}_w{args.width}_s{seed}_jigsaw{args.pretrain}_p{args.pretrain_patch}"
+
+    def build():
+        model = build_model(mcfg, seed=seed)
+        if args.pretrain == 0:
+            return model, {"steps": 0}
+        t0 = time.perf_counter()
+        cfg = PretrainConfig(iterations=args.pretrain, patch_size=args.pretrain_patch, seed=seed,
+                             precision="fp32", save_every=10**6)
+        res = run_to_completion(pretrain_jigsaw(model, [item(data[i], False) for i in train_idx], cfg, device="cpu"))
+        return model, {"steps": res.steps, "train_loss": round(res.loss, 3), "train_top1": round(100 * res.top1, 1),
+                       "seconds": round(time.perf_counter() - t0, 1)}
+
+    return cached_model(key, build)
+
+
+def choose_step_lr(model: torch.nn.Module, val: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The self-loop SGD step size with the best pseudo-label Dice on validation images."""
+    scores = {}
+    for lr in args.step_lrs:
+        rows = [score(predict(model, crop_centre(d["image"], args.crop), "selfloop", 10, patch=args.table1_patch,
+                              lr=lr), crop_centre(d["mask"], args.crop)) for d in val]
+        scores[str(lr)] = mean_scores(rows)["f1"]
+    best = max(args.step_lrs, key=lambda lr: scores[str(lr)])
+    return {"validation_images": [d["name"] for d in val], "dice_by_lr": scores, "chosen": best}
+
+
+def run_seed(dataset: str, data: list[dict[str, Any]], args: argparse.Namespace, seed: int,
+             objects: bool, table1_on: bool, report: dict[str, Any], save: Any) -> None:
+    """Every fraction and framework for one training seed (the split stays fixed)."""
+    train_idx, test_idx = split(len(data), args.test, args.split_seed)
     test = [data[i] for i in test_idx]
+    test_images = [d["image"] for d in test]
     mcfg = ModelConfig(width=args.width)
+    rec = report["seeds"].setdefault(str(seed), {"runs": {}, "table1": {}, "table2": {}, "jigsaw": {},
+                                                 "error_capture": {}})
     base = TrainConfig(patch_size=args.patch, batch_size=args.batch, q=args.q,
-                       threshold=args.threshold, confidence=args.confidence, seed=args.seed,
-                       precision="fp32", validate_every=10**6, hed_jitter=args.hed,
-                       warmup=0.0)
+                       threshold=args.threshold, confidence=args.confidence, seed=seed,
+                       precision="fp32", validate_every=10**6, hed_jitter=args.hed, warmup=0.0)
     stage1 = replace(base, framework=args.stage1_framework, iterations=args.stage1, lr=args.lr1)
     stage2 = replace(base, iterations=args.stage2, lr=args.lr2)
-    report: dict[str, Any] = {
-        "dataset": dataset, "test_images": [d["name"] for d in test],
-        "model": {**mcfg.to_dict(), "note": f"ResUNet-18 architecture at width {args.width} (64 = paper)"},
-        "stage1": stage1.to_dict(), "stage1_framework": args.stage1_framework, "stage2": stage2.to_dict(), "threads": torch.get_num_threads(),
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "runs": {}, "table1": {}, "table2": {}, "paper": {
-            "table1": PAPER_TABLE1 if dataset == "monuseg" else None,
-            "table2": PAPER_TABLE2[dataset]},
-    }
-    t_start = time.perf_counter()
-
-    def save() -> None:
-        report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
-        write_json(out_json, report)
-
-    fractions = [float(f) for f in args.fractions]
-    for frac in fractions + ([1.0] if args.full else []):
-        lab_idx, unl_idx = labelled_subset(train_idx, frac, args.seed)
+    report["stage1"], report["stage2"] = stage1.to_dict(), stage2.to_dict()
+    start, info0 = pretrained_start(dataset, data, train_idx, args, seed, mcfg)
+    rec["runs"]["stage0"] = info0
+    rec["jigsaw"]["stage0"] = jigsaw_scores(start, test_images, args.jigsaw_eval_patch)
+    log.info("[%s s%d] stage 0 (jigsaw pre-training): held-out %s", dataset, seed, rec["jigsaw"]["stage0"])
+    save()
+    start_state = {k: v.clone() for k, v in start.state_dict().items()}
+    for frac in [float(f) for f in args.fractions] + ([1.0] if args.full else []):
+        lab_idx, unl_idx = labelled_subset(train_idx, frac, args.split_seed)
         lab = [item(data[i]) for i in lab_idx]
         unl = [item(data[i], False) for i in unl_idx]
-        key = f"{dataset}{getattr(args, 'size', '')}_w{args.width}_p{args.patch}_s{args.seed}_f{frac}"
+        key = (f"{dataset}{getattr(args, 'size', '')}_w{args.width}_p{args.patch}_s{seed}_f{frac}"
+               f"_jigsaw{args.pretrain}_p{args.pretrain_patch}")
         iters1 = args.stage1 + (args.stage2 if frac == 1.0 else 0)
 
         def build(lab=lab, iters1=iters1, key=key):
-            model = build_model(mcfg, seed=args.seed)
-            info = run_train(model, lab, [], replace(stage1, iterations=iters1), f"{key} stage1")
-            return model, info
+            model = build_model(mcfg)
+            model.load_state_dict(start_state)
+            return model, run_train(model, lab, [], replace(stage1, iterations=iters1), f"{key} stage1")
 
-        s1 = "" if args.stage1_framework == "supervised" else f"_{args.stage1_framework}"
-        sup, info1 = cached_model(f"{key}_stage1{s1}_{iters1}", build)
+        sup, info1 = cached_model(f"{key}_stage1_{args.stage1_framework}_{iters1}", build)
         fk = f"{frac:g}"
-        report["runs"][f"{fk}/stage1"] = {**info1, "labelled": len(lab), "unlabelled": len(unl)}
-        if frac == 1.0:
-            report["table2"].setdefault("supervised", {})[fk] = evaluate_test(sup, test, objects, args.eval_patch)
-            save()
-            continue
-        report["table2"].setdefault("stage1-only", {})[fk] = evaluate_test(sup, test, objects, args.eval_patch)
+        rec["runs"][f"{fk}/stage1"] = {**info1, "labelled": len(lab), "unlabelled": len(unl)}
+        rec["jigsaw"][f"{fk}/stage1"] = jigsaw_scores(sup, test_images, args.jigsaw_eval_patch)
+        name = "supervised" if frac == 1.0 else "stage1-only"
+        rec["table2"].setdefault(name, {})[fk] = evaluate_test(sup, test, objects, args.eval_patch)
         save()
+        if frac == 1.0:
+            continue
+        val, rest = [data[i] for i in unl_idx[:args.val]], [data[i] for i in unl_idx[args.val:]]
+        choice = choose_step_lr(sup, val, args) if len(args.step_lrs) > 1 else {"chosen": args.step_lrs[0]}
+        step_lr = choice["chosen"]
+        rec["step_lr_choice"] = {**rec.get("step_lr_choice", {}), fk: choice}
+        log.info("[%s] self-loop step size on validation: %s", key, choice)
         if table1_on:
-            report["table1"][fk] = table1(sup, [data[i] for i in unl_idx], args.crop,
-                                          args.table1_patch or args.patch, args.table1_lr or args.lr2,
-                                          args.table1_images)
-            log.info("[%s] table 1: %s", key, json.dumps(report["table1"][fk]["scores"]))
+            rec["table1"][fk] = table1(sup, rest, args.crop, args.table1_patch, step_lr, args.table1_images)
+            log.info("[%s] table 1: %s", key, json.dumps(rec["table1"][fk]["scores"]))
+            save()
+        if args.capture:
+            rec["error_capture"][fk] = error_capture(sup, test, args, step_lr)
+            log.info("[%s] error capture: %s", key, json.dumps(rec["error_capture"][fk]["mean"]))
             save()
         state = {k: v.clone() for k, v in sup.state_dict().items()}
         for fw in args.frameworks:
             model = build_model(mcfg)
             model.load_state_dict(state)
-            info = run_train(model, lab, unl, replace(stage2, framework=fw), f"{key} {fw}")
-            report["runs"][f"{fk}/{fw}"] = info
-            report["table2"].setdefault(fw, {})[fk] = evaluate_test(model, test, objects, args.eval_patch)
-            log.info("[%s] %s test: %s (%.0f s)", key, fw, report["table2"][fw][fk], info["seconds"])
+            info = run_train(model, lab, unl, replace(stage2, framework=fw, ss_lr=step_lr), f"{key} {fw}")
+            rec["runs"][f"{fk}/{fw}"] = info
+            rec["jigsaw"][f"{fk}/{fw}"] = jigsaw_scores(model, test_images, args.jigsaw_eval_patch)
+            rec["table2"].setdefault(fw, {})[fk] = evaluate_test(model, test, objects, args.eval_patch)
+            log.info("[%s] %s test: %s (%.0f s)", key, fw, rec["table2"][fw][fk], info["seconds"])
             save()
+
+
+def summarise(report: dict[str, Any]) -> None:
+    """Mean and standard deviation over seeds of every score in tables 1 and 2."""
+    seeds = list(report["seeds"].values())
+    out: dict[str, Any] = {"seeds": len(seeds)}
+    for table in ("table1", "table2", "error_capture"):
+        cells: dict[tuple[str, str, str], list[float]] = {}
+        for rec in seeds:
+            t = rec.get(table, {})
+            if table == "table1":
+                t = {fk: v["scores"] for fk, v in t.items()}
+                t = {m: {fk: sc[m] for fk, sc in t.items() if m in sc} for m in {m for sc in t.values() for m in sc}}
+            elif table == "error_capture":
+                t = {m: {fk: v["mean"][m] for fk, v in t.items() if m in v["mean"]}
+                     for m in {m for v in t.values() for m in v["mean"]}}
+            for row, by_frac in t.items():
+                for fk, sc in by_frac.items():
+                    for metric, value in sc.items():
+                        if isinstance(value, int | float):
+                            cells.setdefault((row, fk, metric), []).append(float(value))
+        summary: dict[str, Any] = {}
+        for (row, fk, metric), values in cells.items():
+            summary.setdefault(row, {}).setdefault(fk, {})[metric] = {
+                "mean": round(float(np.mean(values)), 2), "sd": round(float(np.std(values, ddof=1)), 2)
+                if len(values) > 1 else 0.0, "n": len(values)}
+        out[table] = summary
+    report["summary"] = out
+
+
+def run_benchmark(dataset: str, data: list[dict[str, Any]], args: argparse.Namespace,
+                  out_json: Path, objects: bool, table1_on: bool) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "dataset": dataset, "test_images": [data[i]["name"] for i in split(len(data), args.test, args.split_seed)[1]],
+        "model": {**ModelConfig(width=args.width).to_dict(),
+                  "note": f"ResUNet-18 architecture at width {args.width} (64 = paper)"},
+        "stage0": {"jigsaw_pretrain_steps": args.pretrain, "patch_size": args.pretrain_patch},
+        "stage1_framework": args.stage1_framework, "threads": torch.get_num_threads(),
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "seeds": {},
+        "paper": {"table1": PAPER_TABLE1 if dataset == "monuseg" else None, "table2": PAPER_TABLE2[dataset]},
+    }
+    if out_json.exists() and args.merge:
+        old = json.loads(out_json.read_text())
+        report["seeds"] = {k: v for k, v in old.get("seeds", {}).items() if int(k) not in args.seeds}
+    t_start = time.perf_counter()
+
+    def save() -> None:
+        report["wall_seconds"] = round(time.perf_counter() - t_start, 1)
+        summarise(report)
+        write_json(out_json, report)
+
+    for seed in args.seeds:
+        run_seed(dataset, data, args, seed, objects, table1_on, report, save)
     save()
     return report
 
 
-def run_sweep(dataset: str, data: list[dict[str, Any]], args: argparse.Namespace,
-              out_json: Path, settings: list[dict[str, Any]]) -> dict[str, Any]:
-    """Choose self-loop hyper-parameters on a validation split carved from the training images.
-
-    At the first labelled fraction, ``args.val`` of the unlabelled training images are set
-    aside (their masks are used only for scoring here); each setting fine-tunes the stage-1
-    model on the labelled and remaining unlabelled images, and is scored on the validation
-    images. The test split is not touched.
-    """
-    train_idx, _ = split(len(data), args.test, args.seed)
-    frac = float(args.fractions[0])
-    lab_idx, unl_idx = labelled_subset(train_idx, frac, args.seed)
-    val_idx, unl_idx = unl_idx[: args.val], unl_idx[args.val:]
-    lab = [item(data[i]) for i in lab_idx]
-    unl = [item(data[i], False) for i in unl_idx]
-    val = [data[i] for i in val_idx]
-    mcfg = ModelConfig(width=args.width)
-    base = TrainConfig(patch_size=args.patch, batch_size=args.batch, q=args.q, threshold=args.threshold,
-                       confidence=args.confidence, seed=args.seed, precision="fp32",
-                       validate_every=10**6, hed_jitter=args.hed, iterations=args.stage2, lr=args.lr2)
-    key = f"{dataset}{getattr(args, 'size', '')}_w{args.width}_p{args.patch}_s{args.seed}_f{frac}"
-    sup, _ = cached_model(f"{key}_stage1_{args.stage1}", lambda: None)
-    state = {k: v.clone() for k, v in sup.state_dict().items()}
-    report: dict[str, Any] = {"dataset": dataset, "fraction": frac, "validation": [d["name"] for d in val],
-                              "unlabelled": len(unl), "labelled": len(lab), "base": base.to_dict(),
-                              "results": []}
-    report["stage1_only"] = evaluate_test(sup, val, False, args.eval_patch)
-    for setting in settings:
-        model = build_model(mcfg)
-        model.load_state_dict(state)
-        cfg = replace(base, **setting)
-        info = run_train(model, lab, unl, cfg, f"sweep {setting}")
-        scores = evaluate_test(model, val, False, args.eval_patch)
-        report["results"].append({"setting": setting, "validation": scores, "run": info})
-        log.info("sweep %s: %s", setting, scores)
-        write_json(out_json, report)
-    return report
+def _cell(sc: dict[str, Any] | None, *metrics: str) -> str:
+    """``mean ± sd`` of each metric (seeds), joined by " / "."""
+    if not sc:
+        return "-"
+    return " / ".join(f"{sc[m]['mean']:.1f} ± {sc[m]['sd']:.1f}" for m in metrics if m in sc)
 
 
 def markdown_tables(results: Path) -> str:
-    """README tables (ours beside the paper's) from the results JSON files."""
+    """README tables (mean ± sd over seeds, the paper's numbers in brackets) from results/."""
     lines: list[str] = []
-    mon = results / "monuseg_semisup.json"
-    if mon.exists():
-        r = json.loads(mon.read_text())
-        if r["table1"]:
-            lines += ["**Table 1 analogue** (MoNuSeg, pseudo-labels of the stage-1 model on the unlabelled "
-                      "images; pixel F1 = Dice % / balanced accuracy %; paper: its \"F1\" %)", "",
-                      "| labelled | " + " | ".join(PAPER_TABLE1["0.2"]) + " |",
-                      "|---|" + "---|" * len(PAPER_TABLE1["0.2"])]
-            for fk, t in r["table1"].items():
-                cells = []
-                for m in PAPER_TABLE1["0.2"]:
-                    sc = t["scores"].get(m)
-                    paper = PAPER_TABLE1[str(fk) if str(fk) in PAPER_TABLE1 else "0.2"].get(m)
-                    ours = f"{sc['f1']:.1f} / {sc['balanced_accuracy']:.1f}" if sc else "n/a"
-                    cells.append(f"{ours} ({paper})")
-                lines.append(f"| {float(fk):.0%} | " + " | ".join(cells) + " |")
-            noss = [t["scores"].get("selfloop-no-ss") for t in r["table1"].values()]
-            if all(noss):
-                lines += ["", "Self-loop without L_SS (Q = 10, not in the paper's Table 1): " + ", ".join(
-                    f"{float(fk):.0%}: {t['scores']['selfloop-no-ss']['f1']:.1f} / "
-                    f"{t['scores']['selfloop-no-ss']['balanced_accuracy']:.1f}" for fk, t in r["table1"].items())]
-            lines.append("")
     for name, title in (("monuseg", "MoNuSeg"), ("isic", "ISIC")):
         path = results / f"{name}_semisup.json"
         if not path.exists():
             continue
         r = json.loads(path.read_text())
-        t2 = r["table2"]
+        summ = r.get("summary") or {}
+        n = summ.get("seeds", 0)
+        t1 = summ.get("table1") or {}
+        if t1:
+            methods = [m for m in (*PAPER_TABLE1["0.2"], "selfloop-q10-equal", "selfloop-no-ss") if m in t1]
+            lines += [f"**Table 1 analogue, {title}** (pseudo-labels of the stage-1 model on unlabelled training "
+                      f"images; Dice % / balanced accuracy %, mean ± sd over {n} seeds; paper's \"F1\" in brackets)",
+                      "", "| labelled | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+            for fk in sorted({fk for m in t1.values() for fk in m}):
+                cells = [_cell(t1[m].get(fk), "f1", "balanced_accuracy")
+                         + (f" ({PAPER_TABLE1.get(fk, {}).get(m)})" if PAPER_TABLE1.get(fk, {}).get(m) else "")
+                         for m in methods]
+                lines.append(f"| {float(fk):.0%} | " + " | ".join(cells) + " |")
+            lines.append("")
+        t2 = summ.get("table2") or {}
         objects = name == "monuseg"
-        cols = ["0.2", "0.5", "1"]
-        lines += [f"**Table 2 analogue, {title}** (test split; pixel F1 = Dice % / balanced accuracy %"
-                  + ("; object F1 / AJI %" if objects else "") + "; paper \"F1\" in brackets)", "",
-                  "| framework | 20% | 50% | 100% |", "|---|---|---|---|"]
+        cols = [c for c in ("0.2", "0.5", "1") if any(c in v for v in t2.values())]
+        lines += [f"**Table 2 analogue, {title}** (test split; Dice % / balanced accuracy %"
+                  + ("; object F1 % / AJI %" if objects else "") + f", mean ± sd over {n} seeds; "
+                  "paper's \"F1\" in brackets; jigsaw L_SS / top-1 % on the test images after training)", "",
+                  "| framework | " + " | ".join(f"{float(c):.0%}" for c in cols) + " | jigsaw (20%) |",
+                  "|---|" + "---|" * (len(cols) + 1)]
         for fw in ("stage1-only", *FRAMEWORKS):
             if fw not in t2:
                 continue
             cells = []
             for c in cols:
-                sc = t2[fw].get(c)
+                txt = _cell(t2[fw].get(c), "f1", "balanced_accuracy")
+                if objects and t2[fw].get(c):
+                    txt += "; " + _cell(t2[fw].get(c), "object_f1", "aji")
                 paper = PAPER_TABLE2[name].get(fw, {}).get("1.0" if c == "1" else c)
-                if sc is None:
-                    cells.append("-" if paper is None else f"- ({paper})")
-                    continue
-                txt = f"{sc['f1']:.1f} / {sc['balanced_accuracy']:.1f}"
-                if objects:
-                    txt += f"; {sc['object_f1']:.1f} / {sc['aji']:.1f}"
                 cells.append(txt + (f" ({paper})" if paper is not None else ""))
-            label = {"stage1-only": "stage 1 only (supervised, fewer iterations)",
-                     "supervised": "fully supervised"}.get(fw, fw)
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-        lines += ["", f"Wall time {r.get('wall_seconds', 0) / 60:.0f} min; "
-                  f"stage 1 {r['stage1']['iterations']} iterations (lr {r['stage1']['lr']}), "
-                  f"stage 2 {r['stage2']['iterations']} (lr {r['stage2']['lr']}), Q = {r['stage2']['q']}, "
-                  f"threshold {r['stage2']['threshold']} ({r['stage2']['confidence']}), "
-                  f"patch {r['stage2']['patch_size']}, batch {r['stage2']['batch_size']}+"
-                  f"{r['stage2']['batch_size']}, width {r['model']['width']}.", ""]
+            jig = [rec["jigsaw"].get("0.2/" + ("stage1" if fw == "stage1-only" else fw)) for rec in r["seeds"].values()]
+            jig = [j for j in jig if j]
+            jtxt = (f"{np.mean([j['loss'] for j in jig]):.2f} / {np.mean([j['top1'] for j in jig]):.0f}"
+                    if jig else "-")
+            label = {"stage1-only": "stage 1 (start of every framework)", "supervised": "fully supervised"}.get(fw, fw)
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | {jtxt} |")
+        s0 = [rec["jigsaw"].get("stage0") for rec in r["seeds"].values() if rec["jigsaw"].get("stage0")]
+        if s0:
+            lines += ["", f"After jigsaw pre-training alone (stage 0): L_SS "
+                      f"{np.mean([j['loss'] for j in s0]):.2f}, top-1 {np.mean([j['top1'] for j in s0]):.0f}% on the "
+                      f"test images (chance 4.61, 1%)."]
+        ec = summ.get("error_capture") or {}
+        if ec:
+            lines += ["", f"**Error capture, {title}** (share % of the stage-1 model's wrong pixels on the test "
+                      "images inside the 5 / 10 / 20 % most uncertain pixels of each method's map; random: "
+                      f"5 / 10 / 20; mean ± sd over {n} seeds)", "",
+                      "| method | labelled | top 5% | top 10% | top 20% |", "|---|---|---|---|---|"]
+            for m in ("softmax", "mc-dropout", "selfloop-no-ss", "selfloop"):
+                for fk, sc in sorted((ec.get(m) or {}).items()):
+                    lines.append(f"| {m} | {float(fk):.0%} | " + " | ".join(_cell(sc, f"top{k}") for k in (5, 10, 20)) + " |")
+        lines += ["", f"Wall time {r.get('wall_seconds', 0) / 60:.0f} min; stage 0 {r['stage0']['jigsaw_pretrain_steps']} "
+                  f"jigsaw steps (patches 96-{r['stage0']['patch_size']}); stage 1 {r['stage1']['iterations']} "
+                  f"iterations ({r['stage1_framework']}, lr {r['stage1']['lr']}), stage 2 {r['stage2']['iterations']} "
+                  f"(lr {r['stage2']['lr']}), Q = {r['stage2']['q']}, threshold {r['stage2']['threshold']} "
+                  f"({r['stage2']['confidence']}), patch {r['stage2']['patch_size']}, batch "
+                  f"{r['stage2']['batch_size']}+{r['stage2']['batch_size']}, width {r['model']['width']}.", ""]
     return "\n".join(lines)
 
 
@@ -398,13 +535,27 @@ def common_args(p: argparse.ArgumentParser, **defaults: Any) -> None:
     p.add_argument("--lr2", type=float, default=5e-4)
     p.add_argument("--hed", type=float, default=0.03)
     p.add_argument("--test", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds")
+    p.add_argument("--split-seed", type=int, default=0, help="the test split and labelled subset")
+    p.add_argument("--pretrain", type=int, default=1000, help="stage 0: jigsaw pre-training steps (0: none)")
+    p.add_argument("--pretrain-patch", type=int, default=192, help="largest jigsaw patch (96 ... this)")
+    p.add_argument("--jigsaw-eval-patch", type=int, default=192)
+    p.add_argument("--step-lrs", type=float, nargs="+", default=[1e-3, 1e-2, 1e-1],
+                   help="self-loop SGD step sizes; the best on --val unlabelled images is used")
+    p.add_argument("--val", type=int, default=2, help="unlabelled images set aside to choose the step size")
+    p.add_argument("--table1-patch", type=int, default=192, help="patch of Table 1 / error-capture pseudo-labels")
+    p.add_argument("--no-capture", dest="capture", action="store_false", help="skip the error-capture scores")
+    p.add_argument("--capture-crop", type=int, default=512, help="centre crop of test images for error capture")
+    p.add_argument("--crop", type=int, default=384, help="centre crop for Table 1 and the step-size choice")
+    p.add_argument("--table1-images", type=int, default=8, help="Table 1: unlabelled images scored")
+    p.add_argument("--merge", action="store_true", help="keep other seeds' results already in --out")
     p.add_argument("--fractions", nargs="+", default=["0.2", "0.5"])
     p.add_argument("--frameworks", nargs="+", default=list(FRAMEWORKS))
     p.add_argument("--no-full", dest="full", action="store_false", help="skip the 100%% row")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--stage1-framework", default="supervised", choices=("supervised", "selfloop"),
-                   help="selfloop: stage 1 trains L_SEG + L_SS on the labelled images (no unlabelled)")
+    p.add_argument("--stage1-framework", default="selfloop", choices=("supervised", "selfloop"),
+                   help="selfloop (default): stage 1 trains L_SEG + L_SS on the labelled images (no "
+                        "unlabelled), which keeps the pre-trained jigsaw learned")
     p.add_argument("--out", type=Path)
     p.set_defaults(**defaults)
 
@@ -412,14 +563,7 @@ def common_args(p: argparse.ArgumentParser, **defaults: Any) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common_args(p)
-    p.add_argument("--crop", type=int, default=384, help="Table 1 centre crop")
-    p.add_argument("--table1-images", type=int, default=8, help="Table 1: unlabelled images scored")
     p.add_argument("--no-table1", dest="table1", action="store_false")
-    p.add_argument("--table1-lr", type=float, help="self-loop encoder lr for Table 1 (default --lr2)")
-    p.add_argument("--table1-patch", type=int, help="patch for Table 1 pseudo-labels (default --patch)")
-    p.add_argument("--sweep", action="store_true",
-                   help="instead: choose self-loop settings on a validation split (needs stage 1 cached)")
-    p.add_argument("--val", type=int, default=4, help="--sweep: validation images")
     p.add_argument("--tables", action="store_true", help="print the README tables from results/")
     args = p.parse_args()
     if args.tables:
@@ -430,12 +574,6 @@ def main() -> int:
         print(f"skipped: MoNuSeg not found under {DATA} (set SELFLOOP_DATA)")
         return 0
     torch.set_num_threads(args.threads)
-    if args.sweep:
-        settings = [{"framework": "supervised"}, {"threshold": 0.8}, {"threshold": 0.7},
-                    {"threshold": 0.9}, {"confidence": "foreground"}, {"q": 6}]
-        out = args.out or HERE / "results" / "monuseg_sweep.json"
-        run_sweep("monuseg", load_monuseg(), args, out, settings)
-        return 0
     out = args.out or HERE / "results" / "monuseg_semisup.json"
     run_benchmark("monuseg", load_monuseg(), args, out, objects=True, table1_on=args.table1)
     log.info("wrote %s", out)

@@ -182,3 +182,18 @@ def test_failed_save_keeps_the_old_file(tmp_path, monkeypatch):
 def test_save_into_missing_folder_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="does not exist"):
         save_checkpoint(tmp_path / "nope" / "m.pt", build_model(TINY))
+
+
+def test_checkpoints_from_before_the_jigsaw_choices_load_with_the_paper_head(tmp_path):
+    """Old files have no jigsaw_head / jigsaw_rotation in their config: they were written
+    with the global-average-pool head and random tile rotations, and load as such."""
+    old = build_model(ModelConfig(width=8, jigsaw_head="gap", jigsaw_rotation="random"), seed=0)
+    path = save_checkpoint(tmp_path / "old.pt", old)
+    payload = torch.load(path, weights_only=True)
+    del payload["model_config"]["jigsaw_head"], payload["model_config"]["jigsaw_rotation"]
+    torch.save(payload, path)
+    ck = load_checkpoint(path)
+    assert ck.config.jigsaw_head == "gap" and ck.config.jigsaw_rotation == "random"
+    assert ck.model.jigsaw_head.fc.in_features == 64  # 8 * width, pooled to 1x1
+    new = build_model(ModelConfig(width=8), seed=0)
+    assert new.config.jigsaw_head == "slots" and new.jigsaw_head.fc.in_features == 64 * 9

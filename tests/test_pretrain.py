@@ -42,7 +42,7 @@ def test_positive_control_learns_the_jigsaw_below_chance(tmp_path):
     held_out = [gradient_image(10 + i) for i in range(2)]
     before = run_to_completion(evaluate_jigsaw(model, held_out, puzzles=64, device="cpu"))
     assert before["loss"] > before["chance_loss"] - 0.3  # an untrained head is near chance
-    cfg = PretrainConfig(iterations=250, batch_size=16, lr=3e-3, save_every=1000, window=20)
+    cfg = PretrainConfig(iterations=250, patch_size=96, batch_size=16, lr=3e-3, save_every=1000, window=20)
     result = run_to_completion(pretrain_jigsaw(model, images, cfg, device="cpu", out=tmp_path / "j.pt"))
     after = run_to_completion(evaluate_jigsaw(model, held_out, puzzles=64, device="cpu"))
     assert after["chance_loss"] == pytest.approx(math.log(100))
@@ -62,20 +62,20 @@ def test_pretraining_leaves_the_decoder_alone_and_freeze_keeps_the_encoder():
     enc0 = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     head0 = model.jigsaw_head.fc.weight.detach().clone()
     run_to_completion(pretrain_jigsaw(model, [TrainItem("g", gradient_image(0))],
-                                      PretrainConfig(iterations=3, batch_size=4, freeze_encoder=True),
+                                      PretrainConfig(iterations=3, patch_size=96, batch_size=4, freeze_encoder=True),
                                       device="cpu"))
     assert all(torch.equal(v, dec0[k]) for k, v in model.decoder.state_dict().items())
     assert all(torch.equal(v, enc0[k]) for k, v in model.encoder.state_dict().items())
     assert not torch.equal(model.jigsaw_head.fc.weight, head0)
     run_to_completion(pretrain_jigsaw(model, [TrainItem("g", gradient_image(0))],
-                                      PretrainConfig(iterations=3, batch_size=4), device="cpu"))
+                                      PretrainConfig(iterations=3, patch_size=96, batch_size=4), device="cpu"))
     assert all(torch.equal(v, dec0[k]) for k, v in model.decoder.state_dict().items())
     assert any(not torch.equal(v, enc0[k]) for k, v in model.encoder.state_dict().items())
 
 
 def test_cancel_then_resume_reaches_the_end(tmp_path):
     out = tmp_path / "p.pt"
-    cfg = PretrainConfig(iterations=6, batch_size=4, save_every=100)
+    cfg = PretrainConfig(iterations=6, patch_size=96, batch_size=4, save_every=100)
     images = [TrainItem("g", gradient_image(0))]
     gen = pretrain_jigsaw(build_model(TINY, seed=0), images, cfg, device="cpu", out=out)
     for _ in range(2):

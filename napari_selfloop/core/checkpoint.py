@@ -211,9 +211,17 @@ def model_card(ckpt: Checkpoint) -> str:
     else:
         lines.append("not trained yet (random initialisation)")
     metrics = m.get("metrics") or {}
+    jigsaw = {k: v for k, v in metrics.items() if k.startswith("jigsaw_")}
+    metrics = {k: v for k, v in metrics.items() if k not in jigsaw}
     if metrics:
         lines.append("validation: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                 for k, v in metrics.items()))
+    lines.append(f"jigsaw task: {cfg.jigsaw_head} head, tile rotation {cfg.jigsaw_rotation}")
+    if isinstance(jigsaw.get("jigsaw_loss"), float) and isinstance(jigsaw.get("jigsaw_top1"), float):
+        lines[-1] += (f"; L_SS {jigsaw['jigsaw_loss']:.2f} (chance {jigsaw.get('jigsaw_chance_loss', 4.61):.2f}), "
+                      f"top-1 {100 * jigsaw['jigsaw_top1']:.0f}% on {jigsaw.get('jigsaw_measured_on', 'training puzzles')}")
+    else:
+        lines[-1] += "; not pre-trained (self-loop uncertainty needs a learned jigsaw)"
     if m.get("parent"):
         lines.append(f"fine-tuned from {str(m['parent'])[:12]}")
     return "\n".join(lines)

@@ -58,9 +58,10 @@ class PretrainConfig:
         Optimiser steps in all (a resumed run continues up to this number).
     patch_size
         Side of the random patches that are puzzled (a multiple of 96); with
-        ``multiscale`` the largest side. A jigsaw learned on 96-px patches alone does not
-        transfer to the larger patches pseudo-labelling cuts (measured in
-        ``benchmarks/bench_jigsaw.py``), so the sides are mixed.
+        ``multiscale`` the largest side (default 384, the pseudo-labelling patch). A jigsaw
+        learned on 96-px patches alone does not transfer to the larger patches
+        pseudo-labelling cuts (measured in ``benchmarks/bench_jigsaw.py``), so the sides
+        are mixed.
     batch_size
         Puzzles per step at 96 px; larger sides get proportionally fewer (the same number
         of pixels), at least 2.
@@ -85,7 +86,7 @@ class PretrainConfig:
     """
 
     iterations: int = 2000
-    patch_size: int = 96
+    patch_size: int = 384
     batch_size: int = 32
     multiscale: bool = True
     lr: float = 1e-3

@@ -151,7 +151,7 @@ class TrainConfig:
     grid_shift: bool = True
     jigsaw_warmup: int = 0
     jigsaw_batch_size: int = 32
-    jigsaw_patch_size: int = 96
+    jigsaw_patch_size: int = 384
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup: float = 0.0
