@@ -251,35 +251,41 @@ def loss_vs_dice(model: torch.nn.Module, images: list[dict[str, Any]], patch: in
             "pearson_per_image": [round(c, 3) for c in corrs], "weight_range": spans, "loss_range": losses}
 
 
-def error_capture(model: torch.nn.Module, test: list[dict[str, Any]], args: argparse.Namespace,
+def error_capture(model: torch.nn.Module, images: list[dict[str, Any]], args: argparse.Namespace,
                   step_lr: float) -> dict[str, Any]:
     """Share of the model's wrong pixels inside the 5 / 10 / 20 % most uncertain pixels.
 
     "Wrong" is the plain prediction (one forward pass, p > 0.5) against the truth, the same
-    pixels for every method; ``own_*`` uses each method's own pseudo-label instead. Ties in
-    the uncertainty are broken at random (seeded). Random pixels capture 5 / 10 / 20 %.
+    pixels for every method; ``own_*`` uses each method's own pseudo-label instead. Each
+    method is ranked by its map (the spread of its Q maps; softmax: the entropy) and, as
+    ``METHOD-entropy``, by the binary entropy of its mean map (the predictive entropy of the
+    ensemble). Ties are broken at random (seeded). Random pixels capture 5 / 10 / 20 %.
     """
     methods = [("softmax", "softmax", 1), ("mc-dropout", "mc-dropout", 10),
                ("selfloop-no-ss", "selfloop-no-ss", 10), ("selfloop", "selfloop", 10)]
-    rows: dict[str, list[dict[str, float]]] = {m[0]: [] for m in methods}
+    rows: dict[str, list[dict[str, float]]] = {}
     rng = np.random.default_rng(0)
-    for d in test:
+    for d in images:
         image, truth = crop_centre(d["image"], args.capture_crop), crop_centre(d["mask"], args.capture_crop) == 1
         plain_wrong = (predict(model, image, "softmax", patch=args.eval_patch) > 0.5) != truth
         for name, method, q in methods:
             r = predict_full(model, image, method, q, patch=args.table1_patch, lr=step_lr)
-            unc = r.uncertainty.ravel() + 1e-9 * rng.random(truth.size)
-            order = np.argsort(-unc)
             own_wrong = ((r.probability > 0.5) != truth).ravel()
-            row = {"error_fraction": 100 * float(plain_wrong.mean())}
-            for k in (5, 10, 20):
-                top = np.zeros(truth.size, bool)
-                top[order[: int(round(k / 100 * truth.size))]] = True
-                for label, wrong in (("", plain_wrong.ravel()), ("own_", own_wrong)):
-                    row[f"{label}top{k}"] = 100 * float((wrong & top).sum() / max(wrong.sum(), 1))
-            rows[name].append(row)
+            maps = {name: r.uncertainty}
+            if method != "softmax":
+                p = np.clip(r.probability.astype(np.float64), 1e-6, 1 - 1e-6)
+                maps[f"{name}-entropy"] = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+            for label_map, unc_map in maps.items():
+                order = np.argsort(-(unc_map.ravel() + 1e-9 * rng.random(truth.size)))
+                row = {"error_fraction": 100 * float(plain_wrong.mean())}
+                for k in (5, 10, 20):
+                    top = np.zeros(truth.size, bool)
+                    top[order[: int(round(k / 100 * truth.size))]] = True
+                    for label, wrong in (("", plain_wrong.ravel()), ("own_", own_wrong)):
+                        row[f"{label}top{k}"] = 100 * float((wrong & top).sum() / max(wrong.sum(), 1))
+                rows.setdefault(label_map, []).append(row)
     return {"mean": {k: {m: round(float(np.mean([r[m] for r in v])), 2) for m in v[0]} for k, v in rows.items()},
-            "per_image": rows, "images": [d["name"] for d in test], "crop": args.capture_crop,
+            "per_image": rows, "images": [d["name"] for d in images], "crop": args.capture_crop,
             "patch": args.table1_patch, "step_lr": step_lr}
 
 
@@ -375,6 +381,9 @@ def run_seed(dataset: str, data: list[dict[str, Any]], args: argparse.Namespace,
             log.info("[%s] table 1: %s", key, json.dumps(rec["table1"][fk]["scores"]))
             save()
         if args.capture:
+            rec.setdefault("error_capture_validation", {})[fk] = error_capture(sup, val, args, step_lr)
+            log.info("[%s] error capture (validation): %s", key,
+                     json.dumps(rec["error_capture_validation"][fk]["mean"]))
             rec["error_capture"][fk] = error_capture(sup, test, args, step_lr)
             log.info("[%s] error capture: %s", key, json.dumps(rec["error_capture"][fk]["mean"]))
             save()
@@ -394,14 +403,14 @@ def summarise(report: dict[str, Any]) -> None:
     """Mean and standard deviation over seeds of every score in tables 1 and 2."""
     seeds = list(report["seeds"].values())
     out: dict[str, Any] = {"seeds": len(seeds)}
-    for table in ("table1", "table2", "error_capture"):
+    for table in ("table1", "table2", "error_capture", "error_capture_validation"):
         cells: dict[tuple[str, str, str], list[float]] = {}
         for rec in seeds:
             t = rec.get(table, {})
             if table == "table1":
                 t = {fk: v["scores"] for fk, v in t.items()}
                 t = {m: {fk: sc[m] for fk, sc in t.items() if m in sc} for m in {m for sc in t.values() for m in sc}}
-            elif table == "error_capture":
+            elif table.startswith("error_capture"):
                 t = {m: {fk: v["mean"][m] for fk, v in t.items() if m in v["mean"]}
                      for m in {m for v in t.values() for m in v["mean"]}}
             for row, by_frac in t.items():
@@ -509,7 +518,8 @@ def markdown_tables(results: Path) -> str:
                       "images inside the 5 / 10 / 20 % most uncertain pixels of each method's map; random: "
                       f"5 / 10 / 20; mean ± sd over {n} seeds)", "",
                       "| method | labelled | top 5% | top 10% | top 20% |", "|---|---|---|---|---|"]
-            for m in ("softmax", "mc-dropout", "selfloop-no-ss", "selfloop"):
+            for m in ("softmax", "mc-dropout", "mc-dropout-entropy", "selfloop-no-ss", "selfloop-no-ss-entropy",
+                      "selfloop", "selfloop-entropy"):
                 for fk, sc in sorted((ec.get(m) or {}).items()):
                     lines.append(f"| {m} | {float(fk):.0%} | " + " | ".join(_cell(sc, f"top{k}") for k in (5, 10, 20)) + " |")
         lines += ["", f"Wall time {r.get('wall_seconds', 0) / 60:.0f} min; stage 0 {r['stage0']['jigsaw_pretrain_steps']} "

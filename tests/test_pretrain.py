@@ -115,3 +115,16 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
     save_checkpoint(tmp_path / "plain.pt", model)
     with pytest.raises(CheckpointError, match="not written by jigsaw pre-training"):
         pretrain_jigsaw(model, [TrainItem("g", gradient_image(0))], resume=tmp_path / "plain.pt")
+
+
+def test_thin_models_on_large_patches_do_not_crash_the_process():
+    """PyTorch 2.13's CPU backward of a channels-last 1x1 stride-2 convolution from 8
+    channels segfaults at 72 px and up; thin models run in the default format on the CPU."""
+    from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
+
+    model = build_model(TINY, seed=0)
+    image = gradient_image(0, 300)
+    cfg = PretrainConfig(iterations=2, patch_size=288, batch_size=9, multiscale=False)
+    assert run_to_completion(pretrain_jigsaw(model, [TrainItem("g", image)], cfg, device="cpu")).steps == 2
+    r = run_to_completion(pseudo_label(image, model, PseudoLabelConfig(q=1, patch_size=288), device="cpu"))
+    assert r.probability.shape == image.shape[:2]

@@ -12,10 +12,19 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..core.errors import SelfloopError
-from . import evaluate_cmd, gui_cmd, init_cmd, pseudolabel_cmd, train_cmd
+from . import (
+    evaluate_cmd,
+    evaluate_jigsaw_cmd,
+    gui_cmd,
+    init_cmd,
+    pretrain_cmd,
+    pseudolabel_cmd,
+    train_cmd,
+)
 
 #: Sub-command modules; each has ``add_parser(subparsers)`` that sets ``func``.
-COMMANDS = (init_cmd, pseudolabel_cmd, train_cmd, evaluate_cmd, gui_cmd)
+COMMANDS = (init_cmd, pretrain_cmd, pseudolabel_cmd, train_cmd, evaluate_cmd, evaluate_jigsaw_cmd,
+            gui_cmd)
 
 log = logging.getLogger("napari_selfloop")
 

@@ -12,7 +12,8 @@ import numpy as np
 from ..core.checkpoint import load_checkpoint
 from ..core.errors import InputError
 from ..core.imageio import TiffRowWriter, check_image, open_image
-from ..core.pseudolabel import METHODS, PseudoLabelConfig, pseudo_label
+from ..core.jigsaw import ROTATIONS
+from ..core.pseudolabel import METHODS, STEP_RULES, PseudoLabelConfig, pseudo_label
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help=f"permutations (self-loop) or passes (MC dropout); default {d.q}")
     p.add_argument("--threshold", type=float, default=d.threshold,
                    help=f"confidence threshold in (0.5, 1); default {d.threshold}")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"self-loop encoder learning rate ({d.lr})")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help=f"step size of the self-loop encoder updates ({d.lr:g})")
+    p.add_argument("--step-rule", choices=STEP_RULES, default=d.step_rule,
+                   help=f"rule of the self-loop encoder updates ({d.step_rule}; adam: the earlier rule)")
+    p.add_argument("--rotation", choices=ROTATIONS, default=d.rotation,
+                   help="tile rotations of the self-loop puzzles (default: the model's, "
+                   "the mode its jigsaw was trained with)")
+    p.add_argument("--no-grid-shift", dest="grid_shift", action="store_false", default=d.grid_shift,
+                   help="puzzle on a fixed 3x3 grid (default: a random grid phase per puzzle)")
     p.add_argument("--patch-size", type=int, default=d.patch_size, help="multiple of 96")
     p.add_argument("--overlap", type=int, default=None,
                    help="pixels shared by neighbouring patches (default: a sixth of the patch)")
@@ -71,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
     config = PseudoLabelConfig(
         method=args.method, q=args.q, threshold=args.threshold, lr=args.lr,
         patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
-        precision=args.precision, seed=args.seed,
+        precision=args.precision, seed=args.seed, step_rule=args.step_rule,
+        rotation=args.rotation, grid_shift=args.grid_shift,
     )
     _unique_stems(args.images)
     models = [load_checkpoint(p).model for p in args.checkpoint]

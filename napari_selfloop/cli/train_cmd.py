@@ -12,6 +12,7 @@ from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.errors import InputError
 from ..core.imageio import open_image
 from ..core.model import ModelConfig, build_model
+from ..core.pseudolabel import STEP_RULES
 from ..core.training import FRAMEWORKS, TrainConfig, TrainItem, train
 from .progressbar import drive
 
@@ -47,7 +48,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--q", type=int, default=d.q, help=f"jigsaw permutations per patch ({d.q})")
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--confidence", choices=("two-sided", "foreground"), default=d.confidence)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr:g})")
+    p.add_argument("--ss-lr", type=float, default=d.ss_lr,
+                   help=f"step size of the Q self-loop encoder updates ({d.ss_lr:g})")
+    p.add_argument("--ss-step-rule", choices=STEP_RULES, default=d.ss_step_rule,
+                   help=f"rule of the self-loop encoder updates ({d.ss_step_rule})")
+    p.add_argument("--no-grid-shift", dest="grid_shift", action="store_false", default=d.grid_shift,
+                   help="puzzle on a fixed 3x3 grid (default: a random grid phase per puzzle)")
+    p.add_argument("--jigsaw-warmup", type=int, default=d.jigsaw_warmup, metavar="N",
+                   help="steps of jigsaw pre-training on all the images before the objective "
+                   f"(default {d.jigsaw_warmup}: none; see also `napari-selfloop pretrain`)")
+    p.add_argument("--jigsaw-batch-size", type=int, default=d.jigsaw_batch_size,
+                   help=f"puzzles per jigsaw warm-up step at 96 px ({d.jigsaw_batch_size})")
+    p.add_argument("--jigsaw-patch-size", type=int, default=d.jigsaw_patch_size,
+                   help=f"largest patch side of the jigsaw warm-up, a multiple of 96 ({d.jigsaw_patch_size})")
     p.add_argument("--warmup", type=float, default=d.warmup,
                    help="fraction of iterations on labelled data only before pseudo-labels")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
@@ -133,7 +147,9 @@ def run(args: argparse.Namespace) -> int:
         framework=args.framework, iterations=args.iterations, patch_size=args.patch_size,
         batch_size=args.batch_size, q=args.q, threshold=args.threshold, confidence=args.confidence,
         lr=args.lr, warmup=args.warmup, seed=args.seed, precision=args.precision,
-        validate_every=args.validate_every,
+        validate_every=args.validate_every, ss_lr=args.ss_lr, ss_step_rule=args.ss_step_rule,
+        grid_shift=args.grid_shift, jigsaw_warmup=args.jigsaw_warmup,
+        jigsaw_batch_size=args.jigsaw_batch_size, jigsaw_patch_size=args.jigsaw_patch_size,
     )
     parent = None
     if args.checkpoint is not None:

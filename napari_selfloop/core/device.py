@@ -86,3 +86,17 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
         return
     with torch.autocast(device_type=device.type, dtype=dtype):
         yield
+
+
+#: Below this encoder width the CPU keeps the default memory format: PyTorch 2.13's CPU
+#: backward of a 1x1 stride-2 convolution from 8 channels in channels-last format crashes
+#: the process (segfault) for inputs of 72 px and more, e.g. a width-8 model on 288-px
+#: patches. Width 16 and up, and the real width 64, are not affected.
+MIN_CHANNELS_LAST_WIDTH_CPU = 16
+
+
+def memory_format(channels_last: bool, device: torch.device, width: int) -> torch.memory_format:
+    """The memory format to run a model of ``width`` in (see :data:`MIN_CHANNELS_LAST_WIDTH_CPU`)."""
+    if not channels_last or (device.type == "cpu" and width < MIN_CHANNELS_LAST_WIDTH_CPU):
+        return torch.contiguous_format
+    return torch.channels_last

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_items
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import CheckpointError, InputError
 from .imageio import read_region_padded
 from .jigsaw import permutation_pool, sample_puzzles
@@ -212,7 +212,7 @@ def pretrain_prepared(
 ) -> Generator[Progress, None, PretrainResult]:
     """The loop of :func:`pretrain_jigsaw` on checked items (also the warm-up of ``train``)."""
     dtype = resolve_precision(cfg.precision, dev)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = memory_format(cfg.channels_last, dev, model.config.width)
     model.to(device=dev, memory_format=fmt)
     params = list(model.jigsaw_head.parameters())
     if not cfg.freeze_encoder:

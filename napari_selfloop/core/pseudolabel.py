@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import InputError
 from .imageio import check_image
 from .jigsaw import ROTATIONS, Puzzles, permutation_pool, sample_puzzles
@@ -391,7 +391,7 @@ def pseudo_label(
     patch = min(cfg.patch_size, PATCH_MULTIPLE * math.ceil(max(info.height, info.width) / PATCH_MULTIPLE))
     overlap = cfg.patch_size // 6 if cfg.overlap is None else cfg.overlap
     rng = np.random.default_rng(cfg.seed)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = memory_format(cfg.channels_last, dev, models[0].config.width)
     was_training = [m.training for m in models]
     for m in models:
         m.to(device=dev, memory_format=fmt).eval()

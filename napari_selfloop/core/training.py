@@ -42,7 +42,7 @@ import torch
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_items
-from .device import autocast, resolve_device, resolve_precision
+from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import CheckpointError, InputError
 from .jigsaw import Puzzles, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
@@ -427,7 +427,7 @@ def _train_loop(
     parent: str | None,
 ) -> Generator[Progress, None, TrainResult]:
     dtype = resolve_precision(cfg.precision, dev)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = memory_format(cfg.channels_last, dev, model.config.width)
     start_time = time.perf_counter()
     model.to(device=dev, memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

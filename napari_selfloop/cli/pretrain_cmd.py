@@ -1,0 +1,116 @@
+"""``napari-selfloop pretrain``: train the jigsaw task on folders of images (no masks)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from pathlib import Path
+
+from ..core.checkpoint import file_sha256, load_checkpoint
+from ..core.errors import InputError
+from ..core.imageio import open_image
+from ..core.model import build_model
+from ..core.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
+from ..core.training import TrainItem
+from .progressbar import drive
+from .train_cmd import list_images
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    d = PretrainConfig()
+    p = sub.add_parser(
+        "pretrain",
+        help="pre-train the jigsaw task (self-supervised, no masks) so self-loop uncertainty "
+        "carries information",
+        description="Trains the encoder and the jigsaw head of --checkpoint on jigsaw puzzles "
+        "of random patches of every image (PNG, JPEG, TIFF) in the --images folders; the "
+        "decoder is not changed. The jigsaw head and the tile rotations are those of the "
+        "checkpoint's model: choose them when creating it (`napari-selfloop init "
+        "--jigsaw-head ... --jigsaw-rotation ...`). The reported L_SS and top-1 are running "
+        "means over recent training puzzles; measure held-out images with "
+        "`napari-selfloop evaluate-jigsaw`.",
+    )
+    p.add_argument("--images", required=True, action="append", type=Path, metavar="DIR",
+                   help="folder of images; repeat it for several folders")
+    p.add_argument("--checkpoint", type=Path, metavar="IN.pt",
+                   help="model to pre-train (required unless --resume)")
+    p.add_argument("--out", required=True, type=Path, metavar="OUT.pt",
+                   help="checkpoint to write (.pt); also written when interrupted")
+    p.add_argument("--iterations", type=int, metavar="N", default=d.iterations,
+                   help=f"optimiser steps in all, a resumed run included (default {d.iterations})")
+    p.add_argument("--patch-size", type=int, metavar="P", default=d.patch_size,
+                   help=f"largest patch side, a multiple of 96 (default {d.patch_size})")
+    p.add_argument("--batch-size", type=int, metavar="B", default=d.batch_size,
+                   help=f"puzzles per step at 96 px; larger sides get fewer (default {d.batch_size})")
+    p.add_argument("--lr", type=float, metavar="LR", default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
+    p.add_argument("--freeze-encoder", action="store_true",
+                   help="train the jigsaw head only (keeps a trained model's segmentation as it is)")
+    p.add_argument("--single-scale", action="store_true",
+                   help="always puzzle --patch-size patches (default: mix 96, 192, ... up to it)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
+    p.add_argument("--seed", type=int, metavar="S", default=d.seed, help=f"default {d.seed}")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--resume", type=Path, metavar="RUN.pt",
+                   help="continue a run from a checkpoint written by pretrain")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.set_defaults(func=run)
+
+
+def image_items(folders: list[Path], what: str = "--images") -> list[TrainItem]:
+    """One unlabelled item per image file of the folders (a file listed twice counts once)."""
+    items: list[TrainItem] = []
+    seen: set[Path] = set()
+    for folder in folders:
+        for path in list_images(folder, what).values():
+            key = path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            items.append(TrainItem(name=path.name, image=open_image(path), sha256=file_sha256(path)))
+    return items
+
+
+def _same_file(a: Path | None, b: Path) -> bool:
+    return a is not None and a.resolve() == b.resolve()
+
+
+def run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if out.exists() and not args.force and not _same_file(args.resume, out):
+        raise InputError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
+    if args.checkpoint is None and args.resume is None:
+        raise InputError("pass --checkpoint (the model to pre-train; create one with "
+                         "`napari-selfloop init`) or --resume (a run to continue)")
+    config = PretrainConfig(
+        iterations=args.iterations, patch_size=args.patch_size, batch_size=args.batch_size,
+        lr=args.lr, freeze_encoder=args.freeze_encoder, multiscale=not args.single_scale,
+        seed=args.seed, precision=args.precision,
+    )
+    if args.checkpoint is not None:
+        ck = load_checkpoint(args.checkpoint)
+        model, parent = ck.model, ck.sha256
+    else:
+        ck = load_checkpoint(args.resume)
+        model, parent = build_model(ck.config), ck.meta.get("parent")
+    items = image_items(args.images)
+    log.info("jigsaw pre-training on %d image(s): %d steps, head %s, rotation %s%s",
+             len(items), config.iterations, model.config.jigsaw_head, model.config.jigsaw_rotation,
+             ", encoder frozen" if config.freeze_encoder else "")
+    gen = pretrain_jigsaw(model, items, config, device=args.device, out=out, resume=args.resume,
+                          parent=parent)
+    result = drive(gen, desc="pretrain", quiet=args.quiet)
+    if result.steps == 0 or math.isnan(result.loss):
+        print(f"nothing to do: {args.resume} has already run {config.iterations} steps "
+              "(raise --iterations to continue)")
+        return 0
+    print(f"L_SS {result.loss:.3f} nats (chance {result.chance_loss:.3f}), "
+          f"top-1 {100 * result.top1:.1f}% (running mean over the last "
+          f"{min(result.steps, config.window)} steps); {result.steps} steps in "
+          f"{result.seconds:.0f} s -> {result.checkpoint}")
+    if at_chance(result.loss, result.chance_loss):
+        log.warning("the jigsaw is still at chance: self-loop uncertainty carries no information "
+                    "yet; train longer (raise --iterations and --resume the run)")
+    return 0
