@@ -53,6 +53,22 @@ def test_init_writes_a_loadable_checkpoint(workdir, capsys):
     assert run_cli(capsys, "init", "--out", "new.pt", "--width", "8", "--force")[0] == 0
 
 
+def test_pseudo_label_uncertainty_is_the_entropy_or_the_spread(workdir, capsys):
+    """Default: binary entropy (bits) of the probability, which marks errors best; --uncertainty
+    spread: the standard deviation of the Q maps (one 96-px patch: no blending)."""
+    args = ["-q", "pseudo-label", "he.png", "--checkpoint", "m.pt", "--method", "mc-dropout", "--q", "4",
+            "--patch-size", "96"]
+    assert run_cli(capsys, *args, "--out", "ent")[0] == 0
+    assert run_cli(capsys, *args, "--uncertainty", "spread", "--out", "spr")[0] == 0
+    prob = tifffile.imread(workdir / "ent" / "he_prob.tif").astype(np.float64)
+    p = np.clip(prob, 1e-6, 1 - 1e-6)
+    entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
+    np.testing.assert_allclose(tifffile.imread(workdir / "ent" / "he_uncertainty.tif"), entropy, atol=1e-4)
+    spread = tifffile.imread(workdir / "spr" / "he_uncertainty.tif")
+    assert np.array_equal(tifffile.imread(workdir / "spr" / "he_prob.tif"), prob.astype(np.float32))
+    assert spread.max() < 0.5 and not np.allclose(spread, entropy, atol=1e-3)
+
+
 def test_init_default_is_the_real_resunet18(workdir, capsys):
     assert run_cli(capsys, "init", "--out", "full.pt")[0] == 0
     assert load_checkpoint(workdir / "full.pt").config.width == 64

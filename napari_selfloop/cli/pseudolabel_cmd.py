@@ -13,7 +13,7 @@ from ..core.checkpoint import load_checkpoint
 from ..core.errors import InputError
 from ..core.imageio import TiffRowWriter, check_image, open_image
 from ..core.jigsaw import ROTATIONS
-from ..core.pseudolabel import METHODS, STEP_RULES, PseudoLabelConfig, pseudo_label
+from ..core.pseudolabel import METHODS, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig, pseudo_label
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    "the mode its jigsaw was trained with)")
     p.add_argument("--no-grid-shift", dest="grid_shift", action="store_false", default=d.grid_shift,
                    help="puzzle on a fixed 3x3 grid (default: a random grid phase per puzzle)")
+    p.add_argument("--uncertainty", choices=UNCERTAINTIES, default=d.uncertainty,
+                   help="the uncertainty map: entropy of the probability (default; marks errors best) "
+                        "or the spread of the Q maps")
     p.add_argument("--patch-size", type=int, default=d.patch_size, help="multiple of 96")
     p.add_argument("--overlap", type=int, default=None,
                    help="pixels shared by neighbouring patches (default: a sixth of the patch)")
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.method, q=args.q, threshold=args.threshold, lr=args.lr,
         patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
         precision=args.precision, seed=args.seed, step_rule=args.step_rule,
-        rotation=args.rotation, grid_shift=args.grid_shift,
+        rotation=args.rotation, grid_shift=args.grid_shift, uncertainty=args.uncertainty,
     )
     _unique_stems(args.images)
     models = [load_checkpoint(p).model for p in args.checkpoint]

@@ -20,8 +20,11 @@ Methods
 ``ensemble``
     The mean over several models.
 
-The uncertainty is the (weighted) standard deviation of the Q maps, or, for
-``softmax``, the binary entropy in bits.
+The uncertainty map is, by default, the binary entropy (bits) of the method's
+probability (for the ensemble methods: of the mean of their maps, the predictive entropy);
+``uncertainty="spread"`` gives the (weighted) standard deviation of the Q maps instead.
+The entropy marks the model's errors far better (``benchmarks/bench_monuseg.py``, error
+capture on validation images); ``softmax`` has no spread and always uses the entropy.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ PATCH_MULTIPLE = 96
 STEP_RULES = ("sgd", "adam")
 #: How the Q self-loop maps are averaged (see :class:`PseudoLabelConfig`).
 WEIGHTINGS = ("loss", "equal")
+#: Uncertainty maps (see :class:`PseudoLabelConfig`).
+UNCERTAINTIES = ("entropy", "spread")
 #: Default step size of the self-loop encoder updates (plain SGD).
 DEFAULT_STEP_LR = 1e-2
 
@@ -95,6 +100,9 @@ class PseudoLabelConfig:
     weighting
         ``loss``: Algorithm 1's weights ``1 - l_i / sum(l)``; ``equal``: the adapted maps
         averaged with equal weights (to measure what the weighting adds).
+    uncertainty
+        ``entropy`` (default): binary entropy of the probability; ``spread``: the weighted
+        standard deviation of the Q maps (MC dropout, ensemble and self-loop methods).
     """
 
     method: str = "selfloop"
@@ -111,6 +119,7 @@ class PseudoLabelConfig:
     rotation: str | None = None
     grid_shift: bool = True
     weighting: str = "loss"
+    uncertainty: str = "entropy"
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -130,6 +139,8 @@ class PseudoLabelConfig:
             raise InputError("batch size must be at least 1 and lr positive")
         if self.step_rule not in STEP_RULES:
             raise InputError(f"unknown step rule {self.step_rule!r}: choose one of {', '.join(STEP_RULES)}")
+        if self.uncertainty not in UNCERTAINTIES:
+            raise InputError(f"unknown uncertainty {self.uncertainty!r}: choose one of {', '.join(UNCERTAINTIES)}")
         if self.weighting not in WEIGHTINGS:
             raise InputError(f"unknown weighting {self.weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
         if self.rotation is not None and self.rotation not in ROTATIONS:
@@ -409,7 +420,8 @@ def pseudo_label(
             records["losses"].append(out.losses.cpu().numpy())
             records["weights"].append(out.weights.cpu().numpy())
             records["classes"].append(out.classes.cpu().numpy())
-        return {"prob": out.prob.cpu().numpy(), "uncertainty": out.uncertainty.cpu().numpy()}
+        unc = _binary_entropy(out.prob) if cfg.uncertainty == "entropy" else out.uncertainty
+        return {"prob": out.prob.cpu().numpy(), "uncertainty": unc.cpu().numpy()}
 
     start = time.perf_counter()
     tile_sinks = None
