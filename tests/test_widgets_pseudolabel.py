@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 from conftest import assert_same_state, state_snapshot
 from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, fake_stack, small_nuclei, wait_run
 
 from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.pseudolabel import PseudoLabelConfig
 from napari_selfloop.widgets._layers import find_result, role_of
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.model_widget import ModelWidget
@@ -143,3 +145,16 @@ def test_bad_input_notifies(make_napari_viewer, project, notes, qtbot):
     panel.area_combo.setCurrentIndex(2)
     assert not panel.run()
     assert "does not overlap" in errors(notes)[-1]
+
+
+def test_defaults_come_from_the_core_config(make_napari_viewer, project):
+    viewer = make_napari_viewer()
+    panel = dock(viewer, PseudoLabelWidget)
+    d = PseudoLabelConfig()
+    assert panel.method_combo.currentText() == d.method
+    assert panel.q_spin.value() == d.q
+    assert panel.threshold_spin.value() == pytest.approx(d.threshold)
+    config = panel.config()
+    assert (config.lr, config.step_rule, config.seed, config.rotation, config.grid_shift) == (
+        d.lr, d.step_rule, d.seed, d.rotation, d.grid_shift
+    )

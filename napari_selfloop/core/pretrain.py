@@ -236,21 +236,21 @@ def pretrain_prepared(
     losses: list[float] = []
     hits: list[float] = []
     t_start = time.perf_counter()
-    step = start
+    done = start  # steps completed (an interrupted step does not count)
 
     def save() -> None:
         if out is None:
             return
         loss = float(np.mean(losses)) if losses else math.nan
         top1 = float(np.mean(hits)) if hits else math.nan
-        training = {"kind": PRETRAIN_KIND, "config": cfg.to_dict(), "step": step, "device": str(dev),
+        training = {"kind": PRETRAIN_KIND, "config": cfg.to_dict(), "step": done, "device": str(dev),
                     "dtype": str(dtype).replace("torch.", ""),
                     "optimizer": optimizer.state_dict()}
         metrics = {"jigsaw_loss": loss, "jigsaw_top1": top1, "jigsaw_chance_loss": chance,
                    "jigsaw_patch_size": cfg.patch_size, "jigsaw_rotation": model.config.jigsaw_rotation,
                    "jigsaw_measured_on": "training puzzles (running mean)"}
         save_checkpoint(out, model, training=training, history=history, metrics=metrics, parent=parent,
-                        data=data, note=f"jigsaw pre-training, {step} steps, L_SS {loss:.3f}")
+                        data=data, note=f"jigsaw pre-training, {done} steps, L_SS {loss:.3f}")
 
     try:
         for step in range(start + 1, cfg.iterations + 1):
@@ -270,6 +270,7 @@ def pretrain_prepared(
             optimizer.step()
             losses.append(float(loss.detach()))
             hits.append(float(correct) / n)
+            done = step
             del losses[:-cfg.window], hits[:-cfg.window]
             record = {"step": step, "lr": lr, "loss": float(np.mean(losses)), "top1": float(np.mean(hits))}
             if step % cfg.window == 0 or step == cfg.iterations:
@@ -282,12 +283,12 @@ def pretrain_prepared(
                            {**record, "chance_loss": chance})
     finally:
         model.eval()
-        if step > start:
+        if done > start:
             save()
     return PretrainResult(
-        steps=step - start, loss=float(np.mean(losses)) if losses else math.nan,
+        steps=done - start, loss=float(np.mean(losses)) if losses else math.nan,
         top1=float(np.mean(hits)) if hits else math.nan, chance_loss=chance, history=history,
-        checkpoint=out if (out is not None and step > start) else None,
+        checkpoint=out if (out is not None and done > start) else None,
         seconds=time.perf_counter() - t_start,
     )
 

@@ -134,6 +134,11 @@ def _drive(
             handle.remove()
 
 
+def _abandon(cancel: threading.Event) -> None:
+    log.debug("napari-selfloop: panel closed, stopping its run")
+    cancel.set()
+
+
 class Runner(QObject):
     """Runs one job at a time for a panel and drives its progress bar and Cancel button.
 
@@ -167,6 +172,11 @@ class Runner(QObject):
         self._on_progress: Callable[[Progress], None] | None = None
         self._on_done: Callable[[Any], None] | None = None
         self._on_end: Callable[[Outcome], None] | None = None
+        if parent is not None:
+            # A panel closed with its viewer stops its run at the next step instead of
+            # leaving it working in the thread pool for a window that is gone.
+            cancel = self._cancel
+            parent.destroyed.connect(lambda *_: _abandon(cancel))
 
     # -- widgets ---------------------------------------------------------------------
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
@@ -48,31 +47,11 @@ from ._layers import correction_mask, image_data, image_for, is_correction, is_s
 from ._plot import LivePlot
 from ._runner import Outcome, Runner, error_message
 from ._state import get_state
+from ._versions import release, reserve_version
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
-_VERSION = re.compile(r"^(?P<base>.*?)(?:_v(?P<n>\d+))?$")
-
-
-def next_version_path(current: Path | None, project: Path) -> Path:
-    """The next free ``BASE_vN.pt`` beside ``current`` (or ``PROJECT/checkpoints/model_vN.pt``)."""
-    if current is None:
-        folder, base = Path(project) / "checkpoints", "model"
-    else:
-        folder = current.parent
-        base = _VERSION.match(current.stem).group("base") or "model"
-    taken = [0]
-    if folder.is_dir():
-        for p in folder.glob(f"{base}_v*.pt"):
-            m = _VERSION.match(p.stem)
-            if m and m.group("n") and m.group("base") == base:
-                taken.append(int(m.group("n")))
-    if current is not None:
-        m = _VERSION.match(current.stem)
-        if m and m.group("n"):
-            taken.append(int(m.group("n")))
-    return folder / f"{base}_v{max(taken) + 1}.pt"
 
 
 def folder_images(folder: Path) -> list[TrainItem]:
@@ -273,6 +252,9 @@ class FineTuneWidget(QWidget):
 
     def start(self) -> bool:
         """Start fine-tuning (returns False, with a notification, if it cannot)."""
+        if self.runner.running:
+            show_info("Fine-tune is already running: wait for it or press Stop")
+            return False
         try:
             ckpt = self.state.checkpoint
             if ckpt is None:
@@ -289,8 +271,7 @@ class FineTuneWidget(QWidget):
             if folder is not None and not folder.is_dir():
                 raise InputError(f"unlabelled folder {folder} does not exist")
             config = self.config()
-            out = next_version_path(ckpt.path, self.state.project_dir)
-            out.parent.mkdir(parents=True, exist_ok=True)
+            out = reserve_version(ckpt.path, self.state.project_dir)
         except (SelfloopError, OSError) as e:
             show_error(f"Fine-tune: {error_message(e)}")
             return False
@@ -313,7 +294,7 @@ class FineTuneWidget(QWidget):
                 parent=parent,
             )
 
-        return self.runner.start(
+        started = self.runner.start(
             job,
             on_progress=self._progress,
             on_done=self._done,
@@ -321,6 +302,9 @@ class FineTuneWidget(QWidget):
             message=f"fine-tuning on {len(labelled)} labelled image(s)…",
             interrupt=[model],
         )
+        if not started:
+            release(out)
+        return started
 
     def _progress(self, event: Progress) -> None:
         data = event.data
@@ -343,6 +327,7 @@ class FineTuneWidget(QWidget):
 
     def _end(self, outcome: Outcome) -> None:
         out = self._out
+        release(out)
         if outcome.status == "error" or out is None or not out.exists():
             if outcome.status == "cancelled":
                 self.result_label.setText(

@@ -23,7 +23,9 @@ from ..core.checkpoint import Checkpoint, load_checkpoint, model_card
 from ..core.device import DEVICES, resolve_device
 from ..core.errors import SelfloopError
 from ..core.model import ModelConfig, build_model, count_parameters
+from ..core.pretrain import PRETRAIN_KIND
 from ._autosave import autosave_for
+from ._jigsaw import JigsawPanel
 from ._runner import error_message
 from ._state import get_state
 
@@ -33,9 +35,18 @@ CHECKPOINT_FILTER = "napari-selfloop checkpoints (*.pt *.pth);;All files (*)"
 
 
 def card_text(ckpt: Checkpoint) -> str:
-    """The core's model card, with the training record's best metric written for people."""
+    """The core's model card, with the training record's best metric written for people,
+    and a jigsaw pre-training record called so (it saw images, not masks)."""
     lines = model_card(ckpt).splitlines()
     metrics = ckpt.meta.get("metrics") or {}
+    training = ckpt.meta.get("training") or {}
+    if training.get("kind") == PRETRAIN_KIND:
+        steps = f" ({training['step']} steps)" if training.get("step") is not None else ""
+        renamed = {"trained on": f"jigsaw pre-trained{steps} on", "fine-tuned from": "pre-trained from"}
+        for i, line in enumerate(lines):
+            for old, new in renamed.items():
+                if line.startswith(old):
+                    lines[i] = new + line[len(old):]
     name, value = metrics.get("metric_name"), metrics.get("metric")
     if name and isinstance(value, (int, float)):
         label = {"val_f1": "validation F1", "train_seg_loss": "training segmentation loss"}.get(
@@ -83,6 +94,7 @@ class ModelWidget(QWidget):
         self.card.setStyleSheet(
             "QLabel#selfloop_model_card { padding: 4px; border: 1px solid #555; }"
         )
+        self.jigsaw = JigsawPanel(napari_viewer, self.state, self)
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.load_button)
@@ -98,6 +110,7 @@ class ModelWidget(QWidget):
         layout.addLayout(form)
         layout.addLayout(ens)
         layout.addWidget(self.card)
+        layout.addWidget(self.jigsaw)
         layout.addStretch(1)
 
         self.load_button.clicked.connect(self._browse)
@@ -193,7 +206,7 @@ class ModelWidget(QWidget):
             device = resolved or str(resolve_device(self.state.device))
         except SelfloopError:
             device = self.state.device
-        where = str(ckpt.path) if ckpt.path else "not saved yet (Fine-tune saves it)"
+        where = str(ckpt.path) if ckpt.path else "not saved yet (Fine-tune or jigsaw pre-training saves it)"
         params = count_parameters(ckpt.model) / 1e6
         self.card.setText(
             f"{card_text(ckpt)}\n{params:.2f} M parameters · runs on {device}\nfile: {where}"

@@ -108,9 +108,11 @@ class PseudoLabelWidget(QWidget):
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         autosave_for(napari_viewer)
+        defaults = PseudoLabelConfig()
         self.image_combo = LayerCombo(napari_viewer, is_source_image, none_text="(open an image)")
         self.method_combo = QComboBox()
         self.method_combo.addItems(list(METHODS))
+        self.method_combo.setCurrentText(defaults.method)
         self.method_combo.setToolTip(
             "selfloop: jigsaw-weighted self-loop (the paper's method)\n"
             "selfloop-no-ss: jigsaw maps averaged, no encoder updates\n"
@@ -119,12 +121,12 @@ class PseudoLabelWidget(QWidget):
         )
         self.q_spin = QSpinBox()
         self.q_spin.setRange(1, 50)
-        self.q_spin.setValue(10)
+        self.q_spin.setValue(defaults.q)
         self.q_spin.setToolTip("Jigsaw permutations (self-loop) or dropout passes (MC dropout)")
         self.threshold_spin = QDoubleSpinBox()
         self.threshold_spin.setRange(0.51, 0.99)
         self.threshold_spin.setSingleStep(0.05)
-        self.threshold_spin.setValue(0.8)
+        self.threshold_spin.setValue(defaults.threshold)
         self.threshold_spin.setToolTip(
             "Probability above this is confident foreground, below 1 - this "
             "confident background; the rest is marked uncertain"
@@ -156,6 +158,7 @@ class PseudoLabelWidget(QWidget):
         self.runner.started.connect(lambda: self.run_button.setEnabled(False))
         self.runner.finished.connect(lambda *_: self.run_button.setEnabled(True))
         self._area_changed()
+        self._method_changed(self.method_combo.currentText())
 
     def _area_changed(self, *_: Any) -> None:
         self.shapes_combo.setEnabled(self.area_combo.currentIndex() == 2)
@@ -173,7 +176,7 @@ class PseudoLabelWidget(QWidget):
             q=self.q_spin.value(),
             threshold=round(self.threshold_spin.value(), 4),
             patch_size=GUI_PATCH,
-            batch_size=4 if cuda else 1,
+            batch_size=PseudoLabelConfig.batch_size if cuda else 1,
         )
 
     def box(self, image: Image) -> Box:
