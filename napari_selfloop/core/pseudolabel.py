@@ -61,7 +61,7 @@ WEIGHTINGS = ("loss", "equal")
 #: Uncertainty maps (see :class:`PseudoLabelConfig`).
 UNCERTAINTIES = ("entropy", "spread")
 #: Default step size of the self-loop encoder updates (plain SGD).
-DEFAULT_STEP_LR = 1e-2
+DEFAULT_STEP_LR = 1e-3
 
 
 @dataclass(frozen=True)
