@@ -114,3 +114,100 @@ def test_safe_stem():
     assert safe_stem("H&E nuclei") == "H_E_nuclei"
     assert safe_stem("a/b.tif") == "b"
     assert safe_stem("...") == "image"
+
+
+# -- issue 11: distinct files per image, the manifest checked first, pixel-edge polygons ----
+
+
+def _blob(n: int) -> np.ndarray:
+    """Labels with ``n`` foreground pixels in the first row (tells exports apart)."""
+    lab = np.zeros((8, 12), np.uint8)
+    lab[0, :n] = 1
+    return lab
+
+
+def test_different_images_never_share_files(tmp_path):
+    names = ["img.001", "img.002", "核", "細胞", "tile 1", "tile_1", "Tile_1"]
+    entries = [export_annotation(tmp_path, name, _blob(i + 1)) for i, name in enumerate(names)]
+    masks = [e["mask"] for e in entries]
+    assert len({m.lower() for m in masks}) == len(names)
+    assert masks[0] == "img.001_mask.tif" and masks[1] == "img.002_mask.tif"
+    assert masks[4] == "tile_1_mask.tif"  # the first one keeps the readable name
+    assert masks[2].startswith("image-") and masks[3].startswith("image-")
+    for i, e in enumerate(entries):  # every file still holds its own image's export
+        assert (tifffile.imread(tmp_path / e["mask"]) == 1).sum() == i + 1
+        assert tifffile.imread(tmp_path / e["instances"]).max() == 1
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert [e["name"] for e in manifest["entries"]] == names
+    # Re-exporting an image replaces its own files and entry, under the same name.
+    again = export_annotation(tmp_path, "tile_1", _blob(9))
+    assert again["mask"] == masks[5]
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    assert len(manifest["entries"]) == len(names)
+    assert (tifffile.imread(tmp_path / masks[4]) == 1).sum() == 5  # "tile 1" untouched
+    # Same name, different pixels: another image, so new files; a file of the user's
+    # with the readable name is not overwritten either.
+    first = export_annotation(tmp_path, "scan", _blob(2), image_sha256="aa" * 12)
+    other = export_annotation(tmp_path, "scan", _blob(3), image_sha256="ff" * 12)
+    assert first["mask"] == "scan_mask.tif" and other["mask"] != first["mask"]
+    assert (tifffile.imread(tmp_path / first["mask"]) == 1).sum() == 2
+    (tmp_path / "mine_mask.tif").write_bytes(b"hand-made")
+    assert export_annotation(tmp_path, "mine", _blob(1))["mask"] != "mine_mask.tif"
+    assert (tmp_path / "mine_mask.tif").read_bytes() == b"hand-made"
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"something": "else"}', "not a napari-selfloop export manifest"),
+        ('{"format": "napari-selfloop-export", "entries": {"a": 1}}', "'entries' is a dict"),
+        ('{"format": "napari-selfloop-export", "entries": [1, 2]}', "'entries'"),
+    ],
+)
+def test_a_bad_manifest_is_refused_before_anything_is_written(tmp_path, content, words):
+    (tmp_path / "manifest.json").write_text(content)
+    with pytest.raises(InputError, match=words) as info:
+        export_annotation(tmp_path, "x", _labels())
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json"]
+
+
+def test_exported_mask_is_read_back_as_0_1_255(tmp_path):
+    from napari_selfloop.core.datasets import load_mask
+
+    lab = np.zeros((6, 6), np.uint8)
+    lab[:3] = 255  # uncertain, and no foreground: 0/255 only
+    entry = export_annotation(tmp_path, "empty", lab)
+    assert np.array_equal(load_mask(tmp_path / entry["mask"]), lab)  # not read as binary
+
+
+def _area(rings):
+    from napari_selfloop.core.export import ring_area
+
+    return sum(ring_area(r) for r in rings)
+
+
+def test_polygons_follow_pixel_edges():
+    inst = np.zeros((6, 6), np.uint16)
+    inst[2, 3] = 1
+    (feat,) = mask_to_geojson(inst)["features"]
+    assert feat["geometry"]["coordinates"] == [[[3, 2], [4, 2], [4, 3], [3, 3], [3, 2]]]
+    assert _area(feat["geometry"]["coordinates"]) == 1
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        mask = (rng.random((16, 18)) < 0.55).astype(np.uint8)
+        objects = instance_labels(mask)
+        for f in mask_to_geojson(objects)["features"]:
+            rings = f["geometry"]["coordinates"]
+            assert f["geometry"]["type"] == "Polygon"
+            assert _area(rings) == f["properties"]["measurements"]["Area px"]
+            assert _area(rings[:1]) > 0 and all(_area([r]) < 0 for r in rings[1:])
+            for ring in rings:  # closed, simple (no vertex visited twice)
+                assert ring[0] == ring[-1] and len({tuple(p) for p in ring[:-1]}) == len(ring) - 1
+    # One id in two separate pieces: a MultiPolygon with both.
+    two = np.zeros((5, 5), np.uint16)
+    two[0, 0] = two[3:5, 3:5] = 1
+    geometry = mask_to_geojson(two)["features"][0]["geometry"]
+    assert geometry["type"] == "MultiPolygon" and len(geometry["coordinates"]) == 2
+    assert sum(_area(p) for p in geometry["coordinates"]) == 5

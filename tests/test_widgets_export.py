@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import tifffile
-from gui_support import GUI_MARKS, dock, errors, small_nuclei, wait_run
+from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, small_nuclei, wait_run
 
 from napari_selfloop.widgets._autosave import autosave_for, key_for
 from napari_selfloop.widgets._layers import find_result, put_result
@@ -102,3 +102,71 @@ def test_autosave_timer_saves_on_its_own(make_napari_viewer, project, notes, qtb
     with qtbot.waitSignal(ctl.saved, timeout=5000):
         pass
     assert list((project / "autosave").glob("*.tif"))
+
+
+# -- issue 11 -------------------------------------------------------------------------------
+
+
+def test_gui_with_a_damaged_autosave_docks_and_sets_it_aside(
+    make_napari_viewer, notes, qtbot, tmp_path
+):
+    from napari_selfloop.cli.gui_cmd import setup_viewer
+    from napari_selfloop.core.autosave import AutosaveStore, image_key
+    from napari_selfloop.widgets.assistant import AssistantWidget
+
+    image = small_nuclei(64)[0]
+    path = tmp_path / "img.tif"
+    tifffile.imwrite(path, image)
+    project = tmp_path / "P"
+    store = AutosaveStore(project)
+    rng = np.random.default_rng(0)
+    tif = store.save(image_key(tifffile.imread(path)), rng.integers(0, 2, (64, 64), np.uint8))
+    tif.write_bytes(tif.read_bytes()[:-200])  # a truncated save: zlib.error when decoded
+    viewer = make_napari_viewer()
+    assistant = setup_viewer(viewer, images=[path], project=project, width=TINY_WIDTH)
+    assert isinstance(assistant, AssistantWidget)
+    assert not tif.exists() and tif.with_name(tif.name + ".damaged").exists()
+    assert any("damaged" in str(n.message) for n in notes)
+    assert find_result(viewer, "img", "labels") is None
+    assert not errors(notes)
+
+
+def test_large_images_are_hashed_in_the_background(
+    make_napari_viewer, project, notes, qtbot, tmp_path, monkeypatch
+):
+    from napari_selfloop.core.autosave import AutosaveStore, image_key
+    from napari_selfloop.core.imageio import open_image
+    from napari_selfloop.widgets import _autosave
+
+    monkeypatch.setattr(_autosave, "BACKGROUND_HASH_BYTES", 0)
+    image = small_nuclei(64)[0]
+    tifffile.imwrite(tmp_path / "big.tif", image)
+    lazy = open_image(tmp_path / "big.tif")  # memory-mapped
+    saved = np.zeros((64, 64), np.uint8)
+    saved[3:9, 3:9] = 1
+    AutosaveStore(project).save(image_key(image), saved, name="big")
+    viewer = make_napari_viewer()
+    autosave_for(viewer)
+    layer = viewer.add_image(lazy, name="big")
+    qtbot.waitUntil(lambda: find_result(viewer, "big", "labels") is not None, timeout=10_000)
+    assert np.array_equal(find_result(viewer, "big", "labels").data, saved)
+    assert key_for(layer) == image_key(image)
+    assert not errors(notes)
+
+
+def test_export_of_images_with_similar_names_keeps_both(
+    make_napari_viewer, project, notes, qtbot, tmp_path
+):
+    viewer = make_napari_viewer()
+    a = _corrections(viewer, name="tile 1")
+    b = _corrections(viewer, name="tile_1")
+    b.data[:] = 0
+    w = dock(viewer, ExportWidget)
+    out = tmp_path / "exports"
+    w.folder_edit.setText(str(out))
+    assert w.export([a.name, b.name]) and wait_run(qtbot, w.runner).status == "done"
+    entries = json.loads((out / "manifest.json").read_text())["entries"]
+    assert sorted(e["name"] for e in entries) == ["tile 1", "tile_1"]
+    masks = {e["name"]: tifffile.imread(out / e["mask"]) for e in entries}
+    assert np.array_equal(masks["tile 1"], a.data) and not masks["tile_1"].any()
+    assert not errors(notes)

@@ -143,3 +143,19 @@ def test_all_unlabelled_mask_is_refused(make_napari_viewer, project, notes, qtbo
     assert w.start()
     assert wait_run(qtbot, w.runner).status == "error"
     assert "no pixel" in errors(notes)[-1]
+
+
+def test_a_correction_without_foreground_keeps_255_as_not_labelled(make_napari_viewer, project):
+    """The mask rule of train/evaluate (0/255 only = binary) must not turn a correction's
+    uncertain pixels into foreground: in a correction layer 255 is always uncertain."""
+    from napari_selfloop.core.datasets import check_items
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(small_nuclei(48)[0], name="tile")
+    mask = np.zeros((48, 48), np.uint8)
+    mask[:20] = 255  # every foreground pixel erased; the rest still uncertain
+    put_result(viewer, "tile", "labels", mask, like=image, extra_meta={"done": True})
+    w = dock(viewer, FineTuneWidget)
+    (prepared,) = check_items(w._labelled(), "labelled", need_masks=True)
+    assert np.array_equal(prepared.mask, mask)
+    assert prepared.labelled_pixels == int((mask == 0).sum())

@@ -158,3 +158,71 @@ def test_defaults_come_from_the_core_config(make_napari_viewer, project):
     assert (config.lr, config.step_rule, config.seed, config.rotation, config.grid_shift) == (
         d.lr, d.step_rule, d.seed, d.rotation, d.grid_shift
     )
+
+
+def _infos(notes) -> list[str]:
+    return [str(n.message) for n in notes]
+
+
+def test_a_rerun_keeps_the_pixels_the_user_painted(make_napari_viewer, project, notes, qtbot):
+    """Issue 11 item 2: painted corrections survive a second pseudo-label run, "done" is not
+    cleared silently, and the autosave then holds the painted pixels, not a fresh proposal."""
+    from napari_selfloop.core.autosave import AutosaveStore
+    from napari_selfloop.core.pseudolabel import confidence_mask
+    from napari_selfloop.widgets._autosave import autosave_for, key_for
+
+    viewer, panel = _setup(make_napari_viewer)
+    panel.method_combo.setCurrentText("softmax")
+    panel.threshold_spin.setValue(0.51)
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    labels = find_result(viewer, "tile", "labels")
+    first = np.array(labels.data, copy=True)
+    # The user paints 400 pixels (each to another value than the proposal's) and marks done.
+    yy, xx = np.mgrid[30:50, 40:60]
+    painted = np.where(first[30:50, 40:60] == 1, 0, 1).astype(np.uint8)
+    labels.data_setitem((yy.ravel(), xx.ravel()), painted.ravel())
+    assert np.count_nonzero(labels.data != first) == 400
+    labels.metadata["selfloop"]["done"] = True
+    # The same run again changes nothing: the layer stays done.
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    assert (labels.data[30:50, 40:60] == painted).all() and labels.metadata["selfloop"]["done"]
+    assert any("kept the 400 pixel(s)" in m for m in _infos(notes))
+    # Another proposal (a stricter threshold) goes only where the user has not painted.
+    panel.threshold_spin.setValue(0.99)
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    assert find_result(viewer, "tile", "labels") is labels
+    assert (labels.data[30:50, 40:60] == painted).all()
+    expected = confidence_mask(find_result(viewer, "tile", "probability").data, 0.99)
+    outside = np.ones(labels.data.shape, bool)
+    outside[30:50, 40:60] = False
+    assert (labels.data[outside] == expected[outside]).all()
+    assert (expected != first).any()  # the proposal did change ...
+    assert not labels.metadata["selfloop"]["done"]  # ... so "done" is cleared, and the user told
+    assert any("no longer marked done" in m for m in _infos(notes))
+    # The next autosave writes the painted pixels, not the fresh proposal.
+    assert autosave_for(viewer).save_now(force=True) >= 1
+    saved = AutosaveStore(project).load(key_for(viewer.layers["tile"]))
+    assert (saved.labels[30:50, 40:60] == painted).all()
+    assert not errors(notes)
+
+
+def test_a_rerun_over_unrecorded_corrections_keeps_every_labelled_pixel(
+    make_napari_viewer, project, notes, qtbot
+):
+    """A correction layer with no record of its proposal (restored from autosave, made by
+    hand): every labelled pixel counts as the user's; the proposal fills only the 255s."""
+    viewer, panel = _setup(make_napari_viewer)
+    panel.method_combo.setCurrentText("softmax")
+    panel.threshold_spin.setValue(0.51)
+    mine = np.full((96, 96), 255, np.uint8)
+    mine[10:30, 10:30] = 1
+    mine[60:80, 60:80] = 0
+    viewer.add_labels(mine.copy(), name="restored",
+                      metadata={"selfloop": {"role": "labels", "source": "tile", "done": True}})
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    labels = find_result(viewer, "tile", "labels")
+    assert labels.name == "restored"
+    decided = mine != 255
+    assert (labels.data[decided] == mine[decided]).all()
+    assert any("kept the 800 pixel(s)" in m and "no record" in m for m in _infos(notes))
+    assert not errors(notes)

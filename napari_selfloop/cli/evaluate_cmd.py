@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -10,7 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from ..core.datasets import mask_convention, mask_plane, normalise_mask
 from ..core.errors import InputError
+from ..core.export import MANIFEST, MANIFEST_FORMAT
 from ..core.imageio import open_image, write_json
 from ..core.metrics import aji, instances, object_scores, pixel_counts, scores_from_counts
 from .train_cmd import list_images
@@ -28,12 +31,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Pairs predictions with truth by file stem. Predictions: STEM_prob.tif "
         "(thresholded), STEM_mask.tif from pseudo-label (255 = uncertain counts as background) "
         "or plain 0/1 (or 0/255) masks; a STEM_prob file wins over STEM_mask. Truth: 0/1 masks "
-        "(255 = not labelled, ignored), 0/255 masks, or instance labels (several ids).",
+        "(255 = not labelled, ignored), 0/255 binary masks (255 = foreground, the rule train "
+        "uses), or instance labels (several ids); colour files only when their channels are "
+        "equal. An Export folder (STEM_mask.tif, STEM_instances.tif, manifest.json) is "
+        "usable as truth.",
     )
     p.add_argument("--pred", required=True, type=Path, help="folder of predictions")
     p.add_argument("--truth", required=True, type=Path, help="folder of ground-truth masks or labels")
     p.add_argument("--json", type=Path, help="write per-image and summary scores here")
-    p.add_argument("--threshold", type=float, default=0.5, help="for probability maps (0.5)")
+    p.add_argument("--threshold", type=float, default=0.5,
+                   help="for probability maps, in (0, 1) (0.5)")
     p.add_argument("--objects", action="store_true",
                    help="also object-level F1 (IoU > 0.5) and AJI on connected components")
     p.add_argument("--split", action="store_true",
@@ -54,16 +61,74 @@ def _pred_files(folder: Path) -> dict[str, Path]:
             key, rank = stem[: -len("_mask")], 1
         if key not in chosen or rank < chosen[key][0]:
             chosen[key] = (rank, path)
+    if not chosen:
+        raise InputError(
+            f"--pred folder {folder} holds only uncertainty maps (*_uncertainty.*): evaluate "
+            "reads STEM_prob.tif, STEM_mask.tif or plain masks"
+        )
     return {k: v[1] for k, v in chosen.items()}
+
+
+def _manifest_aliases(folder: Path) -> dict[str, str]:
+    """Image names of a napari-selfloop export folder -> the stems of their mask files."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return {}
+    entries = manifest.get("entries")
+    if not isinstance(entries, list):
+        return {}
+    aliases: dict[str, str] = {}
+    for e in entries:
+        mask = e.get("mask") if isinstance(e, dict) else None
+        if not isinstance(mask, str) or not mask.endswith("_mask.tif"):
+            continue
+        names = {str(e.get("name") or "")}
+        if isinstance(e.get("image"), str):
+            names.add(Path(e["image"]).name)
+        for name in names:
+            for alias in (name, Path(name).stem):
+                if alias:
+                    aliases.setdefault(alias, Path(mask).stem)
+    return aliases
+
+
+def _truth_files(folder: Path, pred_keys: set[str]) -> dict[str, Path]:
+    """Truth files by prediction key: STEM.*, else STEM_mask.*, else STEM_instances.*.
+
+    So a napari-selfloop export folder (STEM_mask.tif, STEM_instances.tif, manifest.json)
+    is usable as truth; its manifest also maps image names to the exported stems.
+    """
+    files = list_images(folder, "--truth")
+    chosen: dict[str, tuple[int, Path]] = {}
+    for stem, path in files.items():
+        key, rank = stem, 0
+        if stem not in pred_keys:
+            if stem.endswith("_mask"):
+                key, rank = stem[: -len("_mask")], 1
+            elif stem.endswith("_instances"):
+                key, rank = stem[: -len("_instances")], 2
+        if key not in chosen or rank < chosen[key][0]:
+            chosen[key] = (rank, path)
+    found = {k: v[1] for k, v in chosen.items()}
+    for alias, mask_stem in _manifest_aliases(folder).items():
+        if alias in pred_keys and alias not in found and mask_stem in files:
+            found[alias] = files[mask_stem]
+    return found
+
+
+def _plane(path: Path, what: str) -> np.ndarray:
+    """A file's pixels as one 2D plane (a colour file only when its channels are equal)."""
+    return mask_plane(np.asarray(open_image(path)), f"{what} {path.name}")
 
 
 def read_prediction(path: Path, threshold: float) -> np.ndarray:
     """A boolean foreground map from a probability map or a mask file."""
-    a = np.asarray(open_image(path))
-    if a.ndim == 3:
-        a = a[..., 0]
+    a = _plane(path, "prediction")
     if a.dtype.kind == "f":
-        return a > threshold
+        return np.clip(a, 0.0, 1.0) > threshold
     if path.stem.endswith("_mask"):
         return a == 1  # pseudo-label masks: 255 = uncertain
     values = np.unique(a)
@@ -73,25 +138,33 @@ def read_prediction(path: Path, threshold: float) -> np.ndarray:
 
 
 def read_truth(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """The truth as a 0/1/255 mask, and instance labels when the file holds them."""
-    a = np.asarray(open_image(path))
-    if a.ndim == 3:
-        a = a[..., 0]
-    values = set(np.unique(a).tolist())
-    if values <= {0, 1}:
-        return a.astype(np.uint8), None
-    if values <= {0, 1, 255} and 1 in values:
-        return a.astype(np.uint8), None
-    if values <= {0, 255}:
-        return (a == 255).astype(np.uint8), None
-    return (a > 0).astype(np.uint8), a.astype(np.int64)
+    """The truth as a 0/1/255 mask, and instance labels when the file holds them.
+
+    Masks are read by the rule ``train`` uses (:func:`~napari_selfloop.core.datasets.normalise_mask`):
+    0/1/255 (255 = not labelled, ignored), 0/255 binary (255 = foreground, with a note),
+    masks written by this plugin always 0/1/255; integer files with other values are
+    instance labels; colour files are refused unless their channels are equal.
+    """
+    name = f"truth {path.name}"
+    a = _plane(path, "truth")
+    if a.dtype.kind in "ui":
+        values = np.unique(a)
+        if values.size and not np.isin(values, (0, 1, 255)).all():
+            if values.min() < 0:
+                raise InputError(f"{name} holds negative values: expected a mask or instance labels")
+            return (a > 0).astype(np.uint8), a.astype(np.int64)
+    return normalise_mask(a, name, convention=mask_convention(path)), None
 
 
 def evaluate_folders(pred: Path, truth: Path, *, threshold: float = 0.5, objects: bool = False,
                      split: bool = False) -> dict[str, Any]:
     """Scores of every prediction with a truth of the same stem, and their summary."""
+    if not 0.0 < threshold < 1.0:
+        raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {threshold:g}")
+    if split and not objects:
+        raise InputError("--split only changes the object scores: pass it with --objects")
     preds = _pred_files(pred)
-    truths = list_images(truth, "--truth")
+    truths = _truth_files(truth, set(preds))
     pairs = sorted(set(preds) & set(truths))
     if not pairs:
         raise InputError(f"no prediction in {pred} has a truth file with the same stem in {truth} "
@@ -99,6 +172,7 @@ def evaluate_folders(pred: Path, truth: Path, *, threshold: float = 0.5, objects
     for stem in sorted(set(truths) - set(preds)):
         log.warning("no prediction for %s", truths[stem].name)
     per_image: dict[str, dict[str, Any]] = {}
+    skipped: list[str] = []
     total = np.zeros(4, dtype=np.int64)
     for stem in pairs:
         p = read_prediction(preds[stem], threshold)
@@ -106,15 +180,24 @@ def evaluate_folders(pred: Path, truth: Path, *, threshold: float = 0.5, objects
         if p.shape != t.shape:
             raise InputError(f"{preds[stem].name} is {p.shape[1]}x{p.shape[0]} but "
                              f"{truths[stem].name} is {t.shape[1]}x{t.shape[0]}")
+        if not np.any(t != 255):
+            skipped.append(truths[stem].name)
+            continue
         counts = pixel_counts(p, t)
         total += counts
-        scores: dict[str, Any] = {"prediction": preds[stem].name, **scores_from_counts(counts)}
+        scores: dict[str, Any] = {"prediction": preds[stem].name, "truth": truths[stem].name,
+                                  **scores_from_counts(counts)}
         if objects:
             true_inst = labels if labels is not None else instances(t == 1)
             pred_inst = instances(p, split=split)
             scores.update(object_scores(true_inst, pred_inst))
             scores["aji"] = aji(true_inst, pred_inst)
         per_image[stem] = scores
+    if not per_image:
+        raise InputError(f"no truth file in {truth} has a labelled pixel (255 = not labelled "
+                         "everywhere; write foreground as 1): nothing to score")
+    for name in skipped:
+        log.warning("skipped %s: no pixel is labelled (255 = not labelled everywhere)", name)
     keys = PIXEL_KEYS + (OBJECT_KEYS if objects else ())
     mean = {k: float(np.mean([s[k] for s in per_image.values()])) for k in keys}
     return {"images": per_image, "mean": mean, "pooled": scores_from_counts(total),

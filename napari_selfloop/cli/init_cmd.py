@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 from ..core.checkpoint import save_checkpoint
 from ..core.errors import InputError
+from ..core.imageio import sweep_stale_temporaries
 from ..core.jigsaw import ROTATIONS
 from ..core.model import JIGSAW_HEADS, ModelConfig, build_model, count_parameters
 
@@ -39,7 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if out.exists() and not args.force:
+    if os.path.lexists(out) and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it")
     try:
         config = ModelConfig(width=args.width, dropout=args.dropout, jigsaw_head=args.jigsaw_head,
@@ -47,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise InputError(str(e)) from None
     model = build_model(config, seed=args.seed)
+    sweep_stale_temporaries(out.parent)
     save_checkpoint(out, model, training={"init_seed": args.seed}, note="initialised by `init`")
     log.info("wrote %s: ResUNet-18, %.2f M parameters, seed %d, jigsaw head %s, rotation %s",
              out, count_parameters(model) / 1e6, args.seed, config.jigsaw_head,

@@ -5,16 +5,17 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 from pathlib import Path
 
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.errors import InputError
-from ..core.imageio import open_image
+from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
 from ..core.model import build_model
 from ..core.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
 from ..core.training import TrainItem
 from .progressbar import drive
-from .train_cmd import list_images
+from .train_cmd import list_images, same_file
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +74,16 @@ def image_items(folders: list[Path], what: str = "--images") -> list[TrainItem]:
     return items
 
 
-def _same_file(a: Path | None, b: Path) -> bool:
-    return a is not None and a.resolve() == b.resolve()
-
-
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if out.exists() and not args.force and not _same_file(args.resume, out):
+    if os.path.lexists(out) and not args.force and not same_file(args.resume, out):
         raise InputError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
     if args.checkpoint is None and args.resume is None:
         raise InputError("pass --checkpoint (the model to pre-train; create one with "
                          "`napari-selfloop init`) or --resume (a run to continue)")
+    for path in (args.checkpoint, args.resume):
+        if path is not None:
+            check_input_file(path, "a checkpoint file")
     config = PretrainConfig(
         iterations=args.iterations, patch_size=args.patch_size, batch_size=args.batch_size,
         lr=args.lr, freeze_encoder=args.freeze_encoder, multiscale=not args.single_scale,
@@ -96,11 +96,13 @@ def run(args: argparse.Namespace) -> int:
         ck = load_checkpoint(args.resume)
         model, parent = build_model(ck.config), ck.meta.get("parent")
     items = image_items(args.images)
+    gen = pretrain_jigsaw(model, items, config, device=args.device, out=out, resume=args.resume,
+                          parent=parent)
+    # Every check is done (pretrain_jigsaw() checks before it returns the generator).
     log.info("jigsaw pre-training on %d image(s): %d steps, head %s, rotation %s%s",
              len(items), config.iterations, model.config.jigsaw_head, model.config.jigsaw_rotation,
              ", encoder frozen" if config.freeze_encoder else "")
-    gen = pretrain_jigsaw(model, items, config, device=args.device, out=out, resume=args.resume,
-                          parent=parent)
+    sweep_stale_temporaries(out.parent)
     result = drive(gen, desc="pretrain", quiet=args.quiet)
     if result.steps == 0 or math.isnan(result.loss):
         print(f"nothing to do: {args.resume} has already run {config.iterations} steps "

@@ -5,19 +5,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..core.checkpoint import load_checkpoint
+from ..core.datasets import SELFLOOP_MASK_TAG
 from ..core.errors import InputError
-from ..core.imageio import TiffRowWriter, check_image, open_image
+from ..core.imageio import (
+    TiffRowWriter,
+    check_image,
+    check_input_file,
+    open_image,
+    sweep_stale_temporaries,
+)
 from ..core.jigsaw import ROTATIONS
 from ..core.pseudolabel import METHODS, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig, pseudo_label
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
 
+#: The mask says it uses the 0/1/255 convention, so `train` never reads it as a 0/255 mask.
+MASK_METADATA = {SELFLOOP_MASK_TAG: "0/1/255"}
 #: Output files per image: suffix -> dtype.
 OUTPUTS = {"prob": np.float32, "uncertainty": np.float32, "mask": np.uint8}
 
@@ -29,7 +39,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="pseudo-label images with self-loop uncertainty or a baseline",
         description="Writes DIR/STEM_prob.tif (float32 in [0, 1]), DIR/STEM_uncertainty.tif "
         "(float32) and DIR/STEM_mask.tif (uint8: 1 confident foreground, 0 confident "
-        "background, 255 uncertain) for every image.",
+        "background, 255 uncertain) for every image. Existing files are not overwritten "
+        "without --force, and an input file is never overwritten.",
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="TIFF, PNG or JPEG")
     p.add_argument("--checkpoint", action="append", required=True, type=Path,
@@ -59,7 +70,55 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing output files (never an input file)")
     p.set_defaults(func=run)
+
+
+def output_paths(images: list[Path], out: Path) -> list[Path]:
+    """The files a run writes: DIR/STEM_prob.tif, DIR/STEM_uncertainty.tif, DIR/STEM_mask.tif."""
+    return [out / f"{path.stem}_{name}.tif" for path in images for name in OUTPUTS]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_outputs(images: list[Path], inputs: list[Path], out: Path, force: bool) -> None:
+    """Refuse, before any work, to write over an input (ever) or an existing file (without force).
+
+    ``inputs`` are every file the run reads (images and checkpoints); an output that is one
+    of them (the same file, through any name or link) is refused even with ``force``.
+    """
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file, not a folder")
+    if not out.is_dir():
+        return
+    read = {}
+    for path in inputs:
+        key = _identity(path)
+        if key is not None:
+            read.setdefault(key, path)
+    existing = []
+    for target in output_paths(images, out):
+        if not os.path.lexists(target):
+            continue
+        key = _identity(target)
+        if key in read:
+            raise InputError(
+                f"{target} would overwrite the input {read[key]}: pseudo-label never writes "
+                "over its own input, even with --force; pick another --out"
+            )
+        if os.path.isdir(target):
+            raise InputError(f"{target} is a folder: remove it or pick another --out")
+        existing.append(target)
+    if existing and not force:
+        more = f" (and {len(existing) - 1} more output file(s))" if len(existing) > 1 else ""
+        raise InputError(f"{existing[0]} exists{more}; pass --force to overwrite")
 
 
 def _prepare_out(out: Path) -> None:
@@ -87,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
         rotation=args.rotation, grid_shift=args.grid_shift, uncertainty=args.uncertainty,
     )
     _unique_stems(args.images)
+    for path in args.images:
+        check_input_file(path)
+    for path in args.checkpoint:
+        check_input_file(path, "a checkpoint file")
+    check_outputs(args.images, [*args.images, *args.checkpoint], args.out, args.force)
     models = [load_checkpoint(p).model for p in args.checkpoint]
     # Check every image before the first long computation starts.
     opened = []
@@ -95,19 +159,26 @@ def run(args: argparse.Namespace) -> int:
         check_image(image)
         opened.append((path, image))
     _prepare_out(args.out)
+    sweep_stale_temporaries(args.out)
     for path, image in opened:
         info = check_image(image)
-        with contextlib.ExitStack() as stack:
-            sinks = {
-                name: stack.enter_context(
-                    TiffRowWriter(args.out / f"{path.stem}_{name}.tif", info.height, info.width, dtype)
+        try:
+            with contextlib.ExitStack() as stack:
+                sinks = {
+                    name: stack.enter_context(
+                        TiffRowWriter(args.out / f"{path.stem}_{name}.tif", info.height, info.width,
+                                      dtype, metadata=MASK_METADATA if name == "mask" else None)
+                    )
+                    for name, dtype in OUTPUTS.items()
+                }
+                result = drive(
+                    pseudo_label(image, models, config, device=args.device, sinks=sinks),
+                    desc=path.name, quiet=args.quiet,
                 )
-                for name, dtype in OUTPUTS.items()
-            }
-            result = drive(
-                pseudo_label(image, models, config, device=args.device, sinks=sinks),
-                desc=path.name, quiet=args.quiet,
-            )
+        except InputError as exc:  # found while reading the pixels (NaN ...): name the file
+            if path.name in str(exc):
+                raise
+            raise InputError(f"{path.name}: {exc}") from exc
         extra = ""
         if result.losses is not None:
             extra = f", mean jigsaw loss {float(np.mean(result.losses)):.3f}"

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 
 from ..core.checkpoint import file_sha256, load_checkpoint
+from ..core.datasets import open_mask
 from ..core.errors import InputError
-from ..core.imageio import open_image
-from ..core.model import ModelConfig, build_model
+from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
+from ..core.model import ModelConfig, build_model, check_seed
 from ..core.pseudolabel import STEP_RULES
 from ..core.training import FRAMEWORKS, TrainConfig, TrainItem, train
 from .progressbar import drive
@@ -71,13 +74,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite an existing --out (not needed to --resume it in place)")
     p.set_defaults(func=run)
 
 
 def list_images(folder: Path, what: str) -> dict[str, Path]:
     """Image files of a folder by stem (refusing two files with the same stem)."""
     if not folder.is_dir():
+        try:
+            folder.stat()
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise InputError(f"{what} folder {folder} is a symbolic link loop (it ends up "
+                                 "pointing to itself): fix or remove the link") from exc
         raise InputError(f"{what} folder {folder} does not exist or is not a folder")
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
@@ -102,18 +112,32 @@ def _pick(names: list[str], images: dict[str, Path], what: str) -> list[str]:
 
 
 def _item(stem: str, path: Path, mask_path: Path | None) -> TrainItem:
-    mask = None
-    if mask_path is not None:
-        m = np.asarray(open_image(mask_path))
-        mask = m[..., 0] if m.ndim == 3 else m
-    return TrainItem(name=path.name, image=open_image(path), mask=mask, sha256=file_sha256(path))
+    """An image and its mask as stored (checked and converted by the shared mask rule)."""
+    mask, convention = (None, "auto") if mask_path is None else open_mask(mask_path)
+    return TrainItem(name=path.name, image=open_image(path), mask=mask, sha256=file_sha256(path),
+                     mask_convention=convention)
+
+
+def same_file(a: Path | None, b: Path) -> bool:
+    """Whether ``a`` (None: no file) and ``b`` name the same file."""
+    if a is None:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.out.exists() and not args.force and args.resume is None:
-        raise InputError(f"{args.out} exists; pass --force to overwrite it")
+    if os.path.lexists(args.out) and not args.force and not same_file(args.resume, args.out):
+        hint = f" (or --resume {args.out} to continue it)" if args.resume is None else ""
+        raise InputError(f"{args.out} exists; pass --force to overwrite it{hint}")
     if args.checkpoint is not None and args.resume is not None:
         raise InputError("pass either --checkpoint (start from a model) or --resume (continue a run)")
+    check_seed(args.seed)
+    for path in (args.checkpoint, args.resume):
+        if path is not None:
+            check_input_file(path, "a checkpoint file")
     images = list_images(args.images, "--images")
     masks: dict[str, Path] = {}
     if args.masks is not None:
@@ -166,10 +190,12 @@ def run(args: argparse.Namespace) -> int:
     val_items = [_item(s, images[s], masks[s]) for s in validation]
     unl_items = [_item(s, images[s], None) for s in unlabelled]
     unl_items += [_item(s, p, None) for s, p in extra.items()]
-    log.info("training %s: %d labelled, %d unlabelled, %d validation image(s), %d iterations",
-             config.framework, len(lab_items), len(unl_items), len(val_items), config.iterations)
     gen = train(model, lab_items, unl_items, config, validation=val_items or None,
                 device=args.device, resume=args.resume, out=args.out, parent=parent)
+    # Every check is done (train() checks before it returns the generator): log, sweep, run.
+    log.info("training %s: %d labelled, %d unlabelled, %d validation image(s), %d iterations",
+             config.framework, len(lab_items), len(unl_items), len(val_items), config.iterations)
+    sweep_stale_temporaries(args.out.parent)
     result = drive(gen, desc=f"train {config.framework}", quiet=args.quiet)
     metric = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
     log.info("best %s %s at step %d; %d steps in %.0f s -> %s", result.metric_name, metric,

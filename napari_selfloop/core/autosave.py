@@ -2,10 +2,12 @@
 
 Corrections are stored in ``PROJECT/autosave/KEY.tif`` (the Labels array, zlib-compressed)
 and ``PROJECT/autosave/KEY.json`` (what it belongs to and when it was saved), where ``KEY``
-is derived from the image's pixels (:func:`image_key`): reopening the same image, whatever
-its file name, finds its corrections again. Both files are written atomically (the TIFF
-first, then the JSON that points at it), so a crash during a save leaves the previous save.
-The plugin saves every 30 seconds while there are unsaved changes.
+is derived from all of the image's pixels (:func:`image_key`): reopening the same image,
+whatever its file name, finds its corrections again, and an image that differs in any
+pixel does not. Both files are written atomically (the TIFF first, then the JSON that
+points at it), so a crash during a save leaves the previous save. A save found damaged
+anyway (a disk error, a copy cut short) is renamed to ``KEY.tif.damaged`` with a warning,
+never fatal. The plugin saves every 30 seconds while there are unsaved changes.
 """
 
 from __future__ import annotations
@@ -14,43 +16,48 @@ import datetime as _dt
 import hashlib
 import json
 import logging
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .errors import InputError
+from .errors import Cancelled, InputError
 from .imageio import write_json, write_tiff
 
 log = logging.getLogger(__name__)
 
-#: Arrays up to this many bytes are hashed whole; larger (or lazy) ones by a sample.
-FULL_HASH_BYTES = 256 * 1024 * 1024
-SAMPLE_WINDOWS = 8
+#: Bytes read per step when hashing a lazy or memory-mapped image.
+HASH_BLOCK_BYTES = 16 * 1024 * 1024
 
 
-def image_key(image: Any) -> str:
-    """A short hex key for an image's pixel content.
+def image_key(image: Any, cancelled: Callable[[], bool] | None = None) -> str:
+    """A short hex key for an image's whole pixel content.
 
-    Numpy arrays up to 256 MB are hashed whole; larger or lazy arrays (dask, zarr,
-    memory-mapped files) by their shape, dtype and an 8x8 grid of 64x64 windows, so that
-    hashing never reads the whole of a huge image.
+    The SHA-256 of the shape, the dtype and every pixel: two images that differ in any
+    pixel get different keys. Lazy and memory-mapped arrays (dask, zarr, ``numpy.memmap``)
+    are read band by band of rows (about 16 MB at a time), never whole, and get the same
+    key as the same pixels in memory. Hashing a large image takes a while (about a second
+    per GB read): the plugin does it in a background thread. ``cancelled``, if given, is
+    polled between bands; when it returns True the hashing stops with
+    :class:`~.errors.Cancelled`.
     """
     h = hashlib.sha256()
     shape = tuple(int(s) for s in image.shape)
     h.update(repr((shape, str(np.dtype(image.dtype)))).encode())
-    if (
-        isinstance(image, np.ndarray)
-        and not isinstance(image, np.memmap)
-        and image.nbytes <= FULL_HASH_BYTES
-    ):
-        h.update(np.ascontiguousarray(image).tobytes())
-    else:
-        height, width = shape[0], shape[1]
-        for y in np.linspace(0, max(0, height - 64), SAMPLE_WINDOWS).astype(int):
-            for x in np.linspace(0, max(0, width - 64), SAMPLE_WINDOWS).astype(int):
-                h.update(np.ascontiguousarray(np.asarray(image[y : y + 64, x : x + 64])).tobytes())
+    if type(image) is np.ndarray:  # in memory: no copy when contiguous
+        h.update(np.ascontiguousarray(image).reshape(-1).view(np.uint8))
+        return h.hexdigest()[:24]
+    height = shape[0] if shape else 0
+    row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(image.dtype).itemsize)
+    rows = max(1, HASH_BLOCK_BYTES // row_bytes)
+    for y in range(0, height, rows):
+        if cancelled is not None and cancelled():
+            raise Cancelled("hashing the image was cancelled")
+        band = np.ascontiguousarray(np.asarray(image[y : y + rows]))
+        h.update(band.reshape(-1).view(np.uint8))
     return h.hexdigest()[:24]
 
 
@@ -75,6 +82,8 @@ class AutosaveStore:
     def __init__(self, project: str | Path) -> None:
         self.project = Path(project)
         self.folder = self.project / "autosave"
+        #: Damaged saves this store renamed out of the way (see :meth:`load`).
+        self.set_aside: list[Path] = []
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         if not key or not all(c in "0123456789abcdef" for c in key):
@@ -106,22 +115,58 @@ class AutosaveStore:
         return tif
 
     def load(self, key: str) -> Restored | None:
-        """The saved corrections for ``key``, or None when there are none (or unreadable)."""
+        """The saved corrections for ``key``, or None when there are none.
+
+        A damaged save (a truncated or corrupt TIFF, a TIFF that is not 2D, JSON that does
+        not parse) is never fatal: its files are renamed to ``KEY.tif.damaged`` /
+        ``KEY.json.damaged`` (kept for inspection, no longer found), a warning is logged and
+        the renamed paths are added to :attr:`set_aside`. When only the JSON record is
+        damaged, the corrections are still restored (without their record).
+        """
         import tifffile
 
         tif, meta_path = self._paths(key)
         if not tif.exists():
             return None
         try:
-            labels = tifffile.imread(tif)
-            meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.exists() else {}
-        except (OSError, ValueError) as e:  # tifffile raises ValueError-derived errors
-            log.warning("ignoring unreadable autosave %s: %s", tif, e)
+            labels = np.asarray(tifffile.imread(tif))
+            problem = None if labels.ndim == 2 else f"it holds shape {labels.shape}, not a 2D mask"
+        except Exception as e:  # tifffile / zlib / imagecodecs raise many types for bad files
+            problem = f"{type(e).__name__}: {e}"
+        if problem is not None:
+            moved = [p for p in (self._set_aside(tif), self._set_aside(meta_path)) if p]
+            log.warning("autosave %s is damaged (%s): set aside as %s", tif, problem,
+                        ", ".join(p.name for p in moved) or "(could not rename it)")
             return None
-        if labels.ndim != 2:
-            log.warning("ignoring autosave %s with shape %s", tif, labels.shape)
-            return None
+        meta: dict[str, Any] = {}
+        if meta_path.exists():
+            try:
+                meta = json.loads(meta_path.read_text(encoding="utf-8"))
+                if not isinstance(meta, dict):
+                    raise ValueError(f"a {type(meta).__name__}, not an object")
+            except (OSError, ValueError) as e:
+                moved_meta = self._set_aside(meta_path)
+                log.warning("autosave record %s is damaged (%s): set aside as %s", meta_path, e,
+                            moved_meta.name if moved_meta else "(could not rename it)")
+                meta = {}
         return Restored(labels=labels, meta=meta)
+
+    def _set_aside(self, path: Path) -> Path | None:
+        """Rename a damaged file to ``NAME.damaged`` (``.damaged-2`` ... if taken)."""
+        if not path.exists():
+            return None
+        for i in range(1, 1000):
+            target = path.with_name(f"{path.name}.damaged" + (f"-{i}" if i > 1 else ""))
+            if target.exists():
+                continue
+            try:
+                os.replace(path, target)
+            except OSError as e:
+                log.warning("could not set aside %s: %s", path, e)
+                return None
+            self.set_aside.append(target)
+            return target
+        return None
 
     def delete(self, key: str) -> None:
         """Forget the corrections for ``key``."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import logging
+import math
 import pickle
 import zipfile
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ FORMAT = "napari-selfloop-checkpoint"
 FORMAT_VERSION = 1
 #: Metadata keys a checkpoint may carry beside the state dict.
 META_KEYS = ("training", "history", "metrics", "parent", "data", "note")
+#: Largest magnitude a stored weight or buffer may have. Trained ResUNet weights and
+#: BatchNorm statistics stay within a few tens; values beyond this overflow float32 (and
+#: far sooner fp16/bf16) activations into all-NaN maps, so such a file is refused.
+MAX_ABS_WEIGHT = 1e6
 
 
 @dataclass
@@ -93,9 +98,24 @@ def save_checkpoint(
     }
     if path.parent and not path.parent.exists():
         raise CheckpointError(f"cannot save checkpoint: folder {path.parent} does not exist")
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    failure = None
+    try:
+        with atomic_path(path) as tmp:
+            torch.save(payload, tmp)
+    except RuntimeError as e:
+        # torch's zip writer reports a full disk (or any failed write) as a RuntimeError,
+        # not an OSError; atomic_path has already removed the partial temporary file.
+        failure = _first_line(e)
+    if failure is not None:
+        # Raised outside the handler, so the failed writer (and its open file, whose space
+        # a full disk needs back) is not kept alive by the traceback.
+        raise CheckpointError(f"cannot save checkpoint {path}: disk full? ({failure})")
     return path
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
 def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
@@ -155,44 +175,248 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path.name} has checkpoint format {version!r}, newer than this napari-selfloop "
             f"({__version__}) reads: upgrade the plugin"
         )
+    if "model_config" not in payload:
+        raise CheckpointError(f"{path.name} has no model config")
     try:
         config = ModelConfig.from_dict(payload["model_config"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path.name} has an invalid model config: {e}") from None
+        raise CheckpointError(f"{path.name} has an invalid model config: {_first_line(e)}") from None
     expected_pool = pool_hash(permutation_pool(config.num_permutations))
     if payload.get("pool_hash") != expected_pool:
         raise CheckpointError(
             f"{path.name} was trained with a different jigsaw permutation pool "
             f"({payload.get('pool_hash')} != {expected_pool}); it cannot be used for self-loop"
         )
-    model = build_model(config)
     state = payload.get("state_dict")
     if not isinstance(state, dict):
         raise CheckpointError(f"{path.name} has no state dict")
-    _check_state(path.name, model, state)
+    # The shapes the config implies are checked against the file's tensors before anything
+    # is allocated, so a small file whose config claims a huge network builds nothing; only
+    # a file that holds every weight is built for real (and checked against it again).
+    _check_state(path.name, state_shapes(config), state)
+    model = build_model(config)
+    _check_state(path.name, {k: (tuple(v.shape), v.is_floating_point()) for k, v in model.state_dict().items()},
+                 state)
     model.load_state_dict(state)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     meta["sha256"] = file_sha256(path)
     return Checkpoint(model=model.eval(), meta=meta, path=path)
 
 
-def _check_state(name: str, model: ResUNet, state: dict[str, Any]) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    extra = [k for k in state if k not in own]
+def state_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], bool]]:
+    """``{key: (shape, is_float)}`` of the state dict of ``ResUNet(config)``, without building it.
+
+    Mirrors :class:`.model.ResUNet` (the tests compare the two for several configs), so a
+    checkpoint's tensors are checked against its config before any memory is allocated.
+    """
+    shapes: dict[str, tuple[tuple[int, ...], bool]] = {}
+
+    def conv(key: str, cout: int, cin: int, k: int) -> None:
+        shapes[f"{key}.weight"] = ((cout, cin, k, k), True)
+
+    def bn(key: str, c: int) -> None:
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            shapes[f"{key}.{name}"] = ((c,), True)
+        shapes[f"{key}.num_batches_tracked"] = ((), False)
+
+    w, cin0 = config.width, config.in_channels
+    conv("encoder.stem.0", w, cin0, 7)
+    bn("encoder.stem.1", w)
+    stages = [(w, w, 1), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 8 * w, 2)]
+    for n, (cin, cout, stride) in enumerate(stages, 1):
+        for b, (bin_, bstride) in enumerate(((cin, stride), (cout, 1))):
+            key = f"encoder.layer{n}.{b}"
+            conv(f"{key}.conv1", cout, bin_, 3)
+            bn(f"{key}.bn1", cout)
+            conv(f"{key}.conv2", cout, cout, 3)
+            bn(f"{key}.bn2", cout)
+            if bstride != 1 or bin_ != cout:
+                conv(f"{key}.downsample.0", cout, bin_, 1)
+                bn(f"{key}.downsample.1", cout)
+    c0, c1, c2, c3, c4 = w, w, 2 * w, 4 * w, 8 * w
+    cin = c4
+    for i, (skip, cout) in enumerate(zip((c3, c2, c1, c0), (c3, c2, c1, c0), strict=True)):
+        conv(f"decoder.blocks.{i}.0.0", cout, cin + skip, 3)
+        bn(f"decoder.blocks.{i}.0.1", cout)
+        conv(f"decoder.blocks.{i}.1.0", cout, cout, 3)
+        bn(f"decoder.blocks.{i}.1.1", cout)
+        cin = cout
+    final = max(c0 // 2, 8)
+    conv("decoder.final_block.0.0", final, cin, 3)
+    bn("decoder.final_block.0.1", final)
+    conv("decoder.final_block.1.0", final, final, 3)
+    bn("decoder.final_block.1.1", final)
+    conv("decoder.head", 1, final, 1)
+    shapes["decoder.head.bias"] = ((1,), True)
+    grid = 3 if config.jigsaw_head == "slots" else 1
+    shapes["jigsaw_head.fc.weight"] = ((config.num_permutations, c4 * grid * grid), True)
+    shapes["jigsaw_head.fc.bias"] = ((config.num_permutations,), True)
+    return shapes
+
+
+def _check_state(name: str, expected: dict[str, tuple[tuple[int, ...], bool]], state: dict[str, Any]) -> None:
+    """Refuse a state dict that does not match ``expected`` (``{key: (shape, is_float)}``)
+    or whose values cannot be those of a working network."""
+    missing = [k for k in expected if k not in state]
+    extra = [k for k in state if k not in expected]
     if missing or extra:
         what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
         raise CheckpointError(
             f"{name} does not match its model config ({len(missing)} missing and "
             f"{len(extra)} unexpected weights, e.g. {what})"
         )
-    for k, v in own.items():
+    for k, (shape, is_float) in expected.items():
         t = state[k]
-        if not isinstance(t, torch.Tensor) or t.shape != v.shape:
-            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
-            raise CheckpointError(f"{name}: weight {k} has shape {shape}, expected {tuple(v.shape)}")
-        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != shape:
+            got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise CheckpointError(f"{name}: weight {k} has shape {got}, expected {shape}")
+        if t.is_floating_point() != is_float or t.is_complex():
+            raise CheckpointError(f"{name}: weight {k} has type {str(t.dtype).replace('torch.', '')}")
+        if not is_float:
+            continue
+        if not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{name}: weight {k} contains NaN or infinite values")
+        if t.numel() and float(t.abs().max()) > MAX_ABS_WEIGHT:
+            raise CheckpointError(
+                f"{name}: weight {k} holds values up to {float(t.abs().max()):.3g} (a trained network "
+                f"stays far below {MAX_ABS_WEIGHT:.0e}); the file is damaged or was tampered with"
+            )
+        if k.endswith("running_var") and bool((t < 0).any()):
+            raise CheckpointError(
+                f"{name}: BatchNorm statistic {k} has a negative variance ({float(t.min()):.3g}); "
+                "the file is damaged or was tampered with"
+            )
+
+
+@dataclass
+class ResumeRecord:
+    """The checked training record of a checkpoint that a run resumes from."""
+
+    training: dict[str, Any]
+    step: int
+    optimizer: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    metrics: dict[str, Any]
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def resume_record(ckpt: Checkpoint, param_shapes: list[tuple[int, ...]], *, iterations: int | None = None,
+                  kind: str | None = None) -> ResumeRecord:
+    """Check the training record of ``ckpt`` before a run resumes from it.
+
+    ``param_shapes`` are the shapes of the parameters of the resuming run's (one-group)
+    optimiser, in order; the stored optimiser state must match them. With ``iterations``,
+    a record whose step is beyond it is refused (there is nothing to continue); with
+    ``kind``, a record of another ``training["kind"]`` is refused.
+
+    The history is cut to the steps up to the record's step: a checkpoint holds the best
+    weights, so the steps after them are run again, not appended twice.
+
+    Raises
+    ------
+    CheckpointError
+        One line naming the malformed part (a step that is not a whole number, a training
+        record that is not a mapping, an optimiser state of other parameters or with
+        non-finite moments, a metric that is not a number, a history that is not a list).
+    """
+    name = ckpt.path.name if ckpt.path else "the checkpoint"
+    meta = ckpt.meta
+    training = meta.get("training")
+    if training is None:
+        training = {}
+    if not isinstance(training, dict):
+        raise CheckpointError(f"{name}: its training record is a {type(training).__name__}, not a mapping; "
+                              "it cannot be resumed")
+    if kind is not None and training.get("kind") != kind:
+        raise CheckpointError(f"{name} was not written by jigsaw pre-training; resume it with the command that made it")
+    step = training.get("step")
+    if step is None:
+        step = 0
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"{name}: its training record has step {step!r}, not a whole number >= 0; "
+                              "it cannot be resumed")
+    if iterations is not None and step > iterations:
+        raise CheckpointError(f"{name} is at step {step}, beyond the {iterations} iterations asked: "
+                              f"raise the iterations above {step} to continue it")
+    optimizer = training.get("optimizer") or None
+    if optimizer is not None:
+        _check_optimizer_state(name, optimizer, param_shapes)
+    history = meta.get("history")
+    if history is None:
+        history = []
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise CheckpointError(f"{name}: its history is not a list of records; it cannot be resumed")
+    history = [h for h in history if not (_is_number(h.get("step")) and h["step"] > step)]
+    metrics = meta.get("metrics")
+    if metrics is None:
+        metrics = {}
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{name}: its metrics are a {type(metrics).__name__}, not a mapping")
+    metric = metrics.get("metric")
+    if metric is not None and not _is_number(metric):
+        raise CheckpointError(f"{name}: its metrics record metric {metric!r}, not a number")
+    if metrics.get("metric_name") is not None and not isinstance(metrics["metric_name"], str):
+        raise CheckpointError(f"{name}: its metrics record metric name {metrics['metric_name']!r}, not a name")
+    return ResumeRecord(training=training, step=step, optimizer=optimizer, history=history, metrics=metrics)
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load a checked optimiser state (:func:`resume_record`); whatever torch still refuses
+    becomes one line."""
+    try:
+        optimizer.load_state_dict(state)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
+        raise CheckpointError(f"the resumed checkpoint's optimiser state cannot be used ({_first_line(e)})") from None
+
+
+def _check_optimizer_state(name: str, optim: Any, shapes: list[tuple[int, ...]]) -> None:
+    """Refuse an Adam state dict that does not fit parameters of ``shapes`` or would give NaN."""
+    bad = f"{name}: its optimiser state"
+    if not isinstance(optim, dict) or not isinstance(optim.get("state"), dict) \
+            or not isinstance(optim.get("param_groups"), list):
+        raise CheckpointError(f"{bad} is malformed (expected the state and parameter groups of an optimiser)")
+    groups = optim["param_groups"]
+    if len(groups) != 1 or not isinstance(groups[0], dict) or not isinstance(groups[0].get("params"), list):
+        raise CheckpointError(f"{bad} has {len(groups)} malformed parameter group(s), expected one")
+    group = groups[0]
+    ids = group["params"]
+    if len(ids) != len(shapes) or len(set(map(repr, ids))) != len(ids) \
+            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise CheckpointError(
+            f"{bad} is for {len(ids)} parameters, this run trains {len(shapes)} "
+            "(was it written with other settings, e.g. a frozen encoder?)"
+        )
+    for key in ("lr", "eps", "weight_decay"):
+        v = group.get(key)
+        if not _is_number(v) or not math.isfinite(v) or v < 0 or (key == "eps" and v <= 0):
+            raise CheckpointError(f"{bad} has {key} {v!r}")
+    betas = group.get("betas")
+    if not isinstance(betas, list | tuple) or len(betas) != 2 \
+            or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+        raise CheckpointError(f"{bad} has betas {betas!r}")
+    for key in ("amsgrad", "maximize", "capturable", "differentiable", "fused"):
+        if group.get(key) not in (None, False):
+            raise CheckpointError(f"{bad} has {key} {group.get(key)!r}; this run uses plain Adam")
+    where = {pid: shape for pid, shape in zip(ids, shapes, strict=True)}
+    for pid, entry in optim["state"].items():
+        if pid not in where or not isinstance(entry, dict):
+            raise CheckpointError(f"{bad} has an entry for unknown parameter {pid!r}")
+        for key, v in entry.items():
+            if key == "step":
+                value = float(v) if isinstance(v, torch.Tensor) and v.numel() == 1 else v
+                if not _is_number(value) or not math.isfinite(value) or value < 0:
+                    raise CheckpointError(f"{bad} has step {v!r} for parameter {pid}")
+                continue
+            if key not in ("exp_avg", "exp_avg_sq"):
+                raise CheckpointError(f"{bad} has an unknown entry {key!r} for parameter {pid}")
+            if not isinstance(v, torch.Tensor) or tuple(v.shape) != where[pid] or not v.is_floating_point():
+                got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
+                raise CheckpointError(f"{bad}: {key} of parameter {pid} has shape {got}, expected {where[pid]}")
+            if not bool(torch.isfinite(v).all()) or (key == "exp_avg_sq" and bool((v < 0).any())):
+                raise CheckpointError(f"{bad}: {key} of parameter {pid} holds NaN, infinite or negative values")
 
 
 def model_card(ckpt: Checkpoint) -> str:

@@ -1,7 +1,10 @@
 """Training images, their checks at the door, and random augmented patches.
 
 A :class:`TrainItem` is one image with an optional mask (uint8: 0 background, 1
-foreground, 255 not labelled). :func:`check_items` refuses what training cannot use with a
+foreground, 255 not labelled). :func:`normalise_mask` is the one rule by which ``train``,
+the Fine-tune panel and ``evaluate`` read a mask: 0/1/255 as above, a mask of only 0 and 255
+as binary (255 = foreground, with a note), colour masks refused unless their channels are
+equal. :func:`check_items` refuses what training cannot use with a
 one-line :class:`~.errors.InputError`; :class:`PatchSampler` draws random square patches
 (read lazily from the image, reflected past its border) with flips, 90-degree rotations
 and mild HED / brightness jitter.
@@ -10,14 +13,16 @@ and mild HED / brightness jitter.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import InputError
-from .imageio import check_image, read_region_padded
+from .imageio import check_image, open_image, read_region_padded
 from .losses import IGNORE
 
 log = logging.getLogger(__name__)
@@ -40,12 +45,17 @@ class TrainItem:
     sha256
         Fingerprint of the source file, recorded in checkpoints; computed from the pixels
         of an in-memory numpy image when not given.
+    mask_convention
+        ``auto`` (a mask of only 0 and 255 is binary, 255 = foreground) or ``selfloop`` (255
+        is always "not labelled": the plugin's own corrections and exports); see
+        :func:`normalise_mask` and :func:`open_mask`.
     """
 
     name: str
     image: Any
     mask: np.ndarray | None = None
     sha256: str | None = None
+    mask_convention: str = "auto"
 
 
 @dataclass
@@ -70,29 +80,140 @@ def _pixels_sha256(image: Any) -> str | None:
     return h.hexdigest()
 
 
-def check_mask(mask: Any, height: int, width: int, name: str) -> np.ndarray:
-    """A mask as uint8 ``(H, W)`` with values in {0, 1, 255}, or a one-line InputError."""
+#: How masks are read, said in every refusal.
+MASK_CONVENTION = (
+    "masks are one channel with 0 (background), 1 (foreground) and 255 (not labelled); "
+    "a mask of only 0 and 255 is read as binary (255 = foreground)"
+)
+#: ``convention`` values of :func:`normalise_mask`: ``auto`` reads a mask holding only 0
+#: and 255 as binary; ``selfloop`` is for masks known to follow the 0/1/255 convention
+#: (this plugin's own correction layers and exports), where 255 always means not labelled.
+MASK_CONVENTIONS = ("auto", "selfloop")
+#: Key of the TIFF metadata that marks a mask written by this plugin (0/1/255).
+SELFLOOP_MASK_TAG = "napari_selfloop_mask"
+
+
+def mask_plane(mask: Any, name: str) -> np.ndarray:
+    """One 2D plane of a mask array, or a one-line InputError.
+
+    ``(H, W, 1)`` is squeezed. A colour ``(H, W, 3)`` / ``(H, W, 4)`` mask is read only when
+    its red, green and blue channels are equal everywhere (a gray mask saved as RGB; an
+    alpha channel must then be constant): anything else is refused, since which colour means
+    what cannot be guessed.
+    """
     m = np.asarray(mask)
     if m.ndim == 3 and m.shape[-1] == 1:
         m = m[..., 0]
-    if m.shape != (height, width):
-        raise InputError(
-            f"{name}: the mask has shape {m.shape} but the image is {height}x{width}: "
-            "masks must have the image's height and width"
-        )
+    if m.ndim == 3 and m.shape[-1] in (3, 4):
+        rgb = m[..., :3]
+        same = np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])
+        alpha = m[..., 3] if m.shape[-1] == 4 else None
+        constant_alpha = alpha is None or alpha.size == 0 or bool((alpha == alpha.flat[0]).all())
+        if not (same and constant_alpha):
+            raise InputError(
+                f"{name}: the mask is a colour ({'RGBA' if m.shape[-1] == 4 else 'RGB'}) image; "
+                f"{MASK_CONVENTION}: save it as a one-channel (grayscale) image"
+            )
+        m = m[..., 0]
+    if m.ndim != 2:
+        raise InputError(f"{name}: the mask has shape {m.shape}; {MASK_CONVENTION}")
+    return m
+
+
+def normalise_mask(mask: Any, name: str, *, convention: str = "auto") -> np.ndarray:
+    """A mask as uint8 ``(H, W)`` with values in {0, 1, 255}: the one rule for every reader.
+
+    Used by ``train`` (:func:`check_mask`), the Fine-tune panel and ``evaluate``:
+
+    - bool masks: True is foreground (1);
+    - colour masks: see :func:`mask_plane` (refused unless the channels are equal);
+    - values 0, 1 and 255: 1 foreground, 255 not labelled (the plugin's convention);
+    - values 0 and 255 only, no 1 (the common binary format, 1-bit PNGs read as 0/255):
+      binary, 255 is foreground, with a logged note -- unless ``convention`` is
+      ``selfloop`` (a mask known to be this plugin's, where 255 is always "not labelled");
+    - 255 everywhere (no 0, so not a binary mask): nothing labelled, with a logged note;
+    - any other value: refused with one line.
+    """
+    if convention not in MASK_CONVENTIONS:
+        raise ValueError(f"convention must be one of {MASK_CONVENTIONS}, got {convention!r}")
+    m = mask_plane(mask, name)
     if m.dtype == bool:
         return m.astype(np.uint8)
     if m.dtype.kind not in "uif":
-        raise InputError(f"{name}: the mask has pixel type {m.dtype}; expected uint8 0/1/255")
+        raise InputError(f"{name}: the mask has pixel type {m.dtype}; {MASK_CONVENTION}")
     values = np.unique(m)
     bad = values[~np.isin(values, (0, 1, IGNORE))]
     if bad.size:
         shown = ", ".join(f"{v:g}" for v in bad[:5].tolist())
         raise InputError(
             f"{name}: the mask has values {shown}{' ...' if bad.size > 5 else ''}; expected 0 "
-            "(background), 1 (foreground) and 255 (not labelled) only"
+            "(background), 1 (foreground) and 255 (not labelled) only, or 0/255 binary"
         )
+    present = set(values.tolist())
+    if convention == "auto" and present == {IGNORE}:
+        log.info("%s: the mask is 255 everywhere: read as not labelled (0/1/255); if 255 "
+                 "means foreground here, write foreground as 1", name)
+    elif convention == "auto" and IGNORE in present and 1 not in present:
+        log.info("%s: the mask holds only 0 and 255: read as binary (255 = foreground); "
+                 "to mark pixels as not labelled, use 1 for foreground and 255 for those", name)
+        return (m == IGNORE).astype(np.uint8)
     return m.astype(np.uint8)
+
+
+def mask_convention(path: str | Path) -> str:
+    """``selfloop`` for a mask file this plugin wrote (0/1/255 certain), else ``auto``.
+
+    A mask is the plugin's when its TIFF metadata carries :data:`SELFLOOP_MASK_TAG` (masks
+    written by Export) or when a napari-selfloop export ``manifest.json`` beside it lists it.
+    """
+    path = Path(path)
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            meta = tif.shaped_metadata
+        if meta and isinstance(meta[0], dict) and meta[0].get(SELFLOOP_MASK_TAG):
+            return "selfloop"
+    except Exception:  # not a TIFF (or not readable here): open_image will say so
+        pass
+    try:
+        manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
+        entries = manifest.get("entries") if isinstance(manifest, dict) else None
+        if (manifest.get("format") == "napari-selfloop-export" and isinstance(entries, list)
+                and any(isinstance(e, dict) and e.get("mask") == path.name for e in entries)):
+            return "selfloop"
+    except (OSError, ValueError, AttributeError):
+        pass
+    return "auto"
+
+
+def open_mask(path: str | Path) -> tuple[Any, str]:
+    """A mask file's pixels as stored (all channels) and its convention (see :func:`mask_convention`).
+
+    Pass both on, e.g. ``TrainItem(..., mask=pixels, mask_convention=convention)``; the
+    pixels are checked and converted once, by :func:`normalise_mask`.
+    """
+    return np.asarray(open_image(path)), mask_convention(path)
+
+
+def load_mask(path: str | Path) -> np.ndarray:
+    """A mask file as uint8 0/1/255 by :func:`normalise_mask` (one-line InputError if not)."""
+    pixels, convention = open_mask(path)
+    return normalise_mask(pixels, Path(path).name, convention=convention)
+
+
+def check_mask(mask: Any, height: int, width: int, name: str, *, convention: str = "auto") -> np.ndarray:
+    """A mask as uint8 ``(H, W)`` with values in {0, 1, 255}, or a one-line InputError.
+
+    The values are read by :func:`normalise_mask` (a 0/255 mask is binary under ``auto``).
+    """
+    m = normalise_mask(mask, name, convention=convention)
+    if m.shape != (height, width):
+        raise InputError(
+            f"{name}: the mask has shape {m.shape} but the image is {height}x{width}: "
+            "masks must have the image's height and width"
+        )
+    return m
 
 
 def check_items(items: list[TrainItem] | None, role: str, *, need_masks: bool) -> list[PreparedItem]:
@@ -111,7 +232,8 @@ def check_items(items: list[TrainItem] | None, role: str, *, need_masks: bool) -
             if item.mask is None:
                 raise InputError(f"{name} is in the {role} set but has no mask: label it or "
                                  "pass it as unlabelled")
-            mask = check_mask(item.mask, info.height, info.width, name)
+            mask = check_mask(item.mask, info.height, info.width, name,
+                              convention=item.mask_convention)
         sha = item.sha256 or _pixels_sha256(item.image)
         labelled = int(np.count_nonzero(mask != IGNORE)) if mask is not None else 0
         prepared.append(PreparedItem(name, item.image, info.height, info.width, mask, sha, labelled))

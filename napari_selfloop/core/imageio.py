@@ -22,7 +22,10 @@ Writing
     :func:`atomic_path`, :func:`write_tiff` and :func:`write_json` write to a temporary file in
     the target's directory, fsync it and ``os.replace`` it onto the target, so a crash or a
     full disk never leaves a partial file where a good one was. :class:`TiffRowWriter` writes
-    a large single-channel TIFF band by band without holding it in memory.
+    a large single-channel TIFF band by band without holding it in memory. A temporary file is
+    named ``.NAME.tmp-XXXXXXXX`` and, where the platform has ``flock``, stays locked while it
+    is written; :func:`sweep_stale_temporaries` removes the ones a killed run left behind
+    (unlocked, ours, and older than an hour), never one that a concurrent run is writing.
 """
 
 from __future__ import annotations
@@ -32,8 +35,11 @@ import errno
 import json
 import logging
 import os
+import re
+import stat
 import tempfile
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,9 +57,12 @@ __all__ = [
     "TiffRowWriter",
     "atomic_path",
     "check_image",
+    "check_input_file",
     "open_image",
     "read_region",
     "read_region_padded",
+    "source_name",
+    "sweep_stale_temporaries",
     "write_json",
     "write_tiff",
 ]
@@ -169,6 +178,139 @@ def _describe(path: Path) -> str:
     return path.name or str(path)
 
 
+_FILE_KINDS = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _not_regular(mode: int, path: Path, what: str) -> InputError | None:
+    """The complaint about a file of ``mode`` that is not a regular file (None when it is)."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return InputError(f"{path} is a folder, not {what}: pick a file inside it")
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    return InputError(
+        f"{path} is {kind}, not {what}: save the data to a regular file and pass that"
+    )
+
+
+def _stat_problem(path: Path, exc: OSError) -> InputError:
+    """A one-line complaint about a path whose ``os.stat`` failed."""
+    code = exc.errno
+    if code == errno.ELOOP:
+        return InputError(f"{path} is a symbolic link loop (it ends up pointing to itself): "
+                          "fix or remove the link")
+    if code == errno.ENOENT:
+        with contextlib.suppress(OSError):
+            if os.path.islink(path):
+                return InputError(f"{path} is a broken symbolic link (to {os.readlink(path)}, "
+                                  "which does not exist): fix or remove the link")
+        return InputError(f"{path} does not exist: check the file name and folder")
+    if code == errno.ENOTDIR:
+        return InputError(f"{path} does not exist (a folder in the path is a file): check "
+                          "the path")
+    return InputError(f"could not read {path}: {exc.strerror or exc}")
+
+
+def check_input_file(path: str | os.PathLike[str], what: str = "an image file") -> Path:
+    """Refuse at once a path that is not an existing regular file, in one line naming it.
+
+    ``os.stat`` is asked before anything opens the file, so a named pipe (FIFO), a socket or
+    a device is refused instead of hanging a reader, a symbolic link loop is called one (not
+    "does not exist"), and a broken link names its target.
+
+    Parameters
+    ----------
+    path
+        The file to check.
+    what
+        What the file should be, for the message ("an image file", "a checkpoint file").
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        When the path is missing, a broken link or a link loop, a folder, or not a regular
+        file, or cannot be looked at (permissions).
+    """
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise _stat_problem(path, exc) from exc
+    problem = _not_regular(mode, path, what)
+    if problem is not None:
+        raise problem
+    return path
+
+
+def _read_head(path: Path, size: int) -> bytes:
+    """The first ``size`` bytes of a regular file, never blocking on a FIFO or a device.
+
+    The file is opened without blocking and checked with ``fstat`` on the open descriptor,
+    so it cannot be swapped for a pipe between the check and the read.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            raise _stat_problem(path, exc) from exc
+        raise InputError(f"could not read {path}: {exc.strerror or exc}") from exc
+    try:
+        problem = _not_regular(os.fstat(fd).st_mode, path, "an image file")
+        if problem is not None:
+            raise problem
+        return os.read(fd, size)
+    except OSError as exc:
+        raise InputError(f"could not read {path}: {exc.strerror or exc}") from exc
+    finally:
+        os.close(fd)
+
+
+_sources: dict[int, tuple[weakref.ref[Any], str]] = {}
+_sources_lock = threading.Lock()
+
+
+def _forget_source(key: int, ref: weakref.ref[Any]) -> None:
+    with _sources_lock:
+        entry = _sources.get(key)
+        if entry is not None and entry[0] is ref:
+            del _sources[key]
+
+
+def _remember_source(image: Any, name: str) -> None:
+    """Note which file ``image`` was opened from, for error messages (see :func:`source_name`)."""
+    key = id(image)
+    try:
+        ref = weakref.ref(image, lambda r, key=key: _forget_source(key, r))
+    except TypeError:  # an array type without weak references: messages just do not name it
+        return
+    with _sources_lock:
+        _sources[key] = (ref, name)
+
+
+def source_name(arr: Any) -> str | None:
+    """The file name an array returned by :func:`open_image` was read from, or None.
+
+    Also knows the file of any ``numpy.memmap`` (its ``filename``).
+    """
+    with _sources_lock:
+        entry = _sources.get(id(arr))
+    if entry is not None and entry[0]() is arr:
+        return entry[1]
+    filename = getattr(arr, "filename", None) if isinstance(arr, np.memmap) else None
+    return Path(filename).name if filename else None
+
+
 def open_image(path: str | os.PathLike[str]) -> Any:
     """Open a PNG, JPEG or TIFF file as a 2D image, lazily where the format allows.
 
@@ -189,21 +331,17 @@ def open_image(path: str | os.PathLike[str]) -> Any:
     Raises
     ------
     InputError
-        When the file is missing, is not a PNG/JPEG/TIFF, is corrupt or truncated, holds
-        several planes, is channel-first, has more than 4 channels or an unsupported pixel
-        type. The message names the file and says what to do.
+        When the file is missing (or a broken link, or a link loop), is not a regular file (a
+        folder, a named pipe, a device: refused at once, never read), is not a PNG/JPEG/TIFF,
+        is corrupt or truncated, holds several planes, is channel-first, has more than 4
+        channels or an unsupported pixel type. The message names the file and says what to
+        do. Later errors about the pixels (NaN values, float values outside [0, 1]) raised
+        by :func:`read_region` name the file too.
     """
     path = Path(path)
     name = _describe(path)
-    if not path.exists():
-        raise InputError(f"{path} does not exist: check the file name and folder")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder, not an image file: pick a file inside it")
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError as exc:
-        raise InputError(f"could not read {path}: {exc.strerror or exc}") from exc
+    check_input_file(path)
+    head = _read_head(path, 16)
     if not head:
         raise InputError(f"{name} is empty (0 bytes): the file was not saved completely")
     try:
@@ -221,6 +359,7 @@ def open_image(path: str | os.PathLike[str]) -> Any:
         raise InputError(
             f"{name} {message}" if message.startswith("is ") else f"{name}: {message}"
         ) from exc
+    _remember_source(image, name)
     return image
 
 
@@ -316,9 +455,15 @@ def _open_tiff(path: Path) -> Any:
         image = zarr.open(store, mode="r")
         image[(0,) * image.ndim]  # decode one tile now: unsupported codecs fail here
     except Exception as exc:
+        if "imagecodecs" in str(exc):
+            raise InputError(
+                f"is {compression}-compressed, which needs the imagecodecs package to decode: "
+                "install it (pip install imagecodecs), or re-save the image uncompressed or "
+                "with zlib (deflate) compression"
+            ) from exc
         raise InputError(
-            f"could not decode its pixels (compression {compression}: {exc}): "
-            "re-save it uncompressed or with zlib/LZW"
+            f"could not decode its pixels (compression {compression}: {exc}): re-save it "
+            "uncompressed or with zlib (deflate) compression"
         ) from exc
     return image
 
@@ -368,7 +513,13 @@ def _read_window(arr: Any, info: ImageInfo, ys: slice, xs: slice) -> np.ndarray:
             f"could not read pixels [{ys.start}:{ys.stop}, {xs.start}:{xs.stop}] of the "
             f"image ({type(exc).__name__}: {exc}): the file may be corrupt"
         ) from exc
-    out = _to_float(window)
+    try:
+        out = _to_float(window)
+    except InputError as exc:
+        name = source_name(arr)
+        if name is None:
+            raise
+        raise InputError(f"{name}: {exc}") from exc
     if out.ndim == 2:
         out = np.repeat(out[:, :, None], 3, axis=2)
     return np.ascontiguousarray(out)
@@ -501,13 +652,107 @@ def _write_error(path: Path, exc: OSError) -> OSError:
     return OSError(code, f"could not write {path}: {reason}")
 
 
+#: Our temporary files: ``.NAME.tmp-`` and the 8 characters ``tempfile.mkstemp`` draws.
+TEMP_NAME = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}$")
+#: Temporaries of ours older than this (seconds) are left-overs of a killed run.
+STALE_TEMP_AGE = 3600.0
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks, the age alone decides
+    fcntl = None  # type: ignore[assignment]
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive advisory lock on ``fd`` without waiting; False when it is held."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:  # a file system without flock: the age alone decides
+        return True
+    return True
+
+
 def _new_temp(path: Path) -> Path:
+    tmp, fd = _new_locked_temp(path)
+    if fd is not None:
+        os.close(fd)
+    return tmp
+
+
+def _new_locked_temp(path: Path) -> tuple[Path, int | None]:
+    """Create ``.NAME.tmp-XXXXXXXX`` next to ``path``; return it and an open, locked fd.
+
+    The lock (``flock``, held as long as the descriptor is open) tells
+    :func:`sweep_stale_temporaries` in any process that the file is being written. Without
+    ``flock`` (Windows, where an open file cannot be renamed either) the file is closed at
+    once and the descriptor is None.
+    """
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     except OSError as exc:
         raise _write_error(path, exc) from exc
-    os.close(fd)
-    return Path(tmp)
+    if fcntl is None:
+        os.close(fd)
+        return Path(tmp), None
+    _lock(fd)
+    return Path(tmp), fd
+
+
+def sweep_stale_temporaries(
+    folder: str | os.PathLike[str], min_age: float = STALE_TEMP_AGE
+) -> list[Path]:
+    """Remove temporary files a killed run of ours left in ``folder``; return those removed.
+
+    Only regular files (not links) named like ours (``.NAME.tmp-XXXXXXXX``, see
+    :func:`atomic_path`), owned by this user, not modified for ``min_age`` seconds and not
+    locked by a writer (a run still writing holds a lock on its temporaries) are removed, so
+    a concurrent run's files are never touched. Anything that cannot be looked at or removed
+    is left as it is; this never raises.
+
+    Parameters
+    ----------
+    folder
+        The folder to sweep (not its sub-folders).
+    min_age
+        Seconds since the last modification after which a temporary counts as stale.
+    """
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    for name in names:
+        if not TEMP_NAME.match(name):
+            continue
+        path = Path(folder) / name
+        try:
+            st = os.lstat(path)
+            if (not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age
+                    or (uid is not None and st.st_uid != uid)):
+                continue
+            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            fd = os.open(path, flags)
+        except OSError:
+            continue
+        try:
+            same = os.fstat(fd).st_ino == st.st_ino
+            if same and _lock(fd):
+                os.unlink(path)
+                removed.append(path)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    if removed:
+        logger.info("removed %d stale temporary file(s) left by an interrupted run in %s",
+                    len(removed), folder)
+    return removed
 
 
 def _install(tmp: Path, path: Path) -> None:
@@ -548,7 +793,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         message names ``path``. Other exceptions from the block propagate unchanged.
     """
     path = Path(path)
-    tmp = _new_temp(path)
+    tmp, fd = _new_locked_temp(path)
     try:
         yield tmp
         _install(tmp, path)
@@ -559,6 +804,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         _remove_quietly(tmp)
         raise
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 def _remove_quietly(path: Path) -> None:
@@ -645,10 +894,14 @@ class TiffRowWriter:
         Image size in pixels.
     dtype
         Pixel type, e.g. ``np.float32`` or ``np.uint8``.
+    metadata
+        Plain values stored in the TIFF's description (tifffile's shaped metadata), e.g.
+        ``{datasets.SELFLOOP_MASK_TAG: "0/1/255"}`` on a mask.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], height: int, width: int, dtype: npt.DTypeLike
+        self, path: str | os.PathLike[str], height: int, width: int, dtype: npt.DTypeLike,
+        metadata: dict[str, Any] | None = None,
     ) -> None:
         import tifffile
 
@@ -661,8 +914,8 @@ class TiffRowWriter:
             raise InputError(f"TiffRowWriter cannot write pixel type {self.dtype.name}")
         self._row_bytes = self.width * self.dtype.itemsize
         nbytes = self.height * self._row_bytes
-        self._tmp = _new_temp(self.path)
-        self._fd: list[int] = []
+        self._tmp, fd = _new_locked_temp(self.path)
+        self._fd: list[int] = [] if fd is None else [fd]  # open (locked) until commit or abort
         self._finalizer = weakref.finalize(self, _cleanup_writer, self._fd, self._tmp)
         self._written = np.zeros(self.height, dtype=bool)
         try:
@@ -674,6 +927,7 @@ class TiffRowWriter:
                 byteorder="<",
                 photometric="minisblack",
                 bigtiff=nbytes > 2**32 - 2**25,
+                metadata=metadata or {},
                 returnoffset=True,
             )
             if result is None:
@@ -683,7 +937,8 @@ class TiffRowWriter:
                 raise OSError(
                     errno.EIO, f"tifffile laid out {bytecount} bytes of pixels, expected {nbytes}"
                 )
-            self._fd.append(os.open(self._tmp, os.O_RDWR))
+            if not self._fd:
+                self._fd.append(os.open(self._tmp, os.O_RDWR))
         except OSError as exc:
             error = _write_error(self.path, exc)
             self._finalizer()

@@ -7,19 +7,82 @@ the puzzle pool was applied (the self-supervised task of the self-loop method).
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import InputError
 from .jigsaw import ROTATIONS
 
 #: Sides of the network input must be multiples of this (the encoder's total stride).
 STRIDE = 32
 #: Jigsaw heads: see :class:`ModelConfig`.
 JIGSAW_HEADS = ("slots", "gap")
+#: Sane bounds of :class:`ModelConfig` fields (the pool limits are those of
+#: :func:`.jigsaw.permutation_pool`; 256 channels is a network 16 times the real ResUNet-18).
+WIDTH_RANGE = (4, 256)
+POOL_RANGE = (2, 1000)
+IN_CHANNELS_RANGE = (1, 16)
+#: Seeds are integers in ``[0, 2**32)`` (so that every seed derived from one fits torch's
+#: and numpy's generators).
+SEED_LIMIT = 2**32
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+
+
+def config_type_problems(config: Any) -> list[str]:
+    """Check (and normalise) the plain fields of a frozen config dataclass by annotation.
+
+    ``int`` fields must hold integers (not floats such as 8.0, not booleans), ``float``
+    fields finite real numbers, ``bool`` fields booleans and ``str`` fields strings (each
+    optionally None where the annotation says so). numpy scalars are turned into Python
+    ones, so configs stay plain types in checkpoints. Returns one message per bad field;
+    other annotations are left to the config's own checks.
+    """
+    problems = []
+    for f in fields(config):
+        kind = str(f.type).replace(" ", "")
+        optional = kind.endswith("|None")
+        kind = kind.removesuffix("|None")
+        v = getattr(config, f.name)
+        if v is None and optional:
+            continue
+        name = f.name.replace("_", " ")
+        if kind == "int":
+            if not _is_int(v):
+                problems.append(f"{name} must be an integer, got {v!r}")
+            else:
+                object.__setattr__(config, f.name, int(v))
+        elif kind == "float":
+            if not _is_real(v) or not math.isfinite(float(v)):
+                problems.append(f"{name} must be a finite number, got {v!r}")
+            else:
+                object.__setattr__(config, f.name, float(v))
+        elif kind == "bool":
+            if not isinstance(v, bool | np.bool_):
+                problems.append(f"{name} must be true or false, got {v!r}")
+            else:
+                object.__setattr__(config, f.name, bool(v))
+        elif kind == "str" and not isinstance(v, str):
+            problems.append(f"{name} must be a string, got {v!r}")
+    return problems
+
+
+def check_seed(seed: Any, what: str = "seed") -> None:
+    """Refuse a seed that is not an integer in ``[0, 2**32)`` (one-line :class:`InputError`)."""
+    if not _is_int(seed) or not 0 <= int(seed) < SEED_LIMIT:
+        raise InputError(f"{what} must be an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}")
 
 
 @dataclass(frozen=True)
@@ -59,18 +122,30 @@ class ModelConfig:
     jigsaw_rotation: str = "none"
 
     def __post_init__(self) -> None:
+        # Types first (a checkpoint's config is untrusted input): 8.0, "8" or True are not
+        # widths, and the ranges below keep the network a sane size before anything is built.
+        problems = config_type_problems(self)
+        if problems:
+            raise InputError("invalid model config: " + "; ".join(problems))
+        for name, (lo, hi) in (("in_channels", IN_CHANNELS_RANGE), ("width", WIDTH_RANGE),
+                               ("num_permutations", POOL_RANGE)):
+            v = getattr(self, name)
+            if not lo <= v <= hi:
+                raise InputError(f"{name.replace('_', ' ')} must be between {lo} and {hi}, got {v}")
         if self.jigsaw_head not in JIGSAW_HEADS:
-            raise ValueError(f"jigsaw head must be one of {', '.join(JIGSAW_HEADS)}, got {self.jigsaw_head!r}")
+            raise InputError(f"jigsaw head must be one of {', '.join(JIGSAW_HEADS)}, got {self.jigsaw_head!r}")
         if self.jigsaw_rotation not in ROTATIONS:
-            raise ValueError(f"jigsaw rotation must be one of {', '.join(ROTATIONS)}, got {self.jigsaw_rotation!r}")
-        if self.in_channels < 1 or self.width < 4 or self.num_permutations < 2:
-            raise ValueError(f"invalid model config: {self}")
+            raise InputError(f"jigsaw rotation must be one of {', '.join(ROTATIONS)}, got {self.jigsaw_rotation!r}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        if len(self.norm_mean) != self.in_channels or len(self.norm_std) != self.in_channels:
-            raise ValueError("norm_mean and norm_std need one value per input channel")
+            raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("norm_mean", "norm_std"):
+            v = getattr(self, name)
+            if (not isinstance(v, tuple | list) or len(v) != self.in_channels
+                    or not all(_is_real(x) and math.isfinite(float(x)) for x in v)):
+                raise InputError(f"{name} needs {self.in_channels} finite numbers (one per input channel), got {v!r}")
+            object.__setattr__(self, name, tuple(float(x) for x in v))
         if min(self.norm_std) <= 0:
-            raise ValueError("norm_std values must be positive")
+            raise InputError(f"norm_std values must be positive, got {self.norm_std}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so a checkpoint loads with ``weights_only=True``."""
@@ -81,17 +156,19 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        if not isinstance(d, dict):
+            raise InputError(f"the model config must be a mapping of fields, got a {type(d).__name__}")
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown model config keys: {sorted(unknown)}")
+            raise InputError(f"unknown model config keys: {sorted(map(str, unknown))}")
         kw = dict(d)
         # Checkpoints from before the head and rotation choices used the paper's reading.
         kw.setdefault("jigsaw_head", "gap")
         kw.setdefault("jigsaw_rotation", "random")
         for key in ("norm_mean", "norm_std"):
-            if key in kw:
-                kw[key] = tuple(float(v) for v in kw[key])
+            if isinstance(kw.get(key), list):
+                kw[key] = tuple(kw[key])
         return cls(**kw)
 
 
@@ -252,6 +329,8 @@ def pad_to_stride(x: torch.Tensor, stride: int = STRIDE) -> torch.Tensor:
 
 def build_model(config: ModelConfig | None = None, seed: int | None = None) -> ResUNet:
     """A freshly initialised ResUNet-18 (deterministic when ``seed`` is given)."""
+    if seed is not None:
+        check_seed(seed)
     if seed is None:
         return ResUNet(config)
     with torch.random.fork_rng(devices=[]):

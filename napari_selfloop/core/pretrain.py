@@ -24,13 +24,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, load_optimizer_state, resume_record, save_checkpoint
 from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_items
 from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import CheckpointError, InputError
 from .imageio import read_region_padded
 from .jigsaw import permutation_pool, sample_puzzles
-from .model import ResUNet, pad_to_stride
+from .model import ResUNet, check_seed, config_type_problems, pad_to_stride
 from .progress import Progress
 from .pseudolabel import PATCH_MULTIPLE
 
@@ -101,6 +101,10 @@ class PretrainConfig:
     save_every: int = 250
 
     def __post_init__(self) -> None:
+        problems = config_type_problems(self)
+        if problems:  # the range checks below need the right types
+            raise InputError("; ".join(problems))
+        check_seed(self.seed)
         problems = [p for p in (_check_patch("patch size", self.patch_size),) if p]
         if self.iterations < 1 or self.batch_size < 1 or self.window < 1 or self.save_every < 1:
             problems.append("iterations, batch size, window and save_every must be at least 1")
@@ -195,13 +199,18 @@ def pretrain_jigsaw(
         ck = load_checkpoint(resume)
         if ck.config != model.config:
             raise CheckpointError(f"{Path(resume).name} holds a different model than the one given")
-        training = ck.meta.get("training") or {}
-        if training.get("kind") != PRETRAIN_KIND:
-            raise CheckpointError(f"{Path(resume).name} was not written by jigsaw pre-training; "
-                                  "resume it with the command that made it")
-        resumed = (ck.model.state_dict(), training, list(ck.meta.get("history") or []))
+        shapes = [tuple(p.shape) for p in _trained_params(model, cfg)]
+        record = resume_record(ck, shapes, iterations=cfg.iterations, kind=PRETRAIN_KIND)
+        training = {**record.training, "step": record.step, "optimizer": record.optimizer}
+        resumed = (ck.model.state_dict(), training, record.history)
     dev = resolve_device(device)
     return pretrain_prepared(model, items, cfg, dev, out=out, resumed=resumed, parent=parent)
+
+
+def _trained_params(model: ResUNet, cfg: PretrainConfig) -> list[torch.nn.Parameter]:
+    """What pre-training optimises, in the optimiser's order: encoder (unless frozen), head."""
+    params = list(model.jigsaw_head.parameters())
+    return params if cfg.freeze_encoder else list(model.encoder.parameters()) + params
 
 
 def pretrain_prepared(
@@ -214,17 +223,14 @@ def pretrain_prepared(
     dtype = resolve_precision(cfg.precision, dev)
     fmt = memory_format(cfg.channels_last, dev, model.config.width)
     model.to(device=dev, memory_format=fmt)
-    params = list(model.jigsaw_head.parameters())
-    if not cfg.freeze_encoder:
-        params = list(model.encoder.parameters()) + params
-    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(_trained_params(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, history = 0, []
     if resumed is not None:
         state, training, history = resumed
         model.load_state_dict(state)
         start = int(training.get("step") or 0)
         if training.get("optimizer"):
-            optimizer.load_state_dict(training["optimizer"])
+            load_optimizer_state(optimizer, training["optimizer"])
     pool = permutation_pool(model.config.num_permutations)
     chance = math.log(len(pool))
     rng = np.random.default_rng([cfg.seed, start, 7])

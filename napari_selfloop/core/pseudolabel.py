@@ -42,10 +42,17 @@ import torch
 import torch.nn.functional as F
 
 from .device import autocast, memory_format, resolve_device, resolve_precision
-from .errors import InputError
+from .errors import InputError, SelfloopError
 from .imageio import check_image
 from .jigsaw import ROTATIONS, Puzzles, permutation_pool, sample_puzzles
-from .model import ResUNet, pad_to_stride, set_mc_dropout
+from .model import (
+    POOL_RANGE,
+    ResUNet,
+    check_seed,
+    config_type_problems,
+    pad_to_stride,
+    set_mc_dropout,
+)
 from .progress import Progress
 from .tiling import run_to_completion, tiled_apply
 
@@ -62,6 +69,8 @@ WEIGHTINGS = ("loss", "equal")
 UNCERTAINTIES = ("entropy", "spread")
 #: Default step size of the self-loop encoder updates (plain SGD).
 DEFAULT_STEP_LR = 1e-3
+#: Most permutations (or passes) per patch: the largest jigsaw pool.
+MAX_Q = POOL_RANGE[1]
 
 
 @dataclass(frozen=True)
@@ -122,10 +131,14 @@ class PseudoLabelConfig:
     uncertainty: str = "entropy"
 
     def __post_init__(self) -> None:
+        problems = config_type_problems(self)
+        if problems:
+            raise InputError("; ".join(problems))
+        check_seed(self.seed)
         if self.method not in METHODS:
             raise InputError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
-        if self.q < 1:
-            raise InputError(f"Q must be at least 1, got {self.q}")
+        if not 1 <= self.q <= MAX_Q:
+            raise InputError(f"Q must be between 1 and {MAX_Q}, got {self.q}")
         if not 0.5 < self.threshold < 1.0:
             raise InputError(f"threshold must be between 0.5 and 1, got {self.threshold}")
         if self.patch_size < PATCH_MULTIPLE or self.patch_size % PATCH_MULTIPLE:
@@ -135,8 +148,8 @@ class PseudoLabelConfig:
                 f"overlap must be at least 0 and less than half the patch size "
                 f"({self.patch_size // 2}), got {self.overlap}"
             )
-        if self.batch_size < 1 or self.lr <= 0:
-            raise InputError("batch size must be at least 1 and lr positive")
+        if self.batch_size < 1 or not self.lr > 0:
+            raise InputError(f"batch size must be at least 1 and lr positive, got {self.batch_size} and {self.lr}")
         if self.step_rule not in STEP_RULES:
             raise InputError(f"unknown step rule {self.step_rule!r}: choose one of {', '.join(STEP_RULES)}")
         if self.uncertainty not in UNCERTAINTIES:
@@ -398,6 +411,9 @@ def pseudo_label(
     dev = resolve_device(device)
     dtype = resolve_precision(cfg.precision, dev)
     pool = permutation_pool(models[0].config.num_permutations)
+    if cfg.method in ("selfloop", "selfloop-no-ss") and cfg.q > len(pool):
+        raise InputError(f"Q ({cfg.q}) exceeds the model's jigsaw pool of {len(pool)} permutations: "
+                         f"choose Q of at most {len(pool)}")
     # An image smaller than a patch gets the smallest patch that covers it.
     patch = min(cfg.patch_size, PATCH_MULTIPLE * math.ceil(max(info.height, info.width) / PATCH_MULTIPLE))
     overlap = cfg.patch_size // 6 if cfg.overlap is None else cfg.overlap
@@ -415,6 +431,8 @@ def pseudo_label(
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), autocast(dev, dtype):
             torch.manual_seed(cfg.seed * 100003 + batch_no)
             out = _run_method(models, x, cfg, rng, pool, dev, dtype)
+        if not bool(torch.isfinite(out.prob).all()):
+            raise _nan_error(models, x, cfg, dtype, batch_no)
         batch_no += 1
         if out.losses is not None:
             records["losses"].append(out.losses.cpu().numpy())
@@ -437,6 +455,8 @@ def pseudo_label(
         for m, flag in zip(models, was_training, strict=True):
             m.train(flag)
     prob = outputs["prob"]
+    if prob is not None:
+        np.clip(prob, 0.0, 1.0, out=prob)  # blending rounding reached 1.0000001
     result = PseudoLabelResult(
         probability=prob,
         uncertainty=outputs["uncertainty"],
@@ -450,6 +470,33 @@ def pseudo_label(
         result.weights = np.concatenate(records["weights"])
         result.classes = np.concatenate(records["classes"])
     return result
+
+
+@torch.no_grad()
+def _nan_error(models: list[ResUNet], x: torch.Tensor, cfg: PseudoLabelConfig, dtype: torch.dtype,
+               batch_no: int) -> SelfloopError:
+    """A one-line error naming why patch batch ``batch_no`` gave NaN or infinite probabilities.
+
+    One plain forward pass of each model tells the causes apart: a model that overflows
+    even in float32 (damaged weights), one that overflows only at the run's lower precision,
+    or self-loop encoder steps that diverged from a finite start.
+    """
+    where = f"the {cfg.method} probabilities of patch batch {batch_no + 1} are NaN or infinite"
+    for m in models:
+        plain = torch.sigmoid(m(x.float()).float())
+        if not bool(torch.isfinite(plain).all()):
+            return SelfloopError(f"{where}: the model itself gives NaN or infinite output (its weights or "
+                                 "normalisation are damaged); load another checkpoint")
+    if dtype != torch.float32:
+        with autocast(x.device, dtype):
+            low = [torch.sigmoid(m(x).float()) for m in models]
+        if not all(bool(torch.isfinite(p).all()) for p in low):
+            return InputError(f"{where}: the model overflows in {str(dtype).replace('torch.', '')}; "
+                              "use precision fp32")
+    if cfg.method == "selfloop":
+        return InputError(f"{where}: the self-loop encoder steps diverged (lr {cfg.lr:g}, rule "
+                          f"{cfg.step_rule}); use a smaller lr")
+    return SelfloopError(f"{where}; try precision fp32 or another checkpoint")
 
 
 def _run_method(
@@ -477,5 +524,6 @@ class _MaskingSink:
         self.prob_sink, self.mask_sink, self.threshold = prob_sink, mask_sink, threshold
 
     def write_rows(self, y0: int, block: np.ndarray) -> None:
+        block = np.clip(block, 0.0, 1.0)  # blending rounding reached 1.0000001
         self.prob_sink.write_rows(y0, block)
         self.mask_sink.write_rows(y0, confidence_mask(block, self.threshold))

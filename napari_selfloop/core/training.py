@@ -40,18 +40,25 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    ResumeRecord,
+    load_checkpoint,
+    load_optimizer_state,
+    resume_record,
+    save_checkpoint,
+)
 from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_items
 from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import CheckpointError, InputError
 from .jigsaw import Puzzles, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
-from .model import ResUNet
-from .pretrain import PretrainConfig, pretrain_prepared
+from .model import ResUNet, check_seed, config_type_problems
+from .pretrain import PRETRAIN_KIND, PretrainConfig, pretrain_prepared
 from .progress import Progress, relay
 from .pseudolabel import (
     DEFAULT_STEP_LR,
+    MAX_Q,
     PATCH_MULTIPLE,
     STEP_RULES,
     PseudoLabelConfig,
@@ -168,7 +175,10 @@ class TrainConfig:
     save_optimizer: bool = True
 
     def __post_init__(self) -> None:
-        problems = []
+        problems = config_type_problems(self)
+        if problems:  # the range checks below need the right types
+            raise InputError("; ".join(problems))
+        check_seed(self.seed)
         if self.framework not in FRAMEWORKS:
             problems.append(f"unknown framework {self.framework!r}: choose one of {', '.join(FRAMEWORKS)}")
         if self.iterations < 1:
@@ -179,14 +189,16 @@ class TrainConfig:
                 problems.append(f"{name.replace('_', ' ')} must be a multiple of 96 (96, 192, 288 ...), got {v}")
         if self.batch_size < 1 or (self.unlabeled_batch_size is not None and self.unlabeled_batch_size < 1):
             problems.append("batch sizes must be at least 1")
-        if self.q < 1 or self.mc_passes < 1:
-            problems.append(f"Q and the MC dropout passes must be at least 1, got {self.q} and {self.mc_passes}")
+        if not 1 <= self.q <= MAX_Q or not 1 <= self.mc_passes <= MAX_Q:
+            problems.append(f"Q and the MC dropout passes must be between 1 and {MAX_Q}, "
+                            f"got {self.q} and {self.mc_passes}")
         if not 0.5 < self.threshold < 1.0:
             problems.append(f"threshold must be between 0.5 and 1, got {self.threshold}")
         if self.confidence not in CONFIDENCE_MODES:
             problems.append(f"confidence must be one of {', '.join(CONFIDENCE_MODES)}, got {self.confidence!r}")
         if not self.lr > 0 or not self.ss_lr > 0 or self.weight_decay < 0:
-            problems.append("learning rates must be positive and weight decay not negative")
+            problems.append(f"learning rates must be positive and weight decay not negative, got lr {self.lr}, "
+                            f"ss_lr {self.ss_lr}, weight decay {self.weight_decay}")
         if self.ss_step_rule not in STEP_RULES:
             problems.append(f"ss_step_rule must be one of {', '.join(STEP_RULES)}, got {self.ss_step_rule!r}")
         if self.jigsaw_warmup < 0 or self.jigsaw_batch_size < 1:
@@ -416,7 +428,12 @@ def train(
         if ck.config != model.config:
             raise CheckpointError(f"{Path(resume).name} holds a different model ({ck.config}) "
                                   f"than the one given ({model.config})")
-        resumed = {"state": ck.model.state_dict(), "meta": ck.meta}
+        training = ck.meta.get("training")
+        if isinstance(training, dict) and training.get("kind") == PRETRAIN_KIND:
+            raise CheckpointError(f"{Path(resume).name} was written by jigsaw pre-training, not by training: "
+                                  "start from it (--checkpoint), do not resume it")
+        record = resume_record(ck, [tuple(p.shape) for p in model.parameters()], iterations=cfg.iterations)
+        resumed = {"state": ck.model.state_dict(), "record": record, "parent": ck.meta.get("parent")}
     dev = resolve_device(device)
     return _train_loop(model, lab, unl, val, cfg, dev, resumed, out, parent)
 
@@ -439,19 +456,23 @@ def _train_loop(
     best: dict[str, Any] = {"step": None, "metric": None, "state": None, "metrics": {}}
     if resumed is not None:
         model.load_state_dict(resumed["state"])
-        meta = resumed["meta"]
-        training = meta.get("training") or {}
-        start_step = int(training.get("step") or 0)
-        if training.get("optimizer"):
-            optimizer.load_state_dict(training["optimizer"])
+        record: ResumeRecord = resumed["record"]
+        start_step = record.step
+        if record.optimizer:
+            load_optimizer_state(optimizer, record.optimizer)
         else:
             log.warning("the resumed checkpoint has no optimiser state; starting a fresh optimiser")
-        history = list(meta.get("history") or [])
-        parent = parent or meta.get("parent")
-        old = meta.get("metrics") or {}
+        history = list(record.history)  # cut to the record's step: no step is recorded twice
+        parent = parent or resumed["parent"]
+        old = record.metrics
         jigsaw_metrics = {k: v for k, v in old.items() if k.startswith("jigsaw_")}
-        if old.get("metric_name") == metric_name and old.get("metric") is not None:
-            best.update(step=start_step, metric=float(old["metric"]), state=_snapshot(model), metrics=old)
+        if old.get("metric_name") == metric_name and old.get("metric") is not None \
+                and math.isfinite(float(old["metric"])):
+            # The optimiser state goes with the best weights, so a run that finds nothing
+            # better still writes it (and can be resumed again).
+            optim = _cpu_copy(record.optimizer) if out is not None and cfg.save_optimizer else None
+            best.update(step=start_step, metric=float(old["metric"]), state=_snapshot(model), metrics=old,
+                        optim=optim)
     initial = _snapshot(model)
     torch.manual_seed(cfg.seed * 1000003 + start_step)
     rng = np.random.default_rng([cfg.seed, start_step])

@@ -4,20 +4,25 @@ One :class:`AutosaveController` per viewer (see :func:`autosave_for`). Every
 ``INTERVAL_MS`` it saves each correction Labels layer whose content changed since its last
 save to ``PROJECT/autosave/`` (via :class:`napari_selfloop.core.autosave.AutosaveStore`,
 atomically), so a crash loses at most that interval of work. When an image layer is added
-whose pixels match saved corrections, they come back as its correction layer.
+whose pixels match saved corrections, they come back as its correction layer. The match is
+on a hash of every pixel; for large images it is computed in a background thread. A damaged
+save is set aside with a warning; restoring never stops an image from opening or a panel
+from docking.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import logging
+import threading
 import weakref
 import zlib
 from typing import Any
 
 import numpy as np
 from napari.layers import Image, Layer
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
 from ..core.autosave import AutosaveStore, image_key
@@ -40,13 +45,70 @@ log = logging.getLogger(__name__)
 INTERVAL_MS = 30_000
 
 
-def key_for(image: Image) -> str:
-    """The content key of an image layer (cached in its metadata)."""
+#: Images of more bytes than this are hashed in a background thread when opened.
+BACKGROUND_HASH_BYTES = 64 * 1024 * 1024
+
+
+class _KeyJob:
+    """The content key of one image layer, being computed in a background thread."""
+
+    def __init__(self, image: Image, data: Any, on_done: Any) -> None:
+        self.layer = weakref.ref(image)
+        self.layer_id = id(image)
+        self.done = threading.Event()
+        self.key: str | None = None
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self._on_done = on_done
+        self.thread = threading.Thread(
+            target=self._run, args=(data,), name="selfloop-image-key", daemon=True
+        )
+
+    def _run(self, data: Any) -> None:
+        try:
+            self.key = image_key(data, cancelled=lambda: self.cancelled)
+        except BaseException as e:  # reported to whoever waits for the key
+            self.error = e
+        finally:
+            self.done.set()
+            self._on_done(self)
+
+    def result(self) -> str:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.key is not None
+        return self.key
+
+
+_jobs: dict[int, _KeyJob] = {}
+_jobs_lock = threading.Lock()
+
+
+def _job_of(image: Image) -> _KeyJob | None:
+    with _jobs_lock:
+        job = _jobs.get(id(image))
+    return job if job is not None and job.layer() is image else None
+
+
+def _cached_key(image: Image) -> str | None:
     meta = image.metadata.setdefault("selfloop_image", {})
     key = meta.get("key")
+    return key if isinstance(key, str) else None
+
+
+def key_for(image: Image) -> str:
+    """The content key of an image layer (cached in its metadata).
+
+    The key covers every pixel (:func:`~napari_selfloop.core.autosave.image_key`). If it is
+    being computed in the background (large images, see :meth:`AutosaveController.restore`),
+    this waits for that instead of reading the image a second time.
+    """
+    key = _cached_key(image)
     if key is None:
-        key = image_key(image_data(image))
-        meta["key"] = key
+        job = _job_of(image)
+        key = job.result() if job is not None else image_key(image_data(image))
+        image.metadata["selfloop_image"]["key"] = key
     return key
 
 
@@ -58,6 +120,7 @@ class AutosaveController(QObject):
     """Saves changed correction layers on a timer and restores them for reopened images."""
 
     saved = Signal(int)  # number of layers written
+    _key_ready = Signal(object)  # a _KeyJob finished (emitted from its thread)
 
     def __init__(self, viewer: Any, state: SelfloopState, interval_ms: int = INTERVAL_MS) -> None:
         super().__init__()
@@ -71,7 +134,9 @@ class AutosaveController(QObject):
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self.save_now)
         self.timer.start()
+        self._key_ready.connect(self._key_done)  # queued: runs in the main thread
         viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self._on_removed)
         state.project_changed.connect(self._project_changed)
         for layer in list(viewer.layers):  # images opened before the first panel
             if is_source_image(layer):
@@ -142,16 +207,79 @@ class AutosaveController(QObject):
             self.restore(layer)
 
     def restore(self, image: Image) -> Layer | None:
-        """Bring back saved corrections for ``image`` if there are any; returns the layer."""
+        """Bring back saved corrections for ``image`` if there are any; returns the layer.
+
+        Never raises: a damaged save is set aside with a warning (see
+        :meth:`AutosaveStore.load`), anything else unexpected is reported as a warning, so
+        opening an image or docking a panel never fails because of an autosave. The key of
+        an image larger than :data:`BACKGROUND_HASH_BYTES` that is not yet known is computed
+        in a background thread; its corrections come back when that finishes (None now).
+        """
         viewer = self._viewer()
         if viewer is None or not self.enabled:
             return None
         try:
             data = image_data(image)
-            key = key_for(image)
         except SelfloopError:
             return None  # not an image we work on (a stack ...); the panels will say so
-        restored = self.store.load(key)
+        try:
+            key = _cached_key(image)
+            if key is None:
+                if _image_bytes(data) > BACKGROUND_HASH_BYTES:
+                    self._hash_in_background(image, data)
+                    return None
+                key = key_for(image)
+            return self._restore_key(viewer, image, data, key)
+        except Exception as e:  # an autosave must never break opening an image
+            log.warning("could not restore corrections for %s", image.name, exc_info=True)
+            show_warning(f"Could not restore autosaved corrections for '{image.name}': "
+                         f"{error_message(e)}")
+            return None
+
+    def _hash_in_background(self, image: Image, data: Any) -> None:
+        if _job_of(image) is not None:
+            return
+        ref = weakref.ref(self)
+
+        def finished(job: _KeyJob) -> None:  # in the job's thread: hand over to the main one
+            me = ref()
+            if me is not None:
+                with contextlib.suppress(RuntimeError):  # deleted with its viewer
+                    me._key_ready.emit(job)
+
+        job = _KeyJob(image, data, finished)
+        with _jobs_lock:
+            _jobs[id(image)] = job
+        job.thread.start()
+
+    def _on_removed(self, event: Any) -> None:
+        job = _job_of(getattr(event, "value", None))
+        if job is not None:
+            job.cancelled = True  # stop reading an image that is gone
+
+    def _key_done(self, job: _KeyJob) -> None:
+        with _jobs_lock:
+            if _jobs.get(job.layer_id) is job:
+                del _jobs[job.layer_id]
+        image = job.layer()
+        if image is None or job.key is None:
+            if job.error is not None and not isinstance(job.error, SelfloopError):
+                log.warning("could not hash an image for autosave: %s", job.error)
+            return
+        image.metadata.setdefault("selfloop_image", {}).setdefault("key", job.key)
+        viewer = self._viewer()
+        if viewer is not None and image in viewer.layers:
+            self.restore(image)
+
+    def _restore_key(self, viewer: Any, image: Image, data: Any, key: str) -> Layer | None:
+        store = self.store
+        restored = store.load(key)
+        if store.set_aside:
+            show_warning(
+                f"The autosaved corrections for '{image.name}' were damaged and could not be "
+                f"restored (fully); set aside as {', '.join(p.name for p in store.set_aside)} "
+                f"in {store.folder}"
+            )
         if restored is None:
             return None
         if restored.labels.shape != tuple(data.shape[:2]):
@@ -177,6 +305,15 @@ class AutosaveController(QObject):
             f"Restored corrections for '{image.name}' (autosaved {restored.meta.get('saved', '?')})"
         )
         return layer
+
+
+def _image_bytes(data: Any) -> int:
+    try:
+        return int(np.prod([int(s) for s in data.shape], dtype=np.int64)) * np.dtype(
+            data.dtype
+        ).itemsize
+    except (TypeError, ValueError):
+        return 0
 
 
 def autosave_for(viewer: Any) -> AutosaveController:

@@ -7,11 +7,19 @@ instead of piling up new layers.
 
 The correction Labels layer holds 0 = background, 1 = foreground (any other painted label
 counts as foreground too) and 255 = uncertain, the core's mask convention.
+
+A pseudo-label run over a correction layer never discards what the user painted
+(:func:`propose_labels`): the layer's metadata keeps the last proposal written into it
+(``"proposal"``) and the pixels known to be the user's (``"painted"``), so the pixels that
+differ from the last proposal are the user's and keep their value; the new proposal only
+goes where the user has not painted. A layer without that record (restored from autosave,
+made by hand) counts every labelled pixel (not 255) as the user's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -212,6 +220,112 @@ def put_result(
         if role == "uncertainty":
             layer.contrast_limits = (0.0, _display_top(new))
     return layer
+
+
+#: Metadata keys of a correction layer: the last proposal written into it (an array of the
+#: layer's shape) and the pixels known to be the user's (a boolean array, or None).
+PROPOSAL, PAINTED = "proposal", "painted"
+
+
+def user_painted(layer: Layer) -> tuple[np.ndarray, bool]:
+    """The pixels of a correction layer that the user painted, and whether that is known.
+
+    With a recorded last proposal they are the pixels whose value differs from it (plus
+    those recorded as painted before); without one (``False``), every pixel that is not
+    255 (uncertain) counts as the user's, so nothing of theirs is ever overwritten.
+    """
+    data = np.asarray(layer.data)
+    meta = meta_of(layer)
+    proposal = meta.get(PROPOSAL)
+    if isinstance(proposal, np.ndarray) and proposal.shape == data.shape:
+        painted = data != proposal
+        before = meta.get(PAINTED)
+        if isinstance(before, np.ndarray) and before.shape == data.shape:
+            painted |= before
+        return painted, True
+    return data != UNCERTAIN, False
+
+
+@dataclass
+class ProposalMerge:
+    """What :func:`propose_labels` did to the correction layer.
+
+    ``kept``: pixels the user had painted, inside the proposal's box, that kept their
+    value; ``recorded``: whether the earlier proposal was known (otherwise every labelled
+    pixel counted as painted); ``changed``: pixels whose value changed; ``was_done`` and
+    ``done``: the layer's "done" flag before and after.
+    """
+
+    layer: Layer
+    kept: int = 0
+    recorded: bool = True
+    changed: int = 0
+    was_done: bool = False
+    done: bool = False
+
+    @property
+    def done_cleared(self) -> bool:
+        return self.was_done and not self.done
+
+
+def propose_labels(
+    viewer: Any,
+    source: str,
+    data: np.ndarray,
+    *,
+    box: tuple[int, int, int, int] | None = None,
+    like: Image | None = None,
+    extra_meta: dict[str, Any] | None = None,
+) -> ProposalMerge:
+    """Write a pseudo-label proposal into the correction layer of image ``source``.
+
+    A new layer takes ``data`` as it is (in ``box``; 255 elsewhere). An existing layer
+    keeps every pixel the user painted (:func:`user_painted`); the proposal replaces only
+    the others, in ``box``. The proposal is recorded so the next run can tell the user's
+    pixels apart. The "done" flag stays as it was unless pixels changed, and then it is
+    cleared (the caller says so: ``ProposalMerge.done_cleared``).
+    """
+    meta = dict(extra_meta or {})
+    meta.pop("done", None)
+    layer = find_result(viewer, source, "labels")
+    if layer is None:
+        layer = put_result(viewer, source, "labels", data, box=box, like=like,
+                           extra_meta={**meta, "done": False})
+        own = meta_of(layer)
+        own[PROPOSAL] = np.array(layer.data, copy=True)
+        own[PAINTED] = None
+        return ProposalMerge(layer=layer, changed=int(data.size))
+    old = np.asarray(layer.data)
+    full = tuple(old.shape)
+    if box is None:
+        box = (0, 0, *data.shape[:2])
+    if like is not None:
+        base = like.data[0] if like.multiscale else like.data
+        if tuple(int(s) for s in base.shape[:2]) != full:
+            raise InputError(
+                f"Labels layer '{layer.name}' has shape {full} but the image is "
+                f"{tuple(int(s) for s in base.shape[:2])}: delete that layer and run again"
+            )
+    if old.ndim != 2:
+        raise InputError(f"Labels layer '{layer.name}' has shape {full}; expected a 2D mask")
+    painted, recorded = user_painted(layer)
+    own = meta_of(layer)
+    proposal = own.get(PROPOSAL) if recorded else None
+    proposal = np.array(proposal, copy=True) if proposal is not None else np.full(full, UNCERTAIN, old.dtype)
+    y0, x0, y1, x1 = box
+    inside = painted[y0:y1, x0:x1]
+    new = np.array(old, copy=True)
+    new[y0:y1, x0:x1] = np.where(inside, old[y0:y1, x0:x1], data)
+    proposal[y0:y1, x0:x1] = data
+    changed = int(np.count_nonzero(new != old))
+    was_done = bool(own.get("done"))
+    done = was_done and changed == 0
+    own.update({"role": "labels", "source": source, **meta, "done": done})
+    own[PROPOSAL] = proposal
+    own[PAINTED] = painted if painted.any() else None
+    layer.data = new
+    return ProposalMerge(layer=layer, kept=int(np.count_nonzero(inside)), recorded=recorded,
+                         changed=changed, was_done=was_done, done=done)
 
 
 def _display_top(values: np.ndarray) -> float:

@@ -1,8 +1,11 @@
 """Export panel: corrected masks for retraining (TIFF, GeoJSON, manifest) and autosave.
 
 Export writes ``STEM_mask.tif``, ``STEM_instances.tif``, ``STEM.geojson`` (QuPath) and
-updates ``manifest.json`` in the chosen folder, atomically (see
-:mod:`napari_selfloop.core.export`). The autosave section sets the project folder where
+updates ``manifest.json`` in the chosen folder as a set (see
+:mod:`napari_selfloop.core.export`): the manifest is checked first, nothing replaces the
+previous set unless all four files were written, different images never share files (a
+short hash is added to a name that would be ambiguous) and exports into one folder take
+turns. The autosave section sets the project folder where
 corrections are saved every 30 seconds and restored when an image is reopened.
 """
 
@@ -164,8 +167,9 @@ class ExportWidget(QWidget):
 
         def done(entries: list[dict]) -> None:
             objects = sum(e["objects"] for e in entries)
+            files = f" as {entries[0]['mask']} ..." if len(entries) == 1 else ""
             self.runner.status.setText(
-                f"Exported {len(entries)} image(s), {objects} objects, to {out}"
+                f"Exported {len(entries)} image(s), {objects} objects, to {out}{files}"
             )
             show_info(f"Exported {len(entries)} image(s) to {out}")
 

@@ -213,7 +213,12 @@ class FineTuneWidget(QWidget):
                     f"Labels layer '{layer.name}' has shape {mask.shape} but its image "
                     f"'{image.name}' is {info.height}x{info.width}"
                 )
-            items.append(TrainItem(name=image.name, image=data, mask=mask))
+            # The mask rule of train and evaluate (core.datasets.normalise_mask), with the
+            # convention known: in a correction layer 255 is "uncertain" (drawn yellow),
+            # never foreground, even when the user erased every foreground pixel.
+            items.append(
+                TrainItem(name=image.name, image=data, mask=mask, mask_convention="selfloop")
+            )
         if not items:
             raise InputError(
                 "no corrections are marked done: tick a correction layer above "

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Shapes
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -40,6 +40,7 @@ from ._layers import (
     find_result,
     image_data,
     is_source_image,
+    propose_labels,
     put_result,
 )
 from ._runner import Runner, error_message
@@ -255,15 +256,30 @@ class PseudoLabelWidget(QWidget):
         for kind, values in (("probability", result.probability), ("uncertainty", result.uncertainty)):
             put_result(self.viewer, name, kind, values.astype(np.float32), box=box, like=image,
                        extra_meta=meta)
-        labels = put_result(
+        # The user's painted pixels are kept: the proposal only goes where they have not
+        # painted, and "done" is cleared only when pixels changed, and then with a note.
+        merge = propose_labels(
             self.viewer,
             name,
-            "labels",
             result.mask,
             box=box,
             like=image,
-            extra_meta={**meta, "image_key": key, "checkpoint": checkpoint, "done": False},
+            extra_meta={**meta, "image_key": key, "checkpoint": checkpoint},
         )
+        labels = merge.layer
+        notes = []
+        if merge.kept:
+            why = "" if merge.recorded else (
+                " (no record of the earlier proposal, so every labelled pixel counted as yours)")
+            notes.append(
+                f"kept the {merge.kept} pixel(s) you had painted in '{labels.name}'{why}; the new "
+                "proposal went only where you had not painted (delete the layer to start over)"
+            )
+        if merge.done_cleared:
+            notes.append(f"{merge.changed} pixel(s) changed, so '{labels.name}' is no longer marked "
+                         "done: review it and mark it done again")
+        if notes:
+            show_info("Pseudo-label: " + "; ".join(notes))
         self.viewer.layers.selection.active = labels
         mask = result.mask
         fg = float((mask == 1).mean()) * 100
