@@ -36,7 +36,7 @@ from napari_selfloop.core.imageio import (
     sweep_stale_temporaries,
 )
 from napari_selfloop.core.model import build_model
-from tests.conftest import TINY
+from tests.conftest import TINY, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -51,21 +51,6 @@ def work(tmp_path, monkeypatch):
     Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "he.png")
     save_checkpoint(tmp_path / "m.pt", build_model(TINY, seed=0))
     return tmp_path
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 PSEUDO = ["-q", "pseudo-label", "--checkpoint", "m.pt", "--method", "softmax",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -183,7 +182,7 @@ def test_pseudo_label_refuses_nan_probabilities_and_names_the_cause():
     assert "model itself gives NaN" in one_line(e)
     with pytest.raises(InputError) as e:
         run_to_completion(pseudo_label(img, build_model(TINY, seed=0),
-                                       PseudoLabelConfig(q=3, lr=1e30, patch_size=96, precision="fp32"),
+                                       PseudoLabelConfig(method="selfloop", q=3, lr=1e30, patch_size=96, precision="fp32"),
                                        device="cpu"))
     assert "diverged" in one_line(e) and "smaller lr" in str(e.value)
 
@@ -223,7 +222,7 @@ def test_other_option_types_are_refused_with_one_line():
 def test_q_above_the_model_pool_is_refused():
     small_pool = build_model(ModelConfig(width=8, num_permutations=10), seed=0)
     with pytest.raises(InputError) as e:
-        run_to_completion(pseudo_label(image(96), small_pool, PseudoLabelConfig(q=20, patch_size=96), device="cpu"))
+        run_to_completion(pseudo_label(image(96), small_pool, PseudoLabelConfig(method="selfloop", q=20, patch_size=96), device="cpu"))
     assert "exceeds the model's jigsaw pool of 10" in one_line(e)
     with pytest.raises(InputError) as e:
         train(small_pool, labelled(), [], TrainConfig(**{**FAST, "q": 20}))
@@ -244,24 +243,6 @@ def test_torch_runtime_error_while_saving_is_one_line_and_leaves_no_file(tmp_pat
         save_checkpoint(tmp_path / "m.pt", build_model(TINY))
     assert "cannot save checkpoint" in one_line(e) and "disk full?" in str(e.value)
     assert os.listdir(tmp_path) == []
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 64 KiB tmpfs (root only): a real full disk."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root (a real full disk cannot be made otherwise)")
-    where = tmp_path / "full"
-    where.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}")
-    try:
-        yield where
-    finally:
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], capture_output=True)  # busy: detach it
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tiny_tmpfs):

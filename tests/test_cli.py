@@ -9,10 +9,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_selfloop.cli import main
 from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_selfloop.core.model import build_model
-from tests.conftest import TINY
+from tests.conftest import TINY, assert_one_line_error, run_cli
 
 
 @pytest.fixture
@@ -26,21 +25,6 @@ def workdir(tmp_path, monkeypatch):
     save_checkpoint(tmp_path / "m.pt", build_model(TINY, seed=0))
     save_checkpoint(tmp_path / "m2.pt", build_model(TINY, seed=1))
     return tmp_path
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_init_writes_a_loadable_checkpoint(workdir, capsys):

@@ -11,11 +11,10 @@ import shutil
 import pytest
 from PIL import Image
 
-from napari_selfloop.cli import main
 from napari_selfloop.core.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from napari_selfloop.core.model import build_model
 from napari_selfloop.core.pretrain import PRETRAIN_KIND
-from tests.conftest import TINY
+from tests.conftest import TINY, assert_one_line_error, run_cli
 from tests.test_training import blobs
 
 #: Small convolutions stall when two OpenMP threads compete with other processes.
@@ -38,21 +37,6 @@ def work(tmp_path, monkeypatch):
     Image.fromarray(blobs(5, 100)[0]).save(tmp_path / "more" / "extra.png")
     save_checkpoint(tmp_path / "m.pt", build_model(TINY, seed=0))
     return tmp_path
-
-
-def run_cli(capsys, *argv):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code, err, *words):
-    assert code == 2
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_pretrain_writes_resumes_and_refuses_to_overwrite(work, capsys):

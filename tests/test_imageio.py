@@ -6,8 +6,6 @@ import dataclasses
 import errno
 import json
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import dask.array as da
@@ -386,26 +384,6 @@ def test_atomic_path_simulated_full_disk(tmp_path, monkeypatch):
 def test_atomic_path_missing_folder_names_path(tmp_path):
     with pytest.raises(OSError, match="could not write .*nowhere"):
         write_json(tmp_path / "nowhere" / "a.json", {})
-
-
-@pytest.fixture
-def tiny_tmpfs(tmp_path):
-    """A 64 KiB tmpfs (needs root and mount permission; skipped elsewhere)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("needs root to mount a tmpfs")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
-        capture_output=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
 
 
 def test_real_full_disk(tiny_tmpfs, rng):
