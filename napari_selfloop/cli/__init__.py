@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from .. import __version__
 from ..core.errors import SelfloopError
 from . import (
+    batch_cmd,
     evaluate_cmd,
     evaluate_jigsaw_cmd,
     gui_cmd,
@@ -34,8 +35,8 @@ from . import (
 )
 
 #: Sub-command modules; each has ``add_parser(subparsers)`` that sets ``func``.
-COMMANDS = (init_cmd, pretrain_cmd, pseudolabel_cmd, train_cmd, evaluate_cmd, evaluate_jigsaw_cmd,
-            gui_cmd)
+COMMANDS = (init_cmd, pretrain_cmd, pseudolabel_cmd, batch_cmd, train_cmd, evaluate_cmd,
+            evaluate_jigsaw_cmd, gui_cmd)
 
 log = logging.getLogger("napari_selfloop")
 

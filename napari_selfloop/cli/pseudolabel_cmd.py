@@ -3,33 +3,28 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..core.batch import OUTPUTS, close_image, label_image_file
 from ..core.checkpoint import load_checkpoint
-from ..core.datasets import SELFLOOP_MASK_TAG
 from ..core.errors import InputError
 from ..core.imageio import (
-    TiffRowWriter,
     check_image,
     check_input_file,
     open_image,
     sweep_stale_temporaries,
 )
 from ..core.jigsaw import ROTATIONS
-from ..core.pseudolabel import METHODS, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig, pseudo_label
+from ..core.pseudolabel import METHODS, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
 
-#: The mask says it uses the 0/1/255 convention, so `train` never reads it as a 0/255 mask.
-MASK_METADATA = {SELFLOOP_MASK_TAG: "0/1/255"}
-#: Output files per image: suffix -> dtype.
-OUTPUTS = {"prob": np.float32, "uncertainty": np.float32, "mask": np.uint8}
+
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -152,33 +147,21 @@ def run(args: argparse.Namespace) -> int:
         check_input_file(path, "a checkpoint file")
     check_outputs(args.images, [*args.images, *args.checkpoint], args.out, args.force)
     models = [load_checkpoint(p).model for p in args.checkpoint]
-    # Check every image before the first long computation starts.
-    opened = []
+    # Check every image before the first long computation starts, keeping none of them open
+    # (a few hundred lazily read TIFFs would exhaust the open-file limit).
     for path in args.images:
         image = open_image(path)
-        check_image(image)
-        opened.append((path, image))
+        try:
+            check_image(image)
+        finally:
+            close_image(image)
     _prepare_out(args.out)
     sweep_stale_temporaries(args.out)
-    for path, image in opened:
-        info = check_image(image)
-        try:
-            with contextlib.ExitStack() as stack:
-                sinks = {
-                    name: stack.enter_context(
-                        TiffRowWriter(args.out / f"{path.stem}_{name}.tif", info.height, info.width,
-                                      dtype, metadata=MASK_METADATA if name == "mask" else None)
-                    )
-                    for name, dtype in OUTPUTS.items()
-                }
-                result = drive(
-                    pseudo_label(image, models, config, device=args.device, sinks=sinks),
-                    desc=path.name, quiet=args.quiet,
-                )
-        except InputError as exc:  # found while reading the pixels (NaN ...): name the file
-            if path.name in str(exc):
-                raise
-            raise InputError(f"{path.name}: {exc}") from exc
+    for path in args.images:
+        result, info = label_image_file(
+            path, models, config, args.out, path.stem, device=args.device,
+            drive=lambda gen, path=path: drive(gen, desc=path.name, quiet=args.quiet),
+        )
         extra = ""
         if result.losses is not None:
             extra = f", mean jigsaw loss {float(np.mean(result.losses)):.3f}"
@@ -186,3 +169,4 @@ def run(args: argparse.Namespace) -> int:
                  path.name, config.method, info.width, info.height, result.seconds,
                  result.info.get("device"), extra, args.out / f"{path.stem}_*.tif")
     return 0
+
