@@ -1,25 +1,34 @@
 """Semi-supervised benchmark on MoNuSeg (the paper's Tables 1 and 2 at CPU scale).
 
-Protocol (fixed seeds throughout):
+Protocol (the split fixed by ``--split-seed``; every stage repeated for each ``--seeds``):
 
 - 6 of the 30 MoNuSeg training images are held out as the test split; of the other 24,
   20% (5) or 50% (12) are labelled and the rest are unlabelled.
-- Stage 1: a ResUNet-18 (``--width``, 16 by default so that the suite fits a 2-core CPU)
-  is trained *supervised* on the labelled images only (``--stage1`` iterations).
-- Table 1: that model pseudo-labels the unlabelled images (centre crops, ``--crop``) with
-  softmax, MC dropout (10 passes), self-loop without L_SS (Q = 10) and self-loop
-  (Q = 3, 6, 10); each is scored against the truth (pixel F1 = Dice and balanced accuracy
-  of ``p > 0.5``, and the accuracy / coverage of its confident pixels).
-- Stage 2: from the stage-1 weights, each framework (supervised, softmax, mc-dropout,
-  selfloop-no-ss, selfloop) trains ``--stage2`` more iterations; the supervised run is the
-  "fully supervised" row. A model on all 24 labelled images (stage 1 + stage 2 iterations)
-  gives the 100% row. Table 2: test-split scores of each (pixel F1, balanced accuracy,
-  object F1 and AJI on connected components split by watershed).
+- Stage 0: jigsaw pre-training of a fresh ResUNet-18 (``--width``, 16 by default so the
+  suite fits a 2-core CPU) on all 24 training images, no masks (``--pretrain`` steps,
+  patches 96 up to ``--pretrain-patch``): every framework starts from the same learned
+  jigsaw.
+- Stage 1: ``L_SEG + L_SS`` on the labelled images (``--stage1-framework selfloop``, the
+  default; ``supervised`` drops ``L_SS``), ``--stage1`` iterations.
+- Validation: ``--val`` unlabelled images are set aside to choose the self-loop SGD step
+  size among ``--step-lrs`` (Dice of the Q = 10 pseudo-label) and to measure error capture;
+  the test split is never used for a choice.
+- Table 1: the stage-1 model pseudo-labels centre crops (``--crop``) of the other unlabelled
+  images with softmax, MC dropout, self-loop without L_SS and self-loop (Q = 3, 6, 10, and
+  Q = 10 with equal weights), plus the correlation of each puzzle's jigsaw loss with the
+  Dice of its map.
+- Error capture: the share of the stage-1 model's wrong pixels inside the 5 / 10 / 20 %
+  most uncertain pixels of each method's map (spread and entropy), on the test images.
+- Stage 2: from the stage-1 weights, each framework trains ``--stage2`` more iterations;
+  the supervised run is the "fully supervised" row; ``--full`` adds a 100% row. Table 2:
+  test-split scores (pixel F1, balanced accuracy, object F1 and AJI) and the held-out
+  jigsaw loss / top-1 of every model.
 
-Hyper-parameters are fixed in advance or chosen with ``--sweep`` on a validation split
-carved from the 24 training images (never on the test split).
+Results are written after every step (mean and sd over seeds in ``summary``), so a stopped
+run loses nothing; trained models are cached outside the repository.
 
 Run:  python benchmarks/bench_monuseg.py            (writes benchmarks/results/monuseg_semisup.json)
+      python benchmarks/bench_monuseg.py --tables   (the README tables)
 """
 
 from __future__ import annotations
