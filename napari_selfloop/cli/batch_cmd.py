@@ -20,9 +20,8 @@ from ..core import batch
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.errors import InputError
 from ..core.imageio import check_input_file, sweep_stale_temporaries
-from ..core.jigsaw import ROTATIONS
-from ..core.pseudolabel import METHODS, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig
 from . import progressbar
+from .pseudolabel_cmd import add_method_options, config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,6 @@ TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = PseudoLabelConfig()
     p = sub.add_parser(
         "batch",
         help="pseudo-label many images on a dask cluster (resumable)",
@@ -49,20 +47,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", action="append", required=True, type=Path,
                    help="model checkpoint; repeat it for --method ensemble")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--method", choices=METHODS, default=d.method)
-    p.add_argument("--q", type=int, default=d.q,
-                   help=f"permutations (self-loop) or passes (MC dropout); default {d.q}")
-    p.add_argument("--threshold", type=float, default=d.threshold)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--step-rule", choices=STEP_RULES, default=d.step_rule)
-    p.add_argument("--rotation", choices=ROTATIONS, default=d.rotation)
-    p.add_argument("--no-grid-shift", dest="grid_shift", action="store_false", default=d.grid_shift)
-    p.add_argument("--uncertainty", choices=UNCERTAINTIES, default=d.uncertainty)
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="multiple of 96")
-    p.add_argument("--overlap", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
-    p.add_argument("--seed", type=int, default=d.seed)
+    add_method_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps, on each worker")
     p.add_argument("--workers", type=int, default=2,
                    help="LocalCluster worker processes (default 2); 0: run in this process, "
@@ -142,12 +127,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    config = PseudoLabelConfig(
-        method=args.method, q=args.q, threshold=args.threshold, lr=args.lr,
-        patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
-        precision=args.precision, seed=args.seed, step_rule=args.step_rule,
-        rotation=args.rotation, grid_shift=args.grid_shift, uncertainty=args.uncertainty,
-    )
+    config = config_from_args(args)
     if args.method == "ensemble" and len(args.checkpoint) < 2:
         raise InputError("--method ensemble needs two or more --checkpoint")
     if args.method != "ensemble" and len(args.checkpoint) > 1:

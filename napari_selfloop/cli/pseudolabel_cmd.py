@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    d = PseudoLabelConfig()
     p = sub.add_parser(
         "pseudo-label",
         help="pseudo-label images with self-loop uncertainty or a baseline",
@@ -40,6 +39,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="TIFF, PNG or JPEG")
     p.add_argument("--checkpoint", action="append", required=True, type=Path,
                    help="model checkpoint; repeat it for --method ensemble")
+    add_method_options(p)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--force", action="store_true",
+                   help="overwrite existing output files (never an input file)")
+    p.set_defaults(func=run)
+
+
+def add_method_options(p: argparse.ArgumentParser) -> None:
+    """The :class:`PseudoLabelConfig` options (shared with ``batch``), defaults from the config."""
+    d = PseudoLabelConfig()
     p.add_argument("--method", choices=METHODS, default=d.method)
     p.add_argument("--q", type=int, default=d.q,
                    help=f"permutations (self-loop) or passes (MC dropout); default {d.q}")
@@ -63,11 +73,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite existing output files (never an input file)")
-    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> PseudoLabelConfig:
+    """The :class:`PseudoLabelConfig` of the options :func:`add_method_options` added."""
+    return PseudoLabelConfig(
+        method=args.method, q=args.q, threshold=args.threshold, lr=args.lr,
+        patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
+        precision=args.precision, seed=args.seed, step_rule=args.step_rule,
+        rotation=args.rotation, grid_shift=args.grid_shift, uncertainty=args.uncertainty,
+    )
 
 
 def output_paths(images: list[Path], out: Path) -> list[Path]:
@@ -134,12 +149,7 @@ def _unique_stems(images: list[Path]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = PseudoLabelConfig(
-        method=args.method, q=args.q, threshold=args.threshold, lr=args.lr,
-        patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
-        precision=args.precision, seed=args.seed, step_rule=args.step_rule,
-        rotation=args.rotation, grid_shift=args.grid_shift, uncertainty=args.uncertainty,
-    )
+    config = config_from_args(args)
     _unique_stems(args.images)
     for path in args.images:
         check_input_file(path)

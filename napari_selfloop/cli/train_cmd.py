@@ -13,7 +13,7 @@ import numpy as np
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.datasets import open_mask
 from ..core.errors import InputError
-from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
+from ..core.imageio import IMAGE_SUFFIXES, check_input_file, open_image, sweep_stale_temporaries
 from ..core.model import ModelConfig, build_model, check_seed
 from ..core.pseudolabel import STEP_RULES
 from ..core.training import FRAMEWORKS, TrainConfig, TrainItem, train
@@ -21,7 +21,6 @@ from .progressbar import drive
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -37,7 +37,15 @@ from .. import __version__
 from .checkpoint import file_sha256, load_checkpoint
 from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
-from .imageio import TEMP_NAME, TiffRowWriter, check_image, check_input_file, open_image, write_json
+from .imageio import (
+    IMAGE_SUFFIXES,
+    TEMP_NAME,
+    TiffRowWriter,
+    check_image,
+    check_input_file,
+    open_image,
+    write_json,
+)
 from .pseudolabel import PseudoLabelConfig, PseudoLabelResult, pseudo_label
 from .tiling import run_to_completion
 
@@ -52,8 +60,6 @@ log = logging.getLogger(__name__)
 OUTPUTS = {"prob": np.float32, "uncertainty": np.float32, "mask": np.uint8}
 #: The mask says it uses the 0/1/255 convention (as ``pseudo-label``'s).
 MASK_METADATA = {SELFLOOP_MASK_TAG: "0/1/255"}
-#: File suffixes taken from a folder given as input.
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 RECORD_SUFFIX = ".record.json"
 RECORD_FORMAT = "napari-selfloop-batch-record"
 MANIFEST = "manifest.json"

@@ -155,11 +155,17 @@ def jigsaw_batch_loss(
     return loss, correct
 
 
-def _lr_at(cfg: PretrainConfig, step: int) -> float:
-    if cfg.schedule == "constant":
-        return cfg.lr
-    t = min(max(step - 1, 0) / max(cfg.iterations - 1, 1), 1.0)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
+#: The cosine schedule ends at this fraction of the initial learning rate.
+MIN_LR_FRACTION = 0.05
+
+
+def scheduled_lr(lr: float, schedule: str, step: int, iterations: int) -> float:
+    """The learning rate of ``step`` (1-based): ``constant``, or a cosine decay from ``lr``
+    to ``MIN_LR_FRACTION * lr`` over ``iterations`` (shared with :mod:`.training`)."""
+    if schedule == "constant":
+        return lr
+    t = min(max(step - 1, 0) / max(iterations - 1, 1), 1.0)
+    return lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
 def pretrain_jigsaw(
@@ -252,15 +258,13 @@ def pretrain_prepared(
         training = {"kind": PRETRAIN_KIND, "config": cfg.to_dict(), "step": done, "device": str(dev),
                     "dtype": str(dtype).replace("torch.", ""),
                     "optimizer": optimizer.state_dict()}
-        metrics = {"jigsaw_loss": loss, "jigsaw_top1": top1, "jigsaw_chance_loss": chance,
-                   "jigsaw_patch_size": cfg.patch_size, "jigsaw_rotation": model.config.jigsaw_rotation,
-                   "jigsaw_measured_on": "training puzzles (running mean)"}
+        metrics = jigsaw_metrics(model, loss, top1, chance, cfg.patch_size, "training puzzles (running mean)")
         save_checkpoint(out, model, training=training, history=history, metrics=metrics, parent=parent,
                         data=data, note=f"jigsaw pre-training, {done} steps, L_SS {loss:.3f}")
 
     try:
         for step in range(start + 1, cfg.iterations + 1):
-            lr = _lr_at(cfg, step)
+            lr = scheduled_lr(cfg.lr, cfg.schedule, step, cfg.iterations)
             for g in optimizer.param_groups:
                 g["lr"] = lr
             model.train()
@@ -297,6 +301,14 @@ def pretrain_prepared(
         checkpoint=out if (out is not None and done > start) else None,
         seconds=time.perf_counter() - t_start,
     )
+
+
+def jigsaw_metrics(model: ResUNet, loss: float, top1: float, chance: float, patch_size: int,
+                   measured_on: str) -> dict[str, Any]:
+    """The ``jigsaw_*`` entries a checkpoint's metrics carry (read by the model card)."""
+    return {"jigsaw_loss": loss, "jigsaw_top1": top1, "jigsaw_chance_loss": chance,
+            "jigsaw_patch_size": patch_size, "jigsaw_rotation": model.config.jigsaw_rotation,
+            "jigsaw_measured_on": measured_on}
 
 
 def default_jigsaw_patch(meta: dict[str, Any] | None) -> int:

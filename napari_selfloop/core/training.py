@@ -54,7 +54,7 @@ from .jigsaw import Puzzles, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
 from .model import ResUNet, check_seed, config_type_problems
-from .pretrain import PRETRAIN_KIND, PretrainConfig, pretrain_prepared
+from .pretrain import PRETRAIN_KIND, PretrainConfig, jigsaw_metrics, pretrain_prepared, scheduled_lr
 from .progress import Progress, relay
 from .pseudolabel import (
     DEFAULT_STEP_LR,
@@ -77,8 +77,6 @@ log = logging.getLogger(__name__)
 
 FRAMEWORKS = ("selfloop", "supervised", "softmax", "mc-dropout", "selfloop-no-ss")
 SCHEDULES = ("cosine", "constant")
-#: The cosine schedule ends at this fraction of the initial learning rate.
-MIN_LR_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -304,10 +302,7 @@ def selfloop_update(
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
-    if cfg.schedule == "constant":
-        return cfg.lr
-    t = min(max(step - 1, 0) / max(cfg.iterations - 1, 1), 1.0)
-    return cfg.lr * (MIN_LR_FRACTION + (1 - MIN_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * t)))
+    return scheduled_lr(cfg.lr, cfg.schedule, step, cfg.iterations)
 
 
 def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -450,7 +445,7 @@ def _train_loop(
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     ss_optimizer = make_step_optimizer([*model.encoder.parameters(), *model.jigsaw_head.parameters()],
                                        cfg.ss_step_rule, cfg.ss_lr)
-    jigsaw_metrics: dict[str, Any] = {}
+    jigsaw_record: dict[str, Any] = {}
     start_step, history = 0, []
     metric_name = "val_f1" if val else "train_seg_loss"
     best: dict[str, Any] = {"step": None, "metric": None, "state": None, "metrics": {}}
@@ -465,7 +460,7 @@ def _train_loop(
         history = list(record.history)  # cut to the record's step: no step is recorded twice
         parent = parent or resumed["parent"]
         old = record.metrics
-        jigsaw_metrics = {k: v for k, v in old.items() if k.startswith("jigsaw_")}
+        jigsaw_record = {k: v for k, v in old.items() if k.startswith("jigsaw_")}
         if old.get("metric_name") == metric_name and old.get("metric") is not None \
                 and math.isfinite(float(old["metric"])):
             # The optimiser state goes with the best weights, so a run that finds nothing
@@ -498,7 +493,7 @@ def _train_loop(
         if not better:
             return False
         metrics = {"metric_name": metric_name, "metric": float(metric), "best_step": step,
-                   "framework": cfg.framework, **jigsaw_metrics, **extra}
+                   "framework": cfg.framework, **jigsaw_record, **extra}
         optim = _cpu_copy(optimizer.state_dict()) if out is not None and cfg.save_optimizer else None
         best.update(step=step, metric=float(metric), state=_snapshot(model), metrics=metrics, optim=optim)
         save(model)
@@ -538,12 +533,9 @@ def _train_loop(
                 lambda e: event(0, "jigsaw", _lr_at(cfg, 1), f"jigsaw warm-up: {e.message}",
                                 jigsaw_loss=e.data["loss"], jigsaw_top1=e.data["top1"]),
             )
-            jigsaw_metrics = {"jigsaw_loss": warm.loss, "jigsaw_top1": warm.top1,
-                              "jigsaw_chance_loss": warm.chance_loss,
-                              "jigsaw_patch_size": cfg.jigsaw_patch_size,
-                              "jigsaw_rotation": model.config.jigsaw_rotation,
-                              "jigsaw_measured_on": "warm-up puzzles (running mean)"}
-            history.append({"step": 0, "phase": "jigsaw", **jigsaw_metrics})
+            jigsaw_record = jigsaw_metrics(model, warm.loss, warm.top1, warm.chance_loss,
+                                           cfg.jigsaw_patch_size, "warm-up puzzles (running mean)")
+            history.append({"step": 0, "phase": "jigsaw", **jigsaw_record})
         if val and start_step == 0:
             info = yield from evaluate(0, _lr_at(cfg, 1))
             history.append({"step": 0, **{k: v for k, v in info.items() if k != "improved"}})

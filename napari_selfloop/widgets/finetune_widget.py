@@ -39,7 +39,7 @@ from ..core.checkpoint import load_checkpoint
 from ..core.datasets import TrainItem
 from ..core.errors import InputError, SelfloopError
 from ..core.export import labels_to_mask
-from ..core.imageio import check_image, open_image
+from ..core.imageio import IMAGE_SUFFIXES, check_image, open_image
 from ..core.progress import Progress
 from ..core.training import FRAMEWORKS, TrainConfig, TrainResult, train
 from ._autosave import autosave_for
@@ -51,7 +51,6 @@ from ._versions import release, reserve_version
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 
 
 def folder_images(folder: Path) -> list[TrainItem]:
