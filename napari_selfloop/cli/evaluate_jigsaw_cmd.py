@@ -11,6 +11,7 @@ from ..core.checkpoint import load_checkpoint
 from ..core.errors import InputError
 from ..core.imageio import open_image, write_json
 from ..core.pretrain import at_chance, default_jigsaw_patch, evaluate_jigsaw
+from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
 from .train_cmd import list_images
 
@@ -32,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
                    help="TIFF, PNG or JPEG files, or folders of them")
-    p.add_argument("--checkpoint", required=True, type=Path, metavar="C", help="model checkpoint")
+    p.add_argument("--checkpoint", required=True, type=checkpoint_arg, metavar="C", help=CHECKPOINT_HELP)
     p.add_argument("--puzzles", type=int, metavar="N", default=512, help="puzzles in all (default 512)")
     p.add_argument("--seed", type=int, metavar="S", default=0, help="seeds the patches and puzzles (default 0)")
     p.add_argument("--patch-size", type=int, metavar="P", default=None,

@@ -10,8 +10,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .._sample_data import SAMPLES
+from ..core.bundled import BUNDLED, model_for_image, resolve_checkpoint
 from ..core.errors import InputError
+from .args import CHECKPOINT_HELP, checkpoint_arg
 
 log = logging.getLogger(__name__)
 
@@ -32,10 +36,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--checkpoint",
-        type=Path,
+        type=checkpoint_arg,
         default=None,
-        help="checkpoint to load (default: a new, untrained ResUNet-18)",
+        help=f"{CHECKPOINT_HELP} (default: the bundled model that fits the first image: "
+        "nuclei-he for H&E, lesion-dermoscopy for dermoscopy)",
     )
+    p.add_argument("--untrained", action="store_true",
+                   help="start from a new, untrained ResUNet-18 of --width instead of a bundled model")
+    p.add_argument("--pseudo-label", dest="pseudo_label", action="store_true", default=None,
+                   help="pseudo-label the image at once (the default with --sample)")
+    p.add_argument("--no-pseudo-label", dest="pseudo_label", action="store_false",
+                   help="do not pseudo-label the sample at once")
     p.add_argument("--width", type=int, default=64, help="width of a new model (64 = ResUNet-18)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument(
@@ -70,20 +81,53 @@ def _open_sample(viewer: Any, key: str) -> None:
             getattr(viewer, f"add_{kind}")(data, **kwargs)
 
 
+def _first_image_rgb(viewer: Any) -> np.ndarray | None:
+    """A small RGB view of the first image layer (its coarsest level when multiscale)."""
+    for layer in viewer.layers:
+        if layer.__class__.__name__ != "Image":
+            continue
+        data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
+        if data.ndim not in (2, 3):
+            continue
+        step = max(1, max(data.shape[:2]) // 1024)
+        arr = np.asarray(data[::step, ::step])
+        if arr.ndim == 2:
+            arr = np.repeat(arr[..., None], 3, axis=2)
+        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
+            return arr[..., :3]
+    return None
+
+
+def choose_bundled(viewer: Any) -> str | None:
+    """The bundled model that fits the first image (None without an image or model files)."""
+    rgb = _first_image_rgb(viewer)
+    if rgb is None:
+        return None
+    name = model_for_image(rgb)
+    if not BUNDLED[name].path.is_file():
+        log.warning("the bundled model %s is not installed; starting from an untrained model", name)
+        return None
+    return name
+
+
 def setup_viewer(
     viewer: Any,
     *,
     sample: str | None = None,
     images: list[Path] | tuple[Path, ...] = (),
-    checkpoint: Path | None = None,
+    checkpoint: Path | str | None = None,
     width: int = 64,
     device: str = "auto",
     project: Path | None = None,
+    pseudo_label: bool = False,
 ) -> Any:
     """Open the sample / images in ``viewer``, dock the assistant and make it ready.
 
-    The model is the checkpoint, or else a new ResUNet-18 of ``width``. Returns the
-    assistant widget. Used by the ``gui`` command and by its test.
+    The model is the checkpoint (a path or a bundled model's name; ``"auto"``: the bundled
+    model that fits the first image, as :func:`choose_bundled`), or else a new ResUNet-18
+    of ``width``. With ``pseudo_label`` and a model, the first image is pseudo-labelled at
+    once (in the background). Returns the assistant widget. Used by the ``gui`` command
+    and by its test.
     """
     for path in images:
         if not Path(path).exists():
@@ -103,10 +147,14 @@ def setup_viewer(
     model_panel = assistant.panel("Model")
     if device != "auto":
         model_panel.device_combo.setCurrentText(device)
+    if checkpoint == "auto":
+        checkpoint = choose_bundled(viewer)
     if checkpoint is not None:
-        if model_panel.load(checkpoint) is None:
+        if model_panel.load(resolve_checkpoint(checkpoint)) is None:
             raise InputError(f"could not load {checkpoint}")
         assistant.show_tab("Pseudo-label")
+        if pseudo_label and any(layer.__class__.__name__ == "Image" for layer in viewer.layers):
+            assistant.panel("Pseudo-label").run()
     else:
         model_panel.new_model(width=width)
         # An untrained model predicts noise: start from a classical mask instead.
@@ -119,6 +167,8 @@ def setup_viewer(
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.exists():
         raise InputError(f"checkpoint {args.checkpoint} does not exist")
+    if args.untrained and args.checkpoint is not None:
+        raise InputError("give either --checkpoint or --untrained, not both")
     import napari
 
     viewer = napari.Viewer(title="napari-selfloop")
@@ -126,10 +176,11 @@ def run(args: argparse.Namespace) -> int:
         viewer,
         sample=args.sample,
         images=args.images,
-        checkpoint=args.checkpoint,
+        checkpoint=None if args.untrained else (args.checkpoint or "auto"),
         width=args.width,
         device=args.device,
         project=args.project,
+        pseudo_label=args.sample is not None if args.pseudo_label is None else args.pseudo_label,
     )
     napari.run()
     return 0

@@ -14,6 +14,7 @@ from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
 from ..core.model import build_model
 from ..core.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
 from ..core.training import TrainItem
+from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
 from .train_cmd import list_images, same_file
 
@@ -36,8 +37,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--images", required=True, action="append", type=Path, metavar="DIR",
                    help="folder of images; repeat it for several folders")
-    p.add_argument("--checkpoint", type=Path, metavar="IN.pt",
-                   help="model to pre-train (required unless --resume)")
+    p.add_argument("--checkpoint", type=checkpoint_arg, metavar="IN.pt",
+                   help=f"model to pre-train (required unless --resume): {CHECKPOINT_HELP}")
     p.add_argument("--out", required=True, type=Path, metavar="OUT.pt",
                    help="checkpoint to write (.pt); also written when interrupted")
     p.add_argument("--iterations", type=int, metavar="N", default=d.iterations,

@@ -17,6 +17,7 @@ from ..core.imageio import IMAGE_SUFFIXES, check_input_file, open_image, sweep_s
 from ..core.model import ModelConfig, build_model, check_seed
 from ..core.pseudolabel import STEP_RULES
 from ..core.training import FRAMEWORKS, TrainConfig, TrainItem, train
+from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="images (with masks) held out to choose the best checkpoint")
     p.add_argument("--unlabeled", type=Path, help="extra folder of unlabelled images")
     p.add_argument("--framework", choices=FRAMEWORKS, default=d.framework)
-    p.add_argument("--checkpoint", type=Path, help="initial model (default: a new ResUNet-18)")
+    p.add_argument("--checkpoint", type=checkpoint_arg,
+                   help=f"initial model (default: a new ResUNet-18): {CHECKPOINT_HELP}")
     p.add_argument("--resume", type=Path, help="continue a run from a checkpoint written by train")
     p.add_argument("--width", type=int, default=64, help="width of a new model (64 = ResUNet-18)")
     p.add_argument("--iterations", type=int, default=d.iterations)

@@ -23,6 +23,8 @@ from .jigsaw import ROTATIONS
 STRIDE = 32
 #: Jigsaw heads: see :class:`ModelConfig`.
 JIGSAW_HEADS = ("slots", "gap")
+#: Decoders: see :class:`ModelConfig` and :class:`UNetDecoder`.
+DECODERS = ("tapered", "matched")
 #: Sane bounds of :class:`ModelConfig` fields (the pool limits are those of
 #: :func:`.jigsaw.permutation_pool`; 256 channels is a network 16 times the real ResUNet-18).
 WIDTH_RANGE = (4, 256)
@@ -110,6 +112,14 @@ class ModelConfig:
     jigsaw_rotation
         How puzzle tiles are rotated, one of :data:`.jigsaw.ROTATIONS`; the jigsaw task
         the model was (or will be) trained on, and what pseudo-labelling uses.
+    decoder
+        ``tapered`` (outputs ``4w, 2w, w, w/2`` channels at strides 16, 8, 4, 2 and
+        ``w/4`` at full resolution: 256/128/64/32/16 for the real network, the common
+        U-Net decoder of a ResNet-18 encoder) or ``matched`` (each block as wide as its
+        skip feature, ``4w, 2w, w, w`` and ``w/2`` at full resolution: the decoder of
+        checkpoints written before the choice existed). ``tapered`` does about a fifth
+        of the decoder arithmetic at the two finest scales, where most of it is (see
+        ``benchmarks/bench_pseudolabel.py``).
     """
 
     in_channels: int = 3
@@ -120,6 +130,7 @@ class ModelConfig:
     norm_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
     jigsaw_head: str = "slots"
     jigsaw_rotation: str = "none"
+    decoder: str = "tapered"
 
     def __post_init__(self) -> None:
         # Types first (a checkpoint's config is untrusted input): 8.0, "8" or True are not
@@ -136,6 +147,8 @@ class ModelConfig:
             raise InputError(f"jigsaw head must be one of {', '.join(JIGSAW_HEADS)}, got {self.jigsaw_head!r}")
         if self.jigsaw_rotation not in ROTATIONS:
             raise InputError(f"jigsaw rotation must be one of {', '.join(ROTATIONS)}, got {self.jigsaw_rotation!r}")
+        if self.decoder not in DECODERS:
+            raise InputError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("norm_mean", "norm_std"):
@@ -166,6 +179,8 @@ class ModelConfig:
         # Checkpoints from before the head and rotation choices used the paper's reading.
         kw.setdefault("jigsaw_head", "gap")
         kw.setdefault("jigsaw_rotation", "random")
+        # ... and before the decoder choice, the decoder as wide as the encoder's skips.
+        kw.setdefault("decoder", "matched")
         for key in ("norm_mean", "norm_std"):
             if isinstance(kw.get(key), list):
                 kw[key] = tuple(kw[key])
@@ -237,13 +252,24 @@ class _ConvBNReLU(nn.Sequential):
         )
 
 
-class UNetDecoder(nn.Module):
-    """U-Net decoder: upsample, concatenate the skip feature, two 3x3 convolutions."""
+def decoder_widths(encoder_channels: tuple[int, ...], kind: str) -> tuple[int, ...]:
+    """Output channels of the decoder blocks at strides 16, 8, 4, 2 and full resolution."""
+    c0, c1, c2, c3, _ = encoder_channels
+    if kind == "matched":
+        return (c3, c2, c1, c0, max(c0 // 2, 8))
+    if kind == "tapered":
+        return (c3, c2, c1, max(c0 // 2, 4), max(c0 // 4, 4))
+    raise InputError(f"decoder must be one of {', '.join(DECODERS)}, got {kind!r}")
 
-    def __init__(self, encoder_channels: tuple[int, ...], dropout: float = 0.0) -> None:
+
+class UNetDecoder(nn.Module):
+    """U-Net decoder: upsample, concatenate the skip feature, two 3x3 convolutions;
+    block widths from :func:`decoder_widths`."""
+
+    def __init__(self, encoder_channels: tuple[int, ...], dropout: float = 0.0, kind: str = "tapered") -> None:
         super().__init__()
         c0, c1, c2, c3, c4 = encoder_channels
-        outs = [c3, c2, c1, c0]
+        *outs, final = decoder_widths(encoder_channels, kind)
         skips = [c3, c2, c1, c0]
         blocks = []
         cin = c4
@@ -251,7 +277,6 @@ class UNetDecoder(nn.Module):
             blocks.append(nn.Sequential(_ConvBNReLU(cin + skip, cout), _ConvBNReLU(cout, cout)))
             cin = cout
         self.blocks = nn.ModuleList(blocks)
-        final = max(c0 // 2, 8)
         self.final_block = nn.Sequential(_ConvBNReLU(cin, final), _ConvBNReLU(final, final))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.head = nn.Conv2d(final, 1, 1)
@@ -290,7 +315,7 @@ class ResUNet(nn.Module):
         self.config = config or ModelConfig()
         cfg = self.config
         self.encoder = ResNet18Encoder(cfg.in_channels, cfg.width)
-        self.decoder = UNetDecoder(self.encoder.channels, cfg.dropout)
+        self.decoder = UNetDecoder(self.encoder.channels, cfg.dropout, cfg.decoder)
         self.jigsaw_head = JigsawHead(self.encoder.channels[-1], cfg.num_permutations, cfg.jigsaw_head)
         self.register_buffer("norm_mean", torch.tensor(cfg.norm_mean).view(1, -1, 1, 1), False)
         self.register_buffer("norm_std", torch.tensor(cfg.norm_std).view(1, -1, 1, 1), False)

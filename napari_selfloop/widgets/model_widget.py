@@ -1,4 +1,5 @@
-"""Model panel: load a checkpoint or start a new model, pick the device, read the model card."""
+"""Model panel: use a bundled starter model, load a checkpoint or start a new model, pick
+the device, read the model card."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
@@ -19,7 +21,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.checkpoint import Checkpoint, load_checkpoint, model_card
+from ..core.bundled import BUNDLED, load_any, model_for_image
+from ..core.checkpoint import Checkpoint, model_card
 from ..core.device import DEVICES, resolve_device
 from ..core.errors import SelfloopError
 from ..core.model import ModelConfig, build_model, count_parameters
@@ -56,6 +59,17 @@ def card_text(ckpt: Checkpoint) -> str:
         step = f" at step {metrics['best_step']}" if metrics.get("best_step") is not None else ""
         lines = [ln for ln in lines if not ln.startswith("validation:")]
         lines.insert(2 if len(lines) > 1 else 1, f"best {label} {value:.4g}{step}{how}")
+    if training.get("kind") == "bundled":
+        name = next((n for n in BUNDLED if ckpt.path is not None and ckpt.path.name == f"{n}.pt"), None)
+        if name is not None:
+            lines[0] = f"bundled model {name}: {BUNDLED[name].title} (ResUNet-18, width {ckpt.config.width})"
+            lines.append(f"licence of the weights: {BUNDLED[name].licence}")
+        held = metrics.get("heldout") or {}
+        if held.get("softmax_f1") is not None:
+            extra = (f", object F1 {held['softmax_object_f1']:.1f}, AJI {held['softmax_aji']:.1f}"
+                     if held.get("softmax_aji") is not None else "")
+            lines.insert(2, f"on {held.get('images', '?')} unseen images: Dice {held['softmax_f1']:.1f}, "
+                            f"balanced accuracy {held['softmax_balanced_accuracy']:.1f}{extra}")
     return "\n".join(lines)
 
 
@@ -71,6 +85,13 @@ class ModelWidget(QWidget):
         self.load_button = QPushButton("Load checkpoint…")
         self.load_button.setToolTip(
             "Open a .pt file made by napari-selfloop (init, train or Fine-tune)"
+        )
+        self.bundled_combo = QComboBox()
+        self.bundled_combo.addItems(list(BUNDLED))
+        self.bundled_combo.setToolTip("\n".join(f"{m.name}: {m.title}" for m in BUNDLED.values()))
+        self.bundled_button = QPushButton("Use bundled model")
+        self.bundled_button.setToolTip(
+            "A starter model shipped with the plugin, trained on public data (see its licence in the card)"
         )
         self.new_button = QPushButton("New model")
         self.new_button.setToolTip(
@@ -96,6 +117,10 @@ class ModelWidget(QWidget):
         )
         self.jigsaw = JigsawPanel(napari_viewer, self.state, self)
 
+        bundled = QHBoxLayout()
+        bundled.addWidget(QLabel("Bundled model"))
+        bundled.addWidget(self.bundled_combo, 1)
+        bundled.addWidget(self.bundled_button)
         buttons = QHBoxLayout()
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.new_button)
@@ -106,6 +131,7 @@ class ModelWidget(QWidget):
         ens.addWidget(self.ensemble_button)
         ens.addWidget(self.ensemble_label, 1)
         layout = QVBoxLayout(self)
+        layout.addLayout(bundled)
         layout.addLayout(buttons)
         layout.addLayout(form)
         layout.addLayout(ens)
@@ -115,25 +141,52 @@ class ModelWidget(QWidget):
 
         self.load_button.clicked.connect(self._browse)
         self.new_button.clicked.connect(lambda: self.new_model())
+        self.bundled_button.clicked.connect(lambda: self.load_bundled(self.bundled_combo.currentText()))
+        self.viewer.layers.selection.events.active.connect(self._suggest_bundled)
         self.device_combo.currentTextChanged.connect(self.set_device)
         self.ensemble_button.clicked.connect(self._browse_ensemble)
         self.state.model_changed.connect(self._show_card)
         self.state.ensemble_changed.connect(self._show_ensemble)
         self.device_combo.setCurrentText(self.state.device)
         self._show_card(self.state.checkpoint)
+        self._suggest_bundled()
 
     # -- actions (also called by tests and the gui command) ----------------------------
 
     def load(self, path: str | Path) -> Checkpoint | None:
-        """Load a checkpoint and make it current; a bad file gives a notification."""
+        """Load a checkpoint (or a bundled model by name) and make it current; a bad file
+        gives a notification."""
         try:
-            ckpt = load_checkpoint(path)
+            ckpt = load_any(path)
         except (SelfloopError, OSError) as e:
             show_error(f"Could not load the checkpoint: {error_message(e)}")
             return None
         self.state.set_checkpoint(ckpt)
         show_info(f"Loaded {Path(path).name}")
         return ckpt
+
+    def load_bundled(self, name: str) -> Checkpoint | None:
+        """Make bundled model ``name`` current (a missing or damaged file: a notification)."""
+        ckpt = self.load(name) if name in BUNDLED else None
+        if ckpt is not None:
+            self.bundled_combo.setCurrentText(name)
+        elif name not in BUNDLED:
+            show_error(f"No bundled model called {name!r}: choose one of {', '.join(BUNDLED)}")
+        return ckpt
+
+    def _suggest_bundled(self, *_: Any) -> None:
+        """Pre-select the bundled model that fits the active image (H&E or dermoscopy)."""
+        layer = self.viewer.layers.selection.active
+        if layer is None or layer.__class__.__name__ != "Image" or getattr(layer, "multiscale", False):
+            return
+        data = layer.data
+        if data.ndim != 3 or data.shape[-1] not in (3, 4):
+            return
+        step = max(1, max(data.shape[:2]) // 512)
+        try:
+            self.bundled_combo.setCurrentText(model_for_image(np.asarray(data[::step, ::step, :3])))
+        except (SelfloopError, ValueError) as e:  # a guess, never an error for the user
+            log.debug("no bundled model suggestion: %s", e)
 
     def new_model(self, width: int | None = None, seed: int = 0) -> Checkpoint:
         """Start a freshly initialised model (``width`` 64 is the real ResUNet-18)."""
@@ -146,7 +199,7 @@ class ModelWidget(QWidget):
 
     def add_to_ensemble(self, path: str | Path) -> Checkpoint | None:
         try:
-            ckpt = load_checkpoint(path)
+            ckpt = load_any(path)
         except (SelfloopError, OSError) as e:
             show_error(f"Could not load the checkpoint: {error_message(e)}")
             return None
@@ -198,7 +251,8 @@ class ModelWidget(QWidget):
     def _show_card(self, ckpt: Checkpoint | None, resolved: str | None = None) -> None:
         if ckpt is None:
             self.card.setText(
-                "No model yet: load a checkpoint or press New model.\n"
+                "No model yet: use a bundled model (nuclei-he for H&E nuclei, lesion-dermoscopy "
+                "for skin lesions), load a checkpoint or press New model.\n"
                 "Without a model, use 'Start without a model' for a first mask."
             )
             return
