@@ -33,9 +33,10 @@ import torch
 
 from napari_selfloop import __version__
 from napari_selfloop.core.device import resolve_device, resolve_precision
-from napari_selfloop.core.imageio import TiffRowWriter, check_image, open_image
-from napari_selfloop.core.model import build_model
+from napari_selfloop.core.imageio import check_image, open_image
+from napari_selfloop.core.model import ModelConfig, build_model
 from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.tiledtiff import TiledTiffWriter
 from napari_selfloop.core.tiling import run_to_completion
 
 HERE = Path(__file__).resolve().parent
@@ -48,7 +49,13 @@ CASES = [
     ("mc-dropout 10", "mc-dropout", 10),
     ("ensemble 10", "ensemble", 10),
     ("selfloop-no-ss Q=10", "selfloop-no-ss", 10),
+    # The design before the tapered decoder and 576-px patches, in the same run.
+    ("old: softmax", "softmax", 1),
+    ("old: selfloop Q=10", "selfloop", 10),
+    ("old: mc-dropout 10", "mc-dropout", 10),
 ]
+#: The old design: the decoder as wide as the encoder's skips, 384-px patches.
+OLD_DECODER, OLD_PATCH = "matched", 384
 #: Cases timed in a precision that is not the fastest here (bf16 on a CPU that emulates it).
 SLOW_PRECISION_CASES = CASES[:2]
 
@@ -79,6 +86,7 @@ def time_methods(size: int, repeats: int, q_scale: float, only: list[str] | None
     unless it is native too, with one repeat (it is several times slower on AVX2 CPUs)."""
     image = synthetic_he(size, size)
     model = build_model(seed=0).eval()
+    old_model = build_model(ModelConfig(decoder=OLD_DECODER), seed=0).eval()
     members = [model] + [build_model(seed=s).eval() for s in range(1, 10)]
     # Warm-up: oneDNN builds its kernels on the first calls.
     run_to_completion(pseudo_label(image[:384, :384], model, PseudoLabelConfig(q=2, precision="fp32")))
@@ -94,24 +102,42 @@ def time_methods(size: int, repeats: int, q_scale: float, only: list[str] | None
     plan += other
     rows = []
     for precision, cases, n in plan:
-        ref = None
+        # Repeats are the outer loop, so that a burst of load from another process slows
+        # one repeat of every case rather than every repeat of one case; the ratio of two
+        # cases is taken within each repeat, then its median reported.
+        plans = []
         for label, method, q in cases:
             q = max(1, round(q * q_scale)) if q > 1 else q
-            models = members[:q] if method == "ensemble" else model
-            cfg = PseudoLabelConfig(method=method, q=q, precision=precision)
-            times = []
-            for _ in range(n):
+            old = label.startswith("old: ")
+            models = members[:q] if method == "ensemble" else (old_model if old else model)
+            cfg = PseudoLabelConfig(method=method, q=q, precision=precision,
+                                    **({"patch_size": OLD_PATCH} if old else {}))
+            plans.append((label, q, models, cfg))
+        times: dict[str, list[float]] = {label: [] for label, *_ in plans}
+        dtypes = {}
+        for _ in range(n):
+            for label, _q, models, cfg in plans:
                 res = run_to_completion(pseudo_label(image, models, cfg))
-                times.append(res.seconds)
-            med = statistics.median(times)
-            ref = med if ref is None else ref
+                times[label].append(res.seconds)
+                dtypes[label] = res.info["dtype"]
+        ref_label = plans[0][0]
+        for label, q, _models, _cfg in plans:
+            med = statistics.median(times[label])
+            ratios = [t / r for t, r in zip(times[label], times[ref_label], strict=True)]
             row = {
                 "method": label, "precision": precision, "q": q, "seconds": med,
-                "seconds_all": times, "seconds_per_megapixel": med / (size * size / 1e6),
-                "ratio_to_forward": med / ref, "dtype": res.info["dtype"],
+                "seconds_all": times[label], "seconds_per_megapixel": med / (size * size / 1e6),
+                "ratio_to_forward": statistics.median(ratios), "dtype": dtypes[label],
             }
             rows.append(row)
-            print(f"{precision:5s} {label:22s} {med:7.2f} s  x{med / ref:5.1f}", flush=True)
+            print(f"{precision:5s} {label:22s} {med:7.2f} s  x{row['ratio_to_forward']:5.1f}", flush=True)
+    for prefix in ("", "old: "):
+        sl = next((r for r in rows if r["method"] == f"{prefix}selfloop Q=10"), None)
+        mc = next((r for r in rows if r["method"] == f"{prefix}mc-dropout 10" and r["precision"] == sl["precision"]),
+                  None) if sl else None
+        if sl and mc:
+            sl["ratio_to_mc_dropout"] = statistics.median(
+                a / b for a, b in zip(sl["seconds_all"], mc["seconds_all"], strict=True))
     return {"image_size": [size, size], "repeats": repeats, "fastest_precision": fast, "rows": rows}
 
 
@@ -128,7 +154,7 @@ def _proc_status_mb(key: str) -> float:
 
 
 def memory_child(path: str, method: str, q: int) -> None:
-    """Run in a child process: pseudo-label a lazy TIFF to TIFF sinks, print peak RSS."""
+    """Run in a child process: pseudo-label a lazy TIFF to tiled TIFF sinks, print peak RSS."""
     model = build_model(seed=0).eval()
     image = open_image(path)
     info = check_image(image)
@@ -136,7 +162,7 @@ def memory_child(path: str, method: str, q: int) -> None:
     out = Path(tempfile.mkdtemp())
     start = time.perf_counter()
     sinks = {
-        n: TiffRowWriter(out / f"{n}.tif", info.height, info.width, dt)
+        n: TiledTiffWriter(out / f"{n}.tif", info.height, info.width, dt)
         for n, dt in (("prob", np.float32), ("uncertainty", np.float32), ("mask", np.uint8))
     }
     cfg = PseudoLabelConfig(method=method, q=q)
@@ -195,6 +221,11 @@ def markdown(result: dict) -> str:
     for r in sp["rows"]:
         lines.append(f"| {r['method']} | {r['precision']} | {r['seconds']:.1f} | "
                      f"{r['seconds_per_megapixel']:.1f} | {r['ratio_to_forward']:.1f} |")
+    for r in sp["rows"]:
+        if "ratio_to_mc_dropout" in r:
+            what = "old design" if r["method"].startswith("old: ") else "now"
+            lines.append(f"\nSelf-loop Q=10 takes {r['seconds']:.1f} s, {r['ratio_to_mc_dropout']:.2f}x MC dropout "
+                         f"(10 passes) ({what}; median of the per-repeat ratios).")
     lines += ["", "Peak resident memory, outputs streamed to TIFF files:", "",
               "| lazy input | method | peak RSS (MB) | RSS before the run (MB) | seconds |",
               "|---|---|---:|---:|---:|"]
@@ -247,7 +278,9 @@ def main() -> None:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "device": str(resolve_device("auto")),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability()},
-        "model": "ResUNet-18 (width 64), random initialisation, patch 384, overlap 64, batch 4",
+        "model": (f"ResUNet-18 (width 64, {ModelConfig().decoder} decoder), random initialisation, patch "
+                  f"{PseudoLabelConfig().patch_size}, overlap a sixth of it, batch {PseudoLabelConfig().batch_size}; "
+                  f"'old:' rows: {OLD_DECODER} decoder, patch {OLD_PATCH}"),
         # Other processes on a shared machine slow every case alike; compare ratios.
         "load_average_before_after": [load_before, os.getloadavg()],
         "speed": speed,

@@ -65,15 +65,15 @@ DATA = HERE.parent.parent / "shared" / "data"
 RECIPES: dict[str, dict[str, Any]] = {
     "nuclei-he": {
         "data": "monuseg/train", "objects": True,
-        "pretrain": {"iterations": 600, "patch_size": DEFAULT_PATCH, "batch_size": 32, "lr": 1e-3},
-        "segment": {"iterations": 1000, "patch_size": 192, "batch_size": 8, "lr": 1e-3},
-        "finetune_iterations": 300,
+        "pretrain": {"iterations": 1000, "patch_size": DEFAULT_PATCH, "batch_size": 32, "lr": 1e-3},
+        "segment": {"iterations": 700, "patch_size": 192, "batch_size": 8, "lr": 1e-3},
+        "finetune_iterations": 250,
     },
     "lesion-dermoscopy": {
         "data": "isic512/train", "objects": False,
-        "pretrain": {"iterations": 500, "patch_size": DEFAULT_PATCH, "batch_size": 32, "lr": 1e-3},
-        "segment": {"iterations": 800, "patch_size": 288, "batch_size": 4, "lr": 1e-3},
-        "finetune_iterations": 250,
+        "pretrain": {"iterations": 800, "patch_size": DEFAULT_PATCH, "batch_size": 32, "lr": 1e-3},
+        "segment": {"iterations": 600, "patch_size": 288, "batch_size": 4, "lr": 1e-3},
+        "finetune_iterations": 150,
     },
 }
 

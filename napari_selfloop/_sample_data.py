@@ -5,6 +5,10 @@
 - :func:`make_lesion`: a dermoscopy-like photo: an irregular pigmented lesion on skin with
   vignetting and a few hairs, with a binary ground truth.
 - scikit-image's immunohistochemistry image (bundled with scikit-image).
+- :func:`slide_sample`: a synthetic whole slide (:mod:`.core.synthetic_slide`): a
+  JPEG-compressed pyramidal TIFF of 8192 x 8192 pixels at 0.25 µm/px with a few thousand
+  nuclei on tissue surrounded by glass, generated on first use into the user's cache folder
+  and opened lazily as a multiscale layer.
 
 Small copies are written to ``sample_data/`` by ``scripts/make_sample_data.py``.
 """
@@ -151,9 +155,26 @@ def ihc_sample() -> list[LayerData]:
     return [(data.immunohistochemistry(), {"name": "IHC (scikit-image)"}, "image")]
 
 
+#: The synthetic slide of :func:`slide_sample` (2 x 2 mm at 0.25 µm/px, several thousand nuclei).
+SLIDE_SAMPLE = {"height": 8192, "width": 8192, "mpp": 0.25, "seed": 0}
+
+
+def slide_sample() -> list[LayerData]:
+    """``File > Open Sample``: a synthetic whole slide, generated once (about 15 s) into the
+    cache folder (:func:`.core.synthetic_slide.slide_cache_dir`), opened lazily."""
+    from ._reader import slide_layer_data
+    from .core.synthetic_slide import SlideScene, cached_synthetic_slide
+
+    path = cached_synthetic_slide(SlideScene(**SLIDE_SAMPLE))
+    data, kwargs, kind = slide_layer_data(path)
+    kwargs["name"] = "synthetic slide"
+    return [(data, kwargs, kind)]
+
+
 #: name -> (function, display name); used by the ``gui`` command.
 SAMPLES = {
     "nuclei": (nuclei_sample, "H&E-like nuclei tile (synthetic, with ground truth)"),
     "lesion": (lesion_sample, "Dermoscopy-like lesion (synthetic, with ground truth)"),
     "ihc": (ihc_sample, "Immunohistochemistry (scikit-image)"),
+    "slide": (slide_sample, "Synthetic whole slide (JPEG pyramid, 8192x8192 at 0.25 um/px)"),
 }

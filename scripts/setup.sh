@@ -117,7 +117,7 @@ stamp() {
 }
 WANT="$(stamp)"
 if [[ -f "$STAMP_FILE" && "$(cat "$STAMP_FILE")" == "$WANT" ]] \
-    && "$VPY" -c 'import torch, napari_selfloop, napari, pytest' >/dev/null 2>&1; then
+    && "$VPY" -c 'import torch, napari_selfloop, napari, pytest, imagecodecs' >/dev/null 2>&1; then
     log "virtual environment $VENV is up to date"
     exit 0
 fi
@@ -131,5 +131,7 @@ log "installing napari-selfloop (editable) with test extras"
 # Repeating the torch pin keeps the resolver from replacing the CPU build.
 "$VPY" -m pip install -e "$ROOT[testing]" "$TORCH_SPEC"
 "$VPY" -c 'import torch; print(f"[setup] torch {torch.__version__}")' >&2
+# imagecodecs (an install requirement) decodes the JPEG tiles of SVS/NDPI/OME slides.
+"$VPY" -c 'import imagecodecs; print(f"[setup] imagecodecs {imagecodecs.__version__}")' >&2
 echo "$WANT" >"$STAMP_FILE"
 log "done: $VENV"

@@ -75,6 +75,53 @@ def tiny_tmpfs(tmp_path):
             subprocess.run(["umount", "-l", str(where)], capture_output=True)  # busy: detach it
 
 
+@pytest.fixture(scope="session")
+def synthetic_slide(tmp_path_factory):
+    """A 4096x4096 JPEG-compressed pyramidal TIFF at 0.25 µm/px: tissue with nuclei on glass.
+
+    Built as the ``slide`` sample is (:func:`~napari_selfloop.core.synthetic_slide.
+    write_synthetic_slide`), once per session; its scene is ``synthetic_slide.scene``.
+    """
+    from napari_selfloop.core.synthetic_slide import SlideScene, write_synthetic_slide
+
+    scene = SlideScene(height=4096, width=4096, mpp=0.25, seed=0)
+    path = write_synthetic_slide(tmp_path_factory.mktemp("slides") / "slide.tif", scene)
+    return _SlideFile(path, scene)
+
+
+@pytest.fixture(scope="session")
+def synthetic_svs(tmp_path_factory):
+    """An Aperio-style 2048x2048 ``.svs`` (MPP = 0.25; thumbnail, label and macro pages)."""
+    from napari_selfloop.core.synthetic_slide import SlideScene, write_synthetic_svs
+
+    scene = SlideScene(height=2048, width=2048, mpp=0.25, seed=1)
+    path = write_synthetic_svs(tmp_path_factory.mktemp("slides") / "slide.svs", scene)
+    return _SlideFile(path, scene)
+
+
+@pytest.fixture(scope="session")
+def synthetic_ome(tmp_path_factory):
+    """A 2048x2048 JPEG OME-TIFF pyramid at 0.5 µm/px (PhysicalSizeX/Y)."""
+    from napari_selfloop.core.synthetic_slide import SlideScene, write_synthetic_slide
+
+    scene = SlideScene(height=2048, width=2048, mpp=0.5, seed=2)
+    path = write_synthetic_slide(tmp_path_factory.mktemp("slides") / "slide.ome.tif", scene)
+    return _SlideFile(path, scene)
+
+
+class _SlideFile(os.PathLike):
+    """A slide's path (usable wherever a path is) with the scene it was drawn from."""
+
+    def __init__(self, path, scene):
+        self.path, self.scene = path, scene
+
+    def __fspath__(self):
+        return str(self.path)
+
+    def __str__(self):
+        return str(self.path)
+
+
 def run_cli(capsys, *argv):
     """Run the CLI in-process; its exit code, stdout and stderr."""
     from napari_selfloop.cli import main

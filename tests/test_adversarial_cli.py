@@ -29,13 +29,13 @@ from napari_selfloop.core.checkpoint import save_checkpoint
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.imageio import (
     TEMP_NAME,
-    TiffRowWriter,
     atomic_path,
     open_image,
     read_region,
     sweep_stale_temporaries,
 )
 from napari_selfloop.core.model import build_model
+from napari_selfloop.core.tiledtiff import TiledTiffWriter
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -267,9 +267,9 @@ def test_sweep_never_removes_a_temporary_being_written(tmp_path):
         _age(tmp, 7200)
         assert TEMP_NAME.match(tmp.name)
         assert sweep_stale_temporaries(tmp_path) == [] and tmp.exists()
-    with TiffRowWriter(tmp_path / "b.tif", 4, 5, np.uint8) as writer:
-        _age(writer._tmp, 7200)
-        assert sweep_stale_temporaries(tmp_path) == [] and writer._tmp.exists()
+    with TiledTiffWriter(tmp_path / "b.tif", 4, 5, np.uint8) as writer:
+        _age(writer._state.tmp, 7200)
+        assert sweep_stale_temporaries(tmp_path) == [] and writer._state.tmp.exists()
         writer.write_rows(0, np.ones((4, 5), np.uint8))
     assert files(tmp_path) == {"a.json", "b.tif"}
 

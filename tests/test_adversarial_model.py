@@ -121,6 +121,7 @@ def test_a_config_that_claims_a_bigger_network_than_the_file_holds_allocates_not
 @pytest.mark.parametrize("config", [
     ModelConfig(width=4), TINY, ModelConfig(width=17, dropout=0.0, jigsaw_head="gap", num_permutations=7),
     ModelConfig(width=12, in_channels=1, norm_mean=(0.5,), norm_std=(0.25,)),
+    ModelConfig(width=8, decoder="matched"), ModelConfig(width=64), ModelConfig(width=6, decoder="tapered"),
 ])
 def test_the_shapes_a_config_implies_are_those_of_the_model(config):
     real = {k: (tuple(v.shape), v.is_floating_point()) for k, v in build_model(config).state_dict().items()}

@@ -111,3 +111,119 @@ def test_a_damaged_autosave_is_set_aside(tmp_path, caplog):
     restored = AutosaveStore(tmp_path).load("cafe")
     assert restored is not None and np.array_equal(restored.labels, lab) and restored.meta == {}
     assert (store.folder / "cafe.json.damaged").exists()
+
+
+# -- issue 9: large labels are saved as tiles, only the changed ones rewritten -------------
+
+
+def _tile_files(store, key):
+    return {p.name: p.stat().st_mtime_ns for p in (store.folder / f"{key}.tiles").iterdir()}
+
+
+def test_large_labels_are_saved_as_tiles_and_only_changed_tiles_are_written(tmp_path):
+    from napari_selfloop.core.tiles import TILE
+
+    store = AutosaveStore(tmp_path)
+    lab = np.full((3 * TILE, 6 * TILE - 100), 255, np.uint8)  # 4.6 MB: above one file
+    lab[100:300, 100:300] = 1
+    path = store.save("abcd", lab, name="slide", extra={"window": {"y0": 0}})
+    assert path.name == "abcd.json" and not (store.folder / "abcd.tif").exists()
+    files = _tile_files(store, "abcd")
+    assert len(files) == 18
+    restored = store.load("abcd")
+    assert np.array_equal(restored.labels, lab) and restored.meta["name"] == "slide"
+    assert restored.meta["window"] == {"y0": 0} and "tiles" not in restored.meta
+    assert store.keys() == ["abcd"] and dict(store.records())["abcd"]["name"] == "slide"
+    # One edit in one tile: that tile gets a new file, the 17 others are left alone.
+    lab[TILE + 5, 2 * TILE + 7] = 0
+    store.save("abcd", lab, name="slide")
+    after = _tile_files(store, "abcd")
+    assert len(after) == 18 and len(set(after) - set(files)) == 1
+    assert all(after[n] == files[n] for n in set(after) & set(files))
+    # The caller may say which tiles can have changed; others are not even read.
+    lab[0, 0] = 0
+    lab[2 * TILE, 0] = 0  # not announced: not saved now
+    store.save("abcd", lab, name="slide", tiles=[(0, 0)])
+    back = store.load("abcd").labels
+    assert back[0, 0] == 0 and back[2 * TILE, 0] == 255 and back[TILE + 5, 2 * TILE + 7] == 0
+    store.delete("abcd")
+    assert store.load("abcd") is None and not (store.folder / "abcd.tiles").exists()
+
+
+def test_a_save_cut_short_leaves_the_previous_tiled_save(tmp_path, monkeypatch):
+    from napari_selfloop.core import autosave
+
+    store = AutosaveStore(tmp_path)
+    lab = np.zeros((1200, 1200 * 4), np.uint8)  # 4.6 MB
+    store.save("beef", lab)
+    edited = lab.copy()
+    edited[:, :] = 1
+
+    def full_disk(path, obj, **kw):  # the record cannot be written: the save fails
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(autosave, "write_json", full_disk)
+    with pytest.raises(OSError):
+        store.save("beef", edited)
+    monkeypatch.undo()
+    assert np.array_equal(AutosaveStore(tmp_path).load("beef").labels, lab)  # the old save, whole
+    store.save("beef", edited)  # the next save works and cleans up the unused tiles
+    assert np.array_equal(store.load("beef").labels, edited)
+    assert len(list((store.folder / "beef.tiles").iterdir())) == 30
+
+
+def test_a_damaged_tile_loses_only_that_tile(tmp_path, caplog):
+    store = AutosaveStore(tmp_path)
+    lab = np.ones((1024, 4608), np.uint8)
+    store.save("cafe", lab)
+    victim = sorted((store.folder / "cafe.tiles").iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:10])
+    with caplog.at_level("WARNING"):
+        restored = store.load("cafe")
+    assert "damaged" in caplog.text and store.set_aside
+    y, x = (int(v) for v in victim.name.split("-")[0].split("_"))
+    tile = restored.labels[y * 512 : (y + 1) * 512, x * 512 : (x + 1) * 512]
+    assert (tile == 255).all() and (restored.labels == 1).sum() == lab.size - tile.size
+    assert not victim.exists() and victim.with_name(victim.name + ".damaged").exists()
+
+
+def test_tile_tracker_reads_edits_and_a_bounded_scan():
+    from napari_selfloop.core.tiles import TILE, TileTracker
+
+    data = np.zeros((4 * TILE, 4 * TILE), np.uint8)  # 16 tiles of 256 KiB
+    tracker = TileTracker(data.shape, data.dtype)
+    checked, changed = tracker.pending(data, budget=TILE * TILE)
+    assert len(changed) == 16  # never saved: every tile
+    tracker.commit(checked, changed)
+    assert tracker.pending(data, budget=TILE * TILE)[1] == {}
+    data[10, 10] = 1  # a painted pixel, reported
+    tracker.mark((10, 10, 11, 11))
+    checked, changed = tracker.pending(data, budget=TILE * TILE)
+    assert set(changed) == {(0, 0)} and len(checked) <= 2
+    tracker.commit(checked, changed)
+    data[3 * TILE + 1, 3 * TILE + 1] = 1  # an edit no event reported (an undo, a script)
+    found = []
+    for _ in range(16):  # one tile per save: found within 16 saves
+        checked, changed = tracker.pending(data, budget=TILE * TILE)
+        found += list(changed)
+        tracker.commit(checked, changed)
+    assert found == [(3, 3)]
+    # A small array is compared whole at every save.
+    small = np.zeros((100, 100), np.uint8)
+    t = TileTracker(small.shape, small.dtype, saved=small)
+    small[99, 99] = 3
+    assert set(t.pending(small)[1]) == {(0, 0)}
+
+
+def test_slide_key_reads_a_sample_and_tells_slides_apart():
+    from napari_selfloop.core.autosave import slide_key
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
+    levels = [base, base[::4, ::4].copy()]
+    key = slide_key(levels)
+    assert key == slide_key([zarr.array(base, chunks=(256, 256, 3)), levels[1]])
+    other = base.copy()
+    other[1024, 1024] ^= 1  # the centre sample
+    assert slide_key([other, levels[1]]) != key
+    assert slide_key([base]) == image_key(base)

@@ -197,3 +197,29 @@ def test_checkpoints_from_before_the_jigsaw_choices_load_with_the_paper_head(tmp
     assert ck.model.jigsaw_head.fc.in_features == 64  # 8 * width, pooled to 1x1
     new = build_model(ModelConfig(width=8), seed=0)
     assert new.config.jigsaw_head == "slots" and new.jigsaw_head.fc.in_features == 64 * 9
+
+
+def test_checkpoints_from_before_the_decoder_choice_load_with_the_matched_decoder(tmp_path):
+    """Old files have no decoder in their config: their decoder is as wide as the skips
+    (``matched``); they load with their own weights and predict as before."""
+    old = build_model(ModelConfig(width=8, decoder="matched"), seed=0)
+    path = save_checkpoint(tmp_path / "old.pt", old)
+    payload = torch.load(path, weights_only=True)
+    del payload["model_config"]["decoder"]
+    torch.save(payload, path)
+    ck = load_checkpoint(path)
+    assert ck.config.decoder == "matched"
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(ck.model.eval()(x), old.eval()(x))
+    # New models taper: 4w, 2w, w, w/2 at strides 16..2 and w/4 at full resolution.
+    new = build_model(ModelConfig(width=64), seed=0)
+    assert new.config.decoder == "tapered"
+    assert [b[1][0].out_channels for b in new.decoder.blocks] == [256, 128, 64, 32]
+    assert new.decoder.head.in_channels == 16
+    assert [b[1][0].out_channels for b in ck.model.decoder.blocks] == [32, 16, 8, 8]
+    # A file whose config names a decoder this version does not know is refused in one line.
+    payload["model_config"]["decoder"] = "huge"
+    torch.save(payload, path)
+    with pytest.raises(CheckpointError, match="decoder must be one of tapered, matched"):
+        load_checkpoint(path)

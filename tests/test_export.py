@@ -50,7 +50,7 @@ def test_geojson_polygons_match_objects():
         ring = f["geometry"]["coordinates"][0]
         assert f["geometry"]["type"] == "Polygon"
         assert ring[0] == ring[-1] and len(ring) >= 4
-        assert f["properties"]["objectType"] == "annotation"
+        assert f["properties"]["objectType"] == "detection"  # nuclei: QuPath detections
         assert f["properties"]["classification"]["name"] == "Nucleus"
     # The rectangle 40:50 x 50:70 has its outline on pixel centres (+0.5): x in [50.5, 69.5].
     rect = next(f for f in gj["features"] if f["properties"]["measurements"]["Area px"] == 200)
@@ -211,3 +211,72 @@ def test_polygons_follow_pixel_edges():
     geometry = mask_to_geojson(two)["features"][0]["geometry"]
     assert geometry["type"] == "MultiPolygon" and len(geometry["coordinates"]) == 2
     assert sum(_area(p) for p in geometry["coordinates"]) == 5
+
+
+# -- issue 9: QuPath-valid GeoJSON (UUIDs, object types), slide coordinates, slide-grade TIFFs
+
+
+def rasterise(features, shape, origin=(0, 0)):
+    """Pixels of ``shape`` (from slide point ``origin = (y, x)``) whose centre is inside a feature."""
+    import shapely
+
+    out = np.zeros(shape, np.int32)
+    y0, x0 = origin
+    for i, feature in enumerate(features, start=1):
+        geom = shapely.geometry.shape(feature["geometry"])
+        bx0, by0, bx1, by1 = geom.bounds
+        r0, r1 = max(0, int(np.floor(by0 - y0))), min(shape[0], int(np.ceil(by1 - y0)))
+        c0, c1 = max(0, int(np.floor(bx0 - x0))), min(shape[1], int(np.ceil(bx1 - x0)))
+        if r1 <= r0 or c1 <= c0:
+            continue
+        yy, xx = np.mgrid[r0:r1, c0:c1]
+        inside = shapely.contains_xy(geom, xx + x0 + 0.5, yy + y0 + 0.5)
+        out[r0:r1, c0:c1][inside] = i
+    return out
+
+
+@pytest.mark.parametrize("object_type", ["detection", "annotation"])
+def test_geojson_polygons_are_valid_with_uuid_ids(object_type):
+    import uuid
+
+    import shapely
+
+    rng = np.random.default_rng(4)
+    mask = (rng.random((60, 70)) < 0.5).astype(np.uint8)  # many odd shapes with holes
+    objects = instance_labels(mask)
+    gj = json.loads(json.dumps(mask_to_geojson(objects, object_type=object_type)))
+    ids = [f["id"] for f in gj["features"]]
+    assert len(ids) == objects.max() and len(set(ids)) == len(ids)
+    for f in gj["features"]:
+        assert uuid.UUID(f["id"]).version == 4
+        assert f["properties"]["objectType"] == object_type
+        geom = shapely.geometry.shape(f["geometry"])
+        assert geom.is_valid, shapely.is_valid_reason(geom)
+        assert geom.geom_type in ("Polygon", "MultiPolygon")
+        assert geom.area == f["properties"]["measurements"]["Area px"]
+    assert np.array_equal(rasterise(gj["features"], mask.shape) > 0, mask == 1)
+    with pytest.raises(InputError, match="object type"):
+        mask_to_geojson(objects, object_type="object")
+
+
+def test_export_of_a_region_is_in_slide_coordinates(tmp_path):
+    from napari_selfloop.core.window import Window
+
+    window = Window(y0=1000, x0=2048, height=64, width=80, factor=2.0, level=1)
+    lab = _labels()
+    entry = export_annotation(tmp_path, "slide_region", lab, window=window, pixel_size_um=0.5,
+                              object_type="detection")
+    assert entry["region"]["box"] == [1000, 2048, 1128, 2208] and entry["pixel_size_um"] == 0.5
+    features = json.loads((tmp_path / entry["geojson"]).read_text())["features"]
+    # Back to a full-resolution mask of the region's part of the slide: every pixel of the
+    # region's mask covers 2 x 2 slide pixels.
+    back = rasterise(features, (128, 160), origin=(1000, 2048)) > 0
+    expected = np.kron(labels_to_mask(lab) == 1, np.ones((2, 2), bool))
+    assert np.array_equal(back, expected)
+    # The masks are the region's own, tiled and compressed, with their pixel size.
+    with tifffile.TiffFile(tmp_path / entry["mask"]) as tif:
+        page = tif.pages[0]
+        assert page.is_tiled and page.compression != 1
+        assert page.tags["XResolution"].value == (20000, 1)  # 0.5 um/px = 20000 px/cm
+        assert np.array_equal(page.asarray(), labels_to_mask(lab))
+    assert tifffile.imread(tmp_path / entry["instances"]).max() == 2

@@ -19,7 +19,6 @@ from napari_selfloop.core import imageio
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.imageio import (
     ImageInfo,
-    TiffRowWriter,
     atomic_path,
     check_image,
     open_image,
@@ -396,84 +395,3 @@ def test_real_full_disk(tiny_tmpfs, rng):
     np.testing.assert_array_equal(tifffile.imread(target), small)
     assert _leftovers(tiny_tmpfs) == []
 
-    writer = TiffRowWriter(tiny_tmpfs / "big.tif", 512, 512, np.float32)  # sparse: fits
-    with pytest.raises(OSError) as info:
-        for y in range(0, 512, 64):
-            writer.write_rows(y, np.ones((64, 512), np.float32))
-    assert info.value.errno == errno.ENOSPC and "big.tif" in str(info.value)
-    assert writer.closed
-    assert sorted(p.name for p in tiny_tmpfs.iterdir()) == ["mask.tif"]
-
-
-# --------------------------------------------------------------------------- TiffRowWriter
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.uint8])
-def test_tiff_row_writer_round_trip(tmp_path, rng, dtype):
-    if dtype == np.uint8:
-        img = rng.integers(0, 256, (1000, 700), dtype=np.uint8)
-    else:
-        img = rng.random((1000, 700), dtype=np.float32)
-    path = tmp_path / "out.tif"
-    with TiffRowWriter(path, 1000, 700, dtype) as writer:
-        assert not path.exists()  # only the temporary file exists until commit
-        y = 0
-        for rows in (1, 99, 300, 333, 267):
-            writer.write_rows(y, img[y : y + rows])
-            y += rows
-    assert writer.closed and _leftovers(tmp_path) == []
-    back = tifffile.imread(path)
-    assert back.dtype == img.dtype
-    np.testing.assert_array_equal(back, img)
-    assert isinstance(open_image(path), np.memmap)  # uncompressed and contiguous
-
-
-def test_tiff_row_writer_abort_and_exception(tmp_path):
-    writer = TiffRowWriter(tmp_path / "a.tif", 10, 10, np.float32)
-    writer.write_rows(0, np.ones((5, 10)))
-    writer.abort()
-    writer.abort()  # idempotent
-    assert list(tmp_path.iterdir()) == []
-
-    (tmp_path / "b.tif").write_bytes(b"old")
-    with pytest.raises(KeyError), TiffRowWriter(tmp_path / "b.tif", 10, 10, np.uint8) as w:
-        w.write_rows(0, np.ones((10, 10), np.uint8))
-        raise KeyError("cancelled")
-    assert (tmp_path / "b.tif").read_bytes() == b"old"
-    assert _leftovers(tmp_path) == []
-
-
-def test_tiff_row_writer_rejects_bad_rows(tmp_path):
-    with TiffRowWriter(tmp_path / "a.tif", 10, 10, np.uint8) as writer:
-        with pytest.raises(ValueError, match="convert"):
-            writer.write_rows(0, np.ones((2, 10), np.float32))
-        with pytest.raises(ValueError, match="outside"):
-            writer.write_rows(9, np.ones((2, 10), np.uint8))
-        with pytest.raises(ValueError, match="shape"):
-            writer.write_rows(0, np.ones((2, 9), np.uint8))
-        writer.write_rows(0, np.ones((10, 10), np.uint8))
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif"), 1)
-
-
-def test_tiff_row_writer_simulated_full_disk(tmp_path, monkeypatch):
-    writer = TiffRowWriter(tmp_path / "a.tif", 100, 100, np.float32)
-    writer.write_rows(0, np.ones((10, 100)))
-
-    def full_disk(fd, data, offset):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(imageio.os, "pwrite", full_disk)
-    with pytest.raises(OSError) as info:
-        writer.write_rows(10, np.ones((10, 100)))
-    assert info.value.errno == errno.ENOSPC and "a.tif" in str(info.value)
-    assert writer.closed and list(tmp_path.iterdir()) == []
-
-
-def test_tiff_row_writer_forgotten_is_cleaned_up(tmp_path):
-    import gc
-
-    writer = TiffRowWriter(tmp_path / "a.tif", 4, 4, np.uint8)
-    assert len(_leftovers(tmp_path)) == 1
-    del writer
-    gc.collect()
-    assert list(tmp_path.iterdir()) == []

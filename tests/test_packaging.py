@@ -129,10 +129,12 @@ def test_wheel_contents(wheel: Path):
     for path in PACKAGE.rglob("*"):
         if "__pycache__" in path.parts or not path.is_file():
             continue
-        if path.suffix in {".py", ".tif", ".png", ".json", ".yaml"}:
+        if path.suffix in {".py", ".tif", ".png", ".json", ".yaml", ".pt"}:
             rel = path.relative_to(ROOT).as_posix()
             assert rel in names, f"{rel} missing from the wheel"
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+    # The bundled starter models ship inside the package.
+    assert {"napari_selfloop/models/nuclei-he.pt", "napari_selfloop/models/lesion-dermoscopy.pt"} <= names
 
     assert "[napari.manifest]" in eps
     assert "napari-selfloop = napari_selfloop:napari.yaml" in eps

@@ -299,3 +299,36 @@ def test_selfloop_steps_move_nothing_when_the_jigsaw_gradient_is_zero(scale):
         assert moved["sgd"] == 0.0
     else:
         assert moved["sgd"] < 1e-6 and moved["adam"] > 1e-3, moved
+
+
+def test_the_step_after_the_last_puzzle_is_skipped_only_where_it_changes_nothing():
+    """Pseudo-labelling throws its stepped encoder copy away, so the step after the last
+    puzzle cannot change its result and is skipped; in training (the encoder is kept) it
+    is taken."""
+    import copy
+
+    from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles
+    from napari_selfloop.core.pseudolabel import (
+        make_step_optimizer,
+        predict_selfloop,
+        selfloop_steps,
+    )
+
+    model = calibrated()
+    x = torch.rand(2, 3, 96, 96, generator=torch.Generator().manual_seed(0))
+    puzzles = sample_puzzles(np.random.default_rng(0), 2, 3, permutation_pool(), patch=96)
+    fast = predict_selfloop(model, x, puzzles, lr=1e-2)
+    encoder, head = copy.deepcopy(model.encoder).eval(), copy.deepcopy(model.jigsaw_head).eval()
+    params = [*encoder.parameters(), *head.parameters()]
+    full = run_to_completion(selfloop_steps(model, x, puzzles, encoder=encoder, head=head,
+                                            optimizer=make_step_optimizer(params, "sgd", 1e-2)))
+    assert torch.equal(fast.prob, full.prob) and torch.equal(fast.losses, full.losses)
+    # In training the last step is taken: the kept encoder differs from one stepped Q-1 times.
+    stepped = {}
+    for after_last in (True, False):
+        enc, hd = copy.deepcopy(model.encoder).eval(), copy.deepcopy(model.jigsaw_head).eval()
+        opt = make_step_optimizer([*enc.parameters(), *hd.parameters()], "sgd", 1e-2)
+        run_to_completion(selfloop_steps(model, x, puzzles, encoder=enc, head=hd, optimizer=opt,
+                                         step_after_last=after_last))
+        stepped[after_last] = state_snapshot(enc)
+    assert any(not torch.equal(stepped[True][k], stepped[False][k]) for k in stepped[True])

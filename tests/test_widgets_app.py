@@ -33,7 +33,7 @@ def test_manifest_is_valid_and_complete():
         "Model",
         "Fine-tune",
     }
-    assert {s.key for s in contrib.sample_data} == {"nuclei", "lesion", "ihc"}
+    assert {s.key for s in contrib.sample_data} == {"nuclei", "lesion", "ihc", "slide"}
     assert contrib.writers[0].layer_types == ["labels"]
 
 

@@ -26,6 +26,7 @@ from . import (
     batch_cmd,
     evaluate_cmd,
     evaluate_jigsaw_cmd,
+    export_cmd,
     gui_cmd,
     init_cmd,
     models_cmd,
@@ -37,7 +38,7 @@ from . import (
 
 #: Sub-command modules; each has ``add_parser(subparsers)`` that sets ``func``.
 COMMANDS = (init_cmd, pretrain_cmd, pseudolabel_cmd, batch_cmd, train_cmd, evaluate_cmd,
-            evaluate_jigsaw_cmd, models_cmd, gui_cmd)
+            evaluate_jigsaw_cmd, export_cmd, models_cmd, gui_cmd)
 
 log = logging.getLogger("napari_selfloop")
 

@@ -20,8 +20,16 @@ from ..core import batch
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.errors import InputError
 from ..core.imageio import check_input_file, sweep_stale_temporaries
+from ..core.working import SlideOptions
 from . import progressbar
-from .pseudolabel_cmd import add_method_options, config_from_args
+from .args import CHECKPOINT_HELP, checkpoint_arg
+from .pseudolabel_cmd import (
+    add_method_options,
+    add_slide_options,
+    config_from_args,
+    model_pixel_size,
+    slide_options_from_args,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +52,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("images", nargs="+", metavar="IMAGES_OR_LIST",
                    help="images, folders of images, or text files listing paths (@LIST or a .txt)")
-    p.add_argument("--checkpoint", action="append", required=True, type=Path,
-                   help="model checkpoint; repeat it for --method ensemble")
+    p.add_argument("--checkpoint", action="append", required=True, type=checkpoint_arg,
+                   help=f"{CHECKPOINT_HELP}; repeat it for --method ensemble")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     add_method_options(p)
+    add_slide_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps, on each worker")
     p.add_argument("--workers", type=int, default=2,
                    help="LocalCluster worker processes (default 2); 0: run in this process, "
@@ -138,12 +147,13 @@ def run(args: argparse.Namespace) -> int:
         check_input_file(path, "a checkpoint file")
         absolute = os.path.abspath(path)
         checkpoints.append((absolute, file_sha256(absolute)))
+    SlideOptions(mpp=args.mpp)  # a bad --mpp is refused before anything loads
     # A bad checkpoint is a one-line refusal here, not one failure per image.
     if args.workers == 0 and args.scheduler is None:
         batch.get_models(checkpoints)  # loaded once, used by every image
-    else:
-        for path, _ in checkpoints:
-            load_checkpoint(path)
+    loaded = [load_checkpoint(path) for path, _ in checkpoints]
+    slide = slide_options_from_args(args, model_pixel_size(loaded)).to_dict()
+    del loaded
     images = batch.collect_inputs(args.images)
     out = Path(os.path.abspath(args.out))
     taken = set(images) | {Path(p) for p, _ in checkpoints}
@@ -170,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     log.info("batch: %d image(s)%s -> %s", len(todo), where, out)
     start = time.perf_counter()
     kwargs = dict(out=str(out), checkpoints=checkpoints, config=batch.config_dict(config),
-                  device=args.device, skip_existing=args.skip_existing)
+                  device=args.device, skip_existing=args.skip_existing, slide=slide)
     progress = _Progress(len(todo), args.quiet)
     try:
         if args.workers == 0 and args.scheduler is None:

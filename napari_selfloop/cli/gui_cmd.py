@@ -15,6 +15,7 @@ import numpy as np
 from .._sample_data import SAMPLES
 from ..core.bundled import BUNDLED, model_for_image, resolve_checkpoint
 from ..core.errors import InputError
+from ..core.slide import is_slide
 from .args import CHECKPOINT_HELP, checkpoint_arg
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,11 @@ def _open_sample(viewer: Any, key: str) -> None:
 
 
 def _first_image_rgb(viewer: Any) -> np.ndarray | None:
-    """A small RGB view of the first image layer (its coarsest level when multiscale)."""
+    """A small RGB view of the first image layer."""
     for layer in viewer.layers:
         if layer.__class__.__name__ != "Image":
             continue
-        data = layer.data[-1] if getattr(layer, "multiscale", False) else layer.data
+        data = layer.data
         if data.ndim not in (2, 3):
             continue
         step = max(1, max(data.shape[:2]) // 1024)
@@ -99,11 +100,19 @@ def _first_image_rgb(viewer: Any) -> np.ndarray | None:
 
 
 def choose_bundled(viewer: Any) -> str | None:
-    """The bundled model that fits the first image (None without an image or model files)."""
-    rgb = _first_image_rgb(viewer)
-    if rgb is None:
-        return None
-    name = model_for_image(rgb)
+    """The bundled model that fits the first image (None without an image or model files).
+
+    A slide (a multiscale layer) is histology: ``nuclei-he``. Its overview would look like
+    a dermoscopy photo to the guess (one large dark blob, the tissue, on bright glass).
+    """
+    first = next((layer for layer in viewer.layers if layer.__class__.__name__ == "Image"), None)
+    if first is not None and getattr(first, "multiscale", False):
+        name = next(m.name for m in BUNDLED.values() if m.kind == "he")
+    else:
+        rgb = _first_image_rgb(viewer)
+        if rgb is None:
+            return None
+        name = model_for_image(rgb)
     if not BUNDLED[name].path.is_file():
         log.warning("the bundled model %s is not installed; starting from an untrained model", name)
         return None
@@ -142,7 +151,8 @@ def setup_viewer(
     if sample is not None:
         _open_sample(viewer, sample)
     for path in images:
-        viewer.open(str(path))
+        # Slides through our lazy multiscale reader; napari's would load them whole.
+        viewer.open(str(path), plugin=PLUGIN if is_slide(path) else "napari")
     assistant = _dock(viewer)
     model_panel = assistant.panel("Model")
     if device != "auto":

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         model, parent = build_model(ck.config), ck.meta.get("parent")
     items = image_items(args.images)
     gen = pretrain_jigsaw(model, items, config, device=args.device, out=out, resume=args.resume,
-                          parent=parent)
+                          parent=parent, pixel_size_um=ck.pixel_size_um if args.checkpoint is not None else None)
     # Every check is done (pretrain_jigsaw() checks before it returns the generator).
     log.info("jigsaw pre-training on %d image(s): %d steps, head %s, rotation %s%s",
              len(items), config.iterations, model.config.jigsaw_head, model.config.jigsaw_rotation,

@@ -20,6 +20,9 @@ from ..core.imageio import (
 )
 from ..core.jigsaw import ROTATIONS
 from ..core.pseudolabel import METHODS, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig
+from ..core.slide import is_slide, open_slide
+from ..core.working import OUTPUT_DTYPES, SlideOptions
+from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
@@ -33,13 +36,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="pseudo-label images with self-loop uncertainty or a baseline",
         description="Writes DIR/STEM_prob.tif (float32 in [0, 1]), DIR/STEM_uncertainty.tif "
         "(float32) and DIR/STEM_mask.tif (uint8: 1 confident foreground, 0 confident "
-        "background, 255 uncertain) for every image. Existing files are not overwritten "
-        "without --force, and an input file is never overwritten.",
+        "background, 255 uncertain) for every image: tiled, compressed TIFFs with the pixel "
+        "size and, when large, a pyramid. Slides (pyramidal TIFF, SVS, NDPI, OME-TIFF, or "
+        "8192x8192 and up) are worked at --mpp (default: the model's pixel size), their glass "
+        "skipped, and their probability and uncertainty stored as uint8 (0-255 for 0-1). "
+        "Existing files are not overwritten without --force, and an input file is never "
+        "overwritten.",
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="TIFF, PNG or JPEG")
-    p.add_argument("--checkpoint", action="append", required=True, type=Path,
-                   help="model checkpoint; repeat it for --method ensemble")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="TIFF, PNG, JPEG, or a slide (.svs, .ndpi, .tif, .ome.tif)")
+    p.add_argument("--checkpoint", action="append", required=True, type=checkpoint_arg,
+                   help=f"{CHECKPOINT_HELP}; repeat it for --method ensemble")
     add_method_options(p)
+    add_slide_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     p.add_argument("--force", action="store_true",
@@ -73,6 +82,38 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
     p.add_argument("--seed", type=int, default=d.seed)
+
+
+def add_slide_options(p: argparse.ArgumentParser) -> None:
+    """The :class:`SlideOptions` options (shared with ``batch``)."""
+    p.add_argument("--mpp", type=float, default=None, metavar="UM",
+                   help="microns per pixel to work slides at: the nearest pyramid level at least "
+                   "as fine is read and resampled the rest of the way (default: the pixel size "
+                   "the model was trained at; level 0 when neither says)")
+    p.add_argument("--tissue-only", dest="tissue_only", action="store_true", default=None,
+                   help="skip patches without tissue (default for slides): they come out as "
+                   "background with zero uncertainty")
+    p.add_argument("--no-tissue-only", dest="tissue_only", action="store_false",
+                   help="process the glass too")
+    p.add_argument("--output-dtype", choices=OUTPUT_DTYPES, default="auto",
+                   help="pixel type of the probability and uncertainty (auto: uint8, 0-255 for "
+                   "0-1, for slides; float32 for other images)")
+
+
+def slide_options_from_args(args: argparse.Namespace, model_mpp: float | None) -> SlideOptions:
+    """The :class:`SlideOptions` of the options :func:`add_slide_options` added, with ``--mpp``
+    defaulting to ``model_mpp`` (the checkpoint's pixel size)."""
+    mpp = args.mpp if args.mpp is not None else model_mpp
+    return SlideOptions(mpp=mpp, tissue_only=args.tissue_only, output_dtype=args.output_dtype)
+
+
+def model_pixel_size(checkpoints: list) -> float | None:
+    """The pixel size the (first) checkpoint was trained at; a warning when an ensemble's differ."""
+    sizes = [c.pixel_size_um for c in checkpoints]
+    if len({s for s in sizes}) > 1:
+        log.warning("the checkpoints were trained at different pixel sizes (%s): slides are "
+                    "worked at the first's; pass --mpp to choose", ", ".join(map(str, sizes)))
+    return sizes[0] if sizes else None
 
 
 def config_from_args(args: argparse.Namespace) -> PseudoLabelConfig:
@@ -148,6 +189,19 @@ def _unique_stems(images: list[Path]) -> None:
         seen[path.stem] = path
 
 
+def _slide_note(info: dict) -> str:
+    working = info.get("working") or {}
+    if not working.get("slide"):
+        return ""
+    mpp = working.get("mpp")
+    note = f", at {mpp:g} µm/px" if mpp is not None else ", at level 0 (no pixel size)"
+    if info.get("patches"):
+        note += f", {info['patches_computed']} of {info['patches']} patches computed"
+        if "tissue_fraction" in working:
+            note += " (glass skipped)"
+    return note
+
+
 def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     _unique_stems(args.images)
@@ -156,10 +210,16 @@ def run(args: argparse.Namespace) -> int:
     for path in args.checkpoint:
         check_input_file(path, "a checkpoint file")
     check_outputs(args.images, [*args.images, *args.checkpoint], args.out, args.force)
-    models = [load_checkpoint(p).model for p in args.checkpoint]
+    SlideOptions(mpp=args.mpp)  # a bad --mpp is refused before the models load
+    checkpoints = [load_checkpoint(p) for p in args.checkpoint]
+    models = [c.model for c in checkpoints]
+    options = slide_options_from_args(args, model_pixel_size(checkpoints))
     # Check every image before the first long computation starts, keeping none of them open
     # (a few hundred lazily read TIFFs would exhaust the open-file limit).
     for path in args.images:
+        if is_slide(path):
+            open_slide(path).close()
+            continue
         image = open_image(path)
         try:
             check_image(image)
@@ -171,10 +231,12 @@ def run(args: argparse.Namespace) -> int:
         result, info = label_image_file(
             path, models, config, args.out, path.stem, device=args.device,
             drive=lambda gen, path=path: drive(gen, desc=path.name, quiet=args.quiet),
+            options=options,
         )
         extra = ""
         if result.losses is not None:
             extra = f", mean jigsaw loss {float(np.mean(result.losses)):.3f}"
+        extra += _slide_note(result.info)
         log.info("%s: %s pseudo-label (%dx%d) in %.1f s on %s%s -> %s",
                  path.name, config.method, info.width, info.height, result.seconds,
                  result.info.get("device"), extra, args.out / f"{path.stem}_*.tif")

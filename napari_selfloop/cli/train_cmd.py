@@ -192,7 +192,8 @@ def run(args: argparse.Namespace) -> int:
     unl_items = [_item(s, images[s], None) for s in unlabelled]
     unl_items += [_item(s, p, None) for s, p in extra.items()]
     gen = train(model, lab_items, unl_items, config, validation=val_items or None,
-                device=args.device, resume=args.resume, out=args.out, parent=parent)
+                device=args.device, resume=args.resume, out=args.out, parent=parent,
+                pixel_size_um=ck.pixel_size_um if args.checkpoint is not None else None)
     # Every check is done (train() checks before it returns the generator): log, sweep, run.
     log.info("training %s: %d labelled, %d unlabelled, %d validation image(s), %d iterations",
              config.framework, len(lab_items), len(unl_items), len(val_items), config.iterations)

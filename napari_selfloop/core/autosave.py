@@ -1,13 +1,28 @@
 """Autosave of corrections, keyed by the image's content, so a crash loses little work.
 
-Corrections are stored in ``PROJECT/autosave/KEY.tif`` (the Labels array, zlib-compressed)
-and ``PROJECT/autosave/KEY.json`` (what it belongs to and when it was saved), where ``KEY``
-is derived from all of the image's pixels (:func:`image_key`): reopening the same image,
-whatever its file name, finds its corrections again, and an image that differs in any
-pixel does not. Both files are written atomically (the TIFF first, then the JSON that
-points at it), so a crash during a save leaves the previous save. A save found damaged
-anyway (a disk error, a copy cut short) is renamed to ``KEY.tif.damaged`` with a warning,
-never fatal. The plugin saves every 30 seconds while there are unsaved changes.
+Corrections are stored in ``PROJECT/autosave/`` under a ``KEY`` derived from the image's
+pixels (:func:`image_key`; :func:`slide_key` for a pyramid, and
+:func:`~.window.region_key` for one region of it): reopening the same image, whatever its
+file name, finds its corrections again, and an image that differs in any pixel does not.
+
+Two layouts, chosen by size:
+
+``KEY.tif`` + ``KEY.json``
+    Labels up to :data:`SINGLE_FILE_BYTES`: the whole array, zlib-compressed, and a record
+    of what it belongs to and when it was saved. Both are written atomically (the TIFF
+    first, then the JSON), so a crash during a save leaves the previous save.
+``KEY.tiles/`` + ``KEY.json``
+    Larger labels, cut into :data:`TILE` x :data:`TILE` tiles. Each tile is a file named
+    after its position and the hash of its content (``Y_X-HASH.z``, zlib-compressed bytes),
+    and the JSON record lists the tile files that make up the save. A save writes only the
+    tiles whose content changed (new names, so nothing in use is overwritten), then the
+    record (atomically), then removes the files no record uses: a crash at any point leaves
+    the previous save whole.
+
+A save found damaged anyway (a disk error, a copy cut short) is set aside (renamed to
+``NAME.damaged``) with a warning, never fatal; of a tiled save only the damaged tiles are
+lost (they come back as 255, "uncertain"). The plugin saves every 30 seconds while there
+are unsaved changes.
 """
 
 from __future__ import annotations
@@ -17,7 +32,10 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable
+import re
+import shutil
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +43,22 @@ from typing import Any
 import numpy as np
 
 from .errors import Cancelled, InputError
-from .imageio import write_json, write_tiff
+from .imageio import atomic_path, write_json, write_tiff
+from .tiles import TILE, tile_grid, tile_hash, tile_slices
 
 log = logging.getLogger(__name__)
 
 #: Bytes read per step when hashing a lazy or memory-mapped image.
 HASH_BLOCK_BYTES = 16 * 1024 * 1024
+#: Labels of at most this many bytes are saved as one TIFF; larger ones as tiles.
+SINGLE_FILE_BYTES = 4 * 1024 * 1024
+#: ``format`` of the record of a tiled save.
+TILED_FORMAT = "napari-selfloop-autosave-tiles"
+#: What a tile that cannot be read comes back as: 255, "uncertain" (not looked at yet).
+LOST_TILE_VALUE = 255
+#: Level-0 tiles :func:`slide_key` reads, as fractions of the height and width.
+_SLIDE_SAMPLES = ((0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75))
+_TILE_FILE = re.compile(r"^(\d+)_(\d+)-([0-9a-f]{16})\.z$")
 
 
 def image_key(image: Any, cancelled: Callable[[], bool] | None = None) -> str:
@@ -47,9 +75,15 @@ def image_key(image: Any, cancelled: Callable[[], bool] | None = None) -> str:
     h = hashlib.sha256()
     shape = tuple(int(s) for s in image.shape)
     h.update(repr((shape, str(np.dtype(image.dtype)))).encode())
+    _hash_rows(h, image, cancelled)
+    return h.hexdigest()[:24]
+
+
+def _hash_rows(h: Any, image: Any, cancelled: Callable[[], bool] | None) -> None:
     if type(image) is np.ndarray:  # in memory: no copy when contiguous
         h.update(np.ascontiguousarray(image).reshape(-1).view(np.uint8))
-        return h.hexdigest()[:24]
+        return
+    shape = tuple(int(s) for s in image.shape)
     height = shape[0] if shape else 0
     row_bytes = max(1, int(np.prod(shape[1:], dtype=np.int64)) * np.dtype(image.dtype).itemsize)
     rows = max(1, HASH_BLOCK_BYTES // row_bytes)
@@ -58,6 +92,31 @@ def image_key(image: Any, cancelled: Callable[[], bool] | None = None) -> str:
             raise Cancelled("hashing the image was cancelled")
         band = np.ascontiguousarray(np.asarray(image[y : y + rows]))
         h.update(band.reshape(-1).view(np.uint8))
+
+
+def slide_key(levels: Sequence[Any], cancelled: Callable[[], bool] | None = None,
+              sample: int = 256) -> str:
+    """A short hex key for a pyramid (a whole slide), read in well under a second.
+
+    Hashing every pixel of a slide would mean decoding gigabytes, so the key covers the
+    shape and dtype of every level, every pixel of the smallest level, and five
+    ``sample`` x ``sample`` tiles of full resolution (the centre and the centres of the
+    four quadrants). Two scans of different tissue differ there; a slide is never edited
+    in place. A single level (``len(levels) == 1``) gets :func:`image_key`.
+    """
+    if len(levels) == 1:
+        return image_key(levels[0], cancelled)
+    h = hashlib.sha256(b"slide")
+    shapes = [tuple(int(s) for s in lvl.shape) for lvl in levels]
+    h.update(repr((shapes, [str(np.dtype(lvl.dtype)) for lvl in levels])).encode())
+    smallest = min(range(len(levels)), key=lambda k: int(np.prod(shapes[k], dtype=np.int64)))
+    _hash_rows(h, levels[smallest], cancelled)
+    height, width = shapes[0][:2]
+    for fy, fx in _SLIDE_SAMPLES:
+        y = max(0, min(height - sample, int(height * fy) - sample // 2))
+        x = max(0, min(width - sample, int(width * fx) - sample // 2))
+        tile = np.ascontiguousarray(np.asarray(levels[0][y : y + sample, x : x + sample]))
+        h.update(tile.reshape(-1).view(np.uint8))
     return h.hexdigest()[:24]
 
 
@@ -84,16 +143,34 @@ class AutosaveStore:
         self.folder = self.project / "autosave"
         #: Damaged saves this store renamed out of the way (see :meth:`load`).
         self.set_aside: list[Path] = []
+        #: Tile files a tiled save listed but that were not there (see :meth:`load`).
+        self.missing: list[Path] = []
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         if not key or not all(c in "0123456789abcdef" for c in key):
             raise InputError(f"invalid autosave key {key!r}")
         return self.folder / f"{key}.tif", self.folder / f"{key}.json"
 
+    def _tile_dir(self, key: str) -> Path:
+        return self.folder / f"{key}.tiles"
+
     def save(
-        self, key: str, labels: np.ndarray, *, name: str = "", extra: dict[str, Any] | None = None
+        self,
+        key: str,
+        labels: np.ndarray,
+        *,
+        name: str = "",
+        extra: dict[str, Any] | None = None,
+        tiles: Iterable[tuple[int, int]] | None = None,
     ) -> Path:
-        """Save ``labels`` for the image with ``key``; returns the TIFF's path."""
+        """Save ``labels`` for the image with ``key``; returns the file that records it.
+
+        Labels of at most :data:`SINGLE_FILE_BYTES` are written whole (``KEY.tif``,
+        returned); larger ones as tiles (``KEY.json`` returned), of which only those whose
+        content differs from the previous save are written. ``tiles``, if given, are the
+        only tiles that may have changed since the previous save of ``key`` (the caller
+        tracks edits); None compares every tile.
+        """
         labels = np.asarray(labels)
         if labels.ndim != 2:
             raise InputError(f"can only autosave 2D labels, got shape {labels.shape}")
@@ -101,7 +178,6 @@ class AutosaveStore:
             raise InputError(f"project folder {self.project} is a file: choose a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
         tif, meta_path = self._paths(key)
-        write_tiff(tif, labels, compression="zlib")
         meta = {
             "key": key,
             "name": name,
@@ -110,9 +186,55 @@ class AutosaveStore:
             "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             **(extra or {}),
         }
+        if labels.nbytes > SINGLE_FILE_BYTES:
+            self._save_tiles(key, labels, meta, tiles)
+            if tif.exists():  # an earlier single-file save of the same key
+                tif.unlink(missing_ok=True)
+            log.debug("autosaved %s (%s) as tiles in %s", name, key, self.folder)
+            return meta_path
+        write_tiff(tif, labels, compression="zlib")
         write_json(meta_path, meta)
+        shutil.rmtree(self._tile_dir(key), ignore_errors=True)
         log.debug("autosaved %s (%s) to %s", name, key, tif)
         return tif
+
+    def _save_tiles(self, key: str, labels: np.ndarray, meta: dict[str, Any],
+                    tiles: Iterable[tuple[int, int]] | None) -> None:
+        _, meta_path = self._paths(key)
+        folder = self._tile_dir(key)
+        folder.mkdir(exist_ok=True)
+        before = self._tiled_record(meta_path, labels)
+        files: dict[str, str] = dict(before["tiles"]) if before else {}
+        grid = tile_grid(labels.shape)
+        todo = grid if (tiles is None or before is None) else sorted(set(tiles) & set(grid))
+        for index in todo:
+            block = np.ascontiguousarray(labels[tile_slices(index)])
+            digest = tile_hash(block)
+            name = f"{index[0]}_{index[1]}"
+            path = folder / f"{name}-{digest}.z"
+            if files.get(name) == digest and path.exists():
+                continue
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(zlib.compress(block.tobytes(), 1))
+            files[name] = digest
+        write_json(meta_path, {**meta, "format": TILED_FORMAT, "tile": TILE, "tiles": files})
+        keep = {f"{name}-{digest}.z" for name, digest in files.items()}
+        for path in folder.iterdir():  # the files no record uses any more
+            if _TILE_FILE.match(path.name) and path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    def _tiled_record(self, meta_path: Path, labels: np.ndarray) -> dict[str, Any] | None:
+        """The previous tiled record of the same shape and dtype, if any."""
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if (isinstance(meta, dict) and meta.get("format") == TILED_FORMAT
+                and meta.get("tile") == TILE and isinstance(meta.get("tiles"), dict)
+                and meta.get("shape") == [int(s) for s in labels.shape]
+                and meta.get("dtype") == str(labels.dtype)):
+            return meta
+        return None
 
     def load(self, key: str) -> Restored | None:
         """The saved corrections for ``key``, or None when there are none.
@@ -120,14 +242,16 @@ class AutosaveStore:
         A damaged save (a truncated or corrupt TIFF, a TIFF that is not 2D, JSON that does
         not parse) is never fatal: its files are renamed to ``KEY.tif.damaged`` /
         ``KEY.json.damaged`` (kept for inspection, no longer found), a warning is logged and
-        the renamed paths are added to :attr:`set_aside`. When only the JSON record is
-        damaged, the corrections are still restored (without their record).
+        the renamed paths are added to :attr:`set_aside`. When only the JSON record of a
+        single-file save is damaged, the corrections are still restored (without their
+        record). Of a tiled save, a damaged tile is set aside alone and comes back as
+        :data:`LOST_TILE_VALUE`.
         """
         import tifffile
 
         tif, meta_path = self._paths(key)
         if not tif.exists():
-            return None
+            return self._load_tiles(key) if meta_path.exists() else None
         try:
             labels = np.asarray(tifffile.imread(tif))
             problem = None if labels.ndim == 2 else f"it holds shape {labels.shape}, not a 2D mask"
@@ -151,6 +275,46 @@ class AutosaveStore:
                 meta = {}
         return Restored(labels=labels, meta=meta)
 
+    def _load_tiles(self, key: str) -> Restored | None:
+        _, meta_path = self._paths(key)
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict) or meta.get("format") != TILED_FORMAT:
+                return None  # a record without its TIFF: nothing to restore
+            shape = tuple(int(s) for s in meta["shape"])
+            dtype = np.dtype(meta["dtype"])
+            tile = int(meta["tile"])
+            files = meta["tiles"]
+            if len(shape) != 2 or min(shape) < 1 or tile < 1 or not isinstance(files, dict):
+                raise ValueError(f"shape {shape}, tile {tile}")
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            moved = self._set_aside(meta_path)
+            log.warning("autosave record %s is damaged (%s): set aside as %s", meta_path, e,
+                        moved.name if moved else "(could not rename it)")
+            return None
+        labels = np.full(shape, LOST_TILE_VALUE, dtype)
+        folder = self._tile_dir(key)
+        for index in tile_grid(shape, tile):
+            name = f"{index[0]}_{index[1]}"
+            digest = files.get(name)
+            path = folder / f"{name}-{digest}.z"
+            window = labels[tile_slices(index, tile)]
+            try:
+                block = np.frombuffer(zlib.decompress(path.read_bytes()), dtype)
+                block = block.reshape(window.shape)
+                if tile_hash(block) != digest:
+                    raise ValueError("its content does not match its hash")
+            except (OSError, ValueError, zlib.error) as e:
+                moved = self._set_aside(path) if path.exists() else None
+                log.warning("autosave tile %s of %s is damaged or missing (%s)%s: its pixels "
+                            "come back as uncertain", name, key, e,
+                            f"; set aside as {moved.name}" if moved else "")
+                if moved is None:
+                    self.missing.append(path)
+                continue
+            window[...] = block
+        return Restored(labels=labels, meta={k: v for k, v in meta.items() if k != "tiles"})
+
     def _set_aside(self, path: Path) -> Path | None:
         """Rename a damaged file to ``NAME.damaged`` (``.damaged-2`` ... if taken)."""
         if not path.exists():
@@ -172,9 +336,27 @@ class AutosaveStore:
         """Forget the corrections for ``key``."""
         for p in self._paths(key):
             p.unlink(missing_ok=True)
+        shutil.rmtree(self._tile_dir(key), ignore_errors=True)
 
     def keys(self) -> list[str]:
         """Keys that have saved corrections."""
         if not self.folder.is_dir():
             return []
-        return sorted(p.stem for p in self.folder.glob("*.tif") if not p.name.startswith("."))
+        keys = {p.stem for p in self.folder.glob("*.tif") if not p.name.startswith(".")}
+        keys |= {key for key, meta in self.records() if meta.get("format") == TILED_FORMAT}
+        return sorted(keys)
+
+    def records(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(key, record)`` of every save whose JSON record can be read (others skipped)."""
+        if not self.folder.is_dir():
+            return
+        for path in sorted(self.folder.glob("*.json")):
+            key = path.stem
+            if path.name.startswith(".") or not all(c in "0123456789abcdef" for c in key):
+                continue
+            try:
+                meta = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if isinstance(meta, dict):
+                yield key, meta

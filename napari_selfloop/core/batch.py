@@ -8,8 +8,9 @@ Output layout (flat, in the output folder ``DIR``)
 Every input gets a *key*, ``STEM-HHHHHHHH``: its file name without the suffix and the first 8
 hex digits of the SHA-256 of its absolute path (:func:`output_key`), so equal file names in
 different folders never collide. Its outputs are ``DIR/KEY_prob.tif``,
-``DIR/KEY_uncertainty.tif`` and ``DIR/KEY_mask.tif`` (the same files ``pseudo-label`` writes,
-streamed and installed atomically), then its record ``DIR/KEY.record.json`` is written,
+``DIR/KEY_uncertainty.tif`` and ``DIR/KEY_mask.tif`` (the same files ``pseudo-label`` writes:
+tiled, compressed TIFFs with the pixel size and, when large, a pyramid, streamed and installed
+atomically; see :mod:`.working` for slides), then its record ``DIR/KEY.record.json`` is written,
 atomically and **last**: a record means the three outputs are complete. ``DIR/manifest.json``
 is rebuilt from all records (:func:`write_manifest`); it is never read, changed and written
 back, so concurrent runs cannot lose each other's updates.
@@ -40,14 +41,13 @@ from .errors import InputError
 from .imageio import (
     IMAGE_SUFFIXES,
     TEMP_NAME,
-    TiffRowWriter,
-    check_image,
     check_input_file,
-    open_image,
     write_json,
 )
 from .pseudolabel import PseudoLabelConfig, PseudoLabelResult, pseudo_label
+from .tiledtiff import TiledTiffWriter
 from .tiling import run_to_completion
+from .working import SlideOptions, WorkingImage, open_working_image
 
 try:
     import fcntl
@@ -56,8 +56,11 @@ except ImportError:  # pragma: no cover - Windows: no advisory locks
 
 log = logging.getLogger(__name__)
 
-#: Output files per image: suffix -> dtype (as ``pseudo-label`` writes them).
+#: Output files per image: suffix -> dtype (as ``pseudo-label`` writes them for images that
+#: are not slides; slides get uint8 probability and uncertainty, see :mod:`.working`).
 OUTPUTS = {"prob": np.float32, "uncertainty": np.float32, "mask": np.uint8}
+#: Suffixes a folder of slides adds to :data:`.imageio.IMAGE_SUFFIXES`.
+SLIDE_FOLDER_SUFFIXES = (".svs", ".ndpi")
 #: The mask says it uses the 0/1/255 convention (as ``pseudo-label``'s).
 MASK_METADATA = {SELFLOOP_MASK_TAG: "0/1/255"}
 RECORD_SUFFIX = ".record.json"
@@ -107,11 +110,12 @@ def collect_inputs(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
         if p.suffix.lower() == ".txt" and p.is_file():
             paths.extend(_read_list(p))
         elif p.is_dir():
+            suffixes = (*IMAGE_SUFFIXES, *SLIDE_FOLDER_SUFFIXES)
             found = sorted(q for q in p.iterdir()
-                           if q.suffix.lower() in IMAGE_SUFFIXES and not q.name.startswith(".")
+                           if q.suffix.lower() in suffixes and not q.name.startswith(".")
                            and q.is_file())
             if not found:
-                raise InputError(f"the folder {p} holds no image ({', '.join(IMAGE_SUFFIXES)})")
+                raise InputError(f"the folder {p} holds no image ({', '.join(suffixes)})")
             paths.extend(found)
         else:
             paths.append(p)
@@ -260,35 +264,60 @@ def sweep_own_temporaries(out: Path, keys: Iterable[str]) -> list[Path]:
 def label_image_file(image_path: Path, models: Sequence[Any], config: PseudoLabelConfig,
                      out: Path, key: str, *, device: str = "auto",
                      drive: Callable[[Generator[Any, None, Any]], Any] = run_to_completion,
+                     options: SlideOptions | None = None, model_mpp: float | None = None,
                      ) -> tuple[PseudoLabelResult, Any]:
     """Open one image, pseudo-label it and stream the three outputs to ``out/KEY_*.tif``.
 
-    The image is opened here (one open file at a time); the outputs are installed atomically
-    when all three are complete. ``drive`` runs the pseudo-label generator (the CLI passes
-    its progress bar). Shared by ``pseudo-label`` and ``batch``. Returns the result and the
-    image's :class:`.ImageInfo`.
+    The image is opened here (one open file at a time) by :func:`.working.open_working_image`
+    with ``options`` and ``model_mpp`` (a slide is worked at a pixel size, its glass
+    skipped). The outputs are tiled, compressed TIFFs carrying the working pixel size,
+    installed atomically when all three are complete. ``drive`` runs the pseudo-label
+    generator (the CLI passes its progress bar). Shared by ``pseudo-label`` and ``batch``.
+    Returns the result (``result.info["working"]`` describes the resolution and tissue) and
+    the working image's :class:`.ImageInfo`.
     """
-    image = open_image(image_path)
-    info = check_image(image)
-    files = output_files(key)
+    work = open_working_image(image_path, options, model_mpp=model_mpp)
+    info = work.info
     try:
         with contextlib.ExitStack() as stack:
-            sinks = {
-                name: stack.enter_context(
-                    TiffRowWriter(out / files[name], info.height, info.width, dtype,
-                                  metadata=MASK_METADATA if name == "mask" else None)
-                )
-                for name, dtype in OUTPUTS.items()
-            }
+            writers = {name: stack.enter_context(_output_writer(out, key, name, work))
+                       for name in OUTPUTS}
+            sinks: dict[str, Any] = dict(writers)
+            if work.output_dtype == np.uint8:
+                sinks = {name: _Quantized(w) if name != "mask" else w for name, w in writers.items()}
             _test_pause(image_path)
-            result = drive(pseudo_label(image, models, config, device=device, sinks=sinks))
+            result = drive(pseudo_label(work.image, models, config, device=device, sinks=sinks,
+                                        keep=work.keep))
     except InputError as exc:  # found while reading the pixels (NaN ...): name the file
         if image_path.name in str(exc):
             raise
         raise InputError(f"{image_path.name}: {exc}") from exc
     finally:
-        close_image(image)
+        work.close()
+    result.info["working"] = dict(work.record)
     return result, info
+
+
+def _output_writer(out: Path, key: str, name: str, work: WorkingImage) -> TiledTiffWriter:
+    dtype = np.uint8 if name == "mask" else work.output_dtype
+    metadata: dict[str, Any] = dict(MASK_METADATA) if name == "mask" else {}
+    if name != "mask" and np.dtype(dtype) == np.uint8:
+        metadata["napari_selfloop_scale"] = "value/255"
+    # uint8 probability and uncertainty maps are smooth: the predictor shrinks them (not masks)
+    predictor = name != "mask" and np.dtype(dtype) == np.uint8
+    return TiledTiffWriter(out / output_files(key)[name], work.info.height, work.info.width,
+                           dtype, pixel_size_um=work.mpp, metadata=metadata, predictor=predictor)
+
+
+class _Quantized:
+    """A row sink storing values in [0, 1] as uint8 ``round(255 * value)``."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def write_rows(self, y0: int, block: np.ndarray) -> None:
+        scaled = np.clip(block, 0.0, 1.0) * 255.0
+        self.sink.write_rows(y0, np.rint(scaled).astype(np.uint8))
 
 
 def close_image(image: Any) -> None:
@@ -350,7 +379,8 @@ def _worker_name() -> str:
 
 def process_image(image: str, out: str, checkpoints: Sequence[tuple[str, str]],
                   config: Mapping[str, Any], *, device: str = "auto", threads: int | None = None,
-                  skip_existing: bool = False) -> dict[str, Any]:
+                  skip_existing: bool = False, slide: Mapping[str, Any] | None = None,
+                  ) -> dict[str, Any]:
     """The task of one image: pseudo-label it into ``out`` and write its record last.
 
     Parameters
@@ -367,7 +397,10 @@ def process_image(image: str, out: str, checkpoints: Sequence[tuple[str, str]],
         Torch threads of this process (None: leave them).
     skip_existing
         Return ``{"status": "skipped"}`` without computing when the image's record matches
-        the same input bytes, checkpoints and config and its outputs exist.
+        the same input bytes, checkpoints, config and slide options and its outputs exist.
+    slide
+        :class:`.working.SlideOptions` fields, with ``mpp`` already resolved (the
+        checkpoint's pixel size when ``--mpp`` was not given).
 
     Returns
     -------
@@ -381,10 +414,12 @@ def process_image(image: str, out: str, checkpoints: Sequence[tuple[str, str]],
     check_input_file(path)
     input_sha = file_sha256(path)
     cfg_dict = dict(config)
+    slide_dict = SlideOptions(**dict(slide or {})).to_dict()
     shas = [s for _, s in checkpoints]
     if skip_existing:
         record = read_record(out_dir, key)
-        if record_matches(record, out_dir, input_sha, shas, cfg_dict):
+        if (record_matches(record, out_dir, input_sha, shas, cfg_dict)
+                and (record or {}).get("slide_options", SlideOptions().to_dict()) == slide_dict):
             return {"status": "skipped", "key": key, "input": str(path), "record": record}
     cfg = PseudoLabelConfig(**cfg_dict)
     if threads:
@@ -398,7 +433,8 @@ def process_image(image: str, out: str, checkpoints: Sequence[tuple[str, str]],
     with contextlib.suppress(FileNotFoundError):
         (out_dir / record_name(key)).unlink()
     with lock:
-        result, info = label_image_file(path, models, cfg, out_dir, key, device=device)
+        result, info = label_image_file(path, models, cfg, out_dir, key, device=device,
+                                        options=SlideOptions(**slide_dict))
     record = {
         "format": RECORD_FORMAT,
         "key": key,
@@ -407,6 +443,8 @@ def process_image(image: str, out: str, checkpoints: Sequence[tuple[str, str]],
         "checkpoints": [{"path": str(p), "sha256": s} for p, s in checkpoints],
         "method": cfg.method,
         "config": cfg_dict,
+        "slide_options": slide_dict,
+        "working": result.info.get("working"),
         "outputs": output_files(key),
         "width": info.width,
         "height": info.height,

@@ -24,14 +24,16 @@ from .. import __version__
 from .errors import CheckpointError
 from .imageio import atomic_path
 from .jigsaw import permutation_pool, pool_hash
-from .model import ModelConfig, ResUNet, build_model
+from .model import ModelConfig, ResUNet, build_model, decoder_widths
 
 log = logging.getLogger(__name__)
 
 FORMAT = "napari-selfloop-checkpoint"
 FORMAT_VERSION = 1
 #: Metadata keys a checkpoint may carry beside the state dict.
-META_KEYS = ("training", "history", "metrics", "parent", "data", "note")
+META_KEYS = ("training", "history", "metrics", "parent", "data", "note", "pixel_size_um")
+#: Plausible pixel sizes (µm/px) a model may be trained at: from beyond 100x to a thumbnail.
+PIXEL_SIZE_RANGE = (0.01, 100.0)
 #: Largest magnitude a stored weight or buffer may have. Trained ResUNet weights and
 #: BatchNorm statistics stay within a few tens; values beyond this overflow float32 (and
 #: far sooner fp16/bf16) activations into all-NaN maps, so such a file is refused.
@@ -54,6 +56,12 @@ class Checkpoint:
     def sha256(self) -> str | None:
         return self.meta.get("sha256")
 
+    @property
+    def pixel_size_um(self) -> float | None:
+        """Microns per pixel of the images the model was trained at (None: not recorded)."""
+        value = self.meta.get("pixel_size_um")
+        return None if value is None else float(value)
+
 
 def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""
@@ -74,13 +82,20 @@ def save_checkpoint(
     parent: str | None = None,
     data: list[dict[str, Any]] | None = None,
     note: str | None = None,
+    pixel_size_um: float | None = None,
 ) -> Path:
     """Write ``model`` and its record to ``path`` atomically (temp file, then rename).
 
     ``parent`` is the SHA-256 of the checkpoint this one was trained from; ``data`` lists
-    the files it saw (``{"name": ..., "sha256": ...}``). All values must be plain types.
+    the files it saw (``{"name": ..., "sha256": ...}``); ``pixel_size_um`` is the microns
+    per pixel of the training images (e.g. 0.25 for 40x scans; None when unknown), which
+    ``pseudo-label`` uses as its default working resolution on slides. All values must be
+    plain types.
     """
     path = Path(path)
+    problem = pixel_size_problem(pixel_size_um)
+    if problem is not None:
+        raise CheckpointError(f"cannot save checkpoint {path.name}: {problem}")
     payload: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -95,6 +110,7 @@ def save_checkpoint(
         "parent": parent,
         "data": data or [],
         "note": note,
+        "pixel_size_um": None if pixel_size_um is None else float(pixel_size_um),
     }
     if path.parent and not path.parent.exists():
         raise CheckpointError(f"cannot save checkpoint: folder {path.parent} does not exist")
@@ -111,6 +127,17 @@ def save_checkpoint(
         # a full disk needs back) is not kept alive by the traceback.
         raise CheckpointError(f"cannot save checkpoint {path}: disk full? ({failure})")
     return path
+
+
+def pixel_size_problem(value: Any) -> str | None:
+    """Why ``value`` is not a pixel size a checkpoint may record (None: it is, or is None)."""
+    if value is None:
+        return None
+    if not _is_number(value) or not math.isfinite(value) or not (
+            PIXEL_SIZE_RANGE[0] <= value <= PIXEL_SIZE_RANGE[1]):
+        return (f"pixel size {value!r} is not a number of microns per pixel between "
+                f"{PIXEL_SIZE_RANGE[0]:g} and {PIXEL_SIZE_RANGE[1]:g}")
+    return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -198,6 +225,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     _check_state(path.name, {k: (tuple(v.shape), v.is_floating_point()) for k, v in model.state_dict().items()},
                  state)
     model.load_state_dict(state)
+    problem = pixel_size_problem(payload.get("pixel_size_um"))
+    if problem is not None:
+        raise CheckpointError(f"{path.name}: its {problem}; the file is damaged or was tampered with")
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     meta["sha256"] = file_sha256(path)
     return Checkpoint(model=model.eval(), meta=meta, path=path)
@@ -234,14 +264,14 @@ def state_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], bool]]
                 conv(f"{key}.downsample.0", cout, bin_, 1)
                 bn(f"{key}.downsample.1", cout)
     c0, c1, c2, c3, c4 = w, w, 2 * w, 4 * w, 8 * w
+    *outs, final = decoder_widths((c0, c1, c2, c3, c4), config.decoder)
     cin = c4
-    for i, (skip, cout) in enumerate(zip((c3, c2, c1, c0), (c3, c2, c1, c0), strict=True)):
+    for i, (skip, cout) in enumerate(zip((c3, c2, c1, c0), outs, strict=True)):
         conv(f"decoder.blocks.{i}.0.0", cout, cin + skip, 3)
         bn(f"decoder.blocks.{i}.0.1", cout)
         conv(f"decoder.blocks.{i}.1.0", cout, cout, 3)
         bn(f"decoder.blocks.{i}.1.1", cout)
         cin = cout
-    final = max(c0 // 2, 8)
     conv("decoder.final_block.0.0", final, cin, 3)
     bn("decoder.final_block.0.1", final)
     conv("decoder.final_block.1.0", final, final, 3)
@@ -424,7 +454,7 @@ def model_card(ckpt: Checkpoint) -> str:
     m = ckpt.meta
     cfg = ckpt.config
     lines = [
-        f"{ckpt.path.name if ckpt.path else 'unsaved model'}: ResUNet-18 (width {cfg.width}), "
+        f"{ckpt.path.name if ckpt.path else 'unsaved model'}: ResUNet-18 (width {cfg.width}, {cfg.decoder} decoder), "
         f"created {m.get('created', '?')} by napari-selfloop {m.get('package_version', '?')}",
     ]
     data = m.get("data") or []
@@ -448,4 +478,7 @@ def model_card(ckpt: Checkpoint) -> str:
         lines[-1] += "; not pre-trained (self-loop uncertainty needs a learned jigsaw)"
     if m.get("parent"):
         lines.append(f"fine-tuned from {str(m['parent'])[:12]}")
+    pixel_size = ckpt.pixel_size_um
+    lines.append(f"trained at {pixel_size:g} µm/px" if pixel_size is not None
+                 else "pixel size not recorded (slides are processed at full resolution)")
     return "\n".join(lines)

@@ -10,12 +10,20 @@ as a set:
     without foreground as a 0/255 binary one.
 ``STEM_instances.tif``
     uint16 (uint32 past 65535 objects) instance labels: one id per connected foreground
-    object, 0 elsewhere.
+    object, 0 elsewhere (or the instance ids given, e.g. touching nuclei kept apart).
 ``STEM.geojson``
     One polygon per object, in QuPath's GeoJSON flavour (``FeatureCollection`` of
-    ``Feature`` with ``objectType`` and ``classification``), in pixel coordinates where
-    pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``; outlines follow pixel
-    edges, so a polygon's area is its object's pixel count.
+    ``Feature`` with a UUID ``id``, ``objectType`` and ``classification``), in pixel
+    coordinates where pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``;
+    outlines follow pixel edges, so a polygon's area is its object's pixel count. Objects
+    are ``detection`` by default (what QuPath advises for numerous objects such as nuclei)
+    or ``annotation`` (editable; for a lesion).
+
+Both TIFFs are tiled and compressed, with a pyramid when large, and carry the pixel size
+when it is known (:func:`.tiledtiff.write_tiled_tiff`). The masks of a **region** of a slide
+(``window``, see :mod:`.window`) are the region's own, at the resolution it was processed
+at; its GeoJSON is in slide coordinates (full-resolution pixels, as QuPath expects): the
+region's corner is added and its downsampling undone.
 ``manifest.json``
     One entry per exported image (image, its hash, the files above, the checkpoint used,
     the date, counts); re-exporting an image replaces its entry.
@@ -41,12 +49,12 @@ import logging
 import os
 import re
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tifffile
 from scipy import ndimage as ndi
 
 from .. import __version__
@@ -54,6 +62,8 @@ from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
 from .imageio import atomic_path
 from .pseudolabel import UNCERTAIN
+from .tiledtiff import write_tiled_tiff
+from .window import Window
 
 try:
     import fcntl
@@ -65,6 +75,9 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = "napari-selfloop-export"
 UNCERTAIN_POLICIES = ("keep", "background", "foreground")
+#: QuPath object types: ``detection`` (light, for numerous objects such as nuclei) and
+#: ``annotation`` (editable, for a few large objects such as a lesion).
+OBJECT_TYPES = ("detection", "annotation")
 
 
 def labels_to_mask(labels: np.ndarray, uncertain: str = "keep") -> np.ndarray:
@@ -94,6 +107,36 @@ def instance_labels(mask: np.ndarray) -> np.ndarray:
     fg = np.asarray(mask) == 1
     labels, n = ndi.label(fg)
     return labels.astype(np.uint16 if n < 65536 else np.uint32)
+
+
+#: Instance ids from this one up are renumbered (see :func:`given_instances`).
+MAX_KEPT_ID = 2**24
+
+
+def given_instances(instances: Any, mask: np.ndarray) -> np.ndarray:
+    """Instance ids given by the caller, checked and kept only on the foreground of ``mask``.
+
+    Ids are kept as they are (so they match the caller's file), in uint16 when they fit,
+    else uint32; ids from :data:`MAX_KEPT_ID` up are renumbered 1, 2, ... (the GeoJSON's
+    bookkeeping is per id). One-line InputError for a shape other than ``mask``'s, or
+    non-integer or negative values.
+    """
+    inst = np.asarray(instances)
+    if inst.shape != mask.shape:
+        raise InputError(f"instance labels of shape {inst.shape} do not fit the mask {mask.shape}")
+    if inst.dtype.kind not in "biu":
+        raise InputError(f"instance labels must be integers, got {inst.dtype}")
+    if inst.size and inst.dtype.kind == "i" and int(inst.min()) < 0:
+        raise InputError("instance labels must not be negative (0 is background)")
+    inst = np.where(mask == 1, inst, 0)
+    top = int(inst.max()) if inst.size else 0
+    if top >= MAX_KEPT_ID:
+        from skimage.segmentation import relabel_sequential
+
+        inst = relabel_sequential(inst)[0]
+        log.info("instance ids up to %d renumbered 1..%d", top, int(inst.max()))
+        top = int(inst.max())
+    return inst.astype(np.uint16 if top < 65536 else np.uint32)
 
 
 #: Unit steps (dx, dy) of the four edge directions, y pointing down: east, south, west, north.
@@ -184,18 +227,34 @@ def _polygons(region: np.ndarray, y0: int, x0: int) -> list[list[list[list[int]]
     return polygons
 
 
+def _to_slide(polygons: list[Any], window: Window | None) -> list[Any]:
+    """Polygon vertices of a window's pixels in slide coordinates (ints where exact)."""
+    if window is None:
+        return polygons
+    f = window.factor
+    exact = float(f).is_integer()
+
+    def point(p: list[int]) -> list[float | int]:
+        x, y = window.x0 + p[0] * f, window.y0 + p[1] * f
+        return [int(x), int(y)] if exact else [float(x), float(y)]
+
+    return [[[point(p) for p in ring] for ring in polygon] for polygon in polygons]
+
+
 def mask_to_geojson(
     instances: np.ndarray,
     *,
     classification: str = "Nucleus",
     color: tuple[int, int, int] = (0, 200, 200),
-    object_type: str = "annotation",
+    object_type: str = "detection",
+    window: Window | None = None,
 ) -> dict[str, Any]:
     """QuPath-compatible GeoJSON ``FeatureCollection``: one polygon per instance label.
 
     The polygons follow pixel edges: an object's polygon area (outline minus holes) is its
-    pixel count, 1 for a single pixel. An instance id made of several separate pieces
-    becomes a ``MultiPolygon``.
+    pixel count (times ``window.factor ** 2`` for a downsampled window), 1 for a single
+    pixel. An instance id made of several separate pieces becomes a ``MultiPolygon``.
+    Every feature has a random UUID as its ``id`` (QuPath drops other ids).
 
     Parameters
     ----------
@@ -206,8 +265,14 @@ def mask_to_geojson(
     color
         The class colour as QuPath stores it (RGB 0-255).
     object_type
-        ``annotation`` (editable in QuPath) or ``detection``.
+        ``detection`` (default: light, for numerous objects such as nuclei) or
+        ``annotation`` (editable in QuPath: a lesion).
+    window
+        Where ``instances`` lie in a slide (:class:`~.window.Window`): coordinates are then
+        the slide's full-resolution pixels. None: ``instances``' own pixels.
     """
+    if object_type not in OBJECT_TYPES:
+        raise InputError(f"object type must be one of {', '.join(OBJECT_TYPES)}, got {object_type!r}")
     instances = np.asarray(instances)
     features = []
     for i, sl in enumerate(ndi.find_objects(instances), start=1):
@@ -215,7 +280,7 @@ def mask_to_geojson(
             continue
         ys, xs = sl
         region = instances[sl] == i
-        polygons = _polygons(region, ys.start, xs.start)
+        polygons = _to_slide(_polygons(region, ys.start, xs.start), window)
         if not polygons:
             continue
         geometry = (
@@ -223,18 +288,16 @@ def mask_to_geojson(
             if len(polygons) == 1
             else {"type": "MultiPolygon", "coordinates": polygons}
         )
+        properties: dict[str, Any] = {
+            "objectType": object_type,
+            "classification": {"name": classification, "color": list(color)},
+            "measurements": {"Area px": int(region.sum()), "Label": int(i)},
+        }
+        if object_type == "annotation":
+            properties["isLocked"] = False
         features.append(
-            {
-                "type": "Feature",
-                "id": f"object-{i}",
-                "geometry": geometry,
-                "properties": {
-                    "objectType": object_type,
-                    "classification": {"name": classification, "color": list(color)},
-                    "isLocked": False,
-                    "measurements": {"Area px": int(region.sum()), "Label": int(i)},
-                },
-            }
+            {"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry,
+             "properties": properties}
         )
     return {"type": "FeatureCollection", "features": features}
 
@@ -360,6 +423,19 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     return data
 
 
+def check_export_folder(out_dir: str | Path) -> None:
+    """Refuse, before any work, a folder :func:`export_annotation` would refuse.
+
+    A path that is a file, or a folder whose ``manifest.json`` is foreign or damaged
+    (one-line InputError). Nothing is written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a folder: choose a folder to export into")
+    if out.is_dir():
+        _read_manifest(out / MANIFEST)
+
+
 _process_locks: dict[str, threading.Lock] = {}
 _process_locks_guard = threading.Lock()
 
@@ -414,6 +490,10 @@ def export_annotation(
     checkpoint: dict[str, Any] | None = None,
     classification: str = "Nucleus",
     uncertain: str = "keep",
+    object_type: str = "detection",
+    window: Window | None = None,
+    pixel_size_um: float | None = None,
+    instances: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Write the mask, instance labels, GeoJSON and manifest entry for one image, as a set.
 
@@ -440,6 +520,18 @@ def export_annotation(
         The QuPath class of the objects.
     uncertain
         What to do with pixels still uncertain (see :func:`labels_to_mask`).
+    object_type
+        QuPath object type of the GeoJSON features (:data:`OBJECT_TYPES`).
+    window
+        The region of a slide ``labels`` covers: the GeoJSON is then in slide coordinates
+        and the manifest entry records the region.
+    pixel_size_um
+        Microns per pixel of ``labels`` (for a region: at its resolution), written into
+        both TIFFs; None when unknown.
+    instances
+        Instance ids of the objects (``labels``' shape, 0 background), kept as they are on
+        the foreground (:func:`given_instances`); None: connected components of the
+        foreground (:func:`instance_labels`).
 
     Returns
     -------
@@ -450,9 +542,18 @@ def export_annotation(
     if out.exists() and not out.is_dir():
         raise InputError(f"{out} is a file, not a folder: choose a folder to export into")
     mask = labels_to_mask(labels, uncertain)
-    instances = instance_labels(mask)
+    if window is not None and mask.shape != window.shape:
+        raise InputError(f"labels of shape {mask.shape} do not fit region {window.label}")
+    if instances is None:
+        instances = instance_labels(mask)
+        objects = int(instances.max())
+    else:
+        instances = given_instances(instances, mask)
+        objects = int(np.count_nonzero(np.unique(instances)))
     geojson = json.dumps(
-        mask_to_geojson(instances, classification=classification), ensure_ascii=False
+        mask_to_geojson(instances, classification=classification, object_type=object_type,
+                        window=window),
+        ensure_ascii=False,
     ) + "\n"
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
@@ -470,8 +571,11 @@ def export_annotation(
             "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "foreground_pixels": int((mask == 1).sum()),
             "uncertain_pixels": int((mask == UNCERTAIN).sum()),
-            "objects": int(instances.max()),
+            "objects": objects,
             "uncertain_policy": uncertain,
+            "object_type": object_type,
+            "pixel_size_um": pixel_size_um,
+            "region": None if window is None else window.to_meta(),
             "package_version": __version__,
         }
         manifest["entries"] = [
@@ -481,7 +585,8 @@ def export_annotation(
         manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
         def tiff(array: np.ndarray, **kwargs: Any) -> Callable[[Path], None]:
-            return lambda tmp: tifffile.imwrite(tmp, array, compression="zlib", **kwargs)
+            return lambda tmp: write_tiled_tiff(tmp, array, pixel_size_um=pixel_size_um,
+                                                ome=False, **kwargs)
 
         def text(content: str) -> Callable[[Path], None]:
             return lambda tmp: tmp.write_text(content, encoding="utf-8")

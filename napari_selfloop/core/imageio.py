@@ -21,8 +21,8 @@ Reading
 Writing
     :func:`atomic_path`, :func:`write_tiff` and :func:`write_json` write to a temporary file in
     the target's directory, fsync it and ``os.replace`` it onto the target, so a crash or a
-    full disk never leaves a partial file where a good one was. :class:`TiffRowWriter` writes
-    a large single-channel TIFF band by band without holding it in memory. A temporary file is
+    full disk never leaves a partial file where a good one was (large images are streamed by
+    :class:`.tiledtiff.TiledTiffWriter`, with the same temporaries). A temporary file is
     named ``.NAME.tmp-XXXXXXXX`` and, where the platform has ``flock``, stays locked while it
     is written; :func:`sweep_stale_temporaries` removes the ones a killed run left behind
     (unlocked, ours, and older than an hour), never one that a concurrent run is writing.
@@ -44,7 +44,6 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -54,7 +53,6 @@ from napari_selfloop.core.errors import InputError, SelfloopError
 
 __all__ = [
     "ImageInfo",
-    "TiffRowWriter",
     "atomic_path",
     "check_image",
     "check_input_file",
@@ -411,14 +409,18 @@ def _open_tiff(path: Path) -> Any:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise InputError("is a TIFF file without images: re-export it")
+            from .slide import _choose_series  # the slide, not a vendor label or macro image
+
+            chosen = _choose_series(tif)
             if len(tif.series) > 1:
                 logger.info(
-                    "%s holds %d image series; using the first (%s)",
+                    "%s holds %d image series; using %s (%s)",
                     path.name,
                     len(tif.series),
-                    tif.series[0].shape,
+                    tif.series[chosen].name or f"series {chosen}",
+                    tif.series[chosen].shape,
                 )
-            series = tif.series[0]
+            series = tif.series[chosen]
             shape = tuple(int(s) for s in series.shape)
             while len(shape) > 2 and shape[0] == 1:  # singleton leading axes (ImageJ, OME)
                 shape = shape[1:]
@@ -459,13 +461,13 @@ def _open_tiff(path: Path) -> Any:
     except Exception as exc:
         if "imagecodecs" in str(exc):
             raise InputError(
-                f"is {compression}-compressed, which needs the imagecodecs package to decode: "
-                "install it (pip install imagecodecs), or re-save the image uncompressed or "
-                "with zlib (deflate) compression"
+                f"is {compression}-compressed, which needs the imagecodecs package to decode "
+                "(a requirement of napari-selfloop that this environment lacks): install it "
+                "with pip install imagecodecs"
             ) from exc
         raise InputError(
-            f"could not decode its pixels (compression {compression}: {exc}): re-save it "
-            "uncompressed or with zlib (deflate) compression"
+            f"could not decode its pixels (compression {compression}: {exc}): the file may be "
+            "corrupt or truncated; copy or export it again"
         ) from exc
     return image
 
@@ -868,186 +870,3 @@ def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Pa
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
-
-
-def _cleanup_writer(fd: list[int], tmp: Path) -> None:
-    if fd:
-        with contextlib.suppress(OSError):
-            os.close(fd.pop())
-    _remove_quietly(tmp)
-
-
-class TiffRowWriter:
-    """Write a large 2D single-channel TIFF band by band, atomically, without holding it.
-
-    An uncompressed, contiguous TIFF of the final size is created in a temporary file next to
-    ``path`` (``tifffile.imwrite(tmp, None, shape=..., dtype=..., returnoffset=True)``, which
-    writes the header and leaves the pixel data as a hole); :meth:`write_rows` then writes the
-    bytes of each band at their offset with plain file I/O (``os.pwrite``), so neither the
-    image nor a memory map of it is ever resident. :meth:`commit` fsyncs and renames the
-    temporary file onto ``path``; :meth:`abort` removes it. Used as a context manager it
-    commits on success and aborts on an exception. Rows never written read back as 0.
-
-    Parameters
-    ----------
-    path
-        Destination file.
-    height, width
-        Image size in pixels.
-    dtype
-        Pixel type, e.g. ``np.float32`` or ``np.uint8``.
-    metadata
-        Plain values stored in the TIFF's description (tifffile's shaped metadata), e.g.
-        ``{datasets.SELFLOOP_MASK_TAG: "0/1/255"}`` on a mask.
-    """
-
-    def __init__(
-        self, path: str | os.PathLike[str], height: int, width: int, dtype: npt.DTypeLike,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        import tifffile
-
-        self.path = Path(path)
-        self.height, self.width = int(height), int(width)
-        self.dtype = np.dtype(dtype).newbyteorder("<")
-        if self.height < 1 or self.width < 1:
-            raise InputError(f"TiffRowWriter needs a positive size, got {height}x{width}")
-        if self.dtype.kind not in "biuf" or self.dtype.itemsize > 8:
-            raise InputError(f"TiffRowWriter cannot write pixel type {self.dtype.name}")
-        self._row_bytes = self.width * self.dtype.itemsize
-        nbytes = self.height * self._row_bytes
-        self._tmp, fd = _new_locked_temp(self.path)
-        self._fd: list[int] = [] if fd is None else [fd]  # open (locked) until commit or abort
-        self._finalizer = weakref.finalize(self, _cleanup_writer, self._fd, self._tmp)
-        self._written = np.zeros(self.height, dtype=bool)
-        try:
-            result = tifffile.imwrite(
-                self._tmp,
-                None,
-                shape=(self.height, self.width),
-                dtype=self.dtype,
-                byteorder="<",
-                photometric="minisblack",
-                bigtiff=nbytes > 2**32 - 2**25,
-                metadata=metadata or {},
-                returnoffset=True,
-            )
-            if result is None:
-                raise OSError(errno.EIO, "tifffile did not report a data offset")
-            self._offset, bytecount = int(result[0]), int(result[1])
-            if bytecount != nbytes:
-                raise OSError(
-                    errno.EIO, f"tifffile laid out {bytecount} bytes of pixels, expected {nbytes}"
-                )
-            if not self._fd:
-                self._fd.append(os.open(self._tmp, os.O_RDWR))
-        except OSError as exc:
-            error = _write_error(self.path, exc)
-            self._finalizer()
-            raise error from exc
-        except BaseException:
-            self._finalizer()
-            raise
-
-    @property
-    def closed(self) -> bool:
-        """True after :meth:`commit` or :meth:`abort`."""
-        return not self._finalizer.alive
-
-    def write_rows(self, y0: int, block: npt.ArrayLike) -> None:
-        """Write rows ``y0 .. y0 + len(block) - 1``.
-
-        Parameters
-        ----------
-        y0
-            First row.
-        block
-            Shape ``(rows, width)``. Converted to the writer's dtype; float values are not
-            silently truncated into an integer file (that raises).
-
-        Raises
-        ------
-        OSError
-            When the write fails (e.g. a full disk); the temporary file is then removed.
-        """
-        if self.closed:
-            raise RuntimeError(f"TiffRowWriter for {self.path} is already closed")
-        block = np.asarray(block)
-        if block.ndim != 2 or block.shape[1] != self.width:
-            raise ValueError(
-                f"expected rows of shape (n, {self.width}), got {block.shape} for {self.path}"
-            )
-        y0 = int(y0)
-        if y0 < 0 or y0 + block.shape[0] > self.height:
-            raise ValueError(
-                f"rows {y0}..{y0 + block.shape[0] - 1} are outside 0..{self.height - 1} "
-                f"of {self.path}"
-            )
-        if self.dtype.kind in "biu" and block.dtype.kind == "f":
-            raise ValueError(
-                f"{self.path} stores {self.dtype.name}; got {block.dtype.name} rows: scale and "
-                "convert them first"
-            )
-        data = np.ascontiguousarray(block, dtype=self.dtype)
-        view = memoryview(data).cast("B")
-        position = self._offset + y0 * self._row_bytes
-        try:
-            while view:
-                count = os.pwrite(self._fd[0], view, position)
-                if count <= 0:
-                    raise OSError(errno.EIO, "short write")
-                view = view[count:]
-                position += count
-        except OSError as exc:
-            error = _write_error(self.path, exc)
-            self.abort()
-            raise error from exc
-        self._written[y0 : y0 + block.shape[0]] = True
-
-    def commit(self) -> Path:
-        """Flush to disk and move the finished file onto ``path``.
-
-        Returns
-        -------
-        pathlib.Path
-            The final path.
-        """
-        if self.closed:
-            raise RuntimeError(f"TiffRowWriter for {self.path} is already closed")
-        missing = int(np.count_nonzero(~self._written))
-        if missing:
-            logger.warning(
-                "%s: %d of %d rows were never written (left 0)", self.path, missing, self.height
-            )
-        try:
-            fd = self._fd.pop()
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            _install(self._tmp, self.path)
-        except OSError as exc:
-            error = _write_error(self.path, exc)
-            self._finalizer()
-            raise error from exc
-        self._finalizer.detach()
-        return self.path
-
-    def abort(self) -> None:
-        """Discard the temporary file (idempotent); ``path`` is left as it was."""
-        self._finalizer()
-
-    def __enter__(self) -> TiffRowWriter:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if exc_type is None:
-            if not self.closed:
-                self.commit()
-        else:
-            self.abort()

@@ -32,7 +32,7 @@ from .imageio import read_region_padded
 from .jigsaw import permutation_pool, sample_puzzles
 from .model import ResUNet, check_seed, config_type_problems, pad_to_stride
 from .progress import Progress
-from .pseudolabel import PATCH_MULTIPLE
+from .pseudolabel import DEFAULT_PATCH, PATCH_MULTIPLE
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class PretrainConfig:
         Optimiser steps in all (a resumed run continues up to this number).
     patch_size
         Side of the random patches that are puzzled (a multiple of 96); with
-        ``multiscale`` the largest side (default 384, the pseudo-labelling patch). A jigsaw
+        ``multiscale`` the largest side (default :data:`.pseudolabel.DEFAULT_PATCH`, the pseudo-labelling patch). A jigsaw
         learned on 96-px patches alone does not transfer to the larger patches
         pseudo-labelling cuts (measured in ``benchmarks/bench_jigsaw.py``), so the sides
         are mixed.
@@ -86,7 +86,7 @@ class PretrainConfig:
     """
 
     iterations: int = 2000
-    patch_size: int = 384
+    patch_size: int = DEFAULT_PATCH
     batch_size: int = 32
     multiscale: bool = True
     lr: float = 1e-3
@@ -177,6 +177,7 @@ def pretrain_jigsaw(
     out: str | Path | None = None,
     resume: str | Path | None = None,
     parent: str | None = None,
+    pixel_size_um: float | None = None,
 ) -> Generator[Progress, None, PretrainResult]:
     """Train the jigsaw task (``L_SS`` only) on random patches of ``images`` (a generator).
 
@@ -185,7 +186,9 @@ def pretrain_jigsaw(
     trained in place (encoder and jigsaw head; the head only with ``freeze_encoder``; the
     decoder never changes). When the generator ends or is closed at any yield, ``out``
     holds a complete checkpoint of the weights so far with the optimiser state, so
-    ``resume=out`` continues; ``model`` is left in eval mode.
+    ``resume=out`` continues; ``model`` is left in eval mode. ``pixel_size_um`` (the
+    microns per pixel the model works at; callers pass their checkpoint's) is recorded in
+    ``out``; a resumed run keeps its checkpoint's when it is None.
 
     Yields
     ------
@@ -209,8 +212,10 @@ def pretrain_jigsaw(
         record = resume_record(ck, shapes, iterations=cfg.iterations, kind=PRETRAIN_KIND)
         training = {**record.training, "step": record.step, "optimizer": record.optimizer}
         resumed = (ck.model.state_dict(), training, record.history)
+        pixel_size_um = pixel_size_um if pixel_size_um is not None else ck.pixel_size_um
     dev = resolve_device(device)
-    return pretrain_prepared(model, items, cfg, dev, out=out, resumed=resumed, parent=parent)
+    return pretrain_prepared(model, items, cfg, dev, out=out, resumed=resumed, parent=parent,
+                             pixel_size_um=pixel_size_um)
 
 
 def _trained_params(model: ResUNet, cfg: PretrainConfig) -> list[torch.nn.Parameter]:
@@ -224,6 +229,7 @@ def pretrain_prepared(
     out: Path | None = None,
     resumed: tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]] | None = None,
     parent: str | None = None,
+    pixel_size_um: float | None = None,
 ) -> Generator[Progress, None, PretrainResult]:
     """The loop of :func:`pretrain_jigsaw` on checked items (also the warm-up of ``train``)."""
     dtype = resolve_precision(cfg.precision, dev)
@@ -260,7 +266,7 @@ def pretrain_prepared(
                     "optimizer": optimizer.state_dict()}
         metrics = jigsaw_metrics(model, loss, top1, chance, cfg.patch_size, "training puzzles (running mean)")
         save_checkpoint(out, model, training=training, history=history, metrics=metrics, parent=parent,
-                        data=data, note=f"jigsaw pre-training, {done} steps, L_SS {loss:.3f}")
+                        data=data, pixel_size_um=pixel_size_um, note=f"jigsaw pre-training, {done} steps, L_SS {loss:.3f}")
 
     try:
         for step in range(start + 1, cfg.iterations + 1):

@@ -61,6 +61,11 @@ log = logging.getLogger(__name__)
 METHODS = ("selfloop", "selfloop-no-ss", "softmax", "mc-dropout", "ensemble")
 #: Patch sides must be multiples of this: 3x3 whole tiles whose side the stride divides.
 PATCH_MULTIPLE = 96
+#: Default patch side of pseudo-labelling and of the jigsaw it relies on: 192-px jigsaw
+#: tiles, and a 1000x1000 image in four patches (fewer pixels computed twice than with
+#: 384-px patches); with the tapered decoder it keeps self-loop Q=10 within twice MC
+#: dropout's time (``benchmarks/bench_pseudolabel.py``).
+DEFAULT_PATCH = 576
 #: Rules for the self-loop encoder steps (:func:`make_step_optimizer`).
 STEP_RULES = ("sgd", "adam")
 #: How the Q self-loop maps are averaged (see :class:`PseudoLabelConfig`).
@@ -121,7 +126,7 @@ class PseudoLabelConfig:
     threshold: float = 0.8
     lr: float = DEFAULT_STEP_LR
     step_rule: str = "sgd"
-    patch_size: int = 384
+    patch_size: int = DEFAULT_PATCH
     overlap: int | None = None
     batch_size: int = 4
     precision: str = "auto"
@@ -277,6 +282,7 @@ def selfloop_steps(
     optimizer: torch.optim.Optimizer | None,
     dtype: torch.dtype = torch.float32,
     weighting: str = "loss",
+    step_after_last: bool = True,
 ) -> Generator[int, None, PatchResult]:
     """The loop of Algorithm 1, shared by pseudo-labelling and training.
 
@@ -297,14 +303,15 @@ def selfloop_steps(
     maps, losses = [], []
     for i in range(q):
         xi = pad_to_stride(puzzles.apply(x, i)).contiguous(memory_format=fmt)
-        with torch.set_grad_enabled(optimizer is not None), autocast(x.device, dtype):
+        step = optimizer is not None and (step_after_last or i < q - 1)
+        with torch.set_grad_enabled(step), autocast(x.device, dtype):
             feats = encoder(model.normalize(xi))
             loss = F.cross_entropy(head(feats[-1]).float(), puzzles.classes[:, i], reduction="none")
         with torch.no_grad(), autocast(x.device, dtype):
             seg = model.decoder([f.detach() for f in feats])[..., :h, :w]
         maps.append(puzzles.undo(torch.sigmoid(seg.float()), i)[:, 0])
         losses.append(loss.detach())
-        if optimizer is not None:
+        if step:
             optimizer.zero_grad(set_to_none=True)
             loss.mean().backward()
             optimizer.step()
@@ -361,8 +368,10 @@ def predict_selfloop(
         for p in params:
             p.requires_grad_(True)
         optimizer = make_step_optimizer(params, step_rule, lr)
+    # The copies are thrown away, so the step after the last puzzle would change nothing.
     return run_to_completion(selfloop_steps(model, x, puzzles, encoder=encoder, head=head,
-                                            optimizer=optimizer, dtype=dtype, weighting=weighting))
+                                            optimizer=optimizer, dtype=dtype, weighting=weighting,
+                                            step_after_last=False))
 
 
 def _check_models(models: Sequence[ResUNet], method: str) -> None:
@@ -381,6 +390,7 @@ def pseudo_label(
     *,
     device: str | torch.device = "auto",
     sinks: dict[str, Any] | None = None,
+    keep: Any = None,
 ) -> Generator[Progress, None, PseudoLabelResult]:
     """Pseudo-label a whole 2D image, patch by patch.
 
@@ -394,8 +404,12 @@ def pseudo_label(
         to ``device`` and set to eval mode for the run.
     sinks
         Optional ``{"prob", "uncertainty", "mask"}`` writers with ``write_rows(y0,
-        block)`` (e.g. :class:`.imageio.TiffRowWriter`) so that no output is held in
+        block)`` (e.g. :class:`.tiledtiff.TiledTiffWriter`) so that no output is held in
         memory; the result's arrays are then None.
+    keep
+        Optional ``keep(y0, y1, x0, x1) -> bool`` (see :func:`.tiling.tiled_apply`):
+        patches it refuses (glass around a slide's tissue) are not computed and come out
+        as background with zero uncertainty (their mask is confident background, 0).
 
     Yields
     ------
@@ -448,10 +462,12 @@ def pseudo_label(
     if sinks is not None:
         tile_sinks = {"prob": _MaskingSink(sinks["prob"], sinks["mask"], cfg.threshold),
                       "uncertainty": sinks["uncertainty"]}
+    stats: dict[str, int] = {}
     try:
         outputs = yield from tiled_apply(
             image, patch_fn, patch_size=patch, overlap=min(overlap, patch // 3),
             batch_size=cfg.batch_size, out_names=("prob", "uncertainty"), sinks=tile_sinks,
+            keep=keep, stats=stats,
         )
     finally:
         for m, flag in zip(models, was_training, strict=True):
@@ -465,7 +481,8 @@ def pseudo_label(
         mask=None if prob is None else confidence_mask(prob, cfg.threshold),
         config=cfg,
         seconds=time.perf_counter() - start,
-        info={"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "patch_size": patch},
+        info={"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "patch_size": patch,
+              "patches": stats.get("patches"), "patches_computed": stats.get("computed")},
     )
     if records["losses"]:
         result.losses = np.concatenate(records["losses"])

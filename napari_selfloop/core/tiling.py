@@ -9,8 +9,12 @@ Memory grows with the image's width, never with its height: per output it keeps 
 accumulator band of ``patch_size`` rows. The blending weights are separable (the window is an
 outer product and the patch grid a product of two 1D grids), so their sum is the outer product
 of two 1D sums and needs no band of its own. Finished rows are normalised and handed out as
-soon as no later patch touches them: to ``sinks`` (e.g. :class:`~napari_selfloop.core.imageio.
-TiffRowWriter`) or into an in-memory result.
+soon as no later patch touches them: to ``sinks`` (e.g. :class:`~napari_selfloop.core.tiledtiff.
+TiledTiffWriter`) or into an in-memory result.
+
+Patches that ``keep`` refuses (glass around the tissue of a slide) are neither read nor
+computed: they count as patches whose every output is 0, blended like any other, so the
+results fade smoothly from the computed tissue to the skipped glass.
 """
 
 from __future__ import annotations
@@ -42,12 +46,15 @@ WINDOW_FLOOR = 1e-3
 #: ``patch_fn(batch) -> {name: maps}``: batch is float32 (B, P, P, 3) in [0, 1], each map
 #: float32 (B, P, P).
 PatchFn = Callable[[np.ndarray], Mapping[str, Any]]
+#: ``keep(y0, y1, x0, x1) -> bool``: whether the patch over that window (clipped to the
+#: image) is computed; a refused patch counts as all-zero outputs.
+KeepFn = Callable[[int, int, int, int], bool]
 
 T = TypeVar("T")
 
 
 class RowSink(Protocol):
-    """Anything that accepts finished rows, e.g. :class:`~napari_selfloop.core.imageio.TiffRowWriter`."""
+    """Anything that accepts finished rows, e.g. :class:`~napari_selfloop.core.tiledtiff.TiledTiffWriter`."""
 
     def write_rows(self, y0: int, block: np.ndarray) -> None:
         """Store ``block`` (rows, width) starting at row ``y0``."""
@@ -147,6 +154,8 @@ def tiled_apply(
     batch_size: int = 4,
     out_names: Sequence[str] = ("prob",),
     sinks: Mapping[str, RowSink] | None = None,
+    keep: KeepFn | None = None,
+    stats: dict[str, int] | None = None,
 ) -> Generator[Progress, None, dict[str, np.ndarray | None]]:
     """Apply ``patch_fn`` to overlapping patches of ``image`` and blend the results.
 
@@ -154,7 +163,7 @@ def tiled_apply(
     (``Progress(done_patches, total_patches, "tiles")``) and returns the result (use
     :func:`run_to_completion`, or ``yield from``). Each yield is a point where the caller may
     stop by closing the generator; rows already handed to ``sinks`` stay there, so the caller
-    should then abort its sinks (``TiffRowWriter.abort``).
+    should then abort its sinks (``TiledTiffWriter.abort``).
 
     Parameters
     ----------
@@ -179,6 +188,12 @@ def tiled_apply(
         Optional ``{name: sink}`` with a ``write_rows(y0, block)`` method for every name in
         ``out_names``: finished float32 rows are written there band by band and the result
         holds ``None`` for each name. Without sinks, the result holds ``(H, W)`` float32 arrays.
+    keep
+        Optional ``keep(y0, y1, x0, x1) -> bool`` called with each patch's window clipped
+        to the image: patches it refuses are not read nor passed to ``patch_fn``, and count
+        as 0 in every output (e.g. glass around a slide's tissue).
+    stats
+        Optional dict that receives ``patches`` (all) and ``computed`` (those kept).
 
     Yields
     ------
@@ -211,8 +226,15 @@ def tiled_apply(
 
     ys = patch_origins(height, size, overlap)
     xs = patch_origins(width, size, overlap)
-    origins = [(y, x) for y in ys for x in xs]
-    total = len(origins)
+    all_origins = [(y, x) for y in ys for x in xs]
+    total = len(all_origins)
+    if keep is None:
+        origins = all_origins
+    else:
+        origins = [(y, x) for y, x in all_origins
+                   if keep(y, min(y + size, height), x, min(x + size, width))]
+    if stats is not None:
+        stats.update(patches=total, computed=len(origins))
     window_1d = _window_1d(size, overlap)
     window = np.outer(window_1d, window_1d)
     inv_row_weight = 1.0 / _weight_sum(height, ys, window_1d)
@@ -232,6 +254,18 @@ def tiled_apply(
     def flush(stop: int) -> None:
         """Normalise rows band_y0..stop-1, hand them out and shift the band up."""
         nonlocal band_y0
+        if stop - band_y0 > band_rows:  # rows past the band: only skipped patches touched them
+            flush(band_y0 + band_rows)
+            zeros = np.zeros((min(band_rows, stop - band_y0), width), np.float32)
+            while band_y0 < stop:
+                rows = min(len(zeros), stop - band_y0)
+                for name in names:
+                    if sinks is not None:
+                        sinks[name].write_rows(band_y0, zeros[:rows])
+                    else:
+                        result[name][band_y0 : band_y0 + rows] = 0.0  # type: ignore[index]
+                band_y0 += rows
+            return
         count = stop - band_y0
         if count <= 0:
             return
@@ -250,7 +284,9 @@ def tiled_apply(
             acc[max(band_rows - count, 0) :] = 0.0
         band_y0 = stop
 
-    done = 0
+    done = total - len(origins)  # skipped patches add nothing: all their outputs are 0
+    if not origins:
+        yield Progress(total, total, "tiles")
     for batch_origins in _batches(origins, batch_size):
         batch = np.empty((len(batch_origins), size, size, 3), dtype=np.float32)
         for i, (y, x) in enumerate(batch_origins):

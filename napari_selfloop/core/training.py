@@ -57,6 +57,7 @@ from .model import ResUNet, check_seed, config_type_problems
 from .pretrain import PRETRAIN_KIND, PretrainConfig, jigsaw_metrics, pretrain_prepared, scheduled_lr
 from .progress import Progress, relay
 from .pseudolabel import (
+    DEFAULT_PATCH,
     DEFAULT_STEP_LR,
     MAX_Q,
     PATCH_MULTIPLE,
@@ -156,7 +157,7 @@ class TrainConfig:
     grid_shift: bool = True
     jigsaw_warmup: int = 0
     jigsaw_batch_size: int = 32
-    jigsaw_patch_size: int = 384
+    jigsaw_patch_size: int = DEFAULT_PATCH
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     warmup: float = 0.0
@@ -338,6 +339,7 @@ def train(
     resume: Path | str | None = None,
     out: Path | str | None = None,
     parent: str | None = None,
+    pixel_size_um: float | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Fine-tune ``model`` on labelled and unlabelled images (a generator).
 
@@ -374,6 +376,10 @@ def train(
         and, with ``save_optimizer``, the optimiser state and step for resuming.
     parent
         SHA-256 of the checkpoint ``model`` came from (recorded as the parent).
+    pixel_size_um
+        Microns per pixel of the images (recorded in ``out``; callers pass the starting
+        checkpoint's, so a fine-tuned model keeps the resolution it works at). A resumed
+        run keeps its checkpoint's when this is None.
 
     Yields
     ------
@@ -429,14 +435,15 @@ def train(
                                   "start from it (--checkpoint), do not resume it")
         record = resume_record(ck, [tuple(p.shape) for p in model.parameters()], iterations=cfg.iterations)
         resumed = {"state": ck.model.state_dict(), "record": record, "parent": ck.meta.get("parent")}
+        pixel_size_um = pixel_size_um if pixel_size_um is not None else ck.pixel_size_um
     dev = resolve_device(device)
-    return _train_loop(model, lab, unl, val, cfg, dev, resumed, out, parent)
+    return _train_loop(model, lab, unl, val, cfg, dev, resumed, out, parent, pixel_size_um)
 
 
 def _train_loop(
     model: ResUNet, lab: list[PreparedItem], unl: list[PreparedItem], val: list[PreparedItem],
     cfg: TrainConfig, dev: torch.device, resumed: dict[str, Any] | None, out: Path | None,
-    parent: str | None,
+    parent: str | None, pixel_size_um: float | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     dtype = resolve_precision(cfg.precision, dev)
     fmt = memory_format(cfg.channels_last, dev, model.config.width)
@@ -506,7 +513,7 @@ def _train_loop(
         training = {"config": cfg.to_dict(), "step": step, "device": str(dev),
                     "dtype": str(dtype).replace("torch.", ""), "optimizer": best.get("optim")}
         save_checkpoint(out, weights, training=training, history=history, metrics=best["metrics"],
-                        parent=parent, data=data,
+                        parent=parent, data=data, pixel_size_um=pixel_size_um,
                         note=f"{cfg.framework} training, best {metric_name} at step {step}")
 
     def evaluate(step: int, lr: float) -> Generator[Progress, None, dict[str, Any]]:

@@ -3,11 +3,17 @@
 One :class:`AutosaveController` per viewer (see :func:`autosave_for`). Every
 ``INTERVAL_MS`` it saves each correction Labels layer whose content changed since its last
 save to ``PROJECT/autosave/`` (via :class:`napari_selfloop.core.autosave.AutosaveStore`,
-atomically), so a crash loses at most that interval of work. When an image layer is added
-whose pixels match saved corrections, they come back as its correction layer. The match is
-on a hash of every pixel; for large images it is computed in a background thread. A damaged
-save is set aside with a warning; restoring never stops an image from opening or a panel
-from docking.
+atomically), so a crash loses at most that interval of work. Only what changed is read and
+written: a :class:`~napari_selfloop.core.tiles.TileTracker` per layer follows napari's
+paint events and re-checks a bounded number of further tiles per save, and large labels
+are stored as tiles of which only the changed ones are rewritten. The correction layers of
+regions of a slide are saved each on its own (keyed by the slide and the region).
+
+When an image layer is added whose pixels match saved corrections, they come back as its
+correction layer (and the regions saved for it as theirs). The match is on a hash of every
+pixel (of a pyramid: :func:`~napari_selfloop.core.autosave.slide_key`), computed in a
+background thread for large images. A damaged save is set aside with a warning; restoring
+never stops an image from opening or a panel from docking.
 """
 
 from __future__ import annotations
@@ -17,16 +23,18 @@ import datetime as _dt
 import logging
 import threading
 import weakref
-import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from napari.layers import Image, Layer
+from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.autosave import AutosaveStore, image_key
+from ..core.autosave import AutosaveStore, image_key, slide_key
 from ..core.errors import SelfloopError
+from ..core.tiles import SCAN_BYTES, TileTracker
+from ..core.window import Window
 from ._layers import (
     find_result,
     image_data,
@@ -35,8 +43,10 @@ from ._layers import (
     meta_of,
     put_result,
     source_of,
+    window_of,
 )
 from ._runner import error_message
+from ._slide import levels_of
 from ._state import SelfloopState, get_state
 
 log = logging.getLogger(__name__)
@@ -49,10 +59,17 @@ INTERVAL_MS = 30_000
 BACKGROUND_HASH_BYTES = 64 * 1024 * 1024
 
 
+def content_key(image: Image, cancelled: Callable[[], bool] | None = None) -> str:
+    """The content key of an image layer: every pixel, or of a pyramid a sample (slide_key)."""
+    if image.multiscale:
+        return slide_key(levels_of(image), cancelled)
+    return image_key(image_data(image), cancelled)
+
+
 class _KeyJob:
     """The content key of one image layer, being computed in a background thread."""
 
-    def __init__(self, image: Image, data: Any, on_done: Any) -> None:
+    def __init__(self, image: Image, on_done: Any) -> None:
         self.layer = weakref.ref(image)
         self.layer_id = id(image)
         self.done = threading.Event()
@@ -61,12 +78,12 @@ class _KeyJob:
         self.cancelled = False
         self._on_done = on_done
         self.thread = threading.Thread(
-            target=self._run, args=(data,), name="selfloop-image-key", daemon=True
+            target=self._run, args=(image,), name="selfloop-image-key", daemon=True
         )
 
-    def _run(self, data: Any) -> None:
+    def _run(self, image: Image) -> None:
         try:
-            self.key = image_key(data, cancelled=lambda: self.cancelled)
+            self.key = content_key(image, cancelled=lambda: self.cancelled)
         except BaseException as e:  # reported to whoever waits for the key
             self.error = e
         finally:
@@ -100,20 +117,44 @@ def _cached_key(image: Image) -> str | None:
 def key_for(image: Image) -> str:
     """The content key of an image layer (cached in its metadata).
 
-    The key covers every pixel (:func:`~napari_selfloop.core.autosave.image_key`). If it is
-    being computed in the background (large images, see :meth:`AutosaveController.restore`),
-    this waits for that instead of reading the image a second time.
+    The key covers every pixel (:func:`~napari_selfloop.core.autosave.image_key`; of a
+    pyramid, :func:`~napari_selfloop.core.autosave.slide_key`). If it is being computed in
+    the background (large images, see :meth:`AutosaveController.restore`), this waits for
+    that instead of reading the image a second time.
     """
     key = _cached_key(image)
     if key is None:
         job = _job_of(image)
-        key = job.result() if job is not None else image_key(image_data(image))
+        key = job.result() if job is not None else content_key(image)
         image.metadata["selfloop_image"]["key"] = key
     return key
 
 
-def _checksum(data: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(data).view(np.uint8).ravel()) ^ hash(data.shape)
+def save_key(layer: Layer) -> str | None:
+    """The autosave key of a correction layer: its region's, else its image's."""
+    meta = meta_of(layer)
+    key = meta.get("autosave_key") or meta.get("image_key")
+    return key if isinstance(key, str) and key else None
+
+
+def _paint_boxes(atoms: Any) -> list[tuple[int, int, int, int]] | None:
+    """The (y0, x0, y1, x1) boxes a napari paint event's history atoms changed; None if unknown."""
+    boxes = []
+    try:
+        for atom in atoms:
+            key = getattr(atom, "slice_key", None)
+            if key is not None:  # napari's masked atom: a bounding box of slices
+                ys, xs = key[-2], key[-1]
+                boxes.append((ys.start or 0, xs.start or 0, ys.stop, xs.stop))
+                continue
+            ys, xs = (np.asarray(i) for i in atom[0][-2:])  # (indices, old, new)
+            if ys.size:
+                boxes.append((int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1))
+    except (TypeError, ValueError, IndexError, AttributeError):
+        return None
+    if any(v is None for box in boxes for v in box):
+        return None
+    return boxes
 
 
 class AutosaveController(QObject):
@@ -126,7 +167,7 @@ class AutosaveController(QObject):
         super().__init__()
         self._viewer = weakref.ref(viewer)
         self.state = state
-        self._last: dict[str, int] = {}
+        self._trackers: dict[str, TileTracker] = {}
         self._last_error: str | None = None
         self.last_saved_at: _dt.datetime | None = None
         self.enabled = True
@@ -139,11 +180,12 @@ class AutosaveController(QObject):
         viewer.layers.events.removed.connect(self._on_removed)
         state.project_changed.connect(self._project_changed)
         for layer in list(viewer.layers):  # images opened before the first panel
+            self._watch(layer)
             if is_source_image(layer):
                 self.restore(layer)
 
     def _project_changed(self, *_: Any) -> None:
-        self._last.clear()
+        self._trackers.clear()
         viewer = self._viewer()
         for layer in list(viewer.layers) if viewer is not None else []:
             if is_source_image(layer):
@@ -161,7 +203,11 @@ class AutosaveController(QObject):
             self.timer.stop()
 
     def save_now(self, force: bool = False) -> int:
-        """Save every changed correction layer; returns how many were written."""
+        """Save every changed correction layer; returns how many were written.
+
+        Only tiles found changed are written (see :class:`TileTracker`); ``force`` checks
+        every tile and writes each layer's record even when nothing changed.
+        """
         viewer = self._viewer()
         if viewer is None:
             self.timer.stop()
@@ -169,20 +215,29 @@ class AutosaveController(QObject):
         if not self.enabled and not force:
             return 0
         written = 0
+        store = self.store
         for layer in list(viewer.layers):
             if not is_correction(layer):
                 continue
-            key = meta_of(layer).get("image_key")
+            key = save_key(layer)
             data = layer.data
             if not key or not isinstance(data, np.ndarray) or data.ndim != 2:
                 continue
-            crc = _checksum(data)
-            if not force and self._last.get(key) == crc:
+            tracker = self._trackers.get(key)
+            if tracker is None or not tracker.fits(data):
+                tracker = self._trackers[key] = TileTracker(data.shape, data.dtype)
+            checked, changed = tracker.pending(data, None if force else SCAN_BYTES)
+            if not changed and not force:
+                tracker.commit(checked, changed)
                 continue
+            meta = meta_of(layer)
+            extra = {"layer": layer.name}
+            if window_of(layer) is not None:
+                extra.update(image_key=meta.get("image_key"), window=meta.get("window"),
+                             pixel_size_um=meta.get("pixel_size_um"))
             try:
-                self.store.save(
-                    key, data, name=source_of(layer) or layer.name, extra={"layer": layer.name}
-                )
+                store.save(key, data, name=source_of(layer) or layer.name, extra=extra,
+                           tiles=changed.keys())
             except (SelfloopError, OSError) as e:
                 message = f"autosave failed: {error_message(e)}"
                 if message != self._last_error:  # say it once, not every 30 s
@@ -190,7 +245,7 @@ class AutosaveController(QObject):
                     self._last_error = message
                 continue
             self._last_error = None
-            self._last[key] = crc
+            tracker.commit(checked, changed)
             written += 1
         if written:
             self.last_saved_at = _dt.datetime.now()
@@ -199,10 +254,32 @@ class AutosaveController(QObject):
 
     def mark_saved(self, key: str, data: np.ndarray) -> None:
         """Record ``data`` as already on disk for ``key`` (after a restore)."""
-        self._last[key] = _checksum(np.asarray(data))
+        data = np.asarray(data)
+        self._trackers[key] = TileTracker(data.shape, data.dtype, saved=data)
+
+    def _watch(self, layer: Layer) -> None:
+        """Follow a Labels layer's edits, so a save reads and writes only the edited tiles."""
+        if isinstance(layer, Labels):
+            ref = weakref.ref(layer)
+            layer.events.paint.connect(lambda event: self._edited(ref(), event.value))
+            layer.events.data.connect(lambda event: self._edited(ref(), None))
+
+    def _edited(self, layer: Layer | None, atoms: Any) -> None:
+        if layer is None or not is_correction(layer):
+            return
+        tracker = self._trackers.get(save_key(layer) or "")
+        if tracker is None:
+            return  # never saved: its first save writes every tile anyway
+        boxes = None if atoms is None else _paint_boxes(atoms)
+        if boxes is None:
+            tracker.mark()
+        for box in boxes or ():
+            tracker.mark(box)
 
     def _on_inserted(self, event: Any) -> None:
         layer = getattr(event, "value", None)
+        if isinstance(layer, Layer):
+            self._watch(layer)
         if isinstance(layer, Layer) and is_source_image(layer):
             self.restore(layer)
 
@@ -225,8 +302,8 @@ class AutosaveController(QObject):
         try:
             key = _cached_key(image)
             if key is None:
-                if _image_bytes(data) > BACKGROUND_HASH_BYTES:
-                    self._hash_in_background(image, data)
+                if image.multiscale or _image_bytes(data) > BACKGROUND_HASH_BYTES:
+                    self._hash_in_background(image)
                     return None
                 key = key_for(image)
             return self._restore_key(viewer, image, data, key)
@@ -236,7 +313,7 @@ class AutosaveController(QObject):
                          f"{error_message(e)}")
             return None
 
-    def _hash_in_background(self, image: Image, data: Any) -> None:
+    def _hash_in_background(self, image: Image) -> None:
         if _job_of(image) is not None:
             return
         ref = weakref.ref(self)
@@ -247,7 +324,7 @@ class AutosaveController(QObject):
                 with contextlib.suppress(RuntimeError):  # deleted with its viewer
                     me._key_ready.emit(job)
 
-        job = _KeyJob(image, data, finished)
+        job = _KeyJob(image, finished)
         with _jobs_lock:
             _jobs[id(image)] = job
         job.thread.start()
@@ -274,14 +351,45 @@ class AutosaveController(QObject):
     def _restore_key(self, viewer: Any, image: Image, data: Any, key: str) -> Layer | None:
         store = self.store
         restored = store.load(key)
-        if store.set_aside:
+        layer = None if restored is None else self._restore_whole(viewer, image, data, key, restored)
+        regions = self._restore_regions(viewer, image, data, key, store)
+        if store.set_aside or store.missing:
+            names = [p.name for p in store.set_aside + store.missing]
             show_warning(
                 f"The autosaved corrections for '{image.name}' were damaged and could not be "
-                f"restored (fully); set aside as {', '.join(p.name for p in store.set_aside)} "
-                f"in {store.folder}"
+                f"restored (fully); set aside as {', '.join(names)} in {store.folder}"
             )
-        if restored is None:
-            return None
+        return layer if layer is not None else (regions[0] if regions else None)
+
+    def _restore_regions(self, viewer: Any, image: Image, data: Any, key: str,
+                         store: AutosaveStore) -> list[Layer]:
+        """Bring back the saved correction layers of regions of ``image``."""
+        height, width = (int(s) for s in data.shape[:2])
+        layers = []
+        for rkey, meta in list(store.records()):
+            window = Window.from_meta(meta.get("window"))
+            if meta.get("image_key") != key or window is None or rkey == key:
+                continue
+            if (window.y0 >= height or window.x0 >= width
+                    or find_result(viewer, image.name, "labels", window) is not None):
+                continue
+            restored = store.load(rkey)
+            if restored is None or restored.labels.shape != window.shape:
+                continue
+            layer = put_result(
+                viewer, image.name, "labels", restored.labels, like=image, window=window,
+                extra_meta={"image_key": key, "autosave_key": rkey,
+                            "pixel_size_um": meta.get("pixel_size_um"),
+                            "restored": restored.meta.get("saved")},
+            )
+            self.mark_saved(rkey, restored.labels)
+            layers.append(layer)
+        if layers:
+            show_info(f"Restored the corrections of {len(layers)} region(s) of '{image.name}'")
+        return layers
+
+    def _restore_whole(self, viewer: Any, image: Image, data: Any, key: str,
+                       restored: Any) -> Layer | None:
         if restored.labels.shape != tuple(data.shape[:2]):
             log.warning(
                 "autosave %s has shape %s, image %s: ignored",

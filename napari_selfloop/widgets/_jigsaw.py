@@ -346,7 +346,8 @@ class JigsawPanel(QWidget):
         self.result_label.setText("")
         started = self.pretrain_runner.start(
             lambda: pretrain_jigsaw(
-                model, items, config, device=device, out=out, parent=parent
+                model, items, config, device=device, out=out, parent=parent,
+                pixel_size_um=ckpt.pixel_size_um,
             ),
             on_progress=self._pretrain_progress,
             on_done=self._pretrain_done,

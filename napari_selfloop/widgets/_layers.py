@@ -3,7 +3,10 @@
 Result layers carry ``layer.metadata["selfloop"] = {"role": ..., "source": IMAGE_NAME, ...}``
 with role ``probability``, ``uncertainty`` or ``labels`` (the correction layer), so a
 re-run updates them in place (found by role and source, whatever they were renamed to)
-instead of piling up new layers.
+instead of piling up new layers. Results of one region of a large image (see
+:mod:`._slide`) also carry ``"window"`` (a :class:`~napari_selfloop.core.window.Window`'s
+metadata): they are sized to that region and placed over it, and each region has its own
+set of layers (:func:`find_result` with ``window``, :func:`companion`).
 
 The correction Labels layer holds 0 = background, 1 = foreground (any other painted label
 counts as foreground too) and 255 = uncertain, the core's mask convention.
@@ -30,6 +33,8 @@ from qtpy.QtWidgets import QComboBox
 from ..core.errors import InputError
 from ..core.imageio import ImageInfo, check_image
 from ..core.pseudolabel import UNCERTAIN
+from ..core.window import Window
+from ._slide import placement
 
 KEY = "selfloop"
 ROLES = ("probability", "uncertainty", "labels")
@@ -74,11 +79,29 @@ def is_correction(layer: Layer) -> bool:
     return isinstance(layer, Labels) and role_of(layer) == "labels"
 
 
-def find_result(viewer: Any, source: str, role: str) -> Layer | None:
+def window_of(layer: Layer) -> Window | None:
+    """The region of the image a result layer covers (None: the whole image, full size)."""
+    meta = layer.metadata.get(KEY) if isinstance(layer.metadata, dict) else None
+    return Window.from_meta(meta.get("window")) if isinstance(meta, dict) else None
+
+
+def find_result(viewer: Any, source: str, role: str, window: Window | None = None) -> Layer | None:
+    """The ``role`` layer of image ``source`` (of its region ``window``, if given)."""
     for layer in viewer.layers:
-        if role_of(layer) == role and source_of(layer) == source:
+        if role_of(layer) == role and source_of(layer) == source and window_of(layer) == window:
             return layer
     return None
+
+
+def companion(viewer: Any, layer: Layer, role: str) -> Layer | None:
+    """The ``role`` layer of the same image and region as result layer ``layer``."""
+    return find_result(viewer, source_of(layer) or "", role, window_of(layer))
+
+
+def result_name(source: str, role: str, window: Window | None = None) -> str:
+    """``IMAGE [corrections]``, or ``IMAGE [y0:y1, x0:x1] [corrections]`` for a region."""
+    where = "" if window is None else f" {window.label}"
+    return f"{source}{where} [{SUFFIX[role]}]"
 
 
 def image_for(viewer: Any, labels: Layer) -> Image | None:
@@ -131,12 +154,15 @@ def correction_mask(labels: Layer) -> np.ndarray:
     return data
 
 
-def check_labels_shape(labels: Layer, info: ImageInfo) -> None:
+def check_labels_shape(labels: Layer, info: ImageInfo | tuple[int, int]) -> None:
+    """Refuse a correction layer whose shape is not the image's (or its region's)."""
     shape = tuple(labels.data.shape)
-    if shape != (info.height, info.width):
+    want = (info.height, info.width) if isinstance(info, ImageInfo) else tuple(info)
+    if shape != want:
+        what = "its image" if isinstance(info, ImageInfo) else "its region"
         raise InputError(
-            f"Labels layer '{labels.name}' has shape {shape} but its image is "
-            f"{info.height}x{info.width}: delete or rename that layer and run again"
+            f"Labels layer '{labels.name}' has shape {shape} but {what} is "
+            f"{want[0]}x{want[1]}: delete or rename that layer and run again"
         )
 
 
@@ -149,14 +175,21 @@ def put_result(
     box: tuple[int, int, int, int] | None = None,
     extra_meta: dict[str, Any] | None = None,
     like: Image | None = None,
+    window: Window | None = None,
     **kwargs: Any,
 ) -> Layer:
     """Create or update the ``role`` layer of image ``source`` (main thread only).
 
     With ``box = (y0, x0, y1, x1)`` only that window is replaced by ``data`` (the rest of
-    an existing layer is kept); the full shape then comes from ``like``.
+    an existing layer is kept); the full shape then comes from ``like``. With ``window``
+    the layer is that region's own (``data`` is all of it), placed over the region of
+    ``like``.
     """
-    layer = find_result(viewer, source, role)
+    layer = find_result(viewer, source, role, window)
+    if window is not None:
+        if tuple(data.shape[:2]) != window.shape:
+            raise InputError(f"a result of shape {data.shape} does not fit region {window.label}")
+        box = None
     full_shape = tuple(data.shape) if box is None else None
     if box is not None:
         base = (
@@ -184,9 +217,11 @@ def put_result(
             new = np.full(full_shape, fill, dtype=data.dtype)
         new[y0:y1, x0:x1] = data
     meta = {"role": role, "source": source, **(extra_meta or {})}
+    if window is not None:
+        meta["window"] = window.to_meta()
     if layer is None:
-        name = f"{source} [{SUFFIX[role]}]"
-        spatial = _spatial_kwargs(like)
+        name = result_name(source, role, window)
+        spatial = {} if like is None else placement(like, window)
         if role == "labels":
             layer = viewer.add_labels(
                 new,
@@ -276,6 +311,7 @@ def propose_labels(
     box: tuple[int, int, int, int] | None = None,
     like: Image | None = None,
     extra_meta: dict[str, Any] | None = None,
+    window: Window | None = None,
 ) -> ProposalMerge:
     """Write a pseudo-label proposal into the correction layer of image ``source``.
 
@@ -283,23 +319,30 @@ def propose_labels(
     keeps every pixel the user painted (:func:`user_painted`); the proposal replaces only
     the others, in ``box``. The proposal is recorded so the next run can tell the user's
     pixels apart. The "done" flag stays as it was unless pixels changed, and then it is
-    cleared (the caller says so: ``ProposalMerge.done_cleared``).
+    cleared (the caller says so: ``ProposalMerge.done_cleared``). With ``window`` this is
+    the correction layer of that region of the image (``data`` covers all of it).
     """
     meta = dict(extra_meta or {})
     meta.pop("done", None)
-    layer = find_result(viewer, source, "labels")
+    layer = find_result(viewer, source, "labels", window)
     if layer is None:
         layer = put_result(viewer, source, "labels", data, box=box, like=like,
-                           extra_meta={**meta, "done": False})
+                           extra_meta={**meta, "done": False}, window=window)
         own = meta_of(layer)
         own[PROPOSAL] = np.array(layer.data, copy=True)
         own[PAINTED] = None
         return ProposalMerge(layer=layer, changed=int(data.size))
     old = np.asarray(layer.data)
     full = tuple(old.shape)
-    if box is None:
+    if box is None or window is not None:
         box = (0, 0, *data.shape[:2])
-    if like is not None:
+    if window is not None:
+        if window.shape != full:
+            raise InputError(
+                f"Labels layer '{layer.name}' has shape {full} but its region is "
+                f"{window.height}x{window.width}: delete that layer and run again"
+            )
+    elif like is not None:
         base = like.data[0] if like.multiscale else like.data
         if tuple(int(s) for s in base.shape[:2]) != full:
             raise InputError(
@@ -332,12 +375,6 @@ def _display_top(values: np.ndarray) -> float:
     """Upper contrast limit of an uncertainty map: its 99.5th percentile (outliers saturate)."""
     finite = values[np.isfinite(values)]
     return max(1e-3, float(np.percentile(finite, 99.5))) if finite.size else 1.0
-
-
-def _spatial_kwargs(like: Image | None) -> dict[str, Any]:
-    if like is None:
-        return {}
-    return {"scale": tuple(like.scale[-2:]), "translate": tuple(like.translate[-2:])}
 
 
 class LayerCombo(QComboBox):

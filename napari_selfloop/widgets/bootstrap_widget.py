@@ -2,30 +2,47 @@
 
 H&E (or IHC): haematoxylin by colour deconvolution, a threshold and a watershed split;
 dermoscopy: a luminance threshold and the largest component. The mask goes into the
-image's correction layer (the same one Pseudo-label fills), ready to correct.
+image's correction layer (the same one Pseudo-label fills), ready to correct; pixels the
+user already painted there keep their value (as with a pseudo-label,
+:func:`._layers.propose_labels`).
+
+Area: the whole image, the current view or a rectangle, as in the Pseudo-label panel. A
+large image (a slide: a pyramid, or more than 4 Mpx; see :mod:`._slide`) is worked on by
+region with the Pseudo-label panel's rule (:func:`.pseudolabel_widget.region_plan`): only the
+view or rectangle is read, in the worker thread, and its mask goes into a correction layer of
+that region's size, placed over it and named like the Pseudo-label panel's, so Review, Export,
+Fine-tune and autosave treat it like any region. The region is read at full resolution, or at
+the current model's pixel size when both the model's and the slide's are known (so the mask
+lines up with that model's pseudo-labels and fine-tuning).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from napari.utils.notifications import show_error
+from napari.layers import Image, Shapes
+from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..core.bootstrap import BootstrapResult, bootstrap_mask
 from ..core.errors import InputError, SelfloopError
 from ..core.imageio import check_image
+from ..core.progress import Progress
+from ..core.window import Window, read_window, region_key
 from ._autosave import autosave_for, key_for
 from ._layers import (
+    KEY,
     LayerCombo,
     check_labels_shape,
     find_result,
     image_data,
     is_source_image,
-    put_result,
+    propose_labels,
 )
 from ._runner import Runner, error_message
+from ._slide import levels_of, pixel_size_um, works_by_region
 from ._state import get_state
+from .pseudolabel_widget import AREAS, Box, region_plan, shapes_box, view_box
 
 KIND_LABELS = {
     "auto": "Auto (guess from the image)",
@@ -35,7 +52,7 @@ KIND_LABELS = {
 
 
 class BootstrapWidget(QWidget):
-    """Make an initial mask for an image without any model."""
+    """Make an initial mask for an image (or a region of a slide) without any model."""
 
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -46,71 +63,168 @@ class BootstrapWidget(QWidget):
         self.kind_combo = QComboBox()
         for key, text in KIND_LABELS.items():
             self.kind_combo.addItem(text, key)
+        self.area_combo = QComboBox()
+        self.area_combo.addItems(list(AREAS))
+        self.area_combo.setToolTip(
+            "A slide is worked on by region: the view or a rectangle gets a correction layer "
+            "of its own size"
+        )
+        self.shapes_combo = LayerCombo(
+            napari_viewer, lambda layer: isinstance(layer, Shapes), none_text="(add a Shapes layer)"
+        )
         self.run_button = QPushButton("Create initial mask")
-        self.run_button.setToolTip("Replaces this image's correction layer with the new mask")
+        self.run_button.setToolTip(
+            "Fills this image's (or region's) correction layer with the new mask; pixels you "
+            "painted there are kept"
+        )
         self.runner = Runner("Initial mask", self)
         hint = QLabel(
             "No model yet? Make a first mask here, correct it with the brush, mark it done "
-            "in Review, then Fine-tune a New model on it."
+            "in Review, then Fine-tune a New model on it. On a slide, zoom in on some tissue "
+            "(or draw a rectangle) first."
         )
         hint.setWordWrap(True)
         form = QFormLayout()
         form.addRow("Image", self.image_combo)
         form.addRow("Recipe", self.kind_combo)
+        form.addRow("Area", self.area_combo)
+        form.addRow("Rectangle in", self.shapes_combo)
         layout = QVBoxLayout(self)
         layout.addWidget(hint)
         layout.addLayout(form)
         layout.addWidget(self.run_button)
         layout.addWidget(self.runner.make_bar())
         layout.addStretch(1)
+        self.area_combo.currentIndexChanged.connect(self._area_changed)
+        self.image_combo.currentIndexChanged.connect(self._image_changed)
         self.run_button.clicked.connect(self.run)
         self.runner.started.connect(lambda: self.run_button.setEnabled(False))
         self.runner.finished.connect(lambda *_: self.run_button.setEnabled(True))
+        self._image_changed()
+        self._area_changed()
 
     def set_kind(self, kind: str) -> None:
         self.kind_combo.setCurrentIndex(self.kind_combo.findData(kind))
 
+    def _area_changed(self, *_: Any) -> None:
+        self.shapes_combo.setEnabled(self.area_combo.currentIndex() == 2)
+
+    def _image_changed(self, *_: Any) -> None:
+        """A slide chosen with "Whole image": offer the current view instead."""
+        image = self.image_combo.layer()
+        if image is not None and self.area_combo.currentIndex() == 0 and works_by_region(image):
+            self.area_combo.setCurrentIndex(1)
+
+    def box(self, image: Image) -> Box:
+        """The level-0 box of ``image`` the chosen area covers."""
+        area = self.area_combo.currentIndex()
+        if area == 1:
+            return view_box(self.viewer, image)
+        if area == 2:
+            shapes = self.shapes_combo.layer()
+            if shapes is None:
+                raise InputError(
+                    "no Shapes layer: add one and draw a rectangle, or choose another area"
+                )
+            return shapes_box(shapes, image)
+        data = image_data(image)
+        return 0, 0, int(data.shape[0]), int(data.shape[1])
+
+    def plan(self, image: Image) -> tuple[Box, Window | None, str]:
+        """The box, the region window (None: a full-size layer) and a note for ``image``."""
+        data = image_data(image)
+        box = self.box(image)
+        if not works_by_region(image):
+            return box, None, ""
+        ckpt = self.state.checkpoint
+        model_um = getattr(ckpt, "pixel_size_um", None) if pixel_size_um(image) else None
+        window, note = region_plan(image, box, model_um)
+        if window == Window(0, 0, *data.shape[:2]):
+            window = None  # all of it at full resolution: one full-size layer, as usual
+        return box, window, note
+
     def run(self) -> bool:
+        """Start making the initial mask (returns False, with a notification, if it cannot)."""
         try:
             image = self.image_combo.layer()
             if image is None:
                 raise InputError("no image layer: open an image (or File > Open Sample) first")
             data = image_data(image)
-            existing = find_result(self.viewer, image.name, "labels")
-            if existing is not None:
-                check_labels_shape(existing, check_image(data))
+            box, window, note = self.plan(image)
+            if window is not None:
+                existing = find_result(self.viewer, image.name, "labels", window)
+                if existing is not None:
+                    check_labels_shape(existing, window.shape)
+            else:
+                existing = find_result(self.viewer, image.name, "labels")
+                if existing is not None:
+                    check_labels_shape(existing, check_image(data))
             key = key_for(image)
         except (SelfloopError, OSError) as e:
             show_error(f"Initial mask: {error_message(e)}")
             return False
+        if note:
+            show_info(f"Initial mask: {note}")
         kind = self.kind_combo.currentData()
         name = image.name
+        y0, x0, y1, x1 = box
+        whole = box == (0, 0, *data.shape[:2])
+        if window is None:
+            where = "" if whole else f" [{y0}:{y1}, {x0}:{x1}]"
+
+            def job():  # in the worker: slicing a lazy array reads it
+                return bootstrap_mask(data if whole else data[y0:y1, x0:x1], kind)
+        else:
+            levels = levels_of(image)
+            where = f" {window.label}"
+
+            def job():
+                yield Progress(0, 0, f"reading region {window.label}…")
+                crop = read_window(levels, window)  # in the worker: only the region is read
+                yield Progress(0, 0, f"initial mask of {name}{where}…")
+                return bootstrap_mask(crop, kind)
 
         def done(result: BootstrapResult) -> None:
-            if name not in self.viewer.layers:
-                raise InputError(f"image layer '{name}' was removed during the run")
-            labels = put_result(
-                self.viewer,
-                name,
-                "labels",
-                result.mask,
-                like=self.viewer.layers[name],
-                extra_meta={
-                    "image_key": key,
-                    "bootstrap": result.kind,
-                    "done": False,
-                    "checkpoint": None,
-                },
-            )
-            self.viewer.layers.selection.active = labels
-            what = f"{int(result.labels.max())} nuclei" if result.kind == "he" else "the lesion"
-            recipe = KIND_LABELS[result.kind]
-            self.runner.status.setText(
-                f"{recipe}: found {what}. Correct the mask with the brush "
-                "(label 1 paints foreground, 0 erases)."
-            )
-            self.state.labels_updated.emit(labels.name)
+            self._show(name, box, result, key, window, whole)
 
-        return self.runner.start(
-            lambda: bootstrap_mask(data, kind), on_done=done, message=f"initial mask of {name}…"
+        return self.runner.start(job, on_done=done, message=f"initial mask of {name}{where}…")
+
+    def _show(self, name: str, box: Box, result: BootstrapResult, key: str,
+              window: Window | None, whole: bool) -> None:
+        if name not in self.viewer.layers:
+            raise InputError(f"image layer '{name}' was removed during the run")
+        image = self.viewer.layers[name]
+        meta: dict[str, Any] = {"image_key": key, "bootstrap": result.kind, "checkpoint": None}
+        if window is not None:
+            meta["autosave_key"] = region_key(key, window)
+            image_um = pixel_size_um(image)
+            meta["pixel_size_um"] = None if image_um is None else image_um * window.factor
+            target: dict[str, Any] = {"window": window}
+        else:
+            target = {} if whole else {"box": box}
+        merge = propose_labels(self.viewer, name, result.mask, like=image, extra_meta=meta,
+                               **target)
+        labels = merge.layer
+        notes = []
+        if merge.kept:
+            notes.append(f"kept the {merge.kept} pixel(s) you had painted in '{labels.name}'; the "
+                         "new mask went only where you had not painted (delete the layer to "
+                         "start over)")
+        if merge.done_cleared:
+            notes.append(f"'{labels.name}' changed, so it is no longer marked done")
+        if notes:
+            show_info("Initial mask: " + "; ".join(notes))
+        self.viewer.layers.selection.active = labels
+        what = f"{int(result.labels.max())} nuclei" if result.kind == "he" else "the lesion"
+        recipe = KIND_LABELS[result.kind]
+        where = "" if window is None else f" {window.label}"
+        resolution = ""
+        if window is not None:
+            um = labels.metadata[KEY].get("pixel_size_um")
+            resolution = f" at {um:.3g} µm/px" if um else " at full resolution"
+        self.runner.status.setText(
+            f"{recipe} on '{name}'{where} ({result.mask.shape[1]}x{result.mask.shape[0]}"
+            f"{resolution}): found {what}. Correct the mask with the brush "
+            "(label 1 paints foreground, 0 erases)."
         )
+        self.state.labels_updated.emit(labels.name)

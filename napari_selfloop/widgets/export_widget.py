@@ -5,8 +5,11 @@ updates ``manifest.json`` in the chosen folder as a set (see
 :mod:`napari_selfloop.core.export`): the manifest is checked first, nothing replaces the
 previous set unless all four files were written, different images never share files (a
 short hash is added to a name that would be ambiguous) and exports into one folder take
-turns. The autosave section sets the project folder where
-corrections are saved every 30 seconds and restored when an image is reopened.
+turns. GeoJSON objects are QuPath *detections* (nuclei) or *annotations* (a lesion), as
+chosen; they get UUIDs. The correction layer of a region of a slide is exported as that
+region (``STEM`` names it), its masks at the resolution it was processed at with their
+pixel size, its GeoJSON in slide coordinates. The autosave section sets the project folder
+where corrections are saved every 30 seconds and restored when an image is reopened.
 """
 
 from __future__ import annotations
@@ -31,10 +34,20 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError, SelfloopError
-from ..core.export import UNCERTAIN_POLICIES, export_annotation
+from ..core.export import OBJECT_TYPES, UNCERTAIN_POLICIES, export_annotation
 from ._autosave import autosave_for
-from ._layers import LayerCombo, correction_mask, image_for, is_correction, meta_of, source_of
+from ._layers import (
+    LayerCombo,
+    correction_mask,
+    image_data,
+    image_for,
+    is_correction,
+    meta_of,
+    source_of,
+    window_of,
+)
 from ._runner import Runner, error_message
+from ._slide import pixel_size_um
 from ._state import get_state
 
 UNCERTAIN_TEXT = {
@@ -42,6 +55,12 @@ UNCERTAIN_TEXT = {
     "background": "count as background",
     "foreground": "count as foreground",
 }
+OBJECT_TEXT = {
+    "detection": "detections (nuclei, cells: many objects)",
+    "annotation": "annotations (editable: a lesion, regions)",
+}
+#: The object type that suits a QuPath class, by the start of its name.
+CLASS_OBJECTS = {"nucle": "detection", "cell": "detection", "lesion": "annotation"}
 
 
 def _folder_row(edit: QLineEdit, button: QPushButton) -> QHBoxLayout:
@@ -70,6 +89,13 @@ class ExportWidget(QWidget):
             self.uncertain_combo.addItem(UNCERTAIN_TEXT[key], key)
         self.class_edit = QLineEdit("Nucleus")
         self.class_edit.setToolTip("QuPath class of the exported objects (Nucleus, Lesion, ...)")
+        self.object_combo = QComboBox()
+        for key in OBJECT_TYPES:
+            self.object_combo.addItem(OBJECT_TEXT[key], key)
+        self.object_combo.setToolTip(
+            "QuPath object type of the GeoJSON features: detections are light and meant for\n"
+            "numerous objects such as nuclei; annotations can be edited (a lesion)"
+        )
         self.export_button = QPushButton("Export")
         self.export_done_button = QPushButton("Export all done")
         self.runner = Runner("Export", self)
@@ -89,6 +115,7 @@ class ExportWidget(QWidget):
         form.addRow("Folder", _folder_row(self.folder_edit, self.folder_button))
         form.addRow("Uncertain", self.uncertain_combo)
         form.addRow("Class", self.class_edit)
+        form.addRow("QuPath objects", self.object_combo)
         buttons = QHBoxLayout()
         buttons.addWidget(self.export_button)
         buttons.addWidget(self.export_done_button)
@@ -117,6 +144,7 @@ class ExportWidget(QWidget):
         self.autosave.saved.connect(self._saved)
         self.state.project_changed.connect(self._project_changed)
         self.labels_combo.currentIndexChanged.connect(self._guess_class)
+        self.class_edit.textEdited.connect(self._class_edited)
         self._guess_class()
 
     # -- export ----------------------------------------------------------------------------
@@ -136,28 +164,8 @@ class ExportWidget(QWidget):
                 raise InputError("choose a folder to export into")
             policy = self.uncertain_combo.currentData()
             cls = self.class_edit.text().strip() or "Nucleus"
-            jobs = []
-            for layer in layers:
-                data = np.array(correction_mask(layer), copy=True)  # a snapshot for the thread
-                image = image_for(self.viewer, layer)
-                meta = meta_of(layer)
-                if image is not None and tuple(image.data.shape[:2]) != data.shape:
-                    raise InputError(
-                        f"Labels layer '{layer.name}' has shape {data.shape} but its image "
-                        f"'{image.name}' is {tuple(image.data.shape[:2])}"
-                    )
-                src = getattr(image, "source", None)
-                jobs.append(
-                    dict(
-                        name=source_of(layer) or layer.name,
-                        labels=data,
-                        image_sha256=meta.get("image_key"),
-                        image_path=str(src.path) if src is not None and src.path else None,
-                        checkpoint=meta.get("checkpoint"),
-                        classification=cls,
-                        uncertain=policy,
-                    )
-                )
+            objects = self.object_combo.currentData()
+            jobs = [self._job(layer, policy, cls, objects) for layer in layers]
         except (SelfloopError, OSError, KeyError) as e:
             show_error(f"Export: {error_message(e)}")
             return False
@@ -174,6 +182,46 @@ class ExportWidget(QWidget):
             show_info(f"Exported {len(entries)} image(s) to {out}")
 
         return self.runner.start(work, on_done=done, message=f"exporting to {out}…")
+
+    def _job(self, layer: Any, policy: str, cls: str, objects: str) -> dict[str, Any]:
+        """The arguments of :func:`export_annotation` for one correction layer (checked)."""
+        data = np.array(correction_mask(layer), copy=True)  # a snapshot for the thread
+        image = image_for(self.viewer, layer)
+        meta = meta_of(layer)
+        window = window_of(layer)
+        name = source_of(layer) or layer.name
+        um = meta.get("pixel_size_um")
+        if image is not None:
+            height, width = (int(s) for s in image_data(image).shape[:2])
+            if window is None and (height, width) != data.shape:
+                raise InputError(
+                    f"Labels layer '{layer.name}' has shape {data.shape} but its image "
+                    f"'{image.name}' is {height}x{width}"
+                )
+            if window is not None and (data.shape != window.shape or window.y0 >= height
+                                       or window.x0 >= width):
+                raise InputError(
+                    f"Labels layer '{layer.name}' ({data.shape[0]}x{data.shape[1]}) does not "
+                    f"fit its region {window.label} of '{image.name}' ({height}x{width})"
+                )
+            image_um = pixel_size_um(image)
+            if um is None and image_um is not None:
+                um = image_um * (window.factor if window is not None else 1.0)
+        if window is not None:
+            name = f"{name}_{window.stem}"
+        src = getattr(image, "source", None)
+        return dict(
+            name=name,
+            labels=data,
+            image_sha256=meta.get("image_key"),
+            image_path=str(src.path) if src is not None and src.path else None,
+            checkpoint=meta.get("checkpoint"),
+            classification=cls,
+            uncertain=policy,
+            object_type=objects,
+            window=window,
+            pixel_size_um=um,
+        )
 
     def export_done(self) -> bool:
         names = [
@@ -220,3 +268,11 @@ class ExportWidget(QWidget):
         layer = self.labels_combo.layer()
         if layer is not None and meta_of(layer).get("bootstrap") == "dermoscopy":
             self.class_edit.setText("Lesion")
+        self._class_edited(self.class_edit.text())
+
+    def _class_edited(self, text: str) -> None:
+        """Follow the class with the object type that suits it (the user may change it)."""
+        for start, kind in CLASS_OBJECTS.items():
+            if text.strip().lower().startswith(start):
+                self.object_combo.setCurrentIndex(self.object_combo.findData(kind))
+                return

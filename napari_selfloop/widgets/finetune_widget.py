@@ -1,7 +1,10 @@
 """Fine-tune panel: train the current model on the corrections marked done (Eq. 2 of the paper).
 
 Labelled = the correction layers ticked *done* (their image and mask; 255 = not labelled);
-unlabelled = the other open images and, optionally, the images in a folder. Training runs
+unlabelled = the other open images and, optionally, the images in a folder. A correction
+layer of a region of a slide brings that region (read at the resolution it was
+pseudo-labelled at, in the worker thread); a slide itself is never used whole as unlabelled
+data, only its regions not marked done are. Training runs
 on a copy of the current model in a background thread with a live loss / validation plot.
 Each run writes a new checkpoint version next to the current one (``model_v2.pt``, ...; a
 new model goes to ``PROJECT/checkpoints/``) and makes it the current model. *Stop* ends the
@@ -42,10 +45,20 @@ from ..core.export import labels_to_mask
 from ..core.imageio import IMAGE_SUFFIXES, check_image, open_image
 from ..core.progress import Progress
 from ..core.training import FRAMEWORKS, TrainConfig, TrainResult, train
+from ..core.window import Window, WindowArray
 from ._autosave import autosave_for
-from ._layers import correction_mask, image_data, image_for, is_correction, is_source_image, meta_of
+from ._layers import (
+    correction_mask,
+    image_data,
+    image_for,
+    is_correction,
+    is_source_image,
+    meta_of,
+    window_of,
+)
 from ._plot import LivePlot
 from ._runner import Outcome, Runner, error_message
+from ._slide import levels_of, works_by_region
 from ._state import get_state
 from ._versions import release, reserve_version
 
@@ -69,6 +82,16 @@ def folder_images(folder: Path) -> list[TrainItem]:
             continue
         items.append(TrainItem(name=path.name, image=image))
     return items
+
+
+def _check_region(layer: Any, image: Any, window: Window, shape: tuple[int, ...]) -> None:
+    height, width = (int(s) for s in image_data(image).shape[:2])
+    if shape != window.shape or window.y0 >= height or window.x0 >= width:
+        raise InputError(
+            f"Labels layer '{layer.name}' ({shape[0]}x{shape[1]}) does not fit its region "
+            f"{window.label} of '{image.name}' ({height}x{width}): delete it and run "
+            "Pseudo-label on that region again"
+        )
 
 
 class FineTuneWidget(QWidget):
@@ -206,6 +229,10 @@ class FineTuneWidget(QWidget):
                 )
             data = image_data(image)
             mask = labels_to_mask(correction_mask(layer))
+            window = window_of(layer)
+            if window is not None:
+                _check_region(layer, image, window, mask.shape)
+                data = WindowArray(levels_of(image), window)  # read in the worker thread
             info = check_image(data)
             if mask.shape != (info.height, info.width):
                 raise InputError(
@@ -215,9 +242,8 @@ class FineTuneWidget(QWidget):
             # The mask rule of train and evaluate (core.datasets.normalise_mask), with the
             # convention known: in a correction layer 255 is "uncertain" (drawn yellow),
             # never foreground, even when the user erased every foreground pixel.
-            items.append(
-                TrainItem(name=image.name, image=data, mask=mask, mask_convention="selfloop")
-            )
+            name = image.name if window is None else layer.name
+            items.append(TrainItem(name=name, image=data, mask=mask, mask_convention="selfloop"))
         if not items:
             raise InputError(
                 "no corrections are marked done: tick a correction layer above "
@@ -231,8 +257,15 @@ class FineTuneWidget(QWidget):
         used = {it.name for it in labelled}
         items = []
         for layer in self.viewer.layers:
-            if not is_source_image(layer) or layer.name in used:
+            if is_correction(layer) and window_of(layer) is not None and layer.name not in used:
+                image = image_for(self.viewer, layer)
+                window = window_of(layer)
+                if image is not None and not meta_of(layer).get("done"):
+                    items.append(TrainItem(name=layer.name,
+                                           image=WindowArray(levels_of(image), window)))
                 continue
+            if not is_source_image(layer) or layer.name in used or works_by_region(layer):
+                continue  # a slide is used by its regions, never whole
             try:
                 items.append(TrainItem(name=layer.name, image=image_data(layer)))
             except SelfloopError as e:
@@ -296,6 +329,7 @@ class FineTuneWidget(QWidget):
                 device=device,
                 out=out,
                 parent=parent,
+                pixel_size_um=ckpt.pixel_size_um,
             )
 
         started = self.runner.start(

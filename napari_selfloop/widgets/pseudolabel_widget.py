@@ -3,6 +3,11 @@
 Results become three layers per image (updated in place on a re-run): the probability map,
 the uncertainty map, and the correction Labels layer (1 confident foreground, 0 confident
 background, 255 = uncertain, drawn in yellow so it stands out).
+
+A large image (a slide: a pyramid, or more than 4 Mpx, see :mod:`._slide`) is worked on
+region by region: the view or rectangle gets three layers of its own size, placed over it,
+one set per region, and is read at the model's pixel size where both pixel sizes are known
+(the nearest pyramid level, resampled the rest of the way; see :mod:`..core.window`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from qtpy.QtWidgets import (
 
 from ..core.device import resolve_device
 from ..core.errors import InputError, SelfloopError
+from ..core.progress import Progress
 from ..core.pseudolabel import (
     METHODS,
     UNCERTAIN,
@@ -32,8 +38,10 @@ from ..core.pseudolabel import (
     PseudoLabelResult,
     pseudo_label,
 )
+from ..core.window import Window, choose_window, read_window, region_key
 from ._autosave import autosave_for, key_for
 from ._layers import (
+    KEY,
     LayerCombo,
     camera,
     check_labels_shape,
@@ -44,6 +52,13 @@ from ._layers import (
     put_result,
 )
 from ._runner import Runner, error_message
+from ._slide import (
+    MAX_REGION_PIXELS,
+    level_shapes,
+    levels_of,
+    pixel_size_um,
+    works_by_region,
+)
 from ._state import get_state
 
 log = logging.getLogger(__name__)
@@ -89,6 +104,35 @@ def _clip_box(lo: np.ndarray, hi: np.ndarray, image: Image) -> Box:
             "move the view or draw the rectangle over the image"
         )
     return y0, x0, y1, x1
+
+
+def region_plan(image: Image, box: Box, model_um: float | None) -> tuple[Window, str]:
+    """The window of ``image`` to process for level-0 ``box``, and a note for the user.
+
+    At the model's pixel size when both the model's and the image's are known (else at
+    full resolution, and the note says why). Refuses a region too large to hold.
+    """
+    image_um = pixel_size_um(image)
+    note = ""
+    factor = 1.0
+    if model_um and image_um:
+        factor = model_um / image_um
+    elif model_um:
+        note = (f"'{image.name}' has no pixel size, so it is processed at full resolution; "
+                f"the model was trained at {model_um:.3g} µm/px: if the slide's is different, "
+                "results will be poor")
+    elif image.multiscale and not image_um:
+        note = f"'{image.name}' has no pixel size: processing it at full resolution"
+    window = choose_window(level_shapes(image), box, factor)
+    if window.pixels > MAX_REGION_PIXELS:
+        side = int(MAX_REGION_PIXELS ** 0.5)
+        raise InputError(
+            f"the region {window.label} is {window.width}x{window.height} pixels at the "
+            f"resolution it is processed at, more than the panel holds ({side}x{side}): zoom in "
+            "or draw a smaller rectangle, or run 'napari-selfloop pseudo-label' on the whole "
+            "slide and open its output"
+        )
+    return window, note
 
 
 def shapes_box(shapes: Shapes, image: Image) -> Box:
@@ -207,27 +251,53 @@ class PseudoLabelWidget(QWidget):
             models = self._models()
             config = self.config()
             y0, x0, y1, x1 = box = self.box(image)
-            existing = find_result(self.viewer, image.name, "labels")
-            if existing is not None:
-                from ..core.imageio import check_image
+            window, note = None, ""
+            if works_by_region(image):
+                model_um = getattr(self.state.checkpoint, "pixel_size_um", None)
+                window, note = region_plan(image, box, model_um)
+                if window == Window(0, 0, *data.shape[:2]):
+                    window = None  # all of it at full resolution: one full-size set, as usual
+            if window is not None:
+                existing = find_result(self.viewer, image.name, "labels", window)
+                if existing is not None:
+                    check_labels_shape(existing, window.shape)
+            else:
+                existing = find_result(self.viewer, image.name, "labels")
+                if existing is not None:
+                    from ..core.imageio import check_image
 
-                check_labels_shape(existing, check_image(data))
+                    check_labels_shape(existing, check_image(data))
             key = key_for(image)
         except (SelfloopError, OSError) as e:
             show_error(f"Pseudo-label: {error_message(e)}")
             return False
-        crop = data[y0:y1, x0:x1]
+        if note:
+            show_info(f"Pseudo-label: {note}")
         device = self.state.device
         ckpt = self.state.checkpoint
         checkpoint = {"path": str(ckpt.path) if ckpt.path else None, "sha256": ckpt.sha256}
         name = image.name
-        where = "" if box == (0, 0, *data.shape[:2]) else f" [{y0}:{y1}, {x0}:{x1}]"
+        if window is None:
+            whole = box == (0, 0, *data.shape[:2])
+            where = "" if whole else f" [{y0}:{y1}, {x0}:{x1}]"
+
+            def job():  # called in the worker: slicing a zarr array reads it
+                crop = data if whole else data[y0:y1, x0:x1]
+                return pseudo_label(crop, models, config, device=device)
+        else:
+            levels = levels_of(image)
+            where = f" {window.label}"
+
+            def job():
+                yield Progress(0, 0, f"reading region {window.label}…")
+                crop = read_window(levels, window)  # in the worker: only the region is read
+                return (yield from pseudo_label(crop, models, config, device=device))
 
         def done(result: PseudoLabelResult) -> None:
-            self._show(name, box, result, key, checkpoint)
+            self._show(name, box, result, key, checkpoint, window, note)
 
         return self.runner.start(
-            lambda: pseudo_label(crop, models, config, device=device),
+            job,
             on_done=done,
             message=f"{config.method} on {name}{where}…",
             interrupt=models,
@@ -245,7 +315,14 @@ class PseudoLabelWidget(QWidget):
         return models
 
     def _show(
-        self, name: str, box: Box, result: PseudoLabelResult, key: str, checkpoint: dict
+        self,
+        name: str,
+        box: Box,
+        result: PseudoLabelResult,
+        key: str,
+        checkpoint: dict,
+        window: Window | None = None,
+        note: str = "",
     ) -> None:
         if name not in self.viewer.layers:
             show_error(f"Pseudo-label: image layer '{name}' was removed during the run")
@@ -256,18 +333,24 @@ class PseudoLabelWidget(QWidget):
             "q": result.config.q,
             "threshold": result.config.threshold,
         }
+        target = {"window": window} if window is not None else {"box": box}
         for kind, values in (("probability", result.probability), ("uncertainty", result.uncertainty)):
-            put_result(self.viewer, name, kind, values.astype(np.float32), box=box, like=image,
-                       extra_meta=meta)
+            put_result(self.viewer, name, kind, values.astype(np.float32, copy=False), like=image,
+                       extra_meta=meta, **target)
+        labels_meta = {**meta, "image_key": key, "checkpoint": checkpoint}
+        if window is not None:
+            labels_meta["autosave_key"] = region_key(key, window)
+            image_um = pixel_size_um(image)
+            labels_meta["pixel_size_um"] = None if image_um is None else image_um * window.factor
         # The user's painted pixels are kept: the proposal only goes where they have not
         # painted, and "done" is cleared only when pixels changed, and then with a note.
         merge = propose_labels(
             self.viewer,
             name,
             result.mask,
-            box=box,
             like=image,
-            extra_meta={**meta, "image_key": key, "checkpoint": checkpoint},
+            extra_meta=labels_meta,
+            **target,
         )
         labels = merge.layer
         notes = []
@@ -290,9 +373,15 @@ class PseudoLabelWidget(QWidget):
         extra = ""
         if result.losses is not None and result.losses.size:
             extra = f" · mean jigsaw loss {float(np.mean(result.losses)):.2f}"
+        where = "" if window is None else f" {window.label}"
+        resolution = ""
+        if window is not None:
+            um = labels.metadata[KEY].get("pixel_size_um")
+            resolution = f" at {um:.3g} µm/px" if um else " at full resolution"
         self.runner.status.setText(
-            f"{result.config.method} on '{name}' ({mask.shape[1]}x{mask.shape[0]}) in "
-            f"{result.seconds:.1f} s on {result.info.get('device', '?')}: {fg:.0f}% foreground, "
-            f"{unc:.0f}% uncertain (yellow){extra}. Correct the mask, then Review."
+            f"{result.config.method} on '{name}'{where} ({mask.shape[1]}x{mask.shape[0]}"
+            f"{resolution}) in {result.seconds:.1f} s on {result.info.get('device', '?')}: "
+            f"{fg:.0f}% foreground, {unc:.0f}% uncertain (yellow){extra}. "
+            f"Correct the mask, then Review.{(' Note: ' + note) if note else ''}"
         )
         self.state.labels_updated.emit(labels.name)

@@ -31,8 +31,8 @@ from ._layers import (
     FOREGROUND,
     LayerCombo,
     camera,
+    companion,
     correction_mask,
-    find_result,
     is_correction,
     meta_of,
     role_of,
@@ -120,7 +120,7 @@ class ReviewWidget(QWidget):
         try:
             labels = self._labels()
             mask = correction_mask(labels)
-            unc_layer = find_result(self.viewer, source_of(labels) or "", "uncertainty")
+            unc_layer = companion(self.viewer, labels, "uncertainty")  # of the same region
             unc = None
             if unc_layer is not None and tuple(unc_layer.data.shape) == mask.shape:
                 unc = np.asarray(unc_layer.data)
@@ -244,19 +244,18 @@ class ReviewWidget(QWidget):
     # -- settling a region -----------------------------------------------------------------
 
     def settle(self, value: int) -> int:
-        """Set the current region's uncertain pixels to ``value``; returns how many changed."""
+        """Set the current region's uncertain pixels to ``value``; returns how many changed.
+
+        Written like a brush stroke (undoable with Ctrl+Z, seen by autosave at once).
+        """
         labels = self.labels_combo.layer()
         if labels is None or self.current is None:
             return 0
         y0, x0, y1, x1 = self.regions[self.current].bbox
-        data = labels.data
-        window = data[y0:y1, x0:x1]
-        hit = window == UNCERTAIN
-        count = int(hit.sum())
-        if count:
-            window[hit] = value
-            labels.refresh()
-        return count
+        ys, xs = np.nonzero(np.asarray(labels.data[y0:y1, x0:x1]) == UNCERTAIN)
+        if ys.size:
+            labels.data_setitem((ys + y0, xs + x0), value)
+        return int(ys.size)
 
     # -- reacting to other panels ----------------------------------------------------------
 

@@ -1,0 +1,221 @@
+"""``napari-selfloop export``: corrected masks or instance labels -> masks and QuPath GeoJSON.
+
+The outputs of the plugin's Export panel, headless (:func:`..core.export.export_annotation`):
+``STEM_mask.tif`` (0/1/255) and ``STEM_instances.tif`` (tiled, compressed, with the pixel
+size), ``STEM.geojson`` (UUID ids, the chosen object type, slide coordinates) and an entry in
+``manifest.json``, for every input.
+
+How an input is read (``--input-type auto``): a bool image, or one whose values are all in
+{0, 1, 255}, is a **mask** (1 foreground, 0 background, 255 not decided; a 0/255 image
+without 1 is a binary mask, 255 foreground, unless the file is a napari-selfloop mask);
+any other non-negative integer image holds **instance labels** (each id one object, kept
+apart from its neighbours). Where it lies on the slide: ``--offset``/``--downsample`` when
+given, else what the file records (files saved from the plugin, see
+:mod:`..core.labelfile`), else the slide's corner at full resolution.
+
+Every input is read and checked before anything is written: a bad one ends the run with one
+line (exit code 2) and no files; each input's files are written as a set (see
+:func:`..core.export.export_annotation`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.datasets import normalise_mask
+from ..core.errors import InputError
+from ..core.export import (
+    OBJECT_TYPES,
+    UNCERTAIN_POLICIES,
+    check_export_folder,
+    export_annotation,
+)
+from ..core.labelfile import LabelsFile, read_labels_file
+from ..core.window import Window
+from .progressbar import work_started
+
+log = logging.getLogger(__name__)
+
+INPUT_TYPES = ("auto", "mask", "instances")
+#: Classes read as ``annotation`` when --object-type is not given (others: ``detection``).
+ANNOTATION_CLASSES = ("lesion", "tumor", "tumour", "tissue", "region", "stroma")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="corrected masks or instance labels -> tiled TIFF masks and QuPath GeoJSON",
+        description="For each MASK_OR_LABELS file (TIFF or PNG: a 0/1/255 mask, a 0/255 binary "
+        "mask, or instance labels) writes DIR/STEM_mask.tif (uint8 0/1/255), "
+        "DIR/STEM_instances.tif (one id per object) as tiled, compressed TIFFs with the pixel "
+        "size, DIR/STEM.geojson (QuPath: one polygon per object, UUID ids, in slide pixels: "
+        "the offset added and the downsampling undone) and an entry in DIR/manifest.json: "
+        "the Export panel's outputs. Files saved from the plugin (File > Save Selected Layers "
+        "with 'corrected labels (TIFF)') carry their region and pixel size, which are used "
+        "unless --offset, --downsample or --pixel-size say otherwise.",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="MASK_OR_LABELS",
+                   help="mask or labels files (TIFF or PNG)")
+    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--object-type", choices=OBJECT_TYPES, default=None,
+                   help="QuPath object type: detection (numerous objects: nuclei) or annotation "
+                   "(editable: a lesion); default: annotation for the classes Lesion, Tumor, "
+                   "Tissue, Region and Stroma, else detection")
+    p.add_argument("--classification", default="Nucleus",
+                   help="QuPath class of the objects (default Nucleus)")
+    p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
+                   help="microns per pixel of the inputs (default: the file's, else none)")
+    p.add_argument("--offset", type=int, nargs=2, default=None, metavar=("Y", "X"),
+                   help="slide point (full-resolution pixels) of the inputs' top-left corner "
+                   "(default: the file's record, else 0 0); applies to every input")
+    p.add_argument("--downsample", type=float, default=None, metavar="F",
+                   help="slide pixels per input pixel (default: the file's record, else 1)")
+    p.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="keep",
+                   help="pixels still 255 (undecided) in a mask: keep them as 255 (default), "
+                   "or count them as foreground or background")
+    p.add_argument("--input-type", choices=INPUT_TYPES, default="auto",
+                   help="auto (default: 0/1/255 values are a mask, other ids instance labels), "
+                   "mask (any non-zero id but 255 is foreground) or instances (every non-zero "
+                   "id an object, 255 too)")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class _Job:
+    """One input, checked: what :func:`export_annotation` is called with."""
+
+    path: Path
+    name: str
+    kind: str  # mask or instances
+    window: Window | None
+    pixel_size_um: float | None
+    image_sha256: str | None
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    if args.pixel_size is not None and not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
+        raise InputError(f"--pixel-size must be a positive number of microns, got {args.pixel_size}")
+    if args.downsample is not None and not (math.isfinite(args.downsample) and args.downsample > 0):
+        raise InputError(f"--downsample must be a positive number, got {args.downsample}")
+    if args.offset is not None and min(args.offset) < 0:
+        raise InputError(f"--offset must be two non-negative pixel numbers (Y X), got "
+                         f"{args.offset[0]} {args.offset[1]}")
+    if not args.classification.strip():
+        raise InputError("--classification must not be empty")
+    resolved = {p.resolve() for p in args.inputs}
+    if len(resolved) != len(args.inputs):
+        raise InputError("an input is given twice: give each file once")
+
+
+def _kind(file: LabelsFile, wanted: str) -> str:
+    """``mask`` or ``instances`` for a file's pixels (see the module notes)."""
+    data = file.data
+    name = file.path.name
+    if data.dtype == bool:
+        return "mask"
+    if data.dtype.kind == "f" and wanted != "instances" and np.isin(data, (0, 1, 255)).all():
+        return "mask"  # a 0/1(/255) mask saved as floats
+    if data.dtype.kind not in "iu":
+        raise InputError(f"{name}: pixel type {data.dtype} with values other than 0, 1 and 255 "
+                         "is not a mask or labels: save masks and labels as integers "
+                         "(0 background)")
+    if data.dtype.kind == "i" and int(data.min()) < 0:
+        raise InputError(f"{name}: holds negative values; labels must be 0 (background) or "
+                         "positive ids")
+    if wanted != "auto":
+        return wanted
+    values = np.unique(data)
+    return "mask" if np.isin(values, (0, 1, 255)).all() else "instances"
+
+
+def _window(file: LabelsFile, args: argparse.Namespace) -> Window | None:
+    h, w = (int(s) for s in file.data.shape)
+    recorded = file.window
+    factor = args.downsample if args.downsample is not None else (
+        recorded.factor if recorded is not None else 1.0)
+    if args.offset is not None:
+        y0, x0 = args.offset
+    elif recorded is not None:
+        y0, x0 = recorded.y0, recorded.x0
+    else:
+        y0, x0 = 0, 0
+    if (y0, x0, factor) == (0, 0, 1.0) and recorded is None:
+        return None  # the input's own pixels are the slide's
+    level = recorded.level if recorded is not None and recorded.factor == factor else 0
+    return Window(int(y0), int(x0), h, w, float(factor), level)
+
+
+def _name(file: LabelsFile, window: Window | None) -> str:
+    """The manifest name: the recorded image (and region) as the Export panel names it, else
+    the input file's absolute path (so two inputs called alike never share outputs)."""
+    if file.source:
+        return file.source if window is None else f"{file.source}_{window.stem}"
+    return str(file.path.resolve())
+
+
+def _prepare(path: Path, args: argparse.Namespace) -> tuple[_Job, dict[str, Any]]:
+    """Read and check one input; the job and the arrays to export."""
+    file = read_labels_file(path)
+    kind = _kind(file, args.input_type)
+    window = _window(file, args)
+    um = args.pixel_size if args.pixel_size is not None else file.pixel_size_um
+    if kind == "mask":
+        data = np.asarray(file.data)
+        if data.dtype.kind in "bf" or np.isin(np.unique(data), (0, 1, 255)).all():
+            labels = normalise_mask(data, path.name, convention=file.convention)
+        else:  # --input-type mask on ids: any id but 255 is foreground
+            labels = data
+        arrays = {"labels": labels}
+    else:
+        instances = np.asarray(file.data)
+        arrays = {"labels": (instances > 0).astype(np.uint8), "instances": instances}
+    job = _Job(path, _name(file, window), kind, window, um, file.image_sha256)
+    return job, arrays
+
+
+def _object_type(args: argparse.Namespace) -> str:
+    if args.object_type is not None:
+        return args.object_type
+    cls = args.classification.strip().lower()
+    return "annotation" if cls.startswith(ANNOTATION_CLASSES) else "detection"
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_options(args)
+    object_type = _object_type(args)
+    # Every input is read and checked before anything is written.
+    jobs = [_prepare(path, args)[0] for path in args.inputs]
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise InputError(f"two inputs are the same region of '{twice}': export them one at a time")
+    check_export_folder(args.out)
+    work_started()
+    log.info("export: %d file(s) -> %s (%s, class %s)", len(jobs), args.out, object_type,
+             args.classification)
+    for job in jobs:
+        job, arrays = _prepare(job.path, args)
+        entry = export_annotation(
+            args.out,
+            job.name,
+            arrays["labels"],
+            image_sha256=job.image_sha256,
+            classification=args.classification.strip(),
+            uncertain=args.uncertain,
+            object_type=object_type,
+            window=job.window,
+            pixel_size_um=job.pixel_size_um,
+            instances=arrays.get("instances"),
+        )
+        where = "" if job.window is None else f" at slide {job.window.label}"
+        um = "" if job.pixel_size_um is None else f", {job.pixel_size_um:.4g} µm/px"
+        log.info("%s (%s%s%s): %d objects -> %s, %s, %s", job.path.name, job.kind, where, um,
+                 entry["objects"], entry["mask"], entry["instances"], entry["geojson"])
+    return 0
