@@ -192,10 +192,33 @@ def heldout_summary(name: str) -> dict[str, Any]:
     return {}
 
 
+def markdown(path: Path) -> str:
+    """README tables of a held-out results file: pseudo-label scores, error capture, jigsaw."""
+    rep = json.loads(path.read_text())
+    pl, lines = rep.get("pseudo_labels") or {}, []
+    keys = [k for k in ("f1", "balanced_accuracy", "object_f1", "aji") if k in (pl.get("softmax") or {})]
+    names = {"f1": "Dice", "balanced_accuracy": "balanced accuracy", "object_f1": "object F1", "aji": "AJI"}
+    lines += [f"| pseudo-label ({len(rep['test_images'])} unseen images) | " + " | ".join(names[k] for k in keys) + " |",
+              "|---|" + "---:|" * len(keys)]
+    for method, row in pl.items():
+        lines.append(f"| {method} | " + " | ".join(f"{row[k]:.1f}" for k in keys) + " |")
+    ec = (rep.get("error_capture") or {}).get("mean") or {}
+    if ec:
+        lines += ["", "| uncertainty map | errors in top 5% | top 10% | top 20% |", "|---|---:|---:|---:|"]
+        for name, row in ec.items():
+            lines.append(f"| {name} | {row['top5']:.1f} | {row['top10']:.1f} | {row['top20']:.1f} |")
+        lines.append("| (random pixels) | 5.0 | 10.0 | 20.0 |")
+    for patch, j in (rep.get("jigsaw") or {}).items():
+        lines.append(f"\nHeld-out jigsaw at {patch}-px patches: L_SS {j['loss']:.2f} (chance {j['chance_loss']:.2f}), "
+                     f"top-1 {j['top1']:.1f}%.")
+    return "\n".join(lines)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(RECIPES))
-    p.add_argument("--work", type=Path, required=True, help="folder of the stage checkpoints")
+    p.add_argument("--table", action="store_true", help="print the README tables of the held-out results")
+    p.add_argument("--work", type=Path, help="folder of the stage checkpoints (required unless --table)")
     p.add_argument("--test", type=int, default=0, help="images held out for evaluation (0: train on all)")
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
@@ -206,6 +229,11 @@ def main() -> int:
     p.add_argument("--package", action="store_true", help=f"write the shipped file into {MODELS_DIR}")
     p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/bundled_NAME[_N].json)")
     args = p.parse_args()
+    if args.table:
+        print(markdown(args.out or next((HERE / "results").glob(f"bundled_{args.name}_test*.json"))))
+        return 0
+    if args.work is None:
+        p.error("--work is required")
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.name]
     if args.pretrain_iterations:

@@ -65,7 +65,7 @@ def test_package_writes_half_precision_that_loads_as_float32(tmp_path, tiny_mode
     meta = ckpt.meta
     assert meta["data"] == [{"name": "a.png", "sha256": "0" * 64}]
     assert meta["training"]["kind"] == "bundled" and meta["training"]["command"] == "pytest"
-    assert meta["training"]["pixel_size_um"] == 0.25
+    assert ckpt.pixel_size_um == 0.25 and load_bundled("lesion-dermoscopy").pixel_size_um is None
     assert meta["metrics"]["jigsaw_loss"] == 2.0 and meta["metrics"]["heldout"]["softmax_f1"] == 80.0
     assert "CC BY-NC-SA 4.0" in meta["note"] and "non-commercial" in meta["note"]
     assert meta["parent"] == load_checkpoint(tmp_path / "src_nuclei-he.pt").sha256

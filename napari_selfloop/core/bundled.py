@@ -165,11 +165,11 @@ def package_model(name: str, source: str | os.PathLike[str], *, recipe: dict[str
     if heldout:
         metrics["heldout"] = heldout
     training = {"kind": "bundled", "command": command, "recipe": recipe, "source_sha256": src.sha256,
-                "source_training": {k: v for k, v in (src.meta.get("training") or {}).items() if k != "optimizer"},
-                "pixel_size_um": m.pixel_size_um}
+                "source_training": {k: v for k, v in (src.meta.get("training") or {}).items() if k != "optimizer"}}
     dest = dest or m.path
     dest.parent.mkdir(parents=True, exist_ok=True)
     note = (f"bundled model {name}: {m.title}. Trained on {m.data}. Licence of the weights: {m.licence}. "
             f"Cite {m.citation}.")
     return save_checkpoint(dest, model, training=training, history=src.meta.get("history") or [],
-                           metrics=metrics, parent=src.sha256, data=src.meta.get("data") or [], note=note)
+                           metrics=metrics, parent=src.sha256, data=src.meta.get("data") or [], note=note,
+                           pixel_size_um=m.pixel_size_um)
