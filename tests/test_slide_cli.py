@@ -59,6 +59,14 @@ def test_pseudo_label_a_slide_at_a_chosen_pixel_size(work, capsys, synthetic_sli
     assert total <= 1024 * 1024  # at most a byte per processed pixel, all three outputs
     assert sorted(p.name for p in (work / "out").iterdir()) == [
         "slide_mask.tif", "slide_prob.tif", "slide_uncertainty.tif"]
+    # The mask records where it lies on the slide (level 2: 4 slide pixels per pixel), so
+    # `export` writes its GeoJSON in the slide's full-resolution pixels without options.
+    from napari_selfloop.core.labelfile import read_labels_file
+
+    labels = read_labels_file(work / "out" / "slide_mask.tif")
+    assert labels.window is not None and labels.window.factor == pytest.approx(4.0)
+    assert (labels.window.y0, labels.window.x0) == (0, 0) and labels.convention == "selfloop"
+    assert labels.pixel_size_um == pytest.approx(1.0)
 
 
 def test_no_tissue_only_computes_the_glass_too(work, capsys, synthetic_slide):

@@ -44,6 +44,7 @@ from .imageio import (
     check_input_file,
     write_json,
 )
+from .labelfile import LABELS_TAG
 from .pseudolabel import PseudoLabelConfig, PseudoLabelResult, pseudo_label
 from .tiledtiff import TiledTiffWriter
 from .tiling import run_to_completion
@@ -301,6 +302,12 @@ def label_image_file(image_path: Path, models: Sequence[Any], config: PseudoLabe
 def _output_writer(out: Path, key: str, name: str, work: WorkingImage) -> TiledTiffWriter:
     dtype = np.uint8 if name == "mask" else work.output_dtype
     metadata: dict[str, Any] = dict(MASK_METADATA) if name == "mask" else {}
+    if name == "mask" and work.slide is not None:
+        # Where the mask lies on the slide, so that `export` writes GeoJSON in the slide's
+        # full-resolution pixels without options (the record core.labelfile reads).
+        downsample = float(work.slide.downsamples[work.record["level"]]) / float(work.record["scale"])
+        metadata[LABELS_TAG] = {"offset_yx": [0, 0], "downsample": downsample, "pixel_size_um": work.mpp,
+                                "source": key}
     if name != "mask" and np.dtype(dtype) == np.uint8:
         metadata["napari_selfloop_scale"] = "value/255"
     # uint8 probability and uncertainty maps are smooth: the predictor shrinks them (not masks)
