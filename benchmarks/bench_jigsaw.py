@@ -33,7 +33,7 @@ from napari_selfloop.core.datasets import TrainItem  # noqa: E402
 from napari_selfloop.core.imageio import write_json  # noqa: E402
 from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
 from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
-from napari_selfloop.core.tiling import run_to_completion  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 
 log = logging.getLogger("bench_jigsaw")
 DEFAULT_VARIANTS = ("slots/none", "gap/none", "slots/per-class", "slots/random")
@@ -51,10 +51,13 @@ def run_variant(variant: str, train_items: list[TrainItem], test_images: list[An
     gen = pretrain_jigsaw(model, train_items, cfg, device="cpu",
                           out=args.save if args.save else None)
     curve = []
-    for ev in gen_events(gen):
+
+    def record(ev):
         if ev.data["step"] % 100 == 0:
             curve.append({"step": ev.data["step"], "loss": ev.data["loss"], "top1": ev.data["top1"]})
             log.info("%s %s", variant, ev.message)
+
+    run_to_completion(gen, on_progress=record)
     train_s = time.perf_counter() - t0
     held_out = {}
     for patch in args.eval_patches:
@@ -64,14 +67,6 @@ def run_variant(variant: str, train_items: list[TrainItem], test_images: list[An
         log.info("%s held-out patch %d: L_SS %.3f top-1 %.1f%%", variant, patch, r["loss"], 100 * r["top1"])
     return {"variant": variant, "head": head, "rotation": rotation, "train_seconds": train_s,
             "curve": curve, "held_out": held_out}
-
-
-def gen_events(gen):
-    while True:
-        try:
-            yield next(gen)
-        except StopIteration:
-            return
 
 
 def main() -> None:

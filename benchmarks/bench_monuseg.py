@@ -62,6 +62,7 @@ from napari_selfloop.core.metrics import (  # noqa: E402
 )
 from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
 from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.pseudolabel import (  # noqa: E402
     DEFAULT_STEP_LR,
     PseudoLabelConfig,
@@ -69,7 +70,6 @@ from napari_selfloop.core.pseudolabel import (  # noqa: E402
     predict_selfloop,
     pseudo_label,
 )
-from napari_selfloop.core.tiling import run_to_completion  # noqa: E402
 from napari_selfloop.core.training import TrainConfig, TrainItem, train  # noqa: E402
 
 log = logging.getLogger("bench")
@@ -133,14 +133,12 @@ def run_train(model: torch.nn.Module, lab: list[TrainItem], unl: list[TrainItem]
     t0 = time.perf_counter()
     gen = train(model, lab, unl, cfg, validation=validation, device="cpu")
     every = max(1, cfg.iterations // 5)
-    while True:
-        try:
-            ev = next(gen)
-        except StopIteration as stop:
-            result = stop.value
-            break
+
+    def show(ev: Any) -> None:
         if ev.data.get("phase") == "train" and (ev.done % every == 0 or "val_f1" in ev.data):
             log.info("[%s] %s (%.0f s)", tag, ev.message, time.perf_counter() - t0)
+
+    result = run_to_completion(gen, on_progress=show)
     seconds = time.perf_counter() - t0
     hist = [h for h in result.history if "loss_seg" in h]
     tail = hist[-max(1, len(hist) // 10):]

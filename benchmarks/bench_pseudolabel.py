@@ -35,9 +35,9 @@ from napari_selfloop import __version__
 from napari_selfloop.core.device import resolve_device, resolve_precision
 from napari_selfloop.core.imageio import check_image, open_image
 from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
 from napari_selfloop.core.tiledtiff import TiledTiffWriter
-from napari_selfloop.core.tiling import run_to_completion
 
 HERE = Path(__file__).resolve().parent
 #: (label, method, Q); the first is the reference "one plain forward pass".

@@ -55,8 +55,8 @@ from napari_selfloop.core.datasets import TrainItem  # noqa: E402
 from napari_selfloop.core.imageio import open_image, write_json  # noqa: E402
 from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
 from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.pseudolabel import DEFAULT_PATCH, DEFAULT_STEP_LR  # noqa: E402
-from napari_selfloop.core.tiling import run_to_completion  # noqa: E402
 from napari_selfloop.core.training import TrainConfig, train  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "data"
@@ -103,13 +103,12 @@ def finished_steps(path: Path) -> int:
 def drive(gen: Any, label: str, every: int = 25) -> Any:
     """Run a progress generator to its end, printing every ``every`` steps."""
     t0 = time.perf_counter()
-    try:
-        while True:
-            ev = next(gen)
-            if ev.data.get("phase", "train") == "train" and ev.done % every == 0:
-                print(f"[{label}] {ev.message}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    except StopIteration as stop:
-        return stop.value
+
+    def show(ev: Any) -> None:
+        if ev.data.get("phase", "train") == "train" and ev.done % every == 0:
+            print(f"[{label}] {ev.message}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    return run_to_completion(gen, on_progress=show)
 
 
 def stage_pretrain(model: torch.nn.Module, items: list[TrainItem], recipe: dict[str, Any], work: Path,

@@ -22,8 +22,8 @@ from napari_selfloop.core.datasets import TrainItem
 from napari_selfloop.core.errors import CheckpointError, InputError, SelfloopError
 from napari_selfloop.core.model import ModelConfig, build_model
 from napari_selfloop.core.pretrain import PRETRAIN_KIND, PretrainConfig, pretrain_jigsaw
+from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
-from napari_selfloop.core.tiling import run_to_completion
 from napari_selfloop.core.training import TrainConfig, train
 from tests.conftest import TINY
 

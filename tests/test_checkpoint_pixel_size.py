@@ -60,7 +60,7 @@ def test_training_and_pretraining_keep_the_starting_pixel_size(tmp_path):
     from napari_selfloop.cli import main
     from napari_selfloop.core.datasets import TrainItem
     from napari_selfloop.core.pretrain import PretrainConfig, pretrain_jigsaw
-    from napari_selfloop.core.tiling import run_to_completion
+    from napari_selfloop.core.progress import run_to_completion
     from napari_selfloop.core.training import TrainConfig, train
 
     rng = np.random.default_rng(0)

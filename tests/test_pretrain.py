@@ -19,7 +19,7 @@ from napari_selfloop.core.pretrain import (
     evaluate_jigsaw,
     pretrain_jigsaw,
 )
-from napari_selfloop.core.tiling import run_to_completion
+from napari_selfloop.core.progress import run_to_completion
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")

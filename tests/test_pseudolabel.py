@@ -4,6 +4,7 @@ import torch
 
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.pseudolabel import (
     METHODS,
     PseudoLabelConfig,
@@ -11,7 +12,6 @@ from napari_selfloop.core.pseudolabel import (
     pseudo_label,
     selfloop_weights,
 )
-from napari_selfloop.core.tiling import run_to_completion
 from tests.conftest import TINY, assert_same_state, state_snapshot
 
 
@@ -192,11 +192,7 @@ def test_progress_events_end_complete(rgb_image):
     gen = pseudo_label(np.zeros((200, 300), np.uint8), calibrated(),
                        PseudoLabelConfig(method="softmax", patch_size=96, batch_size=2))
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration:
-            break
+    run_to_completion(gen, on_progress=events.append)
     assert events and events[-1].done == events[-1].total
     assert [e.done for e in events] == sorted(e.done for e in events)
 

@@ -14,6 +14,7 @@ from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles
 from napari_selfloop.core.losses import seg_loss, ss_loss, ug_loss
 from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.training import (
     TrainConfig,
     TrainItem,
@@ -54,11 +55,7 @@ FAST = dict(iterations=4, patch_size=96, batch_size=2, q=2, lr=3e-3, hed_jitter=
 
 def run(gen):
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, run_to_completion(gen, on_progress=events.append)
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -117,14 +114,13 @@ def test_selfloop_update_changes_encoder_only_and_keeps_decoder_fixed_at_every_s
     bn_buffers0 = {k: v for k, v in encoder0.items() if "running" in k or "num_batches" in k}
     gen = _selfloop_updates(model, x, puzzles, opt)
     steps = 0
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            y, losses, weights = stop.value
-            break
+
+    def after_step(_):
+        nonlocal steps
         steps += 1
         assert_same_state(model.decoder, decoder0)  # decoder fixed during every encoder update
+
+    y, losses, weights = run_to_completion(gen, on_progress=after_step)
     assert steps == 3
     enc = model.encoder.state_dict()
     assert any(not torch.equal(enc[k], v) for k, v in encoder0.items() if k not in bn_buffers0)

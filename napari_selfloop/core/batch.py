@@ -44,9 +44,9 @@ from .imageio import (
     check_input_file,
     write_json,
 )
+from .progress import run_to_completion
 from .pseudolabel import PseudoLabelConfig, PseudoLabelResult, pseudo_label
 from .tiledtiff import TiledTiffWriter
-from .tiling import run_to_completion
 from .working import SlideOptions, WorkingImage, open_working_image
 
 try:

@@ -53,8 +53,8 @@ from .model import (
     pad_to_stride,
     set_mc_dropout,
 )
-from .progress import Progress
-from .tiling import run_to_completion, tiled_apply
+from .progress import Progress, run_to_completion
+from .tiling import tiled_apply
 
 log = logging.getLogger(__name__)
 

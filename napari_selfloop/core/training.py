@@ -55,7 +55,7 @@ from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
 from .model import ResUNet, check_seed, config_type_problems
 from .pretrain import PRETRAIN_KIND, PretrainConfig, jigsaw_metrics, pretrain_prepared, scheduled_lr
-from .progress import Progress, relay
+from .progress import Progress, relay, run_to_completion
 from .pseudolabel import (
     DEFAULT_PATCH,
     DEFAULT_STEP_LR,
@@ -70,7 +70,6 @@ from .pseudolabel import (
     pseudo_label,
     selfloop_steps,
 )
-from .tiling import run_to_completion
 
 __all__ = ["FRAMEWORKS", "TrainConfig", "TrainItem", "TrainResult", "selfloop_update", "train"]
 

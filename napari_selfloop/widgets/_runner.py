@@ -35,7 +35,7 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..core.errors import Cancelled, SelfloopError
-from ..core.progress import Progress
+from ..core.progress import Progress, relay
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,12 @@ def _drive(
         gen = job()
         if not isinstance(gen, Generator):
             return Outcome("done", gen)
-        while True:
+
+        def check() -> None:
             if cancel.is_set():
-                return Outcome("cancelled")
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return Outcome("done", stop.value)
-            yield event
+                raise Cancelled("cancelled")
+
+        return Outcome("done", (yield from relay(gen, check=check)))
     except Cancelled:
         return Outcome("cancelled")
     except (SelfloopError, OSError, ValueError, MemoryError) as exc:
