@@ -11,6 +11,7 @@ from ..core.checkpoint import load_checkpoint
 from ..core.errors import InputError
 from ..core.imageio import open_image, write_json
 from ..core.pretrain import at_chance, default_jigsaw_patch, evaluate_jigsaw
+from ..core.pseudolabel import PATCH_MULTIPLE
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
 from .train_cmd import list_images
@@ -37,8 +38,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--puzzles", type=int, metavar="N", default=512, help="puzzles in all (default 512)")
     p.add_argument("--seed", type=int, metavar="S", default=0, help="seeds the patches and puzzles (default 0)")
     p.add_argument("--patch-size", type=int, metavar="P", default=None,
-                   help="patch side, a multiple of 96 (default: the side the checkpoint's "
-                   "jigsaw was trained at, else 96)")
+                   help=f"patch side, a multiple of {PATCH_MULTIPLE} (default: the side the checkpoint's "
+                   f"jigsaw was trained at, else {PATCH_MULTIPLE})")
     p.add_argument("--batch-size", type=int, metavar="B", default=32, help="puzzles per batch (default 32)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--json", type=Path, metavar="F", help="write the scores here")

@@ -9,10 +9,12 @@ import os
 from pathlib import Path
 
 from ..core.checkpoint import file_sha256, load_checkpoint
+from ..core.device import PRECISIONS
 from ..core.errors import InputError
 from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
 from ..core.model import build_model
 from ..core.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
+from ..core.pseudolabel import PATCH_MULTIPLE
 from ..core.training import TrainItem
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
@@ -44,15 +46,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, metavar="N", default=d.iterations,
                    help=f"optimiser steps in all, a resumed run included (default {d.iterations})")
     p.add_argument("--patch-size", type=int, metavar="P", default=d.patch_size,
-                   help=f"largest patch side, a multiple of 96 (default {d.patch_size})")
+                   help=f"largest patch side, a multiple of {PATCH_MULTIPLE} (default {d.patch_size})")
     p.add_argument("--batch-size", type=int, metavar="B", default=d.batch_size,
-                   help=f"puzzles per step at 96 px; larger sides get fewer (default {d.batch_size})")
+                   help=f"puzzles per step at {PATCH_MULTIPLE} px; larger sides get fewer (default {d.batch_size})")
     p.add_argument("--lr", type=float, metavar="LR", default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
     p.add_argument("--freeze-encoder", action="store_true",
                    help="train the jigsaw head only (keeps a trained model's segmentation as it is)")
     p.add_argument("--single-scale", action="store_true",
-                   help="always puzzle --patch-size patches (default: mix 96, 192, ... up to it)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
+                   help=f"always puzzle --patch-size patches (default: mix {PATCH_MULTIPLE}, {2 * PATCH_MULTIPLE}, ... up to it)")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--seed", type=int, metavar="S", default=d.seed, help=f"default {d.seed}")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--resume", type=Path, metavar="RUN.pt",

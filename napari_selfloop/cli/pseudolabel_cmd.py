@@ -11,6 +11,7 @@ import numpy as np
 
 from ..core.batch import OUTPUTS, close_image, label_image_file
 from ..core.checkpoint import load_checkpoint
+from ..core.device import PRECISIONS
 from ..core.errors import InputError
 from ..core.imageio import (
     check_image,
@@ -19,7 +20,7 @@ from ..core.imageio import (
     sweep_stale_temporaries,
 )
 from ..core.jigsaw import ROTATIONS
-from ..core.pseudolabel import METHODS, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig
+from ..core.pseudolabel import METHODS, PATCH_MULTIPLE, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig
 from ..core.slide import is_slide, open_slide
 from ..core.working import OUTPUT_DTYPES, SlideOptions
 from .args import CHECKPOINT_HELP, checkpoint_arg
@@ -76,11 +77,12 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uncertainty", choices=UNCERTAINTIES, default=d.uncertainty,
                    help="the uncertainty map: entropy of the probability (default; marks errors best) "
                         "or the spread of the Q maps")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="multiple of 96")
-    p.add_argument("--overlap", type=int, default=None,
-                   help="pixels shared by neighbouring patches (default: a sixth of the patch)")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help=f"multiple of {PATCH_MULTIPLE}")
+    p.add_argument("--overlap", type=int, default=d.overlap,
+                   help="pixels shared by neighbouring patches, at most a third of the patch "
+                        "(default: a sixth of the patch)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--seed", type=int, default=d.seed)
 
 

@@ -12,10 +12,11 @@ import numpy as np
 
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.datasets import open_mask
+from ..core.device import PRECISIONS
 from ..core.errors import InputError
 from ..core.imageio import IMAGE_SUFFIXES, check_input_file, open_image, sweep_stale_temporaries
 from ..core.model import ModelConfig, build_model, check_seed
-from ..core.pseudolabel import STEP_RULES
+from ..core.pseudolabel import PATCH_MULTIPLE, STEP_RULES
 from ..core.training import FRAMEWORKS, TrainConfig, TrainItem, train
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
@@ -63,15 +64,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="steps of jigsaw pre-training on all the images before the objective "
                    f"(default {d.jigsaw_warmup}: none; see also `napari-selfloop pretrain`)")
     p.add_argument("--jigsaw-batch-size", type=int, default=d.jigsaw_batch_size,
-                   help=f"puzzles per jigsaw warm-up step at 96 px ({d.jigsaw_batch_size})")
+                   help=f"puzzles per jigsaw warm-up step at {PATCH_MULTIPLE} px ({d.jigsaw_batch_size})")
     p.add_argument("--jigsaw-patch-size", type=int, default=d.jigsaw_patch_size,
-                   help=f"largest patch side of the jigsaw warm-up, a multiple of 96 ({d.jigsaw_patch_size})")
+                   help=f"largest patch side of the jigsaw warm-up, a multiple of {PATCH_MULTIPLE} ({d.jigsaw_patch_size})")
     p.add_argument("--warmup", type=float, default=d.warmup,
                    help="fraction of iterations on labelled data only before pseudo-labels")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="multiple of 96")
+    p.add_argument("--patch-size", type=int, default=d.patch_size, help=f"multiple of {PATCH_MULTIPLE}")
     p.add_argument("--validate-every", type=int, default=d.validate_every)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")

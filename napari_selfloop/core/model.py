@@ -87,6 +87,23 @@ def check_seed(seed: Any, what: str = "seed") -> None:
         raise InputError(f"{what} must be an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}")
 
 
+#: Strides of :func:`mix_seed`: runs (training, pre-training) mix in the step they start
+#: at, pseudo-labelling the number of the batch. Two values for historical reasons; they
+#: are kept so that every run and pseudo-label stays reproducible across versions.
+RUN_SEED_STRIDE = 1_000_003
+BATCH_SEED_STRIDE = 100_003
+
+
+def mix_seed(seed: int, index: int, stride: int = RUN_SEED_STRIDE) -> int:
+    """The torch seed for part ``index`` of a job seeded with ``seed`` (``seed * stride + index``).
+
+    The one place that derives torch seeds: a run resumed at step ``index`` or the
+    ``index``-th batch of a pseudo-label draw other random numbers than step 0 or batch 0,
+    yet the same ones each time.
+    """
+    return seed * stride + index
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything needed to rebuild a :class:`ResUNet`.

@@ -30,7 +30,7 @@ from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import CheckpointError, InputError
 from .imageio import read_region_padded
 from .jigsaw import permutation_pool, sample_puzzles
-from .model import ResUNet, check_seed, config_type_problems, pad_to_stride
+from .model import ResUNet, check_seed, config_type_problems, mix_seed, pad_to_stride
 from .progress import Progress
 from .pseudolabel import DEFAULT_PATCH, PATCH_MULTIPLE
 
@@ -246,7 +246,7 @@ def pretrain_prepared(
     pool = permutation_pool(model.config.num_permutations)
     chance = math.log(len(pool))
     rng = np.random.default_rng([cfg.seed, start, 7])
-    torch.manual_seed(cfg.seed * 1000003 + start)
+    torch.manual_seed(mix_seed(cfg.seed, start))
     sides = list(range(PATCH_MULTIPLE, cfg.patch_size + 1, PATCH_MULTIPLE)) if cfg.multiscale else [cfg.patch_size]
     augment = Augment(hed=0.03, brightness=0.1)
     samplers = {p: PatchSampler(items, p, rng, augment) for p in sides}

@@ -46,10 +46,12 @@ from .errors import InputError, SelfloopError
 from .imageio import check_image
 from .jigsaw import ROTATIONS, Puzzles, permutation_pool, sample_puzzles
 from .model import (
+    BATCH_SEED_STRIDE,
     POOL_RANGE,
     ResUNet,
     check_seed,
     config_type_problems,
+    mix_seed,
     pad_to_stride,
     set_mc_dropout,
 )
@@ -66,6 +68,10 @@ PATCH_MULTIPLE = 96
 #: 384-px patches); with the tapered decoder it keeps self-loop Q=10 within twice MC
 #: dropout's time (``benchmarks/bench_pseudolabel.py``).
 DEFAULT_PATCH = 576
+#: The default overlap of tiled patches is ``patch_size // DEFAULT_OVERLAP_DIVISOR``, the
+#: largest ``patch // MAX_OVERLAP_DIVISOR`` (:meth:`PseudoLabelConfig.overlap_for`).
+DEFAULT_OVERLAP_DIVISOR = 6
+MAX_OVERLAP_DIVISOR = 3
 #: Rules for the self-loop encoder steps (:func:`make_step_optimizer`).
 STEP_RULES = ("sgd", "adam")
 #: How the Q self-loop maps are averaged (see :class:`PseudoLabelConfig`).
@@ -97,8 +103,11 @@ class PseudoLabelConfig:
         Step size and rule of the self-loop encoder updates (:func:`make_step_optimizer`:
         ``sgd`` by default, ``adam`` the earlier rule).
     patch_size, overlap
-        Square patches (a multiple of 96) and their overlap when tiling; the overlap
-        defaults to a sixth of the patch.
+        Square patches (a multiple of :data:`PATCH_MULTIPLE`) and the pixels neighbouring
+        patches share when tiling. One rule for the overlap (:meth:`overlap_for`): None
+        (default) means a sixth of the patch; a given overlap must lie in
+        ``[0, patch_size // 3]``; when an image smaller than a patch is computed with a
+        smaller patch, the overlap is cut to a third of that patch.
     batch_size
         Patches processed together.
     precision
@@ -149,11 +158,12 @@ class PseudoLabelConfig:
         if not 0.5 < self.threshold < 1.0:
             raise InputError(f"threshold must be between 0.5 and 1, got {self.threshold}")
         if self.patch_size < PATCH_MULTIPLE or self.patch_size % PATCH_MULTIPLE:
-            raise InputError(f"patch size must be a multiple of 96 (288, 384, 480 ...), got {self.patch_size}")
-        if self.overlap is not None and not 0 <= self.overlap < self.patch_size // 2:
+            raise InputError(f"patch size must be a multiple of {PATCH_MULTIPLE} "
+                             f"({', '.join(str(k * PATCH_MULTIPLE) for k in (3, 4, 5))} ...), got {self.patch_size}")
+        if self.overlap is not None and not 0 <= self.overlap <= self.patch_size // MAX_OVERLAP_DIVISOR:
             raise InputError(
-                f"overlap must be at least 0 and less than half the patch size "
-                f"({self.patch_size // 2}), got {self.overlap}"
+                f"overlap must be at least 0 and at most a third of the patch size "
+                f"({self.patch_size // MAX_OVERLAP_DIVISOR}), got {self.overlap}"
             )
         if self.batch_size < 1 or not self.lr > 0:
             raise InputError(f"batch size must be at least 1 and lr positive, got {self.batch_size} and {self.lr}")
@@ -165,6 +175,11 @@ class PseudoLabelConfig:
             raise InputError(f"unknown weighting {self.weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
         if self.rotation is not None and self.rotation not in ROTATIONS:
             raise InputError(f"unknown rotation mode {self.rotation!r}: choose one of {', '.join(ROTATIONS)}")
+
+    def overlap_for(self, patch: int) -> int:
+        """The overlap used with patches of side ``patch`` (``patch_size`` or, for a small image, less)."""
+        overlap = self.patch_size // DEFAULT_OVERLAP_DIVISOR if self.overlap is None else self.overlap
+        return min(overlap, patch // MAX_OVERLAP_DIVISOR)
 
 
 @dataclass
@@ -432,7 +447,6 @@ def pseudo_label(
                          f"choose Q of at most {len(pool)}")
     # An image smaller than a patch gets the smallest patch that covers it.
     patch = min(cfg.patch_size, PATCH_MULTIPLE * math.ceil(max(info.height, info.width) / PATCH_MULTIPLE))
-    overlap = cfg.patch_size // 6 if cfg.overlap is None else cfg.overlap
     rng = np.random.default_rng(cfg.seed)
     fmt = memory_format(cfg.channels_last, dev, models[0].config.width)
     was_training = [m.training for m in models]
@@ -445,7 +459,7 @@ def pseudo_label(
         nonlocal batch_no
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), autocast(dev, dtype):
-            torch.manual_seed(cfg.seed * 100003 + batch_no)
+            torch.manual_seed(mix_seed(cfg.seed, batch_no, BATCH_SEED_STRIDE))
             out = _run_method(models, x, cfg, rng, pool, dev, dtype)
         if not bool(torch.isfinite(out.prob).all()):
             raise _nan_error(models, x, cfg, dtype, batch_no)
@@ -465,7 +479,7 @@ def pseudo_label(
     stats: dict[str, int] = {}
     try:
         outputs = yield from tiled_apply(
-            image, patch_fn, patch_size=patch, overlap=min(overlap, patch // 3),
+            image, patch_fn, patch_size=patch, overlap=cfg.overlap_for(patch),
             batch_size=cfg.batch_size, out_names=("prob", "uncertainty"), sinks=tile_sinks,
             keep=keep, stats=stats,
         )
