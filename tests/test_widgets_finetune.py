@@ -11,28 +11,11 @@ from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_selfloop.core.model import ModelConfig, build_model
 from napari_selfloop.widgets._layers import put_result
 from napari_selfloop.widgets._state import get_state
-from napari_selfloop.widgets._versions import next_version_path, release, reserve_version
 from napari_selfloop.widgets.finetune_widget import FineTuneWidget
 from napari_selfloop.widgets.model_widget import ModelWidget
 
 pytestmark = GUI_MARKS
 pytest_plugins = ("gui_fixtures",)
-
-
-def test_next_version_path(tmp_path):
-    assert next_version_path(None, tmp_path) == tmp_path / "checkpoints" / "model_v1.pt"
-    (tmp_path / "m.pt").touch()
-    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v1.pt"
-    (tmp_path / "m_v1.pt").touch()
-    (tmp_path / "m_v3.pt").touch()
-    assert next_version_path(tmp_path / "m_v1.pt", tmp_path) == tmp_path / "m_v4.pt"
-    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v4.pt"
-    # A name reserved by a run in progress is not handed out twice.
-    held = reserve_version(tmp_path / "m.pt", tmp_path)
-    assert held == tmp_path / "m_v4.pt" and not held.exists()
-    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v5.pt"
-    release(held)
-    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v4.pt"
 
 
 def _viewer(make_napari_viewer, size=96):

@@ -169,7 +169,7 @@ def test_a_rerun_keeps_the_pixels_the_user_painted(make_napari_viewer, project, 
     cleared silently, and the autosave then holds the painted pixels, not a fresh proposal."""
     from napari_selfloop.core.autosave import AutosaveStore
     from napari_selfloop.core.pseudolabel import confidence_mask
-    from napari_selfloop.widgets._autosave import autosave_for, key_for
+    from napari_selfloop.widgets._autosave import key_for
 
     viewer, panel = _setup(make_napari_viewer)
     panel.method_combo.setCurrentText("softmax")
@@ -200,7 +200,7 @@ def test_a_rerun_keeps_the_pixels_the_user_painted(make_napari_viewer, project, 
     assert not labels.metadata["selfloop"]["done"]  # ... so "done" is cleared, and the user told
     assert any("no longer marked done" in m for m in _infos(notes))
     # The next autosave writes the painted pixels, not the fresh proposal.
-    assert autosave_for(viewer).save_now(force=True) >= 1
+    assert get_state(viewer, autosave=True).autosave.save_now(force=True) >= 1
     saved = AutosaveStore(project).load(key_for(viewer.layers["tile"]))
     assert (saved.labels[30:50, 40:60] == painted).all()
     assert not errors(notes)

@@ -16,7 +16,7 @@ from ..core.errors import InputError
 from ..core.export import MANIFEST, MANIFEST_FORMAT
 from ..core.imageio import open_image, write_json
 from ..core.metrics import aji, instances, object_scores, pixel_counts, scores_from_counts
-from .train_cmd import list_images
+from ..core.project import list_images
 
 log = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from ..core.checkpoint import load_checkpoint
 from ..core.errors import InputError
 from ..core.imageio import open_image, write_json
 from ..core.pretrain import at_chance, default_jigsaw_patch, evaluate_jigsaw
+from ..core.project import list_images
 from ..core.pseudolabel import PATCH_MULTIPLE
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
-from .train_cmd import list_images
 
 log = logging.getLogger(__name__)
 

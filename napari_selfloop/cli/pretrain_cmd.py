@@ -14,11 +14,12 @@ from ..core.errors import InputError
 from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
 from ..core.model import build_model
 from ..core.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
+from ..core.project import list_images
 from ..core.pseudolabel import PATCH_MULTIPLE
 from ..core.training import TrainItem
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
-from .train_cmd import list_images, same_file
+from .train_cmd import same_file
 
 log = logging.getLogger(__name__)
 

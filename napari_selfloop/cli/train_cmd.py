@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 from pathlib import Path
@@ -14,8 +13,9 @@ from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.datasets import open_mask
 from ..core.device import PRECISIONS
 from ..core.errors import InputError
-from ..core.imageio import IMAGE_SUFFIXES, check_input_file, open_image, sweep_stale_temporaries
+from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
 from ..core.model import ModelConfig, build_model, check_seed
+from ..core.project import list_images
 from ..core.pseudolabel import PATCH_MULTIPLE, STEP_RULES
 from ..core.training import FRAMEWORKS, TrainConfig, TrainItem, train
 from .args import CHECKPOINT_HELP, checkpoint_arg
@@ -79,28 +79,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="overwrite an existing --out (not needed to --resume it in place)")
     p.set_defaults(func=run)
-
-
-def list_images(folder: Path, what: str) -> dict[str, Path]:
-    """Image files of a folder by stem (refusing two files with the same stem)."""
-    if not folder.is_dir():
-        try:
-            folder.stat()
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise InputError(f"{what} folder {folder} is a symbolic link loop (it ends up "
-                                 "pointing to itself): fix or remove the link") from exc
-        raise InputError(f"{what} folder {folder} does not exist or is not a folder")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            if path.stem in found:
-                raise InputError(f"{path.name} and {found[path.stem].name} in {folder} have the same "
-                                 "stem: keep one")
-            found[path.stem] = path
-    if not found:
-        raise InputError(f"no PNG, JPEG or TIFF files in {what} folder {folder}")
-    return found
 
 
 def _pick(names: list[str], images: dict[str, Path], what: str) -> list[str]:

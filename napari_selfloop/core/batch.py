@@ -39,12 +39,12 @@ from .checkpoint import file_sha256, load_checkpoint
 from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
 from .imageio import (
-    IMAGE_SUFFIXES,
     TEMP_NAME,
     check_input_file,
     write_json,
 )
 from .progress import run_to_completion
+from .project import IMAGE_SUFFIXES
 from .pseudolabel import PseudoLabelConfig, PseudoLabelResult, pseudo_label
 from .tiledtiff import TiledTiffWriter
 from .working import SlideOptions, WorkingImage, open_working_image
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 #: Output files per image: suffix -> dtype (as ``pseudo-label`` writes them for images that
 #: are not slides; slides get uint8 probability and uncertainty, see :mod:`.working`).
 OUTPUTS = {"prob": np.float32, "uncertainty": np.float32, "mask": np.uint8}
-#: Suffixes a folder of slides adds to :data:`.imageio.IMAGE_SUFFIXES`.
+#: Suffixes a folder of slides adds to :data:`.project.IMAGE_SUFFIXES`.
 SLIDE_FOLDER_SUFFIXES = (".svs", ".ndpi")
 #: The mask says it uses the 0/1/255 convention (as ``pseudo-label``'s).
 MASK_METADATA = {SELFLOOP_MASK_TAG: "0/1/255"}

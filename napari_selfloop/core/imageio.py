@@ -70,8 +70,6 @@ logger = logging.getLogger(__name__)
 #: Values this far outside [0, 1] in a float image are rounding noise and are clipped.
 FLOAT_TOLERANCE = 1e-3
 
-#: Suffixes of the image files taken from a folder (by the CLI, ``batch`` and Fine-tune).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _SUPPORTED_DTYPES = ("bool", "uint8", "uint16", "float16", "float32", "float64")
 _INTEGER_SCALE = {"bool": 1.0, "uint8": 255.0, "uint16": 65535.0}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

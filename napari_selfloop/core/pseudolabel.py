@@ -61,6 +61,8 @@ from .tiling import tiled_apply
 log = logging.getLogger(__name__)
 
 METHODS = ("selfloop", "selfloop-no-ss", "softmax", "mc-dropout", "ensemble")
+#: The methods that use ``q``: jigsaw permutations (self-loop) or stochastic passes (MC dropout).
+Q_METHODS = ("selfloop", "selfloop-no-ss", "mc-dropout")
 #: Patch sides must be multiples of this: 3x3 whole tiles whose side the stride divides.
 PATCH_MULTIPLE = 96
 #: Default patch side of pseudo-labelling and of the jigsaw it relies on: 192-px jigsaw

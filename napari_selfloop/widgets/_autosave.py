@@ -1,6 +1,6 @@
 """Autosave of correction layers while the user works, and restore on reopening an image.
 
-One :class:`AutosaveController` per viewer (see :func:`autosave_for`). Every
+One :class:`AutosaveController` per viewer, owned by its state (:meth:`._state.SelfloopState.start_autosave`). Every
 ``INTERVAL_MS`` it saves each correction Labels layer whose content changed since its last
 save to ``PROJECT/autosave/`` (via :class:`napari_selfloop.core.autosave.AutosaveStore`,
 atomically), so a crash loses at most that interval of work. Only what changed is read and
@@ -47,7 +47,7 @@ from ._layers import (
 )
 from ._runner import error_message
 from ._slide import levels_of
-from ._state import SelfloopState, get_state
+from ._state import SelfloopState
 
 log = logging.getLogger(__name__)
 
@@ -422,11 +422,3 @@ def _image_bytes(data: Any) -> int:
         ).itemsize
     except (TypeError, ValueError):
         return 0
-
-
-def autosave_for(viewer: Any) -> AutosaveController:
-    """The viewer's autosave controller (started on first use)."""
-    state = get_state(viewer)
-    if state.autosave is None:
-        state.autosave = AutosaveController(viewer, state)
-    return state.autosave

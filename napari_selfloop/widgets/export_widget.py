@@ -35,7 +35,6 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError, SelfloopError
 from ..core.export import OBJECT_TYPES, UNCERTAIN_POLICIES, export_annotation
-from ._autosave import autosave_for
 from ._layers import (
     LayerCombo,
     correction_mask,
@@ -76,8 +75,8 @@ class ExportWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
-        self.autosave = autosave_for(napari_viewer)
+        self.state = get_state(napari_viewer, autosave=True)
+        self.autosave = self.state.autosave
 
         self.labels_combo = LayerCombo(
             napari_viewer, is_correction, none_text="(no corrections yet)"
@@ -227,7 +226,7 @@ class ExportWidget(QWidget):
         names = [
             layer.name
             for layer in self.viewer.layers
-            if is_correction(layer) and meta_of(layer).get("done")
+            if is_correction(layer) and self.state.is_done(layer)
         ]
         if not names:
             show_error(

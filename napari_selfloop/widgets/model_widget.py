@@ -27,7 +27,6 @@ from ..core.device import DEVICES, resolve_device
 from ..core.errors import SelfloopError
 from ..core.model import ModelConfig, build_model, count_parameters
 from ..core.pretrain import PRETRAIN_KIND
-from ._autosave import autosave_for
 from ._jigsaw import JigsawPanel
 from ._runner import error_message
 from ._state import get_state
@@ -79,8 +78,7 @@ class ModelWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
-        autosave_for(napari_viewer)
+        self.state = get_state(napari_viewer, autosave=True)
 
         self.load_button = QPushButton("Load checkpoint…")
         self.load_button.setToolTip(
@@ -99,7 +97,7 @@ class ModelWidget(QWidget):
         )
         self.width_spin = QSpinBox()
         self.width_spin.setRange(4, 128)
-        self.width_spin.setValue(64)
+        self.width_spin.setValue(ModelConfig().width)
         self.width_spin.setToolTip(
             "Channels of the first stage of a new model; 64 is the real ResUNet-18"
         )

@@ -13,6 +13,7 @@ one set per region, and is read at the model's pixel size where both pixel sizes
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -33,13 +34,14 @@ from ..core.errors import InputError, SelfloopError
 from ..core.progress import Progress
 from ..core.pseudolabel import (
     METHODS,
+    Q_METHODS,
     UNCERTAIN,
     PseudoLabelConfig,
     PseudoLabelResult,
     pseudo_label,
 )
 from ..core.window import Window, choose_window, read_window, region_key
-from ._autosave import autosave_for, key_for
+from ._autosave import key_for
 from ._layers import (
     KEY,
     LayerCombo,
@@ -63,9 +65,20 @@ from ._state import get_state
 
 log = logging.getLogger(__name__)
 
-AREAS = ("Whole image", "Current view", "Rectangle (Shapes layer)")
+class Area(Enum):
+    """What the panel pseudo-labels; the value is the text of its choice."""
+
+    IMAGE = "Whole image"
+    VIEW = "Current view"
+    RECTANGLE = "Rectangle (Shapes layer)"
+
+
+AREAS = tuple(area.value for area in Area)
 #: Patches of 288 px, one at a time on CPU, keep each step (a Cancel point) to ~1-2 s.
 GUI_PATCH = 288
+
+#: Most Q the panel offers (the core allows up to :data:`..core.pseudolabel.MAX_Q`).
+GUI_MAX_Q = 50
 
 Box = tuple[int, int, int, int]
 
@@ -151,8 +164,7 @@ class PseudoLabelWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
-        autosave_for(napari_viewer)
+        self.state = get_state(napari_viewer, autosave=True)
         defaults = PseudoLabelConfig()
         self.image_combo = LayerCombo(napari_viewer, is_source_image, none_text="(open an image)")
         self.method_combo = QComboBox()
@@ -168,7 +180,7 @@ class PseudoLabelWidget(QWidget):
             "ensemble: mean of the current model and the checkpoints added in the Model panel"
         )
         self.q_spin = QSpinBox()
-        self.q_spin.setRange(1, 50)
+        self.q_spin.setRange(1, GUI_MAX_Q)
         self.q_spin.setValue(defaults.q)
         self.q_spin.setToolTip("Jigsaw permutations (self-loop) or dropout passes (MC dropout)")
         self.threshold_spin = QDoubleSpinBox()
@@ -180,7 +192,8 @@ class PseudoLabelWidget(QWidget):
             "confident background; the rest is marked uncertain"
         )
         self.area_combo = QComboBox()
-        self.area_combo.addItems(list(AREAS))
+        for choice in Area:
+            self.area_combo.addItem(choice.value, choice)
         self.shapes_combo = LayerCombo(
             napari_viewer, lambda layer: isinstance(layer, Shapes), none_text="(add a Shapes layer)"
         )
@@ -208,11 +221,15 @@ class PseudoLabelWidget(QWidget):
         self._area_changed()
         self._method_changed(self.method_combo.currentText())
 
+    def area(self) -> Area:
+        """The chosen area."""
+        return Area(self.area_combo.currentText())
+
     def _area_changed(self, *_: Any) -> None:
-        self.shapes_combo.setEnabled(self.area_combo.currentIndex() == 2)
+        self.shapes_combo.setEnabled(self.area() is Area.RECTANGLE)
 
     def _method_changed(self, method: str) -> None:
-        self.q_spin.setEnabled(method in ("selfloop", "selfloop-no-ss", "mc-dropout"))
+        self.q_spin.setEnabled(method in Q_METHODS)
 
     def config(self) -> PseudoLabelConfig:
         try:
@@ -228,10 +245,10 @@ class PseudoLabelWidget(QWidget):
         )
 
     def box(self, image: Image) -> Box:
-        area = self.area_combo.currentIndex()
-        if area == 1:
+        area = self.area()
+        if area is Area.VIEW:
             return view_box(self.viewer, image)
-        if area == 2:
+        if area is Area.RECTANGLE:
             shapes = self.shapes_combo.layer()
             if shapes is None:
                 raise InputError(
@@ -362,6 +379,7 @@ class PseudoLabelWidget(QWidget):
                 "proposal went only where you had not painted (delete the layer to start over)"
             )
         if merge.done_cleared:
+            self.state.set_done(labels, False)  # already cleared by the merge; tells the panels
             notes.append(f"{merge.changed} pixel(s) changed, so '{labels.name}' is no longer marked "
                          "done: review it and mark it done again")
         if notes:
