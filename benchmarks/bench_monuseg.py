@@ -50,8 +50,9 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
+from napari_selfloop.core.atomic import write_json  # noqa: E402
 from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_selfloop.core.imageio import open_image, write_json  # noqa: E402
+from napari_selfloop.core.imageio import open_image  # noqa: E402
 from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles  # noqa: E402
 from napari_selfloop.core.metrics import (  # noqa: E402
     aji,

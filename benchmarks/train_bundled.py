@@ -49,10 +49,11 @@ sys.path.insert(0, str(HERE))
 from bench_monuseg import error_capture, predict, score, split  # noqa: E402
 
 from napari_selfloop import __version__  # noqa: E402
+from napari_selfloop.core.atomic import write_json  # noqa: E402
 from napari_selfloop.core.bundled import MODELS_DIR, package_model  # noqa: E402
 from napari_selfloop.core.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from napari_selfloop.core.datasets import TrainItem  # noqa: E402
-from napari_selfloop.core.imageio import open_image, write_json  # noqa: E402
+from napari_selfloop.core.imageio import open_image  # noqa: E402
 from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
 from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.imageio import write_tiff
+from .core.atomic import write_tiff
 from .core.labelfile import labels_dtype, write_labels_tiff
 from .core.window import Window
 

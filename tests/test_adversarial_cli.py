@@ -25,15 +25,10 @@ import tifffile
 from PIL import Image
 
 from napari_selfloop.cli import Terminated, main, signals_as_interrupts
+from napari_selfloop.core.atomic import TEMP_NAME, atomic_path, sweep_stale_temporaries
 from napari_selfloop.core.checkpoint import save_checkpoint
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.imageio import (
-    TEMP_NAME,
-    atomic_path,
-    open_image,
-    read_region,
-    sweep_stale_temporaries,
-)
+from napari_selfloop.core.imageio import open_image, read_region
 from napari_selfloop.core.model import build_model
 from napari_selfloop.core.tiledtiff import TiledTiffWriter
 from tests.conftest import TINY, assert_one_line_error, run_cli

@@ -15,8 +15,8 @@ import tifffile
 from PIL import Image
 
 from napari_selfloop.core import batch
+from napari_selfloop.core.atomic import TEMP_NAME
 from napari_selfloop.core.checkpoint import save_checkpoint
-from napari_selfloop.core.imageio import TEMP_NAME
 from napari_selfloop.core.model import build_model
 from tests.conftest import TINY, assert_one_line_error, run_cli
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core import batch
+from ..core.atomic import sweep_stale_temporaries
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.errors import InputError
-from ..core.imageio import check_input_file, sweep_stale_temporaries
+from ..core.imageio import check_input_file
 from ..core.working import SlideOptions
 from . import progressbar
 from .args import CHECKPOINT_HELP, checkpoint_arg

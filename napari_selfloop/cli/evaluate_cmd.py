@@ -11,10 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from ..core.atomic import write_json
 from ..core.datasets import mask_convention, mask_plane, normalise_mask
 from ..core.errors import InputError
 from ..core.export import MANIFEST, MANIFEST_FORMAT
-from ..core.imageio import open_image, write_json
+from ..core.imageio import open_image
 from ..core.metrics import aji, instances, object_scores, pixel_counts, scores_from_counts
 from ..core.project import list_images
 

@@ -7,9 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
+from ..core.atomic import write_json
 from ..core.checkpoint import load_checkpoint
 from ..core.errors import InputError
-from ..core.imageio import open_image, write_json
+from ..core.imageio import open_image
 from ..core.pretrain import at_chance, default_jigsaw_patch, evaluate_jigsaw
 from ..core.project import list_images
 from ..core.pseudolabel import PATCH_MULTIPLE

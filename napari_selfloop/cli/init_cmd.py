@@ -7,9 +7,9 @@ import logging
 import os
 from pathlib import Path
 
+from ..core.atomic import sweep_stale_temporaries
 from ..core.checkpoint import save_checkpoint
 from ..core.errors import InputError
-from ..core.imageio import sweep_stale_temporaries
 from ..core.jigsaw import ROTATIONS
 from ..core.model import DECODERS, JIGSAW_HEADS, ModelConfig, build_model, count_parameters
 

@@ -8,10 +8,11 @@ import math
 import os
 from pathlib import Path
 
+from ..core.atomic import sweep_stale_temporaries
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.device import PRECISIONS
 from ..core.errors import InputError
-from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
+from ..core.imageio import check_input_file, open_image
 from ..core.model import build_model
 from ..core.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
 from ..core.project import list_images

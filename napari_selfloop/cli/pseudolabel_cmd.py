@@ -9,16 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.atomic import sweep_stale_temporaries
 from ..core.batch import OUTPUTS, close_image, label_image_file
 from ..core.checkpoint import load_checkpoint
 from ..core.device import PRECISIONS
 from ..core.errors import InputError
-from ..core.imageio import (
-    check_image,
-    check_input_file,
-    open_image,
-    sweep_stale_temporaries,
-)
+from ..core.imageio import check_image, check_input_file, open_image
 from ..core.jigsaw import ROTATIONS
 from ..core.pseudolabel import METHODS, PATCH_MULTIPLE, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig
 from ..core.slide import is_slide, open_slide

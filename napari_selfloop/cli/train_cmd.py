@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.atomic import sweep_stale_temporaries
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.datasets import open_mask
 from ..core.device import PRECISIONS
 from ..core.errors import InputError
-from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
+from ..core.imageio import check_input_file, open_image
 from ..core.model import ModelConfig, build_model, check_seed
 from ..core.project import list_images
 from ..core.pseudolabel import PATCH_MULTIPLE, STEP_RULES

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path, write_json, write_tiff
 from .errors import Cancelled, InputError
-from .imageio import atomic_path, write_json, write_tiff
 from .tiles import TILE, tile_grid, tile_hash, tile_slices
 
 log = logging.getLogger(__name__)

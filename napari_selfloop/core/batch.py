@@ -35,14 +35,11 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from .atomic import TEMP_NAME, write_json
 from .checkpoint import file_sha256, load_checkpoint
 from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
-from .imageio import (
-    TEMP_NAME,
-    check_input_file,
-    write_json,
-)
+from .imageio import check_input_file
 from .progress import run_to_completion
 from .project import IMAGE_SUFFIXES
 from .pseudolabel import PseudoLabelConfig, PseudoLabelResult, pseudo_label

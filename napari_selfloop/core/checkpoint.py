@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from .. import __version__
+from .atomic import atomic_path
 from .errors import CheckpointError
-from .imageio import atomic_path
 from .jigsaw import permutation_pool, pool_hash
 from .model import ModelConfig, ResUNet, build_model, decoder_widths
 

@@ -58,9 +58,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .. import __version__
+from .atomic import atomic_path
 from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
-from .imageio import atomic_path
 from .pseudolabel import UNCERTAIN
 from .tiledtiff import write_tiled_tiff
 from .window import Window

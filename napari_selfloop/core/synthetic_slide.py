@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import atomic_path
+from .atomic import atomic_path
 from .tiledtiff import TiledTiffWriter
 
 __all__ = [

@@ -3,7 +3,7 @@
 :class:`TiledTiffWriter` takes rows in order (``write_rows(y0, block)``, the row-sink interface
 of :func:`.tiling.tiled_apply`) and streams them as compressed tiles into a temporary file
 next to the target, which :meth:`~TiledTiffWriter.commit` installs atomically (fsync, then
-rename: the same temporaries, locks and disk-full messages as :func:`.imageio.atomic_path`).
+rename: the same temporaries, locks and disk-full messages as :func:`.atomic.atomic_path`).
 :func:`write_tiled_tiff` writes a whole array-like (numpy, dask, zarr: read band by band).
 
 Layout of a written file
@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .atomic import _install, _new_locked_temp, _remove_quietly, _write_error
 from .errors import InputError
-from .imageio import _install, _new_locked_temp, _remove_quietly, _write_error
 
 __all__ = [
     "COMPRESSIONS",

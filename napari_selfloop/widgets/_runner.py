@@ -27,7 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum
 from typing import Any
 
 from napari.qt.threading import create_worker
@@ -41,7 +41,7 @@ from ..core.progress import Progress, relay
 log = logging.getLogger(__name__)
 
 
-class Status(StrEnum):
+class Status(str, Enum):
     """How a run ended (a string enum: ``Status.DONE == "done"``)."""
 
     DONE = "done"
