@@ -656,8 +656,8 @@ def _train_loop(
         if cfg.jigsaw_warmup and run.start_step == 0:
             yield from _jigsaw_warmup(run, lab + unl)
         if val and run.start_step == 0:
-            scores = yield from run.evaluate(0, _lr_at(cfg, 1))
-            run.history.append({"step": 0, **scores})
+            initial_scores = yield from run.evaluate(0, _lr_at(cfg, 1))
+            run.history.append({"step": 0, **initial_scores})
         for step in range(run.start_step + 1, run.total + 1):
             t0 = time.perf_counter()
             lr = _lr_at(cfg, step)
