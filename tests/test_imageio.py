@@ -392,4 +392,3 @@ def test_real_full_disk(tiny_tmpfs, rng):
     assert info.value.errno == errno.ENOSPC and str(target) in str(info.value)
     np.testing.assert_array_equal(tifffile.imread(target), small)
     assert _leftovers(tiny_tmpfs) == []
-

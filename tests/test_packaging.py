@@ -134,7 +134,10 @@ def test_wheel_contents(wheel: Path):
             assert rel in names, f"{rel} missing from the wheel"
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     # The bundled starter models ship inside the package.
-    assert {"napari_selfloop/models/nuclei-he.pt", "napari_selfloop/models/lesion-dermoscopy.pt"} <= names
+    assert {
+        "napari_selfloop/models/nuclei-he.pt",
+        "napari_selfloop/models/lesion-dermoscopy.pt",
+    } <= names
 
     assert "[napari.manifest]" in eps
     assert "napari-selfloop = napari_selfloop:napari.yaml" in eps
@@ -266,7 +269,16 @@ def test_ruff_format_check():
     if ruff is None:
         pytest.skip("ruff is not installed")
     proc = subprocess.run(
-        [ruff, "format", "--check", "--no-cache", "napari_selfloop", "tests", "benchmarks", "scripts"],
+        [
+            ruff,
+            "format",
+            "--check",
+            "--no-cache",
+            "napari_selfloop",
+            "tests",
+            "benchmarks",
+            "scripts",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -293,9 +305,18 @@ def test_core_imports_no_gui():
         f"gui = sorted(m for m in sys.modules if m.split('.')[0] in {GUI_MODULES!r})\n"
         "print(' '.join(gui))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip() == "", f"core modules load GUI packages: {proc.stdout.strip()}"
@@ -309,9 +330,18 @@ def test_cli_imports_no_gui():
         f"gui = sorted(m for m in sys.modules if m.split('.')[0] in {GUI_MODULES!r})\n"
         "print(' '.join(gui))\n"
     )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip() == "", f"the CLI loads GUI packages: {proc.stdout.strip()}"

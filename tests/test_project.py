@@ -39,7 +39,9 @@ def test_next_version_path(tmp_path):
 def _folder(tmp_path):
     rgb = np.zeros((40, 50, 3), np.uint8)
     for name in ("b.tif", "a.TIFF", ".hidden.tif", "notes.txt"):
-        tifffile.imwrite(tmp_path / name, rgb) if name.endswith(("tif", "TIFF")) else (tmp_path / name).write_text("x")
+        tifffile.imwrite(tmp_path / name, rgb) if name.endswith(("tif", "TIFF")) else (
+            tmp_path / name
+        ).write_text("x")
     (tmp_path / "sub.tif").mkdir()
     (tmp_path / "broken.tif").write_bytes(b"not a tiff")
     return tmp_path

@@ -156,7 +156,11 @@ def test_defaults_come_from_the_core_config(make_napari_viewer, project):
     assert panel.threshold_spin.value() == pytest.approx(d.threshold)
     config = panel.config()
     assert (config.lr, config.step_rule, config.seed, config.rotation, config.grid_shift) == (
-        d.lr, d.step_rule, d.seed, d.rotation, d.grid_shift
+        d.lr,
+        d.step_rule,
+        d.seed,
+        d.rotation,
+        d.grid_shift,
     )
 
 
@@ -217,8 +221,11 @@ def test_a_rerun_over_unrecorded_corrections_keeps_every_labelled_pixel(
     mine = np.full((96, 96), 255, np.uint8)
     mine[10:30, 10:30] = 1
     mine[60:80, 60:80] = 0
-    viewer.add_labels(mine.copy(), name="restored",
-                      metadata={"selfloop": {"role": "labels", "source": "tile", "done": True}})
+    viewer.add_labels(
+        mine.copy(),
+        name="restored",
+        metadata={"selfloop": {"role": "labels", "source": "tile", "done": True}},
+    )
     assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
     labels = find_result(viewer, "tile", "labels")
     assert labels.name == "restored"

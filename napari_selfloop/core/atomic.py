@@ -172,8 +172,11 @@ def sweep_stale_temporaries(
         path = Path(folder) / name
         try:
             st = os.lstat(path)
-            if (not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age
-                    or (uid is not None and st.st_uid != uid)):
+            if (
+                not stat.S_ISREG(st.st_mode)
+                or now - st.st_mtime < min_age
+                or (uid is not None and st.st_uid != uid)
+            ):
                 continue
             flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
             fd = os.open(path, flags)
@@ -189,8 +192,11 @@ def sweep_stale_temporaries(
         finally:
             os.close(fd)
     if removed:
-        logger.info("removed %d stale temporary file(s) left by an interrupted run in %s",
-                    len(removed), folder)
+        logger.info(
+            "removed %d stale temporary file(s) left by an interrupted run in %s",
+            len(removed),
+            folder,
+        )
     return removed
 
 

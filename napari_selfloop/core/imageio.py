@@ -183,17 +183,20 @@ def _stat_problem(path: Path, exc: OSError) -> InputError:
     """A one-line complaint about a path whose ``os.stat`` failed."""
     code = exc.errno
     if code == errno.ELOOP:
-        return InputError(f"{path} is a symbolic link loop (it ends up pointing to itself): "
-                          "fix or remove the link")
+        return InputError(
+            f"{path} is a symbolic link loop (it ends up pointing to itself): "
+            "fix or remove the link"
+        )
     if code == errno.ENOENT:
         with contextlib.suppress(OSError):
             if os.path.islink(path):
-                return InputError(f"{path} is a broken symbolic link (to {os.readlink(path)}, "
-                                  "which does not exist): fix or remove the link")
+                return InputError(
+                    f"{path} is a broken symbolic link (to {os.readlink(path)}, "
+                    "which does not exist): fix or remove the link"
+                )
         return InputError(f"{path} does not exist: check the file name and folder")
     if code == errno.ENOTDIR:
-        return InputError(f"{path} does not exist (a folder in the path is a file): check "
-                          "the path")
+        return InputError(f"{path} does not exist (a folder in the path is a file): check the path")
     return InputError(f"could not read {path}: {exc.strerror or exc}")
 
 

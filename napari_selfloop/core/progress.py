@@ -66,7 +66,9 @@ def relay(
         yield item if make_event is None else make_event(item)
 
 
-def run_to_completion(gen: Generator[T, Any, R], on_progress: Callable[[T], None] | None = None) -> R:
+def run_to_completion(
+    gen: Generator[T, Any, R], on_progress: Callable[[T], None] | None = None
+) -> R:
     """Exhaust a progress generator and return its return value.
 
     Parameters

@@ -59,7 +59,9 @@ def image_files(folder: Path) -> list[Path]:
     return [
         path
         for path in sorted(Path(folder).iterdir())
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file()
+        if path.suffix.lower() in IMAGE_SUFFIXES
+        and not path.name.startswith(".")
+        and path.is_file()
     ]
 
 
@@ -73,14 +75,17 @@ def list_images(folder: Path, what: str) -> dict[str, Path]:
             folder.stat()
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise InputError(f"{what} folder {folder} is a symbolic link loop (it ends up "
-                                 "pointing to itself): fix or remove the link") from exc
+                raise InputError(
+                    f"{what} folder {folder} is a symbolic link loop (it ends up "
+                    "pointing to itself): fix or remove the link"
+                ) from exc
         raise InputError(f"{what} folder {folder} does not exist or is not a folder")
     found: dict[str, Path] = {}
     for path in image_files(folder):
         if path.stem in found:
-            raise InputError(f"{path.name} and {found[path.stem].name} in {folder} have the same "
-                             "stem: keep one")
+            raise InputError(
+                f"{path.name} and {found[path.stem].name} in {folder} have the same stem: keep one"
+            )
         found[path.stem] = path
     if not found:
         raise InputError(f"no PNG, JPEG or TIFF files in {what} folder {folder}")

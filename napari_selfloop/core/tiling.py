@@ -230,8 +230,11 @@ def tiled_apply(
     if keep is None:
         origins = all_origins
     else:
-        origins = [(y, x) for y, x in all_origins
-                   if keep(y, min(y + size, height), x, min(x + size, width))]
+        origins = [
+            (y, x)
+            for y, x in all_origins
+            if keep(y, min(y + size, height), x, min(x + size, width))
+        ]
     if stats is not None:
         stats.update(patches=total, computed=len(origins))
     window_1d = _window_1d(size, overlap)

@@ -276,7 +276,11 @@ class JigsawPanel(QWidget):
 
         return self.check_runner.start(
             lambda: evaluate_jigsaw(
-                model, [data], puzzles=CHECK_PUZZLES, seed=CHECK_SEED, patch_size=patch,
+                model,
+                [data],
+                puzzles=CHECK_PUZZLES,
+                seed=CHECK_SEED,
+                patch_size=patch,
                 device=device,
             ),
             on_done=done,
@@ -346,7 +350,12 @@ class JigsawPanel(QWidget):
         self.result_label.setText("")
         started = self.pretrain_runner.start(
             lambda: pretrain_jigsaw(
-                model, items, config, device=device, out=out, parent=parent,
+                model,
+                items,
+                config,
+                device=device,
+                out=out,
+                parent=parent,
                 pixel_size_um=ckpt.pixel_size_um,
             ),
             on_progress=self._pretrain_progress,
@@ -394,7 +403,9 @@ class JigsawPanel(QWidget):
             text = f"Stopped after {steps} steps; kept them as {out.name} (now the current model)."
             note = "stopped; kept"
         else:
-            text = f"{self.result_label.text()} Saved as {out.name} (now the current model).".strip()
+            text = (
+                f"{self.result_label.text()} Saved as {out.name} (now the current model).".strip()
+            )
             note = "saved"
         self.state.set_checkpoint(ckpt)  # the jigsaw line is checked again for it
         self.result_label.setText(text)

@@ -327,8 +327,16 @@ def propose_labels(
     meta.pop(DONE_KEY, None)
     layer = find_result(viewer, source, "labels", window)
     if layer is None:
-        layer = put_result(viewer, source, "labels", data, box=box, like=like,
-                           extra_meta={**meta, DONE_KEY: False}, window=window)
+        layer = put_result(
+            viewer,
+            source,
+            "labels",
+            data,
+            box=box,
+            like=like,
+            extra_meta={**meta, DONE_KEY: False},
+            window=window,
+        )
         own = meta_of(layer)
         own[PROPOSAL] = np.array(layer.data, copy=True)
         own[PAINTED] = None
@@ -355,7 +363,11 @@ def propose_labels(
     painted, recorded = user_painted(layer)
     own = meta_of(layer)
     proposal = own.get(PROPOSAL) if recorded else None
-    proposal = np.array(proposal, copy=True) if proposal is not None else np.full(full, UNCERTAIN, old.dtype)
+    proposal = (
+        np.array(proposal, copy=True)
+        if proposal is not None
+        else np.full(full, UNCERTAIN, old.dtype)
+    )
     y0, x0, y1, x1 = box
     inside = painted[y0:y1, x0:x1]
     new = np.array(old, copy=True)
@@ -368,8 +380,14 @@ def propose_labels(
     own[PROPOSAL] = proposal
     own[PAINTED] = painted if painted.any() else None
     layer.data = new
-    return ProposalMerge(layer=layer, kept=int(np.count_nonzero(inside)), recorded=recorded,
-                         changed=changed, was_done=was_done, done=done)
+    return ProposalMerge(
+        layer=layer,
+        kept=int(np.count_nonzero(inside)),
+        recorded=recorded,
+        changed=changed,
+        was_done=was_done,
+        done=done,
+    )
 
 
 def _display_top(values: np.ndarray) -> float:

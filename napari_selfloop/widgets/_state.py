@@ -69,7 +69,9 @@ class SelfloopState:
     def autosave(self) -> AutosaveController:
         """The viewer's autosave (started by the first panel: ``get_state(viewer, autosave=True)``)."""
         if self._autosave is None:
-            raise RuntimeError("autosave is not running: get the state with get_state(viewer, autosave=True)")
+            raise RuntimeError(
+                "autosave is not running: get the state with get_state(viewer, autosave=True)"
+            )
         return self._autosave
 
     def start_autosave(self, viewer: Any) -> AutosaveController:

@@ -188,8 +188,15 @@ class BootstrapWidget(QWidget):
 
         return self.runner.start(job, on_done=done, message=f"initial mask of {name}{where}…")
 
-    def _show(self, name: str, box: Box, result: BootstrapResult, key: str,
-              window: Window | None, whole: bool) -> None:
+    def _show(
+        self,
+        name: str,
+        box: Box,
+        result: BootstrapResult,
+        key: str,
+        window: Window | None,
+        whole: bool,
+    ) -> None:
         if name not in self.viewer.layers:
             raise InputError(f"image layer '{name}' was removed during the run")
         image = self.viewer.layers[name]
@@ -201,14 +208,17 @@ class BootstrapWidget(QWidget):
             target: dict[str, Any] = {"window": window}
         else:
             target = {} if whole else {"box": box}
-        merge = propose_labels(self.viewer, name, result.mask, like=image, extra_meta=meta,
-                               **target)
+        merge = propose_labels(
+            self.viewer, name, result.mask, like=image, extra_meta=meta, **target
+        )
         labels = merge.layer
         notes = []
         if merge.kept:
-            notes.append(f"kept the {merge.kept} pixel(s) you had painted in '{labels.name}'; the "
-                         "new mask went only where you had not painted (delete the layer to "
-                         "start over)")
+            notes.append(
+                f"kept the {merge.kept} pixel(s) you had painted in '{labels.name}'; the "
+                "new mask went only where you had not painted (delete the layer to "
+                "start over)"
+            )
         if merge.done_cleared:
             self.state.set_done(labels, False)  # already cleared by the merge; tells the panels
             notes.append(f"'{labels.name}' changed, so it is no longer marked done")

@@ -197,8 +197,9 @@ class ExportWidget(QWidget):
                     f"Labels layer '{layer.name}' has shape {data.shape} but its image "
                     f"'{image.name}' is {height}x{width}"
                 )
-            if window is not None and (data.shape != window.shape or window.y0 >= height
-                                       or window.x0 >= width):
+            if window is not None and (
+                data.shape != window.shape or window.y0 >= height or window.x0 >= width
+            ):
                 raise InputError(
                     f"Labels layer '{layer.name}' ({data.shape[0]}x{data.shape[1]}) does not "
                     f"fit its region {window.label} of '{image.name}' ({height}x{width})"

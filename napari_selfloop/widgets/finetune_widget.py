@@ -69,7 +69,6 @@ GUI_MAX_Q = 20
 GUI_PATCH_STEPS = 4
 
 
-
 def _check_region(layer: Any, image: Any, window: Window, shape: tuple[int, ...]) -> None:
     height, width = (int(s) for s in image_data(image).shape[:2])
     if shape != window.shape or window.y0 >= height or window.x0 >= width:
@@ -246,8 +245,9 @@ class FineTuneWidget(QWidget):
                 image = image_for(self.viewer, layer)
                 window = window_of(layer)
                 if image is not None and not self.state.is_done(layer):
-                    items.append(TrainItem(name=layer.name,
-                                           image=WindowArray(levels_of(image), window)))
+                    items.append(
+                        TrainItem(name=layer.name, image=WindowArray(levels_of(image), window))
+                    )
                 continue
             if not is_source_image(layer) or layer.name in used or works_by_region(layer):
                 continue  # a slide is used by its regions, never whole

@@ -65,6 +65,7 @@ from ._state import get_state
 
 log = logging.getLogger(__name__)
 
+
 class Area(Enum):
     """What the panel pseudo-labels; the value is the text of its choice."""
 
@@ -131,14 +132,16 @@ def region_plan(image: Image, box: Box, model_um: float | None) -> tuple[Window,
     if model_um and image_um:
         factor = model_um / image_um
     elif model_um:
-        note = (f"'{image.name}' has no pixel size, so it is processed at full resolution; "
-                f"the model was trained at {model_um:.3g} µm/px: if the slide's is different, "
-                "results will be poor")
+        note = (
+            f"'{image.name}' has no pixel size, so it is processed at full resolution; "
+            f"the model was trained at {model_um:.3g} µm/px: if the slide's is different, "
+            "results will be poor"
+        )
     elif image.multiscale and not image_um:
         note = f"'{image.name}' has no pixel size: processing it at full resolution"
     window = choose_window(level_shapes(image), box, factor)
     if window.pixels > MAX_REGION_PIXELS:
-        side = int(MAX_REGION_PIXELS ** 0.5)
+        side = int(MAX_REGION_PIXELS**0.5)
         raise InputError(
             f"the region {window.label} is {window.width}x{window.height} pixels at the "
             f"resolution it is processed at, more than the panel holds ({side}x{side}): zoom in "
@@ -351,9 +354,19 @@ class PseudoLabelWidget(QWidget):
             "threshold": result.config.threshold,
         }
         target = {"window": window} if window is not None else {"box": box}
-        for kind, values in (("probability", result.probability), ("uncertainty", result.uncertainty)):
-            put_result(self.viewer, name, kind, values.astype(np.float32, copy=False), like=image,
-                       extra_meta=meta, **target)
+        for kind, values in (
+            ("probability", result.probability),
+            ("uncertainty", result.uncertainty),
+        ):
+            put_result(
+                self.viewer,
+                name,
+                kind,
+                values.astype(np.float32, copy=False),
+                like=image,
+                extra_meta=meta,
+                **target,
+            )
         labels_meta = {**meta, "image_key": key, "checkpoint": checkpoint}
         if window is not None:
             labels_meta["autosave_key"] = region_key(key, window)
@@ -372,16 +385,23 @@ class PseudoLabelWidget(QWidget):
         labels = merge.layer
         notes = []
         if merge.kept:
-            why = "" if merge.recorded else (
-                " (no record of the earlier proposal, so every labelled pixel counted as yours)")
+            why = (
+                ""
+                if merge.recorded
+                else (
+                    " (no record of the earlier proposal, so every labelled pixel counted as yours)"
+                )
+            )
             notes.append(
                 f"kept the {merge.kept} pixel(s) you had painted in '{labels.name}'{why}; the new "
                 "proposal went only where you had not painted (delete the layer to start over)"
             )
         if merge.done_cleared:
             self.state.set_done(labels, False)  # already cleared by the merge; tells the panels
-            notes.append(f"{merge.changed} pixel(s) changed, so '{labels.name}' is no longer marked "
-                         "done: review it and mark it done again")
+            notes.append(
+                f"{merge.changed} pixel(s) changed, so '{labels.name}' is no longer marked "
+                "done: review it and mark it done again"
+            )
         if notes:
             show_info("Pseudo-label: " + "; ".join(notes))
         self.viewer.layers.selection.active = labels
