@@ -366,3 +366,17 @@ def test_the_step_after_the_last_puzzle_is_skipped_only_where_it_changes_nothing
         )
         stepped[after_last] = state_snapshot(enc)
     assert any(not torch.equal(stepped[True][k], stepped[False][k]) for k in stepped[True])
+
+
+def test_one_overlap_rule_and_one_seed_mixer():
+    from napari_selfloop.core.model import BATCH_SEED_STRIDE, mix_seed
+
+    cfg = PseudoLabelConfig(patch_size=288)
+    assert cfg.overlap_for(288) == 48  # a sixth of the patch by default
+    assert cfg.overlap_for(96) == 32  # at most a third of a smaller patch (a small image)
+    assert PseudoLabelConfig(patch_size=288, overlap=96).overlap_for(288) == 96
+    with pytest.raises(InputError, match="at most a third"):
+        PseudoLabelConfig(patch_size=288, overlap=97)
+    # The numbers of the two former constants, unchanged.
+    assert mix_seed(3, 5) == 3 * 1000003 + 5
+    assert mix_seed(3, 5, BATCH_SEED_STRIDE) == 3 * 100003 + 5
