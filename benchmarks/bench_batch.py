@@ -58,7 +58,9 @@ def _timed(argv: list[str]) -> float:
     done = subprocess.run(argv, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(argv[:5])} ... failed ({done.returncode}): {done.stderr[-2000:]}")
+        raise SystemExit(
+            f"{' '.join(argv[:5])} ... failed ({done.returncode}): {done.stderr[-2000:]}"
+        )
     return seconds
 
 
@@ -89,12 +91,33 @@ def main() -> None:
         common = ["--checkpoint", str(ckpt), "--method", args.method, "--q", str(args.q)]
         cases = {
             "pseudo-label (plain CLI)": ["pseudo-label", *images, *common],
-            f"batch --workers 1 --threads-per-worker {cpus}":
-                ["batch", *images, *common, "--workers", "1", "--threads-per-worker", str(cpus)],
-            "batch --workers 1 --threads-per-worker 1":
-                ["batch", *images, *common, "--workers", "1", "--threads-per-worker", "1"],
-            "batch --workers 2 --threads-per-worker 1":
-                ["batch", *images, *common, "--workers", "2", "--threads-per-worker", "1"],
+            f"batch --workers 1 --threads-per-worker {cpus}": [
+                "batch",
+                *images,
+                *common,
+                "--workers",
+                "1",
+                "--threads-per-worker",
+                str(cpus),
+            ],
+            "batch --workers 1 --threads-per-worker 1": [
+                "batch",
+                *images,
+                *common,
+                "--workers",
+                "1",
+                "--threads-per-worker",
+                "1",
+            ],
+            "batch --workers 2 --threads-per-worker 1": [
+                "batch",
+                *images,
+                *common,
+                "--workers",
+                "2",
+                "--threads-per-worker",
+                "1",
+            ],
         }
         times: dict[str, list[float]] = {name: [] for name in cases}
         run = 0
@@ -107,8 +130,11 @@ def main() -> None:
         results = {}
         for name, ts in times.items():
             median = statistics.median(ts)
-            results[name] = {"seconds": [round(t, 2) for t in ts], "median_s": round(median, 2),
-                             "images_per_min": round(args.images / median * 60, 1)}
+            results[name] = {
+                "seconds": [round(t, 2) for t in ts],
+                "median_s": round(median, 2),
+                "images_per_min": round(args.images / median * 60, 1),
+            }
         plain = results["pseudo-label (plain CLI)"]["median_s"]
         same = results[f"batch --workers 1 --threads-per-worker {cpus}"]["median_s"]
         one = results["batch --workers 1 --threads-per-worker 1"]["median_s"]
@@ -124,15 +150,27 @@ def main() -> None:
 
     out = {
         "benchmark": "bench_batch",
-        "setup": {"images": args.images, "size": args.size, "model_width": args.width,
-                  "method": args.method, "q": args.q, "repeats": args.repeats,
-                  "note": "wall time of whole console-script runs (start-up, LocalCluster start, "
-                          "model loads and writing included); medians"},
+        "setup": {
+            "images": args.images,
+            "size": args.size,
+            "model_width": args.width,
+            "method": args.method,
+            "q": args.q,
+            "repeats": args.repeats,
+            "note": "wall time of whole console-script runs (start-up, LocalCluster start, "
+            "model loads and writing included); medians",
+        },
         "results": results,
         "summary": summary,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "cpus": cpus, "python": platform.python_version(), "torch": torch.__version__,
-                    "distributed": distributed.__version__, "napari_selfloop": __version__},
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": cpus,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "distributed": distributed.__version__,
+            "napari_selfloop": __version__,
+        },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")

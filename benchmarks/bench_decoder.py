@@ -32,9 +32,9 @@ sys.path.insert(0, str(HERE))
 from bench_monuseg import evaluate_test, item, load_monuseg, split  # noqa: E402
 
 from napari_selfloop import __version__  # noqa: E402
-from napari_selfloop.core.imageio import write_json  # noqa: E402
+from napari_selfloop.core.atomic import write_json  # noqa: E402
 from napari_selfloop.core.model import DECODERS, ModelConfig, build_model, count_parameters  # noqa: E402
-from napari_selfloop.core.tiling import run_to_completion  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.training import TrainConfig, train  # noqa: E402
 
 
@@ -54,28 +54,51 @@ def main() -> int:
     train_idx, test_idx = split(len(data), args.test, 0)
     lab = [item(data[i]) for i in train_idx]
     test = [data[i] for i in test_idx]
-    report = {"benchmark": "decoder", "package_version": __version__, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-              "command": " ".join(["python", "benchmarks/bench_decoder.py", *sys.argv[1:]]),
-              "width": args.width, "iterations": args.iterations, "patch": args.patch, "batch": args.batch,
-              "framework": "supervised", "train_images": len(lab), "test_images": [d["name"] for d in test],
-              "runs": []}
+    report = {
+        "benchmark": "decoder",
+        "package_version": __version__,
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "command": " ".join(["python", "benchmarks/bench_decoder.py", *sys.argv[1:]]),
+        "width": args.width,
+        "iterations": args.iterations,
+        "patch": args.patch,
+        "batch": args.batch,
+        "framework": "supervised",
+        "train_images": len(lab),
+        "test_images": [d["name"] for d in test],
+        "runs": [],
+    }
     for seed in args.seeds:
         for decoder in DECODERS:
             model = build_model(ModelConfig(width=args.width, decoder=decoder), seed=seed)
-            cfg = TrainConfig(framework="supervised", iterations=args.iterations, patch_size=args.patch,
-                              batch_size=args.batch, lr=2e-3, seed=seed, validate_every=args.iterations)
+            cfg = TrainConfig(
+                framework="supervised",
+                iterations=args.iterations,
+                patch_size=args.patch,
+                batch_size=args.batch,
+                lr=2e-3,
+                seed=seed,
+                validate_every=args.iterations,
+            )
             t0 = time.perf_counter()
             run_to_completion(train(model, lab, [], cfg, device="cpu"))
             seconds = time.perf_counter() - t0
             scores = evaluate_test(model, test, objects=False, patch=576)
-            row = {"decoder": decoder, "seed": seed, "parameters": count_parameters(model),
-                   "seconds": round(seconds, 1), **scores}
+            row = {
+                "decoder": decoder,
+                "seed": seed,
+                "parameters": count_parameters(model),
+                "seconds": round(seconds, 1),
+                **scores,
+            }
             report["runs"].append(row)
             print(json.dumps(row), flush=True)
             write_json(args.out, report)
     report["summary"] = {
-        d: {k: round(statistics.median(r[k] for r in report["runs"] if r["decoder"] == d), 2)
-            for k in ("f1", "balanced_accuracy", "seconds")}
+        d: {
+            k: round(statistics.median(r[k] for r in report["runs"] if r["decoder"] == d), 2)
+            for k in ("f1", "balanced_accuracy", "seconds")
+        }
         for d in DECODERS
     }
     write_json(args.out, report)

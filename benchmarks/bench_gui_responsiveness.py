@@ -150,8 +150,9 @@ def main() -> int:
         }
 
     # Cancel latency of a pseudo-label run.
-    results["selfloop_cancel_seconds"] = cancel_latency(pseudo.run, pseudo.runner,
-                                                        3.0 if not args.quick else 1.0)
+    results["selfloop_cancel_seconds"] = cancel_latency(
+        pseudo.run, pseudo.runner, 3.0 if not args.quick else 1.0
+    )
 
     # Fine-tuning from the panel, on the ground truth as the "corrections" (the pseudo-label
     # runs above replaced the correction layer).
@@ -176,8 +177,9 @@ def main() -> int:
 
     # Stop latency of fine-tuning.
     ft.iterations_spin.setValue(10_000)
-    results["finetune_stop_seconds"] = cancel_latency(ft.start, ft.runner,
-                                                      4.0 if not args.quick else 1.5)
+    results["finetune_stop_seconds"] = cancel_latency(
+        ft.start, ft.runner, 4.0 if not args.quick else 1.5
+    )
 
     report = {
         "benchmark": "bench_gui_responsiveness",

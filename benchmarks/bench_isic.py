@@ -38,16 +38,35 @@ def load_isic(size: int) -> list[dict]:
         image = np.asarray(open_image(path))
         mask = np.asarray(open_image(root / "masks" / path.name))
         img_small = resize(image, (size, size), order=1, anti_aliasing=True, preserve_range=True)
-        mask_small = resize(mask.astype(np.float32), (size, size), order=1, anti_aliasing=True) > 0.5
-        out.append({"name": path.name, "image": np.clip(img_small, 0, 255).astype(np.uint8),
-                    "mask": mask_small.astype(np.uint8), "labels": None})
+        mask_small = (
+            resize(mask.astype(np.float32), (size, size), order=1, anti_aliasing=True) > 0.5
+        )
+        out.append(
+            {
+                "name": path.name,
+                "image": np.clip(img_small, 0, 255).astype(np.uint8),
+                "mask": mask_small.astype(np.uint8),
+                "labels": None,
+            }
+        )
     return out
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    common_args(p, test=19, hed=0.0, eval_patch=96, stage1=400, stage2=250, pretrain_patch=96,
-                jigsaw_eval_patch=96, table1_patch=96, crop=96, capture_crop=96)
+    common_args(
+        p,
+        test=19,
+        hed=0.0,
+        eval_patch=96,
+        stage1=400,
+        stage2=250,
+        pretrain_patch=96,
+        jigsaw_eval_patch=96,
+        table1_patch=96,
+        crop=96,
+        capture_crop=96,
+    )
     p.add_argument("--size", type=int, default=96, help="images are resized to size x size")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout)

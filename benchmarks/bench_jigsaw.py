@@ -29,49 +29,72 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 from bench_monuseg import DATA, load_monuseg, split  # noqa: E402
 
+from napari_selfloop.core.atomic import write_json  # noqa: E402
 from napari_selfloop.core.datasets import TrainItem  # noqa: E402
-from napari_selfloop.core.imageio import write_json  # noqa: E402
 from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
 from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
-from napari_selfloop.core.tiling import run_to_completion  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 
 log = logging.getLogger("bench_jigsaw")
 DEFAULT_VARIANTS = ("slots/none", "gap/none", "slots/per-class", "slots/random")
 
 
-def run_variant(variant: str, train_items: list[TrainItem], test_images: list[Any],
-                args: argparse.Namespace) -> dict[str, Any]:
+def run_variant(
+    variant: str, train_items: list[TrainItem], test_images: list[Any], args: argparse.Namespace
+) -> dict[str, Any]:
     head, rotation = variant.split("/")
-    model = build_model(ModelConfig(width=args.width, jigsaw_head=head, jigsaw_rotation=rotation), seed=args.seed)
-    cfg = PretrainConfig(iterations=args.steps, patch_size=args.patch, batch_size=args.batch, lr=args.lr,
-                         multiscale=not args.single_scale,
-                         seed=args.seed, precision="fp32", window=50,
-                         save_every=max(args.steps // 10, 1))
+    model = build_model(
+        ModelConfig(width=args.width, jigsaw_head=head, jigsaw_rotation=rotation), seed=args.seed
+    )
+    cfg = PretrainConfig(
+        iterations=args.steps,
+        patch_size=args.patch,
+        batch_size=args.batch,
+        lr=args.lr,
+        multiscale=not args.single_scale,
+        seed=args.seed,
+        precision="fp32",
+        window=50,
+        save_every=max(args.steps // 10, 1),
+    )
     t0 = time.perf_counter()
-    gen = pretrain_jigsaw(model, train_items, cfg, device="cpu",
-                          out=args.save if args.save else None)
+    gen = pretrain_jigsaw(
+        model, train_items, cfg, device="cpu", out=args.save if args.save else None
+    )
     curve = []
-    for ev in gen_events(gen):
+
+    def record(ev):
         if ev.data["step"] % 100 == 0:
-            curve.append({"step": ev.data["step"], "loss": ev.data["loss"], "top1": ev.data["top1"]})
+            curve.append(
+                {"step": ev.data["step"], "loss": ev.data["loss"], "top1": ev.data["top1"]}
+            )
             log.info("%s %s", variant, ev.message)
+
+    run_to_completion(gen, on_progress=record)
     train_s = time.perf_counter() - t0
     held_out = {}
     for patch in args.eval_patches:
-        r = run_to_completion(evaluate_jigsaw(model, test_images, puzzles=args.puzzles, seed=0,
-                                              patch_size=patch, device="cpu"))
+        r = run_to_completion(
+            evaluate_jigsaw(
+                model, test_images, puzzles=args.puzzles, seed=0, patch_size=patch, device="cpu"
+            )
+        )
         held_out[str(patch)] = r
-        log.info("%s held-out patch %d: L_SS %.3f top-1 %.1f%%", variant, patch, r["loss"], 100 * r["top1"])
-    return {"variant": variant, "head": head, "rotation": rotation, "train_seconds": train_s,
-            "curve": curve, "held_out": held_out}
-
-
-def gen_events(gen):
-    while True:
-        try:
-            yield next(gen)
-        except StopIteration:
-            return
+        log.info(
+            "%s held-out patch %d: L_SS %.3f top-1 %.1f%%",
+            variant,
+            patch,
+            r["loss"],
+            100 * r["top1"],
+        )
+    return {
+        "variant": variant,
+        "head": head,
+        "rotation": rotation,
+        "train_seconds": train_s,
+        "curve": curve,
+        "held_out": held_out,
+    }
 
 
 def main() -> None:
@@ -81,8 +104,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--patch", type=int, default=96)
     ap.add_argument("--batch", type=int, default=32, help="puzzles per step at 96 px")
-    ap.add_argument("--single-scale", action="store_true",
-                    help="always --patch (default: sides 96 ... --patch mixed)")
+    ap.add_argument(
+        "--single-scale",
+        action="store_true",
+        help="always --patch (default: sides 96 ... --patch mixed)",
+    )
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--puzzles", type=int, default=512)
@@ -102,7 +128,9 @@ def main() -> None:
     results: dict[str, Any] = {
         "benchmark": "jigsaw learnability (pre-training on 24 MoNuSeg images, scored on 6 held out)",
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "chance_loss": math.log(100), "torch_threads": torch.get_num_threads(), "variants": [],
+        "chance_loss": math.log(100),
+        "torch_threads": torch.get_num_threads(),
+        "variants": [],
     }
     for variant in args.variants:
         results["variants"].append(run_variant(variant, train_items, test_images, args))

@@ -35,9 +35,9 @@ from napari_selfloop import __version__
 from napari_selfloop.core.device import resolve_device, resolve_precision
 from napari_selfloop.core.imageio import check_image, open_image
 from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
 from napari_selfloop.core.tiledtiff import TiledTiffWriter
-from napari_selfloop.core.tiling import run_to_completion
 
 HERE = Path(__file__).resolve().parent
 #: (label, method, Q); the first is the reference "one plain forward pass".
@@ -68,7 +68,12 @@ def synthetic_he(height: int, width: int, seed: int = 0) -> np.ndarray:
     yy, xx = np.mgrid[:height, :width]
     for _ in range(height * width // 2500):
         cy, cx, r = rng.integers(0, height), rng.integers(0, width), rng.integers(4, 12)
-        y0, y1, x0, x1 = max(cy - r, 0), min(cy + r + 1, height), max(cx - r, 0), min(cx + r + 1, width)
+        y0, y1, x0, x1 = (
+            max(cy - r, 0),
+            min(cy + r + 1, height),
+            max(cx - r, 0),
+            min(cx + r + 1, width),
+        )
         disk = (yy[y0:y1, x0:x1] - cy) ** 2 + (xx[y0:y1, x0:x1] - cx) ** 2 <= r * r
         img[y0:y1, x0:x1][disk] = (120, 60, 160)
     noise = rng.integers(-12, 13, img.shape)
@@ -89,7 +94,9 @@ def time_methods(size: int, repeats: int, q_scale: float, only: list[str] | None
     old_model = build_model(ModelConfig(decoder=OLD_DECODER), seed=0).eval()
     members = [model] + [build_model(seed=s).eval() for s in range(1, 10)]
     # Warm-up: oneDNN builds its kernels on the first calls.
-    run_to_completion(pseudo_label(image[:384, :384], model, PseudoLabelConfig(q=2, precision="fp32")))
+    run_to_completion(
+        pseudo_label(image[:384, :384], model, PseudoLabelConfig(q=2, precision="fp32"))
+    )
     fast = fastest_precision()
     cases = [c for c in CASES if only is None or c[0] in only]
     plan = [(fast, cases, repeats)]
@@ -110,8 +117,12 @@ def time_methods(size: int, repeats: int, q_scale: float, only: list[str] | None
             q = max(1, round(q * q_scale)) if q > 1 else q
             old = label.startswith("old: ")
             models = members[:q] if method == "ensemble" else (old_model if old else model)
-            cfg = PseudoLabelConfig(method=method, q=q, precision=precision,
-                                    **({"patch_size": OLD_PATCH} if old else {}))
+            cfg = PseudoLabelConfig(
+                method=method,
+                q=q,
+                precision=precision,
+                **({"patch_size": OLD_PATCH} if old else {}),
+            )
             plans.append((label, q, models, cfg))
         times: dict[str, list[float]] = {label: [] for label, *_ in plans}
         dtypes = {}
@@ -125,19 +136,38 @@ def time_methods(size: int, repeats: int, q_scale: float, only: list[str] | None
             med = statistics.median(times[label])
             ratios = [t / r for t, r in zip(times[label], times[ref_label], strict=True)]
             row = {
-                "method": label, "precision": precision, "q": q, "seconds": med,
-                "seconds_all": times[label], "seconds_per_megapixel": med / (size * size / 1e6),
-                "ratio_to_forward": statistics.median(ratios), "dtype": dtypes[label],
+                "method": label,
+                "precision": precision,
+                "q": q,
+                "seconds": med,
+                "seconds_all": times[label],
+                "seconds_per_megapixel": med / (size * size / 1e6),
+                "ratio_to_forward": statistics.median(ratios),
+                "dtype": dtypes[label],
             }
             rows.append(row)
-            print(f"{precision:5s} {label:22s} {med:7.2f} s  x{row['ratio_to_forward']:5.1f}", flush=True)
+            print(
+                f"{precision:5s} {label:22s} {med:7.2f} s  x{row['ratio_to_forward']:5.1f}",
+                flush=True,
+            )
     for prefix in ("", "old: "):
         sl = next((r for r in rows if r["method"] == f"{prefix}selfloop Q=10"), None)
-        mc = next((r for r in rows if r["method"] == f"{prefix}mc-dropout 10" and r["precision"] == sl["precision"]),
-                  None) if sl else None
+        mc = (
+            next(
+                (
+                    r
+                    for r in rows
+                    if r["method"] == f"{prefix}mc-dropout 10" and r["precision"] == sl["precision"]
+                ),
+                None,
+            )
+            if sl
+            else None
+        )
         if sl and mc:
             sl["ratio_to_mc_dropout"] = statistics.median(
-                a / b for a, b in zip(sl["seconds_all"], mc["seconds_all"], strict=True))
+                a / b for a, b in zip(sl["seconds_all"], mc["seconds_all"], strict=True)
+            )
     return {"image_size": [size, size], "repeats": repeats, "fastest_precision": fast, "rows": rows}
 
 
@@ -170,8 +200,16 @@ def memory_child(path: str, method: str, q: int) -> None:
     for s in sinks.values():
         s.commit()
     seconds = time.perf_counter() - start
-    print(json.dumps({"baseline_rss_mb": base, "peak_rss_mb": _proc_status_mb("VmHWM"),
-                      "seconds": seconds, "type": type(image).__name__}))
+    print(
+        json.dumps(
+            {
+                "baseline_rss_mb": base,
+                "peak_rss_mb": _proc_status_mb("VmHWM"),
+                "seconds": seconds,
+                "type": type(image).__name__,
+            }
+        )
+    )
 
 
 def write_tiled_tiff(path: Path, size: int) -> None:
@@ -185,8 +223,15 @@ def write_tiled_tiff(path: Path, size: int) -> None:
         for _ in range(math.ceil(size / tile) ** 2):
             yield block
 
-    tifffile.imwrite(path, tiles(), shape=(size, size, 3), dtype=np.uint8, tile=(tile, tile),
-                     photometric="rgb", compression="zlib")
+    tifffile.imwrite(
+        path,
+        tiles(),
+        shape=(size, size, 3),
+        dtype=np.uint8,
+        tile=(tile, tile),
+        photometric="rgb",
+        compression="zlib",
+    )
 
 
 def measure_memory(sizes: list[int], method: str, q: int) -> list[dict]:
@@ -197,13 +242,18 @@ def measure_memory(sizes: list[int], method: str, q: int) -> list[dict]:
             write_tiled_tiff(path, size)
             out = subprocess.run(
                 [sys.executable, __file__, "--memory-child", str(path), method, str(q)],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             row = json.loads(out.stdout.strip().splitlines()[-1])
             row.update(size=[size, size], method=method, q=q)
             rows.append(row)
-            print(f"memory {size}x{size} {method}: peak {row['peak_rss_mb']:.0f} MB "
-                  f"(baseline {row['baseline_rss_mb']:.0f} MB) in {row['seconds']:.0f} s", flush=True)
+            print(
+                f"memory {size}x{size} {method}: peak {row['peak_rss_mb']:.0f} MB "
+                f"(baseline {row['baseline_rss_mb']:.0f} MB) in {row['seconds']:.0f} s",
+                flush=True,
+            )
     return rows
 
 
@@ -219,19 +269,29 @@ def markdown(result: dict) -> str:
         "|---|---|---:|---:|---:|",
     ]
     for r in sp["rows"]:
-        lines.append(f"| {r['method']} | {r['precision']} | {r['seconds']:.1f} | "
-                     f"{r['seconds_per_megapixel']:.1f} | {r['ratio_to_forward']:.1f} |")
+        lines.append(
+            f"| {r['method']} | {r['precision']} | {r['seconds']:.1f} | "
+            f"{r['seconds_per_megapixel']:.1f} | {r['ratio_to_forward']:.1f} |"
+        )
     for r in sp["rows"]:
         if "ratio_to_mc_dropout" in r:
             what = "old design" if r["method"].startswith("old: ") else "now"
-            lines.append(f"\nSelf-loop Q=10 takes {r['seconds']:.1f} s, {r['ratio_to_mc_dropout']:.2f}x MC dropout "
-                         f"(10 passes) ({what}; median of the per-repeat ratios).")
-    lines += ["", "Peak resident memory, outputs streamed to TIFF files:", "",
-              "| lazy input | method | peak RSS (MB) | RSS before the run (MB) | seconds |",
-              "|---|---|---:|---:|---:|"]
+            lines.append(
+                f"\nSelf-loop Q=10 takes {r['seconds']:.1f} s, {r['ratio_to_mc_dropout']:.2f}x MC dropout "
+                f"(10 passes) ({what}; median of the per-repeat ratios)."
+            )
+    lines += [
+        "",
+        "Peak resident memory, outputs streamed to TIFF files:",
+        "",
+        "| lazy input | method | peak RSS (MB) | RSS before the run (MB) | seconds |",
+        "|---|---|---:|---:|---:|",
+    ]
     for m in result["memory"]:
-        lines.append(f"| {m['size'][0]}x{m['size'][1]} tiled TIFF | {m['method']} Q={m['q']} | "
-                     f"{m['peak_rss_mb']:.0f} | {m['baseline_rss_mb']:.0f} | {m['seconds']:.0f} |")
+        lines.append(
+            f"| {m['size'][0]}x{m['size'][1]} tiled TIFF | {m['method']} Q={m['q']} | "
+            f"{m['peak_rss_mb']:.0f} | {m['baseline_rss_mb']:.0f} | {m['seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -244,10 +304,17 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "results" / "pseudolabel.json")
     p.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--table", action="store_true", help="print the README tables of --out")
-    p.add_argument("--cases", nargs="+", metavar="LABEL",
-                   help="time only these cases (e.g. softmax 'selfloop Q=10'), fastest precision, no memory")
-    p.add_argument("--memory-only", action="store_true",
-                   help="redo only the memory measurements of an existing --out file")
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        metavar="LABEL",
+        help="time only these cases (e.g. softmax 'selfloop Q=10'), fastest precision, no memory",
+    )
+    p.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="redo only the memory measurements of an existing --out file",
+    )
     args = p.parse_args()
     if args.table:
         print(markdown(json.loads(args.out.read_text())))
@@ -260,7 +327,8 @@ def main() -> None:
     if args.memory_only:
         result = json.loads(args.out.read_text())
         result["memory"] = measure_memory(args.memory_sizes, "softmax", 1) + measure_memory(
-            [2000], "selfloop", 3)
+            [2000], "selfloop", 3
+        )
         result["memory_date"] = time.strftime("%Y-%m-%d %H:%M:%S")
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {args.out}")
@@ -274,13 +342,19 @@ def main() -> None:
         "benchmark": "pseudolabel",
         "package_version": __version__,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                    "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "device": str(resolve_device("auto")),
-                    "cpu_capability": torch.backends.cpu.get_cpu_capability()},
-        "model": (f"ResUNet-18 (width 64, {ModelConfig().decoder} decoder), random initialisation, patch "
-                  f"{PseudoLabelConfig().patch_size}, overlap a sixth of it, batch {PseudoLabelConfig().batch_size}; "
-                  f"'old:' rows: {OLD_DECODER} decoder, patch {OLD_PATCH}"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": str(resolve_device("auto")),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        },
+        "model": (
+            f"ResUNet-18 (width 64, {ModelConfig().decoder} decoder), random initialisation, patch "
+            f"{PseudoLabelConfig().patch_size}, overlap a sixth of it, batch {PseudoLabelConfig().batch_size}; "
+            f"'old:' rows: {OLD_DECODER} decoder, patch {OLD_PATCH}"
+        ),
         # Other processes on a shared machine slow every case alike; compare ratios.
         "load_average_before_after": [load_before, os.getloadavg()],
         "speed": speed,

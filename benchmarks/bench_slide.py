@@ -96,8 +96,9 @@ def train_tiny_model(scene, work_mpp: float, out: Path, steps: int, width: int) 
     patches, masks = [], []
     while len(patches) < 48:  # patches on tissue, drawn at the working resolution
         y, x = (int(v) for v in rng.integers(0, limit, 2))
-        if not scene.tissue_mask(y + side // 2, y + side // 2 + 1, x + side // 2,
-                                 x + side // 2 + 1, downsample)[0, 0]:
+        if not scene.tissue_mask(
+            y + side // 2, y + side // 2 + 1, x + side // 2, x + side // 2 + 1, downsample
+        )[0, 0]:
             continue
         patches.append(scene.render(y, y + side, x, x + side, downsample))
         masks.append(scene.nuclei_mask(y, y + side, x, x + side, downsample))
@@ -118,27 +119,52 @@ def train_tiny_model(scene, work_mpp: float, out: Path, steps: int, width: int) 
         pred = torch.sigmoid(model(images[:16])) > 0.5
         truth = targets[:16] > 0.5
         dice = float(2 * (pred & truth).sum() / (pred.sum() + truth.sum()).clamp_min(1))
-    save_checkpoint(out, model, pixel_size_um=work_mpp,
-                    note=f"bench_slide: width {width}, {steps} steps on synthetic nuclei")
-    return {"width": width, "steps": steps, "train_seconds": round(time.perf_counter() - start, 1),
-            "final_loss": round(float(loss.detach()), 4), "train_dice": round(dice, 3)}
+    save_checkpoint(
+        out,
+        model,
+        pixel_size_um=work_mpp,
+        note=f"bench_slide: width {width}, {steps} steps on synthetic nuclei",
+    )
+    return {
+        "width": width,
+        "steps": steps,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "final_loss": round(float(loss.detach()), 4),
+        "train_dice": round(dice, 3),
+    }
 
 
-def run(args: argparse.Namespace, mpp: float, slide: Path, gen_seconds: float | None,
-        scene: object) -> dict:
+def run(
+    args: argparse.Namespace, mpp: float, slide: Path, gen_seconds: float | None, scene: object
+) -> dict:
     """One working pixel size: train, pseudo-label in a child, measure."""
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)
         model = train_tiny_model(scene, mpp, tmp / "tiny.pt", args.steps, args.width)
         print(f"tiny model: {model}", flush=True)
         out = tmp / "out"
-        argv = ["-q", "pseudo-label", str(slide), "--checkpoint", str(tmp / "tiny.pt"),
-                "--method", args.method, "--device", "cpu", "--out", str(out)]
+        argv = [
+            "-q",
+            "pseudo-label",
+            str(slide),
+            "--checkpoint",
+            str(tmp / "tiny.pt"),
+            "--method",
+            args.method,
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ]
         if args.mpp_flag:
             argv += ["--mpp", str(mpp)]
         env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(argv)],
-                              capture_output=True, text=True, env=env)
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", json.dumps(argv)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
         if done.returncode != 0:
             raise SystemExit(f"child failed ({done.returncode}): {done.stderr[-2000:]}")
         row = json.loads(done.stdout.strip().splitlines()[-1])
@@ -152,12 +178,21 @@ def run(args: argparse.Namespace, mpp: float, slide: Path, gen_seconds: float | 
     result = {
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "command": "OMP_NUM_THREADS=1 python benchmarks/bench_slide.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "torch_threads": 1,
-                    "load_average_1min": round(os.getloadavg()[0], 2)},
-        "slide": {"path": str(slide), "size": [args.size, args.size], "mpp": args.slide_mpp,
-                  "bytes": slide.stat().st_size, "compression": "JPEG, 256-px tiles, pyramid",
-                  "generation_seconds": None if gen_seconds is None else round(gen_seconds, 1)},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch_threads": 1,
+            "load_average_1min": round(os.getloadavg()[0], 2),
+        },
+        "slide": {
+            "path": str(slide),
+            "size": [args.size, args.size],
+            "mpp": args.slide_mpp,
+            "bytes": slide.stat().st_size,
+            "compression": "JPEG, 256-px tiles, pyramid",
+            "generation_seconds": None if gen_seconds is None else round(gen_seconds, 1),
+        },
         "model": model,
         "method": args.method,
         "working": {"mpp": mpp, **info},
@@ -170,8 +205,10 @@ def run(args: argparse.Namespace, mpp: float, slide: Path, gen_seconds: float | 
         "seconds_per_tissue_megapixel": round(row["seconds"] / max(tissue_pixels / 1e6, 1e-9), 3),
         "limits": {"peak_rss_mb": MAX_PEAK_MB, "bytes_per_processed_pixel": MAX_BYTES_PER_PIXEL},
     }
-    result["passed"] = (result["peak_rss_mb"] < MAX_PEAK_MB
-                        and result["bytes_per_processed_pixel"] <= MAX_BYTES_PER_PIXEL)
+    result["passed"] = (
+        result["peak_rss_mb"] < MAX_PEAK_MB
+        and result["bytes_per_processed_pixel"] <= MAX_BYTES_PER_PIXEL
+    )
     return result
 
 
@@ -187,24 +224,33 @@ def _working_info(out: Path, slide: Path) -> dict:
         levels = len(tif.series[0].levels)
     with open_slide(slide) as s:
         tissue = detect_tissue(s)
-    return {"height": int(height), "width": int(width), "output_levels": levels,
-            "tissue_fraction": round(tissue.fraction, 4),
-            "tissue_pixels": int(round(tissue.fraction * height * width))}
+    return {
+        "height": int(height),
+        "width": int(width),
+        "output_levels": levels,
+        "tissue_fraction": round(tissue.fraction, 4),
+        "tissue_pixels": int(round(tissue.fraction * height * width)),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=40000, help="slide side in pixels (40000)")
     p.add_argument("--slide-mpp", type=float, default=0.25, help="the slide's µm/px (0.25: 40x)")
-    p.add_argument("--mpp", type=float, nargs="+", default=[0.5],
-                   help="working µm/px, one run each (0.5: 20x)")
+    p.add_argument(
+        "--mpp", type=float, nargs="+", default=[0.5], help="working µm/px, one run each (0.5: 20x)"
+    )
     p.add_argument("--method", default="softmax", help="pseudo-label method (softmax)")
     p.add_argument("--width", type=int, default=8, help="model width (8: tiny, for the CPU)")
     p.add_argument("--steps", type=int, default=300, help="training steps of the tiny model")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tmp", default=None, help="folder for the outputs (default: system temp)")
-    p.add_argument("--mpp-from-model", dest="mpp_flag", action="store_false",
-                   help="pass no --mpp: use the checkpoint's pixel size (the same value)")
+    p.add_argument(
+        "--mpp-from-model",
+        dest="mpp_flag",
+        action="store_false",
+        help="pass no --mpp: use the checkpoint's pixel size (the same value)",
+    )
     p.add_argument("--out", type=Path, default=HERE / "results" / "slide.json")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -218,10 +264,22 @@ def main() -> None:
     for mpp in args.mpp:
         result = run(args, mpp, slide, gen_seconds, scene)
         runs.append(result)
-        print(json.dumps({k: result[k] for k in ("peak_rss_mb", "bytes_per_processed_pixel",
-                                                 "bytes_per_tissue_pixel", "seconds",
-                                                 "seconds_per_tissue_megapixel", "passed")}),
-              flush=True)
+        print(
+            json.dumps(
+                {
+                    k: result[k]
+                    for k in (
+                        "peak_rss_mb",
+                        "bytes_per_processed_pixel",
+                        "bytes_per_tissue_pixel",
+                        "seconds",
+                        "seconds_per_tissue_megapixel",
+                        "passed",
+                    )
+                }
+            ),
+            flush=True,
+        )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"benchmark": "slide", "runs": runs}, indent=2) + "\n")
     print(f"wrote {args.out}")

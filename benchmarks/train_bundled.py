@@ -49,14 +49,15 @@ sys.path.insert(0, str(HERE))
 from bench_monuseg import error_capture, predict, score, split  # noqa: E402
 
 from napari_selfloop import __version__  # noqa: E402
+from napari_selfloop.core.atomic import write_json  # noqa: E402
 from napari_selfloop.core.bundled import MODELS_DIR, package_model  # noqa: E402
 from napari_selfloop.core.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from napari_selfloop.core.datasets import TrainItem  # noqa: E402
-from napari_selfloop.core.imageio import open_image, write_json  # noqa: E402
+from napari_selfloop.core.imageio import open_image  # noqa: E402
 from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
 from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.pseudolabel import DEFAULT_PATCH, DEFAULT_STEP_LR  # noqa: E402
-from napari_selfloop.core.tiling import run_to_completion  # noqa: E402
 from napari_selfloop.core.training import TrainConfig, train  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "data"
@@ -64,13 +65,15 @@ DATA = HERE.parent.parent / "shared" / "data"
 #: The training recipe of each bundled model (what ``--package`` records in the file).
 RECIPES: dict[str, dict[str, Any]] = {
     "nuclei-he": {
-        "data": "monuseg/train", "objects": True,
+        "data": "monuseg/train",
+        "objects": True,
         "pretrain": {"iterations": 1000, "patch_size": DEFAULT_PATCH, "batch_size": 32, "lr": 1e-3},
         "segment": {"iterations": 700, "patch_size": 192, "batch_size": 8, "lr": 1e-3},
         "finetune_iterations": 250,
     },
     "lesion-dermoscopy": {
-        "data": "isic512/train", "objects": False,
+        "data": "isic512/train",
+        "objects": False,
         "pretrain": {"iterations": 800, "patch_size": DEFAULT_PATCH, "batch_size": 32, "lr": 1e-3},
         "segment": {"iterations": 600, "patch_size": 288, "batch_size": 4, "lr": 1e-3},
         "finetune_iterations": 150,
@@ -84,8 +87,11 @@ def load_dataset(rel: str) -> list[dict[str, Any]]:
         raise SystemExit(f"data not found: {root} (see ../shared/data/README.md)")
     out = []
     for path in sorted((root / "images").glob("*.png")):
-        d = {"name": path.name, "image": np.asarray(open_image(path)),
-             "mask": np.asarray(open_image(root / "masks" / path.name)).astype(np.uint8)}
+        d = {
+            "name": path.name,
+            "image": np.asarray(open_image(path)),
+            "mask": np.asarray(open_image(root / "masks" / path.name)).astype(np.uint8),
+        }
         labels = root / "labels" / (path.stem + ".tif")
         if labels.exists():
             d["labels"] = np.asarray(open_image(labels)).astype(np.int64)
@@ -103,17 +109,17 @@ def finished_steps(path: Path) -> int:
 def drive(gen: Any, label: str, every: int = 25) -> Any:
     """Run a progress generator to its end, printing every ``every`` steps."""
     t0 = time.perf_counter()
-    try:
-        while True:
-            ev = next(gen)
-            if ev.data.get("phase", "train") == "train" and ev.done % every == 0:
-                print(f"[{label}] {ev.message}  ({time.perf_counter() - t0:.0f} s)", flush=True)
-    except StopIteration as stop:
-        return stop.value
+
+    def show(ev: Any) -> None:
+        if ev.data.get("phase", "train") == "train" and ev.done % every == 0:
+            print(f"[{label}] {ev.message}  ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    return run_to_completion(gen, on_progress=show)
 
 
-def stage_pretrain(model: torch.nn.Module, items: list[TrainItem], recipe: dict[str, Any], work: Path,
-                   seed: int) -> None:
+def stage_pretrain(
+    model: torch.nn.Module, items: list[TrainItem], recipe: dict[str, Any], work: Path, seed: int
+) -> None:
     out = work / "pretrain.pt"
     cfg = PretrainConfig(**recipe["pretrain"], seed=seed)
     done = finished_steps(out)
@@ -123,54 +129,102 @@ def stage_pretrain(model: torch.nn.Module, items: list[TrainItem], recipe: dict[
         return
     gen = pretrain_jigsaw(model, items, cfg, device="cpu", out=out, resume=out if done else None)
     result = drive(gen, "pretrain")
-    print(f"[pretrain] L_SS {result.loss:.3f} top-1 {100 * result.top1:.1f}% in {result.seconds:.0f} s", flush=True)
+    print(
+        f"[pretrain] L_SS {result.loss:.3f} top-1 {100 * result.top1:.1f}% in {result.seconds:.0f} s",
+        flush=True,
+    )
 
 
-def stage_segment(model: torch.nn.Module, items: list[TrainItem], recipe: dict[str, Any], work: Path,
-                  seed: int, iterations: int, parent: str | None) -> None:
+def stage_segment(
+    model: torch.nn.Module,
+    items: list[TrainItem],
+    recipe: dict[str, Any],
+    work: Path,
+    seed: int,
+    iterations: int,
+    parent: str | None,
+) -> None:
     out = work / "segment.pt"
-    cfg = TrainConfig(framework="selfloop", **{**recipe["segment"], "iterations": iterations},
-                      seed=seed, validate_every=100, jigsaw_patch_size=recipe["pretrain"]["patch_size"])
+    cfg = TrainConfig(
+        framework="selfloop",
+        **{**recipe["segment"], "iterations": iterations},
+        seed=seed,
+        validate_every=100,
+        jigsaw_patch_size=recipe["pretrain"]["patch_size"],
+    )
     done = finished_steps(out)
     if done >= cfg.iterations:
         model.load_state_dict(load_checkpoint(out).model.state_dict())
         print(f"[segment] complete ({done} steps) in {out}", flush=True)
         return
-    gen = train(model, items, [], cfg, device="cpu", out=out, resume=out if done else None, parent=parent)
+    gen = train(
+        model, items, [], cfg, device="cpu", out=out, resume=out if done else None, parent=parent
+    )
     result = drive(gen, "segment")
-    print(f"[segment] best {result.metric_name} {result.best_metric:.4f} at step {result.best_step} "
-          f"in {result.seconds:.0f} s", flush=True)
+    print(
+        f"[segment] best {result.metric_name} {result.best_metric:.4f} at step {result.best_step} "
+        f"in {result.seconds:.0f} s",
+        flush=True,
+    )
 
 
-def evaluate(model: torch.nn.Module, test: list[dict[str, Any]], recipe: dict[str, Any],
-             report: dict[str, Any], save: Any) -> None:
+def evaluate(
+    model: torch.nn.Module,
+    test: list[dict[str, Any]],
+    recipe: dict[str, Any],
+    report: dict[str, Any],
+    save: Any,
+) -> None:
     """Pseudo-label scores, error capture and held-out jigsaw figures on the test images."""
     patch = DEFAULT_PATCH
-    methods = {"softmax": ("softmax", 1), "mc-dropout": ("mc-dropout", 10), "selfloop": ("selfloop", 10)}
+    methods = {
+        "softmax": ("softmax", 1),
+        "mc-dropout": ("mc-dropout", 10),
+        "selfloop": ("selfloop", 10),
+    }
     scores: dict[str, Any] = report.setdefault("pseudo_labels", {})
     for name, (method, q) in methods.items():
         if name in scores:
             continue
-        rows = [score(predict(model, d["image"], method, q, patch=patch), d["mask"], d.get("labels"),
-                      recipe["objects"]) for d in test]
+        rows = [
+            score(
+                predict(model, d["image"], method, q, patch=patch),
+                d["mask"],
+                d.get("labels"),
+                recipe["objects"],
+            )
+            for d in test
+        ]
         scores[name] = {k: round(100 * float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}
         scores[name]["per_image"] = rows
-        print(f"[evaluate] {name}: {json.dumps({k: v for k, v in scores[name].items() if k != 'per_image'})}",
-              flush=True)
+        print(
+            f"[evaluate] {name}: {json.dumps({k: v for k, v in scores[name].items() if k != 'per_image'})}",
+            flush=True,
+        )
         save()
     if "error_capture" not in report:
-        args = SimpleNamespace(capture_crop=max(d["image"].shape[0] for d in test), eval_patch=patch,
-                               table1_patch=patch)
+        args = SimpleNamespace(
+            capture_crop=max(d["image"].shape[0] for d in test),
+            eval_patch=patch,
+            table1_patch=patch,
+        )
         report["error_capture"] = error_capture(model, test, args, DEFAULT_STEP_LR)
-        print(f"[evaluate] error capture: {json.dumps(report['error_capture']['mean'])}", flush=True)
+        print(
+            f"[evaluate] error capture: {json.dumps(report['error_capture']['mean'])}", flush=True
+        )
         save()
     if "jigsaw" not in report:
         images = [d["image"] for d in test]
         report["jigsaw"] = {}
         for p in sorted({192, patch}):
-            r = run_to_completion(evaluate_jigsaw(model, images, puzzles=256, seed=0, patch_size=p, device="cpu"))
-            report["jigsaw"][str(p)] = {"loss": round(r["loss"], 3), "top1": round(100 * r["top1"], 1),
-                                        "chance_loss": round(r["chance_loss"], 3)}
+            r = run_to_completion(
+                evaluate_jigsaw(model, images, puzzles=256, seed=0, patch_size=p, device="cpu")
+            )
+            report["jigsaw"][str(p)] = {
+                "loss": round(r["loss"], 3),
+                "top1": round(100 * r["top1"], 1),
+                "chance_loss": round(r["chance_loss"], 3),
+            }
         print(f"[evaluate] jigsaw: {json.dumps(report['jigsaw'])}", flush=True)
         save()
 
@@ -196,41 +250,72 @@ def markdown(path: Path) -> str:
     """README tables of a held-out results file: pseudo-label scores, error capture, jigsaw."""
     rep = json.loads(path.read_text())
     pl, lines = rep.get("pseudo_labels") or {}, []
-    keys = [k for k in ("f1", "balanced_accuracy", "object_f1", "aji") if k in (pl.get("softmax") or {})]
-    names = {"f1": "Dice", "balanced_accuracy": "balanced accuracy", "object_f1": "object F1", "aji": "AJI"}
-    lines += [f"| pseudo-label ({len(rep['test_images'])} unseen images) | " + " | ".join(names[k] for k in keys) + " |",
-              "|---|" + "---:|" * len(keys)]
+    keys = [
+        k for k in ("f1", "balanced_accuracy", "object_f1", "aji") if k in (pl.get("softmax") or {})
+    ]
+    names = {
+        "f1": "Dice",
+        "balanced_accuracy": "balanced accuracy",
+        "object_f1": "object F1",
+        "aji": "AJI",
+    }
+    lines += [
+        f"| pseudo-label ({len(rep['test_images'])} unseen images) | "
+        + " | ".join(names[k] for k in keys)
+        + " |",
+        "|---|" + "---:|" * len(keys),
+    ]
     for method, row in pl.items():
         lines.append(f"| {method} | " + " | ".join(f"{row[k]:.1f}" for k in keys) + " |")
     ec = (rep.get("error_capture") or {}).get("mean") or {}
     if ec:
-        lines += ["", "| uncertainty map | errors in top 5% | top 10% | top 20% |", "|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "| uncertainty map | errors in top 5% | top 10% | top 20% |",
+            "|---|---:|---:|---:|",
+        ]
         for name, row in ec.items():
-            lines.append(f"| {name} | {row['top5']:.1f} | {row['top10']:.1f} | {row['top20']:.1f} |")
+            lines.append(
+                f"| {name} | {row['top5']:.1f} | {row['top10']:.1f} | {row['top20']:.1f} |"
+            )
         lines.append("| (random pixels) | 5.0 | 10.0 | 20.0 |")
     for patch, j in (rep.get("jigsaw") or {}).items():
-        lines.append(f"\nHeld-out jigsaw at {patch}-px patches: L_SS {j['loss']:.2f} (chance {j['chance_loss']:.2f}), "
-                     f"top-1 {j['top1']:.1f}%.")
+        lines.append(
+            f"\nHeld-out jigsaw at {patch}-px patches: L_SS {j['loss']:.2f} (chance {j['chance_loss']:.2f}), "
+            f"top-1 {j['top1']:.1f}%."
+        )
     return "\n".join(lines)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(RECIPES))
-    p.add_argument("--table", action="store_true", help="print the README tables of the held-out results")
-    p.add_argument("--work", type=Path, help="folder of the stage checkpoints (required unless --table)")
-    p.add_argument("--test", type=int, default=0, help="images held out for evaluation (0: train on all)")
+    p.add_argument(
+        "--table", action="store_true", help="print the README tables of the held-out results"
+    )
+    p.add_argument(
+        "--work", type=Path, help="folder of the stage checkpoints (required unless --table)"
+    )
+    p.add_argument(
+        "--test", type=int, default=0, help="images held out for evaluation (0: train on all)"
+    )
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-from", type=Path, help="continue from this model (no pre-training)")
     p.add_argument("--iterations", type=int, help="segmentation steps (default: the recipe's)")
     p.add_argument("--pretrain-iterations", type=int, help="jigsaw steps (default: the recipe's)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--package", action="store_true", help=f"write the shipped file into {MODELS_DIR}")
-    p.add_argument("--out", type=Path, help="results JSON (default benchmarks/results/bundled_NAME[_N].json)")
+    p.add_argument(
+        "--package", action="store_true", help=f"write the shipped file into {MODELS_DIR}"
+    )
+    p.add_argument(
+        "--out", type=Path, help="results JSON (default benchmarks/results/bundled_NAME[_N].json)"
+    )
     args = p.parse_args()
     if args.table:
-        print(markdown(args.out or next((HERE / "results").glob(f"bundled_{args.name}_test*.json"))))
+        print(
+            markdown(args.out or next((HERE / "results").glob(f"bundled_{args.name}_test*.json")))
+        )
         return 0
     if args.work is None:
         p.error("--work is required")
@@ -239,16 +324,29 @@ def main() -> int:
     if args.pretrain_iterations:
         recipe["pretrain"]["iterations"] = args.pretrain_iterations
     data = load_dataset(recipe["data"])
-    train_idx, test_idx = split(len(data), args.test, args.split_seed) if args.test else (list(range(len(data))), [])
+    train_idx, test_idx = (
+        split(len(data), args.test, args.split_seed) if args.test else (list(range(len(data))), [])
+    )
     items = [TrainItem(data[i]["name"], data[i]["image"], data[i]["mask"]) for i in train_idx]
     test = [data[i] for i in test_idx]
     args.work.mkdir(parents=True, exist_ok=True)
-    out = args.out or HERE / "results" / f"bundled_{args.name}{f'_test{args.test}' if args.test else ''}.json"
+    out = (
+        args.out
+        or HERE / "results" / f"bundled_{args.name}{f'_test{args.test}' if args.test else ''}.json"
+    )
     report: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
-    report.update({"benchmark": "train_bundled", "model": args.name, "package_version": __version__,
-                   "command": " ".join(["python", "benchmarks/train_bundled.py", *sys.argv[1:]]),
-                   "train_images": [data[i]["name"] for i in train_idx],
-                   "test_images": [d["name"] for d in test], "recipe": recipe, "threads": args.threads})
+    report.update(
+        {
+            "benchmark": "train_bundled",
+            "model": args.name,
+            "package_version": __version__,
+            "command": " ".join(["python", "benchmarks/train_bundled.py", *sys.argv[1:]]),
+            "train_images": [data[i]["name"] for i in train_idx],
+            "test_images": [d["name"] for d in test],
+            "recipe": recipe,
+            "threads": args.threads,
+        }
+    )
 
     def save() -> None:
         write_json(out, report)
@@ -273,13 +371,29 @@ def main() -> int:
         # The shipped model saw every image; its jigsaw is measured on (seen) training images
         # and the held-out figures are those of the run that held images back.
         images = [d["image"] for d in data[:6]]
-        r = run_to_completion(evaluate_jigsaw(model, images, puzzles=256, seed=0, patch_size=DEFAULT_PATCH,
-                                              device="cpu"))
-        jigsaw = {**r, "patch_size": DEFAULT_PATCH, "measured_on": "6 training images (all were trained on)"}
-        path = package_model(args.name, args.work / "segment.pt", recipe=recipe, command=report["command"],
-                             jigsaw=jigsaw, heldout=heldout_summary(args.name))
-        report["packaged"] = {"path": str(path.relative_to(HERE.parent)), "bytes": path.stat().st_size,
-                              "sha256": file_sha256(path)}
+        r = run_to_completion(
+            evaluate_jigsaw(
+                model, images, puzzles=256, seed=0, patch_size=DEFAULT_PATCH, device="cpu"
+            )
+        )
+        jigsaw = {
+            **r,
+            "patch_size": DEFAULT_PATCH,
+            "measured_on": "6 training images (all were trained on)",
+        }
+        path = package_model(
+            args.name,
+            args.work / "segment.pt",
+            recipe=recipe,
+            command=report["command"],
+            jigsaw=jigsaw,
+            heldout=heldout_summary(args.name),
+        )
+        report["packaged"] = {
+            "path": str(path.relative_to(HERE.parent)),
+            "bytes": path.stat().st_size,
+            "sha256": file_sha256(path),
+        }
         save()
         print(f"packaged {path} ({path.stat().st_size / 1e6:.1f} MB)", flush=True)
     print(f"wrote {out}", flush=True)

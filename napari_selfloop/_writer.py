@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .core.imageio import write_tiff
+from .core.atomic import write_tiff
 from .core.labelfile import labels_dtype, write_labels_tiff
 from .core.window import Window
 
@@ -86,8 +86,10 @@ def write_labels(path: str, data: Any, meta: dict) -> list[str]:
     ours = layer_meta.get(KEY) if isinstance(layer_meta.get(KEY), dict) else {}
     window = Window.from_meta(ours.get("window"))
     if window is not None and window.shape != arr.shape:
-        log.warning("%s: the layer no longer has its region's shape; its region is not recorded",
-                    meta.get("name"))
+        log.warning(
+            "%s: the layer no longer has its region's shape; its region is not recorded",
+            meta.get("name"),
+        )
         window = None
     um = ours.get("pixel_size_um")
     if not (isinstance(um, (int, float)) and math.isfinite(um) and um > 0):

@@ -51,7 +51,7 @@ def main() -> int:
     from napari_selfloop.core.checkpoint import save_checkpoint
     from napari_selfloop.core.datasets import TrainItem
     from napari_selfloop.core.model import ModelConfig, build_model
-    from napari_selfloop.core.tiling import run_to_completion
+    from napari_selfloop.core.progress import run_to_completion
     from napari_selfloop.core.training import TrainConfig, train
     from napari_selfloop.widgets._layers import find_result
 

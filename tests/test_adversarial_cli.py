@@ -25,15 +25,10 @@ import tifffile
 from PIL import Image
 
 from napari_selfloop.cli import Terminated, main, signals_as_interrupts
+from napari_selfloop.core.atomic import TEMP_NAME, atomic_path, sweep_stale_temporaries
 from napari_selfloop.core.checkpoint import save_checkpoint
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.imageio import (
-    TEMP_NAME,
-    atomic_path,
-    open_image,
-    read_region,
-    sweep_stale_temporaries,
-)
+from napari_selfloop.core.imageio import open_image, read_region
 from napari_selfloop.core.model import build_model
 from napari_selfloop.core.tiledtiff import TiledTiffWriter
 from tests.conftest import TINY, assert_one_line_error, run_cli
@@ -53,8 +48,18 @@ def work(tmp_path, monkeypatch):
     return tmp_path
 
 
-PSEUDO = ["-q", "pseudo-label", "--checkpoint", "m.pt", "--method", "softmax",
-          "--patch-size", "96", "--device", "cpu"]
+PSEUDO = [
+    "-q",
+    "pseudo-label",
+    "--checkpoint",
+    "m.pt",
+    "--method",
+    "softmax",
+    "--patch-size",
+    "96",
+    "--device",
+    "cpu",
+]
 
 
 def files(folder: Path) -> set[str]:
@@ -194,7 +199,9 @@ def test_fifo_is_refused_at_once(work, capsys):
     code, _, err = run_cli(capsys, *PSEUDO, "pipe.png", "--out", "out")
     assert_one_line_error(code, err, "pipe.png", "named pipe")
     os.mkfifo(work / "pipe.pt")
-    code, _, err = run_cli(capsys, "pseudo-label", "he.png", "--checkpoint", "pipe.pt", "--out", "o")
+    code, _, err = run_cli(
+        capsys, "pseudo-label", "he.png", "--checkpoint", "pipe.pt", "--out", "o"
+    )
     assert_one_line_error(code, err, "pipe.pt", "named pipe")
 
 
@@ -292,13 +299,38 @@ def test_sigterm_in_the_middle_of_pseudo_label_leaves_no_temporaries(work):
     rng = np.random.default_rng(1)
     tifffile.imwrite(work / "big.tif", rng.integers(0, 256, (1920, 1920), dtype=np.uint8))
     out = work / "out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "napari_selfloop.cli", "-q", "pseudo-label", "big.tif",
-         "--checkpoint", "m.pt", "--method", "selfloop", "--q", "4", "--patch-size", "96",
-         "--device", "cpu", "--out", str(out)],
-        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "napari_selfloop.cli",
+            "-q",
+            "pseudo-label",
+            "big.tif",
+            "--checkpoint",
+            "m.pt",
+            "--method",
+            "selfloop",
+            "--q",
+            "4",
+            "--patch-size",
+            "96",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -328,11 +360,17 @@ def _bomb_png(path: Path, side: int = 10000) -> None:
     """A tiny PNG whose header claims side x side pixels (Pillow warns: decompression bomb)."""
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     ihdr = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
-                     + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+        + chunk(b"IEND", b"")
+    )
 
 
 DRIVER = textwrap.dedent("""
@@ -354,15 +392,37 @@ def test_refusals_are_one_line_in_a_real_process(work):
     _bomb_png(work / "bomb.png")
     cases = [
         # train logged an info line before the check that refuses the mask
-        ["train", "--images", "images", "--masks", "masks", "--width", "8", "--iterations", "1",
-         "--patch-size", "96", "--out", "t.pt"],
+        [
+            "train",
+            "--images",
+            "images",
+            "--masks",
+            "masks",
+            "--width",
+            "8",
+            "--iterations",
+            "1",
+            "--patch-size",
+            "96",
+            "--out",
+            "t.pt",
+        ],
         # Pillow warns (decompression bomb) before the file is refused as truncated
         ["pseudo-label", "bomb.png", "--checkpoint", "m.pt", "--out", "out"],
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(cases)], cwd=work, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", DRIVER, json.dumps(cases)],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     blocks = done.stderr.split("=== case\n")[1:]
     assert len(blocks) == len(cases), done.stderr
@@ -377,8 +437,21 @@ def test_refusals_are_one_line_in_a_real_process(work):
 def test_train_refuses_a_negative_seed_in_one_line(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "masks").mkdir()
-    code = main(["train", "--images", str(tmp_path / "imgs"), "--masks", str(tmp_path / "masks"),
-                 "--labeled-fraction", "0.5", "--seed", "-1", "--out", str(tmp_path / "m.pt")])
+    code = main(
+        [
+            "train",
+            "--images",
+            str(tmp_path / "imgs"),
+            "--masks",
+            str(tmp_path / "masks"),
+            "--labeled-fraction",
+            "0.5",
+            "--seed",
+            "-1",
+            "--out",
+            str(tmp_path / "m.pt"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "seed" in err[0], err
 
@@ -391,8 +464,21 @@ def test_pseudo_label_masks_train_as_0_1_255_and_probabilities_stay_in_range(tmp
 
     Image.fromarray(np.full((60, 60, 3), 200, np.uint8)).save(tmp_path / "a.png")
     save_checkpoint(tmp_path / "m.pt", build_model(ModelConfig(width=8), seed=0))
-    code = main(["-q", "pseudo-label", str(tmp_path / "a.png"), "--checkpoint", str(tmp_path / "m.pt"),
-                 "--method", "softmax", "--patch-size", "96", "--out", str(tmp_path / "out")])
+    code = main(
+        [
+            "-q",
+            "pseudo-label",
+            str(tmp_path / "a.png"),
+            "--checkpoint",
+            str(tmp_path / "m.pt"),
+            "--method",
+            "softmax",
+            "--patch-size",
+            "96",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert code == 0, capsys.readouterr().err
     mask_path = tmp_path / "out" / "a_mask.tif"
     assert mask_convention(mask_path) == "selfloop"

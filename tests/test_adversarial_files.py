@@ -85,8 +85,9 @@ def test_train_reads_0_255_and_1_bit_masks_as_binary(tmp_path):
         check_items([TrainItem("c", image, colour)], "labelled", need_masks=True)
     # A correction of the plugin's (Fine-tune panel): 0 and 255 only means background and
     # uncertain, not binary.
-    (panel,) = check_items([TrainItem("p", image, mask, mask_convention="selfloop")], "labelled",
-                           need_masks=True)
+    (panel,) = check_items(
+        [TrainItem("p", image, mask, mask_convention="selfloop")], "labelled", need_masks=True
+    )
     assert np.array_equal(panel.mask, mask) and panel.labelled_pixels == int((mask == 0).sum())
 
 
@@ -111,7 +112,10 @@ def test_evaluate_truth_follows_the_mask_rule(folders, capsys, tmp_path):
     t[2:4, 2:6] = 255
     Image.fromarray(np.repeat(t[..., None], 3, axis=2)).save(truth / "a.png")  # gray as RGB
     out = tmp_path / "s.json"
-    assert main(["-q", "evaluate", "--pred", str(pred), "--truth", str(truth), "--json", str(out)]) == 0
+    assert (
+        main(["-q", "evaluate", "--pred", str(pred), "--truth", str(truth), "--json", str(out)])
+        == 0
+    )
     assert json.loads(out.read_text())["images"]["a"]["f1"] == 1.0
     assert "read as binary" in capsys.readouterr().err  # the note
     colour = np.zeros((6, 8, 3), np.uint8)
@@ -119,8 +123,12 @@ def test_evaluate_truth_follows_the_mask_rule(folders, capsys, tmp_path):
     Image.fromarray(colour).save(truth / "a.png")
     _one_line_error(capsys, ["evaluate", "--pred", str(pred), "--truth", str(truth)], "colour")
     Image.fromarray(np.full((6, 8), 255, np.uint8)).save(truth / "a.png")
-    _one_line_error(capsys, ["-q", "evaluate", "--pred", str(pred), "--truth", str(truth)],
-                    "no truth file", "labelled pixel")
+    _one_line_error(
+        capsys,
+        ["-q", "evaluate", "--pred", str(pred), "--truth", str(truth)],
+        "no truth file",
+        "labelled pixel",
+    )
 
 
 def test_an_export_folder_is_usable_as_truth(folders, tmp_path):
@@ -135,11 +143,27 @@ def test_an_export_folder_is_usable_as_truth(folders, tmp_path):
     tifffile.imwrite(pred / "tile 1_prob.tif", _prob())
     tifffile.imwrite(pred / "b_prob.tif", np.zeros((6, 8), np.float32))
     out = tmp_path / "s.json"
-    assert main(["-q", "evaluate", "--pred", str(pred), "--truth", str(truth), "--objects",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                "--pred",
+                str(pred),
+                "--truth",
+                str(truth),
+                "--objects",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["count"] == 2
-    assert report["images"]["tile 1"]["f1"] == 1.0 and report["images"]["tile 1"]["object_f1"] == 1.0
+    assert (
+        report["images"]["tile 1"]["f1"] == 1.0 and report["images"]["tile 1"]["object_f1"] == 1.0
+    )
     assert report["images"]["b"]["truth"] == "b_mask.tif"
     assert report["images"]["b"]["specificity"] == 1.0 and report["pooled"]["f1"] == 1.0
 
@@ -260,7 +284,9 @@ def test_concurrent_export_processes_keep_every_entry(tmp_path):
         p.join(60)
     assert [p.exitcode for p in procs] == [0] * 4
     entries = json.loads((tmp_path / "manifest.json").read_text())["entries"]
-    assert sorted(e["name"] for e in entries) == sorted(f"p{k}-{j}" for k in range(4) for j in range(4))
+    assert sorted(e["name"] for e in entries) == sorted(
+        f"p{k}-{j}" for k in range(4) for j in range(4)
+    )
 
 
 def _export_some(folder: str, k: int, start) -> None:

@@ -22,8 +22,8 @@ from napari_selfloop.core.datasets import TrainItem
 from napari_selfloop.core.errors import CheckpointError, InputError, SelfloopError
 from napari_selfloop.core.model import ModelConfig, build_model
 from napari_selfloop.core.pretrain import PRETRAIN_KIND, PretrainConfig, pretrain_jigsaw
+from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
-from napari_selfloop.core.tiling import run_to_completion
 from napari_selfloop.core.training import TrainConfig, train
 from tests.conftest import TINY
 
@@ -59,8 +59,16 @@ def labelled(n: int = 96) -> list[TrainItem]:
     return [TrainItem("a.png", image(n), mask)]
 
 
-FAST = dict(iterations=4, patch_size=96, batch_size=2, q=2, lr=3e-3, hed_jitter=0.0,
-            val_patch_size=96, validate_every=2)
+FAST = dict(
+    iterations=4,
+    patch_size=96,
+    batch_size=2,
+    q=2,
+    lr=3e-3,
+    hed_jitter=0.0,
+    val_patch_size=96,
+    validate_every=2,
+)
 
 
 # ----------------------------------------------------------------- crafted model configs
@@ -88,7 +96,9 @@ FAST = dict(iterations=4, patch_size=96, batch_size=2, q=2, lr=3e-3, hed_jitter=
         ({"dropout": float("nan")}, "dropout must be a finite number"),
     ],
 )
-def test_crafted_model_configs_are_refused_before_anything_is_built(tmp_path, monkeypatch, config, words):
+def test_crafted_model_configs_are_refused_before_anything_is_built(
+    tmp_path, monkeypatch, config, words
+):
     path = crafted(tmp_path / "m.pt", config=config)
 
     def never(*_a, **_k):
@@ -101,7 +111,9 @@ def test_crafted_model_configs_are_refused_before_anything_is_built(tmp_path, mo
     assert "invalid model config" in message and words in message, message
 
 
-def test_a_config_that_claims_a_bigger_network_than_the_file_holds_allocates_nothing(tmp_path, monkeypatch):
+def test_a_config_that_claims_a_bigger_network_than_the_file_holds_allocates_nothing(
+    tmp_path, monkeypatch
+):
     """Width 256 in a file of a width-8 network would allocate ~1 GB: the shapes the config
     implies are compared with the file's tensors first (on the meta device)."""
     path = crafted(tmp_path / "m.pt", config={"width": 256})
@@ -118,26 +130,48 @@ def test_a_config_that_claims_a_bigger_network_than_the_file_holds_allocates_not
     assert "model config" in one_line(e)
 
 
-@pytest.mark.parametrize("config", [
-    ModelConfig(width=4), TINY, ModelConfig(width=17, dropout=0.0, jigsaw_head="gap", num_permutations=7),
-    ModelConfig(width=12, in_channels=1, norm_mean=(0.5,), norm_std=(0.25,)),
-    ModelConfig(width=8, decoder="matched"), ModelConfig(width=64), ModelConfig(width=6, decoder="tapered"),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        ModelConfig(width=4),
+        TINY,
+        ModelConfig(width=17, dropout=0.0, jigsaw_head="gap", num_permutations=7),
+        ModelConfig(width=12, in_channels=1, norm_mean=(0.5,), norm_std=(0.25,)),
+        ModelConfig(width=8, decoder="matched"),
+        ModelConfig(width=64),
+        ModelConfig(width=6, decoder="tapered"),
+    ],
+)
 def test_the_shapes_a_config_implies_are_those_of_the_model(config):
-    real = {k: (tuple(v.shape), v.is_floating_point()) for k, v in build_model(config).state_dict().items()}
+    real = {
+        k: (tuple(v.shape), v.is_floating_point())
+        for k, v in build_model(config).state_dict().items()
+    }
     assert checkpoint_module.state_shapes(config) == real
 
 
 def test_model_config_types_and_ranges():
-    for bad in (dict(width=100000), dict(width=3), dict(width=8.0), dict(num_permutations=1001),
-                dict(num_permutations=100.0), dict(in_channels=0), dict(dropout=True),
-                dict(norm_mean=(0.5, 0.5)), dict(norm_std=(1.0, float("inf"), 1.0))):
+    for bad in (
+        dict(width=100000),
+        dict(width=3),
+        dict(width=8.0),
+        dict(num_permutations=1001),
+        dict(num_permutations=100.0),
+        dict(in_channels=0),
+        dict(dropout=True),
+        dict(norm_mean=(0.5, 0.5)),
+        dict(norm_std=(1.0, float("inf"), 1.0)),
+    ):
         with pytest.raises(InputError) as e:
             ModelConfig(**bad)
         one_line(e)
     # numpy scalars are plain values once in the config (checkpoints stay weights-only).
     cfg = ModelConfig(width=np.int64(8), dropout=np.float32(0.25))
-    assert type(cfg.width) is int and type(cfg.dropout) is float and cfg == ModelConfig(width=8, dropout=0.25)
+    assert (
+        type(cfg.width) is int
+        and type(cfg.dropout) is float
+        and cfg == ModelConfig(width=8, dropout=0.25)
+    )
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
 
 
@@ -166,7 +200,9 @@ def test_weights_of_the_wrong_type_are_refused(tmp_path):
     model = build_model(TINY, seed=0)
     w = model.state_dict()["decoder.head.weight"]
     with pytest.raises(CheckpointError) as e:
-        load_checkpoint(crafted(tmp_path / "m.pt", state={"decoder.head.weight": w.to(torch.int64)}))
+        load_checkpoint(
+            crafted(tmp_path / "m.pt", state={"decoder.head.weight": w.to(torch.int64)})
+        )
     assert "type int64" in one_line(e)
 
 
@@ -178,13 +214,24 @@ def test_pseudo_label_refuses_nan_probabilities_and_names_the_cause():
     with torch.no_grad():
         broken.encoder.stem[0].weight.fill_(float("inf"))
     with pytest.raises(SelfloopError) as e:
-        run_to_completion(pseudo_label(img, broken, PseudoLabelConfig(method="softmax", patch_size=96,
-                                                                      precision="fp32"), device="cpu"))
+        run_to_completion(
+            pseudo_label(
+                img,
+                broken,
+                PseudoLabelConfig(method="softmax", patch_size=96, precision="fp32"),
+                device="cpu",
+            )
+        )
     assert "model itself gives NaN" in one_line(e)
     with pytest.raises(InputError) as e:
-        run_to_completion(pseudo_label(img, build_model(TINY, seed=0),
-                                       PseudoLabelConfig(method="selfloop", q=3, lr=1e30, patch_size=96, precision="fp32"),
-                                       device="cpu"))
+        run_to_completion(
+            pseudo_label(
+                img,
+                build_model(TINY, seed=0),
+                PseudoLabelConfig(method="selfloop", q=3, lr=1e30, patch_size=96, precision="fp32"),
+                device="cpu",
+            )
+        )
     assert "diverged" in one_line(e) and "smaller lr" in str(e.value)
 
 
@@ -193,8 +240,12 @@ def test_pseudo_label_refuses_nan_probabilities_and_names_the_cause():
 
 @pytest.mark.parametrize("lr", [math.inf, math.nan, -1.0, 0.0])
 def test_learning_rates_must_be_finite_and_positive(lr):
-    for make in (lambda: TrainConfig(lr=lr), lambda: TrainConfig(ss_lr=lr), lambda: PretrainConfig(lr=lr),
-                 lambda: PseudoLabelConfig(lr=lr)):
+    for make in (
+        lambda: TrainConfig(lr=lr),
+        lambda: TrainConfig(ss_lr=lr),
+        lambda: PretrainConfig(lr=lr),
+        lambda: PseudoLabelConfig(lr=lr),
+    ):
         with pytest.raises(InputError) as e:
             make()
         assert "lr" in one_line(e) or "learning rate" in str(e.value)
@@ -202,8 +253,12 @@ def test_learning_rates_must_be_finite_and_positive(lr):
 
 @pytest.mark.parametrize("seed", [-1, 2**63, 2**70, 1.5, True, "3"])
 def test_seeds_out_of_range_are_refused(seed):
-    for make in (lambda: TrainConfig(seed=seed), lambda: PretrainConfig(seed=seed),
-                 lambda: PseudoLabelConfig(seed=seed), lambda: build_model(TINY, seed=seed)):
+    for make in (
+        lambda: TrainConfig(seed=seed),
+        lambda: PretrainConfig(seed=seed),
+        lambda: PseudoLabelConfig(seed=seed),
+        lambda: build_model(TINY, seed=seed),
+    ):
         with pytest.raises(InputError) as e:
             make()
         assert "seed" in one_line(e)
@@ -211,10 +266,15 @@ def test_seeds_out_of_range_are_refused(seed):
 
 
 def test_other_option_types_are_refused_with_one_line():
-    for make in (lambda: TrainConfig(iterations="5"), lambda: TrainConfig(threshold=math.nan),
-                 lambda: TrainConfig(ug_weight=math.nan), lambda: TrainConfig(channels_last="yes"),
-                 lambda: PseudoLabelConfig(q=2.0), lambda: PseudoLabelConfig(q=10**6),
-                 lambda: PretrainConfig(batch_size=4.0)):
+    for make in (
+        lambda: TrainConfig(iterations="5"),
+        lambda: TrainConfig(threshold=math.nan),
+        lambda: TrainConfig(ug_weight=math.nan),
+        lambda: TrainConfig(channels_last="yes"),
+        lambda: PseudoLabelConfig(q=2.0),
+        lambda: PseudoLabelConfig(q=10**6),
+        lambda: PretrainConfig(batch_size=4.0),
+    ):
         with pytest.raises(InputError) as e:
             make()
         one_line(e)
@@ -223,7 +283,14 @@ def test_other_option_types_are_refused_with_one_line():
 def test_q_above_the_model_pool_is_refused():
     small_pool = build_model(ModelConfig(width=8, num_permutations=10), seed=0)
     with pytest.raises(InputError) as e:
-        run_to_completion(pseudo_label(image(96), small_pool, PseudoLabelConfig(method="selfloop", q=20, patch_size=96), device="cpu"))
+        run_to_completion(
+            pseudo_label(
+                image(96),
+                small_pool,
+                PseudoLabelConfig(method="selfloop", q=20, patch_size=96),
+                device="cpu",
+            )
+        )
     assert "exceeds the model's jigsaw pool of 10" in one_line(e)
     with pytest.raises(InputError) as e:
         train(small_pool, labelled(), [], TrainConfig(**{**FAST, "q": 20}))
@@ -237,7 +304,9 @@ def test_torch_runtime_error_while_saving_is_one_line_and_leaves_no_file(tmp_pat
     def broken_save(obj, f, *a, **k):
         with open(f, "wb") as fh:
             fh.write(b"partial")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 65280 vs 65176\nmore")
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:672] . unexpected pos 65280 vs 65176\nmore"
+        )
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(CheckpointError) as e:
@@ -262,7 +331,11 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line(tiny_tmpfs):
 def _trained(tmp_path, name="run.pt", **changes):
     """A finished tiny training run's checkpoint (4 iterations, no validation)."""
     out = tmp_path / name
-    run_to_completion(train(build_model(TINY, seed=0), labelled(), [], TrainConfig(**{**FAST, **changes}), out=out))
+    run_to_completion(
+        train(
+            build_model(TINY, seed=0), labelled(), [], TrainConfig(**{**FAST, **changes}), out=out
+        )
+    )
     return out
 
 
@@ -288,13 +361,24 @@ def _bad_optimizer(path):
     first = next(iter(optim["state"]))
     nan_moment = {**optim, "state": {**optim["state"], first: {**optim["state"][first]}}}
     nan_moment["state"][first]["exp_avg_sq"] = -torch.ones_like(optim["state"][first]["exp_avg_sq"])
-    fewer = {**optim, "param_groups": [{**optim["param_groups"][0],
-                                        "params": optim["param_groups"][0]["params"][:-1]}]}
-    wrong_shape = {**optim, "state": {**optim["state"], first: {**optim["state"][first],
-                                                               "exp_avg": torch.zeros(3)}}}
+    fewer = {
+        **optim,
+        "param_groups": [
+            {**optim["param_groups"][0], "params": optim["param_groups"][0]["params"][:-1]}
+        ],
+    }
+    wrong_shape = {
+        **optim,
+        "state": {**optim["state"], first: {**optim["state"][first], "exp_avg": torch.zeros(3)}},
+    }
     bad_eps = {**optim, "param_groups": [{**optim["param_groups"][0], "eps": math.nan}]}
-    return {"string": "adam", "negative moment": nan_moment, "fewer params": fewer,
-            "wrong shape": wrong_shape, "bad eps": bad_eps}
+    return {
+        "string": "adam",
+        "negative moment": nan_moment,
+        "fewer params": fewer,
+        "wrong shape": wrong_shape,
+        "bad eps": bad_eps,
+    }
 
 
 @pytest.mark.parametrize(
@@ -317,9 +401,13 @@ def test_malformed_training_records_are_refused_on_resume(run_ckpt, tmp_path, ch
     assert words in one_line(e)
 
 
-@pytest.mark.parametrize("case", ["string", "negative moment", "fewer params", "wrong shape", "bad eps"])
+@pytest.mark.parametrize(
+    "case", ["string", "negative moment", "fewer params", "wrong shape", "bad eps"]
+)
 def test_bad_optimiser_states_are_refused_on_resume(run_ckpt, tmp_path, case):
-    bad = _rewrite(run_ckpt, tmp_path / "bad.pt", **{"training.optimizer": _bad_optimizer(run_ckpt)[case]})
+    bad = _rewrite(
+        run_ckpt, tmp_path / "bad.pt", **{"training.optimizer": _bad_optimizer(run_ckpt)[case]}
+    )
     with pytest.raises(CheckpointError) as e:
         train(build_model(TINY, seed=1), labelled(), [], TrainConfig(**FAST), resume=bad)
     assert "optimiser state" in one_line(e)
@@ -345,7 +433,9 @@ def test_malformed_pretraining_records_are_refused_on_resume(tmp_path):
             pretrain_jigsaw(build_model(TINY, seed=1), items, cfg, device="cpu", resume=bad)
         assert words in one_line(e), changes
     # An optimiser state of the whole encoder does not fit a head-only (frozen) run.
-    frozen = PretrainConfig(iterations=4, patch_size=96, batch_size=2, multiscale=False, freeze_encoder=True)
+    frozen = PretrainConfig(
+        iterations=4, patch_size=96, batch_size=2, multiscale=False, freeze_encoder=True
+    )
     with pytest.raises(CheckpointError) as e:
         pretrain_jigsaw(build_model(TINY, seed=1), items, frozen, device="cpu", resume=out)
     assert "frozen encoder" in one_line(e) and optim
@@ -365,8 +455,16 @@ def test_resuming_a_resumed_run_keeps_the_optimiser_and_records_each_step_once(t
     torch.save(payload, out)
     best = payload["training"]["step"]
     for iterations in (6, 8):
-        run_to_completion(train(build_model(TINY, seed=1), labelled(), [],
-                                TrainConfig(**{**FAST, "iterations": iterations}), resume=out, out=out))
+        run_to_completion(
+            train(
+                build_model(TINY, seed=1),
+                labelled(),
+                [],
+                TrainConfig(**{**FAST, "iterations": iterations}),
+                resume=out,
+                out=out,
+            )
+        )
         ck = load_checkpoint(out)
         assert ck.meta["training"]["step"] == best
         assert ck.meta["training"]["optimizer"] and ck.meta["training"]["optimizer"]["state"]

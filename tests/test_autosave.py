@@ -81,8 +81,12 @@ def test_keys_of_lazy_images_cover_every_pixel(tmp_path):
     b = a.copy()
     b[64:74, 140:150] ^= 0xFF  # a 10x10 block between the windows an 8x8 sample reads
     for compression in (None, "zlib"):  # memory-mapped, then zarr (decoded tile by tile)
-        tifffile.imwrite(tmp_path / "a.tif", a, compression=compression, tile=(64, 64) if compression else None)
-        tifffile.imwrite(tmp_path / "b.tif", b, compression=compression, tile=(64, 64) if compression else None)
+        tifffile.imwrite(
+            tmp_path / "a.tif", a, compression=compression, tile=(64, 64) if compression else None
+        )
+        tifffile.imwrite(
+            tmp_path / "b.tif", b, compression=compression, tile=(64, 64) if compression else None
+        )
         lazy_a, lazy_b = open_image(tmp_path / "a.tif"), open_image(tmp_path / "b.tif")
         assert type(lazy_a) is not np.ndarray
         assert image_key(lazy_a) != image_key(lazy_b)
@@ -98,7 +102,10 @@ def test_a_damaged_autosave_is_set_aside(tmp_path, caplog):
     with caplog.at_level("WARNING"):
         assert store.load("beef") is None
     assert "damaged" in caplog.text
-    assert sorted(p.name for p in store.folder.iterdir()) == ["beef.json.damaged", "beef.tif.damaged"]
+    assert sorted(p.name for p in store.folder.iterdir()) == [
+        "beef.json.damaged",
+        "beef.tif.damaged",
+    ]
     assert store.set_aside and store.keys() == []
     # A new save works, and a second damage does not overwrite the first one set aside.
     store.save("beef", lab, name="img")

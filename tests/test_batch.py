@@ -15,8 +15,8 @@ import tifffile
 from PIL import Image
 
 from napari_selfloop.core import batch
+from napari_selfloop.core.atomic import TEMP_NAME
 from napari_selfloop.core.checkpoint import save_checkpoint
-from napari_selfloop.core.imageio import TEMP_NAME
 from napari_selfloop.core.model import build_model
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
@@ -88,7 +88,9 @@ def test_keys_shards_and_lists(tmp_path):
     _image(a, 0), _image(b, 1), _image(tmp_path / "c.png", 2)
     (tmp_path / "list.txt").write_text("# comment\na/x.png\n\n" + str(b) + "\n")
     assert batch.collect_inputs([f"@{tmp_path / 'list.txt'}"]) == [a, b]
-    assert batch.collect_inputs([tmp_path / "list.txt", tmp_path / "c.png", a]) == sorted([a, b, tmp_path / "c.png"])
+    assert batch.collect_inputs([tmp_path / "list.txt", tmp_path / "c.png", a]) == sorted(
+        [a, b, tmp_path / "c.png"]
+    )
     # the same outputs, with the same tags, as pseudo-label writes
 
 
@@ -98,18 +100,45 @@ def test_in_process_matches_pseudo_label_and_shards(data, capsys, monkeypatch):
     root, images = data
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
     monkeypatch.setenv("SLURM_ARRAY_TASK_COUNT", "3")
-    code, _, err = run_cli(capsys, "-q", "batch", root / "a", root / "b", "--checkpoint", root / "m.pt",
-                           "--out", root / "out", "--workers", "0", *FAST)
+    code, _, err = run_cli(
+        capsys,
+        "-q",
+        "batch",
+        root / "a",
+        root / "b",
+        "--checkpoint",
+        root / "m.pt",
+        "--out",
+        root / "out",
+        "--workers",
+        "0",
+        *FAST,
+    )
     assert code == 0, err
     mine = [p for k, p in enumerate(images) if k % 3 == 1]
     records = _assert_complete(root / "out", mine)
     assert [r["model_loaded"] for r in records].count(True) <= 1
     one = mine[0]
-    assert run_cli(capsys, "-q", "pseudo-label", one, "--checkpoint", root / "m.pt", "--out", root / "pl", *FAST)[0] == 0
+    assert (
+        run_cli(
+            capsys,
+            "-q",
+            "pseudo-label",
+            one,
+            "--checkpoint",
+            root / "m.pt",
+            "--out",
+            root / "pl",
+            *FAST,
+        )[0]
+        == 0
+    )
     key = batch.output_key(one)
     for name in batch.OUTPUTS:
-        assert np.array_equal(tifffile.imread(root / "pl" / f"{one.stem}_{name}.tif"),
-                              tifffile.imread(root / "out" / f"{key}_{name}.tif"))
+        assert np.array_equal(
+            tifffile.imread(root / "pl" / f"{one.stem}_{name}.tif"),
+            tifffile.imread(root / "out" / f"{key}_{name}.tif"),
+        )
 
 
 def test_eight_images_on_two_workers_then_skip_existing(data, capsys, cluster):
@@ -118,8 +147,22 @@ def test_eight_images_on_two_workers_then_skip_existing(data, capsys, cluster):
     a rerun with --skip-existing on a running scheduler computes nothing."""
     root, images = data
     out = root / "out"
-    code, _, err = run_cli(capsys, "-q", "batch", root / "a", root / "b", "--checkpoint", root / "m.pt",
-                           "--out", out, "--workers", "2", "--threads-per-worker", "1", *FAST)
+    code, _, err = run_cli(
+        capsys,
+        "-q",
+        "batch",
+        root / "a",
+        root / "b",
+        "--checkpoint",
+        root / "m.pt",
+        "--out",
+        out,
+        "--workers",
+        "2",
+        "--threads-per-worker",
+        "1",
+        *FAST,
+    )
     assert code == 0, err
     records = _assert_complete(out, images)
     assert len({r["key"] for r in records if Path(r["input"]).name == "img0.png"}) == 2
@@ -129,20 +172,58 @@ def test_eight_images_on_two_workers_then_skip_existing(data, capsys, cluster):
     assert all(n == 1 for n in loads.values()), loads
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != batch.MANIFEST}
 
-    code, _, err = run_cli(capsys, "batch", root / "a", root / "b", "--checkpoint", root / "m.pt",
-                           "--out", out, "--scheduler", cluster.scheduler_address, "--skip-existing", *FAST)
+    code, _, err = run_cli(
+        capsys,
+        "batch",
+        root / "a",
+        root / "b",
+        "--checkpoint",
+        root / "m.pt",
+        "--out",
+        out,
+        "--scheduler",
+        cluster.scheduler_address,
+        "--skip-existing",
+        *FAST,
+    )
     assert code == 0, err
     assert "0 done, 8 skipped, 0 failed" in err
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != batch.MANIFEST} == before
+    assert {
+        p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != batch.MANIFEST
+    } == before
     # without --skip-existing or --force, finished outputs are not overwritten
-    code, _, err = run_cli(capsys, "batch", root / "a", "--checkpoint", root / "m.pt", "--out", out,
-                           "--scheduler", cluster.scheduler_address, *FAST)
+    code, _, err = run_cli(
+        capsys,
+        "batch",
+        root / "a",
+        "--checkpoint",
+        root / "m.pt",
+        "--out",
+        out,
+        "--scheduler",
+        cluster.scheduler_address,
+        *FAST,
+    )
     assert_one_line_error(code, err, "exists", "--force")
-    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != batch.MANIFEST} == before
+    assert {
+        p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name != batch.MANIFEST
+    } == before
     # another config is not skipped
-    code, _, err = run_cli(capsys, "batch", root / "a" / "img1.png", "--checkpoint", root / "m.pt",
-                           "--out", out, "--scheduler", cluster.scheduler_address, "--skip-existing",
-                           *FAST, "--threshold", "0.9")
+    code, _, err = run_cli(
+        capsys,
+        "batch",
+        root / "a" / "img1.png",
+        "--checkpoint",
+        root / "m.pt",
+        "--out",
+        out,
+        "--scheduler",
+        cluster.scheduler_address,
+        "--skip-existing",
+        *FAST,
+        "--threshold",
+        "0.9",
+    )
     assert code == 0 and "1 done, 0 skipped" in err
 
 
@@ -154,8 +235,22 @@ def test_a_corrupt_image_fails_alone(data, capsys, cluster):
     tifffile.imwrite(bad, np.zeros((64, 64, 3), np.uint8))
     bad.write_bytes(bad.read_bytes()[:200])
     out = root / "out"
-    code, _, err = run_cli(capsys, "-q", "batch", root / "a", root / "b", "--checkpoint", root / "m.pt",
-                           "--out", out, "--scheduler", cluster.scheduler_address, "--retries", "1", *FAST)
+    code, _, err = run_cli(
+        capsys,
+        "-q",
+        "batch",
+        root / "a",
+        root / "b",
+        "--checkpoint",
+        root / "m.pt",
+        "--out",
+        out,
+        "--scheduler",
+        cluster.scheduler_address,
+        "--retries",
+        "1",
+        *FAST,
+    )
     assert code == 1
     failed = [ln for ln in err.splitlines() if str(bad) in ln]
     assert len(failed) == 1 and "broken.tif" in failed[0] and "Traceback" not in err
@@ -183,8 +278,11 @@ def test_killed_worker_every_image_done_once(data, capsys, monkeypatch):
             if started:
                 pid = int(started[0].name.split("-")[1])
                 # its output temporaries exist while it waits: kill it mid-write
-                writing.extend(n for n in os.listdir(root / "out")
-                               if TEMP_NAME.match(n) and batch.output_key(victim) in n)
+                writing.extend(
+                    n
+                    for n in os.listdir(root / "out")
+                    if TEMP_NAME.match(n) and batch.output_key(victim) in n
+                )
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 time.sleep(0.5)
@@ -194,8 +292,19 @@ def test_killed_worker_every_image_done_once(data, capsys, monkeypatch):
 
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
-    code, _, err = run_cli(capsys, "batch", root / "a", root / "b", "--checkpoint", root / "m.pt",
-                           "--out", root / "out", "--workers", "2", *FAST)
+    code, _, err = run_cli(
+        capsys,
+        "batch",
+        root / "a",
+        root / "b",
+        "--checkpoint",
+        root / "m.pt",
+        "--out",
+        root / "out",
+        "--workers",
+        "2",
+        *FAST,
+    )
     thread.join(5)
     assert killed, "the paused task never started"
     assert len(writing) == 3, writing  # killed with its three output temporaries open
@@ -208,16 +317,23 @@ def test_killed_worker_every_image_done_once(data, capsys, monkeypatch):
     assert len(list((root / "out").glob(f"{batch.output_key(victim)}*"))) == 4  # 3 TIFFs + record
 
 
-@pytest.mark.parametrize("case", ["no-checkpoint", "no-images", "bad-shard", "missing-image",
-                                  "empty-folder", "bad-workers"])
+@pytest.mark.parametrize(
+    "case",
+    ["no-checkpoint", "no-images", "bad-shard", "missing-image", "empty-folder", "bad-workers"],
+)
 def test_bad_arguments_are_one_line(data, capsys, case):
     root, _ = data
     (root / "empty").mkdir()
     base = ["batch", root / "a", "--checkpoint", root / "m.pt", "--out", root / "out", *FAST]
     argv, words = {
-        "no-checkpoint": (["batch", root / "a", "--checkpoint", root / "nope.pt", "--out", root / "out"],
-                          ["nope.pt"]),
-        "no-images": (["batch", "--checkpoint", root / "m.pt", "--out", root / "out"], ["required"]),
+        "no-checkpoint": (
+            ["batch", root / "a", "--checkpoint", root / "nope.pt", "--out", root / "out"],
+            ["nope.pt"],
+        ),
+        "no-images": (
+            ["batch", "--checkpoint", root / "m.pt", "--out", root / "out"],
+            ["required"],
+        ),
         "bad-shard": ([*base, "--shard", "4/4"], ["--shard"]),
         "missing-image": ([*base[:2], root / "gone.png", *base[2:]], ["gone.png"]),
         "empty-folder": (["batch", root / "empty", *base[2:]], ["empty"]),

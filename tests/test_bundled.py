@@ -27,17 +27,30 @@ from napari_selfloop.core.errors import CheckpointError
 from napari_selfloop.core.model import ModelConfig, build_model
 
 SHIPPED_DIR = Path(bundled.__file__).resolve().parent.parent / "models"
-JIGSAW = {"loss": 2.0, "top1": 0.4, "chance_loss": 4.605, "patch_size": 192, "measured_on": "test puzzles"}
+JIGSAW = {
+    "loss": 2.0,
+    "top1": 0.4,
+    "chance_loss": 4.605,
+    "patch_size": 192,
+    "measured_on": "test puzzles",
+}
 
 
 def make_bundled(folder: Path, name: str, seed: int = 0) -> Path:
     """Package a tiny trained-looking model as bundled model ``name`` into ``folder``."""
     model = build_model(ModelConfig(width=8), seed=seed)
-    src = save_checkpoint(folder / f"src_{name}.pt", model, data=[{"name": "a.png", "sha256": "0" * 64}])
-    return package_model(name, src, recipe={"segment": {"iterations": 1}}, command="pytest",
-                         jigsaw=JIGSAW, heldout={"images": 2, "softmax_f1": 80.0,
-                                                 "softmax_balanced_accuracy": 90.0},
-                         dest=folder / "models" / f"{name}.pt")
+    src = save_checkpoint(
+        folder / f"src_{name}.pt", model, data=[{"name": "a.png", "sha256": "0" * 64}]
+    )
+    return package_model(
+        name,
+        src,
+        recipe={"segment": {"iterations": 1}},
+        command="pytest",
+        jigsaw=JIGSAW,
+        heldout={"images": 2, "softmax_f1": 80.0, "softmax_balanced_accuracy": 90.0},
+        dest=folder / "models" / f"{name}.pt",
+    )
 
 
 @pytest.fixture
@@ -66,7 +79,9 @@ def test_package_writes_half_precision_that_loads_as_float32(tmp_path, tiny_mode
     assert meta["data"] == [{"name": "a.png", "sha256": "0" * 64}]
     assert meta["training"]["kind"] == "bundled" and meta["training"]["command"] == "pytest"
     assert ckpt.pixel_size_um == 0.25 and load_bundled("lesion-dermoscopy").pixel_size_um is None
-    assert meta["metrics"]["jigsaw_loss"] == 2.0 and meta["metrics"]["heldout"]["softmax_f1"] == 80.0
+    assert (
+        meta["metrics"]["jigsaw_loss"] == 2.0 and meta["metrics"]["heldout"]["softmax_f1"] == 80.0
+    )
     assert "CC BY-NC-SA 4.0" in meta["note"] and "non-commercial" in meta["note"]
     assert meta["parent"] == load_checkpoint(tmp_path / "src_nuclei-he.pt").sha256
 
@@ -118,17 +133,57 @@ def test_every_checkpoint_option_takes_a_bundled_name(tmp_path, tiny_models, cap
     img = np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8)
     tifffile.imwrite(tmp_path / "img.tif", img)
     out = tmp_path / "out"
-    assert main(["pseudo-label", str(tmp_path / "img.tif"), "--checkpoint", "nuclei-he",
-                 "--method", "softmax", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "pseudo-label",
+                str(tmp_path / "img.tif"),
+                "--checkpoint",
+                "nuclei-he",
+                "--method",
+                "softmax",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert any(out.iterdir())
     report = tmp_path / "jigsaw.json"
-    assert main(["evaluate-jigsaw", str(tmp_path / "img.tif"), "--checkpoint", "lesion-dermoscopy",
-                 "--puzzles", "4", "--patch-size", "96", "--json", str(report)]) == 0
+    assert (
+        main(
+            [
+                "evaluate-jigsaw",
+                str(tmp_path / "img.tif"),
+                "--checkpoint",
+                "lesion-dermoscopy",
+                "--puzzles",
+                "4",
+                "--patch-size",
+                "96",
+                "--json",
+                str(report),
+            ]
+        )
+        == 0
+    )
     assert json.loads(report.read_text())["checkpoint"].endswith("lesion-dermoscopy.pt")
     (tiny_models / "nuclei-he.pt").unlink()
     capsys.readouterr()
-    assert main(["train", "--images", str(tmp_path), "--checkpoint", "nuclei-he",
-                 "--out", str(tmp_path / "t.pt")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(tmp_path),
+                "--checkpoint",
+                "nuclei-he",
+                "--out",
+                str(tmp_path / "t.pt"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert "bundled model 'nuclei-he' is missing" in err and "Traceback" not in err
 
@@ -142,7 +197,9 @@ def test_shipped_model_is_small_half_precision_and_documented(name):
     ckpt = load_checkpoint(path)
     assert ckpt.config.width == 64 and ckpt.config.decoder == "tapered"
     meta = ckpt.meta
-    assert meta["training"]["kind"] == "bundled" and "train_bundled.py" in meta["training"]["command"]
+    assert (
+        meta["training"]["kind"] == "bundled" and "train_bundled.py" in meta["training"]["command"]
+    )
     assert len(meta["data"]) >= 30 and all(len(d["sha256"]) == 64 for d in meta["data"])
     assert meta["metrics"]["jigsaw_loss"] < meta["metrics"]["jigsaw_chance_loss"]
     assert m.licence.split(",")[0] in meta["note"]

@@ -42,8 +42,13 @@ def test_round_trip_keeps_weights_and_record(tmp_path):
     model = build_model(ModelConfig(width=8, dropout=0.1), seed=5)
     snap = state_snapshot(model)
     path = save_checkpoint(
-        tmp_path / "m.pt", model, training={"lr": 1e-3}, history=[{"step": 1, "loss": 0.5}],
-        metrics={"val_f1": 0.75}, parent="abc123", data=[{"name": "a.png", "sha256": "00"}],
+        tmp_path / "m.pt",
+        model,
+        training={"lr": 1e-3},
+        history=[{"step": 1, "loss": 0.5}],
+        metrics={"val_f1": 0.75},
+        parent="abc123",
+        data=[{"name": "a.png", "sha256": "00"}],
         note="hello",
     )
     ckpt = load_checkpoint(path)
@@ -72,8 +77,14 @@ def test_pickle_payload_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
     model = build_model(TINY)
-    torch.save({"format": "napari-selfloop-checkpoint", "state_dict": model.state_dict(),
-                "extra": _Payload(str(marker))}, path)
+    torch.save(
+        {
+            "format": "napari-selfloop-checkpoint",
+            "state_dict": model.state_dict(),
+            "extra": _Payload(str(marker)),
+        },
+        path,
+    )
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_checkpoint(path)
     assert not marker.exists()

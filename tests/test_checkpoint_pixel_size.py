@@ -60,7 +60,7 @@ def test_training_and_pretraining_keep_the_starting_pixel_size(tmp_path):
     from napari_selfloop.cli import main
     from napari_selfloop.core.datasets import TrainItem
     from napari_selfloop.core.pretrain import PretrainConfig, pretrain_jigsaw
-    from napari_selfloop.core.tiling import run_to_completion
+    from napari_selfloop.core.progress import run_to_completion
     from napari_selfloop.core.training import TrainConfig, train
 
     rng = np.random.default_rng(0)
@@ -68,23 +68,65 @@ def test_training_and_pretraining_keep_the_starting_pixel_size(tmp_path):
     mask = (rng.random((96, 96)) > 0.5).astype(np.uint8)
     start = save_checkpoint(tmp_path / "start.pt", build_model(TINY, seed=0), pixel_size_um=0.25)
     ck = load_checkpoint(start)
-    cfg = TrainConfig(framework="supervised", iterations=2, patch_size=96, batch_size=1, validate_every=1)
-    run_to_completion(train(ck.model, [TrainItem("a", image, mask)], [], cfg, device="cpu",
-                            out=tmp_path / "t.pt", pixel_size_um=ck.pixel_size_um))
+    cfg = TrainConfig(
+        framework="supervised", iterations=2, patch_size=96, batch_size=1, validate_every=1
+    )
+    run_to_completion(
+        train(
+            ck.model,
+            [TrainItem("a", image, mask)],
+            [],
+            cfg,
+            device="cpu",
+            out=tmp_path / "t.pt",
+            pixel_size_um=ck.pixel_size_um,
+        )
+    )
     assert load_checkpoint(tmp_path / "t.pt").pixel_size_um == 0.25
-    run_to_completion(train(build_model(TINY), [TrainItem("a", image, mask)], [],
-                            TrainConfig(**{**cfg.to_dict(), "iterations": 3}), device="cpu",
-                            out=tmp_path / "t2.pt", resume=tmp_path / "t.pt"))
+    run_to_completion(
+        train(
+            build_model(TINY),
+            [TrainItem("a", image, mask)],
+            [],
+            TrainConfig(**{**cfg.to_dict(), "iterations": 3}),
+            device="cpu",
+            out=tmp_path / "t2.pt",
+            resume=tmp_path / "t.pt",
+        )
+    )
     assert load_checkpoint(tmp_path / "t2.pt").pixel_size_um == 0.25
-    run_to_completion(pretrain_jigsaw(load_checkpoint(start).model, [TrainItem("a", image, None)],
-                                      PretrainConfig(iterations=1, patch_size=96, batch_size=2),
-                                      device="cpu", out=tmp_path / "p.pt", pixel_size_um=0.25))
+    run_to_completion(
+        pretrain_jigsaw(
+            load_checkpoint(start).model,
+            [TrainItem("a", image, None)],
+            PretrainConfig(iterations=1, patch_size=96, batch_size=2),
+            device="cpu",
+            out=tmp_path / "p.pt",
+            pixel_size_um=0.25,
+        )
+    )
     assert load_checkpoint(tmp_path / "p.pt").pixel_size_um == 0.25
     folder = tmp_path / "imgs"
     folder.mkdir()
     import tifffile
 
     tifffile.imwrite(folder / "a.tif", image)
-    assert main(["pretrain", "--images", str(folder), "--checkpoint", str(start), "--out",
-                 str(tmp_path / "c.pt"), "--iterations", "1", "--patch-size", "96"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--images",
+                str(folder),
+                "--checkpoint",
+                str(start),
+                "--out",
+                str(tmp_path / "c.pt"),
+                "--iterations",
+                "1",
+                "--patch-size",
+                "96",
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(tmp_path / "c.pt").pixel_size_um == 0.25

@@ -40,14 +40,27 @@ def test_init_writes_a_loadable_checkpoint(workdir, capsys):
 def test_pseudo_label_uncertainty_is_the_entropy_or_the_spread(workdir, capsys):
     """Default: binary entropy (bits) of the probability, which marks errors best; --uncertainty
     spread: the standard deviation of the Q maps (one 96-px patch: no blending)."""
-    args = ["-q", "pseudo-label", "he.png", "--checkpoint", "m.pt", "--method", "mc-dropout", "--q", "4",
-            "--patch-size", "96"]
+    args = [
+        "-q",
+        "pseudo-label",
+        "he.png",
+        "--checkpoint",
+        "m.pt",
+        "--method",
+        "mc-dropout",
+        "--q",
+        "4",
+        "--patch-size",
+        "96",
+    ]
     assert run_cli(capsys, *args, "--out", "ent")[0] == 0
     assert run_cli(capsys, *args, "--uncertainty", "spread", "--out", "spr")[0] == 0
     prob = tifffile.imread(workdir / "ent" / "he_prob.tif").astype(np.float64)
     p = np.clip(prob, 1e-6, 1 - 1e-6)
     entropy = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
-    np.testing.assert_allclose(tifffile.imread(workdir / "ent" / "he_uncertainty.tif"), entropy, atol=1e-4)
+    np.testing.assert_allclose(
+        tifffile.imread(workdir / "ent" / "he_uncertainty.tif"), entropy, atol=1e-4
+    )
     spread = tifffile.imread(workdir / "spr" / "he_uncertainty.tif")
     assert np.array_equal(tifffile.imread(workdir / "spr" / "he_prob.tif"), prob.astype(np.float32))
     assert spread.max() < 0.5 and not np.allclose(spread, entropy, atol=1e-3)
@@ -61,8 +74,22 @@ def test_init_default_is_the_real_resunet18(workdir, capsys):
 @pytest.mark.parametrize("method", ["selfloop", "softmax", "mc-dropout", "selfloop-no-ss"])
 def test_pseudo_label_writes_three_tiffs_per_image(workdir, capsys, method):
     code, _, err = run_cli(
-        capsys, "-q", "pseudo-label", "he.png", "derm.jpg", "gray16.tif", "--checkpoint", "m.pt",
-        "--method", method, "--q", "2", "--patch-size", "96", "--out", "out",
+        capsys,
+        "-q",
+        "pseudo-label",
+        "he.png",
+        "derm.jpg",
+        "gray16.tif",
+        "--checkpoint",
+        "m.pt",
+        "--method",
+        method,
+        "--q",
+        "2",
+        "--patch-size",
+        "96",
+        "--out",
+        "out",
     )
     assert code == 0, err
     for stem in ("he", "derm", "gray16"):
@@ -79,8 +106,20 @@ def test_pseudo_label_writes_three_tiffs_per_image(workdir, capsys, method):
 
 
 def test_ensemble_takes_several_checkpoints(workdir, capsys):
-    code, _, err = run_cli(capsys, "-q", "pseudo-label", "he.png", "--checkpoint", "m.pt",
-                           "--checkpoint", "m2.pt", "--method", "ensemble", "--out", "ens")
+    code, _, err = run_cli(
+        capsys,
+        "-q",
+        "pseudo-label",
+        "he.png",
+        "--checkpoint",
+        "m.pt",
+        "--checkpoint",
+        "m2.pt",
+        "--method",
+        "ensemble",
+        "--out",
+        "ens",
+    )
     assert code == 0, err
     assert (workdir / "ens" / "he_prob.tif").exists()
 
@@ -88,7 +127,9 @@ def test_ensemble_takes_several_checkpoints(workdir, capsys):
 @pytest.fixture
 def bad_inputs(workdir):
     (workdir / "notes.png").write_text("not an image at all")
-    tifffile.imwrite(workdir / "stack.tif", np.zeros((5, 3, 64, 64), np.uint8), photometric="minisblack")
+    tifffile.imwrite(
+        workdir / "stack.tif", np.zeros((5, 3, 64, 64), np.uint8), photometric="minisblack"
+    )
     data = (workdir / "he.png").read_bytes()
     (workdir / "cut.png").write_bytes(data[: len(data) // 3])
     shutil.copy(workdir / "m.pt", workdir / "cut.pt")
@@ -141,8 +182,9 @@ def test_pseudo_label_errors_are_one_line(bad_inputs, capsys, args, words):
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_without_a_gpu_is_a_clear_error(workdir, capsys):
-    code, _, err = run_cli(capsys, "pseudo-label", "he.png", "--checkpoint", "m.pt",
-                           "--device", "cuda", "--out", "out")
+    code, _, err = run_cli(
+        capsys, "pseudo-label", "he.png", "--checkpoint", "m.pt", "--device", "cuda", "--out", "out"
+    )
     assert_one_line_error(code, err, "no CUDA GPU")
 
 
@@ -158,7 +200,11 @@ def test_console_script_runs_without_traceback(workdir):
     cmd = [exe] if exe else [sys.executable, "-m", "napari_selfloop.cli"]
     ok = subprocess.run([*cmd, "--version"], capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "napari-selfloop" in ok.stdout
-    bad = subprocess.run([*cmd, "pseudo-label", "stack_missing.tif", "--checkpoint", "m.pt",
-                          "--out", "o"], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*cmd, "pseudo-label", "stack_missing.tif", "--checkpoint", "m.pt", "--out", "o"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

@@ -33,8 +33,11 @@ def _mask(shape=(96, 128), seed=0):
     rng = np.random.default_rng(seed)
     m = np.zeros(shape, np.uint8)
     for _ in range(9):
-        rr, cc = disk((rng.integers(8, shape[0] - 8), rng.integers(8, shape[1] - 8)),
-                      rng.integers(3, 9), shape=shape)
+        rr, cc = disk(
+            (rng.integers(8, shape[0] - 8), rng.integers(8, shape[1] - 8)),
+            rng.integers(3, 9),
+            shape=shape,
+        )
         m[rr, cc] = 1
     m[40:44, 60:64] = 0  # a hole in whatever covers it
     m[:, -6:] = 255
@@ -85,8 +88,18 @@ def test_a_mask_becomes_masks_and_geojson_in_slide_coordinates(tmp_path, capsys)
     mask = _mask()
     tifffile.imwrite(tmp_path / "region.tif", mask)
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, "export", tmp_path / "region.tif", "--out", out,
-                           "--offset", 5000, 6000, "--pixel-size", 0.25)
+    code, _, err = run_cli(
+        capsys,
+        "export",
+        tmp_path / "region.tif",
+        "--out",
+        out,
+        "--offset",
+        5000,
+        6000,
+        "--pixel-size",
+        0.25,
+    )
     assert code == 0, err
     entry = _entry(out)
     assert entry["region"]["box"] == [5000, 6000, 5096, 6128]
@@ -103,8 +116,15 @@ def test_a_mask_becomes_masks_and_geojson_in_slide_coordinates(tmp_path, capsys)
     back = rasterise(features, mask.shape, origin=(5000, 6000)) > 0
     assert np.array_equal(back, mask == 1)
     # --uncertain foreground counts the undecided band in (one object more).
-    code, _, _ = run_cli(capsys, "export", tmp_path / "region.tif", "--out", tmp_path / "fg",
-                         "--uncertain", "foreground")
+    code, _, _ = run_cli(
+        capsys,
+        "export",
+        tmp_path / "region.tif",
+        "--out",
+        tmp_path / "fg",
+        "--uncertain",
+        "foreground",
+    )
     assert code == 0
     entry = _entry(tmp_path / "fg")
     assert entry["region"] is None and entry["pixel_size_um"] is None
@@ -116,9 +136,20 @@ def test_instance_labels_keep_touching_objects_apart(tmp_path, capsys):
     lab = _instances()
     tifffile.imwrite(tmp_path / "labels.tif", lab)
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, "export", tmp_path / "labels.tif", "--out", out,
-                           "--offset", 100, 200, "--object-type", "annotation",
-                           "--classification", "Cell")
+    code, _, err = run_cli(
+        capsys,
+        "export",
+        tmp_path / "labels.tif",
+        "--out",
+        out,
+        "--offset",
+        100,
+        200,
+        "--object-type",
+        "annotation",
+        "--classification",
+        "Cell",
+    )
     assert code == 0, err
     entry = _entry(out)
     assert entry["objects"] == 8
@@ -138,8 +169,9 @@ def test_instance_labels_keep_touching_objects_apart(tmp_path, capsys):
         relabelled[back == i] = f["properties"]["measurements"]["Label"]
     assert np.array_equal(relabelled, lab)
     # The same objects read as a mask would be one merged blob.
-    code, _, _ = run_cli(capsys, "export", tmp_path / "labels.tif", "--out", tmp_path / "m",
-                         "--input-type", "mask")
+    code, _, _ = run_cli(
+        capsys, "export", tmp_path / "labels.tif", "--out", tmp_path / "m", "--input-type", "mask"
+    )
     assert code == 0 and _entry(tmp_path / "m")["objects"] == 1
 
 
@@ -148,8 +180,20 @@ def test_binary_png_and_downsampled_masks(tmp_path, capsys):
     binary = np.where(mask == 1, 255, 0).astype(np.uint8)  # the common 0/255 format
     Image.fromarray(binary).save(tmp_path / "binary.png")
     out = tmp_path / "out"
-    code, _, err = run_cli(capsys, "export", tmp_path / "binary.png", "--out", out,
-                           "--offset", 1000, 2048, "--downsample", 2, "--pixel-size", 0.5)
+    code, _, err = run_cli(
+        capsys,
+        "export",
+        tmp_path / "binary.png",
+        "--out",
+        out,
+        "--offset",
+        1000,
+        2048,
+        "--downsample",
+        2,
+        "--pixel-size",
+        0.5,
+    )
     assert code == 0, err
     entry = _entry(out)
     assert entry["region"]["factor"] == 2.0 and entry["region"]["box"] == [1000, 2048, 1192, 2304]
@@ -168,8 +212,15 @@ def test_binary_png_and_downsampled_masks(tmp_path, capsys):
 def test_a_file_saved_from_the_plugin_brings_its_region_and_pixel_size(tmp_path, capsys):
     mask = _mask(seed=5)
     window = Window(4000, 8002, *mask.shape, factor=2.0, level=1)
-    write_labels_tiff(tmp_path / "saved.tif", mask, window=window, pixel_size_um=0.5,
-                      correction=True, source="slide.svs", image_sha256="ab" * 32)
+    write_labels_tiff(
+        tmp_path / "saved.tif",
+        mask,
+        window=window,
+        pixel_size_um=0.5,
+        correction=True,
+        source="slide.svs",
+        image_sha256="ab" * 32,
+    )
     read = read_labels_file(tmp_path / "saved.tif")
     assert read.window == window and read.pixel_size_um == 0.5 and read.convention == "selfloop"
     out = tmp_path / "out"
@@ -184,8 +235,23 @@ def test_a_file_saved_from_the_plugin_brings_its_region_and_pixel_size(tmp_path,
     assert np.array_equal(back, np.kron(mask == 1, np.ones((2, 2), bool)))
     # The options win over the record.
     out2 = tmp_path / "out2"
-    assert run_cli(capsys, "export", tmp_path / "saved.tif", "--out", out2, "--offset", 0, 0,
-                   "--downsample", 1, "--pixel-size", 0.3)[0] == 0
+    assert (
+        run_cli(
+            capsys,
+            "export",
+            tmp_path / "saved.tif",
+            "--out",
+            out2,
+            "--offset",
+            0,
+            0,
+            "--downsample",
+            1,
+            "--pixel-size",
+            0.3,
+        )[0]
+        == 0
+    )
     entry = _entry(out2)
     assert entry["region"]["box"] == [0, 0, *mask.shape] and entry["pixel_size_um"] == 0.3
     back = rasterise(_features(out2 / entry["geojson"]), mask.shape) > 0
@@ -198,8 +264,9 @@ def test_several_inputs_never_share_files(tmp_path, capsys):
     tifffile.imwrite(tmp_path / "a" / "tile.tif", _mask(seed=1))
     tifffile.imwrite(tmp_path / "b" / "tile.tif", _mask(seed=2))
     out = tmp_path / "out"
-    code, _, _ = run_cli(capsys, "export", tmp_path / "a" / "tile.tif", tmp_path / "b" / "tile.tif",
-                         "--out", out)
+    code, _, _ = run_cli(
+        capsys, "export", tmp_path / "a" / "tile.tif", tmp_path / "b" / "tile.tif", "--out", out
+    )
     assert code == 0
     entries = json.loads((out / "manifest.json").read_text())["entries"]
     assert len(entries) == 2 and entries[0]["mask"] != entries[1]["mask"]
@@ -232,8 +299,9 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list, tuple]]:
     }
 
 
-@pytest.mark.parametrize("case", ["missing", "float", "negative", "stack", "jpeg", "truncated",
-                                  "text", "twice"])
+@pytest.mark.parametrize(
+    "case", ["missing", "float", "negative", "stack", "jpeg", "truncated", "text", "twice"]
+)
 def test_a_bad_input_is_one_line_and_nothing_is_written(tmp_path, capsys, case):
     inputs, words = _bad_inputs(tmp_path)[case]
     out = tmp_path / "out"
@@ -242,19 +310,24 @@ def test_a_bad_input_is_one_line_and_nothing_is_written(tmp_path, capsys, case):
     assert not out.exists()  # not even the folder: the good input before it is not written
 
 
-@pytest.mark.parametrize("options, words", [
-    (["--pixel-size", "-1"], ("--pixel-size",)),
-    (["--pixel-size", "nan"], ("--pixel-size",)),
-    (["--offset", "-5", "0"], ("--offset",)),
-    (["--offset", "5"], ("--offset",)),
-    (["--downsample", "0"], ("--downsample",)),
-    (["--object-type", "cell"], ("--object-type",)),
-    (["--uncertain", "maybe"], ("--uncertain",)),
-    (["--classification", " "], ("--classification",)),
-])
+@pytest.mark.parametrize(
+    "options, words",
+    [
+        (["--pixel-size", "-1"], ("--pixel-size",)),
+        (["--pixel-size", "nan"], ("--pixel-size",)),
+        (["--offset", "-5", "0"], ("--offset",)),
+        (["--offset", "5"], ("--offset",)),
+        (["--downsample", "0"], ("--downsample",)),
+        (["--object-type", "cell"], ("--object-type",)),
+        (["--uncertain", "maybe"], ("--uncertain",)),
+        (["--classification", " "], ("--classification",)),
+    ],
+)
 def test_bad_options_are_one_line(tmp_path, capsys, options, words):
     tifffile.imwrite(tmp_path / "m.tif", _mask())
-    code, _, err = run_cli(capsys, "export", tmp_path / "m.tif", "--out", tmp_path / "out", *options)
+    code, _, err = run_cli(
+        capsys, "export", tmp_path / "m.tif", "--out", tmp_path / "out", *options
+    )
     assert_one_line_error(code, err, *words)
     assert not (tmp_path / "out").exists()
 
@@ -275,9 +348,18 @@ def test_an_unusable_output_folder_is_refused_before_writing(tmp_path, capsys):
 def test_a_refusal_is_one_line_in_a_real_process(tmp_path):
     (tmp_path / "mask.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 64)
     proc = subprocess.run(
-        [sys.executable, "-m", "napari_selfloop.cli", "export", str(tmp_path / "mask.jpg"),
-         "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "napari_selfloop.cli",
+            "export",
+            str(tmp_path / "mask.jpg"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert_one_line_error(proc.returncode, proc.stderr, "JPEG")
     assert not (tmp_path / "out").exists()

@@ -23,8 +23,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 #: Small puzzles: besides being fast, 96-px patches keep clear of a PyTorch 2.13 CPU crash in
 #: the backward pass of a width-8 model's channels-last 1x1 stride-2 convolution at 288 px+.
 FAST = ["--batch-size", "4", "--patch-size", "96", "--device", "cpu"]
-LINE = re.compile(r"^L_SS \d+\.\d{3} nats \(chance 4\.605\), top-1 \d+\.\d% on (\d+) puzzles, "
-                  r"rotation (\S+), patch (\d+)$")
+LINE = re.compile(
+    r"^L_SS \d+\.\d{3} nats \(chance 4\.605\), top-1 \d+\.\d% on (\d+) puzzles, "
+    r"rotation (\S+), patch (\d+)$"
+)
 
 
 @pytest.fixture
@@ -40,8 +42,22 @@ def work(tmp_path, monkeypatch):
 
 
 def test_pretrain_writes_resumes_and_refuses_to_overwrite(work, capsys):
-    code, out, err = run_cli(capsys, "-q", "pretrain", "--images", "imgs", "--images", "more",
-                             "--checkpoint", "m.pt", "--out", "p.pt", "--iterations", "3", *FAST)
+    code, out, err = run_cli(
+        capsys,
+        "-q",
+        "pretrain",
+        "--images",
+        "imgs",
+        "--images",
+        "more",
+        "--checkpoint",
+        "m.pt",
+        "--out",
+        "p.pt",
+        "--iterations",
+        "3",
+        *FAST,
+    )
     assert code == 0, err
     last = out.strip().splitlines()[-1]
     assert re.match(r"^L_SS \d+\.\d{3} nats \(chance 4\.605\), top-1 \d+\.\d%", last), last
@@ -57,33 +73,89 @@ def test_pretrain_writes_resumes_and_refuses_to_overwrite(work, capsys):
     assert ck.config == TINY
 
     # An existing --out is refused without --force ...
-    code, _, err = run_cli(capsys, "pretrain", "--images", "imgs", "--checkpoint", "m.pt",
-                           "--out", "p.pt", *FAST)
+    code, _, err = run_cli(
+        capsys, "pretrain", "--images", "imgs", "--checkpoint", "m.pt", "--out", "p.pt", *FAST
+    )
     assert_one_line_error(code, err, "p.pt exists", "--force")
     assert load_checkpoint(work / "p.pt").meta["training"]["step"] == 3
     # ... but --resume of the same file continues it (the parent is kept).
-    code, out, err = run_cli(capsys, "-q", "pretrain", "--images", "imgs", "--images", "more",
-                             "--resume", "p.pt", "--out", "p.pt", *FAST, "--iterations", "5")
+    code, out, err = run_cli(
+        capsys,
+        "-q",
+        "pretrain",
+        "--images",
+        "imgs",
+        "--images",
+        "more",
+        "--resume",
+        "p.pt",
+        "--out",
+        "p.pt",
+        *FAST,
+        "--iterations",
+        "5",
+    )
     assert code == 0, err
     assert "2 steps" in out
     ck = load_checkpoint(work / "p.pt")
     assert ck.meta["training"]["step"] == 5 and ck.meta["parent"] == file_sha256(work / "m.pt")
     # A finished run has nothing left to do.
-    code, out, err = run_cli(capsys, "-q", "pretrain", "--images", "imgs", "--resume", "p.pt",
-                             "--out", "p.pt", *FAST, "--iterations", "5")
+    code, out, err = run_cli(
+        capsys,
+        "-q",
+        "pretrain",
+        "--images",
+        "imgs",
+        "--resume",
+        "p.pt",
+        "--out",
+        "p.pt",
+        *FAST,
+        "--iterations",
+        "5",
+    )
     assert code == 0 and "nothing to do" in out
     # --force overwrites, here with the head alone trained on single-scale patches.
-    code, _, err = run_cli(capsys, "-q", "pretrain", "--images", "imgs", "--checkpoint", "m.pt",
-                           "--out", "p.pt", "--freeze-encoder", "--single-scale", "--force",
-                           "--iterations", "2", "--batch-size", "2", "--lr", "0.01", "--patch-size", "96")
+    code, _, err = run_cli(
+        capsys,
+        "-q",
+        "pretrain",
+        "--images",
+        "imgs",
+        "--checkpoint",
+        "m.pt",
+        "--out",
+        "p.pt",
+        "--freeze-encoder",
+        "--single-scale",
+        "--force",
+        "--iterations",
+        "2",
+        "--batch-size",
+        "2",
+        "--lr",
+        "0.01",
+        "--patch-size",
+        "96",
+    )
     assert code == 0, err
     cfg = load_checkpoint(work / "p.pt").meta["training"]["config"]
     assert cfg["freeze_encoder"] and not cfg["multiscale"] and cfg["lr"] == 0.01
 
 
 def test_init_sets_the_jigsaw_head_and_rotation(work, capsys):
-    code, _, err = run_cli(capsys, "init", "--out", "g.pt", "--width", "8", "--jigsaw-head", "gap",
-                           "--jigsaw-rotation", "per-class")
+    code, _, err = run_cli(
+        capsys,
+        "init",
+        "--out",
+        "g.pt",
+        "--width",
+        "8",
+        "--jigsaw-head",
+        "gap",
+        "--jigsaw-rotation",
+        "per-class",
+    )
     assert code == 0, err
     config = load_checkpoint(work / "g.pt").config
     assert config.jigsaw_head == "gap" and config.jigsaw_rotation == "per-class"
@@ -93,19 +165,48 @@ def test_init_sets_the_jigsaw_head_and_rotation(work, capsys):
     code, _, err = run_cli(capsys, "init", "--out", "x.pt", "--jigsaw-rotation", "sideways")
     assert_one_line_error(code, err, "invalid choice")
     # pretrain and evaluate-jigsaw use the model's rotation mode.
-    code, _, err = run_cli(capsys, "-q", "pretrain", "--images", "imgs", "--checkpoint", "g.pt",
-                           "--out", "gp.pt", "--iterations", "2", *FAST)
+    code, _, err = run_cli(
+        capsys,
+        "-q",
+        "pretrain",
+        "--images",
+        "imgs",
+        "--checkpoint",
+        "g.pt",
+        "--out",
+        "gp.pt",
+        "--iterations",
+        "2",
+        *FAST,
+    )
     assert code == 0, err
-    code, out, err = run_cli(capsys, "-q", "evaluate-jigsaw", "imgs", "--checkpoint", "gp.pt",
-                             "--puzzles", "4")
+    code, out, err = run_cli(
+        capsys, "-q", "evaluate-jigsaw", "imgs", "--checkpoint", "gp.pt", "--puzzles", "4"
+    )
     assert code == 0, err
     assert LINE.match(out.strip()).group(2) == "per-class"
 
 
 def test_evaluate_jigsaw_prints_one_line_and_writes_the_json(work, capsys):
-    code, out, err = run_cli(capsys, "-q", "evaluate-jigsaw", "imgs", "more/extra.png",
-                             "--checkpoint", "m.pt", "--puzzles", "6", "--seed", "3",
-                             "--batch-size", "4", "--device", "cpu", "--json", "j.json")
+    code, out, err = run_cli(
+        capsys,
+        "-q",
+        "evaluate-jigsaw",
+        "imgs",
+        "more/extra.png",
+        "--checkpoint",
+        "m.pt",
+        "--puzzles",
+        "6",
+        "--seed",
+        "3",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--json",
+        "j.json",
+    )
     assert code == 0, err
     lines = out.strip().splitlines()
     assert len(lines) == 1
@@ -113,34 +214,92 @@ def test_evaluate_jigsaw_prints_one_line_and_writes_the_json(work, capsys):
     assert match, lines[0]
     assert match.groups() == ("6", "none", "96")
     report = json.loads((work / "j.json").read_text())
-    assert list(report) == ["loss", "top1", "chance_loss", "puzzles", "rotation", "patch_size",
-                            "checkpoint", "images"]
+    assert list(report) == [
+        "loss",
+        "top1",
+        "chance_loss",
+        "puzzles",
+        "rotation",
+        "patch_size",
+        "checkpoint",
+        "images",
+    ]
     assert report["puzzles"] == 6 and report["rotation"] == "none" and report["patch_size"] == 96
     assert report["chance_loss"] == pytest.approx(math.log(100))
     assert 0 <= report["top1"] <= 1 and math.isfinite(report["loss"])
     assert report["checkpoint"] == "m.pt"
     assert [p.replace("\\", "/") for p in report["images"]] == [
-        "imgs/img0.png", "imgs/img1.png", "more/extra.png"]
+        "imgs/img0.png",
+        "imgs/img1.png",
+        "more/extra.png",
+    ]
     assert f"{report['loss']:.3f}" in lines[0]
     # Fixed seeds: the same numbers again.
-    code, out2, _ = run_cli(capsys, "-q", "evaluate-jigsaw", "imgs", "more/extra.png",
-                            "--checkpoint", "m.pt", "--puzzles", "6", "--seed", "3",
-                            "--batch-size", "4", "--device", "cpu")
+    code, out2, _ = run_cli(
+        capsys,
+        "-q",
+        "evaluate-jigsaw",
+        "imgs",
+        "more/extra.png",
+        "--checkpoint",
+        "m.pt",
+        "--puzzles",
+        "6",
+        "--seed",
+        "3",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+    )
     assert code == 0 and out2 == out
     assert not list(work.glob("*.tmp*"))
 
 
 def test_evaluate_jigsaw_defaults_to_the_pretraining_patch(work, capsys):
-    code, _, err = run_cli(capsys, "-q", "pretrain", "--images", "imgs", "--checkpoint", "m.pt",
-                           "--out", "p192.pt", "--patch-size", "192", "--iterations", "1",
-                           "--batch-size", "4", "--single-scale")
+    code, _, err = run_cli(
+        capsys,
+        "-q",
+        "pretrain",
+        "--images",
+        "imgs",
+        "--checkpoint",
+        "m.pt",
+        "--out",
+        "p192.pt",
+        "--patch-size",
+        "192",
+        "--iterations",
+        "1",
+        "--batch-size",
+        "4",
+        "--single-scale",
+    )
     assert code == 0, err
-    code, out, err = run_cli(capsys, "-q", "evaluate-jigsaw", "imgs/img0.png", "--checkpoint",
-                             "p192.pt", "--puzzles", "2")
+    code, out, err = run_cli(
+        capsys,
+        "-q",
+        "evaluate-jigsaw",
+        "imgs/img0.png",
+        "--checkpoint",
+        "p192.pt",
+        "--puzzles",
+        "2",
+    )
     assert code == 0, err
     assert LINE.match(out.strip()).group(3) == "192"
-    code, out, err = run_cli(capsys, "-q", "evaluate-jigsaw", "imgs/img0.png", "--checkpoint",
-                             "p192.pt", "--puzzles", "2", "--patch-size", "96")
+    code, out, err = run_cli(
+        capsys,
+        "-q",
+        "evaluate-jigsaw",
+        "imgs/img0.png",
+        "--checkpoint",
+        "p192.pt",
+        "--puzzles",
+        "2",
+        "--patch-size",
+        "96",
+    )
     assert code == 0, err
     assert LINE.match(out.strip()).group(3) == "96"
 
@@ -212,15 +371,44 @@ def test_evaluate_jigsaw_errors_are_one_line(bad, capsys, args, words):
 
 
 def test_pseudo_label_takes_the_jigsaw_options(work, capsys):
-    code, _, err = run_cli(capsys, "-q", "pseudo-label", "imgs/img0.png", "--checkpoint", "m.pt",
-                           "--q", "2", "--patch-size", "96", "--step-rule", "adam",
-                           "--rotation", "per-class", "--no-grid-shift", "--lr", "0.001",
-                           "--out", "pl")
+    code, _, err = run_cli(
+        capsys,
+        "-q",
+        "pseudo-label",
+        "imgs/img0.png",
+        "--checkpoint",
+        "m.pt",
+        "--q",
+        "2",
+        "--patch-size",
+        "96",
+        "--step-rule",
+        "adam",
+        "--rotation",
+        "per-class",
+        "--no-grid-shift",
+        "--lr",
+        "0.001",
+        "--out",
+        "pl",
+    )
     assert code == 0, err
     assert {p.name for p in (work / "pl").iterdir()} == {
-        "img0_prob.tif", "img0_uncertainty.tif", "img0_mask.tif"}
-    code, _, err = run_cli(capsys, "pseudo-label", "imgs/img0.png", "--checkpoint", "m.pt",
-                           "--step-rule", "lbfgs", "--out", "pl")
+        "img0_prob.tif",
+        "img0_uncertainty.tif",
+        "img0_mask.tif",
+    }
+    code, _, err = run_cli(
+        capsys,
+        "pseudo-label",
+        "imgs/img0.png",
+        "--checkpoint",
+        "m.pt",
+        "--step-rule",
+        "lbfgs",
+        "--out",
+        "pl",
+    )
     assert_one_line_error(code, err, "invalid choice")
 
 
@@ -235,11 +423,40 @@ def test_train_with_a_jigsaw_warmup_records_the_jigsaw_loss(tmp_path, capsys):
             Image.fromarray(mask).save(masks / f"{stem}.png")
     out = tmp_path / "t.pt"
     code, _, err = run_cli(
-        capsys, "-q", "train", "--images", images, "--masks", masks, "--width", "8",
-        "--iterations", "2", "--patch-size", "96", "--batch-size", "2", "--q", "2",
-        "--validate-every", "2", "--jigsaw-warmup", "3", "--jigsaw-batch-size", "4", "--jigsaw-patch-size", "96",
-        "--ss-lr", "0.005", "--ss-step-rule", "adam", "--no-grid-shift", "--device", "cpu",
-        "--out", out,
+        capsys,
+        "-q",
+        "train",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--width",
+        "8",
+        "--iterations",
+        "2",
+        "--patch-size",
+        "96",
+        "--batch-size",
+        "2",
+        "--q",
+        "2",
+        "--validate-every",
+        "2",
+        "--jigsaw-warmup",
+        "3",
+        "--jigsaw-batch-size",
+        "4",
+        "--jigsaw-patch-size",
+        "96",
+        "--ss-lr",
+        "0.005",
+        "--ss-step-rule",
+        "adam",
+        "--no-grid-shift",
+        "--device",
+        "cpu",
+        "--out",
+        out,
     )
     assert code == 0, err
     ck = load_checkpoint(out)
@@ -251,6 +468,16 @@ def test_train_with_a_jigsaw_warmup_records_the_jigsaw_loss(tmp_path, capsys):
     assert config["ss_lr"] == 0.005 and config["ss_step_rule"] == "adam"
     assert config["grid_shift"] is False
     assert any(h.get("phase") == "jigsaw" for h in ck.meta["history"])
-    code, _, err = run_cli(capsys, "train", "--images", images, "--masks", masks,
-                           "--jigsaw-warmup", "-1", "--out", tmp_path / "x.pt")
+    code, _, err = run_cli(
+        capsys,
+        "train",
+        "--images",
+        images,
+        "--masks",
+        masks,
+        "--jigsaw-warmup",
+        "-1",
+        "--out",
+        tmp_path / "x.pt",
+    )
     assert_one_line_error(code, err, "jigsaw warm-up")

@@ -31,14 +31,41 @@ def folders(tmp_path):
     return tmp_path
 
 
-FAST = ["--width", "8", "--iterations", "3", "--patch-size", "96", "--batch-size", "2",
-        "--q", "2", "--validate-every", "3"]
+FAST = [
+    "--width",
+    "8",
+    "--iterations",
+    "3",
+    "--patch-size",
+    "96",
+    "--batch-size",
+    "2",
+    "--q",
+    "2",
+    "--validate-every",
+    "3",
+]
 
 
 def test_train_writes_a_checkpoint_with_roles(folders, capsys):
     out = folders / "m.pt"
-    rc = main(["-q", "train", "--images", str(folders / "images"), "--masks", str(folders / "masks"),
-               "--labeled", "a", "--validation", "b.png", *FAST, "--out", str(out)])
+    rc = main(
+        [
+            "-q",
+            "train",
+            "--images",
+            str(folders / "images"),
+            "--masks",
+            str(folders / "masks"),
+            "--labeled",
+            "a",
+            "--validation",
+            "b.png",
+            *FAST,
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     ck = load_checkpoint(out)
     roles = {d["name"]: d["role"] for d in ck.meta["data"]}
@@ -48,9 +75,25 @@ def test_train_writes_a_checkpoint_with_roles(folders, capsys):
     assert ck.config.width == 8
     # Fine-tune that checkpoint with a baseline: the parent is recorded.
     out2 = folders / "m2.pt"
-    rc = main(["-q", "train", "--images", str(folders / "images"), "--masks", str(folders / "masks"),
-               "--labeled-fraction", "0.5", "--framework", "softmax", "--checkpoint", str(out),
-               *FAST, "--out", str(out2)])
+    rc = main(
+        [
+            "-q",
+            "train",
+            "--images",
+            str(folders / "images"),
+            "--masks",
+            str(folders / "masks"),
+            "--labeled-fraction",
+            "0.5",
+            "--framework",
+            "softmax",
+            "--checkpoint",
+            str(out),
+            *FAST,
+            "--out",
+            str(out2),
+        ]
+    )
     assert rc == 0
     ck2 = load_checkpoint(out2)
     assert ck2.meta["parent"] == ck.sha256
@@ -58,8 +101,20 @@ def test_train_writes_a_checkpoint_with_roles(folders, capsys):
 
 
 def _train_error(folders, capsys, *extra):
-    rc = main(["-q", "train", "--images", str(folders / "images"), "--masks", str(folders / "masks"),
-               *FAST, "--out", str(folders / "x.pt"), *extra])
+    rc = main(
+        [
+            "-q",
+            "train",
+            "--images",
+            str(folders / "images"),
+            "--masks",
+            str(folders / "masks"),
+            *FAST,
+            "--out",
+            str(folders / "x.pt"),
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2
     assert len(err.splitlines()) == 1, err
@@ -103,8 +158,9 @@ def test_evaluate_pairs_by_stem_and_reads_every_kind(tmp_path, capsys):
     Image.fromarray(p_c).save(pred / "c.png")
     tifffile.imwrite(truth / "c.tif", labels)
     out = tmp_path / "scores.json"
-    rc = main(["evaluate", "--pred", str(pred), "--truth", str(truth), "--objects",
-               "--json", str(out)])
+    rc = main(
+        ["evaluate", "--pred", str(pred), "--truth", str(truth), "--objects", "--json", str(out)]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "mean" in table and "a " in table
@@ -116,7 +172,9 @@ def test_evaluate_pairs_by_stem_and_reads_every_kind(tmp_path, capsys):
     # b by hand: valid pixels 5; TP (0,0), (1,1); FN (0,1) (uncertain = background); FP (1,0).
     assert imgs["b"]["f1"] == pytest.approx(4 / 6)
     assert imgs["c"]["f1"] == pytest.approx(2 * 9 / (12 + 21))
-    assert imgs["c"]["object_f1"] == pytest.approx(object_scores(labels, (p_c > 0).astype(int))["object_f1"])
+    assert imgs["c"]["object_f1"] == pytest.approx(
+        object_scores(labels, (p_c > 0).astype(int))["object_f1"]
+    )
     assert imgs["c"]["aji"] == pytest.approx(aji(labels, (p_c > 0).astype(int)))
     assert report["mean"]["f1"] == pytest.approx(np.mean([imgs[k]["f1"] for k in "abc"]))
 

@@ -264,8 +264,9 @@ def test_export_of_a_region_is_in_slide_coordinates(tmp_path):
 
     window = Window(y0=1000, x0=2048, height=64, width=80, factor=2.0, level=1)
     lab = _labels()
-    entry = export_annotation(tmp_path, "slide_region", lab, window=window, pixel_size_um=0.5,
-                              object_type="detection")
+    entry = export_annotation(
+        tmp_path, "slide_region", lab, window=window, pixel_size_um=0.5, object_type="detection"
+    )
     assert entry["region"]["box"] == [1000, 2048, 1128, 2208] and entry["pixel_size_um"] == 0.5
     features = json.loads((tmp_path / entry["geojson"]).read_text())["features"]
     # Back to a full-resolution mask of the region's part of the slide: every pixel of the

@@ -15,17 +15,15 @@ import tifffile
 import zarr
 from PIL import Image
 
-from napari_selfloop.core import imageio
+from napari_selfloop.core import atomic
+from napari_selfloop.core.atomic import atomic_path, write_json, write_tiff
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.imageio import (
     ImageInfo,
-    atomic_path,
     check_image,
     open_image,
     read_region,
     read_region_padded,
-    write_json,
-    write_tiff,
 )
 
 
@@ -370,7 +368,7 @@ def test_atomic_path_simulated_full_disk(tmp_path, monkeypatch):
     def full_disk(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(imageio.os, "fsync", full_disk)
+    monkeypatch.setattr(atomic.os, "fsync", full_disk)
     with pytest.raises(OSError) as info:
         write_json(target, {"version": 2})
     assert info.value.errno == errno.ENOSPC
@@ -394,4 +392,3 @@ def test_real_full_disk(tiny_tmpfs, rng):
     assert info.value.errno == errno.ENOSPC and str(target) in str(info.value)
     np.testing.assert_array_equal(tifffile.imread(target), small)
     assert _leftovers(tiny_tmpfs) == []
-

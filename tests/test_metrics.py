@@ -52,14 +52,8 @@ def test_shape_mismatch_is_an_error():
         pixel_counts(np.zeros((2, 2)), np.zeros((3, 2)))
 
 
-TRUTH = np.array([[1, 1, 0, 0, 0],
-                  [1, 1, 0, 2, 2],
-                  [0, 0, 0, 2, 2],
-                  [3, 0, 0, 0, 0]])
-PRED = np.array([[1, 1, 0, 0, 0],
-                 [1, 0, 0, 2, 2],
-                 [0, 0, 0, 0, 0],
-                 [0, 0, 0, 0, 4]])
+TRUTH = np.array([[1, 1, 0, 0, 0], [1, 1, 0, 2, 2], [0, 0, 0, 2, 2], [3, 0, 0, 0, 0]])
+PRED = np.array([[1, 1, 0, 0, 0], [1, 0, 0, 2, 2], [0, 0, 0, 0, 0], [0, 0, 0, 0, 4]])
 
 
 def test_object_f1_by_hand():

@@ -134,7 +134,10 @@ def test_wheel_contents(wheel: Path):
             assert rel in names, f"{rel} missing from the wheel"
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
     # The bundled starter models ship inside the package.
-    assert {"napari_selfloop/models/nuclei-he.pt", "napari_selfloop/models/lesion-dermoscopy.pt"} <= names
+    assert {
+        "napari_selfloop/models/nuclei-he.pt",
+        "napari_selfloop/models/lesion-dermoscopy.pt",
+    } <= names
 
     assert "[napari.manifest]" in eps
     assert "napari-selfloop = napari_selfloop:napari.yaml" in eps
@@ -258,3 +261,87 @@ def test_ruff_check():
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_ruff_format_check():
+    # The README promises a ruff-formatted repository; hold it.
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed")
+    proc = subprocess.run(
+        [
+            ruff,
+            "format",
+            "--check",
+            "--no-cache",
+            "napari_selfloop",
+            "tests",
+            "benchmarks",
+            "scripts",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+# --------------------------------------------------------------------------------------
+# the one direction of imports: widgets and cli import core, core imports neither
+
+
+GUI_MODULES = ("napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySide6")
+
+
+def test_core_imports_no_gui():
+    """Importing every core module (in a fresh interpreter) loads no napari, Qt or magicgui."""
+    modules = sorted(f"napari_selfloop.core.{p.stem}" for p in (PACKAGE / "core").glob("*.py"))
+    assert "napari_selfloop.core.training" in modules
+    code = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        f"gui = sorted(m for m in sys.modules if m.split('.')[0] in {GUI_MODULES!r})\n"
+        "print(' '.join(gui))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "", f"core modules load GUI packages: {proc.stdout.strip()}"
+
+
+def test_cli_imports_no_gui():
+    """The headless commands (all but ``gui``) load no napari, Qt or magicgui either."""
+    code = (
+        "import sys\n"
+        "import napari_selfloop.cli\n"
+        f"gui = sorted(m for m in sys.modules if m.split('.')[0] in {GUI_MODULES!r})\n"
+        "print(' '.join(gui))\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert proc.stdout.strip() == "", f"the CLI loads GUI packages: {proc.stdout.strip()}"

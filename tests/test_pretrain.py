@@ -19,7 +19,7 @@ from napari_selfloop.core.pretrain import (
     evaluate_jigsaw,
     pretrain_jigsaw,
 )
-from napari_selfloop.core.tiling import run_to_completion
+from napari_selfloop.core.progress import run_to_completion
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -42,13 +42,19 @@ def test_positive_control_learns_the_jigsaw_below_chance(tmp_path):
     held_out = [gradient_image(10 + i) for i in range(2)]
     before = run_to_completion(evaluate_jigsaw(model, held_out, puzzles=64, device="cpu"))
     assert before["loss"] > before["chance_loss"] - 0.3  # an untrained head is near chance
-    cfg = PretrainConfig(iterations=250, patch_size=96, batch_size=16, lr=3e-3, save_every=1000, window=20)
-    result = run_to_completion(pretrain_jigsaw(model, images, cfg, device="cpu", out=tmp_path / "j.pt"))
+    cfg = PretrainConfig(
+        iterations=250, patch_size=96, batch_size=16, lr=3e-3, save_every=1000, window=20
+    )
+    result = run_to_completion(
+        pretrain_jigsaw(model, images, cfg, device="cpu", out=tmp_path / "j.pt")
+    )
     after = run_to_completion(evaluate_jigsaw(model, held_out, puzzles=64, device="cpu"))
     assert after["chance_loss"] == pytest.approx(math.log(100))
     assert after["loss"] < after["chance_loss"] - 0.5, after
     assert after["top1"] > 0.1
-    assert not at_chance(after["loss"], after["chance_loss"]) and at_chance(before["loss"], before["chance_loss"])
+    assert not at_chance(after["loss"], after["chance_loss"]) and at_chance(
+        before["loss"], before["chance_loss"]
+    )
     assert result.loss < result.chance_loss and result.steps == 250
     ck = load_checkpoint(tmp_path / "j.pt")
     assert ck.meta["training"]["kind"] == PRETRAIN_KIND and ck.meta["training"]["step"] == 250
@@ -61,14 +67,25 @@ def test_pretraining_leaves_the_decoder_alone_and_freeze_keeps_the_encoder():
     dec0 = {k: v.clone() for k, v in model.decoder.state_dict().items()}
     enc0 = {k: v.clone() for k, v in model.encoder.state_dict().items()}
     head0 = model.jigsaw_head.fc.weight.detach().clone()
-    run_to_completion(pretrain_jigsaw(model, [TrainItem("g", gradient_image(0))],
-                                      PretrainConfig(iterations=3, patch_size=96, batch_size=4, freeze_encoder=True),
-                                      device="cpu"))
+    run_to_completion(
+        pretrain_jigsaw(
+            model,
+            [TrainItem("g", gradient_image(0))],
+            PretrainConfig(iterations=3, patch_size=96, batch_size=4, freeze_encoder=True),
+            device="cpu",
+        )
+    )
     assert all(torch.equal(v, dec0[k]) for k, v in model.decoder.state_dict().items())
     assert all(torch.equal(v, enc0[k]) for k, v in model.encoder.state_dict().items())
     assert not torch.equal(model.jigsaw_head.fc.weight, head0)
-    run_to_completion(pretrain_jigsaw(model, [TrainItem("g", gradient_image(0))],
-                                      PretrainConfig(iterations=3, patch_size=96, batch_size=4), device="cpu"))
+    run_to_completion(
+        pretrain_jigsaw(
+            model,
+            [TrainItem("g", gradient_image(0))],
+            PretrainConfig(iterations=3, patch_size=96, batch_size=4),
+            device="cpu",
+        )
+    )
     assert all(torch.equal(v, dec0[k]) for k, v in model.decoder.state_dict().items())
     assert any(not torch.equal(v, enc0[k]) for k, v in model.encoder.state_dict().items())
 
@@ -95,7 +112,9 @@ def test_evaluate_is_deterministic_and_leaves_the_model_unchanged(tiny_model):
     b = run_to_completion(evaluate_jigsaw(tiny_model, images, puzzles=40, seed=3, device="cpu"))
     assert a == b and a["puzzles"] == 40 and a["rotation"] == "none" and a["patch_size"] == 96
     assert all(torch.equal(v, state[k]) for k, v in tiny_model.state_dict().items())
-    tiny = run_to_completion(evaluate_jigsaw(tiny_model, [gradient_image(2, 20)], puzzles=5, device="cpu"))
+    tiny = run_to_completion(
+        evaluate_jigsaw(tiny_model, [gradient_image(2, 20)], puzzles=5, device="cpu")
+    )
     assert tiny["puzzles"] == 5  # an image smaller than a patch is padded by reflection
 
 
@@ -112,6 +131,7 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
     with pytest.raises(InputError, match="at least 1"):
         run_to_completion(evaluate_jigsaw(model, [gradient_image(0)], puzzles=0))
     from napari_selfloop.core.checkpoint import save_checkpoint
+
     save_checkpoint(tmp_path / "plain.pt", model)
     with pytest.raises(CheckpointError, match="not written by jigsaw pre-training"):
         pretrain_jigsaw(model, [TrainItem("g", gradient_image(0))], resume=tmp_path / "plain.pt")
@@ -125,6 +145,11 @@ def test_thin_models_on_large_patches_do_not_crash_the_process():
     model = build_model(TINY, seed=0)
     image = gradient_image(0, 300)
     cfg = PretrainConfig(iterations=2, patch_size=288, batch_size=9, multiscale=False)
-    assert run_to_completion(pretrain_jigsaw(model, [TrainItem("g", image)], cfg, device="cpu")).steps == 2
-    r = run_to_completion(pseudo_label(image, model, PseudoLabelConfig(q=1, patch_size=288), device="cpu"))
+    assert (
+        run_to_completion(pretrain_jigsaw(model, [TrainItem("g", image)], cfg, device="cpu")).steps
+        == 2
+    )
+    r = run_to_completion(
+        pseudo_label(image, model, PseudoLabelConfig(q=1, patch_size=288), device="cpu")
+    )
     assert r.probability.shape == image.shape[:2]

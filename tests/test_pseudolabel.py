@@ -4,6 +4,7 @@ import torch
 
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.pseudolabel import (
     METHODS,
     PseudoLabelConfig,
@@ -11,7 +12,6 @@ from napari_selfloop.core.pseudolabel import (
     pseudo_label,
     selfloop_weights,
 )
-from napari_selfloop.core.tiling import run_to_completion
 from tests.conftest import TINY, assert_same_state, state_snapshot
 
 
@@ -189,14 +189,13 @@ def test_confidence_mask_three_way():
 
 
 def test_progress_events_end_complete(rgb_image):
-    gen = pseudo_label(np.zeros((200, 300), np.uint8), calibrated(),
-                       PseudoLabelConfig(method="softmax", patch_size=96, batch_size=2))
+    gen = pseudo_label(
+        np.zeros((200, 300), np.uint8),
+        calibrated(),
+        PseudoLabelConfig(method="softmax", patch_size=96, batch_size=2),
+    )
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration:
-            break
+    run_to_completion(gen, on_progress=events.append)
     assert events and events[-1].done == events[-1].total
     assert [e.done for e in events] == sorted(e.done for e in events)
 
@@ -204,8 +203,11 @@ def test_progress_events_end_complete(rgb_image):
 def test_cancel_leaves_model_untouched():
     model = calibrated()
     snap = state_snapshot(model)
-    gen = pseudo_label(np.zeros((300, 300, 3), np.uint8), model,
-                       PseudoLabelConfig(method="selfloop", q=2, patch_size=96, batch_size=1))
+    gen = pseudo_label(
+        np.zeros((300, 300, 3), np.uint8),
+        model,
+        PseudoLabelConfig(method="selfloop", q=2, patch_size=96, batch_size=1),
+    )
     next(gen)
     gen.close()  # what the plugin's Cancel and Ctrl-C do
     assert_same_state(model, snap)
@@ -262,8 +264,15 @@ def test_grid_phase_removes_the_tile_seams_from_the_uncertainty():
     for uncertainty in ("spread", "entropy"):
         out = {}
         for shift in (False, True):
-            r = run(image, model, method="selfloop", q=8, patch_size=192, grid_shift=shift,
-                    uncertainty=uncertainty)
+            r = run(
+                image,
+                model,
+                method="selfloop",
+                q=8,
+                patch_size=192,
+                grid_shift=shift,
+                uncertainty=uncertainty,
+            )
             dice = scores_from_counts(pixel_counts(r.probability > 0.5, labels > 0))["f1"]
             out[shift] = (_seam_ratio(r.uncertainty, 64), dice)
         if uncertainty == "spread":
@@ -289,12 +298,26 @@ def test_selfloop_steps_move_nothing_when_the_jigsaw_gradient_is_zero(scale):
         model.jigsaw_head.fc.weight.requires_grad_(False)
         before = state_snapshot(model.encoder)
         puzzles = sample_puzzles(np.random.default_rng(0), 2, 3, permutation_pool(), patch=96)
-        params = [p for p in (*model.encoder.parameters(), *model.jigsaw_head.parameters()) if p.requires_grad]
+        params = [
+            p
+            for p in (*model.encoder.parameters(), *model.jigsaw_head.parameters())
+            if p.requires_grad
+        ]
         opt = make_step_optimizer(params, rule, 1e-2)
-        run_to_completion(selfloop_steps(model, torch.rand(2, 3, 96, 96), puzzles, encoder=model.encoder,
-                                         head=model.jigsaw_head, optimizer=opt))
-        moved[rule] = max(float((v.float() - before[k].float()).abs().max())
-                          for k, v in model.encoder.state_dict().items())
+        run_to_completion(
+            selfloop_steps(
+                model,
+                torch.rand(2, 3, 96, 96),
+                puzzles,
+                encoder=model.encoder,
+                head=model.jigsaw_head,
+                optimizer=opt,
+            )
+        )
+        moved[rule] = max(
+            float((v.float() - before[k].float()).abs().max())
+            for k, v in model.encoder.state_dict().items()
+        )
     if scale == 0.0:
         assert moved["sgd"] == 0.0
     else:
@@ -320,15 +343,40 @@ def test_the_step_after_the_last_puzzle_is_skipped_only_where_it_changes_nothing
     fast = predict_selfloop(model, x, puzzles, lr=1e-2)
     encoder, head = copy.deepcopy(model.encoder).eval(), copy.deepcopy(model.jigsaw_head).eval()
     params = [*encoder.parameters(), *head.parameters()]
-    full = run_to_completion(selfloop_steps(model, x, puzzles, encoder=encoder, head=head,
-                                            optimizer=make_step_optimizer(params, "sgd", 1e-2)))
+    full = run_to_completion(
+        selfloop_steps(
+            model,
+            x,
+            puzzles,
+            encoder=encoder,
+            head=head,
+            optimizer=make_step_optimizer(params, "sgd", 1e-2),
+        )
+    )
     assert torch.equal(fast.prob, full.prob) and torch.equal(fast.losses, full.losses)
     # In training the last step is taken: the kept encoder differs from one stepped Q-1 times.
     stepped = {}
     for after_last in (True, False):
         enc, hd = copy.deepcopy(model.encoder).eval(), copy.deepcopy(model.jigsaw_head).eval()
         opt = make_step_optimizer([*enc.parameters(), *hd.parameters()], "sgd", 1e-2)
-        run_to_completion(selfloop_steps(model, x, puzzles, encoder=enc, head=hd, optimizer=opt,
-                                         step_after_last=after_last))
+        run_to_completion(
+            selfloop_steps(
+                model, x, puzzles, encoder=enc, head=hd, optimizer=opt, step_after_last=after_last
+            )
+        )
         stepped[after_last] = state_snapshot(enc)
     assert any(not torch.equal(stepped[True][k], stepped[False][k]) for k in stepped[True])
+
+
+def test_one_overlap_rule_and_one_seed_mixer():
+    from napari_selfloop.core.model import BATCH_SEED_STRIDE, mix_seed
+
+    cfg = PseudoLabelConfig(patch_size=288)
+    assert cfg.overlap_for(288) == 48  # a sixth of the patch by default
+    assert cfg.overlap_for(96) == 32  # at most a third of a smaller patch (a small image)
+    assert PseudoLabelConfig(patch_size=288, overlap=96).overlap_for(288) == 96
+    with pytest.raises(InputError, match="at most a third"):
+        PseudoLabelConfig(patch_size=288, overlap=97)
+    # The numbers of the two former constants, unchanged.
+    assert mix_seed(3, 5) == 3 * 1000003 + 5
+    assert mix_seed(3, 5, BATCH_SEED_STRIDE) == 3 * 100003 + 5

@@ -35,8 +35,11 @@ def test_a_slide_opens_lazily_as_a_multiscale_layer_in_microns(make_napari_viewe
     seconds = time.perf_counter() - start
     assert seconds < 5
     assert layer.multiscale and layer.rgb
-    assert [tuple(level.shape) for level in layer.data] == [(4096, 4096, 3), (2048, 2048, 3),
-                                                           (1024, 1024, 3)]
+    assert [tuple(level.shape) for level in layer.data] == [
+        (4096, 4096, 3),
+        (2048, 2048, 3),
+        (1024, 1024, 3),
+    ]
     assert all(isinstance(level, zarr.Array) for level in layer.data)  # nothing read whole
     assert tuple(layer.scale) == pytest.approx((0.25, 0.25))
     assert layer.metadata["mpp"] == pytest.approx(0.25)
@@ -93,7 +96,11 @@ def test_a_large_slide_without_a_pyramid_gets_lazy_strided_levels(tmp_path):
     assert read is not None  # one plane of 8192x8192 or more: a slide
     ((data, kwargs, kind),) = read(str(tmp_path / "flat.tif"))
     assert kind == "image" and kwargs["multiscale"]
-    assert [tuple(level.shape) for level in data] == [(8200, 8300, 3), (4100, 4150, 3),
-                                                      (2050, 2075, 3), (1025, 1038, 3)]
+    assert [tuple(level.shape) for level in data] == [
+        (8200, 8300, 3),
+        (4100, 4150, 3),
+        (2050, 2075, 3),
+        (1025, 1038, 3),
+    ]
     assert isinstance(data[0], zarr.Array) and not isinstance(data[1], np.ndarray)
     assert (np.asarray(data[2][:5, :5]) == 200).all()  # every 4th pixel

@@ -75,8 +75,13 @@ def test_flat_pyramid_and_pixel_size_in_inches(tmp_path):
     base = np.full((9000, 300), 200, np.uint8)
     path = tmp_path / "flat.tif"
     with tifffile.TiffWriter(path) as tif:  # levels as reduced pages, not SubIFDs
-        tif.write(base, tile=(256, 256), resolution=(25400 / 0.5, 25400 / 0.5),
-                  resolutionunit="INCH", metadata=None)
+        tif.write(
+            base,
+            tile=(256, 256),
+            resolution=(25400 / 0.5, 25400 / 0.5),
+            resolutionunit="INCH",
+            metadata=None,
+        )
         tif.write(base[::2, ::2], tile=(256, 256), subfiletype=1, metadata=None)
         tif.write(base[::4, ::4], tile=(256, 256), subfiletype=1, metadata=None)
     with open_slide(path) as slide:
@@ -132,8 +137,12 @@ def test_missing_codec_says_what_to_install(synthetic_svs):
         "    except Exception as e:\n"
         "        print(type(e).__name__, e)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(synthetic_svs)], capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(synthetic_svs)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     lines = done.stdout.strip().splitlines()
     assert len(lines) == 2, done.stdout + done.stderr
     for line in lines:

@@ -38,8 +38,17 @@ def _read(path):
 
 
 def test_pseudo_label_a_slide_at_a_chosen_pixel_size(work, capsys, synthetic_slide):
-    code, _, err = run_cli(capsys, *PSEUDO, str(synthetic_slide), "--checkpoint", "m.pt",
-                           "--mpp", "1.0", "--out", "out")
+    code, _, err = run_cli(
+        capsys,
+        *PSEUDO,
+        str(synthetic_slide),
+        "--checkpoint",
+        "m.pt",
+        "--mpp",
+        "1.0",
+        "--out",
+        "out",
+    )
     assert code == 0, err
     assert "at 1 µm/px" in err and "patches computed (glass skipped)" in err
     total = 0
@@ -52,13 +61,18 @@ def test_pseudo_label_a_slide_at_a_chosen_pixel_size(work, capsys, synthetic_sli
         assert data.shape == (1024, 1024) and data.dtype == np.uint8  # level 2: 1 µm/px
         assert page.is_tiled and page.compression == 8 and mpp == pytest.approx(1.0)
     # glass patches are not computed: background, zero uncertainty, confident background
-    assert (outputs["prob"][:100, :100] == 0).all() and (outputs["uncertainty"][:100, :100] == 0).all()
+    assert (outputs["prob"][:100, :100] == 0).all() and (
+        outputs["uncertainty"][:100, :100] == 0
+    ).all()
     assert (outputs["mask"][:100, :100] == 0).all()
     centre = outputs["prob"][480:540, 480:540]
     assert centre.min() > 0  # tissue is computed
     assert total <= 1024 * 1024  # at most a byte per processed pixel, all three outputs
     assert sorted(p.name for p in (work / "out").iterdir()) == [
-        "slide_mask.tif", "slide_prob.tif", "slide_uncertainty.tif"]
+        "slide_mask.tif",
+        "slide_prob.tif",
+        "slide_uncertainty.tif",
+    ]
     # The mask records where it lies on the slide (level 2: 4 slide pixels per pixel), so
     # `export` writes its GeoJSON in the slide's full-resolution pixels without options.
     from napari_selfloop.core.labelfile import read_labels_file
@@ -70,8 +84,18 @@ def test_pseudo_label_a_slide_at_a_chosen_pixel_size(work, capsys, synthetic_sli
 
 
 def test_no_tissue_only_computes_the_glass_too(work, capsys, synthetic_slide):
-    code, _, err = run_cli(capsys, *PSEUDO, str(synthetic_slide), "--checkpoint", "m.pt",
-                           "--mpp", "1.0", "--no-tissue-only", "--out", "out")
+    code, _, err = run_cli(
+        capsys,
+        *PSEUDO,
+        str(synthetic_slide),
+        "--checkpoint",
+        "m.pt",
+        "--mpp",
+        "1.0",
+        "--no-tissue-only",
+        "--out",
+        "out",
+    )
     assert code == 0, err
     prob = _read(work / "out" / "slide_prob.tif")[0]
     assert prob[:100, :100].min() > 0
@@ -79,23 +103,34 @@ def test_no_tissue_only_computes_the_glass_too(work, capsys, synthetic_slide):
 
 
 def test_the_model_pixel_size_is_the_default(work, capsys, synthetic_slide):
-    code, _, err = run_cli(capsys, "-v", *PSEUDO, str(synthetic_slide), "--checkpoint", "m2.pt",
-                           "--out", "out")
+    code, _, err = run_cli(
+        capsys, "-v", *PSEUDO, str(synthetic_slide), "--checkpoint", "m2.pt", "--out", "out"
+    )
     assert code == 0, err
     assert "level 2 (1 µm/px) resampled by 0.5 to 2 µm/px: 512x512" in err
     prob, _, mpp = _read(work / "out" / "slide_prob.tif")
     assert prob.shape == (512, 512) and mpp == pytest.approx(2.0)
     # --mpp wins over the model's
-    code, _, err = run_cli(capsys, *PSEUDO, str(synthetic_slide), "--checkpoint", "m2.pt",
-                           "--mpp", "0.5", "--out", "out2")
+    code, _, err = run_cli(
+        capsys,
+        *PSEUDO,
+        str(synthetic_slide),
+        "--checkpoint",
+        "m2.pt",
+        "--mpp",
+        "0.5",
+        "--out",
+        "out2",
+    )
     assert code == 0, err
     assert _read(work / "out2" / "slide_mask.tif")[0].shape == (2048, 2048)
 
 
 def test_without_any_pixel_size_level_0_is_processed_and_said(work, capsys):
     scene = SlideScene(height=1024, width=1024, mpp=1.0, seed=3)
-    write_tiled_tiff(work / "anon.tif", scene.render(0, 1024, 0, 1024), compression="jpeg",
-                     pyramid=2)  # a pyramid that records no pixel size
+    write_tiled_tiff(
+        work / "anon.tif", scene.render(0, 1024, 0, 1024), compression="jpeg", pyramid=2
+    )  # a pyramid that records no pixel size
     code, _, err = run_cli(capsys, *PSEUDO, "anon.tif", "--checkpoint", "m.pt", "--out", "out")
     assert code == 0, err
     assert "neither the model nor the slide records a pixel size: processing level 0" in err
@@ -106,12 +141,14 @@ def test_without_any_pixel_size_level_0_is_processed_and_said(work, capsys):
     assert "the slide records no pixel size (the model works at 2 µm/px)" in err
 
 
-@pytest.mark.parametrize("fixture, mpp, side", [("synthetic_svs", "1.0", 512),
-                                                ("synthetic_ome", "2.0", 512)])
+@pytest.mark.parametrize(
+    "fixture, mpp, side", [("synthetic_svs", "1.0", 512), ("synthetic_ome", "2.0", 512)]
+)
 def test_jpeg_svs_and_ome_slides(work, capsys, request, fixture, mpp, side):
     path = request.getfixturevalue(fixture)
-    code, _, err = run_cli(capsys, *PSEUDO, str(path), "--checkpoint", "m.pt", "--mpp", mpp,
-                           "--out", "out")
+    code, _, err = run_cli(
+        capsys, *PSEUDO, str(path), "--checkpoint", "m.pt", "--mpp", mpp, "--out", "out"
+    )
     assert code == 0, err
     stem = path.path.stem
     mask, _, got = _read(work / "out" / f"{stem}_mask.tif")
@@ -120,9 +157,21 @@ def test_jpeg_svs_and_ome_slides(work, capsys, request, fixture, mpp, side):
 
 
 def test_large_outputs_get_a_pyramid(work, capsys, synthetic_slide):
-    code, _, err = run_cli(capsys, "pseudo-label", "--method", "softmax", "--device", "cpu",
-                           str(synthetic_slide), "--checkpoint", "m.pt", "--mpp", "0.25",
-                           "--out", "out")
+    code, _, err = run_cli(
+        capsys,
+        "pseudo-label",
+        "--method",
+        "softmax",
+        "--device",
+        "cpu",
+        str(synthetic_slide),
+        "--checkpoint",
+        "m.pt",
+        "--mpp",
+        "0.25",
+        "--out",
+        "out",
+    )
     assert code == 0, err
     with open_slide(work / "out" / "slide_mask.tif") as slide:
         assert slide.level_shapes == [(4096, 4096), (2048, 2048), (1024, 1024)]
@@ -131,8 +180,16 @@ def test_large_outputs_get_a_pyramid(work, capsys, synthetic_slide):
 
 @pytest.mark.parametrize("value", ["-1", "0", "nan"])
 def test_bad_mpp_is_a_one_line_error(work, capsys, synthetic_slide, value):
-    code, _, err = run_cli(capsys, *PSEUDO, str(synthetic_slide), "--checkpoint", "m.pt",
-                           f"--mpp={value}", "--out", "out")
+    code, _, err = run_cli(
+        capsys,
+        *PSEUDO,
+        str(synthetic_slide),
+        "--checkpoint",
+        "m.pt",
+        f"--mpp={value}",
+        "--out",
+        "out",
+    )
     assert_one_line_error(code, err, "--mpp")
     assert not (work / "out").exists()
 
@@ -148,8 +205,23 @@ def test_batch_labels_slides_and_records_the_resolution(work, capsys, synthetic_
     (work / "slides").mkdir()
     shutil.copy(synthetic_svs, work / "slides" / "a.svs")
     shutil.copy(synthetic_ome, work / "slides" / "b.ome.tif")
-    args = ["-q", "batch", "slides", "--checkpoint", "m.pt", "--method", "softmax",
-            "--patch-size", "192", "--device", "cpu", "--workers", "0", "--out", "out"]
+    args = [
+        "-q",
+        "batch",
+        "slides",
+        "--checkpoint",
+        "m.pt",
+        "--method",
+        "softmax",
+        "--patch-size",
+        "192",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--out",
+        "out",
+    ]
     code, _, err = run_cli(capsys, *args, "--mpp", "2.0")
     assert code == 0, err
     manifest = json.loads((work / "out" / "manifest.json").read_text())
@@ -176,10 +248,12 @@ def test_batch_labels_slides_and_records_the_resolution(work, capsys, synthetic_
 def test_plain_images_are_processed_as_they_are(work, capsys):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (150, 170, 3), dtype=np.uint8)
-    tifffile.imwrite(work / "tile.tif", image, resolution=(1e4 / 0.5, 1e4 / 0.5),
-                     resolutionunit="CENTIMETER")
-    code, _, err = run_cli(capsys, *PSEUDO, "tile.tif", "--checkpoint", "m2.pt", "--mpp", "1.0",
-                           "--out", "out")
+    tifffile.imwrite(
+        work / "tile.tif", image, resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER"
+    )
+    code, _, err = run_cli(
+        capsys, *PSEUDO, "tile.tif", "--checkpoint", "m2.pt", "--mpp", "1.0", "--out", "out"
+    )
     assert code == 0, err
     prob, page, mpp = _read(work / "out" / "tile_prob.tif")
     assert prob.shape == (150, 170) and prob.dtype == np.float32  # not resampled, float

@@ -40,8 +40,11 @@ def _levels(path: Path) -> list[np.ndarray]:
 
 @pytest.mark.parametrize("dtype", [np.float32, np.uint8])
 def test_round_trip_in_uneven_blocks(tmp_path, rng, dtype):
-    img = (rng.random((1000, 700), dtype=np.float32) if dtype == np.float32
-           else rng.integers(0, 256, (1000, 700), dtype=np.uint8))
+    img = (
+        rng.random((1000, 700), dtype=np.float32)
+        if dtype == np.float32
+        else rng.integers(0, 256, (1000, 700), dtype=np.uint8)
+    )
     path = tmp_path / "out.tif"
     with TiledTiffWriter(path, 1000, 700, dtype) as writer:
         assert not path.exists()  # only the temporary file exists until commit
@@ -90,7 +93,11 @@ def test_ome_tiff_carries_the_physical_size(tmp_path, rng):
     with tifffile.TiffFile(path) as tif:
         assert tif.is_ome
         assert 'PhysicalSizeX="0.25"' in tif.ome_metadata
-        assert [lv.shape for lv in tif.series[0].levels] == [(300, 500, 3), (150, 250, 3), (75, 125, 3)]
+        assert [lv.shape for lv in tif.series[0].levels] == [
+            (300, 500, 3),
+            (150, 250, 3),
+            (75, 125, 3),
+        ]
         np.testing.assert_array_equal(tif.asarray(), img)
     with open_slide(path) as slide:
         assert slide.mpp == pytest.approx(0.25) and slide.mpp_source == "OME PhysicalSizeX/Y"
@@ -106,7 +113,11 @@ def test_mask_metadata_is_kept(tmp_path):
 @pytest.mark.parametrize("kind", ["dask", "zarr"])
 def test_lazy_sources_are_read_band_by_band(tmp_path, rng, kind):
     img = rng.integers(0, 256, (700, 600, 3), dtype=np.uint8)
-    source = da.from_array(img, chunks=(100, 100, 3)) if kind == "dask" else zarr.array(img, chunks=(64, 64, 3))
+    source = (
+        da.from_array(img, chunks=(100, 100, 3))
+        if kind == "dask"
+        else zarr.array(img, chunks=(64, 64, 3))
+    )
     path = write_tiled_tiff(tmp_path / "rgb.tif", source, compression="zstd", tile=128)
     with tifffile.TiffFile(path) as tif:
         assert tif.pages[0].tilewidth == 128 and tif.pages[0].photometric == 2  # RGB
@@ -168,13 +179,16 @@ def test_bad_rows_are_refused(tmp_path):
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "a.tif"), 1)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"compression": "jpeg2000"}, "unknown compression"),
-    ({"tile": 100}, "multiple of 16"),
-    ({"pixel_size_um": -1.0}, "positive number of microns"),
-    ({"pyramid": "yes"}, "pyramid must be"),
-    ({"downsample": "cubic"}, "downsample must be"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"compression": "jpeg2000"}, "unknown compression"),
+        ({"tile": 100}, "multiple of 16"),
+        ({"pixel_size_um": -1.0}, "positive number of microns"),
+        ({"pyramid": "yes"}, "pyramid must be"),
+        ({"downsample": "cubic"}, "downsample must be"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(tmp_path, kwargs, match):
     with pytest.raises(InputError, match=match):
         TiledTiffWriter(tmp_path / "a.tif", 10, 10, np.uint8, **kwargs)

@@ -13,12 +13,11 @@ import tifffile
 import zarr
 
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.progress import Progress
+from napari_selfloop.core.progress import Progress, run_to_completion
 from napari_selfloop.core.tiledtiff import _BANDS, TiledTiffWriter
 from napari_selfloop.core.tiling import (
     blend_window,
     patch_origins,
-    run_to_completion,
     tiled_apply,
 )
 

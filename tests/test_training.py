@@ -14,6 +14,7 @@ from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles
 from napari_selfloop.core.losses import seg_loss, ss_loss, ug_loss
 from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.training import (
     TrainConfig,
     TrainItem,
@@ -48,17 +49,21 @@ def items(n: int, start: int = 0, masks: bool = True) -> list[TrainItem]:
     return out
 
 
-FAST = dict(iterations=4, patch_size=96, batch_size=2, q=2, lr=3e-3, hed_jitter=0.0,
-            val_patch_size=96, validate_every=2)
+FAST = dict(
+    iterations=4,
+    patch_size=96,
+    batch_size=2,
+    q=2,
+    lr=3e-3,
+    hed_jitter=0.0,
+    val_patch_size=96,
+    validate_every=2,
+)
 
 
 def run(gen):
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, run_to_completion(gen, on_progress=events.append)
 
 
 # ------------------------------------------------------------------------------------ losses
@@ -117,14 +122,13 @@ def test_selfloop_update_changes_encoder_only_and_keeps_decoder_fixed_at_every_s
     bn_buffers0 = {k: v for k, v in encoder0.items() if "running" in k or "num_batches" in k}
     gen = _selfloop_updates(model, x, puzzles, opt)
     steps = 0
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            y, losses, weights = stop.value
-            break
+
+    def after_step(_):
+        nonlocal steps
         steps += 1
         assert_same_state(model.decoder, decoder0)  # decoder fixed during every encoder update
+
+    y, losses, weights = run_to_completion(gen, on_progress=after_step)
     assert steps == 3
     enc = model.encoder.state_dict()
     assert any(not torch.equal(enc[k], v) for k, v in encoder0.items() if k not in bn_buffers0)
@@ -144,8 +148,17 @@ def test_selfloop_steps_in_training_do_not_replay_the_segmentation_momentum():
     with torch.no_grad():
         model.jigsaw_head.fc.weight.zero_()
     model.jigsaw_head.fc.weight.requires_grad_(False)
-    cfg = TrainConfig(framework="selfloop", iterations=3, patch_size=96, batch_size=2, q=2,
-                      lr=1e-2, ss_weight=0.0, hed_jitter=0.0, validate_every=100)
+    cfg = TrainConfig(
+        framework="selfloop",
+        iterations=3,
+        patch_size=96,
+        batch_size=2,
+        q=2,
+        lr=1e-2,
+        ss_weight=0.0,
+        hed_jitter=0.0,
+        validate_every=100,
+    )
     after_objective = None
     checked = 0
     for ev in train(model, items(1), items(1, start=5, masks=False), cfg, device="cpu"):
@@ -176,8 +189,16 @@ def test_selfloop_update_plain_function_returns_weighted_average():
 
 def test_a_few_iterations_lower_the_loss():
     model = build_model(TINY, seed=0)
-    cfg = TrainConfig(framework="supervised", iterations=30, patch_size=96, batch_size=4,
-                      lr=5e-3, hed_jitter=0.0, validate_every=100, schedule="constant")
+    cfg = TrainConfig(
+        framework="supervised",
+        iterations=30,
+        patch_size=96,
+        batch_size=4,
+        lr=5e-3,
+        hed_jitter=0.0,
+        validate_every=100,
+        schedule="constant",
+    )
     events, result = run(train(model, items(2), [], cfg))
     losses = [e.data["loss_seg"] for e in events if e.data["phase"] == "train"]
     assert len(losses) == 30
@@ -189,8 +210,16 @@ def test_a_few_iterations_lower_the_loss():
 def test_every_framework_trains_and_reports_its_losses(framework, tmp_path):
     model = build_model(TINY, seed=0)
     cfg = TrainConfig(framework=framework, mc_passes=2, **FAST)
-    events, result = run(train(model, items(1), items(1, 5, masks=False), cfg,
-                               validation=items(1, 9), out=tmp_path / "m.pt"))
+    events, result = run(
+        train(
+            model,
+            items(1),
+            items(1, 5, masks=False),
+            cfg,
+            validation=items(1, 9),
+            out=tmp_path / "m.pt",
+        )
+    )
     train_events = [e for e in events if e.data["phase"] == "train"]
     assert [e.done for e in train_events] == [1, 2, 3, 4]
     for e in train_events:
@@ -208,8 +237,17 @@ def test_checkpoint_records_parent_data_config_metrics_history(tmp_path):
     model = build_model(TINY, seed=0)
     cfg = TrainConfig(**FAST)
     out = tmp_path / "best.pt"
-    _, result = run(train(model, items(1), items(1, 3, masks=False), cfg, validation=items(1, 9),
-                          out=out, parent="ab" * 32))
+    _, result = run(
+        train(
+            model,
+            items(1),
+            items(1, 3, masks=False),
+            cfg,
+            validation=items(1, 9),
+            out=out,
+            parent="ab" * 32,
+        )
+    )
     raw = torch.load(out, weights_only=True)  # plain types and tensors only
     assert raw["parent"] == "ab" * 32
     roles = {d["name"]: d["role"] for d in raw["data"]}
@@ -242,7 +280,9 @@ def test_cancel_keeps_best_and_resume_continues(tmp_path):
     assert not model.training
 
     model2 = build_model(TINY, seed=5)
-    events, result = run(train(model2, items(1), items(1, 4, masks=False), cfg, resume=out, out=out))
+    events, result = run(
+        train(model2, items(1), items(1, 4, masks=False), cfg, resume=out, out=out)
+    )
     steps = [e.done for e in events if e.data["phase"] == "train"]
     assert steps == [3, 4, 5, 6]
     assert result.steps == 4
@@ -295,10 +335,16 @@ def _bad(name):
     cases = {
         "empty": ([], "no labelled images"),
         "size": ([TrainItem("a.png", img, mask[:-1])], "mask has shape"),
-        "values": ([TrainItem("a.png", img, np.where(mask == 1, 2, 0).astype(np.uint8))], "values 2"),
+        "values": (
+            [TrainItem("a.png", img, np.where(mask == 1, 2, 0).astype(np.uint8))],
+            "values 2",
+        ),
         "no mask": ([TrainItem("a.png", img, None)], "has no mask"),
         "all ignored": ([TrainItem("a.png", img, np.full_like(mask, 255))], "no pixel"),
-        "3d image": ([TrainItem("a.png", np.zeros((3, 5, 40, 40), np.uint8), mask)], "pick one plane"),
+        "3d image": (
+            [TrainItem("a.png", np.zeros((3, 5, 40, 40), np.uint8), mask)],
+            "pick one plane",
+        ),
     }
     return cases[name]
 
@@ -312,9 +358,13 @@ def test_refusals_happen_at_call_time(case):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"patch_size": 100}, "multiple of 96"), ({"framework": "magic"}, "unknown framework"),
-     ({"threshold": 0.4}, "threshold"), ({"iterations": 0}, "iterations"),
-     ({"confidence": "both"}, "confidence")],
+    [
+        ({"patch_size": 100}, "multiple of 96"),
+        ({"framework": "magic"}, "unknown framework"),
+        ({"threshold": 0.4}, "threshold"),
+        ({"iterations": 0}, "iterations"),
+        ({"confidence": "both"}, "confidence"),
+    ],
 )
 def test_bad_config_is_refused(kwargs, message):
     with pytest.raises(InputError, match=message):

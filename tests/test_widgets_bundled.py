@@ -29,7 +29,8 @@ def tiny_models(tmp_path, monkeypatch):
 
 
 def test_model_panel_uses_a_bundled_model_and_suggests_the_fitting_one(
-        make_napari_viewer, project, notes, tiny_models, qtbot):
+    make_napari_viewer, project, notes, tiny_models, qtbot
+):
     viewer = make_napari_viewer()
     w = dock(viewer, ModelWidget)
     assert [w.bundled_combo.itemText(i) for i in range(w.bundled_combo.count())] == list(BUNDLED)
@@ -47,8 +48,9 @@ def test_model_panel_uses_a_bundled_model_and_suggests_the_fitting_one(
     assert not errors(notes)
 
 
-def test_model_panel_reports_a_missing_or_damaged_bundled_file(make_napari_viewer, project, notes, tiny_models,
-                                                              qtbot):
+def test_model_panel_reports_a_missing_or_damaged_bundled_file(
+    make_napari_viewer, project, notes, tiny_models, qtbot
+):
     viewer = make_napari_viewer()
     w = dock(viewer, ModelWidget)
     assert w.load_bundled("lesion-dermoscopy") is not None
@@ -65,9 +67,12 @@ def test_model_panel_reports_a_missing_or_damaged_bundled_file(make_napari_viewe
 
 
 def test_gui_command_picks_the_fitting_bundled_model_and_pseudo_labels(
-        make_napari_viewer, project, notes, tiny_models, tmp_path, qtbot):
+    make_napari_viewer, project, notes, tiny_models, tmp_path, qtbot
+):
     viewer = make_napari_viewer()
-    assistant = setup_viewer(viewer, sample="nuclei", checkpoint="auto", device="cpu", pseudo_label=True)
+    assistant = setup_viewer(
+        viewer, sample="nuclei", checkpoint="auto", device="cpu", pseudo_label=True
+    )
     assert get_state(viewer).checkpoint.path == tiny_models / "nuclei-he.pt"
     assert assistant.tabs.tabText(assistant.tabs.currentIndex()) == "Pseudo-label"
     panel = assistant.panel("Pseudo-label")
@@ -84,7 +89,9 @@ def test_gui_command_picks_the_fitting_bundled_model_and_pseudo_labels(
         wait_run(qtbot, a.panel("Model").jigsaw.check_runner)
 
 
-def test_gui_command_without_bundled_files_starts_untrained(make_napari_viewer, project, notes, tiny_models):
+def test_gui_command_without_bundled_files_starts_untrained(
+    make_napari_viewer, project, notes, tiny_models
+):
     for path in tiny_models.iterdir():
         path.unlink()
     viewer = make_napari_viewer()
@@ -94,8 +101,9 @@ def test_gui_command_without_bundled_files_starts_untrained(make_napari_viewer, 
     assert assistant.tabs.tabText(assistant.tabs.currentIndex()) == "Start"
 
 
-def test_gui_command_opens_a_slide_lazily_with_the_he_model(make_napari_viewer, project, notes, tiny_models,
-                                                           synthetic_slide, qtbot):
+def test_gui_command_opens_a_slide_lazily_with_the_he_model(
+    make_napari_viewer, project, notes, tiny_models, synthetic_slide, qtbot
+):
     viewer = make_napari_viewer()
     assistant = setup_viewer(viewer, images=[synthetic_slide], checkpoint="auto", device="cpu")
     wait_run(qtbot, assistant.panel("Model").jigsaw.check_runner)  # the automatic jigsaw check

@@ -15,7 +15,6 @@ from gui_support import GUI_MARKS, TINY_WIDTH, errors, wait_run
 from napari_selfloop._sample_data import make_nuclei
 from napari_selfloop.cli.gui_cmd import setup_viewer
 from napari_selfloop.core.checkpoint import load_checkpoint
-from napari_selfloop.widgets._autosave import autosave_for
 from napari_selfloop.widgets._layers import camera, find_result
 from napari_selfloop.widgets._state import get_state
 
@@ -100,6 +99,6 @@ def test_whole_loop_on_the_sample(make_napari_viewer, project, notes, qtbot, tmp
     assert tifffile.imread(out / entries["H&E nuclei"]["instances"]).max() >= 10
     geo = json.loads((out / entries["H&E nuclei"]["geojson"]).read_text())
     assert len(geo["features"]) == entries["H&E nuclei"]["objects"]
-    assert autosave_for(viewer).save_now() == 2
+    assert get_state(viewer, autosave=True).autosave.save_now() == 2
     assert len(list((project / "autosave").glob("*.tif"))) == 2
     assert not errors(notes)

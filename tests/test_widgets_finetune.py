@@ -11,28 +11,11 @@ from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_selfloop.core.model import ModelConfig, build_model
 from napari_selfloop.widgets._layers import put_result
 from napari_selfloop.widgets._state import get_state
-from napari_selfloop.widgets._versions import next_version_path, release, reserve_version
 from napari_selfloop.widgets.finetune_widget import FineTuneWidget
 from napari_selfloop.widgets.model_widget import ModelWidget
 
 pytestmark = GUI_MARKS
 pytest_plugins = ("gui_fixtures",)
-
-
-def test_next_version_path(tmp_path):
-    assert next_version_path(None, tmp_path) == tmp_path / "checkpoints" / "model_v1.pt"
-    (tmp_path / "m.pt").touch()
-    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v1.pt"
-    (tmp_path / "m_v1.pt").touch()
-    (tmp_path / "m_v3.pt").touch()
-    assert next_version_path(tmp_path / "m_v1.pt", tmp_path) == tmp_path / "m_v4.pt"
-    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v4.pt"
-    # A name reserved by a run in progress is not handed out twice.
-    held = reserve_version(tmp_path / "m.pt", tmp_path)
-    assert held == tmp_path / "m_v4.pt" and not held.exists()
-    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v5.pt"
-    release(held)
-    assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v4.pt"
 
 
 def _viewer(make_napari_viewer, size=96):
@@ -159,3 +142,30 @@ def test_a_correction_without_foreground_keeps_255_as_not_labelled(make_napari_v
     (prepared,) = check_items(w._labelled(), "labelled", need_masks=True)
     assert np.array_equal(prepared.mask, mask)
     assert prepared.labelled_pixels == int((mask == 0).sum())
+
+
+def test_done_goes_through_the_state(make_napari_viewer, project):
+    """state.set_done is the one writer of the done flag; every panel hears done_changed."""
+    from napari_selfloop.core.training import TrainConfig
+    from napari_selfloop.widgets._layers import is_correction
+
+    viewer = _viewer(make_napari_viewer)
+    w = dock(viewer, FineTuneWidget)
+    state = get_state(viewer)
+    assert state.autosave is get_state(viewer, autosave=True).autosave  # one per viewer
+    seen = []
+    state.done_changed.connect(seen.append)
+    layer = next(layer for layer in viewer.layers if is_correction(layer))
+    state.set_done(layer, True)
+    assert seen == [layer.name] and state.is_done(layer)
+    assert w.labelled_list.item(0).checkState() == 2  # Qt.Checked
+    w.labelled_list.item(0).setCheckState(0)
+    assert seen == [layer.name, layer.name] and not state.is_done(layer)
+    # The panel's defaults are TrainConfig's.
+    d = TrainConfig()
+    assert (w.iterations_spin.value(), w.q_spin.value(), int(w.patch_combo.currentText())) == (
+        d.iterations,
+        d.q,
+        d.patch_size,
+    )
+    assert w.lr_spin.value() == pytest.approx(d.lr)

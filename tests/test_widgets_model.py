@@ -115,9 +115,11 @@ def _jigsaw_viewer(make_napari_viewer, *, gray=False):
 def _checked(qtbot, panel, viewer, timeout=120_000):
     """Wait until the jigsaw line holds a result for the current model."""
     qtbot.waitUntil(
-        lambda: panel.result_for is not None
-        and panel.result_for[0] is get_state(viewer).checkpoint
-        and not panel.check_runner.running,
+        lambda: (
+            panel.result_for is not None
+            and panel.result_for[0] is get_state(viewer).checkpoint
+            and not panel.check_runner.running
+        ),
         timeout=timeout,
     )
     return panel.result

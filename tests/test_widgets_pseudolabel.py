@@ -156,7 +156,11 @@ def test_defaults_come_from_the_core_config(make_napari_viewer, project):
     assert panel.threshold_spin.value() == pytest.approx(d.threshold)
     config = panel.config()
     assert (config.lr, config.step_rule, config.seed, config.rotation, config.grid_shift) == (
-        d.lr, d.step_rule, d.seed, d.rotation, d.grid_shift
+        d.lr,
+        d.step_rule,
+        d.seed,
+        d.rotation,
+        d.grid_shift,
     )
 
 
@@ -169,7 +173,7 @@ def test_a_rerun_keeps_the_pixels_the_user_painted(make_napari_viewer, project, 
     cleared silently, and the autosave then holds the painted pixels, not a fresh proposal."""
     from napari_selfloop.core.autosave import AutosaveStore
     from napari_selfloop.core.pseudolabel import confidence_mask
-    from napari_selfloop.widgets._autosave import autosave_for, key_for
+    from napari_selfloop.widgets._autosave import key_for
 
     viewer, panel = _setup(make_napari_viewer)
     panel.method_combo.setCurrentText("softmax")
@@ -200,7 +204,7 @@ def test_a_rerun_keeps_the_pixels_the_user_painted(make_napari_viewer, project, 
     assert not labels.metadata["selfloop"]["done"]  # ... so "done" is cleared, and the user told
     assert any("no longer marked done" in m for m in _infos(notes))
     # The next autosave writes the painted pixels, not the fresh proposal.
-    assert autosave_for(viewer).save_now(force=True) >= 1
+    assert get_state(viewer, autosave=True).autosave.save_now(force=True) >= 1
     saved = AutosaveStore(project).load(key_for(viewer.layers["tile"]))
     assert (saved.labels[30:50, 40:60] == painted).all()
     assert not errors(notes)
@@ -217,8 +221,11 @@ def test_a_rerun_over_unrecorded_corrections_keeps_every_labelled_pixel(
     mine = np.full((96, 96), 255, np.uint8)
     mine[10:30, 10:30] = 1
     mine[60:80, 60:80] = 0
-    viewer.add_labels(mine.copy(), name="restored",
-                      metadata={"selfloop": {"role": "labels", "source": "tile", "done": True}})
+    viewer.add_labels(
+        mine.copy(),
+        name="restored",
+        metadata={"selfloop": {"role": "labels", "source": "tile", "done": True}},
+    )
     assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
     labels = find_result(viewer, "tile", "labels")
     assert labels.name == "restored"

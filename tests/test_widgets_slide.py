@@ -16,7 +16,7 @@ from test_export import rasterise
 from napari_selfloop.core.autosave import AutosaveStore
 from napari_selfloop.core.export import labels_to_mask
 from napari_selfloop.core.window import Window
-from napari_selfloop.widgets._autosave import autosave_for, key_for, save_key
+from napari_selfloop.widgets._autosave import key_for, save_key
 from napari_selfloop.widgets._layers import companion, find_result, put_result, role_of, window_of
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.export_widget import ExportWidget
@@ -64,7 +64,8 @@ def _setup(make_napari_viewer, **image_kwargs):
 def _rectangle(viewer, y0, x0, y1, x1, scale=1.0):
     return viewer.add_shapes(
         [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) * scale],
-        shape_type="rectangle", name="rect",
+        shape_type="rectangle",
+        name="rect",
     )
 
 
@@ -91,8 +92,10 @@ def test_a_rectangle_and_the_view_of_a_slide_get_region_sized_layers(
     # check of the model on the open images), not the results.
     assert peak < 160 * 2**20, f"peak {peak / 2**20:.0f} MiB"
     window = Window(5000, 6000, 384, 384)
-    layers = {role: find_result(viewer, "slide", role, window)
-              for role in ("probability", "uncertainty", "labels")}
+    layers = {
+        role: find_result(viewer, "slide", role, window)
+        for role in ("probability", "uncertainty", "labels")
+    }
     for role, layer in layers.items():
         assert layer is not None, role
         assert layer.data.shape == (384, 384), role
@@ -116,7 +119,11 @@ def test_a_rectangle_and_the_view_of_a_slide_get_region_sized_layers(
     assert view is not None and view is not layers["labels"]
     assert view.data.shape == (y1 - y0, x1 - x0) and tuple(view.translate) == (y0, x0)
     assert companion(viewer, view, "uncertainty").data.shape == view.data.shape
-    results = [layer for layer in viewer.layers if role_of(layer) in ("probability", "uncertainty", "labels")]
+    results = [
+        layer
+        for layer in viewer.layers
+        if role_of(layer) in ("probability", "uncertainty", "labels")
+    ]
     assert len(results) == 6
     assert all(layer.data.size <= 400 * 400 for layer in results)
     # Re-running the first rectangle updates its layers in place.
@@ -158,8 +165,9 @@ def _paint(labels, rng):
     h, w = labels.data.shape
     truth = np.zeros((h, w), np.uint8)
     for _ in range(6):
-        rr, cc = disk((rng.integers(10, h - 10), rng.integers(10, w - 10)), rng.integers(4, 9),
-                      shape=(h, w))
+        rr, cc = disk(
+            (rng.integers(10, h - 10), rng.integers(10, w - 10)), rng.integers(4, 9), shape=(h, w)
+        )
         truth[rr, cc] = 1
     ys, xs = np.nonzero(np.ones((h, w), bool))
     labels.data_setitem((ys, xs), truth.ravel())  # one undoable stroke
@@ -195,14 +203,16 @@ def test_regions_are_corrected_autosaved_and_exported_in_slide_coordinates(
     truths[0][20:26, 30:36] = 1
 
     # Autosave: each region on its own, keyed by the slide and the region.
-    ctl = autosave_for(viewer)
+    ctl = get_state(viewer, autosave=True).autosave
     assert ctl.save_now() == 2
     slide_key = key_for(image)
     store = AutosaveStore(project)
     records = {k: m for k, m in store.records()}
     for layer in corrections:
         record = records[save_key(layer)]
-        assert record["image_key"] == slide_key and Window.from_meta(record["window"]) == window_of(layer)
+        assert record["image_key"] == slide_key and Window.from_meta(record["window"]) == window_of(
+            layer
+        )
     assert ctl.save_now() == 0  # nothing changed since
 
     # Export: masks of each region with its pixel size; GeoJSON in slide pixels.
@@ -215,7 +225,9 @@ def test_regions_are_corrected_autosaved_and_exported_in_slide_coordinates(
         assert w.export() and wait_run(qtbot, w.runner).status == "done"
         window = window_of(layer)
         entry = json.loads((out / "manifest.json").read_text())["entries"][-1]
-        assert entry["region"]["box"] == list(window.box) and entry["pixel_size_um"] == pytest.approx(0.5)
+        assert entry["region"]["box"] == list(window.box) and entry[
+            "pixel_size_um"
+        ] == pytest.approx(0.5)
         features = json.loads((out / entry["geojson"]).read_text())["features"]
         assert features and all(f["properties"]["objectType"] == "detection" for f in features)
         for f in features:
@@ -234,10 +246,17 @@ def test_regions_are_corrected_autosaved_and_exported_in_slide_coordinates(
         if layer is not image:
             viewer.layers.remove(layer)
     viewer.layers.remove(image)
-    again = viewer.add_image(lazy_slide(), multiscale=True, rgb=True, name="slide",
-                             scale=(0.25, 0.25), units=("um", "um"))
-    qtbot.waitUntil(lambda: len([la for la in viewer.layers if role_of(la) == "labels"]) == 2,
-                    timeout=20_000)
+    again = viewer.add_image(
+        lazy_slide(),
+        multiscale=True,
+        rgb=True,
+        name="slide",
+        scale=(0.25, 0.25),
+        units=("um", "um"),
+    )
+    qtbot.waitUntil(
+        lambda: len([la for la in viewer.layers if role_of(la) == "labels"]) == 2, timeout=20_000
+    )
     for layer in (la for la in viewer.layers if role_of(la) == "labels"):
         assert np.array_equal(layer.data, painted[window_of(layer)])
         assert np.allclose(layer.scale, (0.5, 0.5))
@@ -248,10 +267,15 @@ def test_regions_are_corrected_autosaved_and_exported_in_slide_coordinates(
 def test_large_region_labels_autosave_only_the_painted_tiles(make_napari_viewer, project, notes):
     viewer = make_napari_viewer()
     image = viewer.add_image(lazy_slide(), multiscale=True, rgb=True, name="slide")
-    ctl = autosave_for(viewer)
+    ctl = get_state(viewer, autosave=True).autosave
     window = Window(0, 0, 2600, 2600)  # 6.4 MB: saved as 36 tiles
     labels = put_result(
-        viewer, "slide", "labels", np.full(window.shape, 255, np.uint8), like=image, window=window,
+        viewer,
+        "slide",
+        "labels",
+        np.full(window.shape, 255, np.uint8),
+        like=image,
+        window=window,
         extra_meta={"image_key": key_for(image), "autosave_key": "ab" * 12},
     )
     assert ctl.save_now() == 1
@@ -282,8 +306,15 @@ def test_fine_tuning_uses_the_corrected_regions(make_napari_viewer, project, not
     for i, window in enumerate(windows):
         mask = np.zeros(window.shape, np.uint8)
         mask[20:60, 30:70] = 1
-        put_result(viewer, "slide", "labels", mask, like=image, window=window,
-                   extra_meta={"image_key": key, "done": i == 0})
+        put_result(
+            viewer,
+            "slide",
+            "labels",
+            mask,
+            like=image,
+            window=window,
+            extra_meta={"image_key": key, "done": i == 0},
+        )
     panel = dock(viewer, FineTuneWidget)
     panel.iterations_spin.setValue(2)
     panel.patch_combo.setCurrentText("96")
@@ -309,7 +340,9 @@ def test_a_4096_image_in_memory_gets_region_sized_layers(make_napari_viewer, pro
     panel.area_combo.setCurrentIndex(2)
     panel.shapes_combo.set_layer(shapes.name)
     assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
-    results = [la for la in viewer.layers if role_of(la) in ("probability", "uncertainty", "labels")]
+    results = [
+        la for la in viewer.layers if role_of(la) in ("probability", "uncertainty", "labels")
+    ]
     assert len(results) == 3
     for layer in results:
         assert layer.data.shape == (384, 384)

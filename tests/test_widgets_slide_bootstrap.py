@@ -16,7 +16,7 @@ from test_widgets_slide import lazy_slide
 from napari_selfloop.core.autosave import AutosaveStore
 from napari_selfloop.core.export import labels_to_mask
 from napari_selfloop.core.window import Window, region_key
-from napari_selfloop.widgets._autosave import autosave_for, key_for, save_key
+from napari_selfloop.widgets._autosave import key_for, save_key
 from napari_selfloop.widgets._layers import find_result, result_name, role_of, window_of
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.bootstrap_widget import BootstrapWidget
@@ -37,7 +37,8 @@ def _blobs(y0, x0, height, width, factor=1):
 def _rectangle(viewer, y0, x0, y1, x1, scale=1.0):
     return viewer.add_shapes(
         [np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float) * scale],
-        shape_type="rectangle", name="rect",
+        shape_type="rectangle",
+        name="rect",
     )
 
 
@@ -112,8 +113,14 @@ def test_a_region_mask_is_kept_by_pseudo_label_autosaved_and_exported_in_slide_c
     make_napari_viewer, project, notes, qtbot, tmp_path
 ):
     viewer = make_napari_viewer()
-    image = viewer.add_image(lazy_slide(), multiscale=True, rgb=True, name="slide",
-                             scale=(0.25, 0.25), units=("um", "um"))
+    image = viewer.add_image(
+        lazy_slide(),
+        multiscale=True,
+        rgb=True,
+        name="slide",
+        scale=(0.25, 0.25),
+        units=("um", "um"),
+    )
     dock(viewer, ModelWidget).new_model(width=TINY_WIDTH)
     get_state(viewer).checkpoint.meta["pixel_size_um"] = 0.5  # a model trained at 20x
     w = dock(viewer, BootstrapWidget)
@@ -156,7 +163,7 @@ def test_a_region_mask_is_kept_by_pseudo_label_autosaved_and_exported_in_slide_c
     labels.data = painted  # back to the corrected bootstrap mask
 
     # Autosave keeps it as a region of the slide.
-    ctl = autosave_for(viewer)
+    ctl = get_state(viewer, autosave=True).autosave
     assert ctl.save_now() == 1
     record = dict(AutosaveStore(project).records())[save_key(labels)]
     assert record["image_key"] == key_for(image) and Window.from_meta(record["window"]) == window
@@ -168,7 +175,9 @@ def test_a_region_mask_is_kept_by_pseudo_label_autosaved_and_exported_in_slide_c
     export.labels_combo.set_layer(labels.name)
     assert export.export() and wait_run(qtbot, export.runner).status == "done"
     entry = json.loads((out / "manifest.json").read_text())["entries"][-1]
-    assert entry["region"]["box"] == list(window.box) and entry["pixel_size_um"] == pytest.approx(0.5)
+    assert entry["region"]["box"] == list(window.box) and entry["pixel_size_um"] == pytest.approx(
+        0.5
+    )
     features = json.loads((out / entry["geojson"]).read_text())["features"]
     y0, x0, y1, x1 = window.box
     back = rasterise(features, (y1 - y0, x1 - x0), origin=(y0, x0)) > 0

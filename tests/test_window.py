@@ -48,7 +48,9 @@ def test_a_level_that_matches_is_read_as_stored_on_its_grid():
     assert (w.level, w.factor) == (1, 2.0)
     assert w.y0 % 2 == 0 and w.x0 % 2 == 0 and w.y0 <= 101 and w.box[2] >= 501
     crop = read_window(pyramid, w)
-    assert np.array_equal(crop, pyramid[1][w.y0 // 2 : w.y0 // 2 + w.height, w.x0 // 2 : w.x0 // 2 + w.width])
+    assert np.array_equal(
+        crop, pyramid[1][w.y0 // 2 : w.y0 // 2 + w.height, w.x0 // 2 : w.x0 // 2 + w.width]
+    )
     # Lazy levels read the same pixels.
     lazy = [da.from_array(p, chunks=(128, 128, 3)) for p in pyramid]
     assert np.array_equal(read_window(lazy, w), crop)

@@ -46,15 +46,28 @@ def test_a_region_correction_layer_is_saved_in_place_and_exported_on_the_slide(
     make_napari_viewer, project, notes, tmp_path, capsys
 ):
     viewer = make_napari_viewer()
-    image = viewer.add_image(lazy_slide(), multiscale=True, rgb=True, name="slide",
-                             scale=(0.25, 0.25), units=("um", "um"))
+    image = viewer.add_image(
+        lazy_slide(),
+        multiscale=True,
+        rgb=True,
+        name="slide",
+        scale=(0.25, 0.25),
+        units=("um", "um"),
+    )
     window = Window(4000, 8002, 150, 170, 2.0, 1)
     mask = np.full(window.shape, 0, np.uint8)
     mask[20:60, 30:80] = 1
     mask[90:100, 100:140] = 1
     mask[:, 160:] = 255
-    layer = put_result(viewer, "slide", "labels", mask, like=image, window=window,
-                       extra_meta={"image_key": key_for(image), "pixel_size_um": 0.5})
+    layer = put_result(
+        viewer,
+        "slide",
+        "labels",
+        mask,
+        like=image,
+        window=window,
+        extra_meta={"image_key": key_for(image), "pixel_size_um": 0.5},
+    )
     written = layer.save(str(tmp_path / "region.tif"), plugin="napari-selfloop")
     assert written == [str(tmp_path / "region.tif")]
     meta, page = _record(tmp_path / "region.tif")
@@ -91,8 +104,9 @@ def test_plain_labels_keep_their_ids_and_physical_pixel_size(make_napari_viewer,
     labels = np.zeros((60, 90), np.int32)
     labels[5:20, 5:20] = 300
     labels[5:20, 20:40] = 7
-    layer = viewer.add_labels(labels, name="cells", scale=(0.5, 0.5), units=("um", "um"),
-                              translate=(10.0, 20.0))
+    layer = viewer.add_labels(
+        labels, name="cells", scale=(0.5, 0.5), units=("um", "um"), translate=(10.0, 20.0)
+    )
     assert layer.save(str(tmp_path / "cells.tiff"), plugin="napari-selfloop")
     meta, page = _record(tmp_path / "cells.tiff")
     assert page.asarray().dtype == np.uint16 and np.array_equal(page.asarray(), labels)

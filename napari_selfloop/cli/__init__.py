@@ -6,7 +6,7 @@ so a refusal is that one line. Ctrl-C, SIGTERM and SIGHUP end a run (but the GUI
 way: the temporary files being written are removed, one line says so, and the exit code is
 128 plus the signal number (130 for Ctrl-C). ``init``, ``pretrain``, ``train`` and
 ``pseudo-label`` sweep the stale temporaries of ours that killed runs left in the folder they
-write to (:func:`~napari_selfloop.core.imageio.sweep_stale_temporaries`).
+write to (:func:`~napari_selfloop.core.atomic.sweep_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -37,8 +37,18 @@ from . import (
 )
 
 #: Sub-command modules; each has ``add_parser(subparsers)`` that sets ``func``.
-COMMANDS = (init_cmd, pretrain_cmd, pseudolabel_cmd, batch_cmd, train_cmd, evaluate_cmd,
-            evaluate_jigsaw_cmd, export_cmd, models_cmd, gui_cmd)
+COMMANDS = (
+    init_cmd,
+    pretrain_cmd,
+    pseudolabel_cmd,
+    batch_cmd,
+    train_cmd,
+    evaluate_cmd,
+    evaluate_jigsaw_cmd,
+    export_cmd,
+    models_cmd,
+    gui_cmd,
+)
 
 log = logging.getLogger("napari_selfloop")
 
@@ -110,11 +120,18 @@ def _logging(verbose: bool, hold: bool) -> Iterator[progressbar.HeldLog]:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     shown = warnings.showwarning
 
-    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: object = None, line: str | None = None) -> None:
+    def show(
+        message: Warning | str,
+        category: type[Warning],
+        filename: str,
+        lineno: int,
+        file: object = None,
+        line: str | None = None,
+    ) -> None:
         text = str(message).strip().splitlines()
         logging.getLogger("py.warnings").warning(
-            "warning: %s%s", category.__name__, f": {text[0]}" if text else "")
+            "warning: %s%s", category.__name__, f": {text[0]}" if text else ""
+        )
 
     warnings.showwarning = show
     try:
@@ -174,8 +191,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except Terminated as e:
             held.pass_through()
-            print(f"{prefix}: terminated by {e.name}; nothing partial was written",
-                  file=sys.stderr)
+            print(f"{prefix}: terminated by {e.name}; nothing partial was written", file=sys.stderr)
             return 128 + e.signum
         except KeyboardInterrupt:
             held.pass_through()

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core import batch
+from ..core.atomic import sweep_stale_temporaries
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.errors import InputError
-from ..core.imageio import check_input_file, sweep_stale_temporaries
+from ..core.imageio import check_input_file
 from ..core.working import SlideOptions
 from . import progressbar
 from .args import CHECKPOINT_HELP, checkpoint_arg
@@ -50,33 +51,65 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(8 hex digits of the SHA-256 of the image's absolute path); DIR/manifest.json is "
         "rebuilt from all records at the end. Exit code 1 when an image failed.",
     )
-    p.add_argument("images", nargs="+", metavar="IMAGES_OR_LIST",
-                   help="images, folders of images, or text files listing paths (@LIST or a .txt)")
-    p.add_argument("--checkpoint", action="append", required=True, type=checkpoint_arg,
-                   help=f"{CHECKPOINT_HELP}; repeat it for --method ensemble")
+    p.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGES_OR_LIST",
+        help="images, folders of images, or text files listing paths (@LIST or a .txt)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        type=checkpoint_arg,
+        help=f"{CHECKPOINT_HELP}; repeat it for --method ensemble",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
     add_method_options(p)
     add_slide_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps, on each worker")
-    p.add_argument("--workers", type=int, default=2,
-                   help="LocalCluster worker processes (default 2); 0: run in this process, "
-                   "one image after another (e.g. in a Slurm array task)")
-    p.add_argument("--threads-per-worker", type=int, default=None,
-                   help="torch threads of each worker (default 1 on a LocalCluster; left as "
-                   "they are on --scheduler workers); each worker labels one image at a time")
-    p.add_argument("--scheduler", default=None, metavar="ADDRESS",
-                   help="a running dask scheduler (tcp://host:8786), e.g. of dask-jobqueue's "
-                   "SLURMCluster, instead of a LocalCluster")
-    p.add_argument("--retries", type=int, default=1,
-                   help="times a failed image is retried (default 1)")
-    p.add_argument("--force", action="store_true",
-                   help="compute images again whose outputs already exist in --out (overwritten)")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="skip images whose record has the same input bytes, checkpoint(s) "
-                   "and config, and whose outputs exist")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="only the images whose index in the sorted list is I modulo N "
-                   "(default: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="LocalCluster worker processes (default 2); 0: run in this process, "
+        "one image after another (e.g. in a Slurm array task)",
+    )
+    p.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        help="torch threads of each worker (default 1 on a LocalCluster; left as "
+        "they are on --scheduler workers); each worker labels one image at a time",
+    )
+    p.add_argument(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="a running dask scheduler (tcp://host:8786), e.g. of dask-jobqueue's "
+        "SLURMCluster, instead of a LocalCluster",
+    )
+    p.add_argument(
+        "--retries", type=int, default=1, help="times a failed image is retried (default 1)"
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="compute images again whose outputs already exist in --out (overwritten)",
+    )
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="skip images whose record has the same input bytes, checkpoint(s) "
+        "and config, and whose outputs exist",
+    )
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="only the images whose index in the sorted list is I modulo N "
+        "(default: SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT when set)",
+    )
     p.set_defaults(func=run)
 
 
@@ -107,8 +140,9 @@ class _Progress:
         if not quiet and sys.stderr.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="batch", unit="image", file=sys.stderr,
-                            dynamic_ncols=True)
+            self.bar = tqdm(
+                total=total, desc="batch", unit="image", file=sys.stderr, dynamic_ncols=True
+            )
 
     def update(self, name: str, status: str) -> None:
         self.done += 1
@@ -140,7 +174,9 @@ def run(args: argparse.Namespace) -> int:
     if args.method == "ensemble" and len(args.checkpoint) < 2:
         raise InputError("--method ensemble needs two or more --checkpoint")
     if args.method != "ensemble" and len(args.checkpoint) > 1:
-        raise InputError(f"--method {args.method} takes one --checkpoint (several: --method ensemble)")
+        raise InputError(
+            f"--method {args.method} takes one --checkpoint (several: --method ensemble)"
+        )
     shard = batch.parse_shard(args.shard) if args.shard is not None else batch.shard_from_env()
     checkpoints = []
     for path in args.checkpoint:
@@ -164,14 +200,21 @@ def run(args: argparse.Namespace) -> int:
                 raise InputError(f"{out / name} would overwrite an input: pick another --out")
     todo = batch.select_shard(images, shard)
     if not (args.force or args.skip_existing):
-        existing = [out / name for path in todo
-                    for name in [*batch.output_files(batch.output_key(path)).values(),
-                                 batch.record_name(batch.output_key(path))]
-                    if os.path.lexists(out / name)]
+        existing = [
+            out / name
+            for path in todo
+            for name in [
+                *batch.output_files(batch.output_key(path)).values(),
+                batch.record_name(batch.output_key(path)),
+            ]
+            if os.path.lexists(out / name)
+        ]
         if existing:
             more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise InputError(f"{existing[0]} exists{more}: pass --skip-existing to keep finished "
-                             "images, or --force to compute them again")
+            raise InputError(
+                f"{existing[0]} exists{more}: pass --skip-existing to keep finished "
+                "images, or --force to compute them again"
+            )
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale_temporaries(out)
     batch.sweep_own_temporaries(out, [batch.output_key(p) for p in todo])
@@ -179,8 +222,14 @@ def run(args: argparse.Namespace) -> int:
     where = f" (shard {shard[0]}/{shard[1]} of {len(images)})" if shard else ""
     log.info("batch: %d image(s)%s -> %s", len(todo), where, out)
     start = time.perf_counter()
-    kwargs = dict(out=str(out), checkpoints=checkpoints, config=batch.config_dict(config),
-                  device=args.device, skip_existing=args.skip_existing, slide=slide)
+    kwargs = dict(
+        out=str(out),
+        checkpoints=checkpoints,
+        config=batch.config_dict(config),
+        device=args.device,
+        skip_existing=args.skip_existing,
+        slide=slide,
+    )
     progress = _Progress(len(todo), args.quiet)
     try:
         if args.workers == 0 and args.scheduler is None:
@@ -195,9 +244,16 @@ def run(args: argparse.Namespace) -> int:
     done = sum(r["status"] == "done" for r in results)
     skipped = sum(r["status"] == "skipped" for r in results)
     rate = done / seconds * 60 if seconds > 0 else 0.0
-    log.info("batch: %d done, %d skipped, %d failed in %.1f s (%.1f images/min); "
-             "%s lists %d image(s)", done, skipped, len(failures), seconds, rate,
-             out / batch.MANIFEST, manifest["count"])
+    log.info(
+        "batch: %d done, %d skipped, %d failed in %.1f s (%.1f images/min); %s lists %d image(s)",
+        done,
+        skipped,
+        len(failures),
+        seconds,
+        rate,
+        out / batch.MANIFEST,
+        manifest["count"],
+    )
     if failures:
         print(f"napari-selfloop batch: {len(failures)} image(s) failed:", file=sys.stderr)
         for path, reason in failures:
@@ -210,8 +266,9 @@ def _name(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-def _run_here(todo: list[Path], kwargs: dict[str, Any], args: argparse.Namespace,
-              progress: _Progress) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+def _run_here(
+    todo: list[Path], kwargs: dict[str, Any], args: argparse.Namespace, progress: _Progress
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     results, failures = [], []
     for path in todo:
         for attempt in range(args.retries + 1):
@@ -228,8 +285,9 @@ def _run_here(todo: list[Path], kwargs: dict[str, Any], args: argparse.Namespace
     return results, failures
 
 
-def _run_dask(todo: list[Path], kwargs: dict[str, Any], args: argparse.Namespace,
-              progress: _Progress) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+def _run_dask(
+    todo: list[Path], kwargs: dict[str, Any], args: argparse.Namespace, progress: _Progress
+) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     import dask
     from distributed import Client, LocalCluster, as_completed
 
@@ -246,9 +304,13 @@ def _run_dask(todo: list[Path], kwargs: dict[str, Any], args: argparse.Namespace
         # Nannies start workers with MALLOC_TRIM_THRESHOLD_=65536, which made torch ~40 % slower
         # here (every large tensor freed goes back to the OS), and OMP_NUM_THREADS=1.
         with dask.config.set({TRIM_KEY: None}):
-            cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True,
-                                   silence_logs=logging.CRITICAL,
-                                   env={name: str(threads) for name in THREAD_ENV})
+            cluster = LocalCluster(
+                n_workers=args.workers,
+                threads_per_worker=1,
+                processes=True,
+                silence_logs=logging.CRITICAL,
+                env={name: str(threads) for name in THREAD_ENV},
+            )
         client = Client(cluster)
     try:
         link = client.dashboard_link
@@ -260,9 +322,15 @@ def _run_dask(todo: list[Path], kwargs: dict[str, Any], args: argparse.Namespace
         token = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode()).hexdigest()[:8]
         futures = {}
         for path in todo:
-            future = client.submit(batch.process_image, str(path), threads=threads, **kwargs,
-                                   key=f"label-{batch.output_key(path)}-{token}", pure=False,
-                                   retries=args.retries)
+            future = client.submit(
+                batch.process_image,
+                str(path),
+                threads=threads,
+                **kwargs,
+                key=f"label-{batch.output_key(path)}-{token}",
+                pure=False,
+                retries=args.retries,
+            )
             futures[future] = path
         results, failures = [], []
         for future in as_completed(list(futures)):

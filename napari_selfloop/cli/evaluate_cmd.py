@@ -11,12 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from ..core.atomic import write_json
 from ..core.datasets import mask_convention, mask_plane, normalise_mask
 from ..core.errors import InputError
 from ..core.export import MANIFEST, MANIFEST_FORMAT
-from ..core.imageio import open_image, write_json
+from ..core.imageio import open_image
 from ..core.metrics import aji, instances, object_scores, pixel_counts, scores_from_counts
-from .train_cmd import list_images
+from ..core.project import list_images
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "usable as truth.",
     )
     p.add_argument("--pred", required=True, type=Path, help="folder of predictions")
-    p.add_argument("--truth", required=True, type=Path, help="folder of ground-truth masks or labels")
+    p.add_argument(
+        "--truth", required=True, type=Path, help="folder of ground-truth masks or labels"
+    )
     p.add_argument("--json", type=Path, help="write per-image and summary scores here")
-    p.add_argument("--threshold", type=float, default=0.5,
-                   help="for probability maps, in (0, 1) (0.5)")
-    p.add_argument("--objects", action="store_true",
-                   help="also object-level F1 (IoU > 0.5) and AJI on connected components")
-    p.add_argument("--split", action="store_true",
-                   help="split touching objects by a distance-transform watershed (with --objects)")
+    p.add_argument(
+        "--threshold", type=float, default=0.5, help="for probability maps, in (0, 1) (0.5)"
+    )
+    p.add_argument(
+        "--objects",
+        action="store_true",
+        help="also object-level F1 (IoU > 0.5) and AJI on connected components",
+    )
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="split touching objects by a distance-transform watershed (with --objects)",
+    )
     p.set_defaults(func=run)
 
 
@@ -151,13 +161,16 @@ def read_truth(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         values = np.unique(a)
         if values.size and not np.isin(values, (0, 1, 255)).all():
             if values.min() < 0:
-                raise InputError(f"{name} holds negative values: expected a mask or instance labels")
+                raise InputError(
+                    f"{name} holds negative values: expected a mask or instance labels"
+                )
             return (a > 0).astype(np.uint8), a.astype(np.int64)
     return normalise_mask(a, name, convention=mask_convention(path)), None
 
 
-def evaluate_folders(pred: Path, truth: Path, *, threshold: float = 0.5, objects: bool = False,
-                     split: bool = False) -> dict[str, Any]:
+def evaluate_folders(
+    pred: Path, truth: Path, *, threshold: float = 0.5, objects: bool = False, split: bool = False
+) -> dict[str, Any]:
     """Scores of every prediction with a truth of the same stem, and their summary."""
     if not 0.0 < threshold < 1.0:
         raise InputError(f"--threshold must be between 0 and 1 (exclusive), got {threshold:g}")
@@ -167,8 +180,10 @@ def evaluate_folders(pred: Path, truth: Path, *, threshold: float = 0.5, objects
     truths = _truth_files(truth, set(preds))
     pairs = sorted(set(preds) & set(truths))
     if not pairs:
-        raise InputError(f"no prediction in {pred} has a truth file with the same stem in {truth} "
-                         f"(e.g. {next(iter(preds))} vs {next(iter(truths))})")
+        raise InputError(
+            f"no prediction in {pred} has a truth file with the same stem in {truth} "
+            f"(e.g. {next(iter(preds))} vs {next(iter(truths))})"
+        )
     for stem in sorted(set(truths) - set(preds)):
         log.warning("no prediction for %s", truths[stem].name)
     per_image: dict[str, dict[str, Any]] = {}
@@ -178,15 +193,20 @@ def evaluate_folders(pred: Path, truth: Path, *, threshold: float = 0.5, objects
         p = read_prediction(preds[stem], threshold)
         t, labels = read_truth(truths[stem])
         if p.shape != t.shape:
-            raise InputError(f"{preds[stem].name} is {p.shape[1]}x{p.shape[0]} but "
-                             f"{truths[stem].name} is {t.shape[1]}x{t.shape[0]}")
+            raise InputError(
+                f"{preds[stem].name} is {p.shape[1]}x{p.shape[0]} but "
+                f"{truths[stem].name} is {t.shape[1]}x{t.shape[0]}"
+            )
         if not np.any(t != 255):
             skipped.append(truths[stem].name)
             continue
         counts = pixel_counts(p, t)
         total += counts
-        scores: dict[str, Any] = {"prediction": preds[stem].name, "truth": truths[stem].name,
-                                  **scores_from_counts(counts)}
+        scores: dict[str, Any] = {
+            "prediction": preds[stem].name,
+            "truth": truths[stem].name,
+            **scores_from_counts(counts),
+        }
         if objects:
             true_inst = labels if labels is not None else instances(t == 1)
             pred_inst = instances(p, split=split)
@@ -194,19 +214,29 @@ def evaluate_folders(pred: Path, truth: Path, *, threshold: float = 0.5, objects
             scores["aji"] = aji(true_inst, pred_inst)
         per_image[stem] = scores
     if not per_image:
-        raise InputError(f"no truth file in {truth} has a labelled pixel (255 = not labelled "
-                         "everywhere; write foreground as 1): nothing to score")
+        raise InputError(
+            f"no truth file in {truth} has a labelled pixel (255 = not labelled "
+            "everywhere; write foreground as 1): nothing to score"
+        )
     for name in skipped:
         log.warning("skipped %s: no pixel is labelled (255 = not labelled everywhere)", name)
     keys = PIXEL_KEYS + (OBJECT_KEYS if objects else ())
     mean = {k: float(np.mean([s[k] for s in per_image.values()])) for k in keys}
-    return {"images": per_image, "mean": mean, "pooled": scores_from_counts(total),
-            "count": len(per_image), "threshold": threshold, "objects": objects, "split": split}
+    return {
+        "images": per_image,
+        "mean": mean,
+        "pooled": scores_from_counts(total),
+        "count": len(per_image),
+        "threshold": threshold,
+        "objects": objects,
+        "split": split,
+    }
 
 
 def run(args: argparse.Namespace) -> int:
-    report = evaluate_folders(args.pred, args.truth, threshold=args.threshold,
-                              objects=args.objects, split=args.split)
+    report = evaluate_folders(
+        args.pred, args.truth, threshold=args.threshold, objects=args.objects, split=args.split
+    )
     keys = PIXEL_KEYS + (OBJECT_KEYS if args.objects else ())
     width = max(12, *(len(s) for s in report["images"]))
     header = f"{'image':<{width}} " + " ".join(f"{k[:12]:>12}" for k in keys)
@@ -215,8 +245,10 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"{stem:<{width}} " + " ".join(f"{s[k]:12.4f}" for k in keys))
     lines.append(f"{'mean':<{width}} " + " ".join(f"{report['mean'][k]:12.4f}" for k in keys))
     pooled = report["pooled"]
-    lines.append(f"{'pooled':<{width}} " + " ".join(
-        f"{pooled[k]:12.4f}" if k in pooled else f"{'':>12}" for k in keys))
+    lines.append(
+        f"{'pooled':<{width}} "
+        + " ".join(f"{pooled[k]:12.4f}" if k in pooled else f"{'':>12}" for k in keys)
+    )
     sys.stdout.write("\n".join(lines) + "\n")
     if args.json is not None:
         write_json(args.json, report)

@@ -7,13 +7,15 @@ import logging
 import sys
 from pathlib import Path
 
+from ..core.atomic import write_json
 from ..core.checkpoint import load_checkpoint
 from ..core.errors import InputError
-from ..core.imageio import open_image, write_json
+from ..core.imageio import open_image
 from ..core.pretrain import at_chance, default_jigsaw_patch, evaluate_jigsaw
+from ..core.project import list_images
+from ..core.pseudolabel import PATCH_MULTIPLE
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
-from .train_cmd import list_images
 
 log = logging.getLogger(__name__)
 
@@ -31,15 +33,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(ln K) and the top-1 accuracy. A jigsaw at chance makes self-loop uncertainty "
         "meaningless: pre-train it with `napari-selfloop pretrain`.",
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
-                   help="TIFF, PNG or JPEG files, or folders of them")
-    p.add_argument("--checkpoint", required=True, type=checkpoint_arg, metavar="C", help=CHECKPOINT_HELP)
-    p.add_argument("--puzzles", type=int, metavar="N", default=512, help="puzzles in all (default 512)")
-    p.add_argument("--seed", type=int, metavar="S", default=0, help="seeds the patches and puzzles (default 0)")
-    p.add_argument("--patch-size", type=int, metavar="P", default=None,
-                   help="patch side, a multiple of 96 (default: the side the checkpoint's "
-                   "jigsaw was trained at, else 96)")
-    p.add_argument("--batch-size", type=int, metavar="B", default=32, help="puzzles per batch (default 32)")
+    p.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="TIFF, PNG or JPEG files, or folders of them",
+    )
+    p.add_argument(
+        "--checkpoint", required=True, type=checkpoint_arg, metavar="C", help=CHECKPOINT_HELP
+    )
+    p.add_argument(
+        "--puzzles", type=int, metavar="N", default=512, help="puzzles in all (default 512)"
+    )
+    p.add_argument(
+        "--seed", type=int, metavar="S", default=0, help="seeds the patches and puzzles (default 0)"
+    )
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        metavar="P",
+        default=None,
+        help=f"patch side, a multiple of {PATCH_MULTIPLE} (default: the side the checkpoint's "
+        f"jigsaw was trained at, else {PATCH_MULTIPLE})",
+    )
+    p.add_argument(
+        "--batch-size", type=int, metavar="B", default=32, help="puzzles per batch (default 32)"
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--json", type=Path, metavar="F", help="write the scores here")
     p.set_defaults(func=run)
@@ -64,9 +84,17 @@ def run(args: argparse.Namespace) -> int:
     paths = image_paths(args.images)
     images = [open_image(p) for p in paths]
     scores = drive(
-        evaluate_jigsaw(ck.model, images, puzzles=args.puzzles, seed=args.seed, patch_size=patch,
-                        batch_size=args.batch_size, device=args.device),
-        desc="evaluate-jigsaw", quiet=args.quiet,
+        evaluate_jigsaw(
+            ck.model,
+            images,
+            puzzles=args.puzzles,
+            seed=args.seed,
+            patch_size=patch,
+            batch_size=args.batch_size,
+            device=args.device,
+        ),
+        desc="evaluate-jigsaw",
+        quiet=args.quiet,
     )
     sys.stdout.write(
         f"L_SS {scores['loss']:.3f} nats (chance {scores['chance_loss']:.3f}), "
@@ -74,8 +102,11 @@ def run(args: argparse.Namespace) -> int:
         f"rotation {scores['rotation']}, patch {scores['patch_size']}\n"
     )
     if at_chance(scores["loss"], scores["chance_loss"]):
-        log.warning("%s: the jigsaw is at chance, so self-loop uncertainty carries no "
-                    "information; pre-train it with `napari-selfloop pretrain`", args.checkpoint.name)
+        log.warning(
+            "%s: the jigsaw is at chance, so self-loop uncertainty carries no "
+            "information; pre-train it with `napari-selfloop pretrain`",
+            args.checkpoint.name,
+        )
     if args.json is not None:
         report = {k: scores[k] for k in SCORE_KEYS}
         report.update(checkpoint=str(args.checkpoint), images=[str(p) for p in paths])

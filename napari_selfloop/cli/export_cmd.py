@@ -61,29 +61,63 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "with 'corrected labels (TIFF)') carry their region and pixel size, which are used "
         "unless --offset, --downsample or --pixel-size say otherwise.",
     )
-    p.add_argument("inputs", nargs="+", type=Path, metavar="MASK_OR_LABELS",
-                   help="mask or labels files (TIFF or PNG)")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="MASK_OR_LABELS",
+        help="mask or labels files (TIFF or PNG)",
+    )
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--object-type", choices=OBJECT_TYPES, default=None,
-                   help="QuPath object type: detection (numerous objects: nuclei) or annotation "
-                   "(editable: a lesion); default: annotation for the classes Lesion, Tumor, "
-                   "Tissue, Region and Stroma, else detection")
-    p.add_argument("--classification", default="Nucleus",
-                   help="QuPath class of the objects (default Nucleus)")
-    p.add_argument("--pixel-size", type=float, default=None, metavar="UM",
-                   help="microns per pixel of the inputs (default: the file's, else none)")
-    p.add_argument("--offset", type=int, nargs=2, default=None, metavar=("Y", "X"),
-                   help="slide point (full-resolution pixels) of the inputs' top-left corner "
-                   "(default: the file's record, else 0 0); applies to every input")
-    p.add_argument("--downsample", type=float, default=None, metavar="F",
-                   help="slide pixels per input pixel (default: the file's record, else 1)")
-    p.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="keep",
-                   help="pixels still 255 (undecided) in a mask: keep them as 255 (default), "
-                   "or count them as foreground or background")
-    p.add_argument("--input-type", choices=INPUT_TYPES, default="auto",
-                   help="auto (default: 0/1/255 values are a mask, other ids instance labels), "
-                   "mask (any non-zero id but 255 is foreground) or instances (every non-zero "
-                   "id an object, 255 too)")
+    p.add_argument(
+        "--object-type",
+        choices=OBJECT_TYPES,
+        default=None,
+        help="QuPath object type: detection (numerous objects: nuclei) or annotation "
+        "(editable: a lesion); default: annotation for the classes Lesion, Tumor, "
+        "Tissue, Region and Stroma, else detection",
+    )
+    p.add_argument(
+        "--classification", default="Nucleus", help="QuPath class of the objects (default Nucleus)"
+    )
+    p.add_argument(
+        "--pixel-size",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="microns per pixel of the inputs (default: the file's, else none)",
+    )
+    p.add_argument(
+        "--offset",
+        type=int,
+        nargs=2,
+        default=None,
+        metavar=("Y", "X"),
+        help="slide point (full-resolution pixels) of the inputs' top-left corner "
+        "(default: the file's record, else 0 0); applies to every input",
+    )
+    p.add_argument(
+        "--downsample",
+        type=float,
+        default=None,
+        metavar="F",
+        help="slide pixels per input pixel (default: the file's record, else 1)",
+    )
+    p.add_argument(
+        "--uncertain",
+        choices=UNCERTAIN_POLICIES,
+        default="keep",
+        help="pixels still 255 (undecided) in a mask: keep them as 255 (default), "
+        "or count them as foreground or background",
+    )
+    p.add_argument(
+        "--input-type",
+        choices=INPUT_TYPES,
+        default="auto",
+        help="auto (default: 0/1/255 values are a mask, other ids instance labels), "
+        "mask (any non-zero id but 255 is foreground) or instances (every non-zero "
+        "id an object, 255 too)",
+    )
     p.set_defaults(func=run)
 
 
@@ -101,12 +135,16 @@ class _Job:
 
 def _check_options(args: argparse.Namespace) -> None:
     if args.pixel_size is not None and not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
-        raise InputError(f"--pixel-size must be a positive number of microns, got {args.pixel_size}")
+        raise InputError(
+            f"--pixel-size must be a positive number of microns, got {args.pixel_size}"
+        )
     if args.downsample is not None and not (math.isfinite(args.downsample) and args.downsample > 0):
         raise InputError(f"--downsample must be a positive number, got {args.downsample}")
     if args.offset is not None and min(args.offset) < 0:
-        raise InputError(f"--offset must be two non-negative pixel numbers (Y X), got "
-                         f"{args.offset[0]} {args.offset[1]}")
+        raise InputError(
+            f"--offset must be two non-negative pixel numbers (Y X), got "
+            f"{args.offset[0]} {args.offset[1]}"
+        )
     if not args.classification.strip():
         raise InputError("--classification must not be empty")
     resolved = {p.resolve() for p in args.inputs}
@@ -123,12 +161,15 @@ def _kind(file: LabelsFile, wanted: str) -> str:
     if data.dtype.kind == "f" and wanted != "instances" and np.isin(data, (0, 1, 255)).all():
         return "mask"  # a 0/1(/255) mask saved as floats
     if data.dtype.kind not in "iu":
-        raise InputError(f"{name}: pixel type {data.dtype} with values other than 0, 1 and 255 "
-                         "is not a mask or labels: save masks and labels as integers "
-                         "(0 background)")
+        raise InputError(
+            f"{name}: pixel type {data.dtype} with values other than 0, 1 and 255 "
+            "is not a mask or labels: save masks and labels as integers "
+            "(0 background)"
+        )
     if data.dtype.kind == "i" and int(data.min()) < 0:
-        raise InputError(f"{name}: holds negative values; labels must be 0 (background) or "
-                         "positive ids")
+        raise InputError(
+            f"{name}: holds negative values; labels must be 0 (background) or positive ids"
+        )
     if wanted != "auto":
         return wanted
     values = np.unique(data)
@@ -138,8 +179,11 @@ def _kind(file: LabelsFile, wanted: str) -> str:
 def _window(file: LabelsFile, args: argparse.Namespace) -> Window | None:
     h, w = (int(s) for s in file.data.shape)
     recorded = file.window
-    factor = args.downsample if args.downsample is not None else (
-        recorded.factor if recorded is not None else 1.0)
+    factor = (
+        args.downsample
+        if args.downsample is not None
+        else (recorded.factor if recorded is not None else 1.0)
+    )
     if args.offset is not None:
         y0, x0 = args.offset
     elif recorded is not None:
@@ -198,8 +242,13 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"two inputs are the same region of '{twice}': export them one at a time")
     check_export_folder(args.out)
     work_started()
-    log.info("export: %d file(s) -> %s (%s, class %s)", len(jobs), args.out, object_type,
-             args.classification)
+    log.info(
+        "export: %d file(s) -> %s (%s, class %s)",
+        len(jobs),
+        args.out,
+        object_type,
+        args.classification,
+    )
     for job in jobs:
         job, arrays = _prepare(job.path, args)
         entry = export_annotation(
@@ -216,6 +265,15 @@ def run(args: argparse.Namespace) -> int:
         )
         where = "" if job.window is None else f" at slide {job.window.label}"
         um = "" if job.pixel_size_um is None else f", {job.pixel_size_um:.4g} µm/px"
-        log.info("%s (%s%s%s): %d objects -> %s, %s, %s", job.path.name, job.kind, where, um,
-                 entry["objects"], entry["mask"], entry["instances"], entry["geojson"])
+        log.info(
+            "%s (%s%s%s): %d objects -> %s, %s, %s",
+            job.path.name,
+            job.kind,
+            where,
+            um,
+            entry["objects"],
+            entry["mask"],
+            entry["instances"],
+            entry["geojson"],
+        )
     return 0

@@ -42,12 +42,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help=f"{CHECKPOINT_HELP} (default: the bundled model that fits the first image: "
         "nuclei-he for H&E, lesion-dermoscopy for dermoscopy)",
     )
-    p.add_argument("--untrained", action="store_true",
-                   help="start from a new, untrained ResUNet-18 of --width instead of a bundled model")
-    p.add_argument("--pseudo-label", dest="pseudo_label", action="store_true", default=None,
-                   help="pseudo-label the image at once (the default with --sample)")
-    p.add_argument("--no-pseudo-label", dest="pseudo_label", action="store_false",
-                   help="do not pseudo-label the sample at once")
+    p.add_argument(
+        "--untrained",
+        action="store_true",
+        help="start from a new, untrained ResUNet-18 of --width instead of a bundled model",
+    )
+    p.add_argument(
+        "--pseudo-label",
+        dest="pseudo_label",
+        action="store_true",
+        default=None,
+        help="pseudo-label the image at once (the default with --sample)",
+    )
+    p.add_argument(
+        "--no-pseudo-label",
+        dest="pseudo_label",
+        action="store_false",
+        help="do not pseudo-label the sample at once",
+    )
     p.add_argument("--width", type=int, default=64, help="width of a new model (64 = ResUNet-18)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument(

@@ -7,9 +7,9 @@ import logging
 import os
 from pathlib import Path
 
+from ..core.atomic import sweep_stale_temporaries
 from ..core.checkpoint import save_checkpoint
 from ..core.errors import InputError
-from ..core.imageio import sweep_stale_temporaries
 from ..core.jigsaw import ROTATIONS
 from ..core.model import DECODERS, JIGSAW_HEADS, ModelConfig, build_model, count_parameters
 
@@ -19,25 +19,43 @@ log = logging.getLogger(__name__)
 def add_parser(sub: argparse._SubParsersAction) -> None:
     d = ModelConfig()
     p = sub.add_parser(
-        "init", help="create a new (untrained) model checkpoint",
+        "init",
+        help="create a new (untrained) model checkpoint",
         description="The jigsaw head and tile rotations chosen here are the model's for good: "
         "`pretrain`, `train` and `pseudo-label` use them.",
     )
     p.add_argument("--out", required=True, type=Path, help="checkpoint file to write (.pt)")
     p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
-    p.add_argument("--width", type=int, default=d.width,
-                   help=f"channels of the first stage; 64 is the real ResUNet-18 (default {d.width})")
-    p.add_argument("--dropout", type=float, default=d.dropout,
-                   help=f"decoder dropout (default {d.dropout})")
-    p.add_argument("--jigsaw-head", choices=JIGSAW_HEADS, default=d.jigsaw_head,
-                   help="slots: pool to the 3x3 tile layout, then linear (learns faster); gap: "
-                   f"global average pool, the paper's head (default {d.jigsaw_head})")
-    p.add_argument("--jigsaw-rotation", choices=ROTATIONS, default=d.jigsaw_rotation,
-                   help="how puzzle tiles are rotated in jigsaw training and self-loop "
-                   f"pseudo-labelling (default {d.jigsaw_rotation})")
-    p.add_argument("--decoder", choices=DECODERS, default=d.decoder,
-                   help="tapered: 256/128/64/32/16 channels (at width 64), about half the time of "
-                   f"matched, the decoder of earlier versions (default {d.decoder})")
+    p.add_argument(
+        "--width",
+        type=int,
+        default=d.width,
+        help=f"channels of the first stage; 64 is the real ResUNet-18 (default {d.width})",
+    )
+    p.add_argument(
+        "--dropout", type=float, default=d.dropout, help=f"decoder dropout (default {d.dropout})"
+    )
+    p.add_argument(
+        "--jigsaw-head",
+        choices=JIGSAW_HEADS,
+        default=d.jigsaw_head,
+        help="slots: pool to the 3x3 tile layout, then linear (learns faster); gap: "
+        f"global average pool, the paper's head (default {d.jigsaw_head})",
+    )
+    p.add_argument(
+        "--jigsaw-rotation",
+        choices=ROTATIONS,
+        default=d.jigsaw_rotation,
+        help="how puzzle tiles are rotated in jigsaw training and self-loop "
+        f"pseudo-labelling (default {d.jigsaw_rotation})",
+    )
+    p.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default=d.decoder,
+        help="tapered: 256/128/64/32/16 channels (at width 64), about half the time of "
+        f"matched, the decoder of earlier versions (default {d.decoder})",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=run)
 
@@ -47,14 +65,24 @@ def run(args: argparse.Namespace) -> int:
     if os.path.lexists(out) and not args.force:
         raise InputError(f"{out} exists; pass --force to overwrite it")
     try:
-        config = ModelConfig(width=args.width, dropout=args.dropout, jigsaw_head=args.jigsaw_head,
-                             jigsaw_rotation=args.jigsaw_rotation, decoder=args.decoder)
+        config = ModelConfig(
+            width=args.width,
+            dropout=args.dropout,
+            jigsaw_head=args.jigsaw_head,
+            jigsaw_rotation=args.jigsaw_rotation,
+            decoder=args.decoder,
+        )
     except ValueError as e:
         raise InputError(str(e)) from None
     model = build_model(config, seed=args.seed)
     sweep_stale_temporaries(out.parent)
     save_checkpoint(out, model, training={"init_seed": args.seed}, note="initialised by `init`")
-    log.info("wrote %s: ResUNet-18, %.2f M parameters, seed %d, jigsaw head %s, rotation %s",
-             out, count_parameters(model) / 1e6, args.seed, config.jigsaw_head,
-             config.jigsaw_rotation)
+    log.info(
+        "wrote %s: ResUNet-18, %.2f M parameters, seed %d, jigsaw head %s, rotation %s",
+        out,
+        count_parameters(model) / 1e6,
+        args.seed,
+        config.jigsaw_head,
+        config.jigsaw_rotation,
+    )
     return 0

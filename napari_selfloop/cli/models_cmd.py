@@ -10,7 +10,8 @@ from ..core.bundled import BUNDLED, model_card_text
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "models", help="list the bundled starter models (use them by name: --checkpoint nuclei-he)",
+        "models",
+        help="list the bundled starter models (use them by name: --checkpoint nuclei-he)",
         description="Lists the models shipped with napari-selfloop with their model cards: what "
         "they were trained on, the licence their weights carry, and how well they did on images "
         "they never saw. Any --checkpoint option accepts their names.",
@@ -22,9 +23,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.json:
         for m in BUNDLED.values():
-            print(json.dumps({"name": m.name, "title": m.title, "kind": m.kind, "file": str(m.path),
-                              "installed": m.path.is_file(), "data": m.data, "licence": m.licence,
-                              "citation": m.citation, "pixel_size_um": m.pixel_size_um}))
+            print(
+                json.dumps(
+                    {
+                        "name": m.name,
+                        "title": m.title,
+                        "kind": m.kind,
+                        "file": str(m.path),
+                        "installed": m.path.is_file(),
+                        "data": m.data,
+                        "licence": m.licence,
+                        "citation": m.citation,
+                        "pixel_size_um": m.pixel_size_um,
+                    }
+                )
+            )
         return 0
     print("\n\n".join(model_card_text(name) for name in BUNDLED))
     return 0

@@ -8,15 +8,19 @@ import math
 import os
 from pathlib import Path
 
+from ..core.atomic import sweep_stale_temporaries
 from ..core.checkpoint import file_sha256, load_checkpoint
+from ..core.device import PRECISIONS
 from ..core.errors import InputError
-from ..core.imageio import check_input_file, open_image, sweep_stale_temporaries
+from ..core.imageio import check_input_file, open_image
 from ..core.model import build_model
 from ..core.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
+from ..core.project import list_images
+from ..core.pseudolabel import PATCH_MULTIPLE
 from ..core.training import TrainItem
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
-from .train_cmd import list_images, same_file
+from .train_cmd import same_file
 
 log = logging.getLogger(__name__)
 
@@ -35,28 +39,74 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "means over recent training puzzles; measure held-out images with "
         "`napari-selfloop evaluate-jigsaw`.",
     )
-    p.add_argument("--images", required=True, action="append", type=Path, metavar="DIR",
-                   help="folder of images; repeat it for several folders")
-    p.add_argument("--checkpoint", type=checkpoint_arg, metavar="IN.pt",
-                   help=f"model to pre-train (required unless --resume): {CHECKPOINT_HELP}")
-    p.add_argument("--out", required=True, type=Path, metavar="OUT.pt",
-                   help="checkpoint to write (.pt); also written when interrupted")
-    p.add_argument("--iterations", type=int, metavar="N", default=d.iterations,
-                   help=f"optimiser steps in all, a resumed run included (default {d.iterations})")
-    p.add_argument("--patch-size", type=int, metavar="P", default=d.patch_size,
-                   help=f"largest patch side, a multiple of 96 (default {d.patch_size})")
-    p.add_argument("--batch-size", type=int, metavar="B", default=d.batch_size,
-                   help=f"puzzles per step at 96 px; larger sides get fewer (default {d.batch_size})")
-    p.add_argument("--lr", type=float, metavar="LR", default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
-    p.add_argument("--freeze-encoder", action="store_true",
-                   help="train the jigsaw head only (keeps a trained model's segmentation as it is)")
-    p.add_argument("--single-scale", action="store_true",
-                   help="always puzzle --patch-size patches (default: mix 96, 192, ... up to it)")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
+    p.add_argument(
+        "--images",
+        required=True,
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="folder of images; repeat it for several folders",
+    )
+    p.add_argument(
+        "--checkpoint",
+        type=checkpoint_arg,
+        metavar="IN.pt",
+        help=f"model to pre-train (required unless --resume): {CHECKPOINT_HELP}",
+    )
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="OUT.pt",
+        help="checkpoint to write (.pt); also written when interrupted",
+    )
+    p.add_argument(
+        "--iterations",
+        type=int,
+        metavar="N",
+        default=d.iterations,
+        help=f"optimiser steps in all, a resumed run included (default {d.iterations})",
+    )
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        metavar="P",
+        default=d.patch_size,
+        help=f"largest patch side, a multiple of {PATCH_MULTIPLE} (default {d.patch_size})",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        metavar="B",
+        default=d.batch_size,
+        help=f"puzzles per step at {PATCH_MULTIPLE} px; larger sides get fewer (default {d.batch_size})",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        metavar="LR",
+        default=d.lr,
+        help=f"Adam learning rate (default {d.lr:g})",
+    )
+    p.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train the jigsaw head only (keeps a trained model's segmentation as it is)",
+    )
+    p.add_argument(
+        "--single-scale",
+        action="store_true",
+        help=f"always puzzle --patch-size patches (default: mix {PATCH_MULTIPLE}, {2 * PATCH_MULTIPLE}, ... up to it)",
+    )
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--seed", type=int, metavar="S", default=d.seed, help=f"default {d.seed}")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    p.add_argument("--resume", type=Path, metavar="RUN.pt",
-                   help="continue a run from a checkpoint written by pretrain")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN.pt",
+        help="continue a run from a checkpoint written by pretrain",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.set_defaults(func=run)
 
@@ -71,7 +121,9 @@ def image_items(folders: list[Path], what: str = "--images") -> list[TrainItem]:
             if key in seen:
                 continue
             seen.add(key)
-            items.append(TrainItem(name=path.name, image=open_image(path), sha256=file_sha256(path)))
+            items.append(
+                TrainItem(name=path.name, image=open_image(path), sha256=file_sha256(path))
+            )
     return items
 
 
@@ -80,15 +132,22 @@ def run(args: argparse.Namespace) -> int:
     if os.path.lexists(out) and not args.force and not same_file(args.resume, out):
         raise InputError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
     if args.checkpoint is None and args.resume is None:
-        raise InputError("pass --checkpoint (the model to pre-train; create one with "
-                         "`napari-selfloop init`) or --resume (a run to continue)")
+        raise InputError(
+            "pass --checkpoint (the model to pre-train; create one with "
+            "`napari-selfloop init`) or --resume (a run to continue)"
+        )
     for path in (args.checkpoint, args.resume):
         if path is not None:
             check_input_file(path, "a checkpoint file")
     config = PretrainConfig(
-        iterations=args.iterations, patch_size=args.patch_size, batch_size=args.batch_size,
-        lr=args.lr, freeze_encoder=args.freeze_encoder, multiscale=not args.single_scale,
-        seed=args.seed, precision=args.precision,
+        iterations=args.iterations,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        freeze_encoder=args.freeze_encoder,
+        multiscale=not args.single_scale,
+        seed=args.seed,
+        precision=args.precision,
     )
     if args.checkpoint is not None:
         ck = load_checkpoint(args.checkpoint)
@@ -97,23 +156,42 @@ def run(args: argparse.Namespace) -> int:
         ck = load_checkpoint(args.resume)
         model, parent = build_model(ck.config), ck.meta.get("parent")
     items = image_items(args.images)
-    gen = pretrain_jigsaw(model, items, config, device=args.device, out=out, resume=args.resume,
-                          parent=parent, pixel_size_um=ck.pixel_size_um if args.checkpoint is not None else None)
+    gen = pretrain_jigsaw(
+        model,
+        items,
+        config,
+        device=args.device,
+        out=out,
+        resume=args.resume,
+        parent=parent,
+        pixel_size_um=ck.pixel_size_um if args.checkpoint is not None else None,
+    )
     # Every check is done (pretrain_jigsaw() checks before it returns the generator).
-    log.info("jigsaw pre-training on %d image(s): %d steps, head %s, rotation %s%s",
-             len(items), config.iterations, model.config.jigsaw_head, model.config.jigsaw_rotation,
-             ", encoder frozen" if config.freeze_encoder else "")
+    log.info(
+        "jigsaw pre-training on %d image(s): %d steps, head %s, rotation %s%s",
+        len(items),
+        config.iterations,
+        model.config.jigsaw_head,
+        model.config.jigsaw_rotation,
+        ", encoder frozen" if config.freeze_encoder else "",
+    )
     sweep_stale_temporaries(out.parent)
     result = drive(gen, desc="pretrain", quiet=args.quiet)
     if result.steps == 0 or math.isnan(result.loss):
-        print(f"nothing to do: {args.resume} has already run {config.iterations} steps "
-              "(raise --iterations to continue)")
+        print(
+            f"nothing to do: {args.resume} has already run {config.iterations} steps "
+            "(raise --iterations to continue)"
+        )
         return 0
-    print(f"L_SS {result.loss:.3f} nats (chance {result.chance_loss:.3f}), "
-          f"top-1 {100 * result.top1:.1f}% (running mean over the last "
-          f"{min(result.steps, config.window)} steps); {result.steps} steps in "
-          f"{result.seconds:.0f} s -> {result.checkpoint}")
+    print(
+        f"L_SS {result.loss:.3f} nats (chance {result.chance_loss:.3f}), "
+        f"top-1 {100 * result.top1:.1f}% (running mean over the last "
+        f"{min(result.steps, config.window)} steps); {result.steps} steps in "
+        f"{result.seconds:.0f} s -> {result.checkpoint}"
+    )
     if at_chance(result.loss, result.chance_loss):
-        log.warning("the jigsaw is still at chance: self-loop uncertainty carries no information "
-                    "yet; train longer (raise --iterations and --resume the run)")
+        log.warning(
+            "the jigsaw is still at chance: self-loop uncertainty carries no information "
+            "yet; train longer (raise --iterations and --resume the run)"
+        )
     return 0

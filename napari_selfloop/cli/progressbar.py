@@ -13,7 +13,7 @@ import sys
 from collections.abc import Generator
 from typing import Any, TypeVar
 
-from ..core.progress import Progress
+from ..core.progress import Progress, run_to_completion
 
 T = TypeVar("T")
 
@@ -81,26 +81,26 @@ def drive(gen: Generator[Progress, None, T], desc: str, quiet: bool = False) -> 
     bar: Any = None
     started = False
     show = not quiet and sys.stderr.isatty()
-    try:
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return stop.value
-            if not started:
-                started = True
-                work_started()
-            if show and bar is None:
-                from tqdm import tqdm
 
-                bar = tqdm(desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
-            if bar is not None:
-                if event.total and bar.total != event.total:
-                    bar.total = event.total
-                bar.n = event.done
-                if event.message:
-                    bar.set_postfix_str(event.message, refresh=False)
-                bar.refresh()
+    def show_event(event: Progress) -> None:
+        nonlocal bar, started
+        if not started:
+            started = True
+            work_started()
+        if show and bar is None:
+            from tqdm import tqdm
+
+            bar = tqdm(desc=desc, unit="step", file=sys.stderr, leave=False, dynamic_ncols=True)
+        if bar is not None:
+            if event.total and bar.total != event.total:
+                bar.total = event.total
+            bar.n = event.done
+            if event.message:
+                bar.set_postfix_str(event.message, refresh=False)
+            bar.refresh()
+
+    try:
+        return run_to_completion(gen, on_progress=show_event)
     finally:
         gen.close()
         if bar is not None:

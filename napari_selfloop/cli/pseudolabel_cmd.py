@@ -9,25 +9,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.atomic import sweep_stale_temporaries
 from ..core.batch import OUTPUTS, close_image, label_image_file
 from ..core.checkpoint import load_checkpoint
+from ..core.device import PRECISIONS
 from ..core.errors import InputError
-from ..core.imageio import (
-    check_image,
-    check_input_file,
-    open_image,
-    sweep_stale_temporaries,
-)
+from ..core.imageio import check_image, check_input_file, open_image
 from ..core.jigsaw import ROTATIONS
-from ..core.pseudolabel import METHODS, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig
+from ..core.pseudolabel import METHODS, PATCH_MULTIPLE, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig
 from ..core.slide import is_slide, open_slide
 from ..core.working import OUTPUT_DTYPES, SlideOptions
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
-
-
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -43,16 +38,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "Existing files are not overwritten without --force, and an input file is never "
         "overwritten.",
     )
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
-                   help="TIFF, PNG, JPEG, or a slide (.svs, .ndpi, .tif, .ome.tif)")
-    p.add_argument("--checkpoint", action="append", required=True, type=checkpoint_arg,
-                   help=f"{CHECKPOINT_HELP}; repeat it for --method ensemble")
+    p.add_argument(
+        "images",
+        nargs="+",
+        type=Path,
+        metavar="IMAGE",
+        help="TIFF, PNG, JPEG, or a slide (.svs, .ndpi, .tif, .ome.tif)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        type=checkpoint_arg,
+        help=f"{CHECKPOINT_HELP}; repeat it for --method ensemble",
+    )
     add_method_options(p)
     add_slide_options(p)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite existing output files (never an input file)")
+    p.add_argument(
+        "--force", action="store_true", help="overwrite existing output files (never an input file)"
+    )
     p.set_defaults(func=run)
 
 
@@ -60,44 +66,95 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
     """The :class:`PseudoLabelConfig` options (shared with ``batch``), defaults from the config."""
     d = PseudoLabelConfig()
     p.add_argument("--method", choices=METHODS, default=d.method)
-    p.add_argument("--q", type=int, default=d.q,
-                   help=f"permutations (self-loop) or passes (MC dropout); default {d.q}")
-    p.add_argument("--threshold", type=float, default=d.threshold,
-                   help=f"confidence threshold in (0.5, 1); default {d.threshold}")
-    p.add_argument("--lr", type=float, default=d.lr,
-                   help=f"step size of the self-loop encoder updates ({d.lr:g})")
-    p.add_argument("--step-rule", choices=STEP_RULES, default=d.step_rule,
-                   help=f"rule of the self-loop encoder updates ({d.step_rule}; adam: the earlier rule)")
-    p.add_argument("--rotation", choices=ROTATIONS, default=d.rotation,
-                   help="tile rotations of the self-loop puzzles (default: the model's, "
-                   "the mode its jigsaw was trained with)")
-    p.add_argument("--no-grid-shift", dest="grid_shift", action="store_false", default=d.grid_shift,
-                   help="puzzle on a fixed 3x3 grid (default: a random grid phase per puzzle)")
-    p.add_argument("--uncertainty", choices=UNCERTAINTIES, default=d.uncertainty,
-                   help="the uncertainty map: entropy of the probability (default; marks errors best) "
-                        "or the spread of the Q maps")
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="multiple of 96")
-    p.add_argument("--overlap", type=int, default=None,
-                   help="pixels shared by neighbouring patches (default: a sixth of the patch)")
+    p.add_argument(
+        "--q",
+        type=int,
+        default=d.q,
+        help=f"permutations (self-loop) or passes (MC dropout); default {d.q}",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=d.threshold,
+        help=f"confidence threshold in (0.5, 1); default {d.threshold}",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=d.lr,
+        help=f"step size of the self-loop encoder updates ({d.lr:g})",
+    )
+    p.add_argument(
+        "--step-rule",
+        choices=STEP_RULES,
+        default=d.step_rule,
+        help=f"rule of the self-loop encoder updates ({d.step_rule}; adam: the earlier rule)",
+    )
+    p.add_argument(
+        "--rotation",
+        choices=ROTATIONS,
+        default=d.rotation,
+        help="tile rotations of the self-loop puzzles (default: the model's, "
+        "the mode its jigsaw was trained with)",
+    )
+    p.add_argument(
+        "--no-grid-shift",
+        dest="grid_shift",
+        action="store_false",
+        default=d.grid_shift,
+        help="puzzle on a fixed 3x3 grid (default: a random grid phase per puzzle)",
+    )
+    p.add_argument(
+        "--uncertainty",
+        choices=UNCERTAINTIES,
+        default=d.uncertainty,
+        help="the uncertainty map: entropy of the probability (default; marks errors best) "
+        "or the spread of the Q maps",
+    )
+    p.add_argument(
+        "--patch-size", type=int, default=d.patch_size, help=f"multiple of {PATCH_MULTIPLE}"
+    )
+    p.add_argument(
+        "--overlap",
+        type=int,
+        default=d.overlap,
+        help="pixels shared by neighbouring patches, at most a third of the patch "
+        "(default: a sixth of the patch)",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--seed", type=int, default=d.seed)
 
 
 def add_slide_options(p: argparse.ArgumentParser) -> None:
     """The :class:`SlideOptions` options (shared with ``batch``)."""
-    p.add_argument("--mpp", type=float, default=None, metavar="UM",
-                   help="microns per pixel to work slides at: the nearest pyramid level at least "
-                   "as fine is read and resampled the rest of the way (default: the pixel size "
-                   "the model was trained at; level 0 when neither says)")
-    p.add_argument("--tissue-only", dest="tissue_only", action="store_true", default=None,
-                   help="skip patches without tissue (default for slides): they come out as "
-                   "background with zero uncertainty")
-    p.add_argument("--no-tissue-only", dest="tissue_only", action="store_false",
-                   help="process the glass too")
-    p.add_argument("--output-dtype", choices=OUTPUT_DTYPES, default="auto",
-                   help="pixel type of the probability and uncertainty (auto: uint8, 0-255 for "
-                   "0-1, for slides; float32 for other images)")
+    p.add_argument(
+        "--mpp",
+        type=float,
+        default=None,
+        metavar="UM",
+        help="microns per pixel to work slides at: the nearest pyramid level at least "
+        "as fine is read and resampled the rest of the way (default: the pixel size "
+        "the model was trained at; level 0 when neither says)",
+    )
+    p.add_argument(
+        "--tissue-only",
+        dest="tissue_only",
+        action="store_true",
+        default=None,
+        help="skip patches without tissue (default for slides): they come out as "
+        "background with zero uncertainty",
+    )
+    p.add_argument(
+        "--no-tissue-only", dest="tissue_only", action="store_false", help="process the glass too"
+    )
+    p.add_argument(
+        "--output-dtype",
+        choices=OUTPUT_DTYPES,
+        default="auto",
+        help="pixel type of the probability and uncertainty (auto: uint8, 0-255 for "
+        "0-1, for slides; float32 for other images)",
+    )
 
 
 def slide_options_from_args(args: argparse.Namespace, model_mpp: float | None) -> SlideOptions:
@@ -111,18 +168,30 @@ def model_pixel_size(checkpoints: list) -> float | None:
     """The pixel size the (first) checkpoint was trained at; a warning when an ensemble's differ."""
     sizes = [c.pixel_size_um for c in checkpoints]
     if len({s for s in sizes}) > 1:
-        log.warning("the checkpoints were trained at different pixel sizes (%s): slides are "
-                    "worked at the first's; pass --mpp to choose", ", ".join(map(str, sizes)))
+        log.warning(
+            "the checkpoints were trained at different pixel sizes (%s): slides are "
+            "worked at the first's; pass --mpp to choose",
+            ", ".join(map(str, sizes)),
+        )
     return sizes[0] if sizes else None
 
 
 def config_from_args(args: argparse.Namespace) -> PseudoLabelConfig:
     """The :class:`PseudoLabelConfig` of the options :func:`add_method_options` added."""
     return PseudoLabelConfig(
-        method=args.method, q=args.q, threshold=args.threshold, lr=args.lr,
-        patch_size=args.patch_size, overlap=args.overlap, batch_size=args.batch_size,
-        precision=args.precision, seed=args.seed, step_rule=args.step_rule,
-        rotation=args.rotation, grid_shift=args.grid_shift, uncertainty=args.uncertainty,
+        method=args.method,
+        q=args.q,
+        threshold=args.threshold,
+        lr=args.lr,
+        patch_size=args.patch_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        seed=args.seed,
+        step_rule=args.step_rule,
+        rotation=args.rotation,
+        grid_shift=args.grid_shift,
+        uncertainty=args.uncertainty,
     )
 
 
@@ -229,7 +298,12 @@ def run(args: argparse.Namespace) -> int:
     sweep_stale_temporaries(args.out)
     for path in args.images:
         result, info = label_image_file(
-            path, models, config, args.out, path.stem, device=args.device,
+            path,
+            models,
+            config,
+            args.out,
+            path.stem,
+            device=args.device,
             drive=lambda gen, path=path: drive(gen, desc=path.name, quiet=args.quiet),
             options=options,
         )
@@ -237,8 +311,15 @@ def run(args: argparse.Namespace) -> int:
         if result.losses is not None:
             extra = f", mean jigsaw loss {float(np.mean(result.losses)):.3f}"
         extra += _slide_note(result.info)
-        log.info("%s: %s pseudo-label (%dx%d) in %.1f s on %s%s -> %s",
-                 path.name, config.method, info.width, info.height, result.seconds,
-                 result.info.get("device"), extra, args.out / f"{path.stem}_*.tif")
+        log.info(
+            "%s: %s pseudo-label (%dx%d) in %.1f s on %s%s -> %s",
+            path.name,
+            config.method,
+            info.width,
+            info.height,
+            result.seconds,
+            result.info.get("device"),
+            extra,
+            args.out / f"{path.stem}_*.tif",
+        )
     return 0
-

@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import os
 from pathlib import Path
 
 import numpy as np
 
+from ..core.atomic import sweep_stale_temporaries
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.datasets import open_mask
+from ..core.device import PRECISIONS
 from ..core.errors import InputError
-from ..core.imageio import IMAGE_SUFFIXES, check_input_file, open_image, sweep_stale_temporaries
+from ..core.imageio import check_input_file, open_image
 from ..core.model import ModelConfig, build_model, check_seed
-from ..core.pseudolabel import STEP_RULES
+from ..core.project import list_images
+from ..core.pseudolabel import PATCH_MULTIPLE, STEP_RULES
 from ..core.training import FRAMEWORKS, TrainConfig, TrainItem, train
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
-
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,16 +37,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--images", required=True, type=Path, help="folder of images")
     p.add_argument("--masks", type=Path, help="folder of masks (uint8 0/1/255), paired by stem")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--labeled", nargs="+", metavar="NAME",
-                       help="images to use as labelled (stems or file names); default: all with a mask")
-    which.add_argument("--labeled-fraction", type=float, metavar="F",
-                       help="label a seeded random fraction of the images that have masks")
-    p.add_argument("--validation", nargs="+", metavar="NAME", default=[],
-                   help="images (with masks) held out to choose the best checkpoint")
+    which.add_argument(
+        "--labeled",
+        nargs="+",
+        metavar="NAME",
+        help="images to use as labelled (stems or file names); default: all with a mask",
+    )
+    which.add_argument(
+        "--labeled-fraction",
+        type=float,
+        metavar="F",
+        help="label a seeded random fraction of the images that have masks",
+    )
+    p.add_argument(
+        "--validation",
+        nargs="+",
+        metavar="NAME",
+        default=[],
+        help="images (with masks) held out to choose the best checkpoint",
+    )
     p.add_argument("--unlabeled", type=Path, help="extra folder of unlabelled images")
     p.add_argument("--framework", choices=FRAMEWORKS, default=d.framework)
-    p.add_argument("--checkpoint", type=checkpoint_arg,
-                   help=f"initial model (default: a new ResUNet-18): {CHECKPOINT_HELP}")
+    p.add_argument(
+        "--checkpoint",
+        type=checkpoint_arg,
+        help=f"initial model (default: a new ResUNet-18): {CHECKPOINT_HELP}",
+    )
     p.add_argument("--resume", type=Path, help="continue a run from a checkpoint written by train")
     p.add_argument("--width", type=int, default=64, help="width of a new model (64 = ResUNet-18)")
     p.add_argument("--iterations", type=int, default=d.iterations)
@@ -53,53 +70,66 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold", type=float, default=d.threshold)
     p.add_argument("--confidence", choices=("two-sided", "foreground"), default=d.confidence)
     p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr:g})")
-    p.add_argument("--ss-lr", type=float, default=d.ss_lr,
-                   help=f"step size of the Q self-loop encoder updates ({d.ss_lr:g})")
-    p.add_argument("--ss-step-rule", choices=STEP_RULES, default=d.ss_step_rule,
-                   help=f"rule of the self-loop encoder updates ({d.ss_step_rule})")
-    p.add_argument("--no-grid-shift", dest="grid_shift", action="store_false", default=d.grid_shift,
-                   help="puzzle on a fixed 3x3 grid (default: a random grid phase per puzzle)")
-    p.add_argument("--jigsaw-warmup", type=int, default=d.jigsaw_warmup, metavar="N",
-                   help="steps of jigsaw pre-training on all the images before the objective "
-                   f"(default {d.jigsaw_warmup}: none; see also `napari-selfloop pretrain`)")
-    p.add_argument("--jigsaw-batch-size", type=int, default=d.jigsaw_batch_size,
-                   help=f"puzzles per jigsaw warm-up step at 96 px ({d.jigsaw_batch_size})")
-    p.add_argument("--jigsaw-patch-size", type=int, default=d.jigsaw_patch_size,
-                   help=f"largest patch side of the jigsaw warm-up, a multiple of 96 ({d.jigsaw_patch_size})")
-    p.add_argument("--warmup", type=float, default=d.warmup,
-                   help="fraction of iterations on labelled data only before pseudo-labels")
+    p.add_argument(
+        "--ss-lr",
+        type=float,
+        default=d.ss_lr,
+        help=f"step size of the Q self-loop encoder updates ({d.ss_lr:g})",
+    )
+    p.add_argument(
+        "--ss-step-rule",
+        choices=STEP_RULES,
+        default=d.ss_step_rule,
+        help=f"rule of the self-loop encoder updates ({d.ss_step_rule})",
+    )
+    p.add_argument(
+        "--no-grid-shift",
+        dest="grid_shift",
+        action="store_false",
+        default=d.grid_shift,
+        help="puzzle on a fixed 3x3 grid (default: a random grid phase per puzzle)",
+    )
+    p.add_argument(
+        "--jigsaw-warmup",
+        type=int,
+        default=d.jigsaw_warmup,
+        metavar="N",
+        help="steps of jigsaw pre-training on all the images before the objective "
+        f"(default {d.jigsaw_warmup}: none; see also `napari-selfloop pretrain`)",
+    )
+    p.add_argument(
+        "--jigsaw-batch-size",
+        type=int,
+        default=d.jigsaw_batch_size,
+        help=f"puzzles per jigsaw warm-up step at {PATCH_MULTIPLE} px ({d.jigsaw_batch_size})",
+    )
+    p.add_argument(
+        "--jigsaw-patch-size",
+        type=int,
+        default=d.jigsaw_patch_size,
+        help=f"largest patch side of the jigsaw warm-up, a multiple of {PATCH_MULTIPLE} ({d.jigsaw_patch_size})",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=d.warmup,
+        help="fraction of iterations on labelled data only before pseudo-labels",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--patch-size", type=int, default=d.patch_size, help="multiple of 96")
+    p.add_argument(
+        "--patch-size", type=int, default=d.patch_size, help=f"multiple of {PATCH_MULTIPLE}"
+    )
     p.add_argument("--validate-every", type=int, default=d.validate_every)
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=d.precision)
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite an existing --out (not needed to --resume it in place)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite an existing --out (not needed to --resume it in place)",
+    )
     p.set_defaults(func=run)
-
-
-def list_images(folder: Path, what: str) -> dict[str, Path]:
-    """Image files of a folder by stem (refusing two files with the same stem)."""
-    if not folder.is_dir():
-        try:
-            folder.stat()
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise InputError(f"{what} folder {folder} is a symbolic link loop (it ends up "
-                                 "pointing to itself): fix or remove the link") from exc
-        raise InputError(f"{what} folder {folder} does not exist or is not a folder")
-    found: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
-            if path.stem in found:
-                raise InputError(f"{path.name} and {found[path.stem].name} in {folder} have the same "
-                                 "stem: keep one")
-            found[path.stem] = path
-    if not found:
-        raise InputError(f"no PNG, JPEG or TIFF files in {what} folder {folder}")
-    return found
 
 
 def _pick(names: list[str], images: dict[str, Path], what: str) -> list[str]:
@@ -115,8 +145,13 @@ def _pick(names: list[str], images: dict[str, Path], what: str) -> list[str]:
 def _item(stem: str, path: Path, mask_path: Path | None) -> TrainItem:
     """An image and its mask as stored (checked and converted by the shared mask rule)."""
     mask, convention = (None, "auto") if mask_path is None else open_mask(mask_path)
-    return TrainItem(name=path.name, image=open_image(path), mask=mask, sha256=file_sha256(path),
-                     mask_convention=convention)
+    return TrainItem(
+        name=path.name,
+        image=open_image(path),
+        mask=mask,
+        sha256=file_sha256(path),
+        mask_convention=convention,
+    )
 
 
 def same_file(a: Path | None, b: Path) -> bool:
@@ -134,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
         hint = f" (or --resume {args.out} to continue it)" if args.resume is None else ""
         raise InputError(f"{args.out} exists; pass --force to overwrite it{hint}")
     if args.checkpoint is not None and args.resume is not None:
-        raise InputError("pass either --checkpoint (start from a model) or --resume (continue a run)")
+        raise InputError(
+            "pass either --checkpoint (start from a model) or --resume (continue a run)"
+        )
     check_seed(args.seed)
     for path in (args.checkpoint, args.resume):
         if path is not None:
@@ -161,20 +198,34 @@ def run(args: argparse.Namespace) -> int:
         labelled = [s for s in with_masks if s not in validation]
     for stem in labelled + validation:
         if stem not in masks:
-            raise InputError(f"{images[stem].name} has no mask in {args.masks or '(no --masks given)'}: "
-                             f"add {stem}.png/.tif there")
+            raise InputError(
+                f"{images[stem].name} has no mask in {args.masks or '(no --masks given)'}: "
+                f"add {stem}.png/.tif there"
+            )
     overlap = set(labelled) & set(validation)
     if overlap:
         raise InputError(f"{sorted(overlap)[0]} is both labelled and validation: pick one")
     unlabelled = [s for s in images if s not in labelled and s not in validation]
     extra = list_images(args.unlabeled, "--unlabeled") if args.unlabeled is not None else {}
     config = TrainConfig(
-        framework=args.framework, iterations=args.iterations, patch_size=args.patch_size,
-        batch_size=args.batch_size, q=args.q, threshold=args.threshold, confidence=args.confidence,
-        lr=args.lr, warmup=args.warmup, seed=args.seed, precision=args.precision,
-        validate_every=args.validate_every, ss_lr=args.ss_lr, ss_step_rule=args.ss_step_rule,
-        grid_shift=args.grid_shift, jigsaw_warmup=args.jigsaw_warmup,
-        jigsaw_batch_size=args.jigsaw_batch_size, jigsaw_patch_size=args.jigsaw_patch_size,
+        framework=args.framework,
+        iterations=args.iterations,
+        patch_size=args.patch_size,
+        batch_size=args.batch_size,
+        q=args.q,
+        threshold=args.threshold,
+        confidence=args.confidence,
+        lr=args.lr,
+        warmup=args.warmup,
+        seed=args.seed,
+        precision=args.precision,
+        validate_every=args.validate_every,
+        ss_lr=args.ss_lr,
+        ss_step_rule=args.ss_step_rule,
+        grid_shift=args.grid_shift,
+        jigsaw_warmup=args.jigsaw_warmup,
+        jigsaw_batch_size=args.jigsaw_batch_size,
+        jigsaw_patch_size=args.jigsaw_patch_size,
     )
     parent = None
     if args.checkpoint is not None:
@@ -191,15 +242,37 @@ def run(args: argparse.Namespace) -> int:
     val_items = [_item(s, images[s], masks[s]) for s in validation]
     unl_items = [_item(s, images[s], None) for s in unlabelled]
     unl_items += [_item(s, p, None) for s, p in extra.items()]
-    gen = train(model, lab_items, unl_items, config, validation=val_items or None,
-                device=args.device, resume=args.resume, out=args.out, parent=parent,
-                pixel_size_um=ck.pixel_size_um if args.checkpoint is not None else None)
+    gen = train(
+        model,
+        lab_items,
+        unl_items,
+        config,
+        validation=val_items or None,
+        device=args.device,
+        resume=args.resume,
+        out=args.out,
+        parent=parent,
+        pixel_size_um=ck.pixel_size_um if args.checkpoint is not None else None,
+    )
     # Every check is done (train() checks before it returns the generator): log, sweep, run.
-    log.info("training %s: %d labelled, %d unlabelled, %d validation image(s), %d iterations",
-             config.framework, len(lab_items), len(unl_items), len(val_items), config.iterations)
+    log.info(
+        "training %s: %d labelled, %d unlabelled, %d validation image(s), %d iterations",
+        config.framework,
+        len(lab_items),
+        len(unl_items),
+        len(val_items),
+        config.iterations,
+    )
     sweep_stale_temporaries(args.out.parent)
     result = drive(gen, desc=f"train {config.framework}", quiet=args.quiet)
     metric = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"
-    log.info("best %s %s at step %d; %d steps in %.0f s -> %s", result.metric_name, metric,
-             result.best_step, result.steps, result.seconds, result.checkpoint or "(nothing written)")
+    log.info(
+        "best %s %s at step %d; %d steps in %.0f s -> %s",
+        result.metric_name,
+        metric,
+        result.best_step,
+        result.steps,
+        result.seconds,
+        result.checkpoint or "(nothing written)",
+    )
     return 0

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path, write_json, write_tiff
 from .errors import Cancelled, InputError
-from .imageio import atomic_path, write_json, write_tiff
 from .tiles import TILE, tile_grid, tile_hash, tile_slices
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,9 @@ def _hash_rows(h: Any, image: Any, cancelled: Callable[[], bool] | None) -> None
         h.update(band.reshape(-1).view(np.uint8))
 
 
-def slide_key(levels: Sequence[Any], cancelled: Callable[[], bool] | None = None,
-              sample: int = 256) -> str:
+def slide_key(
+    levels: Sequence[Any], cancelled: Callable[[], bool] | None = None, sample: int = 256
+) -> str:
     """A short hex key for a pyramid (a whole slide), read in well under a second.
 
     Hashing every pixel of a slide would mean decoding gigabytes, so the key covers the
@@ -198,8 +199,13 @@ class AutosaveStore:
         log.debug("autosaved %s (%s) to %s", name, key, tif)
         return tif
 
-    def _save_tiles(self, key: str, labels: np.ndarray, meta: dict[str, Any],
-                    tiles: Iterable[tuple[int, int]] | None) -> None:
+    def _save_tiles(
+        self,
+        key: str,
+        labels: np.ndarray,
+        meta: dict[str, Any],
+        tiles: Iterable[tuple[int, int]] | None,
+    ) -> None:
         _, meta_path = self._paths(key)
         folder = self._tile_dir(key)
         folder.mkdir(exist_ok=True)
@@ -229,10 +235,14 @@ class AutosaveStore:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
-        if (isinstance(meta, dict) and meta.get("format") == TILED_FORMAT
-                and meta.get("tile") == TILE and isinstance(meta.get("tiles"), dict)
-                and meta.get("shape") == [int(s) for s in labels.shape]
-                and meta.get("dtype") == str(labels.dtype)):
+        if (
+            isinstance(meta, dict)
+            and meta.get("format") == TILED_FORMAT
+            and meta.get("tile") == TILE
+            and isinstance(meta.get("tiles"), dict)
+            and meta.get("shape") == [int(s) for s in labels.shape]
+            and meta.get("dtype") == str(labels.dtype)
+        ):
             return meta
         return None
 
@@ -259,8 +269,12 @@ class AutosaveStore:
             problem = f"{type(e).__name__}: {e}"
         if problem is not None:
             moved = [p for p in (self._set_aside(tif), self._set_aside(meta_path)) if p]
-            log.warning("autosave %s is damaged (%s): set aside as %s", tif, problem,
-                        ", ".join(p.name for p in moved) or "(could not rename it)")
+            log.warning(
+                "autosave %s is damaged (%s): set aside as %s",
+                tif,
+                problem,
+                ", ".join(p.name for p in moved) or "(could not rename it)",
+            )
             return None
         meta: dict[str, Any] = {}
         if meta_path.exists():
@@ -270,8 +284,12 @@ class AutosaveStore:
                     raise ValueError(f"a {type(meta).__name__}, not an object")
             except (OSError, ValueError) as e:
                 moved_meta = self._set_aside(meta_path)
-                log.warning("autosave record %s is damaged (%s): set aside as %s", meta_path, e,
-                            moved_meta.name if moved_meta else "(could not rename it)")
+                log.warning(
+                    "autosave record %s is damaged (%s): set aside as %s",
+                    meta_path,
+                    e,
+                    moved_meta.name if moved_meta else "(could not rename it)",
+                )
                 meta = {}
         return Restored(labels=labels, meta=meta)
 
@@ -289,8 +307,12 @@ class AutosaveStore:
                 raise ValueError(f"shape {shape}, tile {tile}")
         except (OSError, ValueError, KeyError, TypeError) as e:
             moved = self._set_aside(meta_path)
-            log.warning("autosave record %s is damaged (%s): set aside as %s", meta_path, e,
-                        moved.name if moved else "(could not rename it)")
+            log.warning(
+                "autosave record %s is damaged (%s): set aside as %s",
+                meta_path,
+                e,
+                moved.name if moved else "(could not rename it)",
+            )
             return None
         labels = np.full(shape, LOST_TILE_VALUE, dtype)
         folder = self._tile_dir(key)
@@ -306,9 +328,14 @@ class AutosaveStore:
                     raise ValueError("its content does not match its hash")
             except (OSError, ValueError, zlib.error) as e:
                 moved = self._set_aside(path) if path.exists() else None
-                log.warning("autosave tile %s of %s is damaged or missing (%s)%s: its pixels "
-                            "come back as uncertain", name, key, e,
-                            f"; set aside as {moved.name}" if moved else "")
+                log.warning(
+                    "autosave tile %s of %s is damaged or missing (%s)%s: its pixels "
+                    "come back as uncertain",
+                    name,
+                    key,
+                    e,
+                    f"; set aside as {moved.name}" if moved else "",
+                )
                 if moved is None:
                     self.missing.append(path)
                 continue

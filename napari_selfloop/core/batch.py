@@ -35,19 +35,16 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
+from .atomic import TEMP_NAME, write_json
 from .checkpoint import file_sha256, load_checkpoint
 from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
-from .imageio import (
-    IMAGE_SUFFIXES,
-    TEMP_NAME,
-    check_input_file,
-    write_json,
-)
+from .imageio import check_input_file
 from .labelfile import LABELS_TAG
+from .progress import run_to_completion
+from .project import IMAGE_SUFFIXES
 from .pseudolabel import PseudoLabelConfig, PseudoLabelResult, pseudo_label
 from .tiledtiff import TiledTiffWriter
-from .tiling import run_to_completion
 from .working import SlideOptions, WorkingImage, open_working_image
 
 try:
@@ -60,7 +57,7 @@ log = logging.getLogger(__name__)
 #: Output files per image: suffix -> dtype (as ``pseudo-label`` writes them for images that
 #: are not slides; slides get uint8 probability and uncertainty, see :mod:`.working`).
 OUTPUTS = {"prob": np.float32, "uncertainty": np.float32, "mask": np.uint8}
-#: Suffixes a folder of slides adds to :data:`.imageio.IMAGE_SUFFIXES`.
+#: Suffixes a folder of slides adds to :data:`.project.IMAGE_SUFFIXES`.
 SLIDE_FOLDER_SUFFIXES = (".svs", ".ndpi")
 #: The mask says it uses the 0/1/255 convention (as ``pseudo-label``'s).
 MASK_METADATA = {SELFLOOP_MASK_TAG: "0/1/255"}
@@ -112,9 +109,11 @@ def collect_inputs(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
             paths.extend(_read_list(p))
         elif p.is_dir():
             suffixes = (*IMAGE_SUFFIXES, *SLIDE_FOLDER_SUFFIXES)
-            found = sorted(q for q in p.iterdir()
-                           if q.suffix.lower() in suffixes and not q.name.startswith(".")
-                           and q.is_file())
+            found = sorted(
+                q
+                for q in p.iterdir()
+                if q.suffix.lower() in suffixes and not q.name.startswith(".") and q.is_file()
+            )
             if not found:
                 raise InputError(f"the folder {p} holds no image ({', '.join(suffixes)})")
             paths.extend(found)
@@ -164,8 +163,9 @@ def shard_from_env(env: Mapping[str, str] | None = None) -> tuple[int, int] | No
         i = int(env["SLURM_ARRAY_TASK_ID"]) - int(env.get("SLURM_ARRAY_TASK_MIN", "0") or 0)
         n = int(env["SLURM_ARRAY_TASK_COUNT"])
     except ValueError:
-        raise InputError("SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT are not integers; "
-                         "pass --shard I/N") from None
+        raise InputError(
+            "SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT are not integers; pass --shard I/N"
+        ) from None
     return parse_shard(f"{i}/{n}")
 
 
@@ -195,15 +195,22 @@ def read_record(out: Path, key: str) -> dict[str, Any] | None:
     return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None
 
 
-def record_matches(record: Mapping[str, Any] | None, out: Path, input_sha256: str,
-                   checkpoint_sha256: Sequence[str], config: Mapping[str, Any]) -> bool:
+def record_matches(
+    record: Mapping[str, Any] | None,
+    out: Path,
+    input_sha256: str,
+    checkpoint_sha256: Sequence[str],
+    config: Mapping[str, Any],
+) -> bool:
     """Whether ``record`` is of the same input bytes, checkpoint(s) and config, and its outputs exist."""
     if not record:
         return False
-    return (record.get("input_sha256") == input_sha256
-            and [c.get("sha256") for c in record.get("checkpoints", [])] == list(checkpoint_sha256)
-            and record.get("config") == dict(config)
-            and all((out / name).is_file() for name in record.get("outputs", {}).values()))
+    return (
+        record.get("input_sha256") == input_sha256
+        and [c.get("sha256") for c in record.get("checkpoints", [])] == list(checkpoint_sha256)
+        and record.get("config") == dict(config)
+        and all((out / name).is_file() for name in record.get("outputs", {}).values())
+    )
 
 
 def write_manifest(out: Path) -> dict[str, Any]:
@@ -215,8 +222,12 @@ def write_manifest(out: Path) -> dict[str, Any]:
             if record is not None:
                 records.append(record)
     records.sort(key=lambda r: (str(r.get("input")), str(r.get("key"))))
-    manifest = {"format": "napari-selfloop-batch-manifest", "package_version": __version__,
-                "count": len(records), "images": records}
+    manifest = {
+        "format": "napari-selfloop-batch-manifest",
+        "package_version": __version__,
+        "count": len(records),
+        "images": records,
+    }
     write_json(out / MANIFEST, manifest)
     return manifest
 
@@ -243,7 +254,9 @@ def sweep_own_temporaries(out: Path, keys: Iterable[str]) -> list[Path]:
             continue
         path = out / name
         try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+            fd = os.open(
+                path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+            )
         except OSError:
             continue
         try:
@@ -262,11 +275,18 @@ def sweep_own_temporaries(out: Path, keys: Iterable[str]) -> list[Path]:
 # the per-image work
 
 
-def label_image_file(image_path: Path, models: Sequence[Any], config: PseudoLabelConfig,
-                     out: Path, key: str, *, device: str = "auto",
-                     drive: Callable[[Generator[Any, None, Any]], Any] = run_to_completion,
-                     options: SlideOptions | None = None, model_mpp: float | None = None,
-                     ) -> tuple[PseudoLabelResult, Any]:
+def label_image_file(
+    image_path: Path,
+    models: Sequence[Any],
+    config: PseudoLabelConfig,
+    out: Path,
+    key: str,
+    *,
+    device: str = "auto",
+    drive: Callable[[Generator[Any, None, Any]], Any] = run_to_completion,
+    options: SlideOptions | None = None,
+    model_mpp: float | None = None,
+) -> tuple[PseudoLabelResult, Any]:
     """Open one image, pseudo-label it and stream the three outputs to ``out/KEY_*.tif``.
 
     The image is opened here (one open file at a time) by :func:`.working.open_working_image`
@@ -281,14 +301,18 @@ def label_image_file(image_path: Path, models: Sequence[Any], config: PseudoLabe
     info = work.info
     try:
         with contextlib.ExitStack() as stack:
-            writers = {name: stack.enter_context(_output_writer(out, key, name, work))
-                       for name in OUTPUTS}
+            writers = {
+                name: stack.enter_context(_output_writer(out, key, name, work)) for name in OUTPUTS
+            }
             sinks: dict[str, Any] = dict(writers)
             if work.output_dtype == np.uint8:
-                sinks = {name: _Quantized(w) if name != "mask" else w for name, w in writers.items()}
+                sinks = {
+                    name: _Quantized(w) if name != "mask" else w for name, w in writers.items()
+                }
             _test_pause(image_path)
-            result = drive(pseudo_label(work.image, models, config, device=device, sinks=sinks,
-                                        keep=work.keep))
+            result = drive(
+                pseudo_label(work.image, models, config, device=device, sinks=sinks, keep=work.keep)
+            )
     except InputError as exc:  # found while reading the pixels (NaN ...): name the file
         if image_path.name in str(exc):
             raise
@@ -305,15 +329,28 @@ def _output_writer(out: Path, key: str, name: str, work: WorkingImage) -> TiledT
     if name == "mask" and work.slide is not None:
         # Where the mask lies on the slide, so that `export` writes GeoJSON in the slide's
         # full-resolution pixels without options (the record core.labelfile reads).
-        downsample = float(work.slide.downsamples[work.record["level"]]) / float(work.record["scale"])
-        metadata[LABELS_TAG] = {"offset_yx": [0, 0], "downsample": downsample, "pixel_size_um": work.mpp,
-                                "source": key}
+        downsample = float(work.slide.downsamples[work.record["level"]]) / float(
+            work.record["scale"]
+        )
+        metadata[LABELS_TAG] = {
+            "offset_yx": [0, 0],
+            "downsample": downsample,
+            "pixel_size_um": work.mpp,
+            "source": key,
+        }
     if name != "mask" and np.dtype(dtype) == np.uint8:
         metadata["napari_selfloop_scale"] = "value/255"
     # uint8 probability and uncertainty maps are smooth: the predictor shrinks them (not masks)
     predictor = name != "mask" and np.dtype(dtype) == np.uint8
-    return TiledTiffWriter(out / output_files(key)[name], work.info.height, work.info.width,
-                           dtype, pixel_size_um=work.mpp, metadata=metadata, predictor=predictor)
+    return TiledTiffWriter(
+        out / output_files(key)[name],
+        work.info.height,
+        work.info.width,
+        dtype,
+        pixel_size_um=work.mpp,
+        metadata=metadata,
+        predictor=predictor,
+    )
 
 
 class _Quantized:
@@ -368,8 +405,10 @@ def get_models(checkpoints: Sequence[tuple[str, str]]) -> tuple[list[Any], threa
         for path, sha in key:
             ckpt = load_checkpoint(path)
             if ckpt.sha256 != sha:
-                raise InputError(f"the checkpoint {path} changed during the run "
-                                 f"(sha256 {str(ckpt.sha256)[:12]}, expected {sha[:12]})")
+                raise InputError(
+                    f"the checkpoint {path} changed during the run "
+                    f"(sha256 {str(ckpt.sha256)[:12]}, expected {sha[:12]})"
+                )
             models.append(ckpt.model)
         _MODELS[key] = (models, threading.Lock())
         return models, _MODELS[key][1], True
@@ -384,10 +423,17 @@ def _worker_name() -> str:
         return "local"
 
 
-def process_image(image: str, out: str, checkpoints: Sequence[tuple[str, str]],
-                  config: Mapping[str, Any], *, device: str = "auto", threads: int | None = None,
-                  skip_existing: bool = False, slide: Mapping[str, Any] | None = None,
-                  ) -> dict[str, Any]:
+def process_image(
+    image: str,
+    out: str,
+    checkpoints: Sequence[tuple[str, str]],
+    config: Mapping[str, Any],
+    *,
+    device: str = "auto",
+    threads: int | None = None,
+    skip_existing: bool = False,
+    slide: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The task of one image: pseudo-label it into ``out`` and write its record last.
 
     Parameters
@@ -425,8 +471,10 @@ def process_image(image: str, out: str, checkpoints: Sequence[tuple[str, str]],
     shas = [s for _, s in checkpoints]
     if skip_existing:
         record = read_record(out_dir, key)
-        if (record_matches(record, out_dir, input_sha, shas, cfg_dict)
-                and (record or {}).get("slide_options", SlideOptions().to_dict()) == slide_dict):
+        if (
+            record_matches(record, out_dir, input_sha, shas, cfg_dict)
+            and (record or {}).get("slide_options", SlideOptions().to_dict()) == slide_dict
+        ):
             return {"status": "skipped", "key": key, "input": str(path), "record": record}
     cfg = PseudoLabelConfig(**cfg_dict)
     if threads:
@@ -440,8 +488,9 @@ def process_image(image: str, out: str, checkpoints: Sequence[tuple[str, str]],
     with contextlib.suppress(FileNotFoundError):
         (out_dir / record_name(key)).unlink()
     with lock:
-        result, info = label_image_file(path, models, cfg, out_dir, key, device=device,
-                                        options=SlideOptions(**slide_dict))
+        result, info = label_image_file(
+            path, models, cfg, out_dir, key, device=device, options=SlideOptions(**slide_dict)
+        )
     record = {
         "format": RECORD_FORMAT,
         "key": key,
@@ -470,4 +519,3 @@ def process_image(image: str, out: str, checkpoints: Sequence[tuple[str, str]],
         record["mean_jigsaw_loss"] = float(np.mean(result.losses))
     write_json(out_dir / record_name(key), record)  # last: a record means complete outputs
     return {"status": "done", "key": key, "input": str(path), "record": record}
-

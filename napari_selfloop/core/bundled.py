@@ -44,28 +44,35 @@ class BundledModel:
         return MODELS_DIR / f"{self.name}.pt"
 
 
-BUNDLED: Mapping[str, BundledModel] = {m.name: m for m in (
-    BundledModel(
-        name="nuclei-he",
-        title="Nuclei in H&E-stained tissue (40x)",
-        kind="he",
-        data="MoNuSeg 2018 training set: 30 H&E images, 1000x1000 at 40x, seven organs, 16,957 nuclei",
-        licence=("CC BY-NC-SA 4.0, inherited from MoNuSeg: non-commercial use only, with "
-                 "attribution, and models derived from it under the same terms"),
-        citation="Kumar et al., IEEE TMI 2017 and 2019",
-        pixel_size_um=0.25,
-    ),
-    BundledModel(
-        name="lesion-dermoscopy",
-        title="Skin lesions in dermoscopy images",
-        kind="dermoscopy",
-        data="ISIC 2017 challenge images: 74 dermoscopy images resized to 512x512",
-        licence=("ISIC Archive challenge data terms (believed CC0); cite the challenge when "
-                 "you publish results made with it"),
-        citation="Codella et al., ISBI 2018",
-        pixel_size_um=None,
-    ),
-)}
+BUNDLED: Mapping[str, BundledModel] = {
+    m.name: m
+    for m in (
+        BundledModel(
+            name="nuclei-he",
+            title="Nuclei in H&E-stained tissue (40x)",
+            kind="he",
+            data="MoNuSeg 2018 training set: 30 H&E images, 1000x1000 at 40x, seven organs, 16,957 nuclei",
+            licence=(
+                "CC BY-NC-SA 4.0, inherited from MoNuSeg: non-commercial use only, with "
+                "attribution, and models derived from it under the same terms"
+            ),
+            citation="Kumar et al., IEEE TMI 2017 and 2019",
+            pixel_size_um=0.25,
+        ),
+        BundledModel(
+            name="lesion-dermoscopy",
+            title="Skin lesions in dermoscopy images",
+            kind="dermoscopy",
+            data="ISIC 2017 challenge images: 74 dermoscopy images resized to 512x512",
+            licence=(
+                "ISIC Archive challenge data terms (believed CC0); cite the challenge when "
+                "you publish results made with it"
+            ),
+            citation="Codella et al., ISBI 2018",
+            pixel_size_um=None,
+        ),
+    )
+}
 
 
 def is_bundled_name(value: str | os.PathLike[str]) -> bool:
@@ -74,7 +81,9 @@ def is_bundled_name(value: str | os.PathLike[str]) -> bool:
 
 
 def _unknown(name: str) -> CheckpointError:
-    return CheckpointError(f"no bundled model called {name!r}: the bundled models are {', '.join(BUNDLED)}")
+    return CheckpointError(
+        f"no bundled model called {name!r}: the bundled models are {', '.join(BUNDLED)}"
+    )
 
 
 def bundled_path(name: str) -> Path:
@@ -85,7 +94,8 @@ def bundled_path(name: str) -> Path:
     if not path.is_file():
         raise CheckpointError(
             f"the bundled model {name!r} is missing from this installation ({path}): "
-            "reinstall napari-selfloop, or give a checkpoint file instead")
+            "reinstall napari-selfloop, or give a checkpoint file instead"
+        )
     return path
 
 
@@ -101,12 +111,17 @@ def load_bundled(name: str, map_location: str | torch.device = "cpu") -> Checkpo
         return load_checkpoint(path, map_location)
     except CheckpointError as e:
         raise CheckpointError(
-            f"the bundled model {name!r} is damaged ({e}): reinstall napari-selfloop") from None
+            f"the bundled model {name!r} is damaged ({e}): reinstall napari-selfloop"
+        ) from None
 
 
 def load_any(value: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint file or a bundled model by name."""
-    return load_bundled(str(value), map_location) if is_bundled_name(value) else load_checkpoint(value, map_location)
+    return (
+        load_bundled(str(value), map_location)
+        if is_bundled_name(value)
+        else load_checkpoint(value, map_location)
+    )
 
 
 def model_for_image(rgb: np.ndarray) -> str:
@@ -123,8 +138,12 @@ def model_card_text(name: str) -> str:
         lines.append(f"  file: {m.path} ({m.path.stat().st_size / 1e6:.1f} MB)")
     else:
         lines.append(f"  file: MISSING ({m.path}); reinstall napari-selfloop")
-    lines += [f"  trained on: {m.data}", f"  licence of the weights: {m.licence}", f"  cite: {m.citation}",
-              f"  pixel size: {f'{m.pixel_size_um} um/px' if m.pixel_size_um else 'any (dermoscopy has no fixed scale)'}"]
+    lines += [
+        f"  trained on: {m.data}",
+        f"  licence of the weights: {m.licence}",
+        f"  cite: {m.citation}",
+        f"  pixel size: {f'{m.pixel_size_um} um/px' if m.pixel_size_um else 'any (dermoscopy has no fixed scale)'}",
+    ]
     if m.path.is_file():
         try:
             ckpt = load_bundled(name)
@@ -134,18 +153,29 @@ def model_card_text(name: str) -> str:
             metrics = ckpt.meta.get("metrics") or {}
             held = metrics.get("heldout") or {}
             if held:
-                lines.append("  measured on unseen images: " + ", ".join(f"{k} {v}" for k, v in held.items()))
+                lines.append(
+                    "  measured on unseen images: " + ", ".join(f"{k} {v}" for k, v in held.items())
+                )
             if isinstance(metrics.get("jigsaw_loss"), float):
-                lines.append(f"  jigsaw: L_SS {metrics['jigsaw_loss']:.2f} (chance {metrics.get('jigsaw_chance_loss', 4.61):.2f}), "
-                             f"top-1 {100 * metrics.get('jigsaw_top1', 0.0):.0f}% "
-                             f"on {metrics.get('jigsaw_measured_on', '?')}")
+                lines.append(
+                    f"  jigsaw: L_SS {metrics['jigsaw_loss']:.2f} (chance {metrics.get('jigsaw_chance_loss', 4.61):.2f}), "
+                    f"top-1 {100 * metrics.get('jigsaw_top1', 0.0):.0f}% "
+                    f"on {metrics.get('jigsaw_measured_on', '?')}"
+                )
             lines.append(f"  recipe: {(ckpt.meta.get('training') or {}).get('command', '?')}")
     return "\n".join(lines)
 
 
-def package_model(name: str, source: str | os.PathLike[str], *, recipe: dict[str, Any], command: str,
-                  jigsaw: dict[str, Any], heldout: dict[str, Any] | None = None,
-                  dest: Path | None = None) -> Path:
+def package_model(
+    name: str,
+    source: str | os.PathLike[str],
+    *,
+    recipe: dict[str, Any],
+    command: str,
+    jigsaw: dict[str, Any],
+    heldout: dict[str, Any] | None = None,
+    dest: Path | None = None,
+) -> Path:
     """Write the shipped file of bundled model ``name`` from a trained checkpoint.
 
     The weights go in half precision (they load back into float32 models); the record
@@ -158,18 +188,37 @@ def package_model(name: str, source: str | os.PathLike[str], *, recipe: dict[str
     src = load_checkpoint(source)
     model = src.model.half()
     metrics = {
-        "jigsaw_loss": float(jigsaw["loss"]), "jigsaw_top1": float(jigsaw["top1"]),
-        "jigsaw_chance_loss": float(jigsaw["chance_loss"]), "jigsaw_patch_size": int(jigsaw["patch_size"]),
+        "jigsaw_loss": float(jigsaw["loss"]),
+        "jigsaw_top1": float(jigsaw["top1"]),
+        "jigsaw_chance_loss": float(jigsaw["chance_loss"]),
+        "jigsaw_patch_size": int(jigsaw["patch_size"]),
         "jigsaw_measured_on": str(jigsaw["measured_on"]),
     }
     if heldout:
         metrics["heldout"] = heldout
-    training = {"kind": "bundled", "command": command, "recipe": recipe, "source_sha256": src.sha256,
-                "source_training": {k: v for k, v in (src.meta.get("training") or {}).items() if k != "optimizer"}}
+    training = {
+        "kind": "bundled",
+        "command": command,
+        "recipe": recipe,
+        "source_sha256": src.sha256,
+        "source_training": {
+            k: v for k, v in (src.meta.get("training") or {}).items() if k != "optimizer"
+        },
+    }
     dest = dest or m.path
     dest.parent.mkdir(parents=True, exist_ok=True)
-    note = (f"bundled model {name}: {m.title}. Trained on {m.data}. Licence of the weights: {m.licence}. "
-            f"Cite {m.citation}.")
-    return save_checkpoint(dest, model, training=training, history=src.meta.get("history") or [],
-                           metrics=metrics, parent=src.sha256, data=src.meta.get("data") or [], note=note,
-                           pixel_size_um=m.pixel_size_um)
+    note = (
+        f"bundled model {name}: {m.title}. Trained on {m.data}. Licence of the weights: {m.licence}. "
+        f"Cite {m.citation}."
+    )
+    return save_checkpoint(
+        dest,
+        model,
+        training=training,
+        history=src.meta.get("history") or [],
+        metrics=metrics,
+        parent=src.sha256,
+        data=src.meta.get("data") or [],
+        note=note,
+        pixel_size_um=m.pixel_size_um,
+    )

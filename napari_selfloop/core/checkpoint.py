@@ -21,8 +21,8 @@ from typing import Any
 import torch
 
 from .. import __version__
+from .atomic import atomic_path
 from .errors import CheckpointError
-from .imageio import atomic_path
 from .jigsaw import permutation_pool, pool_hash
 from .model import ModelConfig, ResUNet, build_model, decoder_widths
 
@@ -133,10 +133,15 @@ def pixel_size_problem(value: Any) -> str | None:
     """Why ``value`` is not a pixel size a checkpoint may record (None: it is, or is None)."""
     if value is None:
         return None
-    if not _is_number(value) or not math.isfinite(value) or not (
-            PIXEL_SIZE_RANGE[0] <= value <= PIXEL_SIZE_RANGE[1]):
-        return (f"pixel size {value!r} is not a number of microns per pixel between "
-                f"{PIXEL_SIZE_RANGE[0]:g} and {PIXEL_SIZE_RANGE[1]:g}")
+    if (
+        not _is_number(value)
+        or not math.isfinite(value)
+        or not (PIXEL_SIZE_RANGE[0] <= value <= PIXEL_SIZE_RANGE[1])
+    ):
+        return (
+            f"pixel size {value!r} is not a number of microns per pixel between "
+            f"{PIXEL_SIZE_RANGE[0]:g} and {PIXEL_SIZE_RANGE[1]:g}"
+        )
     return None
 
 
@@ -156,7 +161,9 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
         with open(path, "rb") as f:
             head = f.read(8)
         if head[:4] == b"PK\x03\x04":
-            raise CheckpointError(f"{path.name} is corrupt or truncated (its zip archive is incomplete)")
+            raise CheckpointError(
+                f"{path.name} is corrupt or truncated (its zip archive is incomplete)"
+            )
         if head[:1] == b"\x80":
             raise CheckpointError(
                 f"{path.name} is a legacy pickle file, not a napari-selfloop checkpoint; "
@@ -175,7 +182,9 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path.name} is corrupt or truncated ({first[:160]})") from None
     if not isinstance(payload, dict):
-        raise CheckpointError(f"{path.name} is not a napari-selfloop checkpoint (holds a {type(payload).__name__})")
+        raise CheckpointError(
+            f"{path.name} is not a napari-selfloop checkpoint (holds a {type(payload).__name__})"
+        )
     return payload
 
 
@@ -207,7 +216,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         config = ModelConfig.from_dict(payload["model_config"])
     except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{path.name} has an invalid model config: {_first_line(e)}") from None
+        raise CheckpointError(
+            f"{path.name} has an invalid model config: {_first_line(e)}"
+        ) from None
     expected_pool = pool_hash(permutation_pool(config.num_permutations))
     if payload.get("pool_hash") != expected_pool:
         raise CheckpointError(
@@ -222,12 +233,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     # a file that holds every weight is built for real (and checked against it again).
     _check_state(path.name, state_shapes(config), state)
     model = build_model(config)
-    _check_state(path.name, {k: (tuple(v.shape), v.is_floating_point()) for k, v in model.state_dict().items()},
-                 state)
+    _check_state(
+        path.name,
+        {k: (tuple(v.shape), v.is_floating_point()) for k, v in model.state_dict().items()},
+        state,
+    )
     model.load_state_dict(state)
     problem = pixel_size_problem(payload.get("pixel_size_um"))
     if problem is not None:
-        raise CheckpointError(f"{path.name}: its {problem}; the file is damaged or was tampered with")
+        raise CheckpointError(
+            f"{path.name}: its {problem}; the file is damaged or was tampered with"
+        )
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     meta["sha256"] = file_sha256(path)
     return Checkpoint(model=model.eval(), meta=meta, path=path)
@@ -284,7 +300,9 @@ def state_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], bool]]
     return shapes
 
 
-def _check_state(name: str, expected: dict[str, tuple[tuple[int, ...], bool]], state: dict[str, Any]) -> None:
+def _check_state(
+    name: str, expected: dict[str, tuple[tuple[int, ...], bool]], state: dict[str, Any]
+) -> None:
     """Refuse a state dict that does not match ``expected`` (``{key: (shape, is_float)}``)
     or whose values cannot be those of a working network."""
     missing = [k for k in expected if k not in state]
@@ -301,7 +319,9 @@ def _check_state(name: str, expected: dict[str, tuple[tuple[int, ...], bool]], s
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise CheckpointError(f"{name}: weight {k} has shape {got}, expected {shape}")
         if t.is_floating_point() != is_float or t.is_complex():
-            raise CheckpointError(f"{name}: weight {k} has type {str(t.dtype).replace('torch.', '')}")
+            raise CheckpointError(
+                f"{name}: weight {k} has type {str(t.dtype).replace('torch.', '')}"
+            )
         if not is_float:
             continue
         if not bool(torch.isfinite(t).all()):
@@ -333,8 +353,13 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def resume_record(ckpt: Checkpoint, param_shapes: list[tuple[int, ...]], *, iterations: int | None = None,
-                  kind: str | None = None) -> ResumeRecord:
+def resume_record(
+    ckpt: Checkpoint,
+    param_shapes: list[tuple[int, ...]],
+    *,
+    iterations: int | None = None,
+    kind: str | None = None,
+) -> ResumeRecord:
     """Check the training record of ``ckpt`` before a run resumes from it.
 
     ``param_shapes`` are the shapes of the parameters of the resuming run's (one-group)
@@ -358,19 +383,27 @@ def resume_record(ckpt: Checkpoint, param_shapes: list[tuple[int, ...]], *, iter
     if training is None:
         training = {}
     if not isinstance(training, dict):
-        raise CheckpointError(f"{name}: its training record is a {type(training).__name__}, not a mapping; "
-                              "it cannot be resumed")
+        raise CheckpointError(
+            f"{name}: its training record is a {type(training).__name__}, not a mapping; "
+            "it cannot be resumed"
+        )
     if kind is not None and training.get("kind") != kind:
-        raise CheckpointError(f"{name} was not written by jigsaw pre-training; resume it with the command that made it")
+        raise CheckpointError(
+            f"{name} was not written by jigsaw pre-training; resume it with the command that made it"
+        )
     step = training.get("step")
     if step is None:
         step = 0
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise CheckpointError(f"{name}: its training record has step {step!r}, not a whole number >= 0; "
-                              "it cannot be resumed")
+        raise CheckpointError(
+            f"{name}: its training record has step {step!r}, not a whole number >= 0; "
+            "it cannot be resumed"
+        )
     if iterations is not None and step > iterations:
-        raise CheckpointError(f"{name} is at step {step}, beyond the {iterations} iterations asked: "
-                              f"raise the iterations above {step} to continue it")
+        raise CheckpointError(
+            f"{name} is at step {step}, beyond the {iterations} iterations asked: "
+            f"raise the iterations above {step} to continue it"
+        )
     optimizer = training.get("optimizer") or None
     if optimizer is not None:
         _check_optimizer_state(name, optimizer, param_shapes)
@@ -389,8 +422,12 @@ def resume_record(ckpt: Checkpoint, param_shapes: list[tuple[int, ...]], *, iter
     if metric is not None and not _is_number(metric):
         raise CheckpointError(f"{name}: its metrics record metric {metric!r}, not a number")
     if metrics.get("metric_name") is not None and not isinstance(metrics["metric_name"], str):
-        raise CheckpointError(f"{name}: its metrics record metric name {metrics['metric_name']!r}, not a name")
-    return ResumeRecord(training=training, step=step, optimizer=optimizer, history=history, metrics=metrics)
+        raise CheckpointError(
+            f"{name}: its metrics record metric name {metrics['metric_name']!r}, not a name"
+        )
+    return ResumeRecord(
+        training=training, step=step, optimizer=optimizer, history=history, metrics=metrics
+    )
 
 
 def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -399,22 +436,36 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict[str, Any]
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as e:
-        raise CheckpointError(f"the resumed checkpoint's optimiser state cannot be used ({_first_line(e)})") from None
+        raise CheckpointError(
+            f"the resumed checkpoint's optimiser state cannot be used ({_first_line(e)})"
+        ) from None
 
 
 def _check_optimizer_state(name: str, optim: Any, shapes: list[tuple[int, ...]]) -> None:
     """Refuse an Adam state dict that does not fit parameters of ``shapes`` or would give NaN."""
     bad = f"{name}: its optimiser state"
-    if not isinstance(optim, dict) or not isinstance(optim.get("state"), dict) \
-            or not isinstance(optim.get("param_groups"), list):
-        raise CheckpointError(f"{bad} is malformed (expected the state and parameter groups of an optimiser)")
+    if (
+        not isinstance(optim, dict)
+        or not isinstance(optim.get("state"), dict)
+        or not isinstance(optim.get("param_groups"), list)
+    ):
+        raise CheckpointError(
+            f"{bad} is malformed (expected the state and parameter groups of an optimiser)"
+        )
     groups = optim["param_groups"]
-    if len(groups) != 1 or not isinstance(groups[0], dict) or not isinstance(groups[0].get("params"), list):
+    if (
+        len(groups) != 1
+        or not isinstance(groups[0], dict)
+        or not isinstance(groups[0].get("params"), list)
+    ):
         raise CheckpointError(f"{bad} has {len(groups)} malformed parameter group(s), expected one")
     group = groups[0]
     ids = group["params"]
-    if len(ids) != len(shapes) or len(set(map(repr, ids))) != len(ids) \
-            or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+    if (
+        len(ids) != len(shapes)
+        or len(set(map(repr, ids))) != len(ids)
+        or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
+    ):
         raise CheckpointError(
             f"{bad} is for {len(ids)} parameters, this run trains {len(shapes)} "
             "(was it written with other settings, e.g. a frozen encoder?)"
@@ -424,8 +475,11 @@ def _check_optimizer_state(name: str, optim: Any, shapes: list[tuple[int, ...]])
         if not _is_number(v) or not math.isfinite(v) or v < 0 or (key == "eps" and v <= 0):
             raise CheckpointError(f"{bad} has {key} {v!r}")
     betas = group.get("betas")
-    if not isinstance(betas, list | tuple) or len(betas) != 2 \
-            or not all(_is_number(b) and 0 <= b < 1 for b in betas):
+    if (
+        not isinstance(betas, list | tuple)
+        or len(betas) != 2
+        or not all(_is_number(b) and 0 <= b < 1 for b in betas)
+    ):
         raise CheckpointError(f"{bad} has betas {betas!r}")
     for key in ("amsgrad", "maximize", "capturable", "differentiable", "fused"):
         if group.get(key) not in (None, False):
@@ -442,11 +496,19 @@ def _check_optimizer_state(name: str, optim: Any, shapes: list[tuple[int, ...]])
                 continue
             if key not in ("exp_avg", "exp_avg_sq"):
                 raise CheckpointError(f"{bad} has an unknown entry {key!r} for parameter {pid}")
-            if not isinstance(v, torch.Tensor) or tuple(v.shape) != where[pid] or not v.is_floating_point():
+            if (
+                not isinstance(v, torch.Tensor)
+                or tuple(v.shape) != where[pid]
+                or not v.is_floating_point()
+            ):
                 got = tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__
-                raise CheckpointError(f"{bad}: {key} of parameter {pid} has shape {got}, expected {where[pid]}")
+                raise CheckpointError(
+                    f"{bad}: {key} of parameter {pid} has shape {got}, expected {where[pid]}"
+                )
             if not bool(torch.isfinite(v).all()) or (key == "exp_avg_sq" and bool((v < 0).any())):
-                raise CheckpointError(f"{bad}: {key} of parameter {pid} holds NaN, infinite or negative values")
+                raise CheckpointError(
+                    f"{bad}: {key} of parameter {pid} holds NaN, infinite or negative values"
+                )
 
 
 def model_card(ckpt: Checkpoint) -> str:
@@ -468,17 +530,28 @@ def model_card(ckpt: Checkpoint) -> str:
     jigsaw = {k: v for k, v in metrics.items() if k.startswith("jigsaw_")}
     metrics = {k: v for k, v in metrics.items() if k not in jigsaw}
     if metrics:
-        lines.append("validation: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                for k, v in metrics.items()))
+        lines.append(
+            "validation: "
+            + ", ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+            )
+        )
     lines.append(f"jigsaw task: {cfg.jigsaw_head} head, tile rotation {cfg.jigsaw_rotation}")
-    if isinstance(jigsaw.get("jigsaw_loss"), float) and isinstance(jigsaw.get("jigsaw_top1"), float):
-        lines[-1] += (f"; L_SS {jigsaw['jigsaw_loss']:.2f} (chance {jigsaw.get('jigsaw_chance_loss', 4.61):.2f}), "
-                      f"top-1 {100 * jigsaw['jigsaw_top1']:.0f}% on {jigsaw.get('jigsaw_measured_on', 'training puzzles')}")
+    if isinstance(jigsaw.get("jigsaw_loss"), float) and isinstance(
+        jigsaw.get("jigsaw_top1"), float
+    ):
+        lines[-1] += (
+            f"; L_SS {jigsaw['jigsaw_loss']:.2f} (chance {jigsaw.get('jigsaw_chance_loss', 4.61):.2f}), "
+            f"top-1 {100 * jigsaw['jigsaw_top1']:.0f}% on {jigsaw.get('jigsaw_measured_on', 'training puzzles')}"
+        )
     else:
         lines[-1] += "; not pre-trained (self-loop uncertainty needs a learned jigsaw)"
     if m.get("parent"):
         lines.append(f"fine-tuned from {str(m['parent'])[:12]}")
     pixel_size = ckpt.pixel_size_um
-    lines.append(f"trained at {pixel_size:g} µm/px" if pixel_size is not None
-                 else "pixel size not recorded (slides are processed at full resolution)")
+    lines.append(
+        f"trained at {pixel_size:g} µm/px"
+        if pixel_size is not None
+        else "pixel size not recorded (slides are processed at full resolution)"
+    )
     return "\n".join(lines)

@@ -151,11 +151,17 @@ def normalise_mask(mask: Any, name: str, *, convention: str = "auto") -> np.ndar
         )
     present = set(values.tolist())
     if convention == "auto" and present == {IGNORE}:
-        log.info("%s: the mask is 255 everywhere: read as not labelled (0/1/255); if 255 "
-                 "means foreground here, write foreground as 1", name)
+        log.info(
+            "%s: the mask is 255 everywhere: read as not labelled (0/1/255); if 255 "
+            "means foreground here, write foreground as 1",
+            name,
+        )
     elif convention == "auto" and IGNORE in present and 1 not in present:
-        log.info("%s: the mask holds only 0 and 255: read as binary (255 = foreground); "
-                 "to mark pixels as not labelled, use 1 for foreground and 255 for those", name)
+        log.info(
+            "%s: the mask holds only 0 and 255: read as binary (255 = foreground); "
+            "to mark pixels as not labelled, use 1 for foreground and 255 for those",
+            name,
+        )
         return (m == IGNORE).astype(np.uint8)
     return m.astype(np.uint8)
 
@@ -179,8 +185,11 @@ def mask_convention(path: str | Path) -> str:
     try:
         manifest = json.loads((path.parent / "manifest.json").read_text(encoding="utf-8"))
         entries = manifest.get("entries") if isinstance(manifest, dict) else None
-        if (manifest.get("format") == "napari-selfloop-export" and isinstance(entries, list)
-                and any(isinstance(e, dict) and e.get("mask") == path.name for e in entries)):
+        if (
+            manifest.get("format") == "napari-selfloop-export"
+            and isinstance(entries, list)
+            and any(isinstance(e, dict) and e.get("mask") == path.name for e in entries)
+        ):
             return "selfloop"
     except (OSError, ValueError, AttributeError):
         pass
@@ -202,7 +211,9 @@ def load_mask(path: str | Path) -> np.ndarray:
     return normalise_mask(pixels, Path(path).name, convention=convention)
 
 
-def check_mask(mask: Any, height: int, width: int, name: str, *, convention: str = "auto") -> np.ndarray:
+def check_mask(
+    mask: Any, height: int, width: int, name: str, *, convention: str = "auto"
+) -> np.ndarray:
     """A mask as uint8 ``(H, W)`` with values in {0, 1, 255}, or a one-line InputError.
 
     The values are read by :func:`normalise_mask` (a 0/255 mask is binary under ``auto``).
@@ -216,7 +227,9 @@ def check_mask(mask: Any, height: int, width: int, name: str, *, convention: str
     return m
 
 
-def check_items(items: list[TrainItem] | None, role: str, *, need_masks: bool) -> list[PreparedItem]:
+def check_items(
+    items: list[TrainItem] | None, role: str, *, need_masks: bool
+) -> list[PreparedItem]:
     """Check images (and masks where ``need_masks``) before any training starts."""
     prepared = []
     for i, item in enumerate(items or []):
@@ -230,13 +243,18 @@ def check_items(items: list[TrainItem] | None, role: str, *, need_masks: bool) -
         mask = None
         if need_masks:
             if item.mask is None:
-                raise InputError(f"{name} is in the {role} set but has no mask: label it or "
-                                 "pass it as unlabelled")
-            mask = check_mask(item.mask, info.height, info.width, name,
-                              convention=item.mask_convention)
+                raise InputError(
+                    f"{name} is in the {role} set but has no mask: label it or "
+                    "pass it as unlabelled"
+                )
+            mask = check_mask(
+                item.mask, info.height, info.width, name, convention=item.mask_convention
+            )
         sha = item.sha256 or _pixels_sha256(item.image)
         labelled = int(np.count_nonzero(mask != IGNORE)) if mask is not None else 0
-        prepared.append(PreparedItem(name, item.image, info.height, info.width, mask, sha, labelled))
+        prepared.append(
+            PreparedItem(name, item.image, info.height, info.width, mask, sha, labelled)
+        )
     return prepared
 
 
@@ -284,8 +302,14 @@ class PatchSampler:
         of their pixels is labelled, so that partial masks still give useful patches.
     """
 
-    def __init__(self, items: list[PreparedItem], patch: int, rng: np.random.Generator,
-                 augment: Augment | None = None, min_labelled: float = 0.05) -> None:
+    def __init__(
+        self,
+        items: list[PreparedItem],
+        patch: int,
+        rng: np.random.Generator,
+        augment: Augment | None = None,
+        min_labelled: float = 0.05,
+    ) -> None:
         if not items:
             raise ValueError("no items to sample from")
         self.items, self.patch, self.rng = items, patch, rng
@@ -302,7 +326,7 @@ class PatchSampler:
         out = np.full((p, p), IGNORE, dtype=np.uint8)
         ys, xs = max(y0, 0), max(x0, 0)
         ye, xe = min(y0 + p, mask.shape[0]), min(x0 + p, mask.shape[1])
-        out[ys - y0:ye - y0, xs - x0:xe - x0] = mask[ys:ye, xs:xe]
+        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = mask[ys:ye, xs:xe]
         return out
 
     def sample_one(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -316,7 +340,9 @@ class PatchSampler:
         image = read_region_padded(item.image, y0, y0 + p, x0, x0 + p)
         return self._augment(image, mask)
 
-    def _augment(self, image: np.ndarray, mask: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def _augment(
+        self, image: np.ndarray, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         a, rng = self.augment, self.rng
         arrays = [image] if mask is None else [image, mask]
         if a.flips and rng.random() < 0.5:

@@ -31,11 +31,15 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
         return torch.device("mps") if _mps_available() else torch.device("cpu")
     if key.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InputError("device 'cuda' was asked for but no CUDA GPU is available: use --device cpu or auto")
+            raise InputError(
+                "device 'cuda' was asked for but no CUDA GPU is available: use --device cpu or auto"
+            )
         return torch.device(key)
     if key == "mps":
         if not _mps_available():
-            raise InputError("device 'mps' was asked for but Apple MPS is not available: use cpu or auto")
+            raise InputError(
+                "device 'mps' was asked for but Apple MPS is not available: use cpu or auto"
+            )
         return torch.device("mps")
     if key == "cpu":
         return torch.device("cpu")

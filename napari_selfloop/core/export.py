@@ -58,9 +58,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .. import __version__
+from .atomic import atomic_path
 from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
-from .imageio import atomic_path
 from .pseudolabel import UNCERTAIN
 from .tiledtiff import write_tiled_tiff
 from .window import Window
@@ -272,7 +272,9 @@ def mask_to_geojson(
         the slide's full-resolution pixels. None: ``instances``' own pixels.
     """
     if object_type not in OBJECT_TYPES:
-        raise InputError(f"object type must be one of {', '.join(OBJECT_TYPES)}, got {object_type!r}")
+        raise InputError(
+            f"object type must be one of {', '.join(OBJECT_TYPES)}, got {object_type!r}"
+        )
     instances = np.asarray(instances)
     features = []
     for i, sl in enumerate(ndi.find_objects(instances), start=1):
@@ -296,16 +298,37 @@ def mask_to_geojson(
         if object_type == "annotation":
             properties["isLocked"] = False
         features.append(
-            {"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry,
-             "properties": properties}
+            {
+                "type": "Feature",
+                "id": str(uuid.uuid4()),
+                "geometry": geometry,
+                "properties": properties,
+            }
         )
     return {"type": "FeatureCollection", "features": features}
 
 
 #: Extensions taken off an image name to make its stem (others, like ``.001``, are kept).
 _IMAGE_SUFFIXES = (
-    ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpeg", ".jpg", ".bmp", ".gif",
-    ".webp", ".jp2", ".svs", ".ndpi", ".scn", ".mrxs", ".czi", ".vsi", ".npy", ".zarr",
+    ".ome.tiff",
+    ".ome.tif",
+    ".tiff",
+    ".tif",
+    ".png",
+    ".jpeg",
+    ".jpg",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".jp2",
+    ".svs",
+    ".ndpi",
+    ".scn",
+    ".mrxs",
+    ".czi",
+    ".vsi",
+    ".npy",
+    ".zarr",
 )
 #: Longest readable part of an exported file name (the rest of a longer name is hashed).
 MAX_STEM = 100
@@ -398,7 +421,9 @@ def choose_stem(
     for stem in candidates:
         if not any(f.lower() in taken for f in _files(stem).values()):
             return stem
-    raise InputError(f"could not find a free file name for {name!r} in {out}: choose another folder")
+    raise InputError(
+        f"could not find a free file name for {name!r} in {out}: choose another folder"
+    )
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -474,7 +499,9 @@ def _write_set(writes: list[tuple[Path, Callable[[Path], None]]]) -> None:
     earlier file as it was. The renames come last, in the order given.
     """
     with contextlib.ExitStack() as stack:
-        temporaries = [(stack.enter_context(atomic_path(path)), write) for path, write in reversed(writes)]
+        temporaries = [
+            (stack.enter_context(atomic_path(path)), write) for path, write in reversed(writes)
+        ]
         for tmp, write in reversed(temporaries):
             write(tmp)
     # Leaving the stack renamed the temporaries in the order of ``writes``.
@@ -550,11 +577,15 @@ def export_annotation(
     else:
         instances = given_instances(instances, mask)
         objects = int(np.count_nonzero(np.unique(instances)))
-    geojson = json.dumps(
-        mask_to_geojson(instances, classification=classification, object_type=object_type,
-                        window=window),
-        ensure_ascii=False,
-    ) + "\n"
+    geojson = (
+        json.dumps(
+            mask_to_geojson(
+                instances, classification=classification, object_type=object_type, window=window
+            ),
+            ensure_ascii=False,
+        )
+        + "\n"
+    )
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     with folder_lock(out):
@@ -579,14 +610,16 @@ def export_annotation(
             "package_version": __version__,
         }
         manifest["entries"] = [
-            e for e in manifest["entries"]
+            e
+            for e in manifest["entries"]
             if not _same_image(e, str(name), image_sha256) and e.get("mask") != files["mask"]
         ] + [entry]
         manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
         def tiff(array: np.ndarray, **kwargs: Any) -> Callable[[Path], None]:
-            return lambda tmp: write_tiled_tiff(tmp, array, pixel_size_um=pixel_size_um,
-                                                ome=False, **kwargs)
+            return lambda tmp: write_tiled_tiff(
+                tmp, array, pixel_size_um=pixel_size_um, ome=False, **kwargs
+            )
 
         def text(content: str) -> Callable[[Path], None]:
             return lambda tmp: tmp.write_text(content, encoding="utf-8")

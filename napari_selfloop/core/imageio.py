@@ -1,4 +1,4 @@
-"""Reading images safely and lazily, and writing results atomically.
+"""Reading images safely and lazily: identifying, checking and reading windows.
 
 Reading
     :func:`open_image` identifies a file by its first bytes (not its extension) and returns an
@@ -18,51 +18,34 @@ Reading
     :func:`read_region` and :func:`read_region_padded` read one window as float32 RGB in
     ``[0, 1]``, touching only that window of a lazy array.
 
-Writing
-    :func:`atomic_path`, :func:`write_tiff` and :func:`write_json` write to a temporary file in
-    the target's directory, fsync it and ``os.replace`` it onto the target, so a crash or a
-    full disk never leaves a partial file where a good one was (large images are streamed by
-    :class:`.tiledtiff.TiledTiffWriter`, with the same temporaries). A temporary file is
-    named ``.NAME.tmp-XXXXXXXX`` and, where the platform has ``flock``, stays locked while it
-    is written; :func:`sweep_stale_temporaries` removes the ones a killed run left behind
-    (unlocked, ours, and older than an hour), never one that a concurrent run is writing.
+Writing results atomically lives in :mod:`.atomic`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
-import re
 import stat
-import tempfile
 import threading
-import time
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 
 from napari_selfloop.core.errors import InputError, SelfloopError
 
 __all__ = [
     "ImageInfo",
-    "atomic_path",
     "check_image",
     "check_input_file",
     "open_image",
     "read_region",
     "read_region_padded",
     "source_name",
-    "sweep_stale_temporaries",
-    "write_json",
-    "write_tiff",
 ]
 
 logger = logging.getLogger(__name__)
@@ -70,8 +53,6 @@ logger = logging.getLogger(__name__)
 #: Values this far outside [0, 1] in a float image are rounding noise and are clipped.
 FLOAT_TOLERANCE = 1e-3
 
-#: Suffixes of the image files taken from a folder (by the CLI, ``batch`` and Fine-tune).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 _SUPPORTED_DTYPES = ("bool", "uint8", "uint16", "float16", "float32", "float64")
 _INTEGER_SCALE = {"bool": 1.0, "uint8": 255.0, "uint16": 65535.0}
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -202,17 +183,20 @@ def _stat_problem(path: Path, exc: OSError) -> InputError:
     """A one-line complaint about a path whose ``os.stat`` failed."""
     code = exc.errno
     if code == errno.ELOOP:
-        return InputError(f"{path} is a symbolic link loop (it ends up pointing to itself): "
-                          "fix or remove the link")
+        return InputError(
+            f"{path} is a symbolic link loop (it ends up pointing to itself): "
+            "fix or remove the link"
+        )
     if code == errno.ENOENT:
         with contextlib.suppress(OSError):
             if os.path.islink(path):
-                return InputError(f"{path} is a broken symbolic link (to {os.readlink(path)}, "
-                                  "which does not exist): fix or remove the link")
+                return InputError(
+                    f"{path} is a broken symbolic link (to {os.readlink(path)}, "
+                    "which does not exist): fix or remove the link"
+                )
         return InputError(f"{path} does not exist: check the file name and folder")
     if code == errno.ENOTDIR:
-        return InputError(f"{path} does not exist (a folder in the path is a file): check "
-                          "the path")
+        return InputError(f"{path} does not exist (a folder in the path is a file): check the path")
     return InputError(f"could not read {path}: {exc.strerror or exc}")
 
 
@@ -600,273 +584,3 @@ def read_region_padded(arr: Any, y0: int, y1: int, x0: int, x1: int) -> np.ndarr
     rx0, rx1 = int(cols.min()), int(cols.max()) + 1
     block = _read_window(arr, info, slice(ry0, ry1), slice(rx0, rx1))
     return np.ascontiguousarray(block[np.ix_(rows - ry0, cols - rx0)])
-
-
-# --------------------------------------------------------------------------------------------
-# atomic writing
-
-_umask_lock = threading.Lock()
-_umask_cache: list[int] = []
-
-
-def _default_mode() -> int:
-    """File mode a newly created file would get (0o666 minus the umask)."""
-    with _umask_lock:
-        if not _umask_cache:
-            current = os.umask(0o022)
-            os.umask(current)
-            _umask_cache.append(current)
-    return 0o666 & ~_umask_cache[0]
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not supported on every platform / file system
-        _fsync_path(directory)
-
-
-def _nearly_full(directory: Path) -> bool:
-    try:
-        stats = os.statvfs(directory)
-    except (OSError, AttributeError):  # AttributeError: no statvfs on Windows
-        return False
-    return stats.f_bavail * stats.f_frsize < 2**20
-
-
-def _write_error(path: Path, exc: OSError) -> OSError:
-    """An OSError of the same kind whose message names the target path.
-
-    Short writes (numpy's ``tofile``, used by tifffile, raises ``OSError`` without an errno)
-    on a nearly full file system are reported as ``ENOSPC``. Call this before removing the
-    temporary file, while the space it took is still in use.
-    """
-    code = exc.errno
-    if code is None and _nearly_full(path.parent):
-        code = errno.ENOSPC
-    reason = exc.strerror or str(exc)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        reason += " (the disk or quota is full: free some space or write elsewhere)"
-    return OSError(code, f"could not write {path}: {reason}")
-
-
-#: Our temporary files: ``.NAME.tmp-`` and the 8 characters ``tempfile.mkstemp`` draws.
-TEMP_NAME = re.compile(r"^\..+\.tmp-[a-z0-9_]{8}$")
-#: Temporaries of ours older than this (seconds) are left-overs of a killed run.
-STALE_TEMP_AGE = 3600.0
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no advisory locks, the age alone decides
-    fcntl = None  # type: ignore[assignment]
-
-
-def _lock(fd: int) -> bool:
-    """Take an exclusive advisory lock on ``fd`` without waiting; False when it is held."""
-    if fcntl is None:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError:  # a file system without flock: the age alone decides
-        return True
-    return True
-
-
-def _new_temp(path: Path) -> Path:
-    tmp, fd = _new_locked_temp(path)
-    if fd is not None:
-        os.close(fd)
-    return tmp
-
-
-def _new_locked_temp(path: Path) -> tuple[Path, int | None]:
-    """Create ``.NAME.tmp-XXXXXXXX`` next to ``path``; return it and an open, locked fd.
-
-    The lock (``flock``, held as long as the descriptor is open) tells
-    :func:`sweep_stale_temporaries` in any process that the file is being written. Without
-    ``flock`` (Windows, where an open file cannot be renamed either) the file is closed at
-    once and the descriptor is None.
-    """
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    except OSError as exc:
-        raise _write_error(path, exc) from exc
-    if fcntl is None:
-        os.close(fd)
-        return Path(tmp), None
-    _lock(fd)
-    return Path(tmp), fd
-
-
-def sweep_stale_temporaries(
-    folder: str | os.PathLike[str], min_age: float = STALE_TEMP_AGE
-) -> list[Path]:
-    """Remove temporary files a killed run of ours left in ``folder``; return those removed.
-
-    Only regular files (not links) named like ours (``.NAME.tmp-XXXXXXXX``, see
-    :func:`atomic_path`), owned by this user, not modified for ``min_age`` seconds and not
-    locked by a writer (a run still writing holds a lock on its temporaries) are removed, so
-    a concurrent run's files are never touched. Anything that cannot be looked at or removed
-    is left as it is; this never raises.
-
-    Parameters
-    ----------
-    folder
-        The folder to sweep (not its sub-folders).
-    min_age
-        Seconds since the last modification after which a temporary counts as stale.
-    """
-    removed: list[Path] = []
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return removed
-    now = time.time()
-    uid = os.getuid() if hasattr(os, "getuid") else None
-    for name in names:
-        if not TEMP_NAME.match(name):
-            continue
-        path = Path(folder) / name
-        try:
-            st = os.lstat(path)
-            if (not stat.S_ISREG(st.st_mode) or now - st.st_mtime < min_age
-                    or (uid is not None and st.st_uid != uid)):
-                continue
-            flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
-            fd = os.open(path, flags)
-        except OSError:
-            continue
-        try:
-            same = os.fstat(fd).st_ino == st.st_ino
-            if same and _lock(fd):
-                os.unlink(path)
-                removed.append(path)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-    if removed:
-        logger.info("removed %d stale temporary file(s) left by an interrupted run in %s",
-                    len(removed), folder)
-    return removed
-
-
-def _install(tmp: Path, path: Path) -> None:
-    """fsync ``tmp``, give it the target's permissions and rename it onto ``path``."""
-    try:
-        mode = path.stat().st_mode & 0o7777
-    except OSError:
-        mode = _default_mode()
-    os.chmod(tmp, mode)
-    _fsync_path(tmp)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success, move it onto ``path`` atomically.
-
-    The temporary file is named ``.NAME.tmp-<random>`` in the same directory (so the final rename
-    never crosses file systems). When the ``with`` block finishes, the file is fsynced and
-    ``os.replace``-d onto ``path``; on any exception it is removed and an existing file at
-    ``path`` is left untouched.
-
-    Parameters
-    ----------
-    path
-        The final destination.
-
-    Yields
-    ------
-    pathlib.Path
-        The temporary path to write to (it exists, empty, when the block starts).
-
-    Raises
-    ------
-    OSError
-        When writing, syncing or renaming fails (a full disk, a read-only folder ...); the
-        message names ``path``. Other exceptions from the block propagate unchanged.
-    """
-    path = Path(path)
-    tmp, fd = _new_locked_temp(path)
-    try:
-        yield tmp
-        _install(tmp, path)
-    except OSError as exc:
-        error = _write_error(path, exc)
-        _remove_quietly(tmp)
-        raise error from exc
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
-    finally:
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-
-
-def _remove_quietly(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
-
-
-def write_tiff(path: str | os.PathLike[str], array: npt.ArrayLike, **kwargs: Any) -> Path:
-    """Write ``array`` to a TIFF file atomically.
-
-    Parameters
-    ----------
-    path
-        Destination file.
-    array
-        The image (2D, or 3D with channels last).
-    **kwargs
-        Passed to ``tifffile.imwrite`` (e.g. ``compression="zlib"``, ``photometric=...``).
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-    """
-    import tifffile
-
-    data = np.asarray(array)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, data, **kwargs)
-    return path
-
-
-def write_json(path: str | os.PathLike[str], obj: Any, *, indent: int = 2) -> Path:
-    """Write ``obj`` as JSON (UTF-8) atomically.
-
-    The object is serialised before anything is written, so an unserialisable value leaves no
-    file behind.
-
-    Parameters
-    ----------
-    path
-        Destination file.
-    obj
-        Any JSON-serialisable value.
-    indent
-        Indentation of the output.
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-    """
-    text = json.dumps(obj, indent=indent, ensure_ascii=False, allow_nan=False) + "\n"
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return path

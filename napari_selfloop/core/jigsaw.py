@@ -84,7 +84,9 @@ def _to_tiles(x: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, 9, C, t, t), tiles in row-major order."""
     b, c, h, _ = x.shape
     t = h // GRID
-    return x.reshape(b, c, GRID, t, GRID, t).permute(0, 2, 4, 1, 3, 5).reshape(b, NUM_TILES, c, t, t)
+    return (
+        x.reshape(b, c, GRID, t, GRID, t).permute(0, 2, 4, 1, 3, 5).reshape(b, NUM_TILES, c, t, t)
+    )
 
 
 def _from_tiles(tiles: torch.Tensor) -> torch.Tensor:
@@ -193,12 +195,22 @@ def roll(x: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     s = shifts.detach().cpu().tolist()
     if not any(dy or dx for dy, dx in s):
         return x
-    return torch.stack([torch.roll(xb, (int(dy), int(dx)), dims=(-2, -1)) for xb, (dy, dx) in zip(x, s, strict=True)])
+    return torch.stack(
+        [
+            torch.roll(xb, (int(dy), int(dx)), dims=(-2, -1))
+            for xb, (dy, dx) in zip(x, s, strict=True)
+        ]
+    )
 
 
 def sample_puzzles(
-    rng: np.random.Generator, batch: int, q: int, pool: np.ndarray, rotation: str = "none",
-    *, patch: int | None = None,
+    rng: np.random.Generator,
+    batch: int,
+    q: int,
+    pool: np.ndarray,
+    rotation: str = "none",
+    *,
+    patch: int | None = None,
 ) -> Puzzles:
     """Draw ``q`` distinct pool classes per image, their tile rotations and grid phases.
 
@@ -219,7 +231,9 @@ def sample_puzzles(
     if not 1 <= q <= k:
         raise ValueError(f"Q must be between 1 and the pool size {k}, got {q}")
     if rotation not in ROTATIONS:
-        raise ValueError(f"unknown rotation mode {rotation!r}: choose one of {', '.join(ROTATIONS)}")
+        raise ValueError(
+            f"unknown rotation mode {rotation!r}: choose one of {', '.join(ROTATIONS)}"
+        )
     classes = np.stack([rng.choice(k, size=q, replace=False) for _ in range(batch)])
     perms = pool[classes]
     if rotation == "random":
@@ -232,4 +246,6 @@ def sample_puzzles(
         shifts = rng.integers(0, max(patch // GRID, 1), size=(batch, q, 2))
     else:
         shifts = np.zeros((batch, q, 2), dtype=np.int64)
-    return Puzzles(*(torch.as_tensor(np.asarray(a, dtype=np.int64)) for a in (classes, perms, rots, shifts)))
+    return Puzzles(
+        *(torch.as_tensor(np.asarray(a, dtype=np.int64)) for a in (classes, perms, rots, shifts))
+    )

@@ -119,7 +119,9 @@ def write_labels_tiff(
     if arr.size and arr.dtype.kind == "i" and int(arr.min()) < 0:
         raise InputError("labels must not be negative (0 is background)")
     if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
-        raise InputError(f"the pixel size must be a positive number of microns, got {pixel_size_um}")
+        raise InputError(
+            f"the pixel size must be a positive number of microns, got {pixel_size_um}"
+        )
     top = int(arr.max()) if arr.size else 0
     arr = arr.astype(labels_dtype(top), copy=False)
     if window is not None:
@@ -139,8 +141,9 @@ def write_labels_tiff(
     metadata: dict[str, Any] = {LABELS_TAG: _plain(record)}
     if correction:
         metadata[SELFLOOP_MASK_TAG] = "0/1/255"
-    return write_tiled_tiff(path, arr, pixel_size_um=pixel_size_um, metadata=metadata, ome=False,
-                            downsample="nearest")
+    return write_tiled_tiff(
+        path, arr, pixel_size_um=pixel_size_um, metadata=metadata, ome=False, downsample="nearest"
+    )
 
 
 @dataclass
@@ -279,8 +282,10 @@ def read_labels_file(path: str | os.PathLike[str]) -> LabelsFile:
     elif head.startswith(_PNG_MAGIC):
         data = np.asarray(open_image(path))
     elif head.startswith(_JPEG_MAGIC):
-        raise InputError(f"{name} is a JPEG file, whose lossy compression changes label values: "
-                         "save masks and labels as PNG or TIFF")
+        raise InputError(
+            f"{name} is a JPEG file, whose lossy compression changes label values: "
+            "save masks and labels as PNG or TIFF"
+        )
     else:
         raise InputError(f"{name} is not a TIFF or PNG mask (starts with {head!r})")
     data = mask_plane(data, name)

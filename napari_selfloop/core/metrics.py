@@ -96,8 +96,9 @@ def pixel_scores(pred: Any, truth: Any, *, ignore: int | None = IGNORE) -> dict[
     return scores_from_counts(pixel_counts(pred, truth, ignore=ignore))
 
 
-def instances(mask: Any, *, split: bool = False, min_distance: int = 5,
-              min_size: int = 0) -> np.ndarray:
+def instances(
+    mask: Any, *, split: bool = False, min_distance: int = 5, min_size: int = 0
+) -> np.ndarray:
     """Instance labels (int32) of a binary mask.
 
     Parameters
@@ -147,7 +148,9 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
     return lut[labels]
 
 
-def overlaps(truth: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def overlaps(
+    truth: np.ndarray, pred: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Pairwise intersections of two instance label images.
 
     Returns

@@ -40,7 +40,9 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_real(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(v, bool | np.bool_)
+    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
+        v, bool | np.bool_
+    )
 
 
 def config_type_problems(config: Any) -> list[str]:
@@ -85,6 +87,23 @@ def check_seed(seed: Any, what: str = "seed") -> None:
     """Refuse a seed that is not an integer in ``[0, 2**32)`` (one-line :class:`InputError`)."""
     if not _is_int(seed) or not 0 <= int(seed) < SEED_LIMIT:
         raise InputError(f"{what} must be an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}")
+
+
+#: Strides of :func:`mix_seed`: runs (training, pre-training) mix in the step they start
+#: at, pseudo-labelling the number of the batch. Two values for historical reasons; they
+#: are kept so that every run and pseudo-label stays reproducible across versions.
+RUN_SEED_STRIDE = 1_000_003
+BATCH_SEED_STRIDE = 100_003
+
+
+def mix_seed(seed: int, index: int, stride: int = RUN_SEED_STRIDE) -> int:
+    """The torch seed for part ``index`` of a job seeded with ``seed`` (``seed * stride + index``).
+
+    The one place that derives torch seeds: a run resumed at step ``index`` or the
+    ``index``-th batch of a pseudo-label draw other random numbers than step 0 or batch 0,
+    yet the same ones each time.
+    """
+    return seed * stride + index
 
 
 @dataclass(frozen=True)
@@ -138,24 +157,36 @@ class ModelConfig:
         problems = config_type_problems(self)
         if problems:
             raise InputError("invalid model config: " + "; ".join(problems))
-        for name, (lo, hi) in (("in_channels", IN_CHANNELS_RANGE), ("width", WIDTH_RANGE),
-                               ("num_permutations", POOL_RANGE)):
+        for name, (lo, hi) in (
+            ("in_channels", IN_CHANNELS_RANGE),
+            ("width", WIDTH_RANGE),
+            ("num_permutations", POOL_RANGE),
+        ):
             v = getattr(self, name)
             if not lo <= v <= hi:
                 raise InputError(f"{name.replace('_', ' ')} must be between {lo} and {hi}, got {v}")
         if self.jigsaw_head not in JIGSAW_HEADS:
-            raise InputError(f"jigsaw head must be one of {', '.join(JIGSAW_HEADS)}, got {self.jigsaw_head!r}")
+            raise InputError(
+                f"jigsaw head must be one of {', '.join(JIGSAW_HEADS)}, got {self.jigsaw_head!r}"
+            )
         if self.jigsaw_rotation not in ROTATIONS:
-            raise InputError(f"jigsaw rotation must be one of {', '.join(ROTATIONS)}, got {self.jigsaw_rotation!r}")
+            raise InputError(
+                f"jigsaw rotation must be one of {', '.join(ROTATIONS)}, got {self.jigsaw_rotation!r}"
+            )
         if self.decoder not in DECODERS:
             raise InputError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("norm_mean", "norm_std"):
             v = getattr(self, name)
-            if (not isinstance(v, tuple | list) or len(v) != self.in_channels
-                    or not all(_is_real(x) and math.isfinite(float(x)) for x in v)):
-                raise InputError(f"{name} needs {self.in_channels} finite numbers (one per input channel), got {v!r}")
+            if (
+                not isinstance(v, tuple | list)
+                or len(v) != self.in_channels
+                or not all(_is_real(x) and math.isfinite(float(x)) for x in v)
+            ):
+                raise InputError(
+                    f"{name} needs {self.in_channels} finite numbers (one per input channel), got {v!r}"
+                )
             object.__setattr__(self, name, tuple(float(x) for x in v))
         if min(self.norm_std) <= 0:
             raise InputError(f"norm_std values must be positive, got {self.norm_std}")
@@ -170,7 +201,9 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         if not isinstance(d, dict):
-            raise InputError(f"the model config must be a mapping of fields, got a {type(d).__name__}")
+            raise InputError(
+                f"the model config must be a mapping of fields, got a {type(d).__name__}"
+            )
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -266,7 +299,9 @@ class UNetDecoder(nn.Module):
     """U-Net decoder: upsample, concatenate the skip feature, two 3x3 convolutions;
     block widths from :func:`decoder_widths`."""
 
-    def __init__(self, encoder_channels: tuple[int, ...], dropout: float = 0.0, kind: str = "tapered") -> None:
+    def __init__(
+        self, encoder_channels: tuple[int, ...], dropout: float = 0.0, kind: str = "tapered"
+    ) -> None:
         super().__init__()
         c0, c1, c2, c3, c4 = encoder_channels
         *outs, final = decoder_widths(encoder_channels, kind)
@@ -316,7 +351,9 @@ class ResUNet(nn.Module):
         cfg = self.config
         self.encoder = ResNet18Encoder(cfg.in_channels, cfg.width)
         self.decoder = UNetDecoder(self.encoder.channels, cfg.dropout, cfg.decoder)
-        self.jigsaw_head = JigsawHead(self.encoder.channels[-1], cfg.num_permutations, cfg.jigsaw_head)
+        self.jigsaw_head = JigsawHead(
+            self.encoder.channels[-1], cfg.num_permutations, cfg.jigsaw_head
+        )
         self.register_buffer("norm_mean", torch.tensor(cfg.norm_mean).view(1, -1, 1, 1), False)
         self.register_buffer("norm_std", torch.tensor(cfg.norm_std).view(1, -1, 1, 1), False)
 

@@ -30,7 +30,7 @@ from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import CheckpointError, InputError
 from .imageio import read_region_padded
 from .jigsaw import permutation_pool, sample_puzzles
-from .model import ResUNet, check_seed, config_type_problems, pad_to_stride
+from .model import ResUNet, check_seed, config_type_problems, mix_seed, pad_to_stride
 from .progress import Progress
 from .pseudolabel import DEFAULT_PATCH, PATCH_MULTIPLE
 
@@ -138,12 +138,23 @@ class PretrainResult:
 
 
 def jigsaw_batch_loss(
-    model: ResUNet, x: torch.Tensor, rng: np.random.Generator, pool: np.ndarray,
-    *, grid_shift: bool = True, dtype: torch.dtype = torch.float32,
+    model: ResUNet,
+    x: torch.Tensor,
+    rng: np.random.Generator,
+    pool: np.ndarray,
+    *,
+    grid_shift: bool = True,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One puzzle per patch of ``x`` (B, 3, P, P): mean ``L_SS`` and the number correct."""
-    puzzles = sample_puzzles(rng, x.shape[0], 1, pool, model.config.jigsaw_rotation,
-                             patch=x.shape[-1] if grid_shift else None).to(x.device)
+    puzzles = sample_puzzles(
+        rng,
+        x.shape[0],
+        1,
+        pool,
+        model.config.jigsaw_rotation,
+        patch=x.shape[-1] if grid_shift else None,
+    ).to(x.device)
     xp = pad_to_stride(puzzles.apply(x, 0))
     if x.is_contiguous(memory_format=torch.channels_last):
         xp = xp.contiguous(memory_format=torch.channels_last)
@@ -214,8 +225,9 @@ def pretrain_jigsaw(
         resumed = (ck.model.state_dict(), training, record.history)
         pixel_size_um = pixel_size_um if pixel_size_um is not None else ck.pixel_size_um
     dev = resolve_device(device)
-    return pretrain_prepared(model, items, cfg, dev, out=out, resumed=resumed, parent=parent,
-                             pixel_size_um=pixel_size_um)
+    return pretrain_prepared(
+        model, items, cfg, dev, out=out, resumed=resumed, parent=parent, pixel_size_um=pixel_size_um
+    )
 
 
 def _trained_params(model: ResUNet, cfg: PretrainConfig) -> list[torch.nn.Parameter]:
@@ -225,7 +237,11 @@ def _trained_params(model: ResUNet, cfg: PretrainConfig) -> list[torch.nn.Parame
 
 
 def pretrain_prepared(
-    model: ResUNet, items: list[PreparedItem], cfg: PretrainConfig, dev: torch.device, *,
+    model: ResUNet,
+    items: list[PreparedItem],
+    cfg: PretrainConfig,
+    dev: torch.device,
+    *,
     out: Path | None = None,
     resumed: tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]] | None = None,
     parent: str | None = None,
@@ -235,7 +251,9 @@ def pretrain_prepared(
     dtype = resolve_precision(cfg.precision, dev)
     fmt = memory_format(cfg.channels_last, dev, model.config.width)
     model.to(device=dev, memory_format=fmt)
-    optimizer = torch.optim.Adam(_trained_params(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(
+        _trained_params(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
+    )
     start, history = 0, []
     if resumed is not None:
         state, training, history = resumed
@@ -246,8 +264,12 @@ def pretrain_prepared(
     pool = permutation_pool(model.config.num_permutations)
     chance = math.log(len(pool))
     rng = np.random.default_rng([cfg.seed, start, 7])
-    torch.manual_seed(cfg.seed * 1000003 + start)
-    sides = list(range(PATCH_MULTIPLE, cfg.patch_size + 1, PATCH_MULTIPLE)) if cfg.multiscale else [cfg.patch_size]
+    torch.manual_seed(mix_seed(cfg.seed, start))
+    sides = (
+        list(range(PATCH_MULTIPLE, cfg.patch_size + 1, PATCH_MULTIPLE))
+        if cfg.multiscale
+        else [cfg.patch_size]
+    )
     augment = Augment(hed=0.03, brightness=0.1)
     samplers = {p: PatchSampler(items, p, rng, augment) for p in sides}
     data = [{"name": it.name, "sha256": it.sha256, "role": "jigsaw"} for it in items]
@@ -261,12 +283,28 @@ def pretrain_prepared(
             return
         loss = float(np.mean(losses)) if losses else math.nan
         top1 = float(np.mean(hits)) if hits else math.nan
-        training = {"kind": PRETRAIN_KIND, "config": cfg.to_dict(), "step": done, "device": str(dev),
-                    "dtype": str(dtype).replace("torch.", ""),
-                    "optimizer": optimizer.state_dict()}
-        metrics = jigsaw_metrics(model, loss, top1, chance, cfg.patch_size, "training puzzles (running mean)")
-        save_checkpoint(out, model, training=training, history=history, metrics=metrics, parent=parent,
-                        data=data, pixel_size_um=pixel_size_um, note=f"jigsaw pre-training, {done} steps, L_SS {loss:.3f}")
+        training = {
+            "kind": PRETRAIN_KIND,
+            "config": cfg.to_dict(),
+            "step": done,
+            "device": str(dev),
+            "dtype": str(dtype).replace("torch.", ""),
+            "optimizer": optimizer.state_dict(),
+        }
+        metrics = jigsaw_metrics(
+            model, loss, top1, chance, cfg.patch_size, "training puzzles (running mean)"
+        )
+        save_checkpoint(
+            out,
+            model,
+            training=training,
+            history=history,
+            metrics=metrics,
+            parent=parent,
+            data=data,
+            pixel_size_um=pixel_size_um,
+            note=f"jigsaw pre-training, {done} steps, L_SS {loss:.3f}",
+        )
 
     try:
         for step in range(start + 1, cfg.iterations + 1):
@@ -280,48 +318,71 @@ def pretrain_prepared(
             n = max(2, round(cfg.batch_size * (PATCH_MULTIPLE / side) ** 2))
             x = torch.from_numpy(samplers[side].sample(n)[0]).permute(0, 3, 1, 2).to(dev)
             x = x.contiguous(memory_format=fmt)
-            loss, correct = jigsaw_batch_loss(model, x, rng, pool, grid_shift=cfg.grid_shift, dtype=dtype)
+            loss, correct = jigsaw_batch_loss(
+                model, x, rng, pool, grid_shift=cfg.grid_shift, dtype=dtype
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             losses.append(float(loss.detach()))
             hits.append(float(correct) / n)
             done = step
-            del losses[:-cfg.window], hits[:-cfg.window]
-            record = {"step": step, "lr": lr, "loss": float(np.mean(losses)), "top1": float(np.mean(hits))}
+            del losses[: -cfg.window], hits[: -cfg.window]
+            record = {
+                "step": step,
+                "lr": lr,
+                "loss": float(np.mean(losses)),
+                "top1": float(np.mean(hits)),
+            }
             if step % cfg.window == 0 or step == cfg.iterations:
                 history.append(record)
             if step % cfg.save_every == 0:
                 save()
-            yield Progress(step, cfg.iterations,
-                           f"jigsaw step {step}/{cfg.iterations}: L_SS {record['loss']:.3f} "
-                           f"(chance {chance:.2f}), top-1 {100 * record['top1']:.1f}%",
-                           {**record, "chance_loss": chance})
+            yield Progress(
+                step,
+                cfg.iterations,
+                f"jigsaw step {step}/{cfg.iterations}: L_SS {record['loss']:.3f} "
+                f"(chance {chance:.2f}), top-1 {100 * record['top1']:.1f}%",
+                {**record, "chance_loss": chance},
+            )
     finally:
         model.eval()
         if done > start:
             save()
     return PretrainResult(
-        steps=done - start, loss=float(np.mean(losses)) if losses else math.nan,
-        top1=float(np.mean(hits)) if hits else math.nan, chance_loss=chance, history=history,
+        steps=done - start,
+        loss=float(np.mean(losses)) if losses else math.nan,
+        top1=float(np.mean(hits)) if hits else math.nan,
+        chance_loss=chance,
+        history=history,
         checkpoint=out if (out is not None and done > start) else None,
         seconds=time.perf_counter() - t_start,
     )
 
 
-def jigsaw_metrics(model: ResUNet, loss: float, top1: float, chance: float, patch_size: int,
-                   measured_on: str) -> dict[str, Any]:
+def jigsaw_metrics(
+    model: ResUNet, loss: float, top1: float, chance: float, patch_size: int, measured_on: str
+) -> dict[str, Any]:
     """The ``jigsaw_*`` entries a checkpoint's metrics carry (read by the model card)."""
-    return {"jigsaw_loss": loss, "jigsaw_top1": top1, "jigsaw_chance_loss": chance,
-            "jigsaw_patch_size": patch_size, "jigsaw_rotation": model.config.jigsaw_rotation,
-            "jigsaw_measured_on": measured_on}
+    return {
+        "jigsaw_loss": loss,
+        "jigsaw_top1": top1,
+        "jigsaw_chance_loss": chance,
+        "jigsaw_patch_size": patch_size,
+        "jigsaw_rotation": model.config.jigsaw_rotation,
+        "jigsaw_measured_on": measured_on,
+    }
 
 
 def default_jigsaw_patch(meta: dict[str, Any] | None) -> int:
     """The patch side a checkpoint's jigsaw was trained at (96 when it does not say)."""
     metrics = (meta or {}).get("metrics") or {}
     value = metrics.get("jigsaw_patch_size")
-    return int(value) if isinstance(value, int) and value % PATCH_MULTIPLE == 0 and value > 0 else PATCH_MULTIPLE
+    return (
+        int(value)
+        if isinstance(value, int) and value % PATCH_MULTIPLE == 0 and value > 0
+        else PATCH_MULTIPLE
+    )
 
 
 @torch.no_grad()
@@ -348,8 +409,9 @@ def evaluate_jigsaw(
     problem = _check_patch("patch size", patch_size)
     if problem:
         raise InputError(problem)
-    items = check_items([TrainItem(f"image {i}", im) for i, im in enumerate(images)], "evaluation",
-                        need_masks=False)
+    items = check_items(
+        [TrainItem(f"image {i}", im) for i, im in enumerate(images)], "evaluation", need_masks=False
+    )
     if not items:
         raise InputError("no images to evaluate the jigsaw on")
     dev = resolve_device(device)
@@ -366,7 +428,9 @@ def evaluate_jigsaw(
                 it = items[j % len(items)]
                 y0 = int(rng.integers(0, max(it.height - patch_size, 0) + 1))
                 x0 = int(rng.integers(0, max(it.width - patch_size, 0) + 1))
-                patches.append(read_region_padded(it.image, y0, y0 + patch_size, x0, x0 + patch_size))
+                patches.append(
+                    read_region_padded(it.image, y0, y0 + patch_size, x0, x0 + patch_size)
+                )
             x = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).to(dev).contiguous()
             loss, correct = jigsaw_batch_loss(model, x, rng, pool, grid_shift=grid_shift)
             total_loss += float(loss) * n
@@ -375,8 +439,14 @@ def evaluate_jigsaw(
             yield Progress(done, puzzles, f"jigsaw puzzles {done}/{puzzles}")
     finally:
         model.train(was)
-    return {"loss": total_loss / done, "top1": total_correct / done, "chance_loss": math.log(len(pool)),
-            "puzzles": done, "rotation": model.config.jigsaw_rotation, "patch_size": patch_size}
+    return {
+        "loss": total_loss / done,
+        "top1": total_correct / done,
+        "chance_loss": math.log(len(pool)),
+        "puzzles": done,
+        "rotation": model.config.jigsaw_rotation,
+        "patch_size": patch_size,
+    }
 
 
 def at_chance(loss: float, chance_loss: float) -> bool:

@@ -46,19 +46,23 @@ from .errors import InputError, SelfloopError
 from .imageio import check_image
 from .jigsaw import ROTATIONS, Puzzles, permutation_pool, sample_puzzles
 from .model import (
+    BATCH_SEED_STRIDE,
     POOL_RANGE,
     ResUNet,
     check_seed,
     config_type_problems,
+    mix_seed,
     pad_to_stride,
     set_mc_dropout,
 )
-from .progress import Progress
-from .tiling import run_to_completion, tiled_apply
+from .progress import Progress, run_to_completion
+from .tiling import tiled_apply
 
 log = logging.getLogger(__name__)
 
 METHODS = ("selfloop", "selfloop-no-ss", "softmax", "mc-dropout", "ensemble")
+#: The methods that use ``q``: jigsaw permutations (self-loop) or stochastic passes (MC dropout).
+Q_METHODS = ("selfloop", "selfloop-no-ss", "mc-dropout")
 #: Patch sides must be multiples of this: 3x3 whole tiles whose side the stride divides.
 PATCH_MULTIPLE = 96
 #: Default patch side of pseudo-labelling and of the jigsaw it relies on: 192-px jigsaw
@@ -66,6 +70,10 @@ PATCH_MULTIPLE = 96
 #: 384-px patches); with the tapered decoder it keeps self-loop Q=10 within twice MC
 #: dropout's time (``benchmarks/bench_pseudolabel.py``).
 DEFAULT_PATCH = 576
+#: The default overlap of tiled patches is ``patch_size // DEFAULT_OVERLAP_DIVISOR``, the
+#: largest ``patch // MAX_OVERLAP_DIVISOR`` (:meth:`PseudoLabelConfig.overlap_for`).
+DEFAULT_OVERLAP_DIVISOR = 6
+MAX_OVERLAP_DIVISOR = 3
 #: Rules for the self-loop encoder steps (:func:`make_step_optimizer`).
 STEP_RULES = ("sgd", "adam")
 #: How the Q self-loop maps are averaged (see :class:`PseudoLabelConfig`).
@@ -97,8 +105,11 @@ class PseudoLabelConfig:
         Step size and rule of the self-loop encoder updates (:func:`make_step_optimizer`:
         ``sgd`` by default, ``adam`` the earlier rule).
     patch_size, overlap
-        Square patches (a multiple of 96) and their overlap when tiling; the overlap
-        defaults to a sixth of the patch.
+        Square patches (a multiple of :data:`PATCH_MULTIPLE`) and the pixels neighbouring
+        patches share when tiling. One rule for the overlap (:meth:`overlap_for`): None
+        (default) means a sixth of the patch; a given overlap must lie in
+        ``[0, patch_size // 3]``; when an image smaller than a patch is computed with a
+        smaller patch, the overlap is cut to a third of that patch.
     batch_size
         Patches processed together.
     precision
@@ -149,22 +160,45 @@ class PseudoLabelConfig:
         if not 0.5 < self.threshold < 1.0:
             raise InputError(f"threshold must be between 0.5 and 1, got {self.threshold}")
         if self.patch_size < PATCH_MULTIPLE or self.patch_size % PATCH_MULTIPLE:
-            raise InputError(f"patch size must be a multiple of 96 (288, 384, 480 ...), got {self.patch_size}")
-        if self.overlap is not None and not 0 <= self.overlap < self.patch_size // 2:
             raise InputError(
-                f"overlap must be at least 0 and less than half the patch size "
-                f"({self.patch_size // 2}), got {self.overlap}"
+                f"patch size must be a multiple of {PATCH_MULTIPLE} "
+                f"({', '.join(str(k * PATCH_MULTIPLE) for k in (3, 4, 5))} ...), got {self.patch_size}"
+            )
+        if (
+            self.overlap is not None
+            and not 0 <= self.overlap <= self.patch_size // MAX_OVERLAP_DIVISOR
+        ):
+            raise InputError(
+                f"overlap must be at least 0 and at most a third of the patch size "
+                f"({self.patch_size // MAX_OVERLAP_DIVISOR}), got {self.overlap}"
             )
         if self.batch_size < 1 or not self.lr > 0:
-            raise InputError(f"batch size must be at least 1 and lr positive, got {self.batch_size} and {self.lr}")
+            raise InputError(
+                f"batch size must be at least 1 and lr positive, got {self.batch_size} and {self.lr}"
+            )
         if self.step_rule not in STEP_RULES:
-            raise InputError(f"unknown step rule {self.step_rule!r}: choose one of {', '.join(STEP_RULES)}")
+            raise InputError(
+                f"unknown step rule {self.step_rule!r}: choose one of {', '.join(STEP_RULES)}"
+            )
         if self.uncertainty not in UNCERTAINTIES:
-            raise InputError(f"unknown uncertainty {self.uncertainty!r}: choose one of {', '.join(UNCERTAINTIES)}")
+            raise InputError(
+                f"unknown uncertainty {self.uncertainty!r}: choose one of {', '.join(UNCERTAINTIES)}"
+            )
         if self.weighting not in WEIGHTINGS:
-            raise InputError(f"unknown weighting {self.weighting!r}: choose one of {', '.join(WEIGHTINGS)}")
+            raise InputError(
+                f"unknown weighting {self.weighting!r}: choose one of {', '.join(WEIGHTINGS)}"
+            )
         if self.rotation is not None and self.rotation not in ROTATIONS:
-            raise InputError(f"unknown rotation mode {self.rotation!r}: choose one of {', '.join(ROTATIONS)}")
+            raise InputError(
+                f"unknown rotation mode {self.rotation!r}: choose one of {', '.join(ROTATIONS)}"
+            )
+
+    def overlap_for(self, patch: int) -> int:
+        """The overlap used with patches of side ``patch`` (``patch_size`` or, for a small image, less)."""
+        overlap = (
+            self.patch_size // DEFAULT_OVERLAP_DIVISOR if self.overlap is None else self.overlap
+        )
+        return min(overlap, patch // MAX_OVERLAP_DIVISOR)
 
 
 @dataclass
@@ -226,7 +260,9 @@ def selfloop_weights(losses: torch.Tensor) -> torch.Tensor:
     return torch.where(norm > 0, raw / norm.clamp_min(1e-12), torch.full_like(raw, 1.0 / q))
 
 
-def _weighted_mean_std(maps: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _weighted_mean_std(
+    maps: torch.Tensor, weights: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``maps`` (B, Q, H, W), ``weights`` (B, Q) summing to 1."""
     w = weights[:, :, None, None]
     mean = (w * maps).sum(1)
@@ -299,7 +335,11 @@ def selfloop_steps(
     """
     q = puzzles.q
     h, w = x.shape[-2:]
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    fmt = (
+        torch.channels_last
+        if x.is_contiguous(memory_format=torch.channels_last)
+        else torch.contiguous_format
+    )
     maps, losses = [], []
     for i in range(q):
         xi = pad_to_stride(puzzles.apply(x, i)).contiguous(memory_format=fmt)
@@ -327,7 +367,9 @@ def selfloop_steps(
     return PatchResult(mean, std, loss_t, weights, puzzles.classes, stacked)
 
 
-def make_step_optimizer(params: list[torch.nn.Parameter], rule: str, lr: float) -> torch.optim.Optimizer:
+def make_step_optimizer(
+    params: list[torch.nn.Parameter], rule: str, lr: float
+) -> torch.optim.Optimizer:
     """The optimiser of the self-loop encoder steps: its own, fresh, never the training one's.
 
     ``sgd`` (default): plain gradient steps of size ``lr``, so a zero jigsaw gradient moves
@@ -369,9 +411,19 @@ def predict_selfloop(
             p.requires_grad_(True)
         optimizer = make_step_optimizer(params, step_rule, lr)
     # The copies are thrown away, so the step after the last puzzle would change nothing.
-    return run_to_completion(selfloop_steps(model, x, puzzles, encoder=encoder, head=head,
-                                            optimizer=optimizer, dtype=dtype, weighting=weighting,
-                                            step_after_last=False))
+    return run_to_completion(
+        selfloop_steps(
+            model,
+            x,
+            puzzles,
+            encoder=encoder,
+            head=head,
+            optimizer=optimizer,
+            dtype=dtype,
+            weighting=weighting,
+            step_after_last=False,
+        )
+    )
 
 
 def _check_models(models: Sequence[ResUNet], method: str) -> None:
@@ -428,11 +480,14 @@ def pseudo_label(
     dtype = resolve_precision(cfg.precision, dev)
     pool = permutation_pool(models[0].config.num_permutations)
     if cfg.method in ("selfloop", "selfloop-no-ss") and cfg.q > len(pool):
-        raise InputError(f"Q ({cfg.q}) exceeds the model's jigsaw pool of {len(pool)} permutations: "
-                         f"choose Q of at most {len(pool)}")
+        raise InputError(
+            f"Q ({cfg.q}) exceeds the model's jigsaw pool of {len(pool)} permutations: "
+            f"choose Q of at most {len(pool)}"
+        )
     # An image smaller than a patch gets the smallest patch that covers it.
-    patch = min(cfg.patch_size, PATCH_MULTIPLE * math.ceil(max(info.height, info.width) / PATCH_MULTIPLE))
-    overlap = cfg.patch_size // 6 if cfg.overlap is None else cfg.overlap
+    patch = min(
+        cfg.patch_size, PATCH_MULTIPLE * math.ceil(max(info.height, info.width) / PATCH_MULTIPLE)
+    )
     rng = np.random.default_rng(cfg.seed)
     fmt = memory_format(cfg.channels_last, dev, models[0].config.width)
     was_training = [m.training for m in models]
@@ -444,8 +499,11 @@ def pseudo_label(
     def patch_fn(batch: np.ndarray) -> dict[str, np.ndarray]:
         nonlocal batch_no
         x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
-        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), autocast(dev, dtype):
-            torch.manual_seed(cfg.seed * 100003 + batch_no)
+        with (
+            torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
+            autocast(dev, dtype),
+        ):
+            torch.manual_seed(mix_seed(cfg.seed, batch_no, BATCH_SEED_STRIDE))
             out = _run_method(models, x, cfg, rng, pool, dev, dtype)
         if not bool(torch.isfinite(out.prob).all()):
             raise _nan_error(models, x, cfg, dtype, batch_no)
@@ -460,14 +518,22 @@ def pseudo_label(
     start = time.perf_counter()
     tile_sinks = None
     if sinks is not None:
-        tile_sinks = {"prob": _MaskingSink(sinks["prob"], sinks["mask"], cfg.threshold),
-                      "uncertainty": sinks["uncertainty"]}
+        tile_sinks = {
+            "prob": _MaskingSink(sinks["prob"], sinks["mask"], cfg.threshold),
+            "uncertainty": sinks["uncertainty"],
+        }
     stats: dict[str, int] = {}
     try:
         outputs = yield from tiled_apply(
-            image, patch_fn, patch_size=patch, overlap=min(overlap, patch // 3),
-            batch_size=cfg.batch_size, out_names=("prob", "uncertainty"), sinks=tile_sinks,
-            keep=keep, stats=stats,
+            image,
+            patch_fn,
+            patch_size=patch,
+            overlap=cfg.overlap_for(patch),
+            batch_size=cfg.batch_size,
+            out_names=("prob", "uncertainty"),
+            sinks=tile_sinks,
+            keep=keep,
+            stats=stats,
         )
     finally:
         for m, flag in zip(models, was_training, strict=True):
@@ -481,8 +547,13 @@ def pseudo_label(
         mask=None if prob is None else confidence_mask(prob, cfg.threshold),
         config=cfg,
         seconds=time.perf_counter() - start,
-        info={"device": str(dev), "dtype": str(dtype).replace("torch.", ""), "patch_size": patch,
-              "patches": stats.get("patches"), "patches_computed": stats.get("computed")},
+        info={
+            "device": str(dev),
+            "dtype": str(dtype).replace("torch.", ""),
+            "patch_size": patch,
+            "patches": stats.get("patches"),
+            "patches_computed": stats.get("computed"),
+        },
     )
     if records["losses"]:
         result.losses = np.concatenate(records["losses"])
@@ -492,8 +563,13 @@ def pseudo_label(
 
 
 @torch.no_grad()
-def _nan_error(models: list[ResUNet], x: torch.Tensor, cfg: PseudoLabelConfig, dtype: torch.dtype,
-               batch_no: int) -> SelfloopError:
+def _nan_error(
+    models: list[ResUNet],
+    x: torch.Tensor,
+    cfg: PseudoLabelConfig,
+    dtype: torch.dtype,
+    batch_no: int,
+) -> SelfloopError:
     """A one-line error naming why patch batch ``batch_no`` gave NaN or infinite probabilities.
 
     One plain forward pass of each model tells the causes apart: a model that overflows
@@ -504,23 +580,34 @@ def _nan_error(models: list[ResUNet], x: torch.Tensor, cfg: PseudoLabelConfig, d
     for m in models:
         plain = torch.sigmoid(m(x.float()).float())
         if not bool(torch.isfinite(plain).all()):
-            return SelfloopError(f"{where}: the model itself gives NaN or infinite output (its weights or "
-                                 "normalisation are damaged); load another checkpoint")
+            return SelfloopError(
+                f"{where}: the model itself gives NaN or infinite output (its weights or "
+                "normalisation are damaged); load another checkpoint"
+            )
     if dtype != torch.float32:
         with autocast(x.device, dtype):
             low = [torch.sigmoid(m(x).float()) for m in models]
         if not all(bool(torch.isfinite(p).all()) for p in low):
-            return InputError(f"{where}: the model overflows in {str(dtype).replace('torch.', '')}; "
-                              "use precision fp32")
+            return InputError(
+                f"{where}: the model overflows in {str(dtype).replace('torch.', '')}; "
+                "use precision fp32"
+            )
     if cfg.method == "selfloop":
-        return InputError(f"{where}: the self-loop encoder steps diverged (lr {cfg.lr:g}, rule "
-                          f"{cfg.step_rule}); use a smaller lr")
+        return InputError(
+            f"{where}: the self-loop encoder steps diverged (lr {cfg.lr:g}, rule "
+            f"{cfg.step_rule}); use a smaller lr"
+        )
     return SelfloopError(f"{where}; try precision fp32 or another checkpoint")
 
 
 def _run_method(
-    models: list[ResUNet], x: torch.Tensor, cfg: PseudoLabelConfig, rng: np.random.Generator,
-    pool: np.ndarray, dev: torch.device, dtype: torch.dtype,
+    models: list[ResUNet],
+    x: torch.Tensor,
+    cfg: PseudoLabelConfig,
+    rng: np.random.Generator,
+    pool: np.ndarray,
+    dev: torch.device,
+    dtype: torch.dtype,
 ) -> PatchResult:
     if cfg.method == "softmax":
         return predict_softmax(models[0], x)
@@ -529,11 +616,19 @@ def _run_method(
     if cfg.method == "ensemble":
         return predict_ensemble(models, x)
     rotation = cfg.rotation or models[0].config.jigsaw_rotation
-    puzzles = sample_puzzles(rng, x.shape[0], cfg.q, pool, rotation,
-                             patch=x.shape[-1] if cfg.grid_shift else None).to(dev)
-    return predict_selfloop(models[0], x, puzzles, lr=cfg.lr, step_rule=cfg.step_rule,
-                            update_encoder=cfg.method == "selfloop", weighting=cfg.weighting,
-                            dtype=dtype)
+    puzzles = sample_puzzles(
+        rng, x.shape[0], cfg.q, pool, rotation, patch=x.shape[-1] if cfg.grid_shift else None
+    ).to(dev)
+    return predict_selfloop(
+        models[0],
+        x,
+        puzzles,
+        lr=cfg.lr,
+        step_rule=cfg.step_rule,
+        update_encoder=cfg.method == "selfloop",
+        weighting=cfg.weighting,
+        dtype=dtype,
+    )
 
 
 class _MaskingSink:

@@ -16,8 +16,9 @@ from .errors import InputError
 __all__ = ["ResampledView"]
 
 
-def _axis_plan(start: int, stop: int, scale: float, length: int, margin: int
-               ) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+def _axis_plan(
+    start: int, stop: int, scale: float, length: int, margin: int
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
     """Source window and linear-interpolation indices/weights for output pixels start..stop-1."""
     centres = (np.arange(start, stop) + 0.5) / scale - 0.5
     lo = np.clip(np.floor(centres).astype(np.int64), 0, length - 1)
@@ -66,11 +67,18 @@ class ResampledView:
         block = np.asarray(self.source[y0:y1, x0:x1]).astype(np.float32)
         if self.sigma > 0:
             for axis in (0, 1):
-                block = ndi.gaussian_filter1d(block, self.sigma, axis=axis, mode="nearest",
-                                              truncate=4.0)
+                block = ndi.gaussian_filter1d(
+                    block, self.sigma, axis=axis, mode="nearest", truncate=4.0
+                )
         extra = (None,) * (block.ndim - 2)
-        rows = block[ylo] * (1 - wy)[(slice(None), None, *extra)] + block[yhi] * wy[(slice(None), None, *extra)]
-        out = rows[:, xlo] * (1 - wx)[(None, slice(None), *extra)] + rows[:, xhi] * wx[(None, slice(None), *extra)]
+        rows = (
+            block[ylo] * (1 - wy)[(slice(None), None, *extra)]
+            + block[yhi] * wy[(slice(None), None, *extra)]
+        )
+        out = (
+            rows[:, xlo] * (1 - wx)[(None, slice(None), *extra)]
+            + rows[:, xhi] * wx[(None, slice(None), *extra)]
+        )
         if self.dtype.kind in "biu":
             info = np.iinfo(self.dtype) if self.dtype.kind != "b" else None
             out = np.rint(out)
@@ -94,8 +102,14 @@ class ResampledView:
             else:
                 raise IndexError(f"ResampledView supports integers and step-1 slices, got {k!r}")
         if spatial[0].stop == spatial[0].start or spatial[1].stop == spatial[1].start:
-            out = np.zeros((spatial[0].stop - spatial[0].start, spatial[1].stop - spatial[1].start,
-                            *self.shape[2:]), self.dtype)
+            out = np.zeros(
+                (
+                    spatial[0].stop - spatial[0].start,
+                    spatial[1].stop - spatial[1].start,
+                    *self.shape[2:],
+                ),
+                self.dtype,
+            )
         else:
             out = self._window(spatial[0], spatial[1])
         out = out[(slice(None), slice(None), *key[2:])]

@@ -68,8 +68,18 @@ MPP_RANGE = (0.01, 100.0)
 #: Relative tolerance within which a coarser level still counts as at the asked pixel size.
 MPP_TOLERANCE = 0.02
 
-_UNIT_UM = {"pm": 1e-6, "nm": 1e-3, "µm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0,
-            "mm": 1e3, "cm": 1e4, "m": 1e6, "Å": 1e-4}
+_UNIT_UM = {
+    "pm": 1e-6,
+    "nm": 1e-3,
+    "µm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "mm": 1e3,
+    "cm": 1e4,
+    "m": 1e6,
+    "Å": 1e-4,
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -200,7 +210,11 @@ def _reduced_series(tif: Any, chosen: int, shape: tuple[int, ...]) -> list[int]:
         if len(other) != len(shape) or other[2:] != shape[2:]:
             continue
         oh, ow = other[:2]
-        if oh < h and ow < w and abs(oh / h - ow / w) <= 0.02 * max(oh / h, ow / w) + 2 / min(oh, ow):
+        if (
+            oh < h
+            and ow < w
+            and abs(oh / h - ow / w) <= 0.02 * max(oh / h, ow / w) + 2 / min(oh, ow)
+        ):
             out.append(i)
     return sorted(out, key=lambda i: -math.prod(_plane_shape(tif.series[i].shape)[:2]))
 
@@ -284,8 +298,16 @@ class Slide:
         Index of the tifffile series read (vendor label/macro series are skipped).
     """
 
-    def __init__(self, path: Path, tif: Any, series: int, levels: list[Any], mpp: float | None,
-                 mpp_source: str, vendor: str) -> None:
+    def __init__(
+        self,
+        path: Path,
+        tif: Any,
+        series: int,
+        levels: list[Any],
+        mpp: float | None,
+        mpp_source: str,
+        vendor: str,
+    ) -> None:
         self.path, self._tif, self.series = path, tif, series
         self.levels, self.mpp, self.mpp_source, self.vendor = levels, mpp, mpp_source, vendor
 
@@ -370,8 +392,9 @@ class Slide:
 
     def __repr__(self) -> str:
         mpp = "unknown" if self.mpp is None else f"{self.mpp:g}"
-        return (f"Slide({self.path.name!r}, {self.vendor}, level shapes {self.level_shapes}, "
-                f"mpp {mpp})")
+        return (
+            f"Slide({self.path.name!r}, {self.vendor}, level shapes {self.level_shapes}, mpp {mpp})"
+        )
 
 
 def _vendor(tif: Any) -> str:
@@ -411,13 +434,16 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith(_TIFF_MAGICS):
-        raise InputError(f"{name} is not a TIFF-family slide (.svs, .ndpi, .tif, .ome.tif; it "
-                         f"starts with {head!r}): convert it to a pyramidal TIFF")
+        raise InputError(
+            f"{name} is not a TIFF-family slide (.svs, .ndpi, .tif, .ome.tif; it "
+            f"starts with {head!r}): convert it to a pyramidal TIFF"
+        )
     try:
         tif = tifffile.TiffFile(path)
     except Exception as exc:  # tifffile raises many types for broken files
-        raise InputError(f"{name} is a corrupt or truncated TIFF file ({exc}): copy or export "
-                         "it again") from exc
+        raise InputError(
+            f"{name} is a corrupt or truncated TIFF file ({exc}): copy or export it again"
+        ) from exc
     try:
         slide = _build(path, tif)
     except BaseException:
@@ -460,12 +486,16 @@ def _check_complete(path: Path, series: Any) -> None:
         page = level.keyframe
         offsets, counts = page.dataoffsets, page.databytecounts
         if not offsets or len(offsets) != len(counts):
-            raise InputError(f"{path.name} is a corrupt TIFF file (a level has no pixel data): "
-                             "copy or export it again")
+            raise InputError(
+                f"{path.name} is a corrupt TIFF file (a level has no pixel data): "
+                "copy or export it again"
+            )
         end = max(o + c for o, c in zip(offsets, counts, strict=True))
         if end > size:
-            raise InputError(f"{path.name} is a truncated TIFF file (pixel data ends at byte "
-                             f"{end}, the file has {size}): copy or export it again")
+            raise InputError(
+                f"{path.name} is a truncated TIFF file (pixel data ends at byte "
+                f"{end}, the file has {size}): copy or export it again"
+            )
 
 
 def _check_decodes(name: str, level: Any, series: Any) -> None:
@@ -481,8 +511,10 @@ def _check_decodes(name: str, level: Any, series: Any) -> None:
                 "decode (a requirement of napari-selfloop that this environment lacks): install "
                 "it with pip install imagecodecs"
             ) from exc
-        raise InputError(f"{name}: could not decode its pixels ({compression}: {exc}): the "
-                         "file may be corrupt or truncated") from exc
+        raise InputError(
+            f"{name}: could not decode its pixels ({compression}: {exc}): the "
+            "file may be corrupt or truncated"
+        ) from exc
 
 
 def is_slide(path: str | os.PathLike[str]) -> bool:
@@ -513,9 +545,15 @@ def is_slide(path: str | os.PathLike[str]) -> bool:
         return False
 
 
-_MOVED = {"TissueMask": "tissue", "detect_tissue": "tissue", "detect_tissue_in_image": "tissue",
-          "tissue_from_rgb": "tissue", "MIN_SATURATION": "tissue", "MAX_SATURATION": "tissue",
-          "MIN_TISSUE_UM2": "tissue"}
+_MOVED = {
+    "TissueMask": "tissue",
+    "detect_tissue": "tissue",
+    "detect_tissue_in_image": "tissue",
+    "tissue_from_rgb": "tissue",
+    "MIN_SATURATION": "tissue",
+    "MAX_SATURATION": "tissue",
+    "MIN_TISSUE_UM2": "tissue",
+}
 
 
 def __getattr__(name: str) -> Any:

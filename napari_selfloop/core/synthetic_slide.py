@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .imageio import atomic_path
+from .atomic import atomic_path
 from .tiledtiff import TiledTiffWriter
 
 __all__ = [
@@ -109,8 +109,9 @@ class SlideScene:
         y0 = np.clip(np.floor(fy).astype(int), 0, field.shape[0] - 2)
         x0 = np.clip(np.floor(fx).astype(int), 0, field.shape[1] - 2)
         wy, wx = fy - y0, fx - x0
-        return ((field[y0, x0] * (1 - wx) + field[y0, x0 + 1] * wx) * (1 - wy)
-                + (field[y0 + 1, x0] * (1 - wx) + field[y0 + 1, x0 + 1] * wx) * wy)
+        return (field[y0, x0] * (1 - wx) + field[y0, x0 + 1] * wx) * (1 - wy) + (
+            field[y0 + 1, x0] * (1 - wx) + field[y0 + 1, x0 + 1] * wx
+        ) * wy
 
     def _nuclei(self, y0: float, y1: float, x0: float, x1: float) -> np.ndarray:
         """Nuclei (cy, cx, a, b, angle, strength) whose box meets [y0, y1) x [x0, x1)."""
@@ -137,18 +138,24 @@ class SlideScene:
             return np.zeros((0, 6))
         nuclei = np.concatenate(out)
         nuclei = nuclei[self._tissue_at(nuclei[:, 0], nuclei[:, 1]) > 0]
-        keep = ((nuclei[:, 0] + nuclei[:, 2] >= y0) & (nuclei[:, 0] - nuclei[:, 2] < y1)
-                & (nuclei[:, 1] + nuclei[:, 2] >= x0) & (nuclei[:, 1] - nuclei[:, 2] < x1))
+        keep = (
+            (nuclei[:, 0] + nuclei[:, 2] >= y0)
+            & (nuclei[:, 0] - nuclei[:, 2] < y1)
+            & (nuclei[:, 1] + nuclei[:, 2] >= x0)
+            & (nuclei[:, 1] - nuclei[:, 2] < x1)
+        )
         return nuclei[keep]
 
-    def _draw(self, y0: int, y1: int, x0: int, x1: int, downsample: float
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _draw(
+        self, y0: int, y1: int, x0: int, x1: int, downsample: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pixel-centre coordinates of a window and its haematoxylin and nucleus maps."""
         ys = (np.arange(y0, y1) + 0.5) * downsample
         xs = (np.arange(x0, x1) + 0.5) * downsample
         h_map = np.zeros((y1 - y0, x1 - x0), np.float32)
-        nuclei = self._nuclei(ys[0] - downsample, ys[-1] + downsample,
-                              xs[0] - downsample, xs[-1] + downsample)
+        nuclei = self._nuclei(
+            ys[0] - downsample, ys[-1] + downsample, xs[0] - downsample, xs[-1] + downsample
+        )
         mask = np.zeros(h_map.shape, bool)
         for cy, cx, a, b, angle, strength in nuclei:
             iy0 = max(int(math.floor((cy - a) / downsample - 0.5)) - y0, 0)
@@ -198,11 +205,15 @@ class SlideScene:
         np.clip(rgb, 0, 255, out=rgb)
         return np.rint(rgb).astype(np.uint8)
 
-    def nuclei_mask(self, y0: int, y1: int, x0: int, x1: int, downsample: float = 1.0) -> np.ndarray:
+    def nuclei_mask(
+        self, y0: int, y1: int, x0: int, x1: int, downsample: float = 1.0
+    ) -> np.ndarray:
         """The nuclei (bool) of the window ``[y0:y1, x0:x1]`` at ``downsample``."""
         return self._draw(y0, y1, x0, x1, downsample)[3]
 
-    def tissue_mask(self, y0: int, y1: int, x0: int, x1: int, downsample: float = 1.0) -> np.ndarray:
+    def tissue_mask(
+        self, y0: int, y1: int, x0: int, x1: int, downsample: float = 1.0
+    ) -> np.ndarray:
         """The tissue (bool) of the window ``[y0:y1, x0:x1]`` at ``downsample``."""
         ys = (np.arange(y0, y1) + 0.5) * downsample
         xs = (np.arange(x0, x1) + 0.5) * downsample
@@ -225,9 +236,19 @@ def write_synthetic_slide(
     so memory stays small whatever the slide's size (a 40,000 x 40,000 slide takes minutes).
     """
     scene = scene or SlideScene()
-    with TiledTiffWriter(path, scene.height, scene.width, np.uint8, channels=3,
-                         pixel_size_um=scene.mpp, compression="jpeg", quality=quality,
-                         tile=tile, pyramid=True, downsample="mean") as writer:
+    with TiledTiffWriter(
+        path,
+        scene.height,
+        scene.width,
+        np.uint8,
+        channels=3,
+        pixel_size_um=scene.mpp,
+        compression="jpeg",
+        quality=quality,
+        tile=tile,
+        pyramid=True,
+        downsample="mean",
+    ) as writer:
         for y in range(0, scene.height, tile):
             y1 = min(y + tile, scene.height)
             band = np.empty((y1 - y, scene.width, 3), np.uint8)
@@ -243,8 +264,10 @@ def _aperio_description(scene: SlideScene, level_shape: tuple[int, int], what: s
     head = f"Aperio Image Library v12.0.15 \r\n{scene.width}x{scene.height} [0,0 {w}x{h}] (256x256) JPEG/RGB Q=85"
     if what:
         head = f"Aperio Image Library v12.0.15 \r\n{what} {w}x{h}"
-    return (f"{head}|AppMag = {10 / scene.mpp:g}|MPP = {scene.mpp:g}"
-            "|ScanScope ID = SYNTHETIC|Filename = synthetic|Date = 01/01/26")
+    return (
+        f"{head}|AppMag = {10 / scene.mpp:g}|MPP = {scene.mpp:g}"
+        "|ScanScope ID = SYNTHETIC|Filename = synthetic|Date = 01/01/26"
+    )
 
 
 def write_synthetic_svs(path: str | os.PathLike[str], scene: SlideScene | None = None) -> Path:
@@ -270,16 +293,38 @@ def write_synthetic_svs(path: str | os.PathLike[str], scene: SlideScene | None =
     macro[50:350, 300:1100] = (200, 150, 190)
     jpeg = {"compression": "jpeg", "compressionargs": {"level": 85}, "photometric": "rgb"}
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
-        tif.write(full, tile=(256, 256), description=_aperio_description(scene, full.shape[:2]),
-                  metadata=None, **jpeg)
-        tif.write(thumb, description=_aperio_description(scene, thumb.shape[:2]), metadata=None,
-                  **jpeg)
-        tif.write(reduced, tile=(256, 256), metadata=None,
-                  description=_aperio_description(scene, reduced.shape[:2]), **jpeg)
-        tif.write(label, subfiletype=1, compression="lzw", photometric="rgb", metadata=None,
-                  description=_aperio_description(scene, label.shape[:2], "label"))
-        tif.write(macro, subfiletype=9, metadata=None,
-                  description=_aperio_description(scene, macro.shape[:2], "macro"), **jpeg)
+        tif.write(
+            full,
+            tile=(256, 256),
+            description=_aperio_description(scene, full.shape[:2]),
+            metadata=None,
+            **jpeg,
+        )
+        tif.write(
+            thumb, description=_aperio_description(scene, thumb.shape[:2]), metadata=None, **jpeg
+        )
+        tif.write(
+            reduced,
+            tile=(256, 256),
+            metadata=None,
+            description=_aperio_description(scene, reduced.shape[:2]),
+            **jpeg,
+        )
+        tif.write(
+            label,
+            subfiletype=1,
+            compression="lzw",
+            photometric="rgb",
+            metadata=None,
+            description=_aperio_description(scene, label.shape[:2], "label"),
+        )
+        tif.write(
+            macro,
+            subfiletype=9,
+            metadata=None,
+            description=_aperio_description(scene, macro.shape[:2], "macro"),
+            **jpeg,
+        )
     return Path(path)
 
 
@@ -293,8 +338,12 @@ def slide_cache_dir() -> Path:
     return Path(base) / "napari-selfloop"
 
 
-def cached_synthetic_slide(scene: SlideScene | None = None, *, suffix: str = ".tif",
-                           folder: str | os.PathLike[str] | None = None) -> Path:
+def cached_synthetic_slide(
+    scene: SlideScene | None = None,
+    *,
+    suffix: str = ".tif",
+    folder: str | os.PathLike[str] | None = None,
+) -> Path:
     """A synthetic slide file for ``scene``, generated once into the cache folder.
 
     The name holds every parameter (and a format version), so a different scene never
@@ -303,8 +352,10 @@ def cached_synthetic_slide(scene: SlideScene | None = None, *, suffix: str = ".t
     scene = scene or SlideScene()
     where = Path(folder) if folder is not None else slide_cache_dir()
     where.mkdir(parents=True, exist_ok=True)
-    name = (f"synthetic-slide-v1-{scene.height}x{scene.width}-{scene.mpp:g}um-s{scene.seed}"
-            f"-d{scene.density_per_mm2:g}-t{scene.tissue_fraction:g}{suffix}")
+    name = (
+        f"synthetic-slide-v1-{scene.height}x{scene.width}-{scene.mpp:g}um-s{scene.seed}"
+        f"-d{scene.density_per_mm2:g}-t{scene.tissue_fraction:g}{suffix}"
+    )
     path = where / name
     if not path.is_file():
         if suffix == ".svs":

@@ -3,7 +3,7 @@
 :class:`TiledTiffWriter` takes rows in order (``write_rows(y0, block)``, the row-sink interface
 of :func:`.tiling.tiled_apply`) and streams them as compressed tiles into a temporary file
 next to the target, which :meth:`~TiledTiffWriter.commit` installs atomically (fsync, then
-rename: the same temporaries, locks and disk-full messages as :func:`.imageio.atomic_path`).
+rename: the same temporaries, locks and disk-full messages as :func:`.atomic.atomic_path`).
 :func:`write_tiled_tiff` writes a whole array-like (numpy, dask, zarr: read band by band).
 
 Layout of a written file
@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .atomic import _install, _new_locked_temp, _remove_quietly, _write_error
 from .errors import InputError
-from .imageio import _install, _new_locked_temp, _remove_quietly, _write_error
 
 __all__ = [
     "COMPRESSIONS",
@@ -77,7 +77,9 @@ class _Aborted(Exception):
     """Raised inside the writing thread to stop tifffile when the writer is aborted."""
 
 
-def pyramid_shapes(height: int, width: int, pyramid: bool | int | str = "auto") -> list[tuple[int, int]]:
+def pyramid_shapes(
+    height: int, width: int, pyramid: bool | int | str = "auto"
+) -> list[tuple[int, int]]:
     """The (height, width) of every level a writer with these settings makes, level 0 first.
 
     Parameters
@@ -138,8 +140,14 @@ def _downsample(rows: np.ndarray, method: str) -> np.ndarray:
 class _Level:
     """One sub-resolution: receives its rows in order, spools them compressed, feeds the next."""
 
-    def __init__(self, shape: tuple[int, ...], dtype: np.dtype, folder: Path, method: str,
-                 below: _Level | None) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        folder: Path,
+        method: str,
+        below: _Level | None,
+    ) -> None:
         self.shape, self.dtype, self.method, self.below = shape, dtype, method, below
         self.file = tempfile.TemporaryFile(dir=folder, prefix=".selfloop-level-")  # noqa: SIM115
         self.chunks: list[tuple[int, int, int]] = []  # (offset, compressed bytes, rows)
@@ -255,8 +263,12 @@ def _queue_tiles(state: _State, tile: int) -> Iterator[np.ndarray]:
         state.bands.release()
 
 
-def _write_thread(state: _State, options: dict[str, Any], levels: list[tuple[int, ...]],
-                  resolutions: list[tuple[float, float] | None]) -> None:
+def _write_thread(
+    state: _State,
+    options: dict[str, Any],
+    levels: list[tuple[int, ...]],
+    resolutions: list[tuple[float, float] | None],
+) -> None:
     import tifffile
 
     try:
@@ -265,16 +277,29 @@ def _write_thread(state: _State, options: dict[str, Any], levels: list[tuple[int
             metadata = options.pop("metadata")
             level_metadata = None if ome else {}  # shaped files need each level's shape
             tile = options["tile"][0]
-            tif.write(_queue_tiles(state, tile), shape=levels[0], subifds=len(levels) - 1,
-                      metadata=metadata, **_resolution(resolutions[0]), **options)
+            tif.write(
+                _queue_tiles(state, tile),
+                shape=levels[0],
+                subifds=len(levels) - 1,
+                metadata=metadata,
+                **_resolution(resolutions[0]),
+                **options,
+            )
             if len(levels) > 1:
                 state.levels_ready.wait()  # the caller finishes the spools in commit()
                 if state.aborted:
                     raise _Aborted
-            for shape, resolution, level in zip(levels[1:], resolutions[1:], state.levels,
-                                                strict=True):
-                tif.write(level.tiles(tile), shape=shape, subfiletype=1, metadata=level_metadata,
-                          **_resolution(resolution), **options)
+            for shape, resolution, level in zip(
+                levels[1:], resolutions[1:], state.levels, strict=True
+            ):
+                tif.write(
+                    level.tiles(tile),
+                    shape=shape,
+                    subfiletype=1,
+                    metadata=level_metadata,
+                    **_resolution(resolution),
+                    **options,
+                )
         state.finished = True
     except _Aborted:
         pass
@@ -362,16 +387,27 @@ class TiledTiffWriter:
         self.quality = quality
         self.predictor = bool(predictor)
         if self.predictor and (self.compression in (None, "jpeg") or self.dtype.kind not in "biu"):
-            raise InputError("the horizontal predictor is for zlib, zstd or LZW compressed integer "
-                             "pixels")
+            raise InputError(
+                "the horizontal predictor is for zlib, zstd or LZW compressed integer pixels"
+            )
         if self.compression == "jpeg" and not (self.dtype == np.uint8 and self.channels in (1, 3)):
-            raise InputError("JPEG compression needs uint8 gray or RGB pixels, got "
-                             f"{self.dtype.name} with {self.channels} channel(s)")
-        method = downsample if downsample != "auto" else ("mean" if self.dtype.kind == "f" else "nearest")
-        self.ome = self.path.name.lower().endswith((".ome.tif", ".ome.tiff")) if ome is None else bool(ome)
+            raise InputError(
+                "JPEG compression needs uint8 gray or RGB pixels, got "
+                f"{self.dtype.name} with {self.channels} channel(s)"
+            )
+        method = (
+            downsample
+            if downsample != "auto"
+            else ("mean" if self.dtype.kind == "f" else "nearest")
+        )
+        self.ome = (
+            self.path.name.lower().endswith((".ome.tif", ".ome.tiff")) if ome is None else bool(ome)
+        )
         self.shapes = pyramid_shapes(self.height, self.width, pyramid)
         self._metadata = dict(metadata or {})
-        self._row_shape: tuple[int, ...] = (self.width,) if self.channels == 1 else (self.width, self.channels)
+        self._row_shape: tuple[int, ...] = (
+            (self.width,) if self.channels == 1 else (self.width, self.channels)
+        )
         self._band = np.zeros((min(self.tile, self.height), *self._row_shape), self.dtype)
         self._band_y0 = 0  # image row of self._band[0]
         self._next = 0  # first row not yet written
@@ -381,7 +417,9 @@ class TiledTiffWriter:
         try:
             below = None
             for shape in reversed(self.shapes[1:]):
-                below = _Level((*shape, *self._row_shape[1:]), self.dtype, self.path.parent, method, below)
+                below = _Level(
+                    (*shape, *self._row_shape[1:]), self.dtype, self.path.parent, method, below
+                )
                 self._state.levels.insert(0, below)
         except OSError as exc:
             error = _write_error(self.path, exc)
@@ -399,9 +437,13 @@ class TiledTiffWriter:
         if self.tile < 16 or self.tile % 16:
             raise InputError(f"the tile side must be a multiple of 16, got {self.tile}")
         if compression is not None and compression not in COMPRESSIONS:
-            raise InputError(f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}")
+            raise InputError(
+                f"unknown compression {compression!r}: choose one of {', '.join(COMPRESSIONS)}"
+            )
         if pixel_size_um is not None and not (math.isfinite(pixel_size_um) and pixel_size_um > 0):
-            raise InputError(f"the pixel size must be a positive number of microns, got {pixel_size_um}")
+            raise InputError(
+                f"the pixel size must be a positive number of microns, got {pixel_size_um}"
+            )
         if downsample not in ("auto", "mean", "nearest"):
             raise InputError(f"downsample must be auto, mean or nearest, got {downsample!r}")
 
@@ -426,8 +468,12 @@ class TiledTiffWriter:
             axes = "YX" if self.channels == 1 else ("YXS" if photometric == "rgb" else "YXC")
             meta: dict[str, Any] = {"axes": axes}
             if self.pixel_size_um is not None:
-                meta.update(PhysicalSizeX=self.pixel_size_um, PhysicalSizeXUnit="µm",
-                            PhysicalSizeY=self.pixel_size_um, PhysicalSizeYUnit="µm")
+                meta.update(
+                    PhysicalSizeX=self.pixel_size_um,
+                    PhysicalSizeXUnit="µm",
+                    PhysicalSizeY=self.pixel_size_um,
+                    PhysicalSizeYUnit="µm",
+                )
             if self._metadata.get("Name"):
                 meta["Name"] = str(self._metadata["Name"])
             options["metadata"] = meta
@@ -450,8 +496,10 @@ class TiledTiffWriter:
         options = self._options()
         shapes = [(h, w, *self._row_shape[1:]) for h, w in self.shapes]
         thread = threading.Thread(
-            target=_write_thread, args=(self._state, options, shapes, self._resolutions()),
-            name=f"tiff-writer:{self.path.name}", daemon=True,
+            target=_write_thread,
+            args=(self._state, options, shapes, self._resolutions()),
+            name=f"tiff-writer:{self.path.name}",
+            daemon=True,
         )
         self._state.thread = thread
         thread.start()
@@ -499,13 +547,18 @@ class TiledTiffWriter:
             )
         y0, rows = int(y0), block.shape[0]
         if y0 < self._next:
-            raise ValueError(f"rows must come in order: got row {y0} after row {self._next - 1} "
-                             f"of {self.path}")
+            raise ValueError(
+                f"rows must come in order: got row {y0} after row {self._next - 1} of {self.path}"
+            )
         if y0 + rows > self.height:
-            raise ValueError(f"rows {y0}..{y0 + rows - 1} are outside 0..{self.height - 1} of {self.path}")
+            raise ValueError(
+                f"rows {y0}..{y0 + rows - 1} are outside 0..{self.height - 1} of {self.path}"
+            )
         if self.dtype.kind in "biu" and block.dtype.kind == "f":
-            raise ValueError(f"{self.path} stores {self.dtype.name}; got {block.dtype.name} rows: "
-                             "scale and convert them first")
+            raise ValueError(
+                f"{self.path} stores {self.dtype.name}; got {block.dtype.name} rows: "
+                "scale and convert them first"
+            )
         self._skip_to(y0)
         done = 0
         while done < rows:
@@ -571,8 +624,9 @@ class TiledTiffWriter:
             raise RuntimeError(f"the TIFF writer for {self.path} is already closed")
         missing = self.height - self._next
         if missing:
-            logger.warning("%s: %d of %d rows were never written (left 0)", self.path, missing,
-                           self.height)
+            logger.warning(
+                "%s: %d of %d rows were never written (left 0)", self.path, missing, self.height
+            )
             self._skip_to(self.height)
         state = self._state
         try:
@@ -677,11 +731,22 @@ def write_tiled_tiff(
     if len(shape) not in (2, 3):
         raise InputError(f"expected a 2D image (H, W) or (H, W, C), got shape {shape}")
     channels = 1 if len(shape) == 2 else shape[2]
-    with TiledTiffWriter(path, shape[0], shape[1], data.dtype, channels=channels,
-                         pixel_size_um=pixel_size_um, compression=compression, tile=tile,
-                         pyramid=pyramid, metadata=metadata, ome=ome,
-                         downsample=downsample, quality=quality,
-                         predictor=predictor) as writer:
+    with TiledTiffWriter(
+        path,
+        shape[0],
+        shape[1],
+        data.dtype,
+        channels=channels,
+        pixel_size_um=pixel_size_um,
+        compression=compression,
+        tile=tile,
+        pyramid=pyramid,
+        metadata=metadata,
+        ome=ome,
+        downsample=downsample,
+        quality=quality,
+        predictor=predictor,
+    ) as writer:
         for y in range(0, shape[0], writer.tile):
             writer.write_rows(y, np.asarray(data[y : y + writer.tile]))
     return Path(path)

@@ -30,8 +30,9 @@ def tile_slices(index: tuple[int, int], tile: int = TILE) -> tuple[slice, slice]
     return slice(ty * tile, (ty + 1) * tile), slice(tx * tile, (tx + 1) * tile)
 
 
-def tiles_touching(box: Sequence[int], shape: Sequence[int], tile: int = TILE
-                   ) -> Iterator[tuple[int, int]]:
+def tiles_touching(
+    box: Sequence[int], shape: Sequence[int], tile: int = TILE
+) -> Iterator[tuple[int, int]]:
     """The tiles that ``box = (y0, x0, y1, x1)`` (half-open) overlaps, within ``shape``."""
     y0, x0, y1, x1 = (int(v) for v in box)
     y0, x0 = max(0, y0), max(0, x0)
@@ -75,8 +76,9 @@ class TileTracker:
         The array as it is on disk now (after a restore), or None when nothing is saved.
     """
 
-    def __init__(self, shape: Sequence[int], dtype: Any, saved: np.ndarray | None = None,
-                 tile: int = TILE) -> None:
+    def __init__(
+        self, shape: Sequence[int], dtype: Any, saved: np.ndarray | None = None, tile: int = TILE
+    ) -> None:
         self.shape = tuple(int(s) for s in shape)
         self.dtype = np.dtype(dtype)
         self.tile = tile
@@ -99,8 +101,9 @@ class TileTracker:
         else:
             self.marked.update(tiles_touching(box, self.shape, self.tile))
 
-    def pending(self, data: np.ndarray, budget: int | None = SCAN_BYTES
-                ) -> tuple[set[tuple[int, int]], dict[tuple[int, int], int]]:
+    def pending(
+        self, data: np.ndarray, budget: int | None = SCAN_BYTES
+    ) -> tuple[set[tuple[int, int]], dict[tuple[int, int], int]]:
         """The tiles checked now and, of those, the changed ones with their new CRC.
 
         ``budget`` None checks every tile.

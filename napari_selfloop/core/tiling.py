@@ -34,7 +34,6 @@ __all__ = [
     "RowSink",
     "blend_window",
     "patch_origins",
-    "run_to_completion",
     "tiled_apply",
 ]
 
@@ -161,7 +160,7 @@ def tiled_apply(
 
     A generator: it yields a :class:`~napari_selfloop.core.progress.Progress` after each batch
     (``Progress(done_patches, total_patches, "tiles")``) and returns the result (use
-    :func:`run_to_completion`, or ``yield from``). Each yield is a point where the caller may
+    :func:`~napari_selfloop.core.progress.run_to_completion`, or ``yield from``). Each yield is a point where the caller may
     stop by closing the generator; rows already handed to ``sinks`` stay there, so the caller
     should then abort its sinks (``TiledTiffWriter.abort``).
 
@@ -231,8 +230,11 @@ def tiled_apply(
     if keep is None:
         origins = all_origins
     else:
-        origins = [(y, x) for y, x in all_origins
-                   if keep(y, min(y + size, height), x, min(x + size, width))]
+        origins = [
+            (y, x)
+            for y, x in all_origins
+            if keep(y, min(y + size, height), x, min(x + size, width))
+        ]
     if stats is not None:
         stats.update(patches=total, computed=len(origins))
     window_1d = _window_1d(size, overlap)
@@ -316,29 +318,3 @@ def _output(outputs: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> np
     if values.shape != shape:
         raise ValueError(f"patch_fn output {name!r} has shape {values.shape}, expected {shape}")
     return values
-
-
-def run_to_completion(
-    gen: Generator[T, Any, Any], on_progress: Callable[[T], None] | None = None
-) -> Any:
-    """Exhaust a progress generator and return its return value.
-
-    Parameters
-    ----------
-    gen
-        A generator such as :func:`tiled_apply`'s.
-    on_progress
-        Optional callback for each yielded event.
-
-    Returns
-    -------
-    Any
-        The generator's return value (``StopIteration.value``).
-    """
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None:
-            on_progress(event)

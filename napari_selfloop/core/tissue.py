@@ -64,35 +64,47 @@ class TissueMask:
         """Share of the slide covered by tissue."""
         return float(self.mask.mean()) if self.mask.size else 0.0
 
-    def _mask_window(self, y0: float, y1: float, x0: float, x1: float, downsample: float
-                     ) -> np.ndarray:
+    def _mask_window(
+        self, y0: float, y1: float, x0: float, x1: float, downsample: float
+    ) -> np.ndarray:
         dy, dx = self.downsample
         my0 = max(int(math.floor(y0 * downsample / dy)), 0)
         my1 = min(int(math.ceil(y1 * downsample / dy)), self.mask.shape[0])
         mx0 = max(int(math.floor(x0 * downsample / dx)), 0)
         mx1 = min(int(math.ceil(x1 * downsample / dx)), self.mask.shape[1])
-        return self.mask[my0:max(my1, my0), mx0:max(mx1, mx0)]
+        return self.mask[my0 : max(my1, my0), mx0 : max(mx1, mx0)]
 
     def covers(self, y0: float, y1: float, x0: float, x1: float, downsample: float = 1.0) -> bool:
         """Whether the window ``[y0:y1, x0:x1]`` of a level with ``downsample`` (level-0 pixels
         per pixel) touches tissue."""
         return bool(self._mask_window(y0, y1, x0, x1, downsample).any())
 
-    def tiles(self, height: int, width: int, tile: int, downsample: float = 1.0
-              ) -> list[tuple[int, int]]:
+    def tiles(
+        self, height: int, width: int, tile: int, downsample: float = 1.0
+    ) -> list[tuple[int, int]]:
         """Origins ``(y, x)`` of the ``tile``-sized grid tiles of a ``height`` x ``width`` image
         at ``downsample`` that touch tissue, row by row."""
-        return [(y, x) for y in range(0, height, tile) for x in range(0, width, tile)
-                if self.covers(y, min(y + tile, height), x, min(x + tile, width), downsample)]
+        return [
+            (y, x)
+            for y in range(0, height, tile)
+            for x in range(0, width, tile)
+            if self.covers(y, min(y + tile, height), x, min(x + tile, width), downsample)
+        ]
 
     def resized(self, height: int, width: int) -> np.ndarray:
         """The mask at ``height`` x ``width`` (nearest neighbour), e.g. to show over a level."""
-        rows = np.minimum((np.arange(height) + 0.5) * self.mask.shape[0] / height, self.mask.shape[0] - 1)
-        cols = np.minimum((np.arange(width) + 0.5) * self.mask.shape[1] / width, self.mask.shape[1] - 1)
+        rows = np.minimum(
+            (np.arange(height) + 0.5) * self.mask.shape[0] / height, self.mask.shape[0] - 1
+        )
+        cols = np.minimum(
+            (np.arange(width) + 0.5) * self.mask.shape[1] / width, self.mask.shape[1] - 1
+        )
         return self.mask[rows.astype(int)[:, None], cols.astype(int)[None, :]]
 
 
-def _overview(slide: Slide, min_side: int, max_side: int) -> tuple[np.ndarray, int, tuple[float, float]]:
+def _overview(
+    slide: Slide, min_side: int, max_side: int
+) -> tuple[np.ndarray, int, tuple[float, float]]:
     """A small RGB picture of the slide: the coarsest level with a side >= ``min_side``,
     read with a stride when it is still larger than ``max_side``."""
     shapes = slide.level_shapes
@@ -131,26 +143,35 @@ def detect_tissue(slide: Slide, *, min_side: int = 1024, max_side: int = 2048) -
     """
     picture, level, downsample = _overview(slide, min_side, max_side)
     mask, threshold = tissue_from_rgb(picture, slide.mpp, downsample)
-    logger.info("%s: tissue covers %.1f%% (saturation threshold %.3f on level %d)",
-                slide.path.name, 100 * mask.mean(), threshold, level)
+    logger.info(
+        "%s: tissue covers %.1f%% (saturation threshold %.3f on level %d)",
+        slide.path.name,
+        100 * mask.mean(),
+        threshold,
+        level,
+    )
     return TissueMask(mask, downsample, threshold, level)
 
 
-def detect_tissue_in_image(image: Any, mpp: float | None = None, *, max_side: int = 2048) -> TissueMask:
+def detect_tissue_in_image(
+    image: Any, mpp: float | None = None, *, max_side: int = 2048
+) -> TissueMask:
     """:func:`detect_tissue` for a single-level image (numpy, memmap, zarr, dask): it is read
     band by band with a stride so that the picture has at most ``max_side`` pixels a side."""
     h, w = int(image.shape[0]), int(image.shape[1])
     step = max(math.ceil(max(h, w) / max_side), 1)
     band = max(1024 // step, 1) * step
-    picture = np.concatenate([np.asarray(image[y : min(y + band, h)])[::step, ::step]
-                              for y in range(0, h, band)])
+    picture = np.concatenate(
+        [np.asarray(image[y : min(y + band, h)])[::step, ::step] for y in range(0, h, band)]
+    )
     downsample = (h / picture.shape[0], w / picture.shape[1])
     mask, threshold = tissue_from_rgb(picture, mpp, downsample)
     return TissueMask(mask, downsample, threshold, 0)
 
 
-def tissue_from_rgb(picture: np.ndarray, mpp: float | None, downsample: tuple[float, float]
-                    ) -> tuple[np.ndarray, float]:
+def tissue_from_rgb(
+    picture: np.ndarray, mpp: float | None, downsample: tuple[float, float]
+) -> tuple[np.ndarray, float]:
     """The tissue mask of a small RGB ``picture`` and the saturation threshold used.
 
     ``mpp`` (µm per level-0 pixel) and ``downsample`` (level-0 pixels per picture pixel)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -53,9 +53,9 @@ from .errors import CheckpointError, InputError
 from .jigsaw import Puzzles, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
-from .model import ResUNet, check_seed, config_type_problems
+from .model import ResUNet, check_seed, config_type_problems, mix_seed
 from .pretrain import PRETRAIN_KIND, PretrainConfig, jigsaw_metrics, pretrain_prepared, scheduled_lr
-from .progress import Progress, relay
+from .progress import Progress, relay, run_to_completion
 from .pseudolabel import (
     DEFAULT_PATCH,
     DEFAULT_STEP_LR,
@@ -70,7 +70,6 @@ from .pseudolabel import (
     pseudo_label,
     selfloop_steps,
 )
-from .tiling import run_to_completion
 
 __all__ = ["FRAMEWORKS", "TrainConfig", "TrainItem", "TrainResult", "selfloop_update", "train"]
 
@@ -179,33 +178,54 @@ class TrainConfig:
             raise InputError("; ".join(problems))
         check_seed(self.seed)
         if self.framework not in FRAMEWORKS:
-            problems.append(f"unknown framework {self.framework!r}: choose one of {', '.join(FRAMEWORKS)}")
+            problems.append(
+                f"unknown framework {self.framework!r}: choose one of {', '.join(FRAMEWORKS)}"
+            )
         if self.iterations < 1:
             problems.append(f"iterations must be at least 1, got {self.iterations}")
         for name in ("patch_size", "val_patch_size"):
             v = getattr(self, name)
             if v < PATCH_MULTIPLE or v % PATCH_MULTIPLE:
-                problems.append(f"{name.replace('_', ' ')} must be a multiple of 96 (96, 192, 288 ...), got {v}")
-        if self.batch_size < 1 or (self.unlabeled_batch_size is not None and self.unlabeled_batch_size < 1):
+                problems.append(
+                    f"{name.replace('_', ' ')} must be a multiple of {PATCH_MULTIPLE} "
+                    f"({PATCH_MULTIPLE}, {2 * PATCH_MULTIPLE}, {3 * PATCH_MULTIPLE} ...), got {v}"
+                )
+        if self.batch_size < 1 or (
+            self.unlabeled_batch_size is not None and self.unlabeled_batch_size < 1
+        ):
             problems.append("batch sizes must be at least 1")
         if not 1 <= self.q <= MAX_Q or not 1 <= self.mc_passes <= MAX_Q:
-            problems.append(f"Q and the MC dropout passes must be between 1 and {MAX_Q}, "
-                            f"got {self.q} and {self.mc_passes}")
+            problems.append(
+                f"Q and the MC dropout passes must be between 1 and {MAX_Q}, "
+                f"got {self.q} and {self.mc_passes}"
+            )
         if not 0.5 < self.threshold < 1.0:
             problems.append(f"threshold must be between 0.5 and 1, got {self.threshold}")
         if self.confidence not in CONFIDENCE_MODES:
-            problems.append(f"confidence must be one of {', '.join(CONFIDENCE_MODES)}, got {self.confidence!r}")
+            problems.append(
+                f"confidence must be one of {', '.join(CONFIDENCE_MODES)}, got {self.confidence!r}"
+            )
         if not self.lr > 0 or not self.ss_lr > 0 or self.weight_decay < 0:
-            problems.append(f"learning rates must be positive and weight decay not negative, got lr {self.lr}, "
-                            f"ss_lr {self.ss_lr}, weight decay {self.weight_decay}")
+            problems.append(
+                f"learning rates must be positive and weight decay not negative, got lr {self.lr}, "
+                f"ss_lr {self.ss_lr}, weight decay {self.weight_decay}"
+            )
         if self.ss_step_rule not in STEP_RULES:
-            problems.append(f"ss_step_rule must be one of {', '.join(STEP_RULES)}, got {self.ss_step_rule!r}")
+            problems.append(
+                f"ss_step_rule must be one of {', '.join(STEP_RULES)}, got {self.ss_step_rule!r}"
+            )
         if self.jigsaw_warmup < 0 or self.jigsaw_batch_size < 1:
-            problems.append("jigsaw warm-up steps must not be negative and its batch size at least 1")
+            problems.append(
+                "jigsaw warm-up steps must not be negative and its batch size at least 1"
+            )
         if self.jigsaw_patch_size < PATCH_MULTIPLE or self.jigsaw_patch_size % PATCH_MULTIPLE:
-            problems.append(f"jigsaw patch size must be a multiple of {PATCH_MULTIPLE}, got {self.jigsaw_patch_size}")
+            problems.append(
+                f"jigsaw patch size must be a multiple of {PATCH_MULTIPLE}, got {self.jigsaw_patch_size}"
+            )
         if self.schedule not in SCHEDULES:
-            problems.append(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+            problems.append(
+                f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
+            )
         if not 0.0 <= self.warmup < 1.0:
             problems.append(f"warmup is a fraction of the iterations in [0, 1), got {self.warmup}")
         if self.ug_weight < 0 or self.ss_weight < 0:
@@ -226,7 +246,9 @@ class TrainConfig:
         """Rebuild a config, ignoring keys this version does not know."""
         known = {f.name for f in fields(cls)}
         # ss_lr None meant "the current lr" with the shared optimiser; that rule is gone.
-        return cls(**{k: v for k, v in d.items() if k in known and not (k == "ss_lr" and v is None)})
+        return cls(
+            **{k: v for k, v in d.items() if k in known and not (k == "ss_lr" and v is None)}
+        )
 
     @property
     def unlabeled_batch(self) -> int:
@@ -257,16 +279,24 @@ def _to_tensor(batch: np.ndarray, dev: torch.device, fmt: torch.memory_format) -
 
 
 def _selfloop_updates(
-    model: ResUNet, x: torch.Tensor, puzzles: Puzzles,
-    optimizer: torch.optim.Optimizer, dtype: torch.dtype = torch.float32,
+    model: ResUNet,
+    x: torch.Tensor,
+    puzzles: Puzzles,
+    optimizer: torch.optim.Optimizer,
+    dtype: torch.dtype = torch.float32,
 ) -> Generator[int, None, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Generator form of :func:`selfloop_update`: yields after each encoder step."""
     was_training = model.training
     model.eval()
     try:
         out = yield from selfloop_steps(
-            model, x, puzzles, encoder=model.encoder, head=model.jigsaw_head,
-            optimizer=optimizer, dtype=dtype,
+            model,
+            x,
+            puzzles,
+            encoder=model.encoder,
+            head=model.jigsaw_head,
+            optimizer=optimizer,
+            dtype=dtype,
         )
     finally:
         model.train(was_training)
@@ -274,8 +304,11 @@ def _selfloop_updates(
 
 
 def selfloop_update(
-    model: ResUNet, x: torch.Tensor, puzzles: Puzzles,
-    optimizer: torch.optim.Optimizer, dtype: torch.dtype = torch.float32,
+    model: ResUNet,
+    x: torch.Tensor,
+    puzzles: Puzzles,
+    optimizer: torch.optim.Optimizer,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The unsynchronised part of a self-loop iteration on unlabelled patches.
 
@@ -324,7 +357,8 @@ def _cpu_copy(obj: Any) -> Any:
 def _data_record(*groups: tuple[str, list[PreparedItem]]) -> list[dict[str, Any]]:
     return [
         {"name": it.name, "sha256": it.sha256, "role": role, "labelled_pixels": it.labelled_pixels}
-        for role, items in groups for it in items
+        for role, items in groups
+        for it in items
     ]
 
 
@@ -408,213 +442,488 @@ def train(
     if not lab:
         raise InputError("no labelled images: label at least one image (a partial mask is enough)")
     if sum(it.labelled_pixels for it in lab) == 0:
-        raise InputError("the labelled masks mark no pixel as 0 or 1 (all are 255, not labelled): "
-                         "label some pixels first")
+        raise InputError(
+            "the labelled masks mark no pixel as 0 or 1 (all are 255, not labelled): "
+            "label some pixels first"
+        )
     unl = check_items(unlabeled, "unlabelled", need_masks=False)
     val = check_items(validation, "validation", need_masks=True)
     if val and sum(it.labelled_pixels for it in val) == 0:
         raise InputError("the validation masks have no labelled pixel (all 255)")
     if cfg.framework == "mc-dropout" and model.config.dropout <= 0:
-        raise InputError("the mc-dropout framework needs a model with dropout; this one has dropout 0")
+        raise InputError(
+            "the mc-dropout framework needs a model with dropout; this one has dropout 0"
+        )
     if cfg.q > model.config.num_permutations:
-        raise InputError(f"Q ({cfg.q}) exceeds the jigsaw pool size ({model.config.num_permutations})")
+        raise InputError(
+            f"Q ({cfg.q}) exceeds the jigsaw pool size ({model.config.num_permutations})"
+        )
     out = Path(out) if out is not None else None
     if out is not None and not out.parent.is_dir():
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
     if out is not None and out.is_dir():
         raise InputError(f"cannot write {out}: it is a folder, give a file name (.pt)")
-    resumed: dict[str, Any] | None = None
+    resumed: _Resumed | None = None
     if resume is not None:
         ck = load_checkpoint(resume)
         if ck.config != model.config:
-            raise CheckpointError(f"{Path(resume).name} holds a different model ({ck.config}) "
-                                  f"than the one given ({model.config})")
+            raise CheckpointError(
+                f"{Path(resume).name} holds a different model ({ck.config}) "
+                f"than the one given ({model.config})"
+            )
         training = ck.meta.get("training")
         if isinstance(training, dict) and training.get("kind") == PRETRAIN_KIND:
-            raise CheckpointError(f"{Path(resume).name} was written by jigsaw pre-training, not by training: "
-                                  "start from it (--checkpoint), do not resume it")
-        record = resume_record(ck, [tuple(p.shape) for p in model.parameters()], iterations=cfg.iterations)
-        resumed = {"state": ck.model.state_dict(), "record": record, "parent": ck.meta.get("parent")}
+            raise CheckpointError(
+                f"{Path(resume).name} was written by jigsaw pre-training, not by training: "
+                "start from it (--checkpoint), do not resume it"
+            )
+        record = resume_record(
+            ck, [tuple(p.shape) for p in model.parameters()], iterations=cfg.iterations
+        )
+        resumed = _Resumed(ck.model.state_dict(), record, ck.meta.get("parent"))
         pixel_size_um = pixel_size_um if pixel_size_um is not None else ck.pixel_size_um
     dev = resolve_device(device)
-    return _train_loop(model, lab, unl, val, cfg, dev, resumed, out, parent, pixel_size_um)
+    return _train_loop(
+        model,
+        lab,
+        unl,
+        val,
+        cfg,
+        dev=dev,
+        resumed=resumed,
+        out=out,
+        parent=parent,
+        pixel_size_um=pixel_size_um,
+    )
+
+
+@dataclass
+class _Resumed:
+    """What a resumed run starts from (read from its checkpoint by :func:`train`)."""
+
+    state: dict[str, torch.Tensor]
+    record: ResumeRecord
+    parent: str | None
+
+
+@dataclass
+class _Best:
+    """The best evaluation so far: its step, metric, weights, metrics and optimiser state."""
+
+    step: int | None = None
+    metric: float | None = None
+    state: dict[str, torch.Tensor] | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    optimizer: dict[str, Any] | None = None
+
+
+class _Run:
+    """The state of one training run: latest losses, history, best-so-far, evaluation and saving.
+
+    The loop in :func:`_train_loop` only samples, pseudo-labels, steps the objective and
+    hands each iteration's losses to :meth:`record`; what is kept, when it is saved and
+    what the events say is decided here.
+    """
+
+    def __init__(
+        self,
+        model: ResUNet,
+        cfg: TrainConfig,
+        optimizer: torch.optim.Optimizer,
+        *,
+        dev: torch.device,
+        dtype: torch.dtype,
+        val: list[PreparedItem],
+        out: Path | None,
+        parent: str | None,
+        pixel_size_um: float | None,
+        data: list[dict[str, Any]],
+    ) -> None:
+        self.model, self.cfg, self.optimizer = model, cfg, optimizer
+        self.dev, self.dtype, self.val, self.out = dev, dtype, val, out
+        self.parent, self.pixel_size_um, self.data = parent, pixel_size_um, data
+        self.metric_name = "val_f1" if val else "train_seg_loss"
+        self.start_step = 0
+        self.history: list[dict[str, Any]] = []
+        self.best = _Best()
+        self.jigsaw_record: dict[str, Any] = {}
+        self.losses = {
+            "loss": math.nan,
+            "loss_seg": math.nan,
+            "loss_ss": math.nan,
+            "loss_ug": math.nan,
+        }
+        self.seg_window: list[float] = []  # L_SEG since the last evaluation (no validation set)
+
+    @property
+    def total(self) -> int:
+        return self.cfg.iterations
+
+    @property
+    def keeps_optimizer(self) -> bool:
+        return self.out is not None and self.cfg.save_optimizer
+
+    def resume(self, resumed: _Resumed) -> None:
+        """Continue from a checkpoint: weights, optimiser, step, history and its best metric."""
+        self.model.load_state_dict(resumed.state)
+        record = resumed.record
+        self.start_step = record.step
+        if record.optimizer:
+            load_optimizer_state(self.optimizer, record.optimizer)
+        else:
+            log.warning("the resumed checkpoint has no optimiser state; starting a fresh optimiser")
+        self.history = list(record.history)  # cut to the record's step: no step is recorded twice
+        self.parent = self.parent or resumed.parent
+        old = record.metrics
+        self.jigsaw_record = {k: v for k, v in old.items() if k.startswith("jigsaw_")}
+        if (
+            old.get("metric_name") == self.metric_name
+            and old.get("metric") is not None
+            and math.isfinite(float(old["metric"]))
+        ):
+            # The optimiser state goes with the best weights, so a run that finds nothing
+            # better still writes it (and can be resumed again).
+            self.best = _Best(
+                step=self.start_step,
+                metric=float(old["metric"]),
+                state=_snapshot(self.model),
+                metrics=old,
+                optimizer=_cpu_copy(record.optimizer) if self.keeps_optimizer else None,
+            )
+
+    def event(self, step: int, phase: str, lr: float, message: str, **extra: Any) -> Progress:
+        return Progress(
+            step,
+            self.total,
+            message,
+            {"step": step, "phase": phase, "lr": lr, **self.losses, **extra},
+        )
+
+    def record(
+        self,
+        step: int,
+        lr: float,
+        loss_seg: float,
+        ss_values: list[float],
+        loss_ug: float | None,
+        seconds: float,
+    ) -> dict[str, Any]:
+        """Keep one iteration's losses (the latest, the history and the evaluation window)."""
+        loss_ss = float(np.mean(ss_values)) if ss_values else 0.0
+        loss_ug = loss_ug if loss_ug is not None else 0.0
+        self.losses.update(
+            loss_seg=loss_seg,
+            loss_ss=loss_ss,
+            loss_ug=loss_ug,
+            loss=loss_seg + self.cfg.ss_weight * loss_ss + self.cfg.ug_weight * loss_ug,
+        )
+        self.seg_window.append(loss_seg)
+        entry = {"step": step, "lr": lr, **self.losses, "seconds": seconds}
+        self.history.append(entry)
+        return entry
+
+    def evaluate(self, step: int, lr: float) -> Generator[Progress, None, dict[str, Any]]:
+        """Score the model now; keep (and save) it if it is the best so far.
+
+        Returns the scores with ``best_step`` (empty when there is nothing to score).
+        """
+        if self.val:
+            scores = yield from _validate(
+                self.model,
+                self.val,
+                self.cfg,
+                self.dev,
+                lambda m: self.event(step, "validate", lr, m),
+            )
+            extra = {
+                f"val_{k}": v
+                for k, v in scores.items()
+                if k in ("f1", "balanced_accuracy", "precision", "recall")
+            }
+            metric = scores["f1"]
+        else:
+            metric = float(np.mean(self.seg_window)) if self.seg_window else math.nan
+            extra = {"train_seg_loss": metric}
+            self.seg_window.clear()
+            if math.isnan(metric):
+                return extra
+        self._consider(step, metric, extra)
+        return {**extra, "best_step": self.best.step}
+
+    def _is_better(self, metric: float) -> bool:
+        if self.best.metric is None:
+            return True
+        return (
+            metric > self.best.metric if self.metric_name == "val_f1" else metric < self.best.metric
+        )
+
+    def _consider(self, step: int, metric: float, extra: dict[str, Any]) -> None:
+        if not self._is_better(metric):
+            return
+        metrics = {
+            "metric_name": self.metric_name,
+            "metric": float(metric),
+            "best_step": step,
+            "framework": self.cfg.framework,
+            **self.jigsaw_record,
+            **extra,
+        }
+        self.best = _Best(
+            step=step,
+            metric=float(metric),
+            state=_snapshot(self.model),
+            metrics=metrics,
+            optimizer=_cpu_copy(self.optimizer.state_dict()) if self.keeps_optimizer else None,
+        )
+        self.save()
+
+    def save(self) -> None:
+        """Write the model (holding the best weights) with the run's record to ``out``."""
+        if self.out is None:
+            return
+        step = self.best.step
+        training = {
+            "config": self.cfg.to_dict(),
+            "step": step,
+            "device": str(self.dev),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "optimizer": self.best.optimizer,
+        }
+        save_checkpoint(
+            self.out,
+            self.model,
+            training=training,
+            history=self.history,
+            metrics=self.best.metrics,
+            parent=self.parent,
+            data=self.data,
+            pixel_size_um=self.pixel_size_um,
+            note=f"{self.cfg.framework} training, best {self.metric_name} at step {step}",
+        )
+
+    def restore_best(self, initial: dict[str, torch.Tensor]) -> None:
+        """Load the best weights (``initial`` if nothing was evaluated) and switch to eval mode."""
+        self.model.load_state_dict(self.best.state if self.best.state is not None else initial)
+        self.model.eval()
+
+    def result(self, seconds: float) -> TrainResult:
+        found = self.best.state is not None
+        return TrainResult(
+            best_step=self.best.step if self.best.step is not None else self.start_step,
+            best_metric=self.best.metric,
+            metric_name=self.metric_name,
+            steps=self.total - self.start_step,
+            history=self.history,
+            metrics=self.best.metrics,
+            checkpoint=self.out if (self.out is not None and found) else None,
+            seconds=seconds,
+        )
+
+
+class _Batches:
+    """Random training patches on the device: labelled ones, and unlabelled ones after the warm-up."""
+
+    def __init__(
+        self,
+        lab: list[PreparedItem],
+        unl: list[PreparedItem],
+        cfg: TrainConfig,
+        rng: np.random.Generator,
+        dev: torch.device,
+        fmt: torch.memory_format,
+    ) -> None:
+        augment = Augment(hed=cfg.hed_jitter, brightness=cfg.brightness_jitter)
+        self.cfg, self.dev, self.fmt = cfg, dev, fmt
+        self.labelled_sampler = PatchSampler(lab, cfg.patch_size, rng, augment)
+        use_unlabelled = cfg.framework != "supervised" and bool(unl)
+        if cfg.framework != "supervised" and not unl:
+            log.warning(
+                "no unlabelled images: the %s framework trains on labelled data only", cfg.framework
+            )
+        self.unlabelled_sampler = (
+            PatchSampler(unl, cfg.patch_size, rng, augment) if use_unlabelled else None
+        )
+        self.warmup_steps = int(round(cfg.warmup * cfg.iterations))
+
+    def labelled(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, masks = self.labelled_sampler.sample(self.cfg.batch_size)
+        return _to_tensor(x, self.dev, self.fmt), torch.from_numpy(masks).to(self.dev)
+
+    def unlabelled(self, step: int) -> torch.Tensor | None:
+        """Unlabelled patches, or None (supervised, no unlabelled images, or still in the warm-up)."""
+        if self.unlabelled_sampler is None or step <= self.warmup_steps:
+            return None
+        return _to_tensor(
+            self.unlabelled_sampler.sample(self.cfg.unlabeled_batch)[0], self.dev, self.fmt
+        )
 
 
 def _train_loop(
-    model: ResUNet, lab: list[PreparedItem], unl: list[PreparedItem], val: list[PreparedItem],
-    cfg: TrainConfig, dev: torch.device, resumed: dict[str, Any] | None, out: Path | None,
-    parent: str | None, pixel_size_um: float | None = None,
+    model: ResUNet,
+    lab: list[PreparedItem],
+    unl: list[PreparedItem],
+    val: list[PreparedItem],
+    cfg: TrainConfig,
+    *,
+    dev: torch.device,
+    resumed: _Resumed | None,
+    out: Path | None,
+    parent: str | None,
+    pixel_size_um: float | None,
 ) -> Generator[Progress, None, TrainResult]:
     dtype = resolve_precision(cfg.precision, dev)
     fmt = memory_format(cfg.channels_last, dev, model.config.width)
     start_time = time.perf_counter()
     model.to(device=dev, memory_format=fmt)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ss_optimizer = make_step_optimizer([*model.encoder.parameters(), *model.jigsaw_head.parameters()],
-                                       cfg.ss_step_rule, cfg.ss_lr)
-    jigsaw_record: dict[str, Any] = {}
-    start_step, history = 0, []
-    metric_name = "val_f1" if val else "train_seg_loss"
-    best: dict[str, Any] = {"step": None, "metric": None, "state": None, "metrics": {}}
+    ss_optimizer = make_step_optimizer(
+        [*model.encoder.parameters(), *model.jigsaw_head.parameters()], cfg.ss_step_rule, cfg.ss_lr
+    )
+    run = _Run(
+        model,
+        cfg,
+        optimizer,
+        dev=dev,
+        dtype=dtype,
+        val=val,
+        out=out,
+        parent=parent,
+        pixel_size_um=pixel_size_um,
+        data=_data_record(("labelled", lab), ("unlabelled", unl), ("validation", val)),
+    )
     if resumed is not None:
-        model.load_state_dict(resumed["state"])
-        record: ResumeRecord = resumed["record"]
-        start_step = record.step
-        if record.optimizer:
-            load_optimizer_state(optimizer, record.optimizer)
-        else:
-            log.warning("the resumed checkpoint has no optimiser state; starting a fresh optimiser")
-        history = list(record.history)  # cut to the record's step: no step is recorded twice
-        parent = parent or resumed["parent"]
-        old = record.metrics
-        jigsaw_record = {k: v for k, v in old.items() if k.startswith("jigsaw_")}
-        if old.get("metric_name") == metric_name and old.get("metric") is not None \
-                and math.isfinite(float(old["metric"])):
-            # The optimiser state goes with the best weights, so a run that finds nothing
-            # better still writes it (and can be resumed again).
-            optim = _cpu_copy(record.optimizer) if out is not None and cfg.save_optimizer else None
-            best.update(step=start_step, metric=float(old["metric"]), state=_snapshot(model), metrics=old,
-                        optim=optim)
+        run.resume(resumed)
     initial = _snapshot(model)
-    torch.manual_seed(cfg.seed * 1000003 + start_step)
-    rng = np.random.default_rng([cfg.seed, start_step])
+    torch.manual_seed(mix_seed(cfg.seed, run.start_step))
+    rng = np.random.default_rng([cfg.seed, run.start_step])
     pool = permutation_pool(model.config.num_permutations)
-    augment = Augment(hed=cfg.hed_jitter, brightness=cfg.brightness_jitter)
-    lab_sampler = PatchSampler(lab, cfg.patch_size, rng, augment)
-    use_unlabelled = cfg.framework != "supervised" and bool(unl)
-    if cfg.framework != "supervised" and not unl:
-        log.warning("no unlabelled images: the %s framework trains on labelled data only", cfg.framework)
-    unl_sampler = PatchSampler(unl, cfg.patch_size, rng, augment) if use_unlabelled else None
-    warmup_steps = int(round(cfg.warmup * cfg.iterations))
-    data = _data_record(("labelled", lab), ("unlabelled", unl), ("validation", val))
-    last = {"loss": math.nan, "loss_seg": math.nan, "loss_ss": math.nan, "loss_ug": math.nan}
-    window: list[float] = []
-    total = cfg.iterations
+    batches = _Batches(lab, unl, cfg, rng, dev, fmt)
 
-    def event(step: int, phase: str, lr: float, message: str, **extra: Any) -> Progress:
-        return Progress(step, total, message, {"step": step, "phase": phase, "lr": lr, **last, **extra})
-
-    def consider(step: int, metric: float, extra: dict[str, Any]) -> bool:
-        better = best["metric"] is None or (
-            metric > best["metric"] if metric_name == "val_f1" else metric < best["metric"])
-        if not better:
-            return False
-        metrics = {"metric_name": metric_name, "metric": float(metric), "best_step": step,
-                   "framework": cfg.framework, **jigsaw_record, **extra}
-        optim = _cpu_copy(optimizer.state_dict()) if out is not None and cfg.save_optimizer else None
-        best.update(step=step, metric=float(metric), state=_snapshot(model), metrics=metrics, optim=optim)
-        save(model)
-        return True
-
-    def save(weights: torch.nn.Module) -> None:
-        if out is None:
-            return
-        step = best["step"]
-        training = {"config": cfg.to_dict(), "step": step, "device": str(dev),
-                    "dtype": str(dtype).replace("torch.", ""), "optimizer": best.get("optim")}
-        save_checkpoint(out, weights, training=training, history=history, metrics=best["metrics"],
-                        parent=parent, data=data, pixel_size_um=pixel_size_um,
-                        note=f"{cfg.framework} training, best {metric_name} at step {step}")
-
-    def evaluate(step: int, lr: float) -> Generator[Progress, None, dict[str, Any]]:
-        if val:
-            scores = yield from _validate(model, val, cfg, dev, dtype, step, total, lambda m: event(step, "validate", lr, m))
-            extra = {f"val_{k}": v for k, v in scores.items() if k in ("f1", "balanced_accuracy", "precision", "recall")}
-            metric = scores["f1"]
-        else:
-            metric = float(np.mean(window)) if window else math.nan
-            extra = {"train_seg_loss": metric}
-            window.clear()
-            if math.isnan(metric):
-                return extra
-        is_best = consider(step, metric, extra)
-        return {**extra, "best_step": best["step"], "improved": is_best}
+    def pseudo_label_batch(
+        step: int, lr: float, xu: torch.Tensor | None
+    ) -> Generator[Progress, None, tuple[torch.Tensor | None, list[float]]]:
+        """``y_sl`` (or a comparison framework's map) of ``xu`` and its self-loop L_SS values."""
+        if xu is None:
+            return None, []
+        if cfg.framework != "selfloop":
+            return _baseline_pseudo_label(model, xu, cfg, rng, pool, dtype), []
+        for g in ss_optimizer.param_groups:
+            g["lr"] = cfg.ss_lr * lr / cfg.lr
+        y, losses, _ = yield from relay(
+            _selfloop_updates(
+                model, xu, _puzzles(rng, xu, cfg.q, pool, model, cfg), ss_optimizer, dtype
+            ),
+            lambda i: run.event(
+                step - 1, "selfloop", lr, f"step {step}: self-loop update {i}/{cfg.q}"
+            ),
+        )
+        return y, [float(losses.mean())]
 
     try:
-        if cfg.jigsaw_warmup and start_step == 0:
-            warm = yield from relay(
-                pretrain_prepared(model, lab + unl, PretrainConfig(
-                    iterations=cfg.jigsaw_warmup, patch_size=cfg.jigsaw_patch_size,
-                    batch_size=cfg.jigsaw_batch_size, grid_shift=cfg.grid_shift, seed=cfg.seed,
-                    precision=cfg.precision, channels_last=cfg.channels_last), dev),
-                lambda e: event(0, "jigsaw", _lr_at(cfg, 1), f"jigsaw warm-up: {e.message}",
-                                jigsaw_loss=e.data["loss"], jigsaw_top1=e.data["top1"]),
-            )
-            jigsaw_record = jigsaw_metrics(model, warm.loss, warm.top1, warm.chance_loss,
-                                           cfg.jigsaw_patch_size, "warm-up puzzles (running mean)")
-            history.append({"step": 0, "phase": "jigsaw", **jigsaw_record})
-        if val and start_step == 0:
-            info = yield from evaluate(0, _lr_at(cfg, 1))
-            history.append({"step": 0, **{k: v for k, v in info.items() if k != "improved"}})
-        for step in range(start_step + 1, total + 1):
+        if cfg.jigsaw_warmup and run.start_step == 0:
+            yield from _jigsaw_warmup(run, lab + unl)
+        if val and run.start_step == 0:
+            initial_scores = yield from run.evaluate(0, _lr_at(cfg, 1))
+            run.history.append({"step": 0, **initial_scores})
+        for step in range(run.start_step + 1, run.total + 1):
             t0 = time.perf_counter()
             lr = _lr_at(cfg, step)
-            ss_lr = cfg.ss_lr * lr / cfg.lr
-            xl_np, ml_np = lab_sampler.sample(cfg.batch_size)
-            xl = _to_tensor(xl_np, dev, fmt)
-            ml = torch.from_numpy(ml_np).to(dev)
-            y = None
-            ss_values: list[float] = []
-            xu = None
-            if unl_sampler is not None and step > warmup_steps:
-                xu = _to_tensor(unl_sampler.sample(cfg.unlabeled_batch)[0], dev, fmt)
-                if cfg.framework == "selfloop":
-                    for g in ss_optimizer.param_groups:
-                        g["lr"] = ss_lr
-                    puzzles = _puzzles(rng, xu, cfg.q, pool, model, cfg)
-                    y, losses_u, _ = yield from relay(
-                        _selfloop_updates(model, xu, puzzles, ss_optimizer, dtype),
-                        lambda i, step=step, lr=lr: event(
-                            step - 1, "selfloop", lr, f"step {step}: self-loop update {i}/{cfg.q}"),
-                    )
-                    ss_values.append(float(losses_u.mean()))
-                else:
-                    y = _baseline_pseudo_label(model, xu, cfg, rng, pool, dtype)
+            xl, ml = batches.labelled()
+            xu = batches.unlabelled(step)
+            y, ss_values = yield from pseudo_label_batch(step, lr, xu)
             for g in optimizer.param_groups:
                 g["lr"] = lr
-            loss_seg, loss_ss_l, loss_ug = _objective_step(model, optimizer, xl, ml, xu, y, cfg, rng, pool, dtype)
-            if loss_ss_l is not None:
-                ss_values.insert(0, loss_ss_l)
-            last.update(loss_seg=loss_seg, loss_ss=float(np.mean(ss_values)) if ss_values else 0.0,
-                        loss_ug=loss_ug if loss_ug is not None else 0.0)
-            last["loss"] = last["loss_seg"] + cfg.ss_weight * last["loss_ss"] + cfg.ug_weight * last["loss_ug"]
-            window.append(loss_seg)
-            record = {"step": step, "lr": lr, **last, "seconds": time.perf_counter() - t0}
-            history.append(record)
-            extra: dict[str, Any] = {}
-            if step % cfg.validate_every == 0 or step == total:
-                extra = yield from evaluate(step, lr)
-                record.update({k: v for k, v in extra.items() if k != "improved"})
-            msg = f"step {step}/{total} loss {last['loss']:.4f}"
-            if "val_f1" in extra:
-                msg += f" val F1 {extra['val_f1']:.4f}"
-            yield event(step, "train", lr, msg, **{k: v for k, v in extra.items() if k != "improved"})
+            loss_seg, loss_ss, loss_ug = _objective_step(
+                model, optimizer, xl, ml, xu, y, cfg, rng, pool, dtype
+            )
+            entry = run.record(
+                step,
+                lr,
+                loss_seg,
+                ([] if loss_ss is None else [loss_ss]) + ss_values,
+                loss_ug,
+                time.perf_counter() - t0,
+            )
+            scores: dict[str, Any] = {}
+            if step % cfg.validate_every == 0 or step == run.total:
+                scores = yield from run.evaluate(step, lr)
+                entry.update(scores)
+            msg = f"step {step}/{run.total} loss {run.losses['loss']:.4f}"
+            if "val_f1" in scores:
+                msg += f" val F1 {scores['val_f1']:.4f}"
+            yield run.event(step, "train", lr, msg, **scores)
     finally:
-        state = best["state"] if best["state"] is not None else initial
-        model.load_state_dict(state)
-        model.eval()
-    if best["state"] is not None:
-        save(model)  # the best weights again, now with the whole run's history
-    return TrainResult(
-        best_step=best["step"] if best["step"] is not None else start_step,
-        best_metric=best["metric"], metric_name=metric_name, steps=total - start_step,
-        history=history, metrics=best["metrics"],
-        checkpoint=out if (out is not None and best["state"] is not None) else None,
-        seconds=time.perf_counter() - start_time,
+        run.restore_best(initial)
+    if run.best.state is not None:
+        run.save()  # the best weights again, now with the whole run's history
+    return run.result(time.perf_counter() - start_time)
+
+
+def _jigsaw_warmup(run: _Run, items: list[PreparedItem]) -> Generator[Progress, None, None]:
+    """Jigsaw pre-training before the objective (``cfg.jigsaw_warmup`` steps); its metrics join the run's."""
+    cfg = run.cfg
+    warm = yield from relay(
+        pretrain_prepared(
+            run.model,
+            items,
+            PretrainConfig(
+                iterations=cfg.jigsaw_warmup,
+                patch_size=cfg.jigsaw_patch_size,
+                batch_size=cfg.jigsaw_batch_size,
+                grid_shift=cfg.grid_shift,
+                seed=cfg.seed,
+                precision=cfg.precision,
+                channels_last=cfg.channels_last,
+            ),
+            run.dev,
+        ),
+        lambda e: run.event(
+            0,
+            "jigsaw",
+            _lr_at(cfg, 1),
+            f"jigsaw warm-up: {e.message}",
+            jigsaw_loss=e.data["loss"],
+            jigsaw_top1=e.data["top1"],
+        ),
     )
+    run.jigsaw_record = jigsaw_metrics(
+        run.model,
+        warm.loss,
+        warm.top1,
+        warm.chance_loss,
+        cfg.jigsaw_patch_size,
+        "warm-up puzzles (running mean)",
+    )
+    run.history.append({"step": 0, "phase": "jigsaw", **run.jigsaw_record})
 
 
-def _puzzles(rng: np.random.Generator, x: torch.Tensor, q: int, pool: np.ndarray, model: ResUNet,
-             cfg: TrainConfig) -> Puzzles:
+def _puzzles(
+    rng: np.random.Generator,
+    x: torch.Tensor,
+    q: int,
+    pool: np.ndarray,
+    model: ResUNet,
+    cfg: TrainConfig,
+) -> Puzzles:
     """Q puzzles per patch of ``x`` in the model's rotation mode, on ``x``'s device."""
-    return sample_puzzles(rng, x.shape[0], q, pool, model.config.jigsaw_rotation,
-                          patch=x.shape[-1] if cfg.grid_shift else None).to(x.device)
+    return sample_puzzles(
+        rng,
+        x.shape[0],
+        q,
+        pool,
+        model.config.jigsaw_rotation,
+        patch=x.shape[-1] if cfg.grid_shift else None,
+    ).to(x.device)
 
 
 @torch.no_grad()
 def _baseline_pseudo_label(
-    model: ResUNet, xu: torch.Tensor, cfg: TrainConfig, rng: np.random.Generator,
-    pool: np.ndarray, dtype: torch.dtype,
+    model: ResUNet,
+    xu: torch.Tensor,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    pool: np.ndarray,
+    dtype: torch.dtype,
 ) -> torch.Tensor:
     """Pseudo-labels of the comparison frameworks (no gradient, eval mode)."""
     was = model.training
@@ -625,16 +934,24 @@ def _baseline_pseudo_label(
                 return predict_softmax(model, xu).prob
             if cfg.framework == "mc-dropout":
                 return predict_mc_dropout(model, xu, cfg.mc_passes).prob
-            return predict_selfloop(model, xu, _puzzles(rng, xu, cfg.q, pool, model, cfg),
-                                    update_encoder=False).prob
+            return predict_selfloop(
+                model, xu, _puzzles(rng, xu, cfg.q, pool, model, cfg), update_encoder=False
+            ).prob
     finally:
         model.train(was)
 
 
 def _objective_step(
-    model: ResUNet, optimizer: torch.optim.Optimizer, xl: torch.Tensor, ml: torch.Tensor,
-    xu: torch.Tensor | None, y: torch.Tensor | None, cfg: TrainConfig,
-    rng: np.random.Generator, pool: np.ndarray, dtype: torch.dtype,
+    model: ResUNet,
+    optimizer: torch.optim.Optimizer,
+    xl: torch.Tensor,
+    ml: torch.Tensor,
+    xu: torch.Tensor | None,
+    y: torch.Tensor | None,
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+    pool: np.ndarray,
+    dtype: torch.dtype,
 ) -> tuple[float, float | None, float | None]:
     """One step of the whole network on L_SEG + L_SS(labelled) + L_UG (one forward pass)."""
     model.train()
@@ -646,8 +963,11 @@ def _objective_step(
         puzzles = _puzzles(rng, xl, 1, pool, model, cfg)
         classes = puzzles.classes[:, 0]
         puzzled = puzzles.apply(xl, 0)
-        parts.append(puzzled.contiguous(memory_format=torch.channels_last)
-                     if xl.is_contiguous(memory_format=torch.channels_last) else puzzled)
+        parts.append(
+            puzzled.contiguous(memory_format=torch.channels_last)
+            if xl.is_contiguous(memory_format=torch.channels_last)
+            else puzzled
+        )
     x = torch.cat(parts)
     with autocast(x.device, dtype):
         feats = model.encoder(model.normalize(x))
@@ -666,27 +986,42 @@ def _objective_step(
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return (float(l_seg.detach()), None if l_ss is None else float(l_ss.detach()),
-            None if l_ug is None else float(l_ug.detach()))
+    return (
+        float(l_seg.detach()),
+        None if l_ss is None else float(l_ss.detach()),
+        None if l_ug is None else float(l_ug.detach()),
+    )
 
 
 def _validate(
-    model: ResUNet, val: list[PreparedItem], cfg: TrainConfig, dev: torch.device,
-    dtype: torch.dtype, step: int, total: int, make_event: Any,
+    model: ResUNet,
+    val: list[PreparedItem],
+    cfg: TrainConfig,
+    dev: torch.device,
+    make_event: Callable[[str], Progress],
 ) -> Generator[Progress, None, dict[str, float]]:
-    """Pooled pixel scores of the sigmoid map (> 0.5) over the validation images."""
-    precision = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    plc = PseudoLabelConfig(method="softmax", patch_size=cfg.val_patch_size, precision=precision,
-                            channels_last=cfg.channels_last, seed=cfg.seed)
+    """Pooled pixel scores of the sigmoid map (> 0.5) over the validation images.
+
+    Prediction runs at the training precision (``cfg.precision`` resolves to the same
+    dtype on the same device).
+    """
+    plc = PseudoLabelConfig(
+        method="softmax",
+        patch_size=cfg.val_patch_size,
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        seed=cfg.seed,
+    )
     counts = np.zeros(4, dtype=np.int64)
     was = model.training
     try:
         for n, item in enumerate(val, 1):
             message = f"validating {item.name} ({n}/{len(val)})"
-            result = yield from relay(pseudo_label(item.image, model, plc, device=dev),
-                                      lambda _e, message=message: make_event(message))
-            mask = item.mask
-            counts += pixel_counts(result.probability > 0.5, mask, ignore=IGNORE)
+            result = yield from relay(
+                pseudo_label(item.image, model, plc, device=dev),
+                lambda _e, message=message: make_event(message),
+            )
+            counts += pixel_counts(result.probability > 0.5, item.mask, ignore=IGNORE)
     finally:
         model.train(was)
     return scores_from_counts(counts)

@@ -78,8 +78,12 @@ class Window:
     @property
     def box(self) -> tuple[int, int, int, int]:
         """``(y0, x0, y1, x1)``: the level-0 pixels the window touches (half-open)."""
-        return (self.y0, self.x0, self.y0 + math.ceil(self.height * self.factor - 1e-9),
-                self.x0 + math.ceil(self.width * self.factor - 1e-9))
+        return (
+            self.y0,
+            self.x0,
+            self.y0 + math.ceil(self.height * self.factor - 1e-9),
+            self.x0 + math.ceil(self.width * self.factor - 1e-9),
+        )
 
     def to_slide(self, xy: Any) -> np.ndarray:
         """Output pixel-edge coordinates ``(..., 2)`` as ``(x, y)`` -> level-0 coordinates."""
@@ -106,8 +110,15 @@ class Window:
 
     def to_meta(self) -> dict[str, Any]:
         """Plain JSON values (for layer metadata, autosave records and manifests)."""
-        return {"y0": self.y0, "x0": self.x0, "height": self.height, "width": self.width,
-                "factor": self.factor, "level": self.level, "box": list(self.box)}
+        return {
+            "y0": self.y0,
+            "x0": self.x0,
+            "height": self.height,
+            "width": self.width,
+            "factor": self.factor,
+            "level": self.level,
+            "box": list(self.box),
+        }
 
     @classmethod
     def from_meta(cls, meta: Any) -> Window | None:
@@ -117,8 +128,14 @@ class Window:
         if not isinstance(meta, dict):
             return None
         try:
-            return cls(int(meta["y0"]), int(meta["x0"]), int(meta["height"]), int(meta["width"]),
-                       float(meta.get("factor", 1.0)), int(meta.get("level", 0)))
+            return cls(
+                int(meta["y0"]),
+                int(meta["x0"]),
+                int(meta["height"]),
+                int(meta["width"]),
+                float(meta.get("factor", 1.0)),
+                int(meta.get("level", 0)),
+            )
         except (KeyError, TypeError, ValueError, InputError):
             return None
 
@@ -142,7 +159,9 @@ def level_factors(shapes: Sequence[Sequence[int]]) -> list[float]:
         h, w = (int(s) for s in shape[:2])
         ratio = (h0 / max(h, 1) + w0 / max(w, 1)) / 2
         near = round(ratio)
-        out.append(float(near) if near >= 1 and abs(ratio - near) <= _INTEGER_SLACK * near else ratio)
+        out.append(
+            float(near) if near >= 1 and abs(ratio - near) <= _INTEGER_SLACK * near else ratio
+        )
     return out
 
 
@@ -213,7 +232,12 @@ def read_window(levels: Sequence[Any], window: Window) -> np.ndarray:
     lh, lw = shapes[window.level][:2]
     d = level_factors(shapes)[window.level]
     try:
-        if window.factor == d and float(d).is_integer() and window.y0 % d == 0 and window.x0 % d == 0:
+        if (
+            window.factor == d
+            and float(d).is_integer()
+            and window.y0 % d == 0
+            and window.x0 % d == 0
+        ):
             ly0, lx0 = int(window.y0 // d), int(window.x0 // d)
             if ly0 + window.height <= lh and lx0 + window.width <= lw:
                 return np.asarray(src[ly0 : ly0 + window.height, lx0 : lx0 + window.width])
@@ -221,12 +245,15 @@ def read_window(levels: Sequence[Any], window: Window) -> np.ndarray:
     except (InputError, MemoryError):
         raise
     except Exception as exc:  # lazy readers (zarr, dask, tifffile codecs) fail in many ways
-        raise InputError(f"could not read region {window.label} of the image "
-                         f"({type(exc).__name__}: {exc}): the file may be corrupt") from exc
+        raise InputError(
+            f"could not read region {window.label} of the image "
+            f"({type(exc).__name__}: {exc}): the file may be corrupt"
+        ) from exc
 
 
-def _resampled(src: Any, shape0: tuple[int, ...], level_shape: tuple[int, int],
-               window: Window) -> np.ndarray:
+def _resampled(
+    src: Any, shape0: tuple[int, ...], level_shape: tuple[int, int], window: Window
+) -> np.ndarray:
     from scipy import ndimage as ndi
 
     lh, lw = level_shape
@@ -250,8 +277,13 @@ def _resampled(src: Any, shape0: tuple[int, ...], level_shape: tuple[int, int],
     if work.ndim == 2:
         out = ndi.map_coordinates(work, grid, order=1, mode="nearest")
     else:
-        out = np.stack([ndi.map_coordinates(work[..., c], grid, order=1, mode="nearest")
-                        for c in range(work.shape[2])], axis=-1)
+        out = np.stack(
+            [
+                ndi.map_coordinates(work[..., c], grid, order=1, mode="nearest")
+                for c in range(work.shape[2])
+            ],
+            axis=-1,
+        )
     if dtype.kind in "biu":
         info = np.iinfo(dtype) if dtype.kind != "b" else None
         if info is None:

@@ -60,12 +60,17 @@ class SlideOptions:
     output_dtype: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.mpp is not None and not (isinstance(self.mpp, int | float) and math.isfinite(self.mpp)
-                                         and self.mpp > 0):
-            raise InputError(f"--mpp must be a positive number of microns per pixel, got {self.mpp}")
+        if self.mpp is not None and not (
+            isinstance(self.mpp, int | float) and math.isfinite(self.mpp) and self.mpp > 0
+        ):
+            raise InputError(
+                f"--mpp must be a positive number of microns per pixel, got {self.mpp}"
+            )
         if self.output_dtype not in OUTPUT_DTYPES:
-            raise InputError(f"unknown output type {self.output_dtype!r}: choose one of "
-                             f"{', '.join(OUTPUT_DTYPES)}")
+            raise InputError(
+                f"unknown output type {self.output_dtype!r}: choose one of "
+                f"{', '.join(OUTPUT_DTYPES)}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,8 +115,12 @@ class WorkingImage:
                 close()
 
 
-def open_working_image(path: str | os.PathLike[str], options: SlideOptions | None = None, *,
-                       model_mpp: float | None = None) -> WorkingImage:
+def open_working_image(
+    path: str | os.PathLike[str],
+    options: SlideOptions | None = None,
+    *,
+    model_mpp: float | None = None,
+) -> WorkingImage:
     """Open ``path`` for pseudo-labelling (see the module docstring).
 
     Parameters
@@ -137,8 +146,11 @@ def open_working_image(path: str | os.PathLike[str], options: SlideOptions | Non
         info = check_image(image)
         keep, record = None, {"slide": False}
         if options.mpp is not None:
-            log.debug("%s is not a slide (no pyramid, under 8192x8192): processed as it is, "
-                      "the pixel size applies to slides", path.name)
+            log.debug(
+                "%s is not a slide (no pyramid, under 8192x8192): processed as it is, "
+                "the pixel size applies to slides",
+                path.name,
+            )
         if options.tissue_only:
             tissue = detect_tissue_in_image(image)
             keep = _keep(tissue, 1.0)
@@ -165,25 +177,57 @@ def _open_slide(path: Path, options: SlideOptions, model_mpp: float | None) -> W
     try:
         target = options.mpp if options.mpp is not None else model_mpp
         if slide.mpp is None:
-            why = ("neither the model nor the slide records a pixel size" if target is None
-                   else f"the slide records no pixel size (the model works at {target:g} µm/px)")
-            log.warning("%s: %s: processing level 0 (%dx%d) as it is", path.name, why,
-                        slide.shape[1], slide.shape[0])
+            why = (
+                "neither the model nor the slide records a pixel size"
+                if target is None
+                else f"the slide records no pixel size (the model works at {target:g} µm/px)"
+            )
+            log.warning(
+                "%s: %s: processing level 0 (%dx%d) as it is",
+                path.name,
+                why,
+                slide.shape[1],
+                slide.shape[0],
+            )
         elif target is None:
-            log.warning("%s: the model records no pixel size and no --mpp was given: processing "
-                        "level 0 (%g µm/px) as it is", path.name, slide.mpp)
+            log.warning(
+                "%s: the model records no pixel size and no --mpp was given: processing "
+                "level 0 (%g µm/px) as it is",
+                path.name,
+                slide.mpp,
+            )
         image, choice = slide.view(target)
         info = check_image(image)
         if choice.scale != 1.0:
-            log.info("%s: level %d (%g µm/px) resampled by %.3g to %g µm/px: %dx%d", path.name,
-                     choice.level, choice.level_mpp, choice.scale, choice.mpp, info.width, info.height)
+            log.info(
+                "%s: level %d (%g µm/px) resampled by %.3g to %g µm/px: %dx%d",
+                path.name,
+                choice.level,
+                choice.level_mpp,
+                choice.scale,
+                choice.mpp,
+                info.width,
+                info.height,
+            )
         elif target is not None and slide.mpp is not None:
-            log.info("%s: level %d at %g µm/px: %dx%d", path.name, choice.level, choice.mpp,
-                     info.width, info.height)
+            log.info(
+                "%s: level %d at %g µm/px: %dx%d",
+                path.name,
+                choice.level,
+                choice.mpp,
+                info.width,
+                info.height,
+            )
         record: dict[str, Any] = {
-            "slide": True, "slide_mpp": slide.mpp, "mpp_source": slide.mpp_source,
-            "target_mpp": target, "level": choice.level, "scale": choice.scale,
-            "mpp": choice.mpp, "width": info.width, "height": info.height,
+            "slide": True,
+            "slide_mpp": slide.mpp,
+            "mpp_source": slide.mpp_source,
+            "target_mpp": target,
+            "level": choice.level,
+            "scale": choice.scale,
+            "mpp": choice.mpp,
+            "width": info.width,
+            "height": info.height,
         }
         keep = None
         if options.tissue_only is not False:

@@ -1,6 +1,6 @@
 """Autosave of correction layers while the user works, and restore on reopening an image.
 
-One :class:`AutosaveController` per viewer (see :func:`autosave_for`). Every
+One :class:`AutosaveController` per viewer, owned by its state (:meth:`._state.SelfloopState.start_autosave`). Every
 ``INTERVAL_MS`` it saves each correction Labels layer whose content changed since its last
 save to ``PROJECT/autosave/`` (via :class:`napari_selfloop.core.autosave.AutosaveStore`,
 atomically), so a crash loses at most that interval of work. Only what changed is read and
@@ -47,7 +47,7 @@ from ._layers import (
 )
 from ._runner import error_message
 from ._slide import levels_of
-from ._state import SelfloopState, get_state
+from ._state import SelfloopState
 
 log = logging.getLogger(__name__)
 
@@ -233,11 +233,19 @@ class AutosaveController(QObject):
             meta = meta_of(layer)
             extra = {"layer": layer.name}
             if window_of(layer) is not None:
-                extra.update(image_key=meta.get("image_key"), window=meta.get("window"),
-                             pixel_size_um=meta.get("pixel_size_um"))
+                extra.update(
+                    image_key=meta.get("image_key"),
+                    window=meta.get("window"),
+                    pixel_size_um=meta.get("pixel_size_um"),
+                )
             try:
-                store.save(key, data, name=source_of(layer) or layer.name, extra=extra,
-                           tiles=changed.keys())
+                store.save(
+                    key,
+                    data,
+                    name=source_of(layer) or layer.name,
+                    extra=extra,
+                    tiles=changed.keys(),
+                )
             except (SelfloopError, OSError) as e:
                 message = f"autosave failed: {error_message(e)}"
                 if message != self._last_error:  # say it once, not every 30 s
@@ -309,8 +317,9 @@ class AutosaveController(QObject):
             return self._restore_key(viewer, image, data, key)
         except Exception as e:  # an autosave must never break opening an image
             log.warning("could not restore corrections for %s", image.name, exc_info=True)
-            show_warning(f"Could not restore autosaved corrections for '{image.name}': "
-                         f"{error_message(e)}")
+            show_warning(
+                f"Could not restore autosaved corrections for '{image.name}': {error_message(e)}"
+            )
             return None
 
     def _hash_in_background(self, image: Image) -> None:
@@ -351,7 +360,9 @@ class AutosaveController(QObject):
     def _restore_key(self, viewer: Any, image: Image, data: Any, key: str) -> Layer | None:
         store = self.store
         restored = store.load(key)
-        layer = None if restored is None else self._restore_whole(viewer, image, data, key, restored)
+        layer = (
+            None if restored is None else self._restore_whole(viewer, image, data, key, restored)
+        )
         regions = self._restore_regions(viewer, image, data, key, store)
         if store.set_aside or store.missing:
             names = [p.name for p in store.set_aside + store.missing]
@@ -361,8 +372,9 @@ class AutosaveController(QObject):
             )
         return layer if layer is not None else (regions[0] if regions else None)
 
-    def _restore_regions(self, viewer: Any, image: Image, data: Any, key: str,
-                         store: AutosaveStore) -> list[Layer]:
+    def _restore_regions(
+        self, viewer: Any, image: Image, data: Any, key: str, store: AutosaveStore
+    ) -> list[Layer]:
         """Bring back the saved correction layers of regions of ``image``."""
         height, width = (int(s) for s in data.shape[:2])
         layers = []
@@ -370,17 +382,28 @@ class AutosaveController(QObject):
             window = Window.from_meta(meta.get("window"))
             if meta.get("image_key") != key or window is None or rkey == key:
                 continue
-            if (window.y0 >= height or window.x0 >= width
-                    or find_result(viewer, image.name, "labels", window) is not None):
+            if (
+                window.y0 >= height
+                or window.x0 >= width
+                or find_result(viewer, image.name, "labels", window) is not None
+            ):
                 continue
             restored = store.load(rkey)
             if restored is None or restored.labels.shape != window.shape:
                 continue
             layer = put_result(
-                viewer, image.name, "labels", restored.labels, like=image, window=window,
-                extra_meta={"image_key": key, "autosave_key": rkey,
-                            "pixel_size_um": meta.get("pixel_size_um"),
-                            "restored": restored.meta.get("saved")},
+                viewer,
+                image.name,
+                "labels",
+                restored.labels,
+                like=image,
+                window=window,
+                extra_meta={
+                    "image_key": key,
+                    "autosave_key": rkey,
+                    "pixel_size_um": meta.get("pixel_size_um"),
+                    "restored": restored.meta.get("saved"),
+                },
             )
             self.mark_saved(rkey, restored.labels)
             layers.append(layer)
@@ -388,8 +411,9 @@ class AutosaveController(QObject):
             show_info(f"Restored the corrections of {len(layers)} region(s) of '{image.name}'")
         return layers
 
-    def _restore_whole(self, viewer: Any, image: Image, data: Any, key: str,
-                       restored: Any) -> Layer | None:
+    def _restore_whole(
+        self, viewer: Any, image: Image, data: Any, key: str, restored: Any
+    ) -> Layer | None:
         if restored.labels.shape != tuple(data.shape[:2]):
             log.warning(
                 "autosave %s has shape %s, image %s: ignored",
@@ -417,16 +441,9 @@ class AutosaveController(QObject):
 
 def _image_bytes(data: Any) -> int:
     try:
-        return int(np.prod([int(s) for s in data.shape], dtype=np.int64)) * np.dtype(
-            data.dtype
-        ).itemsize
+        return (
+            int(np.prod([int(s) for s in data.shape], dtype=np.int64))
+            * np.dtype(data.dtype).itemsize
+        )
     except (TypeError, ValueError):
         return 0
-
-
-def autosave_for(viewer: Any) -> AutosaveController:
-    """The viewer's autosave controller (started on first use)."""
-    state = get_state(viewer)
-    if state.autosave is None:
-        state.autosave = AutosaveController(viewer, state)
-    return state.autosave

@@ -47,11 +47,11 @@ from ..core.pretrain import (
     pretrain_jigsaw,
 )
 from ..core.progress import Progress
+from ..core.project import release, reserve_version
 from ..core.pseudolabel import PATCH_MULTIPLE
 from ._layers import image_data, is_source_image, source_of
-from ._runner import Outcome, Runner, error_message
+from ._runner import Outcome, Runner, Status, error_message
 from ._state import SelfloopState
-from ._versions import release, reserve_version
 
 log = logging.getLogger(__name__)
 
@@ -276,7 +276,11 @@ class JigsawPanel(QWidget):
 
         return self.check_runner.start(
             lambda: evaluate_jigsaw(
-                model, [data], puzzles=CHECK_PUZZLES, seed=CHECK_SEED, patch_size=patch,
+                model,
+                [data],
+                puzzles=CHECK_PUZZLES,
+                seed=CHECK_SEED,
+                patch_size=patch,
                 device=device,
             ),
             on_done=done,
@@ -295,7 +299,7 @@ class JigsawPanel(QWidget):
         return seen
 
     def _check_finished(self, outcome: Outcome) -> None:
-        if outcome.status == "error" and self.result is None:
+        if outcome.status is Status.ERROR and self.result is None:
             message = error_message(outcome.error) if outcome.error else "failed"
             self.label.setText(f"{TITLE}: the check failed ({message}).")
         if self._recheck:
@@ -346,7 +350,12 @@ class JigsawPanel(QWidget):
         self.result_label.setText("")
         started = self.pretrain_runner.start(
             lambda: pretrain_jigsaw(
-                model, items, config, device=device, out=out, parent=parent,
+                model,
+                items,
+                config,
+                device=device,
+                out=out,
+                parent=parent,
                 pixel_size_um=ckpt.pixel_size_um,
             ),
             on_progress=self._pretrain_progress,
@@ -373,7 +382,7 @@ class JigsawPanel(QWidget):
         out, self._out = self._out, None
         release(out)
         written = out is not None and out.exists()
-        if outcome.status == "error":
+        if outcome.status is Status.ERROR:
             if written:
                 self.result_label.setText(
                     f"Pre-training failed; the steps done before it are in {out.name} "
@@ -383,18 +392,20 @@ class JigsawPanel(QWidget):
         if not written:
             self.result_label.setText(
                 "Stopped before the first step: the model is unchanged."
-                if outcome.status == "cancelled"
+                if outcome.status is Status.CANCELLED
                 else "Nothing was written: the model is unchanged."
             )
             return
         ckpt = load_checkpoint(out)
         self.last_checkpoint = out
-        if outcome.status == "cancelled":
+        if outcome.status is Status.CANCELLED:
             steps = (ckpt.meta.get("training") or {}).get("step", self._steps)
             text = f"Stopped after {steps} steps; kept them as {out.name} (now the current model)."
             note = "stopped; kept"
         else:
-            text = f"{self.result_label.text()} Saved as {out.name} (now the current model).".strip()
+            text = (
+                f"{self.result_label.text()} Saved as {out.name} (now the current model).".strip()
+            )
             note = "saved"
         self.state.set_checkpoint(ckpt)  # the jigsaw line is checked again for it
         self.result_label.setText(text)

@@ -32,6 +32,7 @@ from qtpy.QtWidgets import QComboBox
 
 from ..core.errors import InputError
 from ..core.imageio import ImageInfo, check_image
+from ..core.project import DONE_KEY, is_done
 from ..core.pseudolabel import UNCERTAIN
 from ..core.window import Window
 from ._slide import placement
@@ -323,11 +324,19 @@ def propose_labels(
     the correction layer of that region of the image (``data`` covers all of it).
     """
     meta = dict(extra_meta or {})
-    meta.pop("done", None)
+    meta.pop(DONE_KEY, None)
     layer = find_result(viewer, source, "labels", window)
     if layer is None:
-        layer = put_result(viewer, source, "labels", data, box=box, like=like,
-                           extra_meta={**meta, "done": False}, window=window)
+        layer = put_result(
+            viewer,
+            source,
+            "labels",
+            data,
+            box=box,
+            like=like,
+            extra_meta={**meta, DONE_KEY: False},
+            window=window,
+        )
         own = meta_of(layer)
         own[PROPOSAL] = np.array(layer.data, copy=True)
         own[PAINTED] = None
@@ -354,21 +363,31 @@ def propose_labels(
     painted, recorded = user_painted(layer)
     own = meta_of(layer)
     proposal = own.get(PROPOSAL) if recorded else None
-    proposal = np.array(proposal, copy=True) if proposal is not None else np.full(full, UNCERTAIN, old.dtype)
+    proposal = (
+        np.array(proposal, copy=True)
+        if proposal is not None
+        else np.full(full, UNCERTAIN, old.dtype)
+    )
     y0, x0, y1, x1 = box
     inside = painted[y0:y1, x0:x1]
     new = np.array(old, copy=True)
     new[y0:y1, x0:x1] = np.where(inside, old[y0:y1, x0:x1], data)
     proposal[y0:y1, x0:x1] = data
     changed = int(np.count_nonzero(new != old))
-    was_done = bool(own.get("done"))
+    was_done = is_done(own)
     done = was_done and changed == 0
-    own.update({"role": "labels", "source": source, **meta, "done": done})
+    own.update({"role": "labels", "source": source, **meta, DONE_KEY: done})
     own[PROPOSAL] = proposal
     own[PAINTED] = painted if painted.any() else None
     layer.data = new
-    return ProposalMerge(layer=layer, kept=int(np.count_nonzero(inside)), recorded=recorded,
-                         changed=changed, was_done=was_done, done=done)
+    return ProposalMerge(
+        layer=layer,
+        kept=int(np.count_nonzero(inside)),
+        recorded=recorded,
+        changed=changed,
+        was_done=was_done,
+        done=done,
+    )
 
 
 def _display_top(values: np.ndarray) -> float:

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from napari.qt.threading import create_worker
@@ -35,16 +36,24 @@ from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..core.errors import Cancelled, SelfloopError
-from ..core.progress import Progress
+from ..core.progress import Progress, relay
 
 log = logging.getLogger(__name__)
 
 
+class Status(str, Enum):
+    """How a run ended (a string enum: ``Status.DONE == "done"``)."""
+
+    DONE = "done"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
 @dataclass
 class Outcome:
-    """How a run ended: ``done`` (with ``value``), ``cancelled`` or ``error``."""
+    """How a run ended: :attr:`Status.DONE` (with ``value``), ``CANCELLED`` or ``ERROR``."""
 
-    status: str
+    status: Status
     value: Any = None
     error: BaseException | None = None
 
@@ -77,8 +86,11 @@ def warm_up() -> None:
             import torch._dynamo  # noqa: F401
 
             from ..core.jigsaw import permutation_pool
+            from ..core.model import ModelConfig
 
-            permutation_pool(100)  # the jigsaw pool is computed once (seconds) and cached
+            # The pool of the default model (and of the bundled ones) is computed once
+            # (seconds) and cached; a model with another pool size computes its own.
+            permutation_pool(ModelConfig().num_permutations)
         except Exception:  # an optimisation only; a failure here changes nothing else
             log.debug("torch warm-up import failed", exc_info=True)
 
@@ -111,22 +123,20 @@ def _drive(
     try:
         gen = job()
         if not isinstance(gen, Generator):
-            return Outcome("done", gen)
-        while True:
+            return Outcome(Status.DONE, gen)
+
+        def check() -> None:
             if cancel.is_set():
-                return Outcome("cancelled")
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                return Outcome("done", stop.value)
-            yield event
+                raise Cancelled("cancelled")
+
+        return Outcome(Status.DONE, (yield from relay(gen, check=check)))
     except Cancelled:
-        return Outcome("cancelled")
+        return Outcome(Status.CANCELLED)
     except (SelfloopError, OSError, ValueError, MemoryError) as exc:
-        return Outcome("error", error=exc)
+        return Outcome(Status.ERROR, error=exc)
     except Exception as exc:  # an unexpected bug: keep the viewer alive, log the traceback
         log.exception("napari-selfloop: unexpected error in a background run")
-        return Outcome("error", error=exc)
+        return Outcome(Status.ERROR, error=exc)
     finally:
         if isinstance(gen, Generator):
             gen.close()
@@ -262,17 +272,17 @@ class Runner(QObject):
         seconds = time.perf_counter() - self.started_at
         shown = False
         failed = (
-            outcome.status == "done"
+            outcome.status is Status.DONE
             and self._on_done is not None
             and not self._guarded(self._on_done, outcome.value)
         )
         if failed:
-            outcome = Outcome("error", error=RuntimeError("showing the result failed"))
+            outcome = Outcome(Status.ERROR, error=RuntimeError("showing the result failed"))
             shown = True  # _guarded has told the user
-        if outcome.status == "done":
+        if outcome.status is Status.DONE:
             self.progress.setValue(1)
             self.progress.setFormat(f"done in {seconds:.1f} s")
-        elif outcome.status == "cancelled":
+        elif outcome.status is Status.CANCELLED:
             self.progress.setValue(0)
             self.progress.setFormat("cancelled")
             self.status.setText(f"{self.name} cancelled after {seconds:.1f} s")

@@ -11,12 +11,16 @@ import datetime as _dt
 import os
 import weakref
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
 
 from ..core.checkpoint import Checkpoint
 from ..core.model import ResUNet
+from ..core.project import is_done, mark_done
+
+if TYPE_CHECKING:
+    from ._autosave import AutosaveController
 
 #: Environment variable that overrides the default project folder.
 PROJECT_ENV = "NAPARI_SELFLOOP_PROJECT"
@@ -59,7 +63,24 @@ class SelfloopState:
         self.ensemble: list[Checkpoint] = []
         self.device: str = "auto"
         self.project_dir: Path = default_project_dir()
-        self.autosave: Any = None  # widgets._autosave.AutosaveController, set on first use
+        self._autosave: AutosaveController | None = None
+
+    @property
+    def autosave(self) -> AutosaveController:
+        """The viewer's autosave (started by the first panel: ``get_state(viewer, autosave=True)``)."""
+        if self._autosave is None:
+            raise RuntimeError(
+                "autosave is not running: get the state with get_state(viewer, autosave=True)"
+            )
+        return self._autosave
+
+    def start_autosave(self, viewer: Any) -> AutosaveController:
+        """Start the autosave of ``viewer``'s corrections (once; later calls return it)."""
+        if self._autosave is None:
+            from ._autosave import AutosaveController  # it imports this module
+
+            self._autosave = AutosaveController(viewer, self)
+        return self._autosave
 
     @property
     def model(self) -> ResUNet | None:
@@ -81,6 +102,21 @@ class SelfloopState:
         self.set_checkpoint(ckpt)
         return ckpt
 
+    def set_done(self, layer: Any, on: bool) -> None:
+        """Mark a correction layer done (ready for training and export) or not; the one writer.
+
+        The flag is data in the layer's metadata (:func:`~napari_selfloop.core.project.
+        mark_done`); ``done_changed`` is emitted whenever this is called, so every panel
+        shows the same state.
+        """
+        mark_done(_meta(layer), on)
+        self.done_changed.emit(layer.name)
+
+    @staticmethod
+    def is_done(layer: Any) -> bool:
+        """Whether a correction layer is marked done."""
+        return is_done(_meta(layer))
+
     def set_device(self, device: str) -> None:
         if device != self.device:
             self.device = device
@@ -93,13 +129,25 @@ class SelfloopState:
             self.project_changed.emit(path)
 
 
+def _meta(layer: Any) -> dict[str, Any]:
+    from ._layers import meta_of  # _layers needs napari's layer classes; keep this module light
+
+    return meta_of(layer)
+
+
 _STATES: weakref.WeakKeyDictionary[Any, SelfloopState] = weakref.WeakKeyDictionary()
 
 
-def get_state(viewer: Any) -> SelfloopState:
-    """The state shared by the panels of ``viewer`` (created on first use)."""
+def get_state(viewer: Any, *, autosave: bool = False) -> SelfloopState:
+    """The state shared by the panels of ``viewer`` (created on first use).
+
+    Panels pass ``autosave=True``: the viewer's corrections are then autosaved
+    (:meth:`SelfloopState.start_autosave`, once per viewer).
+    """
     state = _STATES.get(viewer)
     if state is None:
         state = SelfloopState()
         _STATES[viewer] = state
+    if autosave:
+        state.start_autosave(viewer)
     return state

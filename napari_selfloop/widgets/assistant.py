@@ -9,6 +9,7 @@ from typing import Any
 
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
+from ._runner import Outcome, Status
 from .bootstrap_widget import BootstrapWidget
 from .export_widget import ExportWidget
 from .finetune_widget import FineTuneWidget
@@ -51,8 +52,8 @@ class AssistantWidget(QWidget):
         panels["Pseudo-label"].runner.finished.connect(lambda o: self._after_run(o, "Review"))
         panels["Start"].runner.finished.connect(lambda o: self._after_run(o, "Review"))
 
-    def _after_run(self, outcome: Any, tab: str) -> None:
-        if getattr(outcome, "status", None) == "done":
+    def _after_run(self, outcome: Outcome, tab: str) -> None:
+        if outcome.status is Status.DONE:
             self.show_tab(tab)
 
     def show_tab(self, title: str) -> None:

@@ -29,7 +29,7 @@ from ..core.errors import InputError, SelfloopError
 from ..core.imageio import check_image
 from ..core.progress import Progress
 from ..core.window import Window, read_window, region_key
-from ._autosave import autosave_for, key_for
+from ._autosave import key_for
 from ._layers import (
     KEY,
     LayerCombo,
@@ -57,8 +57,7 @@ class BootstrapWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
-        autosave_for(napari_viewer)
+        self.state = get_state(napari_viewer, autosave=True)
         self.image_combo = LayerCombo(napari_viewer, is_source_image, none_text="(open an image)")
         self.kind_combo = QComboBox()
         for key, text in KIND_LABELS.items():
@@ -189,8 +188,15 @@ class BootstrapWidget(QWidget):
 
         return self.runner.start(job, on_done=done, message=f"initial mask of {name}{where}…")
 
-    def _show(self, name: str, box: Box, result: BootstrapResult, key: str,
-              window: Window | None, whole: bool) -> None:
+    def _show(
+        self,
+        name: str,
+        box: Box,
+        result: BootstrapResult,
+        key: str,
+        window: Window | None,
+        whole: bool,
+    ) -> None:
         if name not in self.viewer.layers:
             raise InputError(f"image layer '{name}' was removed during the run")
         image = self.viewer.layers[name]
@@ -202,15 +208,19 @@ class BootstrapWidget(QWidget):
             target: dict[str, Any] = {"window": window}
         else:
             target = {} if whole else {"box": box}
-        merge = propose_labels(self.viewer, name, result.mask, like=image, extra_meta=meta,
-                               **target)
+        merge = propose_labels(
+            self.viewer, name, result.mask, like=image, extra_meta=meta, **target
+        )
         labels = merge.layer
         notes = []
         if merge.kept:
-            notes.append(f"kept the {merge.kept} pixel(s) you had painted in '{labels.name}'; the "
-                         "new mask went only where you had not painted (delete the layer to "
-                         "start over)")
+            notes.append(
+                f"kept the {merge.kept} pixel(s) you had painted in '{labels.name}'; the "
+                "new mask went only where you had not painted (delete the layer to "
+                "start over)"
+            )
         if merge.done_cleared:
+            self.state.set_done(labels, False)  # already cleared by the merge; tells the panels
             notes.append(f"'{labels.name}' changed, so it is no longer marked done")
         if notes:
             show_info("Initial mask: " + "; ".join(notes))

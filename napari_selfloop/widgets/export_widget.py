@@ -35,7 +35,6 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError, SelfloopError
 from ..core.export import OBJECT_TYPES, UNCERTAIN_POLICIES, export_annotation
-from ._autosave import autosave_for
 from ._layers import (
     LayerCombo,
     correction_mask,
@@ -76,8 +75,8 @@ class ExportWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
-        self.autosave = autosave_for(napari_viewer)
+        self.state = get_state(napari_viewer, autosave=True)
+        self.autosave = self.state.autosave
 
         self.labels_combo = LayerCombo(
             napari_viewer, is_correction, none_text="(no corrections yet)"
@@ -198,8 +197,9 @@ class ExportWidget(QWidget):
                     f"Labels layer '{layer.name}' has shape {data.shape} but its image "
                     f"'{image.name}' is {height}x{width}"
                 )
-            if window is not None and (data.shape != window.shape or window.y0 >= height
-                                       or window.x0 >= width):
+            if window is not None and (
+                data.shape != window.shape or window.y0 >= height or window.x0 >= width
+            ):
                 raise InputError(
                     f"Labels layer '{layer.name}' ({data.shape[0]}x{data.shape[1]}) does not "
                     f"fit its region {window.label} of '{image.name}' ({height}x{width})"
@@ -227,7 +227,7 @@ class ExportWidget(QWidget):
         names = [
             layer.name
             for layer in self.viewer.layers
-            if is_correction(layer) and meta_of(layer).get("done")
+            if is_correction(layer) and self.state.is_done(layer)
         ]
         if not names:
             show_error(

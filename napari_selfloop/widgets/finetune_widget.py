@@ -42,46 +42,31 @@ from ..core.checkpoint import load_checkpoint
 from ..core.datasets import TrainItem
 from ..core.errors import InputError, SelfloopError
 from ..core.export import labels_to_mask
-from ..core.imageio import IMAGE_SUFFIXES, check_image, open_image
+from ..core.imageio import check_image
 from ..core.progress import Progress
+from ..core.project import folder_images, release, reserve_version
+from ..core.pseudolabel import PATCH_MULTIPLE
 from ..core.training import FRAMEWORKS, TrainConfig, TrainResult, train
 from ..core.window import Window, WindowArray
-from ._autosave import autosave_for
 from ._layers import (
     correction_mask,
     image_data,
     image_for,
     is_correction,
     is_source_image,
-    meta_of,
     window_of,
 )
 from ._plot import LivePlot
-from ._runner import Outcome, Runner, error_message
+from ._runner import Outcome, Runner, Status, error_message
 from ._slide import levels_of, works_by_region
 from ._state import get_state
-from ._versions import release, reserve_version
 
 log = logging.getLogger(__name__)
 
-
-
-def folder_images(folder: Path) -> list[TrainItem]:
-    """Unlabelled images of a folder (PNG, JPEG, TIFF), opened lazily; others are skipped."""
-    if not folder.is_dir():
-        raise InputError(f"unlabelled folder {folder} does not exist")
-    items = []
-    for path in sorted(folder.iterdir()):
-        if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
-            continue
-        try:
-            image = open_image(path)
-            check_image(image)
-        except (SelfloopError, OSError) as e:
-            log.warning("skipping %s: %s", path.name, e)
-            continue
-        items.append(TrainItem(name=path.name, image=image))
-    return items
+#: Most Q the panel offers (the core allows more, see ``TrainConfig``).
+GUI_MAX_Q = 20
+#: Patch sides offered: PATCH_MULTIPLE times 1 .. this.
+GUI_PATCH_STEPS = 4
 
 
 def _check_region(layer: Any, image: Any, window: Window, shape: tuple[int, ...]) -> None:
@@ -100,8 +85,7 @@ class FineTuneWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
-        autosave_for(napari_viewer)
+        self.state = get_state(napari_viewer, autosave=True)
         self.last_result: TrainResult | None = None
         self.last_checkpoint: Path | None = None
         self._out: Path | None = None
@@ -114,23 +98,25 @@ class FineTuneWidget(QWidget):
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("optional folder of unlabelled images")
         self.folder_button = QPushButton("…")
+        defaults = TrainConfig()  # the one source of defaults, as the CLI's
         self.framework_combo = QComboBox()
         self.framework_combo.addItems(list(FRAMEWORKS))
+        self.framework_combo.setCurrentText(defaults.framework)
         self.iterations_spin = QSpinBox()
         self.iterations_spin.setRange(1, 100_000)
-        self.iterations_spin.setValue(200)
+        self.iterations_spin.setValue(defaults.iterations)
         self.q_spin = QSpinBox()
-        self.q_spin.setRange(1, 20)
-        self.q_spin.setValue(3)
+        self.q_spin.setRange(1, GUI_MAX_Q)
+        self.q_spin.setValue(defaults.q)
         self.lr_spin = QDoubleSpinBox()
         self.lr_spin.setDecimals(5)
         self.lr_spin.setRange(1e-5, 1e-1)
         self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(3e-4)
+        self.lr_spin.setValue(defaults.lr)
         self.patch_combo = QComboBox()
-        self.patch_combo.addItems(["96", "192", "288", "384"])
-        self.patch_combo.setCurrentText("192")
-        self.patch_combo.setToolTip("Side of the training patches (multiples of 96)")
+        self.patch_combo.addItems([str(k * PATCH_MULTIPLE) for k in range(1, GUI_PATCH_STEPS + 1)])
+        self.patch_combo.setCurrentText(str(defaults.patch_size))
+        self.patch_combo.setToolTip(f"Side of the training patches (multiples of {PATCH_MULTIPLE})")
         self.holdout_check = QCheckBox("Hold out one labelled image for validation")
         self.holdout_check.setToolTip(
             "With two or more done images, the last one chooses the best checkpoint "
@@ -190,7 +176,7 @@ class FineTuneWidget(QWidget):
                 continue
             item = QListWidgetItem(layer.name)
             item.setFlags(item.flags() | Qt.ItemIsUserCheckable)
-            item.setCheckState(Qt.Checked if meta_of(layer).get("done") else Qt.Unchecked)
+            item.setCheckState(Qt.Checked if self.state.is_done(layer) else Qt.Unchecked)
             self.labelled_list.addItem(item)
         if self.labelled_list.count() == 0:
             item = QListWidgetItem("(no corrections yet)")
@@ -201,12 +187,10 @@ class FineTuneWidget(QWidget):
     def _item_changed(self, item: QListWidgetItem) -> None:
         name = item.text()
         if name in self.viewer.layers:
-            meta_of(self.viewer.layers[name])["done"] = item.checkState() == Qt.Checked
-            self.state.done_changed.emit(name)
+            self.state.set_done(self.viewer.layers[name], item.checkState() == Qt.Checked)
 
     def set_done(self, name: str, done: bool = True) -> None:
-        meta_of(self.viewer.layers[name])["done"] = bool(done)
-        self.state.done_changed.emit(name)
+        self.state.set_done(self.viewer.layers[name], done)
 
     def _browse(self) -> None:
         path = QFileDialog.getExistingDirectory(
@@ -220,7 +204,7 @@ class FineTuneWidget(QWidget):
     def _labelled(self) -> list[TrainItem]:
         items = []
         for layer in self.viewer.layers:
-            if not (is_correction(layer) and meta_of(layer).get("done")):
+            if not (is_correction(layer) and self.state.is_done(layer)):
                 continue
             image = image_for(self.viewer, layer)
             if image is None:
@@ -260,9 +244,10 @@ class FineTuneWidget(QWidget):
             if is_correction(layer) and window_of(layer) is not None and layer.name not in used:
                 image = image_for(self.viewer, layer)
                 window = window_of(layer)
-                if image is not None and not meta_of(layer).get("done"):
-                    items.append(TrainItem(name=layer.name,
-                                           image=WindowArray(levels_of(image), window)))
+                if image is not None and not self.state.is_done(layer):
+                    items.append(
+                        TrainItem(name=layer.name, image=WindowArray(levels_of(image), window))
+                    )
                 continue
             if not is_source_image(layer) or layer.name in used or works_by_region(layer):
                 continue  # a slide is used by its regions, never whole
@@ -366,8 +351,8 @@ class FineTuneWidget(QWidget):
     def _end(self, outcome: Outcome) -> None:
         out = self._out
         release(out)
-        if outcome.status == "error" or out is None or not out.exists():
-            if outcome.status == "cancelled":
+        if outcome.status is Status.ERROR or out is None or not out.exists():
+            if outcome.status is Status.CANCELLED:
                 self.result_label.setText(
                     "Stopped before the first evaluation: the model is unchanged."
                 )
@@ -375,7 +360,7 @@ class FineTuneWidget(QWidget):
         ckpt = load_checkpoint(out)
         self.state.set_checkpoint(ckpt)
         self.last_checkpoint = out
-        note = "Stopped; kept" if outcome.status == "cancelled" else "Saved"
+        note = "Stopped; kept" if outcome.status is Status.CANCELLED else "Saved"
         self.result_label.setText(
             f"{self.result_label.text()} {note} the best checkpoint as {out.name} "
             "(now the current model).".strip()

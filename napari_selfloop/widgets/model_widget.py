@@ -27,7 +27,6 @@ from ..core.device import DEVICES, resolve_device
 from ..core.errors import SelfloopError
 from ..core.model import ModelConfig, build_model, count_parameters
 from ..core.pretrain import PRETRAIN_KIND
-from ._autosave import autosave_for
 from ._jigsaw import JigsawPanel
 from ._runner import error_message
 from ._state import get_state
@@ -45,11 +44,14 @@ def card_text(ckpt: Checkpoint) -> str:
     training = ckpt.meta.get("training") or {}
     if training.get("kind") == PRETRAIN_KIND:
         steps = f" ({training['step']} steps)" if training.get("step") is not None else ""
-        renamed = {"trained on": f"jigsaw pre-trained{steps} on", "fine-tuned from": "pre-trained from"}
+        renamed = {
+            "trained on": f"jigsaw pre-trained{steps} on",
+            "fine-tuned from": "pre-trained from",
+        }
         for i, line in enumerate(lines):
             for old, new in renamed.items():
                 if line.startswith(old):
-                    lines[i] = new + line[len(old):]
+                    lines[i] = new + line[len(old) :]
     name, value = metrics.get("metric_name"), metrics.get("metric")
     if name and isinstance(value, (int, float)):
         label = {"val_f1": "validation F1", "train_seg_loss": "training segmentation loss"}.get(
@@ -60,16 +62,26 @@ def card_text(ckpt: Checkpoint) -> str:
         lines = [ln for ln in lines if not ln.startswith("validation:")]
         lines.insert(2 if len(lines) > 1 else 1, f"best {label} {value:.4g}{step}{how}")
     if training.get("kind") == "bundled":
-        name = next((n for n in BUNDLED if ckpt.path is not None and ckpt.path.name == f"{n}.pt"), None)
+        name = next(
+            (n for n in BUNDLED if ckpt.path is not None and ckpt.path.name == f"{n}.pt"), None
+        )
         if name is not None:
-            lines[0] = f"bundled model {name}: {BUNDLED[name].title} (ResUNet-18, width {ckpt.config.width})"
+            lines[0] = (
+                f"bundled model {name}: {BUNDLED[name].title} (ResUNet-18, width {ckpt.config.width})"
+            )
             lines.append(f"licence of the weights: {BUNDLED[name].licence}")
         held = metrics.get("heldout") or {}
         if held.get("softmax_f1") is not None:
-            extra = (f", object F1 {held['softmax_object_f1']:.1f}, AJI {held['softmax_aji']:.1f}"
-                     if held.get("softmax_aji") is not None else "")
-            lines.insert(2, f"on {held.get('images', '?')} unseen images: Dice {held['softmax_f1']:.1f}, "
-                            f"balanced accuracy {held['softmax_balanced_accuracy']:.1f}{extra}")
+            extra = (
+                f", object F1 {held['softmax_object_f1']:.1f}, AJI {held['softmax_aji']:.1f}"
+                if held.get("softmax_aji") is not None
+                else ""
+            )
+            lines.insert(
+                2,
+                f"on {held.get('images', '?')} unseen images: Dice {held['softmax_f1']:.1f}, "
+                f"balanced accuracy {held['softmax_balanced_accuracy']:.1f}{extra}",
+            )
     return "\n".join(lines)
 
 
@@ -79,8 +91,7 @@ class ModelWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
-        autosave_for(napari_viewer)
+        self.state = get_state(napari_viewer, autosave=True)
 
         self.load_button = QPushButton("Load checkpoint…")
         self.load_button.setToolTip(
@@ -99,7 +110,7 @@ class ModelWidget(QWidget):
         )
         self.width_spin = QSpinBox()
         self.width_spin.setRange(4, 128)
-        self.width_spin.setValue(64)
+        self.width_spin.setValue(ModelConfig().width)
         self.width_spin.setToolTip(
             "Channels of the first stage of a new model; 64 is the real ResUNet-18"
         )
@@ -141,7 +152,9 @@ class ModelWidget(QWidget):
 
         self.load_button.clicked.connect(self._browse)
         self.new_button.clicked.connect(lambda: self.new_model())
-        self.bundled_button.clicked.connect(lambda: self.load_bundled(self.bundled_combo.currentText()))
+        self.bundled_button.clicked.connect(
+            lambda: self.load_bundled(self.bundled_combo.currentText())
+        )
         self.viewer.layers.selection.events.active.connect(self._suggest_bundled)
         self.device_combo.currentTextChanged.connect(self.set_device)
         self.ensemble_button.clicked.connect(self._browse_ensemble)
@@ -177,7 +190,11 @@ class ModelWidget(QWidget):
     def _suggest_bundled(self, *_: Any) -> None:
         """Pre-select the bundled model that fits the active image (H&E or dermoscopy)."""
         layer = self.viewer.layers.selection.active
-        if layer is None or layer.__class__.__name__ != "Image" or getattr(layer, "multiscale", False):
+        if (
+            layer is None
+            or layer.__class__.__name__ != "Image"
+            or getattr(layer, "multiscale", False)
+        ):
             return
         data = layer.data
         if data.ndim != 3 or data.shape[-1] not in (3, 4):
@@ -260,7 +277,11 @@ class ModelWidget(QWidget):
             device = resolved or str(resolve_device(self.state.device))
         except SelfloopError:
             device = self.state.device
-        where = str(ckpt.path) if ckpt.path else "not saved yet (Fine-tune or jigsaw pre-training saves it)"
+        where = (
+            str(ckpt.path)
+            if ckpt.path
+            else "not saved yet (Fine-tune or jigsaw pre-training saves it)"
+        )
         params = count_parameters(ckpt.model) / 1e6
         self.card.setText(
             f"{card_text(ckpt)}\n{params:.2f} M parameters · runs on {device}\nfile: {where}"

@@ -13,6 +13,7 @@ one set per region, and is read at the model's pixel size where both pixel sizes
 from __future__ import annotations
 
 import logging
+from enum import Enum
 from typing import Any
 
 import numpy as np
@@ -33,13 +34,14 @@ from ..core.errors import InputError, SelfloopError
 from ..core.progress import Progress
 from ..core.pseudolabel import (
     METHODS,
+    Q_METHODS,
     UNCERTAIN,
     PseudoLabelConfig,
     PseudoLabelResult,
     pseudo_label,
 )
 from ..core.window import Window, choose_window, read_window, region_key
-from ._autosave import autosave_for, key_for
+from ._autosave import key_for
 from ._layers import (
     KEY,
     LayerCombo,
@@ -63,9 +65,21 @@ from ._state import get_state
 
 log = logging.getLogger(__name__)
 
-AREAS = ("Whole image", "Current view", "Rectangle (Shapes layer)")
+
+class Area(Enum):
+    """What the panel pseudo-labels; the value is the text of its choice."""
+
+    IMAGE = "Whole image"
+    VIEW = "Current view"
+    RECTANGLE = "Rectangle (Shapes layer)"
+
+
+AREAS = tuple(area.value for area in Area)
 #: Patches of 288 px, one at a time on CPU, keep each step (a Cancel point) to ~1-2 s.
 GUI_PATCH = 288
+
+#: Most Q the panel offers (the core allows up to :data:`..core.pseudolabel.MAX_Q`).
+GUI_MAX_Q = 50
 
 Box = tuple[int, int, int, int]
 
@@ -118,14 +132,16 @@ def region_plan(image: Image, box: Box, model_um: float | None) -> tuple[Window,
     if model_um and image_um:
         factor = model_um / image_um
     elif model_um:
-        note = (f"'{image.name}' has no pixel size, so it is processed at full resolution; "
-                f"the model was trained at {model_um:.3g} µm/px: if the slide's is different, "
-                "results will be poor")
+        note = (
+            f"'{image.name}' has no pixel size, so it is processed at full resolution; "
+            f"the model was trained at {model_um:.3g} µm/px: if the slide's is different, "
+            "results will be poor"
+        )
     elif image.multiscale and not image_um:
         note = f"'{image.name}' has no pixel size: processing it at full resolution"
     window = choose_window(level_shapes(image), box, factor)
     if window.pixels > MAX_REGION_PIXELS:
-        side = int(MAX_REGION_PIXELS ** 0.5)
+        side = int(MAX_REGION_PIXELS**0.5)
         raise InputError(
             f"the region {window.label} is {window.width}x{window.height} pixels at the "
             f"resolution it is processed at, more than the panel holds ({side}x{side}): zoom in "
@@ -151,8 +167,7 @@ class PseudoLabelWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
-        autosave_for(napari_viewer)
+        self.state = get_state(napari_viewer, autosave=True)
         defaults = PseudoLabelConfig()
         self.image_combo = LayerCombo(napari_viewer, is_source_image, none_text="(open an image)")
         self.method_combo = QComboBox()
@@ -168,7 +183,7 @@ class PseudoLabelWidget(QWidget):
             "ensemble: mean of the current model and the checkpoints added in the Model panel"
         )
         self.q_spin = QSpinBox()
-        self.q_spin.setRange(1, 50)
+        self.q_spin.setRange(1, GUI_MAX_Q)
         self.q_spin.setValue(defaults.q)
         self.q_spin.setToolTip("Jigsaw permutations (self-loop) or dropout passes (MC dropout)")
         self.threshold_spin = QDoubleSpinBox()
@@ -180,7 +195,8 @@ class PseudoLabelWidget(QWidget):
             "confident background; the rest is marked uncertain"
         )
         self.area_combo = QComboBox()
-        self.area_combo.addItems(list(AREAS))
+        for choice in Area:
+            self.area_combo.addItem(choice.value, choice)
         self.shapes_combo = LayerCombo(
             napari_viewer, lambda layer: isinstance(layer, Shapes), none_text="(add a Shapes layer)"
         )
@@ -208,11 +224,15 @@ class PseudoLabelWidget(QWidget):
         self._area_changed()
         self._method_changed(self.method_combo.currentText())
 
+    def area(self) -> Area:
+        """The chosen area."""
+        return Area(self.area_combo.currentText())
+
     def _area_changed(self, *_: Any) -> None:
-        self.shapes_combo.setEnabled(self.area_combo.currentIndex() == 2)
+        self.shapes_combo.setEnabled(self.area() is Area.RECTANGLE)
 
     def _method_changed(self, method: str) -> None:
-        self.q_spin.setEnabled(method in ("selfloop", "selfloop-no-ss", "mc-dropout"))
+        self.q_spin.setEnabled(method in Q_METHODS)
 
     def config(self) -> PseudoLabelConfig:
         try:
@@ -228,10 +248,10 @@ class PseudoLabelWidget(QWidget):
         )
 
     def box(self, image: Image) -> Box:
-        area = self.area_combo.currentIndex()
-        if area == 1:
+        area = self.area()
+        if area is Area.VIEW:
             return view_box(self.viewer, image)
-        if area == 2:
+        if area is Area.RECTANGLE:
             shapes = self.shapes_combo.layer()
             if shapes is None:
                 raise InputError(
@@ -334,9 +354,19 @@ class PseudoLabelWidget(QWidget):
             "threshold": result.config.threshold,
         }
         target = {"window": window} if window is not None else {"box": box}
-        for kind, values in (("probability", result.probability), ("uncertainty", result.uncertainty)):
-            put_result(self.viewer, name, kind, values.astype(np.float32, copy=False), like=image,
-                       extra_meta=meta, **target)
+        for kind, values in (
+            ("probability", result.probability),
+            ("uncertainty", result.uncertainty),
+        ):
+            put_result(
+                self.viewer,
+                name,
+                kind,
+                values.astype(np.float32, copy=False),
+                like=image,
+                extra_meta=meta,
+                **target,
+            )
         labels_meta = {**meta, "image_key": key, "checkpoint": checkpoint}
         if window is not None:
             labels_meta["autosave_key"] = region_key(key, window)
@@ -355,15 +385,23 @@ class PseudoLabelWidget(QWidget):
         labels = merge.layer
         notes = []
         if merge.kept:
-            why = "" if merge.recorded else (
-                " (no record of the earlier proposal, so every labelled pixel counted as yours)")
+            why = (
+                ""
+                if merge.recorded
+                else (
+                    " (no record of the earlier proposal, so every labelled pixel counted as yours)"
+                )
+            )
             notes.append(
                 f"kept the {merge.kept} pixel(s) you had painted in '{labels.name}'{why}; the new "
                 "proposal went only where you had not painted (delete the layer to start over)"
             )
         if merge.done_cleared:
-            notes.append(f"{merge.changed} pixel(s) changed, so '{labels.name}' is no longer marked "
-                         "done: review it and mark it done again")
+            self.state.set_done(labels, False)  # already cleared by the merge; tells the panels
+            notes.append(
+                f"{merge.changed} pixel(s) changed, so '{labels.name}' is no longer marked "
+                "done: review it and mark it done again"
+            )
         if notes:
             show_info("Pseudo-label: " + "; ".join(notes))
         self.viewer.layers.selection.active = labels

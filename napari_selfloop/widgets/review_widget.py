@@ -25,7 +25,6 @@ from qtpy.QtWidgets import (
 from ..core.errors import InputError, SelfloopError
 from ..core.pseudolabel import UNCERTAIN
 from ..core.regions import Region, uncertain_regions
-from ._autosave import autosave_for
 from ._layers import (
     BACKGROUND,
     FOREGROUND,
@@ -34,7 +33,6 @@ from ._layers import (
     companion,
     correction_mask,
     is_correction,
-    meta_of,
     role_of,
     source_of,
 )
@@ -52,8 +50,7 @@ class ReviewWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer)
-        autosave_for(napari_viewer)
+        self.state = get_state(napari_viewer, autosave=True)
         self.regions: list[Region] = []
         self.reviewed: set[int] = set()
         self.current: int | None = None
@@ -266,7 +263,7 @@ class ReviewWidget(QWidget):
     def _layer_changed(self, *_: Any, keep_regions: bool = False) -> None:
         layer = self.labels_combo.layer()
         self.done_check.blockSignals(True)
-        self.done_check.setChecked(bool(layer is not None and meta_of(layer).get("done")))
+        self.done_check.setChecked(layer is not None and self.state.is_done(layer))
         self.done_check.setEnabled(layer is not None)
         self.done_check.blockSignals(False)
         if keep_regions:
@@ -278,5 +275,4 @@ class ReviewWidget(QWidget):
     def _done_toggled(self, on: bool) -> None:
         layer = self.labels_combo.layer()
         if layer is not None:
-            meta_of(layer)["done"] = bool(on)
-            self.state.done_changed.emit(layer.name)
+            self.state.set_done(layer, on)
