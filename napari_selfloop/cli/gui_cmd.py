@@ -10,10 +10,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._sample_data import SAMPLES
-from ..core.bundled import BUNDLED, model_for_image, resolve_checkpoint
+from ..core.bundled import BUNDLED, model_for_array, resolve_checkpoint
 from ..core.errors import InputError
 from ..core.slide import is_slide
 from .args import CHECKPOINT_HELP, checkpoint_arg
@@ -94,37 +92,19 @@ def _open_sample(viewer: Any, key: str) -> None:
             getattr(viewer, f"add_{kind}")(data, **kwargs)
 
 
-def _first_image_rgb(viewer: Any) -> np.ndarray | None:
-    """A small RGB view of the first image layer."""
-    for layer in viewer.layers:
-        if layer.__class__.__name__ != "Image":
-            continue
-        data = layer.data
-        if data.ndim not in (2, 3):
-            continue
-        step = max(1, max(data.shape[:2]) // 1024)
-        arr = np.asarray(data[::step, ::step])
-        if arr.ndim == 2:
-            arr = np.repeat(arr[..., None], 3, axis=2)
-        if arr.ndim == 3 and arr.shape[-1] in (3, 4):
-            return arr[..., :3]
-    return None
-
-
 def choose_bundled(viewer: Any) -> str | None:
     """The bundled model that fits the first image (None without an image or model files).
 
     A slide (a multiscale layer) is histology: ``nuclei-he``. Its overview would look like
     a dermoscopy photo to the guess (one large dark blob, the tissue, on bright glass).
     """
-    first = next((layer for layer in viewer.layers if layer.__class__.__name__ == "Image"), None)
-    if first is not None and getattr(first, "multiscale", False):
+    images = [layer for layer in viewer.layers if layer.__class__.__name__ == "Image"]
+    if images and getattr(images[0], "multiscale", False):
         name = next(m.name for m in BUNDLED.values() if m.kind == "he")
     else:
-        rgb = _first_image_rgb(viewer)
-        if rgb is None:
+        name = next((n for n in (model_for_array(layer.data) for layer in images) if n), None)
+        if name is None:
             return None
-        name = model_for_image(rgb)
     if not BUNDLED[name].path.is_file():
         log.warning("the bundled model %s is not installed; starting from an untrained model", name)
         return None

@@ -130,6 +130,17 @@ def model_for_image(rgb: np.ndarray) -> str:
     return next(m.name for m in BUNDLED.values() if m.kind == kind)
 
 
+def model_for_array(data: Any, side: int = 1024) -> str | None:
+    """:func:`model_for_image` of a 2D grayscale or RGB(A) array-like (lazy ones too), read
+    strided to at most about ``side`` pixels a side; None for anything else (a stack)."""
+    if data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[-1] not in (3, 4)):
+        return None
+    step = max(1, max(data.shape[:2]) // side)
+    rgb = np.asarray(data[::step, ::step])
+    rgb = np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb[..., :3]
+    return model_for_image(rgb)
+
+
 def model_card_text(name: str) -> str:
     """What ``napari-selfloop models`` prints for one model (works when the file is absent)."""
     m = BUNDLED[name]

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import (
     QComboBox,
@@ -21,7 +20,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.bundled import BUNDLED, load_any, model_for_image
+from ..core.bundled import BUNDLED, load_any, model_for_array
 from ..core.checkpoint import Checkpoint, model_card
 from ..core.device import DEVICES, resolve_device
 from ..core.errors import SelfloopError
@@ -196,12 +195,10 @@ class ModelWidget(QWidget):
             or getattr(layer, "multiscale", False)
         ):
             return
-        data = layer.data
-        if data.ndim != 3 or data.shape[-1] not in (3, 4):
-            return
-        step = max(1, max(data.shape[:2]) // 512)
         try:
-            self.bundled_combo.setCurrentText(model_for_image(np.asarray(data[::step, ::step, :3])))
+            name = model_for_array(layer.data, side=512)
+            if name is not None:
+                self.bundled_combo.setCurrentText(name)
         except (SelfloopError, ValueError) as e:  # a guess, never an error for the user
             log.debug("no bundled model suggestion: %s", e)
 
