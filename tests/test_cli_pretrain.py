@@ -453,6 +453,10 @@ def test_train_with_a_jigsaw_warmup_records_the_jigsaw_loss(tmp_path, capsys):
         "--ss-step-rule",
         "adam",
         "--no-grid-shift",
+        "--dice-weight",
+        "0.5",
+        "--puzzle-seg-weight",
+        "1.0",
         "--device",
         "cpu",
         "--out",
@@ -467,6 +471,7 @@ def test_train_with_a_jigsaw_warmup_records_the_jigsaw_loss(tmp_path, capsys):
     assert config["jigsaw_patch_size"] == 96 and metrics["jigsaw_patch_size"] == 96
     assert config["ss_lr"] == 0.005 and config["ss_step_rule"] == "adam"
     assert config["grid_shift"] is False
+    assert config["dice_weight"] == 0.5 and config["puzzle_seg_weight"] == 1.0
     assert any(h.get("phase") == "jigsaw" for h in ck.meta["history"])
     code, _, err = run_cli(
         capsys,

@@ -12,12 +12,14 @@ from napari_selfloop.core.checkpoint import load_checkpoint
 from napari_selfloop.core.datasets import Augment, PatchSampler, check_items
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles
-from napari_selfloop.core.losses import seg_loss, ss_loss, ug_loss
+from napari_selfloop.core.losses import seg_loss, soft_dice_loss, ss_loss, ug_loss
 from napari_selfloop.core.model import ModelConfig, build_model
 from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.training import (
     TrainConfig,
     TrainItem,
+    _objective_step,
+    _puzzles,
     _selfloop_updates,
     selfloop_update,
     train,
@@ -84,6 +86,72 @@ def test_seg_loss_by_hand_ignores_255():
     assert logits2.grad[0, 0, 1, 0] == 0
     # No labelled pixel at all: 0, not NaN.
     assert float(seg_loss(logits, torch.full_like(mask, 255))) == 0.0
+
+
+def test_soft_dice_by_hand_ignores_255_and_adds_to_seg_loss():
+    logits = torch.tensor([[[[0.0, 2.0], [-1.0, 40.0]]]])
+    mask = torch.tensor([[[1, 0], [1, 255]]], dtype=torch.uint8)
+    p = [0.5, 1 / (1 + math.exp(-2)), 1 / (1 + math.exp(1))]  # the ignored pixel drops out
+    t = [1, 0, 1]
+    inter = sum(a * b for a, b in zip(p, t, strict=True))
+    expected = 1 - (2 * inter + 1) / (sum(p) + sum(t) + 1)
+    assert float(soft_dice_loss(logits, mask)) == pytest.approx(expected, rel=1e-6)
+    bce = float(seg_loss(logits, mask))
+    assert float(seg_loss(logits, mask, 0.5)) == pytest.approx(bce + 0.5 * expected, rel=1e-6)
+    perfect = torch.tensor([[[[30.0, -30.0], [30.0, 0.0]]]])
+    assert float(soft_dice_loss(perfect, mask)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_puzzled_mask_stays_aligned_with_its_puzzled_patch():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 96, 96, generator=g)
+    mask = (x[:, 0] > 0.5).to(torch.uint8)
+    rng = np.random.default_rng(0)
+    for rotation in ("none", "per-class", "random"):
+        model = build_model(ModelConfig(width=8, jigsaw_rotation=rotation))
+        puzzles = _puzzles(rng, x, 1, permutation_pool(), model, TrainConfig(**FAST))
+        px, pm = puzzles.apply(x, 0), puzzles.apply(mask[:, None], 0)[:, 0]
+        assert pm.dtype == torch.uint8
+        assert torch.equal(pm, (px[:, 0] > 0.5).to(torch.uint8))
+
+
+def test_puzzle_seg_weight_adds_l_seg_of_the_puzzled_patches():
+    """One objective step with ``puzzle_seg_weight`` equals the hand-made objective:
+    L_SEG(plain) + w * L_SEG(decoder of the puzzles, puzzled masks) + ss_weight * L_SS."""
+    cfg = TrainConfig(**{**FAST, "ss_weight": 0.3, "dice_weight": 1.0, "puzzle_seg_weight": 0.7})
+    img, mask = blobs(0, 96)
+    xl = torch.from_numpy(np.stack([img, img[::-1].copy()])).permute(0, 3, 1, 2).float() / 255
+    ml = torch.from_numpy(np.stack([mask, mask[::-1].copy()]))
+    pool = permutation_pool()
+    a, b = build_model(TINY, seed=1), build_model(TINY, seed=1)
+    opt_a = torch.optim.SGD(a.parameters(), lr=0.1)
+    opt_b = torch.optim.SGD(b.parameters(), lr=0.1)
+    _objective_step(
+        a, opt_a, xl, ml, None, None, cfg, np.random.default_rng(5), pool, torch.float32
+    )
+
+    b.train()
+    torch.manual_seed(0)
+    puzzles = _puzzles(np.random.default_rng(5), xl, 1, pool, b, cfg)
+    feats = b.encoder(b.normalize(torch.cat([xl, puzzles.apply(xl, 0)])))
+    seg = b.decoder(feats)
+    loss = (
+        seg_loss(seg[:2], ml, 1.0)
+        + 0.7 * seg_loss(seg[2:], puzzles.apply(ml[:, None], 0)[:, 0], 1.0)
+        + 0.3 * ss_loss(b.jigsaw_head(feats[-1][2:]), puzzles.classes[:, 0])
+    )
+    loss.backward()
+    opt_b.step()
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.allclose(pa.float(), pb.float(), atol=2e-4), name
+    # and without the weight the step differs (the decoder of the puzzles counts)
+    c = build_model(TINY, seed=1)
+    opt_c = torch.optim.SGD(c.parameters(), lr=0.1)
+    no_puzzle = TrainConfig(**{**FAST, "ss_weight": 0.3, "dice_weight": 1.0})
+    _objective_step(
+        c, opt_c, xl, ml, None, None, no_puzzle, np.random.default_rng(5), pool, torch.float32
+    )
+    assert not torch.allclose(c.decoder.head.weight, a.decoder.head.weight, atol=2e-3)
 
 
 def test_ss_loss_by_hand():
@@ -364,6 +432,8 @@ def test_refusals_happen_at_call_time(case):
         ({"threshold": 0.4}, "threshold"),
         ({"iterations": 0}, "iterations"),
         ({"confidence": "both"}, "confidence"),
+        ({"dice_weight": -1.0}, "loss weights"),
+        ({"puzzle_seg_weight": -0.5}, "loss weights"),
     ],
 )
 def test_bad_config_is_refused(kwargs, message):

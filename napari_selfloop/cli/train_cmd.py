@@ -115,6 +115,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=d.warmup,
         help="fraction of iterations on labelled data only before pseudo-labels",
     )
+    p.add_argument(
+        "--dice-weight",
+        type=float,
+        default=d.dice_weight,
+        help=f"weight of a soft Dice loss added to L_SEG's cross-entropy ({d.dice_weight:g}: none)",
+    )
+    p.add_argument(
+        "--puzzle-seg-weight",
+        type=float,
+        default=d.puzzle_seg_weight,
+        help="weight of L_SEG on the jigsaw-puzzled labelled patches, which teaches the model to "
+        f"segment the puzzles self-loop pseudo-labels are made of ({d.puzzle_seg_weight:g}: none)",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument(
         "--patch-size", type=int, default=d.patch_size, help=f"multiple of {PATCH_MULTIPLE}"
@@ -226,6 +239,8 @@ def run(args: argparse.Namespace) -> int:
         jigsaw_warmup=args.jigsaw_warmup,
         jigsaw_batch_size=args.jigsaw_batch_size,
         jigsaw_patch_size=args.jigsaw_patch_size,
+        dice_weight=args.dice_weight,
+        puzzle_seg_weight=args.puzzle_seg_weight,
     )
     parent = None
     if args.checkpoint is not None:

@@ -2,7 +2,9 @@
 
 ``L_SEG``
     Binary cross-entropy over the labelled pixels of labelled patches; pixels marked
-    :data:`IGNORE` (255) in a partial mask do not count.
+    :data:`IGNORE` (255) in a partial mask do not count. Optionally plus a weighted soft
+    Dice loss over the same pixels (:func:`soft_dice_loss`), which counters the
+    under-segmentation cross-entropy alone gives small foreground fractions.
 ``L_SS``
     Cross-entropy of the jigsaw permutation class.
 ``L_UG``
@@ -22,7 +24,7 @@ IGNORE = 255
 CONFIDENCE_MODES = ("two-sided", "foreground")
 
 
-def seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def seg_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 0.0) -> torch.Tensor:
     """``L_SEG``: binary cross-entropy averaged over the labelled pixels of the batch.
 
     Parameters
@@ -31,6 +33,9 @@ def seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         ``(B, 1, H, W)`` or ``(B, H, W)`` foreground logits.
     mask
         ``(B, H, W)`` integer mask: 0 background, 1 foreground, 255 ignored.
+    dice_weight
+        Weight of :func:`soft_dice_loss` added to the cross-entropy (0: the paper's
+        cross-entropy alone).
 
     Returns
     -------
@@ -42,7 +47,26 @@ def seg_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     target = (mask == 1).to(logits.dtype)
     per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     count = valid.sum()
-    return (per_pixel * valid).sum() / count.clamp_min(1)
+    loss = (per_pixel * valid).sum() / count.clamp_min(1)
+    if dice_weight > 0:
+        loss = loss + dice_weight * soft_dice_loss(logits, mask)
+    return loss
+
+
+def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """``1 - soft Dice`` of the foreground over the labelled pixels of the whole batch.
+
+    ``1 - (2 sum(p t) + smooth) / (sum(p) + sum(t) + smooth)`` with ``p`` the sigmoid of
+    ``logits`` and ``t`` the foreground indicator, both zero on :data:`IGNORE` pixels; the
+    sums run over the batch (one Dice, not a mean of per-patch ones, so patches without
+    foreground do not dominate).
+    """
+    logits = logits.float().reshape(mask.shape)
+    valid = (mask != IGNORE).to(logits.dtype)
+    p = torch.sigmoid(logits) * valid
+    t = (mask == 1).to(logits.dtype)
+    inter = (p * t).sum()
+    return 1 - (2 * inter + smooth) / (p.sum() + t.sum() + smooth)
 
 
 def ss_loss(jigsaw_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

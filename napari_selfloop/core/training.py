@@ -120,6 +120,15 @@ class TrainConfig:
         are used (0 by default; useful when training from scratch).
     ug_weight, ss_weight
         Weights of ``L_UG`` and of the labelled ``L_SS`` in the objective.
+    dice_weight
+        Weight of a soft Dice loss added to ``L_SEG``'s cross-entropy
+        (:func:`.losses.soft_dice_loss`; 0, the paper's objective, by default).
+    puzzle_seg_weight
+        Weight of ``L_SEG`` on the puzzled labelled patches (their masks puzzled the same
+        way), which teaches the decoder to segment jigsaw puzzles as well as plain
+        patches: the self-loop pseudo-label is made of predictions of puzzles. Needs the
+        labelled ``L_SS`` (``ss_weight > 0``, ``selfloop``), whose puzzles it reuses
+        (one extra decoder pass); 0 by default.
     mc_passes
         Stochastic passes of the ``mc-dropout`` framework.
     seed
@@ -162,6 +171,8 @@ class TrainConfig:
     warmup: float = 0.0
     ug_weight: float = 1.0
     ss_weight: float = 1.0
+    dice_weight: float = 0.0
+    puzzle_seg_weight: float = 0.0
     mc_passes: int = 10
     seed: int = 0
     precision: str = "auto"
@@ -228,7 +239,7 @@ class TrainConfig:
             )
         if not 0.0 <= self.warmup < 1.0:
             problems.append(f"warmup is a fraction of the iterations in [0, 1), got {self.warmup}")
-        if self.ug_weight < 0 or self.ss_weight < 0:
+        if min(self.ug_weight, self.ss_weight, self.dice_weight, self.puzzle_seg_weight) < 0:
             problems.append("loss weights must not be negative")
         if self.validate_every < 1:
             problems.append(f"validate_every must be at least 1, got {self.validate_every}")
@@ -969,18 +980,23 @@ def _objective_step(
             else puzzled
         )
     x = torch.cat(parts)
+    # With puzzle_seg_weight the decoder also segments the puzzled labelled patches.
+    n_seg = x.shape[0] if classes is not None and cfg.puzzle_seg_weight > 0 else n_plain
     with autocast(x.device, dtype):
         feats = model.encoder(model.normalize(x))
-        seg = model.decoder([f[:n_plain] for f in feats])
+        seg = model.decoder([f[:n_seg] for f in feats])
         jig = model.jigsaw_head(feats[-1][n_plain:]) if classes is not None else None
-    l_seg = seg_loss(seg[:nl], ml)
+    l_seg = seg_loss(seg[:nl], ml, cfg.dice_weight)
     loss = l_seg
+    if n_seg > n_plain:
+        puzzled_mask = puzzles.apply(ml[:, None], 0)[:, 0]
+        loss = loss + cfg.puzzle_seg_weight * seg_loss(seg[n_plain:], puzzled_mask, cfg.dice_weight)
     l_ss = l_ug = None
     if jig is not None:
         l_ss = ss_loss(jig, classes)
         loss = loss + cfg.ss_weight * l_ss
     if xu is not None and y is not None:
-        l_ug = ug_loss(seg[nl:], y, cfg.threshold, cfg.confidence)
+        l_ug = ug_loss(seg[nl:n_plain], y, cfg.threshold, cfg.confidence)
         loss = loss + cfg.ug_weight * l_ug
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
