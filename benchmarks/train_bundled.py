@@ -1,33 +1,49 @@
 """The recipe of the bundled starter models: train, measure on unseen images, package.
 
-Each model is a ResUNet-18 (width 64, tapered decoder) trained in two stages, each
-resumable from its checkpoint in ``--work``:
+Each model is a ResUNet-18 (width 64, tapered decoder) trained in stages, each resumable
+from its checkpoint in ``--work``:
 
 1. jigsaw pre-training (``L_SS`` only, puzzles of 96 ... 576-px patches of the training
    images; :func:`napari_selfloop.core.pretrain.pretrain_jigsaw`);
-2. the segmentation objective on the labelled training images (``L_SEG`` plus the
-   labelled ``L_SS``, which keeps the jigsaw learned; the ``selfloop`` framework with no
-   unlabelled images, :func:`napari_selfloop.core.training.train`).
+2. the segmentation objective on the labelled training images (the ``selfloop``
+   framework with no unlabelled images, :func:`napari_selfloop.core.training.train`):
+   ``L_SEG`` (cross-entropy plus soft Dice) on the plain patches, ``L_SEG`` on the same
+   patches cut into jigsaw puzzles (``puzzle_seg_weight``: self-loop pseudo-labels are
+   made of predictions of puzzles) and a small weight of their ``L_SS``;
+3. the jigsaw head alone re-fitted on puzzles of 96 ... 576-px patches (encoder frozen,
+   so the segmentation is exactly stage 2's).
 
 With ``--test N`` the last stage is followed by the evaluation on the N images held out
 (a fixed-seed split, the same as ``bench_monuseg.py``'s): pseudo-label Dice, balanced
 accuracy (and object F1 and AJI for nuclei) of softmax, MC dropout and self-loop; the
 error-capture curve (share of the model's wrong pixels among the 5 / 10 / 20 % most
 uncertain pixels) of each method's uncertainty; ``evaluate-jigsaw`` figures. Results go
-to ``benchmarks/results/bundled_NAME.json`` as each part finishes.
+to ``benchmarks/results/bundled_NAME_testN.json`` as each part finishes.
 
 ``--package`` writes the half-precision file shipped in ``napari_selfloop/models/``,
 with its provenance (data and hashes, this recipe and its configs, jigsaw accuracy).
 
-Run (2-core CPU, one process per model; ``--threads 1`` when two run at once)::
+``--start-from`` continues stage 2 from another run's model (no pre-training) for
+``--iterations`` steps. The shipped models were made in this order (2-core CPU, one
+thread per job, two jobs at once); the README lists the measured figures::
 
+    # held-out runs (24 of 30 MoNuSeg images, 60 of 74 ISIC images)
     python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24
-    python benchmarks/train_bundled.py nuclei-he --test 0 --work runs/nuclei-he \\
-        --start-from runs/nuclei-he-24/segment.pt --package
+    python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24b \
+        --start-from runs/nuclei-he-24/segment.pt --iterations 1300 --threads 1
     python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion-60
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion-60b \
+        --start-from runs/lesion-60/segment.pt --iterations 1000 --threads 1
+    # shipped: the held-out runs' models trained on further with every image
+    python benchmarks/train_bundled.py nuclei-he --work runs/nuclei-he-30b \
+        --start-from runs/nuclei-he-24b/segment.pt --iterations 300 --lr 2e-4 --package
+    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion-74b \
+        --start-from runs/lesion-60b/segment.pt --iterations 300 --lr 2e-4 --package
 
-``--start-from`` continues from another run's model (skipping pre-training): the shipped
-models are the held-out-measured ones trained on for more steps with every image.
+The first held-out runs (``runs/nuclei-he-24``, ``runs/lesion-60``) used the earlier stage 2
+(cross-entropy only, ``L_SS`` at weight 1, Adam 1e-3; their figures are in
+``results/bundled_*_first-run_test*.json``); each checkpoint records its own configs and
+its parent's hash.
 """
 
 from __future__ import annotations
@@ -356,6 +372,7 @@ def main() -> int:
     p.add_argument("--start-from", type=Path, help="continue from this model (no pre-training)")
     p.add_argument("--iterations", type=int, help="segmentation steps (default: the recipe's)")
     p.add_argument("--pretrain-iterations", type=int, help="jigsaw steps (default: the recipe's)")
+    p.add_argument("--lr", type=float, help="segmentation learning rate (default: the recipe's)")
     p.add_argument("--no-capture", action="store_true", help="skip the error-capture measurement")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -376,6 +393,8 @@ def main() -> int:
     recipe = RECIPES[args.name]
     if args.pretrain_iterations:
         recipe["pretrain"]["iterations"] = args.pretrain_iterations
+    if args.lr:
+        recipe["segment"]["lr"] = args.lr
     data = load_dataset(recipe["data"])
     train_idx, test_idx = (
         split(len(data), args.test, args.split_seed) if args.test else (list(range(len(data))), [])
