@@ -434,6 +434,8 @@ def test_refusals_happen_at_call_time(case):
         ({"confidence": "both"}, "confidence"),
         ({"dice_weight": -1.0}, "loss weights"),
         ({"puzzle_seg_weight": -0.5}, "loss weights"),
+        ({"puzzle_seg_weight": 1.0, "framework": "supervised"}, "needs the selfloop framework"),
+        ({"puzzle_seg_weight": 1.0, "ss_weight": 0.0}, "needs the selfloop framework"),
     ],
 )
 def test_bad_config_is_refused(kwargs, message):

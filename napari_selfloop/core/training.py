@@ -241,6 +241,11 @@ class TrainConfig:
             problems.append(f"warmup is a fraction of the iterations in [0, 1), got {self.warmup}")
         if min(self.ug_weight, self.ss_weight, self.dice_weight, self.puzzle_seg_weight) < 0:
             problems.append("loss weights must not be negative")
+        if self.puzzle_seg_weight > 0 and (self.framework != "selfloop" or self.ss_weight <= 0):
+            problems.append(
+                "puzzle_seg_weight needs the selfloop framework with ss_weight > 0 "
+                "(it segments the puzzles of the labelled L_SS)"
+            )
         if self.validate_every < 1:
             problems.append(f"validate_every must be at least 1, got {self.validate_every}")
         if self.hed_jitter < 0 or self.brightness_jitter < 0:
