@@ -29,15 +29,15 @@ thread per job, two jobs at once); the README lists the measured figures::
 
     # held-out runs (24 of 30 MoNuSeg images, 60 of 74 ISIC images)
     python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24
-    python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24b \
+    python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24b \\
         --start-from runs/nuclei-he-24/segment.pt --iterations 1300 --threads 1
     python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion-60
-    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion-60b \
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion-60b \\
         --start-from runs/lesion-60/segment.pt --iterations 1000 --threads 1
     # shipped: the held-out runs' models trained on further with every image
-    python benchmarks/train_bundled.py nuclei-he --work runs/nuclei-he-30b \
+    python benchmarks/train_bundled.py nuclei-he --work runs/nuclei-he-30b \\
         --start-from runs/nuclei-he-24b/segment.pt --iterations 300 --lr 2e-4 --package
-    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion-74b \
+    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion-74b \\
         --start-from runs/lesion-60b/segment.pt --iterations 300 --lr 2e-4 --package
 
 The first held-out runs (``runs/nuclei-he-24``, ``runs/lesion-60``) used the earlier stage 2
