@@ -56,6 +56,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="tapered: 256/128/64/32/16 channels (at width 64), about half the time of "
         f"matched, the decoder of earlier versions (default {d.decoder})",
     )
+    p.add_argument(
+        "--work-size",
+        type=int,
+        default=None,
+        metavar="PX",
+        help="resize every image so that its longer side has PX pixels before the model "
+        "sees it (photographs with no fixed scale, such as dermoscopy; outputs come back "
+        "at the image's size); default: images at their own size",
+    )
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=run)
 
@@ -71,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             jigsaw_head=args.jigsaw_head,
             jigsaw_rotation=args.jigsaw_rotation,
             decoder=args.decoder,
+            work_size=args.work_size,
         )
     except ValueError as e:
         raise InputError(str(e)) from None

@@ -549,9 +549,15 @@ def model_card(ckpt: Checkpoint) -> str:
     if m.get("parent"):
         lines.append(f"fine-tuned from {str(m['parent'])[:12]}")
     pixel_size = ckpt.pixel_size_um
-    lines.append(
-        f"trained at {pixel_size:g} µm/px"
-        if pixel_size is not None
-        else "pixel size not recorded (slides are processed at full resolution)"
-    )
+    if cfg.work_size is not None:
+        lines.append(
+            f"works on images resized to {cfg.work_size} px (longer side); outputs come back "
+            "at the image's size"
+        )
+    else:
+        lines.append(
+            f"trained at {pixel_size:g} µm/px"
+            if pixel_size is not None
+            else "pixel size not recorded (slides are processed at full resolution)"
+        )
     return "\n".join(lines)

@@ -24,6 +24,7 @@ import numpy as np
 from .errors import InputError
 from .imageio import check_image, open_image, read_region_padded
 from .losses import IGNORE
+from .worksize import mask_to_work_size, to_work_size, work_shape
 
 log = logging.getLogger(__name__)
 
@@ -228,9 +229,14 @@ def check_mask(
 
 
 def check_items(
-    items: list[TrainItem] | None, role: str, *, need_masks: bool
+    items: list[TrainItem] | None, role: str, *, need_masks: bool, work_size: int | None = None
 ) -> list[PreparedItem]:
-    """Check images (and masks where ``need_masks``) before any training starts."""
+    """Check images (and masks where ``need_masks``) before any training starts.
+
+    With a ``work_size`` (the model's :attr:`.model.ModelConfig.work_size`) each image and
+    mask is resized to it here (:mod:`.worksize`), after the mask was read; the recorded
+    fingerprint stays that of the image as given.
+    """
     prepared = []
     for i, item in enumerate(items or []):
         if not isinstance(item, TrainItem):
@@ -251,10 +257,16 @@ def check_items(
                 item.mask, info.height, info.width, name, convention=item.mask_convention
             )
         sha = item.sha256 or _pixels_sha256(item.image)
+        image, height, width = item.image, info.height, info.width
+        if work_shape((height, width), work_size) is not None:
+            try:
+                image = to_work_size(item.image, work_size)
+            except InputError as e:
+                raise InputError(f"{name}: {e}") from None
+            height, width = image.shape[:2]
+            mask = None if mask is None else mask_to_work_size(mask, work_size)
         labelled = int(np.count_nonzero(mask != IGNORE)) if mask is not None else 0
-        prepared.append(
-            PreparedItem(name, item.image, info.height, info.width, mask, sha, labelled)
-        )
+        prepared.append(PreparedItem(name, image, height, width, mask, sha, labelled))
     return prepared
 
 

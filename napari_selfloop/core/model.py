@@ -30,6 +30,8 @@ DECODERS = ("tapered", "matched")
 WIDTH_RANGE = (4, 256)
 POOL_RANGE = (2, 1000)
 IN_CHANNELS_RANGE = (1, 16)
+#: Bounds of :attr:`ModelConfig.work_size` (the smallest is one pseudo-label patch).
+WORK_SIZE_RANGE = (96, 8192)
 #: Seeds are integers in ``[0, 2**32)`` (so that every seed derived from one fits torch's
 #: and numpy's generators).
 SEED_LIMIT = 2**32
@@ -139,6 +141,12 @@ class ModelConfig:
         checkpoints written before the choice existed). ``tapered`` does about a fifth
         of the decoder arithmetic at the two finest scales, where most of it is (see
         ``benchmarks/bench_pseudolabel.py``).
+    work_size
+        None (default): the model sees images at their own pixel size. An integer: the
+        model works on images resized so that their longer side has this many pixels
+        (for photographs with no fixed scale, such as dermoscopy); pseudo-labelling,
+        training and the jigsaw resize each image to it and put the outputs back at the
+        image's own size (:mod:`.worksize`).
     """
 
     in_channels: int = 3
@@ -150,6 +158,7 @@ class ModelConfig:
     jigsaw_head: str = "slots"
     jigsaw_rotation: str = "none"
     decoder: str = "tapered"
+    work_size: int | None = None
 
     def __post_init__(self) -> None:
         # Types first (a checkpoint's config is untrusted input): 8.0, "8" or True are not
@@ -175,6 +184,11 @@ class ModelConfig:
             )
         if self.decoder not in DECODERS:
             raise InputError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        lo, hi = WORK_SIZE_RANGE
+        if self.work_size is not None and not lo <= self.work_size <= hi:
+            raise InputError(
+                f"work size must be None or between {lo} and {hi}, got {self.work_size}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
         for name in ("norm_mean", "norm_std"):

@@ -208,7 +208,7 @@ def pretrain_jigsaw(
         over the last ``window`` steps) and ``chance_loss`` (ln K).
     """
     cfg = config or PretrainConfig()
-    items = check_items(images, "pre-training", need_masks=False)
+    items = check_items(images, "pre-training", need_masks=False, work_size=model.config.work_size)
     if not items:
         raise InputError("no images to pre-train on: give at least one image")
     out = Path(out) if out is not None else None
@@ -410,7 +410,10 @@ def evaluate_jigsaw(
     if problem:
         raise InputError(problem)
     items = check_items(
-        [TrainItem(f"image {i}", im) for i, im in enumerate(images)], "evaluation", need_masks=False
+        [TrainItem(f"image {i}", im) for i, im in enumerate(images)],
+        "evaluation",
+        need_masks=False,
+        work_size=model.config.work_size,
     )
     if not items:
         raise InputError("no images to evaluate the jigsaw on")

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import InputError, SelfloopError
-from .imageio import check_image
+from .imageio import ImageInfo, check_image
 from .jigsaw import ROTATIONS, Puzzles, permutation_pool, sample_puzzles
 from .model import (
     BATCH_SEED_STRIDE,
@@ -57,6 +57,7 @@ from .model import (
 )
 from .progress import Progress, run_to_completion
 from .tiling import tiled_apply
+from .worksize import from_work_size, to_work_size, work_shape
 
 log = logging.getLogger(__name__)
 
@@ -433,6 +434,13 @@ def _check_models(models: Sequence[ResUNet], method: str) -> None:
         raise InputError("the ensemble method needs at least two checkpoints")
     if method != "ensemble" and len(models) > 1:
         raise InputError(f"only the ensemble method takes several checkpoints, not {method!r}")
+    sizes = {m.config.work_size for m in models}
+    if len(sizes) > 1:
+        raise InputError(
+            "the ensemble's models work at different image sizes "
+            f"({', '.join('own size' if s is None else f'{s} px' for s in sorted(sizes, key=str))}): "
+            "choose models trained at one work size"
+        )
 
 
 def pseudo_label(
@@ -471,11 +479,58 @@ def pseudo_label(
     Returns
     -------
     PseudoLabelResult
+
+    Notes
+    -----
+    A model with a work size (:attr:`.model.ModelConfig.work_size`) pseudo-labels the image
+    resized to it; the probability and uncertainty are resized back to the image's size
+    and the mask is made from them (``result.info["work_shape"]`` says at what size the
+    model saw the image); with ``sinks`` they are then written to them. ``keep`` (a
+    slide's tissue) is refused for it.
     """
     cfg = config or PseudoLabelConfig()
     models = [models] if isinstance(models, ResUNet) else list(models)
     _check_models(models, cfg.method)
     info = check_image(image)
+    shape = work_shape((info.height, info.width), models[0].config.work_size)
+    if shape is None:
+        return (yield from _pseudo_label(image, info, models, cfg, device, sinks, keep))
+    if keep is not None:
+        raise InputError(
+            f"this model works on whole images resized to {models[0].config.work_size} px, "
+            "not on a slide's tissue: open a region of the slide, or use a model without a "
+            "work size"
+        )
+    small = to_work_size(image, models[0].config.work_size)
+    result = yield from _pseudo_label(small, check_image(small), models, cfg, device, None, None)
+    size = (info.height, info.width)
+    result.probability = np.clip(from_work_size(result.probability, size), 0.0, 1.0)
+    result.uncertainty = from_work_size(result.uncertainty, size)
+    result.mask = confidence_mask(result.probability, cfg.threshold)
+    result.info["work_shape"] = shape
+    if sinks is not None:
+        for y0 in range(0, info.height, SINK_ROWS):
+            for name in ("prob", "uncertainty", "mask"):
+                sinks[name].write_rows(y0, getattr(result, _FIELDS[name])[y0 : y0 + SINK_ROWS])
+        result.probability = result.uncertainty = result.mask = None
+    return result
+
+
+#: Rows per block written to the sinks of a work-size model's result.
+SINK_ROWS = 512
+_FIELDS = {"prob": "probability", "uncertainty": "uncertainty", "mask": "mask"}
+
+
+def _pseudo_label(
+    image: Any,
+    info: ImageInfo,
+    models: list[ResUNet],
+    cfg: PseudoLabelConfig,
+    device: str | torch.device,
+    sinks: dict[str, Any] | None,
+    keep: Any,
+) -> Generator[Progress, None, PseudoLabelResult]:
+    """:func:`pseudo_label` at the image's own size (image and models already checked)."""
     dev = resolve_device(device)
     dtype = resolve_precision(cfg.precision, dev)
     pool = permutation_pool(models[0].config.num_permutations)

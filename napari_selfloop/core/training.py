@@ -454,7 +454,8 @@ def train(
     best weights. The global torch random generator is seeded from ``config.seed``.
     """
     cfg = config or TrainConfig()
-    lab = check_items(labeled, "labelled", need_masks=True)
+    ws = model.config.work_size
+    lab = check_items(labeled, "labelled", need_masks=True, work_size=ws)
     if not lab:
         raise InputError("no labelled images: label at least one image (a partial mask is enough)")
     if sum(it.labelled_pixels for it in lab) == 0:
@@ -462,8 +463,8 @@ def train(
             "the labelled masks mark no pixel as 0 or 1 (all are 255, not labelled): "
             "label some pixels first"
         )
-    unl = check_items(unlabeled, "unlabelled", need_masks=False)
-    val = check_items(validation, "validation", need_masks=True)
+    unl = check_items(unlabeled, "unlabelled", need_masks=False, work_size=ws)
+    val = check_items(validation, "validation", need_masks=True, work_size=ws)
     if val and sum(it.labelled_pixels for it in val) == 0:
         raise InputError("the validation masks have no labelled pixel (all 255)")
     if cfg.framework == "mc-dropout" and model.config.dropout <= 0:
