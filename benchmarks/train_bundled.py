@@ -121,6 +121,12 @@ RECIPES: dict[str, dict[str, Any]] = {
 }
 
 
+def jigsaw_patch(recipe: dict[str, Any]) -> int:
+    """Patch side of the headline jigsaw figures: the pseudo-label default, or for a model
+    with a work size the patch its (resized) images are pseudo-labelled with."""
+    return recipe["pretrain"]["patch_size"] if recipe["work_size"] else DEFAULT_PATCH
+
+
 def load_dataset(rel: str, work_size: int | None = None) -> list[dict[str, Any]]:
     """Images, masks (and instance labels) at their own size; ``train_image`` and
     ``train_mask`` at the model's work size (the same arrays when it has none)."""
@@ -294,7 +300,7 @@ def evaluate(
     if "jigsaw" not in report:
         images = [d["image"] for d in test]
         report["jigsaw"] = {}
-        for p in sorted({192, patch}):
+        for p in sorted({192, jigsaw_patch(recipe)}):
             r = run_to_completion(
                 evaluate_jigsaw(model, images, puzzles=256, seed=0, patch_size=p, device="cpu")
             )
@@ -317,7 +323,7 @@ def heldout_summary(name: str) -> dict[str, Any]:
             for k in ("f1", "balanced_accuracy", "object_f1", "aji"):
                 if k in (pl.get(method) or {}):
                     out[f"{method}_{k}"] = pl[method][k]
-        jig = (rep.get("jigsaw") or {}).get(str(DEFAULT_PATCH))
+        jig = (rep.get("jigsaw") or {}).get(str(jigsaw_patch(RECIPES[name])))
         if jig:
             out["jigsaw_loss"], out["jigsaw_top1"] = jig["loss"], jig["top1"]
         return out
@@ -465,12 +471,12 @@ def main() -> int:
         images = [d["image"] for d in chosen]
         r = run_to_completion(
             evaluate_jigsaw(
-                model, images, puzzles=256, seed=0, patch_size=DEFAULT_PATCH, device="cpu"
+                model, images, puzzles=256, seed=0, patch_size=jigsaw_patch(recipe), device="cpu"
             )
         )
         jigsaw = {
             **r,
-            "patch_size": DEFAULT_PATCH,
+            "patch_size": jigsaw_patch(recipe),
             "measured_on": f"{len(chosen)} {seen} images",
         }
         path = package_model(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_selfloop.core.autosave import AutosaveStore, image_key
+from napari_selfloop.core.autosave import AutosaveStore, image_key, proposal_key
 from napari_selfloop.core.errors import InputError
 
 
@@ -234,3 +234,14 @@ def test_slide_key_reads_a_sample_and_tells_slides_apart():
     other[1024, 1024] ^= 1  # the centre sample
     assert slide_key([other, levels[1]]) != key
     assert slide_key([base]) == image_key(base)
+
+
+def test_the_proposal_record_has_its_own_key(tmp_path):
+    key = "0123456789abcdef01234567"
+    pkey = proposal_key(key)
+    assert pkey != key and len(pkey) == 24 and pkey == proposal_key(key)
+    store = AutosaveStore(tmp_path)
+    record = np.array([[0, 1], [2, 255]], np.uint8)
+    store.save(pkey, record, extra={"proposal_of": key})
+    restored = store.load(pkey)
+    assert np.array_equal(restored.labels, record) and restored.meta["proposal_of"] == key

@@ -233,3 +233,54 @@ def test_a_rerun_over_unrecorded_corrections_keeps_every_labelled_pixel(
     assert (labels.data[decided] == mine[decided]).all()
     assert any("kept the 800 pixel(s)" in m and "no record" in m for m in _infos(notes))
     assert not errors(notes)
+
+
+def test_a_restored_layer_still_tells_the_painted_pixels_from_the_proposal(
+    make_napari_viewer, project, notes, qtbot
+):
+    """The autosave keeps the record of the last proposal: after a crash and a restore, a new
+    run keeps only the pixels the user painted and replaces the rest of the old proposal."""
+    from napari_selfloop.core.autosave import AutosaveStore, proposal_key
+    from napari_selfloop.core.pseudolabel import confidence_mask
+    from napari_selfloop.widgets._autosave import key_for
+    from napari_selfloop.widgets._layers import user_painted
+
+    viewer, panel = _setup(make_napari_viewer)
+    panel.method_combo.setCurrentText("softmax")
+    panel.threshold_spin.setValue(0.51)
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    labels = find_result(viewer, "tile", "labels")
+    first = np.array(labels.data, copy=True)
+    yy, xx = np.mgrid[30:50, 40:60]
+    painted = np.where(first[30:50, 40:60] == 1, 0, 1).astype(np.uint8)
+    labels.data_setitem((yy.ravel(), xx.ravel()), painted.ravel())
+    # A second, stricter run: the 400 painted pixels are recorded as the user's.
+    panel.threshold_spin.setValue(0.9)
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    ctl = get_state(viewer, autosave=True).autosave
+    assert ctl.save_now() >= 1
+    key = key_for(viewer.layers["tile"])
+    assert AutosaveStore(project).load(proposal_key(key)) is not None
+    assert ctl.save_now() == 0  # nothing changed: neither the labels nor the record
+    saved = np.array(labels.data, copy=True)
+    # "Crash": the layers are gone; the same image opened again gets its corrections back ...
+    image = viewer.layers["tile"].data
+    viewer.layers.clear()
+    viewer.add_image(image, name="tile")
+    restored = find_result(viewer, "tile", "labels")
+    assert restored is not None and np.array_equal(restored.data, saved)
+    # ... and still knows which pixels are the user's.
+    mine, recorded = user_painted(restored)
+    assert recorded and np.count_nonzero(mine) == 400 and mine[30:50, 40:60].all()
+    # A run with another threshold replaces the old proposal everywhere else.
+    panel.image_combo.setCurrentText("tile")
+    panel.threshold_spin.setValue(0.99)
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    labels = find_result(viewer, "tile", "labels")
+    expected = confidence_mask(find_result(viewer, "tile", "probability").data, 0.99)
+    outside = np.ones(expected.shape, bool)
+    outside[30:50, 40:60] = False
+    assert (labels.data[30:50, 40:60] == painted).all()
+    assert (labels.data[outside] == expected[outside]).all()
+    assert not any("no record" in m for m in _infos(notes))
+    assert not errors(notes)

@@ -61,6 +61,13 @@ _SLIDE_SAMPLES = ((0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0
 _TILE_FILE = re.compile(r"^(\d+)_(\d+)-([0-9a-f]{16})\.z$")
 
 
+def proposal_key(key: str) -> str:
+    """The key under which the record of the last pseudo-label proposal written into the
+    corrections saved under ``key`` is kept (so that a restored layer still tells the
+    user's pixels from the proposal's)."""
+    return hashlib.sha256(f"{key}:proposal".encode()).hexdigest()[:24]
+
+
 def image_key(image: Any, cancelled: Callable[[], bool] | None = None) -> str:
     """A short hex key for an image's whole pixel content.
 

@@ -161,6 +161,11 @@ def model_card_text(name: str) -> str:
         except CheckpointError as e:
             lines.append(f"  cannot be loaded: {e}")
         else:
+            if ckpt.config.work_size is not None:
+                lines.append(
+                    f"  work size: images are resized to {ckpt.config.work_size} px (longer side) "
+                    "for the model; outputs come back at the image's size"
+                )
             metrics = ckpt.meta.get("metrics") or {}
             held = metrics.get("heldout") or {}
             if held:

@@ -31,17 +31,21 @@ from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.autosave import AutosaveStore, image_key, slide_key
+from ..core.autosave import AutosaveStore, image_key, proposal_key, slide_key
 from ..core.errors import SelfloopError
 from ..core.tiles import SCAN_BYTES, TileTracker
 from ..core.window import Window
 from ._layers import (
+    PAINTED,
+    PROPOSAL,
     find_result,
     image_data,
     is_correction,
     is_source_image,
     meta_of,
+    proposal_record,
     put_result,
+    set_proposal_record,
     source_of,
     window_of,
 )
@@ -168,6 +172,8 @@ class AutosaveController(QObject):
         self._viewer = weakref.ref(viewer)
         self.state = state
         self._trackers: dict[str, TileTracker] = {}
+        # The proposal record (PROPOSAL, PAINTED objects) last saved for each key.
+        self._proposals: dict[str, tuple[Any, Any]] = {}
         self._last_error: str | None = None
         self.last_saved_at: _dt.datetime | None = None
         self.enabled = True
@@ -229,6 +235,7 @@ class AutosaveController(QObject):
             checked, changed = tracker.pending(data, None if force else SCAN_BYTES)
             if not changed and not force:
                 tracker.commit(checked, changed)
+                written += self._save_proposal(key, layer)
                 continue
             meta = meta_of(layer)
             extra = {"layer": layer.name}
@@ -255,10 +262,40 @@ class AutosaveController(QObject):
             self._last_error = None
             tracker.commit(checked, changed)
             written += 1
+            self._save_proposal(key, layer)
         if written:
             self.last_saved_at = _dt.datetime.now()
             self.saved.emit(written)
         return written
+
+    def _save_proposal(self, key: str, layer: Layer) -> int:
+        """Save the layer's proposal record when it changed since its last save (1 if
+        written): a restored layer then still tells the user's pixels from the proposal's."""
+        meta = meta_of(layer)
+        current = (meta.get(PROPOSAL), meta.get(PAINTED))
+        last = self._proposals.get(key)
+        if last is not None and last[0] is current[0] and last[1] is current[1]:
+            return 0
+        record = proposal_record(layer)
+        if record is None:
+            return 0
+        try:
+            self.store.save(proposal_key(key), record, name=layer.name, extra={"proposal_of": key})
+        except (SelfloopError, OSError) as e:
+            message = f"autosave failed: {error_message(e)}"
+            if message != self._last_error:
+                show_error(message)
+                self._last_error = message
+            return 0
+        self._proposals[key] = current
+        return 1
+
+    def _restore_proposal(self, key: str, layer: Layer) -> None:
+        """Give a restored layer its saved proposal record, if there is one that fits."""
+        restored = self.store.load(proposal_key(key))
+        if restored is not None and set_proposal_record(layer, restored.labels):
+            meta = meta_of(layer)
+            self._proposals[key] = (meta.get(PROPOSAL), meta.get(PAINTED))
 
     def mark_saved(self, key: str, data: np.ndarray) -> None:
         """Record ``data`` as already on disk for ``key`` (after a restore)."""
@@ -406,6 +443,7 @@ class AutosaveController(QObject):
                 },
             )
             self.mark_saved(rkey, restored.labels)
+            self._restore_proposal(rkey, layer)
             layers.append(layer)
         if layers:
             show_info(f"Restored the corrections of {len(layers)} region(s) of '{image.name}'")
@@ -433,6 +471,7 @@ class AutosaveController(QObject):
             like=image,
         )
         self.mark_saved(key, restored.labels)
+        self._restore_proposal(key, layer)
         show_info(
             f"Restored corrections for '{image.name}' (autosaved {restored.meta.get('saved', '?')})"
         )

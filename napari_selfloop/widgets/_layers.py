@@ -263,6 +263,38 @@ def put_result(
 PROPOSAL, PAINTED = "proposal", "painted"
 
 
+#: Value marking the pixels recorded as the user's in a saved proposal record
+#: (:func:`proposal_record`); proposals themselves only hold 0, 1 and 255.
+PAINTED_CODE = 2
+
+
+def proposal_record(layer: Layer) -> np.ndarray | None:
+    """The layer's last proposal, with the pixels recorded as the user's set to
+    :data:`PAINTED_CODE`, as one array to autosave (None when there is no proposal)."""
+    meta = meta_of(layer)
+    proposal = meta.get(PROPOSAL)
+    if not isinstance(proposal, np.ndarray):
+        return None
+    record = np.array(proposal, copy=True)
+    painted = meta.get(PAINTED)
+    if isinstance(painted, np.ndarray) and painted.shape == record.shape:
+        record[painted] = PAINTED_CODE
+    return record
+
+
+def set_proposal_record(layer: Layer, record: np.ndarray) -> bool:
+    """Give a (restored) correction layer the proposal record :func:`proposal_record` made;
+    False, and nothing changed, when it does not fit the layer."""
+    data = np.asarray(layer.data)
+    if record.shape != data.shape:
+        return False
+    painted = record == PAINTED_CODE
+    meta = meta_of(layer)
+    meta[PROPOSAL] = np.where(painted, UNCERTAIN, record).astype(data.dtype)
+    meta[PAINTED] = painted if painted.any() else None
+    return True
+
+
 def user_painted(layer: Layer) -> tuple[np.ndarray, bool]:
     """The pixels of a correction layer that the user painted, and whether that is known.
 
