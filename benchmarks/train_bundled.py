@@ -1,16 +1,19 @@
 """The recipe of the bundled starter models: train, measure on unseen images, package.
 
 Each model is a ResUNet-18 (width 64, tapered decoder) trained in stages, each resumable
-from its checkpoint in ``--work``:
+from its checkpoint in ``--work``. The lesion model has a work size of 192 px
+(``ModelConfig.work_size``): it learns and predicts on images resized to 192 px, whole
+images with their context in one patch; the recipe resizes once when loading, and the
+package resizes any image given to it.
 
 1. jigsaw pre-training (``L_SS`` only, puzzles of 96 ... 576-px patches of the training
-   images; :func:`napari_selfloop.core.pretrain.pretrain_jigsaw`);
+   images, 96 ... 192 px for lesions; :func:`napari_selfloop.core.pretrain.pretrain_jigsaw`);
 2. the segmentation objective on the labelled training images (the ``selfloop``
    framework with no unlabelled images, :func:`napari_selfloop.core.training.train`):
    ``L_SEG`` (cross-entropy plus soft Dice) on the plain patches, ``L_SEG`` on the same
    patches cut into jigsaw puzzles (``puzzle_seg_weight``: self-loop pseudo-labels are
    made of predictions of puzzles) and a small weight of their ``L_SS``;
-3. the jigsaw head alone re-fitted on puzzles of 96 ... 576-px patches (encoder frozen,
+3. the jigsaw head alone re-fitted on puzzles of the stage-1 patch sizes (encoder frozen,
    so the segmentation is exactly stage 2's).
 
 With ``--test N`` the last stage is followed by the evaluation on the N images held out
@@ -24,26 +27,32 @@ to ``benchmarks/results/bundled_NAME_testN.json`` as each part finishes.
 with its provenance (data and hashes, this recipe and its configs, jigsaw accuracy).
 
 ``--start-from`` continues stage 2 from another run's model (no pre-training) for
-``--iterations`` steps. The shipped models were made in this order (2-core CPU, one
-thread per job, two jobs at once); the README lists the measured figures::
+``--iterations`` steps. ``--train-only`` stops after the last stage (run again without it to
+evaluate or package). The shipped models were made in this order (2-core CPU, one thread
+per job, two jobs at once); the README lists the measured figures::
 
-    # held-out runs (24 of 30 MoNuSeg images, 60 of 74 ISIC images)
+    # nuclei-he: held-out run (24 of 30 MoNuSeg images), then the shipped file
     python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24
     python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24b \\
         --start-from runs/nuclei-he-24/segment.pt --iterations 1300 --threads 1
-    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion-60
-    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion-60b \\
-        --start-from runs/lesion-60/segment.pt --iterations 1000 --threads 1
-    # shipped: the held-out runs' models trained on further with every image
     python benchmarks/train_bundled.py nuclei-he --work runs/nuclei-he-30b \\
         --start-from runs/nuclei-he-24b/segment.pt --iterations 300 --lr 2e-4 --package
-    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion-74b \\
-        --start-from runs/lesion-60b/segment.pt --iterations 300 --lr 2e-4 --package
+    # lesion-dermoscopy (192-px work size): the same two runs on 60 of 74 ISIC images
+    # (measured on the 14 others) and on all 74 (shipped)
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion192-60 \\
+        --threads 1
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion192-60c \\
+        --start-from runs/lesion192-60/segment.pt --iterations 700 --lr 5e-4 --threads 1
+    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion192-74 --threads 1
+    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion192-74c \\
+        --start-from runs/lesion192-74/segment.pt --iterations 700 --lr 5e-4 --threads 1 \\
+        --package
 
-The first held-out runs (``runs/nuclei-he-24``, ``runs/lesion-60``) used the earlier stage 2
-(cross-entropy only, ``L_SS`` at weight 1, Adam 1e-3; their figures are in
-``results/bundled_*_first-run_test*.json``); each checkpoint records its own configs and
-its parent's hash.
+The first nuclei run (``runs/nuclei-he-24``) used the earlier stage 2 (cross-entropy only,
+``L_SS`` at weight 1, Adam 1e-3; its figures are in ``results/bundled_*_first-run_test*.json``);
+the earlier lesion model, trained on 288-px patches of the 512-px images with no work size,
+is measured in ``results/bundled_lesion-dermoscopy_native512_test14.json``. Each checkpoint
+records its own configs and its parent's hash.
 """
 
 from __future__ import annotations
