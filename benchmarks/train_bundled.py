@@ -159,10 +159,14 @@ def load_dataset(rel: str, work_size: int | None = None) -> list[dict[str, Any]]
 
 
 def finished_steps(path: Path) -> int:
-    """Steps a stage checkpoint records (0 when there is none)."""
+    """Steps a stage has run (0 when it has no checkpoint): the last step of the history
+    (a checkpoint holds the best weights, whose own step can be earlier)."""
     if not path.exists():
         return 0
-    return int((load_checkpoint(path).meta.get("training") or {}).get("step") or 0)
+    meta = load_checkpoint(path).meta
+    history = meta.get("history") or []
+    last = history[-1].get("step") if history and isinstance(history[-1], dict) else None
+    return int(last or (meta.get("training") or {}).get("step") or 0)
 
 
 def drive(gen: Any, label: str, every: int = 25) -> Any:
