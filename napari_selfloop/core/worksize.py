@@ -18,6 +18,7 @@ from .errors import InputError
 from .losses import IGNORE
 
 __all__ = ["from_work_size", "mask_to_work_size", "to_work_size", "work_shape"]
+
 #: Images whose longer side exceeds this many pixels are refused (whole slides have no
 #: single work size: open a region, or use a model without one).
 MAX_SOURCE_SIDE = 16384
