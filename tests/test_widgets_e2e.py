@@ -14,6 +14,7 @@ from gui_support import GUI_MARKS, TINY_WIDTH, errors, wait_run
 
 from napari_selfloop._sample_data import make_nuclei
 from napari_selfloop.cli.gui_cmd import setup_viewer
+from napari_selfloop.core.autosave import AutosaveStore, proposal_key
 from napari_selfloop.core.checkpoint import load_checkpoint
 from napari_selfloop.widgets._layers import camera, find_result
 from napari_selfloop.widgets._state import get_state
@@ -100,5 +101,10 @@ def test_whole_loop_on_the_sample(make_napari_viewer, project, notes, qtbot, tmp
     geo = json.loads((out / entries["H&E nuclei"]["geojson"]).read_text())
     assert len(geo["features"]) == entries["H&E nuclei"]["objects"]
     assert get_state(viewer, autosave=True).autosave.save_now() == 2
-    assert len(list((project / "autosave").glob("*.tif"))) == 2
+    # two corrections, each with the record of its last proposal under its own key
+    records = dict(AutosaveStore(project).records())
+    corrections = [k for k, m in records.items() if "proposal_of" not in m]
+    assert len(corrections) == 2 and len(records) == 4
+    assert {m["proposal_of"] for m in records.values() if "proposal_of" in m} == set(corrections)
+    assert {proposal_key(k) for k in corrections} == set(records) - set(corrections)
     assert not errors(notes)
