@@ -168,6 +168,22 @@ def _infos(notes) -> list[str]:
     return [str(n.message) for n in notes]
 
 
+def _propose_and_paint(make_napari_viewer, qtbot):
+    """A softmax proposal (threshold 0.51) on the tile, then 400 pixels painted by the user,
+    each to another value than the proposal's. Returns the viewer, panel, correction layer,
+    the first proposal and the painted block (rows 30-50, columns 40-60)."""
+    viewer, panel = _setup(make_napari_viewer)
+    panel.method_combo.setCurrentText("softmax")
+    panel.threshold_spin.setValue(0.51)
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    labels = find_result(viewer, "tile", "labels")
+    first = np.array(labels.data, copy=True)
+    yy, xx = np.mgrid[30:50, 40:60]
+    painted = np.where(first[30:50, 40:60] == 1, 0, 1).astype(np.uint8)
+    labels.data_setitem((yy.ravel(), xx.ravel()), painted.ravel())
+    return viewer, panel, labels, first, painted
+
+
 def test_a_rerun_keeps_the_pixels_the_user_painted(make_napari_viewer, project, notes, qtbot):
     """Issue 11 item 2: painted corrections survive a second pseudo-label run, "done" is not
     cleared silently, and the autosave then holds the painted pixels, not a fresh proposal."""
@@ -175,16 +191,8 @@ def test_a_rerun_keeps_the_pixels_the_user_painted(make_napari_viewer, project, 
     from napari_selfloop.core.pseudolabel import confidence_mask
     from napari_selfloop.widgets._autosave import key_for
 
-    viewer, panel = _setup(make_napari_viewer)
-    panel.method_combo.setCurrentText("softmax")
-    panel.threshold_spin.setValue(0.51)
-    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
-    labels = find_result(viewer, "tile", "labels")
-    first = np.array(labels.data, copy=True)
     # The user paints 400 pixels (each to another value than the proposal's) and marks done.
-    yy, xx = np.mgrid[30:50, 40:60]
-    painted = np.where(first[30:50, 40:60] == 1, 0, 1).astype(np.uint8)
-    labels.data_setitem((yy.ravel(), xx.ravel()), painted.ravel())
+    viewer, panel, labels, first, painted = _propose_and_paint(make_napari_viewer, qtbot)
     assert np.count_nonzero(labels.data != first) == 400
     labels.metadata["selfloop"]["done"] = True
     # The same run again changes nothing: the layer stays done.
@@ -245,15 +253,7 @@ def test_a_restored_layer_still_tells_the_painted_pixels_from_the_proposal(
     from napari_selfloop.widgets._autosave import key_for
     from napari_selfloop.widgets._layers import user_painted
 
-    viewer, panel = _setup(make_napari_viewer)
-    panel.method_combo.setCurrentText("softmax")
-    panel.threshold_spin.setValue(0.51)
-    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
-    labels = find_result(viewer, "tile", "labels")
-    first = np.array(labels.data, copy=True)
-    yy, xx = np.mgrid[30:50, 40:60]
-    painted = np.where(first[30:50, 40:60] == 1, 0, 1).astype(np.uint8)
-    labels.data_setitem((yy.ravel(), xx.ravel()), painted.ravel())
+    viewer, panel, labels, _, painted = _propose_and_paint(make_napari_viewer, qtbot)
     # A second, stricter run: the 400 painted pixels are recorded as the user's.
     panel.threshold_spin.setValue(0.9)
     assert panel.run() and wait_run(qtbot, panel.runner).status == "done"

@@ -24,7 +24,7 @@ import numpy as np
 from .errors import InputError
 from .imageio import check_image, open_image, read_region_padded
 from .losses import IGNORE
-from .worksize import mask_to_work_size, to_work_size, work_shape
+from .worksize import mask_to_work_size, to_work_size
 
 log = logging.getLogger(__name__)
 
@@ -257,12 +257,12 @@ def check_items(
                 item.mask, info.height, info.width, name, convention=item.mask_convention
             )
         sha = item.sha256 or _pixels_sha256(item.image)
-        image, height, width = item.image, info.height, info.width
-        if work_shape((height, width), work_size) is not None:
-            try:
-                image = to_work_size(item.image, work_size)
-            except InputError as e:
-                raise InputError(f"{name}: {e}") from None
+        try:
+            image = to_work_size(item.image, work_size)
+        except InputError as e:  # too large to resize as a whole
+            raise InputError(f"{name}: {e}") from None
+        height, width = info.height, info.width
+        if image is not item.image:
             height, width = image.shape[:2]
             mask = None if mask is None else mask_to_work_size(mask, work_size)
         labelled = int(np.count_nonzero(mask != IGNORE)) if mask is not None else 0

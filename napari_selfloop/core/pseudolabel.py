@@ -509,16 +509,20 @@ def pseudo_label(
     result.mask = confidence_mask(result.probability, cfg.threshold)
     result.info["work_shape"] = shape
     if sinks is not None:
+        outputs = {
+            "prob": result.probability,
+            "uncertainty": result.uncertainty,
+            "mask": result.mask,
+        }
         for y0 in range(0, info.height, SINK_ROWS):
-            for name in ("prob", "uncertainty", "mask"):
-                sinks[name].write_rows(y0, getattr(result, _FIELDS[name])[y0 : y0 + SINK_ROWS])
+            for name, values in outputs.items():
+                sinks[name].write_rows(y0, values[y0 : y0 + SINK_ROWS])
         result.probability = result.uncertainty = result.mask = None
     return result
 
 
 #: Rows per block written to the sinks of a work-size model's result.
 SINK_ROWS = 512
-_FIELDS = {"prob": "probability", "uncertainty": "uncertainty", "mask": "mask"}
 
 
 def _pseudo_label(

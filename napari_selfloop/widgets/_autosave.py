@@ -254,10 +254,7 @@ class AutosaveController(QObject):
                     tiles=changed.keys(),
                 )
             except (SelfloopError, OSError) as e:
-                message = f"autosave failed: {error_message(e)}"
-                if message != self._last_error:  # say it once, not every 30 s
-                    show_error(message)
-                    self._last_error = message
+                self._report_failure(e)
                 continue
             self._last_error = None
             tracker.commit(checked, changed)
@@ -267,6 +264,12 @@ class AutosaveController(QObject):
             self.last_saved_at = _dt.datetime.now()
             self.saved.emit(written)
         return written
+
+    def _report_failure(self, error: BaseException) -> None:
+        message = f"autosave failed: {error_message(error)}"
+        if message != self._last_error:  # say it once, not every 30 s
+            show_error(message)
+            self._last_error = message
 
     def _save_proposal(self, key: str, layer: Layer) -> int:
         """Save the layer's proposal record when it changed since its last save (1 if
@@ -282,10 +285,7 @@ class AutosaveController(QObject):
         try:
             self.store.save(proposal_key(key), record, name=layer.name, extra={"proposal_of": key})
         except (SelfloopError, OSError) as e:
-            message = f"autosave failed: {error_message(e)}"
-            if message != self._last_error:
-                show_error(message)
-                self._last_error = message
+            self._report_failure(e)
             return 0
         self._proposals[key] = current
         return 1
