@@ -239,6 +239,7 @@ def stage_segment(
     seed: int,
     iterations: int,
     parent: str | None,
+    validation: list[TrainItem] | None = None,
 ) -> None:
     out = work / "segment.pt"
     cfg = TrainConfig(
@@ -254,7 +255,15 @@ def stage_segment(
         print(f"[segment] complete ({done} steps) in {out}", flush=True)
         return
     gen = train(
-        model, items, [], cfg, device="cpu", out=out, resume=out if done else None, parent=parent
+        model,
+        items,
+        [],
+        cfg,
+        validation=validation or None,
+        device="cpu",
+        out=out,
+        resume=out if done else None,
+        parent=parent,
     )
     result = drive(gen, "segment")
     print(
@@ -326,9 +335,15 @@ def evaluate(
         save()
 
 
+def heldout_files(name: str) -> list[Path]:
+    """Results of ``name``'s held-out (test) runs; validation runs (``_valN``) are not."""
+    paths = sorted((HERE / "results").glob(f"bundled_{name}_test*.json"))
+    return [p for p in paths if "_val" not in p.stem]
+
+
 def heldout_summary(name: str) -> dict[str, Any]:
     """Headline figures of the held-out run of ``name`` (``bundled_NAME_testN.json``), if any."""
-    for path in sorted((HERE / "results").glob(f"bundled_{name}_test*.json")):
+    for path in heldout_files(name):
         rep = json.loads(path.read_text())
         pl = rep.get("pseudo_labels") or {}
         out: dict[str, Any] = {"images": len(rep.get("test_images", []))}
@@ -396,6 +411,21 @@ def main() -> int:
     p.add_argument(
         "--test", type=int, default=0, help="images held out for evaluation (0: train on all)"
     )
+    p.add_argument(
+        "--val",
+        type=int,
+        default=0,
+        help="carve this many validation images from the training images (after --test): "
+        "stage 2 keeps its best weights by their Dice, and they, not the test images, are "
+        "evaluated (for choosing a recipe without looking at the test images)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a stage-2 setting of the recipe (JSON value), e.g. scale_jitter=0.3",
+    )
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start-from", type=Path, help="continue from this model (no pre-training)")
@@ -414,7 +444,7 @@ def main() -> int:
     args = p.parse_args()
     if args.table:
         print(
-            markdown(args.out or next((HERE / "results").glob(f"bundled_{args.name}_test*.json")))
+            markdown(args.out or heldout_files(args.name)[0])
         )
         return 0
     if args.work is None:
@@ -425,19 +455,30 @@ def main() -> int:
         recipe["pretrain"]["iterations"] = args.pretrain_iterations
     if args.lr:
         recipe["segment"]["lr"] = args.lr
+    for setting in args.set:
+        key, _, value = setting.partition("=")
+        if key not in TrainConfig.__dataclass_fields__ or not value:
+            p.error(f"--set {setting!r}: expected KEY=VALUE with a TrainConfig field as KEY")
+        recipe["segment"][key] = json.loads(value)
     data = load_dataset(recipe["data"], recipe["work_size"])
     train_idx, test_idx = (
         split(len(data), args.test, args.split_seed) if args.test else (list(range(len(data))), [])
     )
-    items = [
-        TrainItem(data[i]["name"], data[i]["train_image"], data[i]["train_mask"]) for i in train_idx
-    ]
-    test = [data[i] for i in test_idx]
+    val_idx: list[int] = []
+    if args.val:
+        keep, held = split(len(train_idx), args.val, args.split_seed + 1)
+        train_idx, val_idx = [train_idx[i] for i in keep], [train_idx[i] for i in held]
+
+    def as_item(i: int) -> TrainItem:
+        return TrainItem(data[i]["name"], data[i]["train_image"], data[i]["train_mask"])
+
+    items = [as_item(i) for i in train_idx]
+    validation = [as_item(i) for i in val_idx]
+    # A validation run is evaluated on its validation images; the test images stay unseen.
+    test = [data[i] for i in (val_idx or test_idx)]
     args.work.mkdir(parents=True, exist_ok=True)
-    out = (
-        args.out
-        or HERE / "results" / f"bundled_{args.name}{f'_test{args.test}' if args.test else ''}.json"
-    )
+    suffix = (f"_test{args.test}" if args.test else "") + (f"_val{args.val}" if args.val else "")
+    out = args.out or HERE / "results" / f"bundled_{args.name}{suffix}.json"
     report: dict[str, Any] = json.loads(out.read_text()) if out.exists() else {}
     report.update(
         {
@@ -446,7 +487,9 @@ def main() -> int:
             "package_version": __version__,
             "command": " ".join(["python", "benchmarks/train_bundled.py", *sys.argv[1:]]),
             "train_images": [data[i]["name"] for i in train_idx],
-            "test_images": [d["name"] for d in test],
+            "test_images": [data[i]["name"] for i in test_idx],
+            "validation_images": [data[i]["name"] for i in val_idx],
+            "evaluated_on": "validation" if val_idx else "test",
             "recipe": recipe,
             "threads": args.threads,
         }
@@ -466,7 +509,7 @@ def main() -> int:
         stage_pretrain(model, items, recipe, args.work, args.seed)
         parent = file_sha256(args.work / "pretrain.pt")
         iterations = args.iterations or recipe["segment"]["iterations"]
-    stage_segment(model, items, recipe, args.work, args.seed, iterations, parent)
+    stage_segment(model, items, recipe, args.work, args.seed, iterations, parent, validation)
     stage_head(model, items, recipe, args.work, args.seed)
     report["train_seconds_this_run"] = round(time.perf_counter() - t0, 1)
     save()

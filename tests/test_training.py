@@ -395,6 +395,33 @@ def test_small_images_are_padded_and_their_mask_ignored_outside():
     assert (masks == 255).sum(axis=(1, 2)).tolist() == [96 * 96 - 50 * 40] * 2
 
 
+def test_scale_augmentation_shows_an_object_at_other_sizes():
+    """Whole-image patches (a work-size model) only change an object's size with ``scale``;
+    a zoomed-out window's border past the image is unlabelled, and scale 0 draws exactly
+    the patches it drew before the option existed."""
+    img = np.full((96, 96, 3), 200, np.uint8)
+    mask = np.zeros((96, 96), np.uint8)
+    img[32:64, 32:64], mask[32:64, 32:64] = 40, 1
+    prepared = check_items([TrainItem("w", img, mask)], "labelled", need_masks=True)
+    plain = PatchSampler(prepared, 96, np.random.default_rng(0), Augment(hed=0.0, brightness=0.0))
+    assert {int((m == 1).sum()) for m in plain.sample(6)[1]} == {32 * 32}
+    scaled = PatchSampler(
+        prepared, 96, np.random.default_rng(0), Augment(hed=0.0, brightness=0.0, scale=0.5)
+    )
+    patches, masks = scaled.sample(24)
+    assert patches.shape == (24, 96, 96, 3) and patches.dtype == np.float32
+    assert set(np.unique(masks)) <= {0, 1, 255}
+    sizes = {int((m == 1).sum()) for m in masks}
+    assert min(sizes) < 32 * 32 * 0.8 and max(sizes) > 32 * 32 * 1.2
+    for p, m in zip(patches, masks, strict=True):
+        # the object is dark wherever its mask says so (image and mask resized together)
+        assert p[m == 1].mean() < 0.3 and p[m == 0].mean() > 0.6
+    assert any((m == 255).any() for m in masks)  # zoomed out past the image border
+    again = PatchSampler(prepared, 96, np.random.default_rng(3), Augment(hed=0.0, scale=0.0))
+    before = PatchSampler(prepared, 96, np.random.default_rng(3), Augment(hed=0.0))
+    np.testing.assert_array_equal(again.sample(4)[0], before.sample(4)[0])
+
+
 # ------------------------------------------------------------------------------ refusals
 
 
@@ -433,6 +460,7 @@ def test_refusals_happen_at_call_time(case):
         ({"iterations": 0}, "iterations"),
         ({"confidence": "both"}, "confidence"),
         ({"dice_weight": -1.0}, "loss weights"),
+        ({"scale_jitter": -0.1}, "jitter"),
         ({"puzzle_seg_weight": -0.5}, "loss weights"),
         ({"puzzle_seg_weight": 1.0, "framework": "supervised"}, "needs the selfloop framework"),
         ({"puzzle_seg_weight": 1.0, "ss_weight": 0.0}, "needs the selfloop framework"),

@@ -76,6 +76,40 @@ def test_rectangle_and_view_areas(make_napari_viewer, project, notes, qtbot):
     assert not errors(notes)
 
 
+def test_a_rectangle_is_seen_at_the_whole_image_scale_by_a_work_size_model(
+    make_napari_viewer, project, notes, qtbot, tmp_path
+):
+    """A model with a work size sees a rectangle at the scale of the whole image (the core's
+    ``source_shape``), not magnified to fill its work size."""
+    from napari_selfloop.core.checkpoint import save_checkpoint
+    from napari_selfloop.core.progress import run_to_completion
+    from napari_selfloop.core.pseudolabel import pseudo_label
+
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(5).integers(0, 256, (288, 192, 3), dtype=np.uint8)
+    image[60:135, 45:105] = (120, 40, 160)
+    viewer.add_image(image, name="photo")
+    net = build_model(ModelConfig(width=TINY_WIDTH, work_size=96), seed=1)
+    save_checkpoint(tmp_path / "sized.pt", net)
+    assert dock(viewer, ModelWidget).load(tmp_path / "sized.pt") is not None
+    panel = dock(viewer, PseudoLabelWidget)
+    panel.method_combo.setCurrentText("softmax")
+    shapes = viewer.add_shapes(
+        [np.array([[0, 0], [0, 144], [180, 144], [180, 0]])], shape_type="rectangle"
+    )
+    panel.area_combo.setCurrentIndex(2)
+    panel.shapes_combo.set_layer(shapes.name)
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    got = find_result(viewer, "photo", "probability").data[:180, :144]
+    cfg, region = panel.config(), image[:180, :144]
+    at_scale = run_to_completion(pseudo_label(region, net, cfg, source_shape=(288, 192)))
+    magnified = run_to_completion(pseudo_label(region, net, cfg))
+    assert at_scale.info["work_shape"] == (60, 48) and magnified.info["work_shape"] == (96, 77)
+    np.testing.assert_allclose(got, at_scale.probability, atol=1e-5)
+    assert np.abs(got - magnified.probability).max() > 1e-3
+    assert not errors(notes)
+
+
 def test_cancel_leaves_model_unchanged_and_viewer_usable(make_napari_viewer, project, notes, qtbot):
     viewer, panel = _setup(make_napari_viewer, size=600)
     model = get_state(viewer).model

@@ -89,6 +89,30 @@ def test_pseudo_label_runs_at_the_work_size_and_returns_the_image_size(image):
     np.testing.assert_array_equal(same.probability, ref.probability)
 
 
+def test_a_region_is_seen_at_the_whole_image_scale(image):
+    """A view or rectangle of an image is resized by the whole image's factor, so the model
+    sees it at the scale it learned (not magnified to fill the work size)."""
+    assert work_shape((150, 100), 96, source=(300, 200)) == (48, 32)
+    assert work_shape((96, 50), 96, source=(96, 64)) is None  # the whole image is at scale
+    sized, plain = _pair()
+    cfg = PseudoLabelConfig(method="softmax", patch_size=96)
+    region = image[60:210, 20:120]
+    got = run_to_completion(
+        pseudo_label(region, sized, cfg, device="cpu", source_shape=image.shape[:2])
+    )
+    assert got.info["work_shape"] == (48, 32)
+    assert got.probability.shape == (150, 100)
+    small = to_work_size(region, 96, source=image.shape[:2])
+    assert small.shape == (48, 32, 3)
+    ref = run_to_completion(pseudo_label(small, plain, cfg, device="cpu"))
+    np.testing.assert_allclose(
+        got.probability, np.clip(from_work_size(ref.probability, region.shape), 0, 1), atol=1e-6
+    )
+    # without the source shape the region fills the work size (the old, magnified view)
+    alone = run_to_completion(pseudo_label(region, sized, cfg, device="cpu"))
+    assert alone.info["work_shape"] == (96, 64)
+
+
 def test_sinks_receive_the_image_size_outputs_and_slides_are_refused(image):
     sized, _ = _pair()
     cfg = PseudoLabelConfig(method="softmax", patch_size=96)

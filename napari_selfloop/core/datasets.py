@@ -278,13 +278,19 @@ class Augment:
     degrees. ``hed``: each haematoxylin/eosin/DAB channel (skimage's ``rgb2hed``) is scaled
     by ``1 + U(-hed, hed)`` and shifted by ``U(-hed, hed)`` times its own spread (Tellez et
     al. 2018), 0 disables it. ``brightness``: the patch is multiplied by
-    ``1 + U(-brightness, brightness)``.
+    ``1 + U(-brightness, brightness)``. ``scale``: the patch is cut at a side of ``s``
+    times the patch side, ``log s ~ U(-log(1 + scale), log(1 + scale))``, and resized to the
+    patch side (image bilinear, mask nearest), so objects are seen at other sizes; 0
+    disables it. It matters where every patch is a whole image (a model with a work size
+    trained on patches of its work size): crops and flips alone then never change an
+    object's size or place.
     """
 
     flips: bool = True
     rotations: bool = True
     hed: float = 0.03
     brightness: float = 0.1
+    scale: float = 0.0
 
 
 def hed_jitter(patch: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
@@ -328,13 +334,19 @@ class PatchSampler:
         self.augment = augment or Augment()
         self.min_labelled = min_labelled
 
-    def _origin(self, length: int) -> int:
-        if length <= self.patch:
-            return -int(self.rng.integers(0, self.patch - length + 1))
-        return int(self.rng.integers(0, length - self.patch + 1))
+    def _origin(self, length: int, p: int) -> int:
+        if length <= p:
+            return -int(self.rng.integers(0, p - length + 1))
+        return int(self.rng.integers(0, length - p + 1))
 
-    def _mask_window(self, mask: np.ndarray, y0: int, x0: int) -> np.ndarray:
-        p = self.patch
+    def _side(self) -> int:
+        """Side of the window to cut: the patch side, or a scaled one (``Augment.scale``)."""
+        if self.augment.scale <= 0:
+            return self.patch
+        bound = np.log1p(self.augment.scale)
+        return max(8, int(round(self.patch * np.exp(self.rng.uniform(-bound, bound)))))
+
+    def _mask_window(self, mask: np.ndarray, y0: int, x0: int, p: int) -> np.ndarray:
         out = np.full((p, p), IGNORE, dtype=np.uint8)
         ys, xs = max(y0, 0), max(x0, 0)
         ye, xe = min(y0 + p, mask.shape[0]), min(x0 + p, mask.shape[1])
@@ -343,14 +355,31 @@ class PatchSampler:
 
     def sample_one(self) -> tuple[np.ndarray, np.ndarray | None]:
         item = self.items[int(self.rng.integers(len(self.items)))]
-        p = self.patch
+        p = self._side()
         for _ in range(10):
-            y0, x0 = self._origin(item.height), self._origin(item.width)
-            mask = None if item.mask is None else self._mask_window(item.mask, y0, x0)
+            y0, x0 = self._origin(item.height, p), self._origin(item.width, p)
+            mask = None if item.mask is None else self._mask_window(item.mask, y0, x0, p)
             if mask is None or np.count_nonzero(mask != IGNORE) >= self.min_labelled * p * p:
                 break
         image = read_region_padded(item.image, y0, y0 + p, x0, x0 + p)
+        if p != self.patch:
+            image, mask = self._resize(image, mask)
         return self._augment(image, mask)
+
+    def _resize(
+        self, image: np.ndarray, mask: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """A scaled window brought to the patch side (``Augment.scale``)."""
+        from skimage.transform import resize
+
+        p = self.patch
+        image = resize(
+            image, (p, p, image.shape[2]), order=1, anti_aliasing=image.shape[0] > p
+        ).astype(np.float32)
+        if mask is not None:  # nearest pixel centre: labels (and 255) stay as they are
+            idx = ((np.arange(p) + 0.5) * mask.shape[0] / p).astype(np.intp)
+            mask = mask[np.ix_(idx, idx)]
+        return image, mask
 
     def _augment(
         self, image: np.ndarray, mask: np.ndarray | None

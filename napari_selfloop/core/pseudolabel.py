@@ -451,6 +451,7 @@ def pseudo_label(
     device: str | torch.device = "auto",
     sinks: dict[str, Any] | None = None,
     keep: Any = None,
+    source_shape: tuple[int, int] | None = None,
 ) -> Generator[Progress, None, PseudoLabelResult]:
     """Pseudo-label a whole 2D image, patch by patch.
 
@@ -470,6 +471,11 @@ def pseudo_label(
         Optional ``keep(y0, y1, x0, x1) -> bool`` (see :func:`.tiling.tiled_apply`):
         patches it refuses (glass around a slide's tissue) are not computed and come out
         as background with zero uncertainty (their mask is confident background, 0).
+    source_shape
+        ``(height, width)`` of the whole image when ``image`` is a region of it (a view or
+        a rectangle). Only a model with a work size uses it: the region is resized by the
+        factor that brings the whole image to the work size, so it is seen at the scale
+        the model learned.
 
     Yields
     ------
@@ -492,16 +498,17 @@ def pseudo_label(
     models = [models] if isinstance(models, ResUNet) else list(models)
     _check_models(models, cfg.method)
     info = check_image(image)
-    shape = work_shape((info.height, info.width), models[0].config.work_size)
+    work_size = models[0].config.work_size
+    shape = work_shape((info.height, info.width), work_size, source_shape)
     if shape is None:
         return (yield from _pseudo_label(image, info, models, cfg, device, sinks, keep))
     if keep is not None:
         raise InputError(
-            f"this model works on whole images resized to {models[0].config.work_size} px, "
+            f"this model works on whole images resized to {work_size} px, "
             "not on a slide's tissue: open a region of the slide, or use a model without a "
             "work size"
         )
-    small = to_work_size(image, models[0].config.work_size)
+    small = to_work_size(image, work_size, source_shape)
     result = yield from _pseudo_label(small, check_image(small), models, cfg, device, None, None)
     size = (info.height, info.width)
     result.probability = np.clip(from_work_size(result.probability, size), 0.0, 1.0)

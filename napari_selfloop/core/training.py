@@ -145,6 +145,10 @@ class TrainConfig:
         evaluation is kept.
     hed_jitter, brightness_jitter
         Strength of the colour augmentation (0 disables it).
+    scale_jitter
+        Scale augmentation: patches are cut at up to ``1 + scale_jitter`` times (or that
+        fraction of) the patch side and resized to it (0, the default, disables it; see
+        :class:`~.datasets.Augment`).
     val_patch_size
         Patch side for tiled prediction of validation images.
     save_optimizer
@@ -180,6 +184,7 @@ class TrainConfig:
     validate_every: int = 50
     hed_jitter: float = 0.03
     brightness_jitter: float = 0.1
+    scale_jitter: float = 0.0
     val_patch_size: int = 384
     save_optimizer: bool = True
 
@@ -248,7 +253,7 @@ class TrainConfig:
             )
         if self.validate_every < 1:
             problems.append(f"validate_every must be at least 1, got {self.validate_every}")
-        if self.hed_jitter < 0 or self.brightness_jitter < 0:
+        if self.hed_jitter < 0 or self.brightness_jitter < 0 or self.scale_jitter < 0:
             problems.append("jitter strengths must not be negative")
         if problems:
             raise InputError("; ".join(problems))
@@ -749,7 +754,9 @@ class _Batches:
         dev: torch.device,
         fmt: torch.memory_format,
     ) -> None:
-        augment = Augment(hed=cfg.hed_jitter, brightness=cfg.brightness_jitter)
+        augment = Augment(
+            hed=cfg.hed_jitter, brightness=cfg.brightness_jitter, scale=cfg.scale_jitter
+        )
         self.cfg, self.dev, self.fmt = cfg, dev, fmt
         self.labelled_sampler = PatchSampler(lab, cfg.patch_size, rng, augment)
         use_unlabelled = cfg.framework != "supervised" and bool(unl)

@@ -24,11 +24,19 @@ __all__ = ["from_work_size", "mask_to_work_size", "to_work_size", "work_shape"]
 MAX_SOURCE_SIDE = 16384
 
 
-def work_shape(shape: tuple[int, ...], work_size: int | None) -> tuple[int, int] | None:
+def work_shape(
+    shape: tuple[int, ...], work_size: int | None, source: tuple[int, ...] | None = None
+) -> tuple[int, int] | None:
     """``(height, width)`` of an image of ``shape`` at ``work_size``, or None when the
-    model has no work size or the image already has it."""
+    model has no work size or the image already has it.
+
+    ``source`` is the shape of the whole image when ``shape`` is a region of it: the region
+    is then scaled by the factor that brings the whole image to ``work_size`` (so a region
+    is seen at the scale the model learned, not magnified to fill the work size).
+    """
     h, w = int(shape[0]), int(shape[1])
-    if work_size is None or max(h, w) == work_size:
+    ref = max(int(source[0]), int(source[1])) if source is not None else max(h, w)
+    if work_size is None or ref == work_size:
         return None
     if max(h, w) > MAX_SOURCE_SIDE:
         raise InputError(
@@ -36,13 +44,14 @@ def work_shape(shape: tuple[int, ...], work_size: int | None) -> tuple[int, int]
             f"large to resize as a whole (at most {MAX_SOURCE_SIDE} px a side): open a region "
             "of it, or use a model without a work size"
         )
-    scale = work_size / max(h, w)
+    scale = work_size / ref
     return max(round(h * scale), 1), max(round(w * scale), 1)
 
 
-def to_work_size(image: Any, work_size: int | None) -> Any:
-    """The image resized to ``work_size`` (anti-aliased, same dtype), or the image itself."""
-    shape = work_shape(image.shape, work_size)
+def to_work_size(image: Any, work_size: int | None, source: tuple[int, ...] | None = None) -> Any:
+    """The image resized to ``work_size`` (anti-aliased, same dtype), or the image itself;
+    ``source``: see :func:`work_shape`."""
+    shape = work_shape(image.shape, work_size, source)
     if shape is None:
         return image
     arr = np.asarray(image)

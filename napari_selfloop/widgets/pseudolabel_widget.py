@@ -303,7 +303,10 @@ class PseudoLabelWidget(QWidget):
 
             def job():  # called in the worker: slicing a zarr array reads it
                 crop = data if whole else data[y0:y1, x0:x1]
-                return pseudo_label(crop, models, config, device=device)
+                # a model with a work size sees the area at the whole image's scale
+                return pseudo_label(
+                    crop, models, config, device=device, source_shape=data.shape[:2]
+                )
         else:
             levels = levels_of(image)
             where = f" {window.label}"
