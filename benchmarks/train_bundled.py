@@ -443,9 +443,7 @@ def main() -> int:
     )
     args = p.parse_args()
     if args.table:
-        print(
-            markdown(args.out or heldout_files(args.name)[0])
-        )
+        print(markdown(args.out or heldout_files(args.name)[0]))
         return 0
     if args.work is None:
         p.error("--work is required")
