@@ -457,6 +457,8 @@ def test_train_with_a_jigsaw_warmup_records_the_jigsaw_loss(tmp_path, capsys):
         "0.5",
         "--puzzle-seg-weight",
         "1.0",
+        "--scale-jitter",
+        "0.25",
         "--device",
         "cpu",
         "--out",
@@ -472,6 +474,7 @@ def test_train_with_a_jigsaw_warmup_records_the_jigsaw_loss(tmp_path, capsys):
     assert config["ss_lr"] == 0.005 and config["ss_step_rule"] == "adam"
     assert config["grid_shift"] is False
     assert config["dice_weight"] == 0.5 and config["puzzle_seg_weight"] == 1.0
+    assert config["scale_jitter"] == 0.25
     assert any(h.get("phase") == "jigsaw" for h in ck.meta["history"])
     code, _, err = run_cli(
         capsys,

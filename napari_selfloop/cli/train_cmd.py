@@ -128,6 +128,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="weight of L_SEG on the jigsaw-puzzled labelled patches, which teaches the model to "
         f"segment the puzzles self-loop pseudo-labels are made of ({d.puzzle_seg_weight:g}: none)",
     )
+    p.add_argument(
+        "--scale-jitter",
+        type=float,
+        default=d.scale_jitter,
+        help="scale augmentation: patches are cut at up to 1 + this times (or that fraction "
+        "of) the patch side and resized to it; useful for a model with a work size, whose "
+        f"patches are whole images ({d.scale_jitter:g}: none)",
+    )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument(
         "--patch-size", type=int, default=d.patch_size, help=f"multiple of {PATCH_MULTIPLE}"
@@ -241,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         jigsaw_patch_size=args.jigsaw_patch_size,
         dice_weight=args.dice_weight,
         puzzle_seg_weight=args.puzzle_seg_weight,
+        scale_jitter=args.scale_jitter,
     )
     parent = None
     if args.checkpoint is not None:
