@@ -239,7 +239,6 @@ def stage_segment(
     seed: int,
     iterations: int,
     parent: str | None,
-    validation: list[TrainItem] | None = None,
 ) -> None:
     out = work / "segment.pt"
     cfg = TrainConfig(
@@ -255,15 +254,7 @@ def stage_segment(
         print(f"[segment] complete ({done} steps) in {out}", flush=True)
         return
     gen = train(
-        model,
-        items,
-        [],
-        cfg,
-        validation=validation or None,
-        device="cpu",
-        out=out,
-        resume=out if done else None,
-        parent=parent,
+        model, items, [], cfg, device="cpu", out=out, resume=out if done else None, parent=parent
     )
     result = drive(gen, "segment")
     print(
@@ -416,8 +407,8 @@ def main() -> int:
         type=int,
         default=0,
         help="carve this many validation images from the training images (after --test): "
-        "stage 2 keeps its best weights by their Dice, and they, not the test images, are "
-        "evaluated (for choosing a recipe without looking at the test images)",
+        "they, not the test images, are evaluated (for choosing a recipe without looking at "
+        "the test images); training is as without them",
     )
     p.add_argument(
         "--set",
@@ -467,11 +458,9 @@ def main() -> int:
         keep, held = split(len(train_idx), args.val, args.split_seed + 1)
         train_idx, val_idx = [train_idx[i] for i in keep], [train_idx[i] for i in held]
 
-    def as_item(i: int) -> TrainItem:
-        return TrainItem(data[i]["name"], data[i]["train_image"], data[i]["train_mask"])
-
-    items = [as_item(i) for i in train_idx]
-    validation = [as_item(i) for i in val_idx]
+    items = [
+        TrainItem(data[i]["name"], data[i]["train_image"], data[i]["train_mask"]) for i in train_idx
+    ]
     # A validation run is evaluated on its validation images; the test images stay unseen.
     test = [data[i] for i in (val_idx or test_idx)]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -507,7 +496,7 @@ def main() -> int:
         stage_pretrain(model, items, recipe, args.work, args.seed)
         parent = file_sha256(args.work / "pretrain.pt")
         iterations = args.iterations or recipe["segment"]["iterations"]
-    stage_segment(model, items, recipe, args.work, args.seed, iterations, parent, validation)
+    stage_segment(model, items, recipe, args.work, args.seed, iterations, parent)
     stage_head(model, items, recipe, args.work, args.seed)
     report["train_seconds_this_run"] = round(time.perf_counter() - t0, 1)
     save()
