@@ -136,6 +136,21 @@ def jigsaw_patch(recipe: dict[str, Any]) -> int:
     return recipe["pretrain"]["patch_size"] if recipe["work_size"] else DEFAULT_PATCH
 
 
+def three_way_split(
+    n: int, n_test: int, n_val: int, seed: int
+) -> tuple[list[int], list[int], list[int]]:
+    """Training, validation and test indices of ``n`` images. The test images are those of
+    the plain ``--test`` split (``bench_monuseg.split``) whatever ``n_val`` is, and the
+    validation images are drawn from the training ones only."""
+    train_idx, test_idx = split(n, n_test, seed) if n_test else (list(range(n)), [])
+    if not n_val:
+        return train_idx, [], test_idx
+    if n_val >= len(train_idx):
+        raise SystemExit(f"--val {n_val}: only {len(train_idx)} training images to carve it from")
+    keep, held = split(len(train_idx), n_val, seed + 1)
+    return [train_idx[i] for i in keep], [train_idx[i] for i in held], test_idx
+
+
 def load_dataset(rel: str, work_size: int | None = None) -> list[dict[str, Any]]:
     """Images, masks (and instance labels) at their own size; ``train_image`` and
     ``train_mask`` at the model's work size (the same arrays when it has none)."""
@@ -450,14 +465,7 @@ def main() -> int:
             p.error(f"--set {setting!r}: expected KEY=VALUE with a TrainConfig field as KEY")
         recipe["segment"][key] = json.loads(value)
     data = load_dataset(recipe["data"], recipe["work_size"])
-    train_idx, test_idx = (
-        split(len(data), args.test, args.split_seed) if args.test else (list(range(len(data))), [])
-    )
-    val_idx: list[int] = []
-    if args.val:
-        keep, held = split(len(train_idx), args.val, args.split_seed + 1)
-        train_idx, val_idx = [train_idx[i] for i in keep], [train_idx[i] for i in held]
-
+    train_idx, val_idx, test_idx = three_way_split(len(data), args.test, args.val, args.split_seed)
     items = [
         TrainItem(data[i]["name"], data[i]["train_image"], data[i]["train_mask"]) for i in train_idx
     ]
