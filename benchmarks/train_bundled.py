@@ -48,6 +48,16 @@ per job, two jobs at once); the README lists the measured figures::
         --start-from runs/lesion192-60/segment.pt --iterations 700 --lr 5e-4 --threads 1 \\
         --out benchmarks/results/bundled_lesion-dermoscopy_continued_test14.json
 
+Recipe choices are made on validation images carved from the training images
+(``--val N``; results ``bundled_NAME_testT_valN*.json``, never read as held-out figures),
+for example the scale augmentation (``--set scale_jitter=0.3``) against the recipe as it is,
+both from the held-out run's jigsaw pre-training::
+
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --val 14 \
+        --work runs/lval600-scale --start-from runs/lesion192-60/pretrain.pt \
+        --iterations 600 --threads 1 --no-capture --skip-head --set scale_jitter=0.3 \
+        --out benchmarks/results/bundled_lesion-dermoscopy_test14_val14_600_scale.json
+
 The first nuclei run (``runs/nuclei-he-24``) used the earlier stage 2 (cross-entropy only,
 ``L_SS`` at weight 1, Adam 1e-3; its figures are in ``results/bundled_*_first-run_test*.json``);
 the earlier lesion model, trained on 288-px patches of the 512-px images with no work size,
@@ -442,6 +452,11 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--train-only", action="store_true", help="stop after the last stage")
     p.add_argument(
+        "--skip-head",
+        action="store_true",
+        help="no stage 3 (for validation runs: the segmentation is stage 2's either way)",
+    )
+    p.add_argument(
         "--package", action="store_true", help=f"write the shipped file into {MODELS_DIR}"
     )
     p.add_argument(
@@ -453,6 +468,8 @@ def main() -> int:
         return 0
     if args.work is None:
         p.error("--work is required")
+    if args.package and args.skip_head:
+        p.error("--package ships stage 3's model: leave out --skip-head")
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.name]
     if args.pretrain_iterations:
@@ -505,7 +522,8 @@ def main() -> int:
         parent = file_sha256(args.work / "pretrain.pt")
         iterations = args.iterations or recipe["segment"]["iterations"]
     stage_segment(model, items, recipe, args.work, args.seed, iterations, parent)
-    stage_head(model, items, recipe, args.work, args.seed)
+    if not args.skip_head:
+        stage_head(model, items, recipe, args.work, args.seed)
     report["train_seconds_this_run"] = round(time.perf_counter() - t0, 1)
     save()
     if args.train_only:
