@@ -478,9 +478,12 @@ def main() -> int:
         recipe["segment"]["lr"] = args.lr
     for setting in args.set:
         key, _, value = setting.partition("=")
-        if key not in TrainConfig.__dataclass_fields__ or not value:
-            p.error(f"--set {setting!r}: expected KEY=VALUE with a TrainConfig field as KEY")
-        recipe["segment"][key] = json.loads(value)
+        try:
+            if key not in TrainConfig.__dataclass_fields__:
+                raise ValueError(key)
+            recipe["segment"][key] = json.loads(value)
+        except ValueError:
+            p.error(f"--set {setting!r}: expected KEY=VALUE, a TrainConfig field and a JSON value")
     data = load_dataset(recipe["data"], recipe["work_size"])
     train_idx, val_idx, test_idx = three_way_split(len(data), args.test, args.val, args.split_seed)
     items = [
