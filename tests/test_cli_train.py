@@ -61,6 +61,8 @@ def test_train_writes_a_checkpoint_with_roles(folders, capsys):
             "a",
             "--validation",
             "b.png",
+            "--val-metric",
+            "per-image",
             *FAST,
             "--out",
             str(out),
@@ -71,7 +73,9 @@ def test_train_writes_a_checkpoint_with_roles(folders, capsys):
     roles = {d["name"]: d["role"] for d in ck.meta["data"]}
     assert roles == {"a.png": "labelled", "b.png": "validation", "c.png": "unlabelled"}
     assert ck.meta["training"]["config"]["framework"] == "selfloop"
-    assert ck.meta["metrics"]["metric_name"] == "val_f1"
+    assert ck.meta["metrics"]["metric_name"] == "val_f1_mean"  # --val-metric per-image
+    assert ck.meta["training"]["config"]["val_metric"] == "per-image"
+    assert 0 <= ck.meta["metrics"]["val_f1"] <= 1  # the pooled Dice is recorded too
     assert ck.config.width == 8
     # Fine-tune that checkpoint with a baseline: the parent is recorded.
     out2 = folders / "m2.pt"

@@ -331,6 +331,34 @@ def test_checkpoint_records_parent_data_config_metrics_history(tmp_path):
     assert_same_state(ck.model, state_snapshot(model.cpu()))  # model holds the best weights
 
 
+def test_per_image_validation_chooses_by_the_mean_of_each_images_dice(tmp_path):
+    """``val_metric="per-image"``: the best weights are chosen by the mean of the validation
+    images' own Dice (recomputed here from the kept weights); the pooled Dice is still
+    recorded. An image with a huge object weighs as much as one with a small one."""
+    from napari_selfloop.core.metrics import pixel_scores
+    from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
+
+    big_img, big_mask = blobs(11)
+    big_mask[10:90, 10:90] = 1
+    big_img[big_mask == 1] = (95, 45, 160)
+    validation = [*items(1, 9), TrainItem("big.png", big_img, big_mask)]
+    model = build_model(TINY, seed=0)
+    cfg = TrainConfig(**{**FAST, "val_metric": "per-image"})
+    events, result = run(train(model, items(2), [], cfg, validation=validation))
+    assert result.metric_name == "val_f1_mean"
+    scored = [e.data for e in events if e.data["phase"] == "train" and "val_f1" in e.data]
+    assert len(scored) == 2 and all(0 <= d["val_f1_mean"] <= 1 for d in scored)
+    best = max(scored, key=lambda d: d["val_f1_mean"])
+    assert result.best_metric == pytest.approx(best["val_f1_mean"])
+    plc = PseudoLabelConfig(method="softmax", patch_size=96, seed=cfg.seed)
+    dice = [
+        pixel_scores(run_to_completion(pseudo_label(v.image, model, plc)).probability, v.mask)["f1"]
+        for v in validation
+    ]
+    assert result.best_metric == pytest.approx(float(np.mean(dice)), abs=1e-6)
+    assert "val_f1" in result.metrics and result.metrics["val_f1"] == best["val_f1"]
+
+
 def test_cancel_keeps_best_and_resume_continues(tmp_path):
     model = build_model(TINY, seed=0)
     cfg = TrainConfig(**{**FAST, "iterations": 6, "validate_every": 2})
@@ -461,6 +489,7 @@ def test_refusals_happen_at_call_time(case):
         ({"confidence": "both"}, "confidence"),
         ({"dice_weight": -1.0}, "loss weights"),
         ({"scale_jitter": -0.1}, "jitter"),
+        ({"val_metric": "median"}, "val_metric"),
         ({"puzzle_seg_weight": -0.5}, "loss weights"),
         ({"puzzle_seg_weight": 1.0, "framework": "supervised"}, "needs the selfloop framework"),
         ({"puzzle_seg_weight": 1.0, "ss_weight": 0.0}, "needs the selfloop framework"),

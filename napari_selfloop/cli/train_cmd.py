@@ -18,7 +18,7 @@ from ..core.imageio import check_input_file, open_image
 from ..core.model import ModelConfig, build_model, check_seed
 from ..core.project import list_images
 from ..core.pseudolabel import PATCH_MULTIPLE, STEP_RULES
-from ..core.training import FRAMEWORKS, TrainConfig, TrainItem, train
+from ..core.training import FRAMEWORKS, VAL_METRICS, TrainConfig, TrainItem, train
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
 
@@ -141,6 +141,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--patch-size", type=int, default=d.patch_size, help=f"multiple of {PATCH_MULTIPLE}"
     )
     p.add_argument("--validate-every", type=int, default=d.validate_every)
+    p.add_argument(
+        "--val-metric",
+        choices=VAL_METRICS,
+        default=d.val_metric,
+        help="how the --validation images choose the best weights: Dice of all their pixels "
+        "together, or the mean of each image's Dice (a few images with very large objects "
+        f"then do not decide alone) ({d.val_metric})",
+    )
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
@@ -250,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         dice_weight=args.dice_weight,
         puzzle_seg_weight=args.puzzle_seg_weight,
         scale_jitter=args.scale_jitter,
+        val_metric=args.val_metric,
     )
     parent = None
     if args.checkpoint is not None:

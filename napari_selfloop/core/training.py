@@ -77,6 +77,8 @@ log = logging.getLogger(__name__)
 
 FRAMEWORKS = ("selfloop", "supervised", "softmax", "mc-dropout", "selfloop-no-ss")
 SCHEDULES = ("cosine", "constant")
+#: How validation images are scored for choosing the best weights (``TrainConfig.val_metric``).
+VAL_METRICS = ("pooled", "per-image")
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,12 @@ class TrainConfig:
         Scale augmentation: patches are cut at up to ``1 + scale_jitter`` times (or that
         fraction of) the patch side and resized to it (0, the default, disables it; see
         :class:`~.datasets.Augment`).
+    val_metric
+        How the validation images choose the best weights: ``pooled`` Dice of all their
+        pixels together (``val_f1``, the default), or ``per-image``, the mean of each
+        image's Dice (``val_f1_mean``; an image with no foreground that gets none scores
+        1), which keeps a few images with very large objects (lesions filling the frame)
+        from deciding alone. Both are recorded either way.
     val_patch_size
         Patch side for tiled prediction of validation images.
     save_optimizer
@@ -185,6 +193,7 @@ class TrainConfig:
     hed_jitter: float = 0.03
     brightness_jitter: float = 0.1
     scale_jitter: float = 0.0
+    val_metric: str = "pooled"
     val_patch_size: int = 384
     save_optimizer: bool = True
 
@@ -250,6 +259,10 @@ class TrainConfig:
             problems.append(
                 "puzzle_seg_weight needs the selfloop framework with ss_weight > 0 "
                 "(it segments the puzzles of the labelled L_SS)"
+            )
+        if self.val_metric not in VAL_METRICS:
+            problems.append(
+                f"val_metric must be one of {', '.join(VAL_METRICS)}, got {self.val_metric!r}"
             )
         if self.validate_every < 1:
             problems.append(f"validate_every must be at least 1, got {self.validate_every}")
@@ -564,7 +577,8 @@ class _Run:
         self.model, self.cfg, self.optimizer = model, cfg, optimizer
         self.dev, self.dtype, self.val, self.out = dev, dtype, val, out
         self.parent, self.pixel_size_um, self.data = parent, pixel_size_um, data
-        self.metric_name = "val_f1" if val else "train_seg_loss"
+        per_image = cfg.val_metric == "per-image"
+        self.metric_name = ("val_f1_mean" if per_image else "val_f1") if val else "train_seg_loss"
         self.start_step = 0
         self.history: list[dict[str, Any]] = []
         self.best = _Best()
@@ -660,9 +674,9 @@ class _Run:
             extra = {
                 f"val_{k}": v
                 for k, v in scores.items()
-                if k in ("f1", "balanced_accuracy", "precision", "recall")
+                if k in ("f1", "balanced_accuracy", "precision", "recall", "f1_mean")
             }
-            metric = scores["f1"]
+            metric = extra[self.metric_name]
         else:
             metric = float(np.mean(self.seg_window)) if self.seg_window else math.nan
             extra = {"train_seg_loss": metric}
@@ -675,9 +689,8 @@ class _Run:
     def _is_better(self, metric: float) -> bool:
         if self.best.metric is None:
             return True
-        return (
-            metric > self.best.metric if self.metric_name == "val_f1" else metric < self.best.metric
-        )
+        higher_is_better = self.metric_name != "train_seg_loss"
+        return metric > self.best.metric if higher_is_better else metric < self.best.metric
 
     def _consider(self, step: int, metric: float, extra: dict[str, Any]) -> None:
         if not self._is_better(metric):
@@ -875,6 +888,8 @@ def _train_loop(
             msg = f"step {step}/{run.total} loss {run.losses['loss']:.4f}"
             if "val_f1" in scores:
                 msg += f" val F1 {scores['val_f1']:.4f}"
+                if cfg.val_metric == "per-image":
+                    msg += f" (mean per image {scores['val_f1_mean']:.4f})"
             yield run.event(step, "train", lr, msg, **scores)
     finally:
         run.restore_best(initial)
@@ -1029,7 +1044,9 @@ def _validate(
     dev: torch.device,
     make_event: Callable[[str], Progress],
 ) -> Generator[Progress, None, dict[str, float]]:
-    """Pooled pixel scores of the sigmoid map (> 0.5) over the validation images.
+    """Pooled pixel scores of the sigmoid map (> 0.5) over the validation images, and
+    ``f1_mean``, the mean of each image's Dice (1 for an image with no foreground in its
+    mask and none predicted).
 
     Prediction runs at the training precision (``cfg.precision`` resolves to the same
     dtype on the same device).
@@ -1042,6 +1059,7 @@ def _validate(
         seed=cfg.seed,
     )
     counts = np.zeros(4, dtype=np.int64)
+    per_image: list[float] = []
     was = model.training
     try:
         for n, item in enumerate(val, 1):
@@ -1050,7 +1068,9 @@ def _validate(
                 pseudo_label(item.image, model, plc, device=dev),
                 lambda _e, message=message: make_event(message),
             )
-            counts += pixel_counts(result.probability > 0.5, item.mask, ignore=IGNORE)
+            image_counts = pixel_counts(result.probability > 0.5, item.mask, ignore=IGNORE)
+            counts += image_counts
+            per_image.append(scores_from_counts(image_counts)["f1"])  # 1 when both empty
     finally:
         model.train(was)
-    return scores_from_counts(counts)
+    return {**scores_from_counts(counts), "f1_mean": float(np.mean(per_image))}

@@ -53,9 +53,11 @@ def card_text(ckpt: Checkpoint) -> str:
                     lines[i] = new + line[len(old) :]
     name, value = metrics.get("metric_name"), metrics.get("metric")
     if name and isinstance(value, (int, float)):
-        label = {"val_f1": "validation F1", "train_seg_loss": "training segmentation loss"}.get(
-            name, name
-        )
+        label = {
+            "val_f1": "validation F1",
+            "val_f1_mean": "validation F1 (mean per image)",
+            "train_seg_loss": "training segmentation loss",
+        }.get(name, name)
         how = f" ({metrics['framework']})" if metrics.get("framework") else ""
         step = f" at step {metrics['best_step']}" if metrics.get("best_step") is not None else ""
         lines = [ln for ln in lines if not ln.startswith("validation:")]
