@@ -293,7 +293,8 @@ class TrainConfig:
 class TrainResult:
     """What :func:`train` returns when it runs to the end.
 
-    ``metric_name`` is ``val_f1`` (higher is better) with a validation set, otherwise
+    ``metric_name`` is ``val_f1`` (or ``val_f1_mean`` with ``val_metric="per-image"``;
+    higher is better) with a validation set, otherwise
     ``train_seg_loss`` (the mean ``L_SEG`` between evaluations; lower is better).
     ``checkpoint`` is the file holding the best weights (None without ``out``).
     """
