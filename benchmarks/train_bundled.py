@@ -58,6 +58,9 @@ both from the held-out run's jigsaw pre-training::
         --iterations 600 --threads 1 --no-capture --skip-head --set scale_jitter=0.3 \
         --out benchmarks/results/bundled_lesion-dermoscopy_test14_val14_600_scale.json
 
+The 1200-step validation runs of the recipe as it is and without the puzzle ``L_SEG``
+(``--set puzzle_seg_weight=0``) are ``..._val14_1200_{base,nopuzzle}.json``.
+
 The first nuclei run (``runs/nuclei-he-24``) used the earlier stage 2 (cross-entropy only,
 ``L_SS`` at weight 1, Adam 1e-3; its figures are in ``results/bundled_*_first-run_test*.json``);
 the earlier lesion model, trained on 288-px patches of the 512-px images with no work size,
