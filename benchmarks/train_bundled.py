@@ -61,6 +61,18 @@ both from the held-out run's jigsaw pre-training::
 The 1200-step validation runs of the recipe as it is and without the puzzle ``L_SEG``
 (``--set puzzle_seg_weight=0``) are ``..._val14_1200_{base,nopuzzle}.json``.
 
+The nuclei recipe in one run from a fresh model (2000 stage-2 steps, the number of stage-2
+steps behind the measured 24-image model, which had 700 of them with the earlier stage 2),
+and the lesion recipe with a longer jigsaw pre-training (1500 steps: at 300 the running
+``L_SS`` had only just left chance), continuing the held-out run's 300-step pre-training::
+
+    python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24c \\
+        --iterations 2000 --threads 2 --out benchmarks/results/bundled_nuclei-he_fresh2000_test6.json
+    cp runs/lesion192-60/pretrain.pt runs/lesion192-60j/
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion192-60j \\
+        --pretrain-iterations 1500 --threads 1 \\
+        --out benchmarks/results/bundled_lesion-dermoscopy_jigsaw1500_test14.json
+
 The first nuclei run (``runs/nuclei-he-24``) used the earlier stage 2 (cross-entropy only,
 ``L_SS`` at weight 1, Adam 1e-3; its figures are in ``results/bundled_*_first-run_test*.json``);
 the earlier lesion model, trained on 288-px patches of the 512-px images with no work size,
