@@ -61,10 +61,11 @@ both from the held-out run's jigsaw pre-training::
 The 1200-step validation runs of the recipe as it is and without the puzzle ``L_SEG``
 (``--set puzzle_seg_weight=0``) are ``..._val14_1200_{base,nopuzzle}.json``.
 
-The nuclei recipe in one run from a fresh model (2000 stage-2 steps, the number of stage-2
-steps behind the measured 24-image model, which had 700 of them with the earlier stage 2),
-and the lesion recipe with a longer jigsaw pre-training (1500 steps: at 300 the running
-``L_SS`` had only just left chance), continuing the held-out run's 300-step pre-training::
+The nuclei recipe in one run from a fresh model (2000 steps of today's stage 2; the measured
+24-image model had 700 steps of the earlier stage 2 and 1300 of today's), and the lesion
+recipe with a longer jigsaw pre-training (1500 steps: at 300 the running ``L_SS`` had only
+just left chance), continuing the held-out run's 300-step pre-training (in progress: its
+results file does not exist yet)::
 
     python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24c \\
         --iterations 2000 --threads 2 --out benchmarks/results/bundled_nuclei-he_fresh2000_test6.json
