@@ -37,13 +37,21 @@ per job, two jobs at once); the README lists the measured figures::
         --start-from runs/nuclei-he-24/segment.pt --iterations 1300 --threads 1
     python benchmarks/train_bundled.py nuclei-he --work runs/nuclei-he-30b \\
         --start-from runs/nuclei-he-24b/segment.pt --iterations 300 --lr 2e-4 --package
-    # lesion-dermoscopy (192-px work size): the same recipe on 60 of 74 ISIC images
-    # (measured on the 14 others) and on all 74 (shipped)
-    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion192-60 \\
+    # lesion-dermoscopy (192-px work size): the recipe on 60 of 74 ISIC images (measured
+    # on the 14 others) and on all 74 (shipped). Both continued the jigsaw pre-training of
+    # a run of the earlier 300-step recipe (runs/lesion192-60 and -74): 300 steps with
+    # their own cosine decay, then steps 301-1500 at the 1500-step schedule's rates
+    mkdir -p runs/lesion192-60j runs/lesion192-74j
+    cp runs/lesion192-60/pretrain.pt runs/lesion192-60j/
+    cp runs/lesion192-74/pretrain.pt runs/lesion192-74j/
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion192-60j \\
         --threads 1
-    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion192-74 --threads 1 \\
+    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion192-74j --threads 1 \\
         --package
-    # a longer schedule, measured and not shipped (it did worse on the 14 images)
+    # the earlier 300-step recipe, measured (results/..._jigsaw300_test14.json) and shipped
+    # before, and a longer stage 2 of it, measured and not shipped (worse on the 14 images)
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion192-60 \\
+        --pretrain-iterations 300 --threads 1
     python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion192-60c \\
         --start-from runs/lesion192-60/segment.pt --iterations 700 --lr 5e-4 --threads 1 \\
         --out benchmarks/results/bundled_lesion-dermoscopy_continued_test14.json
@@ -62,17 +70,10 @@ The 1200-step validation runs of the recipe as it is and without the puzzle ``L_
 (``--set puzzle_seg_weight=0``) are ``..._val14_1200_{base,nopuzzle}.json``.
 
 The nuclei recipe in one run from a fresh model (2000 steps of today's stage 2; the measured
-24-image model had 700 steps of the earlier stage 2 and 1300 of today's), and the lesion
-recipe with a longer jigsaw pre-training (1500 steps: at 300 the running ``L_SS`` had only
-just left chance), continuing the held-out run's 300-step pre-training (in progress: its
-results file does not exist yet)::
+24-image model had 700 steps of the earlier stage 2 and 1300 of today's)::
 
     python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24c \\
         --iterations 2000 --threads 2 --out benchmarks/results/bundled_nuclei-he_fresh2000_test6.json
-    cp runs/lesion192-60/pretrain.pt runs/lesion192-60j/
-    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion192-60j \\
-        --pretrain-iterations 1500 --threads 1 \\
-        --out benchmarks/results/bundled_lesion-dermoscopy_jigsaw1500_test14.json
 
 The first nuclei run (``runs/nuclei-he-24``) used the earlier stage 2 (cross-entropy only,
 ``L_SS`` at weight 1, Adam 1e-3; its figures are in ``results/bundled_*_first-run_test*.json``);
@@ -140,7 +141,7 @@ RECIPES: dict[str, dict[str, Any]] = {
         # whole images with their context fit one patch, and a step costs a seventh of one
         # on 512-px images.
         "work_size": 192,
-        "pretrain": {"iterations": 300, "patch_size": 192, "batch_size": 32, "lr": 1e-3},
+        "pretrain": {"iterations": 1500, "patch_size": 192, "batch_size": 32, "lr": 1e-3},
         "segment": {
             "iterations": 1200,
             "patch_size": 192,

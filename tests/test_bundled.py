@@ -205,6 +205,7 @@ def test_shipped_model_is_small_half_precision_and_documented(name):
     jig = meta["metrics"]
     assert abs(jig["jigsaw_chance_loss"] - math.log(ckpt.config.num_permutations)) < 1e-3
     assert math.isfinite(jig["jigsaw_loss"]) and 0.0 <= jig["jigsaw_top1"] <= 1.0
-    if name == "nuclei-he":  # the lesion model's jigsaw is at chance (README, card)
-        assert jig["jigsaw_loss"] < jig["jigsaw_chance_loss"]
+    # The jigsaw is learned (the bar, measured on the training images here), so
+    # self-loop uncertainty has something to go on.
+    assert jig["jigsaw_loss"] <= 3.0 and jig["jigsaw_top1"] >= 0.2
     assert m.licence.split(",")[0] in meta["note"]
