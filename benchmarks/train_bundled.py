@@ -66,8 +66,14 @@ both from the held-out run's jigsaw pre-training::
         --iterations 600 --threads 1 --no-capture --skip-head --set scale_jitter=0.3 \
         --out benchmarks/results/bundled_lesion-dermoscopy_test14_val14_600_scale.json
 
-The 1200-step validation runs of the recipe as it is and without the puzzle ``L_SEG``
-(``--set puzzle_seg_weight=0``) are ``..._val14_1200_{base,nopuzzle}.json``.
+The 1200-step validation runs of the 300-step recipe and without the puzzle ``L_SEG``
+(``--set puzzle_seg_weight=0``) are ``..._val14_1200_{base,nopuzzle}.json``; the 1500-step
+jigsaw pre-training, measured the same way, is ``..._val14_1200_j1500.json``::
+
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --val 14 \\
+        --work runs/lval1200-j1500 --start-from runs/lesion192-60j/pretrain.pt \\
+        --iterations 1200 --threads 1 --no-capture --skip-head \\
+        --out benchmarks/results/bundled_lesion-dermoscopy_test14_val14_1200_j1500.json
 
 The nuclei recipe in one run from a fresh model (2000 steps of today's stage 2; the measured
 24-image model had 700 steps of the earlier stage 2 and 1300 of today's)::
