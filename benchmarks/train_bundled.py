@@ -59,7 +59,7 @@ per job, two jobs at once); the README lists the measured figures::
 Recipe choices are made on validation images carved from the training images
 (``--val N``; results ``bundled_NAME_testT_valN*.json``, never read as held-out figures),
 for example the scale augmentation (``--set scale_jitter=0.3``) against the recipe as it is,
-both from the held-out run's jigsaw pre-training::
+both from the 300-step held-out run's jigsaw pre-training::
 
     python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --val 14 \
         --work runs/lval600-scale --start-from runs/lesion192-60/pretrain.pt \
