@@ -91,9 +91,11 @@ records its own configs and its parent's hash.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -109,6 +111,11 @@ from bench_monuseg import error_capture, predict, score, split  # noqa: E402
 from napari_selfloop import __version__  # noqa: E402
 from napari_selfloop.core.atomic import write_json  # noqa: E402
 from napari_selfloop.core.bundled import MODELS_DIR, package_model  # noqa: E402
+from napari_selfloop.core.calibration import (  # noqa: E402
+    apply_calibration,
+    calibration_record,
+    choose_threshold,
+)
 from napari_selfloop.core.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 from napari_selfloop.core.datasets import TrainItem  # noqa: E402
 from napari_selfloop.core.imageio import open_image  # noqa: E402
@@ -319,9 +326,54 @@ def evaluate(
     report: dict[str, Any],
     save: Any,
     capture: bool = True,
+    choose_cut: bool = False,
+    step_lrs: Sequence[float] = (),
 ) -> None:
-    """Pseudo-label scores, error capture and held-out jigsaw figures on the test images."""
+    """Pseudo-label scores, error capture and held-out jigsaw figures on the test images;
+    with ``choose_cut`` (validation runs), also the foreground cut that maximises the mean
+    of softmax Dice and balanced accuracy on them (:mod:`napari_selfloop.core.calibration`),
+    which ``--calibration`` folds into a held-out or shipped model; with ``step_lrs``, the
+    self-loop pseudo-labels (at the cut) at each of those step sizes and without encoder
+    steps (``selfloop-no-ss``), to see what the step size can change."""
     patch = DEFAULT_PATCH
+    if choose_cut and "calibration" not in report:
+        probs = [predict(model, d["image"], "softmax", 1, patch=patch) for d in test]
+        cal = choose_threshold(probs, [d["mask"] for d in test])
+        report["calibration"] = {
+            **calibration_record(cal, [d["name"] for d in test]),
+            "curve": [{k: round(v, 4) for k, v in row.items()} for row in cal.curve],
+        }
+        print(
+            f"[evaluate] cut {cal.threshold:.2f}: softmax Dice / BA "
+            f"{100 * cal.before['dice']:.1f} / {100 * cal.before['balanced_accuracy']:.1f} at 0.5, "
+            f"{100 * cal.after['dice']:.1f} / {100 * cal.after['balanced_accuracy']:.1f} at the cut",
+            flush=True,
+        )
+        save()
+    if step_lrs and "selfloop_step_lr" not in report:
+        cut_model = copy.deepcopy(model)
+        if "calibration" in report:
+            apply_calibration(cut_model, report["calibration"]["threshold"])
+        sweep: dict[str, Any] = {}
+        for lr in [0.0, *step_lrs]:
+            method = "selfloop" if lr else "selfloop-no-ss"
+            rows = [
+                score(
+                    predict(
+                        cut_model, d["image"], method, 10, patch=patch, lr=lr or DEFAULT_STEP_LR
+                    ),
+                    d["mask"],
+                )
+                for d in test
+            ]
+            key = f"{lr:g}" if lr else "no-ss"
+            sweep[key] = {
+                k: round(100 * float(np.mean([r[k] for r in rows])), 2)
+                for k in ("f1", "balanced_accuracy")
+            }
+            print(f"[evaluate] self-loop step {key}: {json.dumps(sweep[key])}", flush=True)
+        report["selfloop_step_lr"] = sweep
+        save()
     methods = {
         "softmax": ("softmax", 1),
         "mc-dropout": ("mc-dropout", 10),
@@ -480,6 +532,19 @@ def main() -> int:
         help="no stage 3 (for validation runs: the segmentation is stage 2's either way)",
     )
     p.add_argument(
+        "--step-lrs",
+        type=lambda v: [float(x) for x in v.split(",")],
+        default=[],
+        help="validation runs: also score self-loop at these step sizes (comma-separated) "
+        "and without encoder steps",
+    )
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        help="results JSON of a validation run (--val): fold the foreground cut it chose into "
+        "the trained model before evaluating or packaging it",
+    )
+    p.add_argument(
         "--package", action="store_true", help=f"write the shipped file into {MODELS_DIR}"
     )
     p.add_argument(
@@ -493,6 +558,11 @@ def main() -> int:
         p.error("--work is required")
     if args.package and args.skip_head:
         p.error("--package ships stage 3's model: leave out --skip-head")
+    cut = None
+    if args.calibration:
+        cut = (json.loads(args.calibration.read_text()).get("calibration") or {}).get("threshold")
+        if not isinstance(cut, float):
+            p.error(f"--calibration {args.calibration}: no chosen cut in it (run with --val)")
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.name]
     if args.pretrain_iterations:
@@ -555,8 +625,32 @@ def main() -> int:
     if args.train_only:
         print("trained; run again without --train-only to evaluate or package", flush=True)
         return 0
+    calibration = None
+    if cut is not None:
+        chosen_on = json.loads(args.calibration.read_text())["calibration"]
+        shift = apply_calibration(model, cut)
+        calibration = {
+            **{k: v for k, v in chosen_on.items() if k != "curve"},
+            "chosen_by": str(args.calibration),
+            "bias_shift": round(shift, 6),
+        }
+        if report.get("calibration") != calibration and (
+            report.get("calibration") or report.get("pseudo_labels")
+        ):
+            raise SystemExit(f"{out} holds results of the model at another cut: pass a new --out")
+        report["calibration"] = calibration
+        save()
     if test:
-        evaluate(model.eval(), test, recipe, report, save, capture=not args.no_capture)
+        evaluate(
+            model.eval(),
+            test,
+            recipe,
+            report,
+            save,
+            capture=not args.no_capture,
+            choose_cut=bool(val_idx) and cut is None,
+            step_lrs=args.step_lrs if val_idx else (),
+        )
     if args.package:
         # The jigsaw is measured on the held-out images when there are some; a model that saw
         # every image is measured on (seen) training images, and its held-out figures are
@@ -581,6 +675,7 @@ def main() -> int:
             command=report["command"],
             jigsaw=jigsaw,
             heldout=heldout_summary(args.name),
+            calibration=calibration,
         )
         report["packaged"] = {
             "path": str(path.relative_to(HERE.parent)),

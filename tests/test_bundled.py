@@ -36,6 +36,9 @@ JIGSAW = {
     "measured_on": "test puzzles",
 }
 
+#: A foreground cut as ``train_bundled.py --calibration`` records it.
+CUT = {"threshold": 0.4, "bias_shift": 0.405465, "images": ["v1.png", "v2.png"]}
+
 
 def make_bundled(folder: Path, name: str, seed: int = 0) -> Path:
     """Package a tiny trained-looking model as bundled model ``name`` into ``folder``."""
@@ -50,6 +53,7 @@ def make_bundled(folder: Path, name: str, seed: int = 0) -> Path:
         command="pytest",
         jigsaw=JIGSAW,
         heldout={"images": 2, "softmax_f1": 80.0, "softmax_balanced_accuracy": 90.0},
+        calibration=CUT if name == "nuclei-he" else None,
         dest=folder / "models" / f"{name}.pt",
     )
 
@@ -84,6 +88,8 @@ def test_package_writes_half_precision_that_loads_as_float32(tmp_path, tiny_mode
         meta["metrics"]["jigsaw_loss"] == 2.0 and meta["metrics"]["heldout"]["softmax_f1"] == 80.0
     )
     assert "CC BY-NC-SA 4.0" in meta["note"] and "non-commercial" in meta["note"]
+    assert meta["metrics"]["calibration"] == CUT
+    assert "calibration" not in load_bundled("lesion-dermoscopy").meta["metrics"]
     assert meta["parent"] == load_checkpoint(tmp_path / "src_nuclei-he.pt").sha256
 
 
@@ -123,6 +129,7 @@ def test_models_command_lists_cards_with_licences(tiny_models, capsys):
     assert "nuclei-he" in out and "lesion-dermoscopy" in out
     assert "CC BY-NC-SA 4.0" in out and "non-commercial" in out
     assert "on 2 unseen images" not in out and "measured on unseen images: images 2" in out
+    assert out.count("foreground cut: 0.40") == 1 and "on 2 validation images" in out
     assert main(["models", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["name"] for r in rows] == list(BUNDLED) and all(r["installed"] for r in rows)

@@ -24,6 +24,7 @@ from .. import __version__
 from ..core.errors import SelfloopError
 from . import (
     batch_cmd,
+    calibrate_cmd,
     evaluate_cmd,
     evaluate_jigsaw_cmd,
     export_cmd,
@@ -43,6 +44,7 @@ COMMANDS = (
     pseudolabel_cmd,
     batch_cmd,
     train_cmd,
+    calibrate_cmd,
     evaluate_cmd,
     evaluate_jigsaw_cmd,
     export_cmd,

@@ -16,7 +16,7 @@ from ..core.device import PRECISIONS
 from ..core.errors import InputError
 from ..core.imageio import check_input_file, open_image
 from ..core.model import ModelConfig, build_model, check_seed
-from ..core.project import list_images
+from ..core.project import list_images, paired_masks
 from ..core.pseudolabel import PATCH_MULTIPLE, STEP_RULES
 from ..core.training import FRAMEWORKS, VAL_METRICS, TrainConfig, TrainItem, train
 from .args import CHECKPOINT_HELP, checkpoint_arg
@@ -206,12 +206,7 @@ def run(args: argparse.Namespace) -> int:
         if path is not None:
             check_input_file(path, "a checkpoint file")
     images = list_images(args.images, "--images")
-    masks: dict[str, Path] = {}
-    if args.masks is not None:
-        for stem, path in list_images(args.masks, "--masks").items():
-            key = stem[:-5] if stem.endswith("_mask") and stem[:-5] in images else stem
-            if key in images:
-                masks[key] = path
+    masks = paired_masks(images, args.masks) if args.masks is not None else {}
     with_masks = [s for s in images if s in masks]
     validation = _pick(args.validation, images, "--validation")
     if args.labeled:

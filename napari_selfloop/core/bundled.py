@@ -178,6 +178,12 @@ def model_card_text(name: str) -> str:
                     f"top-1 {100 * metrics.get('jigsaw_top1', 0.0):.0f}% "
                     f"on {metrics.get('jigsaw_measured_on', '?')}"
                 )
+            cal = metrics.get("calibration") or {}
+            if isinstance(cal.get("threshold"), float):
+                lines.append(
+                    f"  foreground cut: {cal['threshold']:.2f} of the trained model's probability "
+                    f"(in the weights; chosen on {len(cal.get('images') or [])} validation images)"
+                )
             lines.append(f"  recipe: {(ckpt.meta.get('training') or {}).get('command', '?')}")
     return "\n".join(lines)
 
@@ -190,13 +196,15 @@ def package_model(
     command: str,
     jigsaw: dict[str, Any],
     heldout: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
     dest: Path | None = None,
 ) -> Path:
     """Write the shipped file of bundled model ``name`` from a trained checkpoint.
 
     The weights go in half precision (they load back into float32 models); the record
     keeps the source's data list and history and adds the recipe, the licence and the
-    jigsaw (and held-out) figures.
+    jigsaw (and held-out) figures, and the foreground cut when one was folded into the
+    weights (:mod:`.calibration`).
     """
     if name not in BUNDLED:
         raise _unknown(name)
@@ -212,6 +220,8 @@ def package_model(
     }
     if heldout:
         metrics["heldout"] = heldout
+    if calibration:
+        metrics["calibration"] = calibration
     training = {
         "kind": "bundled",
         "command": command,

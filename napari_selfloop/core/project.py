@@ -92,6 +92,17 @@ def list_images(folder: Path, what: str) -> dict[str, Path]:
     return found
 
 
+def paired_masks(images: dict[str, Path], folder: Path, what: str = "--masks") -> dict[str, Path]:
+    """Mask files of ``folder`` by the stem of the image they belong to: ``STEM.*``, or
+    ``STEM_mask.*`` (the name export gives them); masks of no image are left out."""
+    masks: dict[str, Path] = {}
+    for stem, path in list_images(folder, what).items():
+        key = stem[:-5] if stem.endswith("_mask") and stem[:-5] in images else stem
+        if key in images:
+            masks[key] = path
+    return masks
+
+
 def folder_images(folder: Path) -> list[TrainItem]:
     """Unlabelled images of a folder, opened lazily; unreadable ones are skipped with a warning."""
     if not folder.is_dir():
