@@ -45,3 +45,16 @@ def test_validation_results_are_not_taken_for_held_out_ones(recipe_script, tmp_p
     assert [p.name for p in recipe_script.heldout_files("lesion-dermoscopy")] == [
         "bundled_lesion-dermoscopy_test14.json"
     ]
+
+
+def test_calibration_needs_a_validation_run_with_a_chosen_cut(
+    recipe_script, tmp_path, monkeypatch, capsys
+):
+    val = tmp_path / "val.json"
+    val.write_text('{"pseudo_labels": {}}')  # a results file of a run that chose no cut
+    argv = ["train_bundled.py", "nuclei-he", "--work", str(tmp_path / "w")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--calibration", str(val)])
+    with pytest.raises(SystemExit) as e:
+        recipe_script.main()
+    assert e.value.code == 2 and "no chosen cut in it (run with --val)" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
