@@ -61,9 +61,9 @@ Recipe choices are made on validation images carved from the training images
 for example the scale augmentation (``--set scale_jitter=0.3``) against the recipe as it is,
 both from the 300-step held-out run's jigsaw pre-training::
 
-    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --val 14 \
-        --work runs/lval600-scale --start-from runs/lesion192-60/pretrain.pt \
-        --iterations 600 --threads 1 --no-capture --skip-head --set scale_jitter=0.3 \
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --val 14 \\
+        --work runs/lval600-scale --start-from runs/lesion192-60/pretrain.pt \\
+        --iterations 600 --threads 1 --no-capture --skip-head --set scale_jitter=0.3 \\
         --out benchmarks/results/bundled_lesion-dermoscopy_test14_val14_600_scale.json
 
 The 1200-step validation runs of the 300-step recipe and without the puzzle ``L_SEG``
@@ -84,10 +84,10 @@ validation images, it raises the mean of Dice and balanced accuracy and lowers n
 softmax error-capture figures (top 5 / 10 / 20 %) by more than 2 points: the lesion cut
 (0.10) failed that, so the lesion model ships without one::
 
-    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --val 14 \
-        --work runs/lval1200-j1500 --start-from runs/lesion192-60j/pretrain.pt \
-        --iterations 1200 --threads 1 --skip-head --calibration \
-        benchmarks/results/bundled_lesion-dermoscopy_test14_val14_1200_j1500.json \
+    python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --val 14 \\
+        --work runs/lval1200-j1500 --start-from runs/lesion192-60j/pretrain.pt \\
+        --iterations 1200 --threads 1 --skip-head --calibration \\
+        benchmarks/results/bundled_lesion-dermoscopy_test14_val14_1200_j1500.json \\
         --out benchmarks/results/bundled_lesion-dermoscopy_test14_val14_1200_j1500_cut.json
 
 The nuclei recipe in one run from a fresh model (2000 steps of today's stage 2; the measured
@@ -367,7 +367,7 @@ def evaluate(
         save()
     if step_lrs and "selfloop_step_lr" not in report:
         cut_model = copy.deepcopy(model)
-        if "calibration" in report:
+        if choose_cut:  # (a model given --calibration has its cut already)
             apply_calibration(cut_model, report["calibration"]["threshold"])
         sweep: dict[str, Any] = {}
         for lr in [0.0, *step_lrs]:
@@ -573,10 +573,10 @@ def main() -> int:
         p.error("--work is required")
     if args.package and args.skip_head:
         p.error("--package ships stage 3's model: leave out --skip-head")
-    cut = None
+    chosen_cut: dict[str, Any] | None = None
     if args.calibration:
-        cut = (json.loads(args.calibration.read_text()).get("calibration") or {}).get("threshold")
-        if not isinstance(cut, float):
+        chosen_cut = json.loads(args.calibration.read_text()).get("calibration") or {}
+        if not isinstance(chosen_cut.get("threshold"), float):
             p.error(f"--calibration {args.calibration}: no chosen cut in it (run with --val)")
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.name]
@@ -641,11 +641,10 @@ def main() -> int:
         print("trained; run again without --train-only to evaluate or package", flush=True)
         return 0
     calibration = None
-    if cut is not None:
-        chosen_on = json.loads(args.calibration.read_text())["calibration"]
-        shift = apply_calibration(model, cut)
+    if chosen_cut is not None:
+        shift = apply_calibration(model, chosen_cut["threshold"])
         calibration = {
-            **{k: v for k, v in chosen_on.items() if k != "curve"},
+            **{k: v for k, v in chosen_cut.items() if k != "curve"},
             "chosen_by": str(args.calibration),
             "bias_shift": round(shift, 6),
         }
@@ -663,7 +662,7 @@ def main() -> int:
             report,
             save,
             capture=not args.no_capture,
-            choose_cut=bool(val_idx) and cut is None,
+            choose_cut=bool(val_idx) and chosen_cut is None,
             step_lrs=args.step_lrs if val_idx else (),
         )
     if args.package:
