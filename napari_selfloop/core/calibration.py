@@ -95,6 +95,42 @@ def _objective_value(scores: dict[str, float], objective: str) -> float:
     return scores[objective]
 
 
+def _check_request(objective: str, maps: int, masks: int, what: str) -> None:
+    if objective not in OBJECTIVES:
+        raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    if not maps or maps != masks:
+        raise InputError(
+            f"need one mask per {what} and at least one of each, got {maps} {what}s and "
+            f"{masks} masks"
+        )
+
+
+def _grid_cuts(grid: Sequence[float]) -> list[float]:
+    cuts = sorted({round(float(t), 6) for t in grid} | {0.5})
+    if not all(0.0 < t < 1.0 for t in cuts):
+        raise InputError("every cut of the grid must be between 0 and 1 (exclusive)")
+    return cuts
+
+
+def _choose(counts: list[np.ndarray], cuts: list[float], objective: str) -> Calibration:
+    """The best cut from each image's :func:`cut_counts` at ``cuts``."""
+    if not any(c[0, 0] + c[0, 2] for c in counts):
+        raise InputError("the masks hold no foreground: nothing to calibrate the cut on")
+    curve = [{"threshold": t, **_mean_scores(counts, i)} for i, t in enumerate(cuts)]
+    best = max(
+        range(len(cuts)),
+        key=lambda i: (round(_objective_value(curve[i], objective), 9), -abs(cuts[i] - 0.5)),
+    )
+    return Calibration(
+        threshold=cuts[best],
+        objective=objective,
+        images=len(counts),
+        before={k: v for k, v in curve[cuts.index(0.5)].items() if k != "threshold"},
+        after={k: v for k, v in curve[best].items() if k != "threshold"},
+        curve=curve,
+    )
+
+
 def choose_threshold(
     probs: Sequence[np.ndarray],
     truths: Sequence[np.ndarray],
@@ -108,33 +144,10 @@ def choose_threshold(
     pseudo-labels) and ``truths`` their 0/1 masks (255 = ignored). Among cuts that score
     the same, the one nearest 0.5 wins, so a model that needs no calibration keeps 0.5.
     """
-    if objective not in OBJECTIVES:
-        raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    if not probs or len(probs) != len(truths):
-        raise InputError(
-            f"need one mask per probability map and at least one of each, got {len(probs)} "
-            f"maps and {len(truths)} masks"
-        )
-    cuts = sorted({round(float(t), 6) for t in grid} | {0.5})
-    if not all(0.0 < t < 1.0 for t in cuts):
-        raise InputError("every cut of the grid must be between 0 and 1 (exclusive)")
+    _check_request(objective, len(probs), len(truths), "probability map")
+    cuts = _grid_cuts(grid)
     counts = [cut_counts(p, t, cuts) for p, t in zip(probs, truths, strict=True)]
-    if not any(c[0, 0] + c[0, 2] for c in counts):
-        raise InputError("the masks hold no foreground: nothing to calibrate the cut on")
-    curve = [{"threshold": t, **_mean_scores(counts, i)} for i, t in enumerate(cuts)]
-    best = max(
-        range(len(cuts)),
-        key=lambda i: (round(_objective_value(curve[i], objective), 9), -abs(cuts[i] - 0.5)),
-    )
-    pick = curve[best]
-    return Calibration(
-        threshold=cuts[best],
-        objective=objective,
-        images=len(probs),
-        before={k: v for k, v in curve[cuts.index(0.5)].items() if k != "threshold"},
-        after={k: v for k, v in pick.items() if k != "threshold"},
-        curve=curve,
-    )
+    return _choose(counts, cuts, objective)
 
 
 def segmentation_head(model: torch.nn.Module) -> torch.nn.Conv2d:
@@ -182,19 +195,15 @@ def calibrate(
     device: str = "auto",
 ) -> Generator[Progress, None, Calibration]:
     """Choose the cut of ``model`` on annotated images: pseudo-label each (softmax, or the
-    method of ``config``), then :func:`choose_threshold`. Yields progress (each a cancel
+    method of ``config``) and score every cut of :data:`DEFAULT_GRID` as
+    :func:`choose_threshold` does, keeping only the counts. Yields progress (each a cancel
     point); returns the :class:`Calibration`. The model is not changed: fold the cut in
     with :func:`apply_calibration`. ``masks`` are 0/1/255 masks of the images' sizes.
     """
-    if objective not in OBJECTIVES:
-        raise InputError(f"objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
-    if not images or len(images) != len(masks):
-        raise InputError(
-            f"need one mask per image and at least one image, got {len(images)} images and "
-            f"{len(masks)} masks"
-        )
+    _check_request(objective, len(images), len(masks), "image")
+    cuts = _grid_cuts(DEFAULT_GRID)
     cfg = config or PseudoLabelConfig(method="softmax")
-    probs = []
+    counts = []  # per image, so no probability map is kept
     n = len(images)
     for i, (image, mask) in enumerate(zip(images, masks, strict=True)):
         shape = np.shape(image)[:2]
@@ -208,6 +217,6 @@ def calibrate(
             return Progress(i, n, f"image {i + 1}/{n}: {ev.message}", {"phase": "predict"})
 
         result = yield from relay(pseudo_label(image, model, cfg, device=device), event)
-        probs.append(result.probability)
+        counts.append(cut_counts(result.probability, mask, cuts))
         yield Progress(i + 1, n, f"image {i + 1}/{n} done", {"phase": "predict"})
-    return choose_threshold(probs, list(masks), objective=objective)
+    return _choose(counts, cuts, objective)
