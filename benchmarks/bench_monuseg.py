@@ -39,6 +39,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -351,6 +352,26 @@ def loss_vs_dice(
     }
 
 
+def captured(
+    uncertainty: np.ndarray,
+    wrong: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    ks: Sequence[int] = (5, 10, 20),
+) -> dict[str, float]:
+    """``{LABELtopK: %}``: the share of each ``wrong[LABEL]`` pixel set inside the K % most
+    uncertain pixels; ties are broken at random (one draw of ``rng`` per call)."""
+    size = uncertainty.size
+    order = np.argsort(-(uncertainty.ravel() + 1e-9 * rng.random(size)))
+    out = {}
+    for k in ks:
+        top = np.zeros(size, bool)
+        top[order[: int(round(k / 100 * size))]] = True
+        for label, w in wrong.items():
+            w = w.ravel()
+            out[f"{label}top{k}"] = 100 * float((w & top).sum() / max(w.sum(), 1))
+    return out
+
+
 def error_capture(
     model: torch.nn.Module, images: list[dict[str, Any]], args: argparse.Namespace, step_lr: float
 ) -> dict[str, Any]:
@@ -384,15 +405,10 @@ def error_capture(
                 p = np.clip(r.probability.astype(np.float64), 1e-6, 1 - 1e-6)
                 maps[f"{name}-entropy"] = -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
             for label_map, unc_map in maps.items():
-                order = np.argsort(-(unc_map.ravel() + 1e-9 * rng.random(truth.size)))
-                row = {"error_fraction": 100 * float(plain_wrong.mean())}
-                for k in (5, 10, 20):
-                    top = np.zeros(truth.size, bool)
-                    top[order[: int(round(k / 100 * truth.size))]] = True
-                    for label, wrong in (("", plain_wrong.ravel()), ("own_", own_wrong)):
-                        row[f"{label}top{k}"] = 100 * float(
-                            (wrong & top).sum() / max(wrong.sum(), 1)
-                        )
+                row = {
+                    "error_fraction": 100 * float(plain_wrong.mean()),
+                    **captured(unc_map, {"": plain_wrong, "own_": own_wrong}, rng),
+                }
                 rows.setdefault(label_map, []).append(row)
     return {
         "mean": {

@@ -106,7 +106,6 @@ records its own configs and its parent's hash.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import sys
 import time
@@ -121,7 +120,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_monuseg import error_capture, predict, score, split  # noqa: E402
+from bench_monuseg import captured, error_capture, predict, predict_full, score, split  # noqa: E402
 
 from napari_selfloop import __version__  # noqa: E402
 from napari_selfloop.core.atomic import write_json  # noqa: E402
@@ -137,7 +136,8 @@ from napari_selfloop.core.imageio import open_image  # noqa: E402
 from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
 from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
-from napari_selfloop.core.pseudolabel import DEFAULT_PATCH, DEFAULT_STEP_LR  # noqa: E402
+from napari_selfloop.core.pseudolabel import DEFAULT_PATCH, PseudoLabelConfig  # noqa: E402
+from napari_selfloop.core.stepsize import choose_selfloop_step, set_selfloop_step  # noqa: E402
 from napari_selfloop.core.training import TrainConfig, train  # noqa: E402
 from napari_selfloop.core.worksize import mask_to_work_size, to_work_size  # noqa: E402
 
@@ -348,8 +348,9 @@ def evaluate(
     with ``choose_cut`` (validation runs), also the foreground cut that maximises the mean
     of softmax Dice and balanced accuracy on them (:mod:`napari_selfloop.core.calibration`),
     which ``--calibration`` folds into a held-out or shipped model; with ``step_lrs``, the
-    self-loop pseudo-labels (at the cut) at each of those step sizes and without encoder
-    steps (``selfloop-no-ss``), to see what the step size can change."""
+    self-loop sweep of :func:`step_sweep` and the step chosen from it, which
+    ``--selfloop-step`` makes a held-out or shipped model's own. Self-loop is scored at the
+    model's own step (the default for a model without one)."""
     patch = DEFAULT_PATCH
     if choose_cut and "calibration" not in report:
         probs = [predict(model, d["image"], "softmax", 1, patch=patch) for d in test]
@@ -365,42 +366,21 @@ def evaluate(
             flush=True,
         )
         save()
-    if step_lrs and "selfloop_step_lr" not in report:
-        cut_model = copy.deepcopy(model)
-        if choose_cut:  # (a model given --calibration has its cut already)
-            apply_calibration(cut_model, report["calibration"]["threshold"])
-        sweep: dict[str, Any] = {}
-        for lr in [0.0, *step_lrs]:
-            method = "selfloop" if lr else "selfloop-no-ss"
-            rows = [
-                score(
-                    predict(
-                        cut_model, d["image"], method, 10, patch=patch, lr=lr or DEFAULT_STEP_LR
-                    ),
-                    d["mask"],
-                )
-                for d in test
-            ]
-            key = f"{lr:g}" if lr else "no-ss"
-            sweep[key] = {
-                k: round(100 * float(np.mean([r[k] for r in rows])), 2)
-                for k in ("f1", "balanced_accuracy")
-            }
-            print(f"[evaluate] self-loop step {key}: {json.dumps(sweep[key])}", flush=True)
-        report["selfloop_step_lr"] = sweep
-        save()
+    if step_lrs:
+        step_sweep(model, test, report, save, step_lrs)
     methods = {
         "softmax": ("softmax", 1),
         "mc-dropout": ("mc-dropout", 10),
         "selfloop": ("selfloop", 10),
     }
+    step = PseudoLabelConfig().step_lr(model)  # the model's own step, else the default
     scores: dict[str, Any] = report.setdefault("pseudo_labels", {})
     for name, (method, q) in methods.items():
         if name in scores:
             continue
         rows = [
             score(
-                predict(model, d["image"], method, q, patch=patch),
+                predict(model, d["image"], method, q, patch=patch, lr=step),
                 d["mask"],
                 d.get("labels"),
                 recipe["objects"],
@@ -420,7 +400,7 @@ def evaluate(
             eval_patch=patch,
             table1_patch=patch,
         )
-        report["error_capture"] = error_capture(model, test, args, DEFAULT_STEP_LR)
+        report["error_capture"] = error_capture(model, test, args, step)
         print(
             f"[evaluate] error capture: {json.dumps(report['error_capture']['mean'])}", flush=True
         )
@@ -439,6 +419,60 @@ def evaluate(
             }
         print(f"[evaluate] jigsaw: {json.dumps(report['jigsaw'])}", flush=True)
         save()
+
+
+def step_sweep(
+    model: torch.nn.Module,
+    test: list[dict[str, Any]],
+    report: dict[str, Any],
+    save: Any,
+    step_lrs: Sequence[float],
+) -> None:
+    """Softmax, puzzles without encoder steps (``no-ss``) and self-loop at each of
+    ``step_lrs``, each from one pseudo-label per image: mean Dice and balanced accuracy, and
+    the error capture of its uncertainty (share of the softmax prediction's wrong pixels
+    among the 5 / 10 / 20 % most uncertain). Rows go to ``report["selfloop_steps"]`` as they
+    finish and are kept on a rerun, which adds only new steps; then the model's step is
+    chosen from them (:func:`napari_selfloop.core.stepsize.choose_selfloop_step`) into
+    ``report["selfloop_step"]``. The model is scored as it is evaluated (with a
+    ``--calibration`` cut, not with a cut chosen in this run)."""
+    patch = DEFAULT_PATCH
+    sweep: dict[str, Any] = report.setdefault("selfloop_steps", {})
+    rows_to_do = [
+        (key, method, lr)
+        for key, method, lr in [
+            ("softmax", "softmax", None),
+            ("no-ss", "selfloop-no-ss", None),
+            *((f"{lr:g}", "selfloop", lr) for lr in step_lrs),
+        ]
+        if key not in sweep
+    ]
+    wrong = [
+        (predict(model, d["image"], "softmax", 1, patch=patch) > 0.5) != (d["mask"] == 1)
+        for d in (test if rows_to_do else [])
+    ]
+    for key, method, lr in rows_to_do:
+        rng = np.random.default_rng(0)  # each row's tie-breaks, whatever ran before it
+        rows = []
+        for d, w in zip(test, wrong, strict=True):
+            r = predict_full(model, d["image"], method, 10, patch=patch, lr=lr)
+            s = score(r.probability, d["mask"])
+            rows.append(
+                {
+                    "f1": 100 * s["f1"],
+                    "balanced_accuracy": 100 * s["balanced_accuracy"],
+                    **captured(r.uncertainty, {"": w}, rng),
+                }
+            )
+        sweep[key] = {k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}
+        print(f"[evaluate] {key}: {json.dumps(sweep[key])}", flush=True)
+        save()
+    report["selfloop_step"] = {
+        **choose_selfloop_step(sweep),
+        "images": [d["name"] for d in test],
+    }
+    print(f"[evaluate] self-loop step chosen: {report['selfloop_step']['step']}", flush=True)
+    save()
 
 
 def heldout_files(name: str) -> list[Path]:
@@ -560,6 +594,12 @@ def main() -> int:
         "the trained model before evaluating or packaging it",
     )
     p.add_argument(
+        "--selfloop-step",
+        type=Path,
+        help="results JSON of a validation run with --step-lrs: make the self-loop step it "
+        "chose the model's own before evaluating or packaging it",
+    )
+    p.add_argument(
         "--package", action="store_true", help=f"write the shipped file into {MODELS_DIR}"
     )
     p.add_argument(
@@ -578,6 +618,16 @@ def main() -> int:
         chosen_cut = json.loads(args.calibration.read_text()).get("calibration") or {}
         if not isinstance(chosen_cut.get("threshold"), float):
             p.error(f"--calibration {args.calibration}: no chosen cut in it (run with --val)")
+    if args.selfloop_step and args.step_lrs:
+        p.error("--step-lrs chooses a step and --selfloop-step applies one: give one of them")
+    chosen_step: dict[str, Any] | None = None
+    if args.selfloop_step:
+        chosen_step = json.loads(args.selfloop_step.read_text()).get("selfloop_step") or {}
+        if not isinstance(chosen_step.get("step"), float):
+            p.error(
+                f"--selfloop-step {args.selfloop_step}: no chosen step in it (run a validation "
+                "run with --step-lrs; a sweep where no step kept up with softmax chooses none)"
+            )
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.name]
     if args.pretrain_iterations:
@@ -654,6 +704,14 @@ def main() -> int:
             raise SystemExit(f"{out} holds results of the model at another cut: pass a new --out")
         report["calibration"] = calibration
         save()
+    selfloop_step = None
+    if chosen_step is not None:
+        set_selfloop_step(model, chosen_step["step"])
+        selfloop_step = {**chosen_step, "chosen_by": str(args.selfloop_step)}
+        if report.get("selfloop_step") != selfloop_step and report.get("pseudo_labels"):
+            raise SystemExit(f"{out} holds results of the model at another step: pass a new --out")
+        report["selfloop_step"] = selfloop_step
+        save()
     if test:
         evaluate(
             model.eval(),
@@ -690,6 +748,7 @@ def main() -> int:
             jigsaw=jigsaw,
             heldout=heldout_summary(args.name),
             calibration=calibration,
+            selfloop_step=selfloop_step,
         )
         report["packaged"] = {
             "path": str(path.relative_to(HERE.parent)),

@@ -23,6 +23,7 @@ from napari_selfloop.core.bundled import (
     package_model,
     resolve_checkpoint,
 )
+from napari_selfloop.core.calibration import apply_calibration
 from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_selfloop.core.errors import CheckpointError
 from napari_selfloop.core.model import ModelConfig, build_model
@@ -38,6 +39,8 @@ JIGSAW = {
 
 #: A foreground cut as ``train_bundled.py --calibration`` records it.
 CUT = {"threshold": 0.4, "bias_shift": 0.405465, "images": ["v1.png", "v2.png"]}
+#: A self-loop step as ``train_bundled.py --selfloop-step`` records it.
+STEP = {"step": 3e-4, "tolerance": 0.5, "images": ["v1.png", "v2.png", "v3.png"]}
 
 
 def make_bundled(folder: Path, name: str, seed: int = 0) -> Path:
@@ -54,6 +57,7 @@ def make_bundled(folder: Path, name: str, seed: int = 0) -> Path:
         jigsaw=JIGSAW,
         heldout={"images": 2, "softmax_f1": 80.0, "softmax_balanced_accuracy": 90.0},
         calibration=CUT if name == "nuclei-he" else None,
+        selfloop_step=STEP if name == "lesion-dermoscopy" else None,
         dest=folder / "models" / f"{name}.pt",
     )
 
@@ -73,8 +77,10 @@ def test_package_writes_half_precision_that_loads_as_float32(tmp_path, tiny_mode
     floats = [v for v in raw["state_dict"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)
     assert all(p.dtype == torch.float32 for p in ckpt.model.parameters())
-    # Same predictions as the float32 source, to half-precision rounding.
+    # Same predictions as the float32 source with its cut folded in, to half-precision
+    # rounding.
     src = load_checkpoint(tmp_path / "src_nuclei-he.pt").model
+    apply_calibration(src, CUT["threshold"])
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = torch.sigmoid(src(x)), torch.sigmoid(ckpt.model(x))
@@ -89,7 +95,11 @@ def test_package_writes_half_precision_that_loads_as_float32(tmp_path, tiny_mode
     )
     assert "CC BY-NC-SA 4.0" in meta["note"] and "non-commercial" in meta["note"]
     assert meta["metrics"]["calibration"] == CUT
-    assert "calibration" not in load_bundled("lesion-dermoscopy").meta["metrics"]
+    lesion = load_bundled("lesion-dermoscopy")
+    assert "calibration" not in lesion.meta["metrics"]
+    # The chosen self-loop step is the model's own, and its record is kept.
+    assert lesion.config.selfloop_lr == 3e-4 and lesion.meta["metrics"]["selfloop_step"] == STEP
+    assert ckpt.config.selfloop_lr is None and "selfloop_step" not in meta["metrics"]
     assert meta["parent"] == load_checkpoint(tmp_path / "src_nuclei-he.pt").sha256
 
 
@@ -130,6 +140,8 @@ def test_models_command_lists_cards_with_licences(tiny_models, capsys):
     assert "CC BY-NC-SA 4.0" in out and "non-commercial" in out
     assert "on 2 unseen images" not in out and "measured on unseen images: images 2" in out
     assert out.count("foreground cut: 0.40") == 1 and "on 2 validation images" in out
+    assert out.count("self-loop step: 0.0003 (used unless --lr is given") == 1
+    assert "chosen on 3 validation images" in out
     assert main(["models", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["name"] for r in rows] == list(BUNDLED) and all(r["installed"] for r in rows)

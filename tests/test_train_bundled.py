@@ -6,6 +6,7 @@ import importlib
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -58,3 +59,55 @@ def test_calibration_needs_a_validation_run_with_a_chosen_cut(
         recipe_script.main()
     assert e.value.code == 2 and "no chosen cut in it (run with --val)" in capsys.readouterr().err
     assert not (tmp_path / "w").exists()
+
+
+def test_selfloop_step_needs_a_validation_run_that_chose_one(
+    recipe_script, tmp_path, monkeypatch, capsys
+):
+    val = tmp_path / "val.json"
+    val.write_text('{"selfloop_step": {"step": null}}')  # no step kept up with softmax
+    argv = ["train_bundled.py", "nuclei-he", "--work", str(tmp_path / "w")]
+    monkeypatch.setattr(sys, "argv", [*argv, "--selfloop-step", str(val)])
+    with pytest.raises(SystemExit) as e:
+        recipe_script.main()
+    assert e.value.code == 2 and "no chosen step in it" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", [*argv, "--selfloop-step", str(val), "--step-lrs", "1e-4"])
+    with pytest.raises(SystemExit) as e:
+        recipe_script.main()
+    assert e.value.code == 2 and "give one of them" in capsys.readouterr().err
+    assert not (tmp_path / "w").exists()
+
+
+def test_step_sweep_scores_each_step_once_and_chooses_from_them(recipe_script, monkeypatch):
+    """The real sweep on a tiny model: one row per method and step, kept on a rerun (which
+    adds only new steps), and the choice recorded with the validation images."""
+    from napari_selfloop.core.model import ModelConfig, build_model
+
+    rng = np.random.default_rng(0)
+    test = []
+    for i in range(2):
+        image = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        mask = np.zeros((96, 96), np.uint8)
+        mask[20:50, 30:70] = 1
+        test.append({"name": f"v{i}.png", "image": image, "mask": mask})
+    model = build_model(ModelConfig(width=8), seed=0).eval()
+    calls = []
+    real = recipe_script.predict_full
+    monkeypatch.setattr(
+        recipe_script,
+        "predict_full",
+        lambda *a, **kw: calls.append(a[2]) or real(*a, **{**kw, "patch": 96}),
+    )
+    monkeypatch.setattr(recipe_script, "DEFAULT_PATCH", 96)
+    report: dict = {}
+    recipe_script.step_sweep(model, test, report, lambda: None, [1e-4])
+    assert list(report["selfloop_steps"]) == ["softmax", "no-ss", "0.0001"]
+    for row in report["selfloop_steps"].values():
+        assert set(row) == {"f1", "balanced_accuracy", "top5", "top10", "top20"}
+        assert 0 <= row["f1"] <= 100 and 0 <= row["top5"] <= row["top10"] <= row["top20"] <= 100
+    chosen = report["selfloop_step"]
+    assert chosen["images"] == ["v0.png", "v1.png"] and set(chosen["candidates"]) == {"0.0001"}
+    assert calls.count("selfloop") == 2  # one pseudo-label per image and step
+    calls.clear()
+    recipe_script.step_sweep(model, test, report, lambda: None, [1e-4, 1e-3])
+    assert calls == ["selfloop", "selfloop"] and "0.001" in report["selfloop_steps"]

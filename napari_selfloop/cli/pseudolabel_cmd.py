@@ -16,7 +16,14 @@ from ..core.device import PRECISIONS
 from ..core.errors import InputError
 from ..core.imageio import check_image, check_input_file, open_image
 from ..core.jigsaw import ROTATIONS
-from ..core.pseudolabel import METHODS, PATCH_MULTIPLE, STEP_RULES, UNCERTAINTIES, PseudoLabelConfig
+from ..core.pseudolabel import (
+    DEFAULT_STEP_LR,
+    METHODS,
+    PATCH_MULTIPLE,
+    STEP_RULES,
+    UNCERTAINTIES,
+    PseudoLabelConfig,
+)
 from ..core.slide import is_slide, open_slide
 from ..core.working import OUTPUT_DTYPES, SlideOptions
 from .args import CHECKPOINT_HELP, checkpoint_arg
@@ -82,7 +89,8 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         "--lr",
         type=float,
         default=d.lr,
-        help=f"step size of the self-loop encoder updates ({d.lr:g})",
+        help="step size of the self-loop encoder updates (default: the step chosen for the "
+        f"model, which `napari-selfloop models` shows, else {DEFAULT_STEP_LR:g})",
     )
     p.add_argument(
         "--step-rule",

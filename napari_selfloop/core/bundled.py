@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from .bootstrap import guess_kind
+from .calibration import apply_calibration
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .errors import CheckpointError
+from .stepsize import set_selfloop_step
 
 #: Where the bundled files live (inside the installed package).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -184,6 +186,12 @@ def model_card_text(name: str) -> str:
                     f"  foreground cut: {cal['threshold']:.2f} of the trained model's probability "
                     f"(in the weights; chosen on {len(cal.get('images') or [])} validation images)"
                 )
+            if ckpt.config.selfloop_lr is not None:
+                chosen = metrics.get("selfloop_step") or {}
+                lines.append(
+                    f"  self-loop step: {ckpt.config.selfloop_lr:g} (used unless --lr is given; "
+                    f"chosen on {len(chosen.get('images') or [])} validation images)"
+                )
             lines.append(f"  recipe: {(ckpt.meta.get('training') or {}).get('command', '?')}")
     return "\n".join(lines)
 
@@ -197,20 +205,28 @@ def package_model(
     jigsaw: dict[str, Any],
     heldout: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
+    selfloop_step: dict[str, Any] | None = None,
     dest: Path | None = None,
 ) -> Path:
     """Write the shipped file of bundled model ``name`` from a trained checkpoint.
 
     The weights go in half precision (they load back into float32 models); the record
     keeps the source's data list and history and adds the recipe, the licence and the
-    jigsaw (and held-out) figures, and the foreground cut when one was folded into the
-    weights (:mod:`.calibration`).
+    jigsaw (and held-out) figures. ``calibration`` (a record with the ``threshold`` chosen
+    on validation images) folds that foreground cut into the weights
+    (:func:`.calibration.apply_calibration`); ``selfloop_step`` (a record with the chosen
+    ``step``, :mod:`.stepsize`) makes it the model's self-loop step. Both records are kept.
     """
     if name not in BUNDLED:
         raise _unknown(name)
     m = BUNDLED[name]
     src = load_checkpoint(source)
-    model = src.model.half()
+    model = src.model
+    if calibration:
+        apply_calibration(model, float(calibration["threshold"]))
+    if selfloop_step:
+        set_selfloop_step(model, float(selfloop_step["step"]))
+    model = model.half()
     metrics = {
         "jigsaw_loss": float(jigsaw["loss"]),
         "jigsaw_top1": float(jigsaw["top1"]),
@@ -222,6 +238,8 @@ def package_model(
         metrics["heldout"] = heldout
     if calibration:
         metrics["calibration"] = calibration
+    if selfloop_step:
+        metrics["selfloop_step"] = selfloop_step
     training = {
         "kind": "bundled",
         "command": command,

@@ -8,7 +8,7 @@ the puzzle pool was applied (the self-supervised task of the self-loop method).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +32,8 @@ POOL_RANGE = (2, 1000)
 IN_CHANNELS_RANGE = (1, 16)
 #: Bounds of :attr:`ModelConfig.work_size` (the smallest is one pseudo-label patch).
 WORK_SIZE_RANGE = (96, 8192)
+#: The largest :attr:`ModelConfig.selfloop_lr` (steps of 0.1 wreck a trained encoder).
+MAX_SELFLOOP_LR = 0.1
 #: Seeds are integers in ``[0, 2**32)`` (so that every seed derived from one fits torch's
 #: and numpy's generators).
 SEED_LIMIT = 2**32
@@ -147,6 +149,11 @@ class ModelConfig:
         (for photographs with no fixed scale, such as dermoscopy); pseudo-labelling,
         training and the jigsaw resize each image to it and put the outputs back at the
         image's own size (:mod:`.worksize`).
+    selfloop_lr
+        The step size of the self-loop encoder updates that suits this model, chosen on
+        validation images (:mod:`.stepsize`); pseudo-labelling uses it unless a step is
+        given. None (default): no step was chosen, and the engine's default applies. Not
+        part of the network: :meth:`same_network` ignores it.
     """
 
     in_channels: int = 3
@@ -159,6 +166,7 @@ class ModelConfig:
     jigsaw_rotation: str = "none"
     decoder: str = "tapered"
     work_size: int | None = None
+    selfloop_lr: float | None = None
 
     def __post_init__(self) -> None:
         # Types first (a checkpoint's config is untrusted input): 8.0, "8" or True are not
@@ -191,6 +199,10 @@ class ModelConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.selfloop_lr is not None and not 0.0 < self.selfloop_lr <= MAX_SELFLOOP_LR:
+            raise InputError(
+                f"self-loop step must be None or in (0, {MAX_SELFLOOP_LR:g}], got {self.selfloop_lr:g}"
+            )
         for name in ("norm_mean", "norm_std"):
             v = getattr(self, name)
             if (
@@ -204,6 +216,11 @@ class ModelConfig:
             object.__setattr__(self, name, tuple(float(x) for x in v))
         if min(self.norm_std) <= 0:
             raise InputError(f"norm_std values must be positive, got {self.norm_std}")
+
+    def same_network(self, other: ModelConfig) -> bool:
+        """Whether ``other`` builds the same network (settings such as the self-loop step
+        aside): models that can share weights, be ensembled or resume each other."""
+        return replace(self, selfloop_lr=None) == replace(other, selfloop_lr=None)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so a checkpoint loads with ``weights_only=True``."""

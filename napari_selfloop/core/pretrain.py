@@ -217,7 +217,7 @@ def pretrain_jigsaw(
     resumed = None
     if resume is not None:
         ck = load_checkpoint(resume)
-        if ck.config != model.config:
+        if not ck.config.same_network(model.config):
             raise CheckpointError(f"{Path(resume).name} holds a different model than the one given")
         shapes = [tuple(p.shape) for p in _trained_params(model, cfg)]
         record = resume_record(ck, shapes, iterations=cfg.iterations, kind=PRETRAIN_KIND)

@@ -104,7 +104,9 @@ class PseudoLabelConfig:
         ``1 - threshold`` confident background, the rest uncertain.
     lr, step_rule
         Step size and rule of the self-loop encoder updates (:func:`make_step_optimizer`:
-        ``sgd`` by default, ``adam`` the earlier rule).
+        ``sgd`` by default, ``adam`` the earlier rule). ``lr`` None (default): the step
+        chosen for the model (its config's ``selfloop_lr``), else :data:`DEFAULT_STEP_LR`
+        (:func:`step_lr`).
     patch_size, overlap
         Square patches (a multiple of :data:`PATCH_MULTIPLE`) and the pixels neighbouring
         patches share when tiling. One rule for the overlap (:meth:`overlap_for`): None
@@ -136,7 +138,7 @@ class PseudoLabelConfig:
     method: str = "mc-dropout"
     q: int = 10
     threshold: float = 0.8
-    lr: float = DEFAULT_STEP_LR
+    lr: float | None = None
     step_rule: str = "sgd"
     patch_size: int = DEFAULT_PATCH
     overlap: int | None = None
@@ -173,7 +175,7 @@ class PseudoLabelConfig:
                 f"overlap must be at least 0 and at most a third of the patch size "
                 f"({self.patch_size // MAX_OVERLAP_DIVISOR}), got {self.overlap}"
             )
-        if self.batch_size < 1 or not self.lr > 0:
+        if self.batch_size < 1 or (self.lr is not None and not self.lr > 0):
             raise InputError(
                 f"batch size must be at least 1 and lr positive, got {self.batch_size} and {self.lr}"
             )
@@ -193,6 +195,14 @@ class PseudoLabelConfig:
             raise InputError(
                 f"unknown rotation mode {self.rotation!r}: choose one of {', '.join(ROTATIONS)}"
             )
+
+    def step_lr(self, model: ResUNet) -> float:
+        """The self-loop step used with ``model``: ``lr``, else the model's chosen step,
+        else :data:`DEFAULT_STEP_LR`."""
+        if self.lr is not None:
+            return self.lr
+        chosen = model.config.selfloop_lr
+        return DEFAULT_STEP_LR if chosen is None else chosen
 
     def overlap_for(self, patch: int) -> int:
         """The overlap used with patches of side ``patch`` (``patch_size`` or, for a small image, less)."""
@@ -621,6 +631,8 @@ def _pseudo_label(
             "patches_computed": stats.get("computed"),
         },
     )
+    if cfg.method == "selfloop":
+        result.info["step_lr"] = cfg.step_lr(models[0])
     if records["losses"]:
         result.losses = np.concatenate(records["losses"])
         result.weights = np.concatenate(records["weights"])
@@ -660,7 +672,7 @@ def _nan_error(
             )
     if cfg.method == "selfloop":
         return InputError(
-            f"{where}: the self-loop encoder steps diverged (lr {cfg.lr:g}, rule "
+            f"{where}: the self-loop encoder steps diverged (lr {cfg.step_lr(models[0]):g}, rule "
             f"{cfg.step_rule}); use a smaller lr"
         )
     return SelfloopError(f"{where}; try precision fp32 or another checkpoint")
@@ -689,7 +701,7 @@ def _run_method(
         models[0],
         x,
         puzzles,
-        lr=cfg.lr,
+        lr=cfg.step_lr(models[0]),
         step_rule=cfg.step_rule,
         update_encoder=cfg.method == "selfloop",
         weighting=cfg.weighting,

@@ -502,7 +502,7 @@ def train(
     resumed: _Resumed | None = None
     if resume is not None:
         ck = load_checkpoint(resume)
-        if ck.config != model.config:
+        if not ck.config.same_network(model.config):
             raise CheckpointError(
                 f"{Path(resume).name} holds a different model ({ck.config}) "
                 f"than the one given ({model.config})"

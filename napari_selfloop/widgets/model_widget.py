@@ -219,7 +219,7 @@ class ModelWidget(QWidget):
         except (SelfloopError, OSError) as e:
             show_error(f"Could not load the checkpoint: {error_message(e)}")
             return None
-        if self.state.model is not None and ckpt.config != self.state.model.config:
+        if self.state.model is not None and not ckpt.config.same_network(self.state.model.config):
             show_error(
                 "Ensemble members must have the same architecture (width) as the current model"
             )

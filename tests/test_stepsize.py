@@ -1,0 +1,98 @@
+"""A model's own self-loop step: chosen on a validation sweep, kept in its config, used
+whenever no step is given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.errors import InputError
+from napari_selfloop.core.model import ModelConfig
+from napari_selfloop.core.progress import run_to_completion
+from napari_selfloop.core.pseudolabel import DEFAULT_STEP_LR, PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.stepsize import choose_selfloop_step, set_selfloop_step
+
+
+def row(f1: float, ba: float, capture: tuple[float, float, float]) -> dict[str, float]:
+    return {"f1": f1, "balanced_accuracy": ba, **dict(zip(("top5", "top10", "top20"), capture))}
+
+
+SWEEP = {
+    "softmax": row(81.0, 89.0, (24.0, 42.0, 68.0)),
+    "no-ss": row(82.0, 89.5, (30.0, 50.0, 75.0)),  # context only: never chosen
+    "1e-05": row(81.0, 89.0, (25.0, 43.0, 69.0)),
+    "0.0001": row(80.6, 88.6, (26.0, 44.0, 70.0)),  # within 0.5 points: eligible, best
+    "0.001": row(75.0, 85.0, (40.0, 60.0, 80.0)),  # best capture, but loses 6 points
+}
+
+
+def test_the_step_that_keeps_up_with_softmax_and_captures_most_is_chosen():
+    rec = choose_selfloop_step(SWEEP)
+    assert rec["step"] == 1e-4
+    assert set(rec["candidates"]) == {"1e-05", "0.0001", "0.001"}
+    assert rec["candidates"]["0.001"]["eligible"] is False
+    assert rec["candidates"]["0.0001"]["capture"] == pytest.approx(46.667, abs=1e-3)
+    assert rec["softmax"]["capture"] == pytest.approx(44.667, abs=1e-3)
+    # A tighter tolerance leaves only the smallest step.
+    assert choose_selfloop_step(SWEEP, tolerance=0.3)["step"] == 1e-5
+
+
+def test_a_tie_goes_to_the_smaller_step_and_none_eligible_chooses_none():
+    tie = {**SWEEP, "3e-05": SWEEP["0.0001"]}
+    assert choose_selfloop_step(tie)["step"] == 3e-5
+    losing = {"softmax": SWEEP["softmax"], "0.001": SWEEP["0.001"]}
+    rec = choose_selfloop_step(losing)
+    assert rec["step"] is None and rec["candidates"]["0.001"]["eligible"] is False
+
+
+def test_bad_sweeps_are_refused():
+    with pytest.raises(InputError, match="no softmax row"):
+        choose_selfloop_step({"0.001": SWEEP["0.001"]})
+    with pytest.raises(InputError, match="no step sizes"):
+        choose_selfloop_step({"softmax": SWEEP["softmax"], "no-ss": SWEEP["no-ss"]})
+    with pytest.raises(InputError, match="'0.001' lacks top10, top20"):
+        choose_selfloop_step({**SWEEP, "0.001": {"f1": 1, "balanced_accuracy": 1, "top5": 1}})
+    with pytest.raises(InputError, match="tolerance"):
+        choose_selfloop_step(SWEEP, tolerance=-1)
+
+
+def test_the_step_is_checked_kept_in_checkpoints_and_not_part_of_the_network(tmp_path, tiny_model):
+    for bad in (0.0, -1e-3, 0.5, float("nan"), "1e-3", True):
+        with pytest.raises(InputError, match="self-loop step|selfloop lr"):
+            ModelConfig(width=8, selfloop_lr=bad)
+    with pytest.raises(InputError, match="self-loop step"):
+        set_selfloop_step(tiny_model, 1.0)
+    assert tiny_model.config.selfloop_lr is None
+    set_selfloop_step(tiny_model, 3e-5)
+    loaded = load_checkpoint(save_checkpoint(tmp_path / "m.pt", tiny_model))
+    assert loaded.config.selfloop_lr == 3e-5
+    # Checkpoints from before the field load with no step; same network either way.
+    old = {k: v for k, v in tiny_model.config.to_dict().items() if k != "selfloop_lr"}
+    assert ModelConfig.from_dict(old).selfloop_lr is None
+    assert ModelConfig.from_dict(old).same_network(tiny_model.config)
+    assert ModelConfig.from_dict(old) != tiny_model.config
+    assert not ModelConfig(width=8).same_network(ModelConfig(width=16))
+
+
+def test_pseudo_labels_use_the_models_step_unless_one_is_given(tiny_model, rgb_image):
+    def run(lr):
+        cfg = PseudoLabelConfig(
+            method="selfloop", q=3, patch_size=96, precision="fp32", seed=0, lr=lr
+        )
+        return run_to_completion(pseudo_label(rgb_image, tiny_model, cfg, device="cpu"))
+
+    default = run(None)
+    assert default.info["step_lr"] == DEFAULT_STEP_LR
+    assert np.array_equal(default.probability, run(DEFAULT_STEP_LR).probability)
+    big = run(0.05)
+    set_selfloop_step(tiny_model, 0.05)
+    own = run(None)
+    assert own.info["step_lr"] == 0.05
+    assert np.array_equal(own.probability, big.probability)
+    assert not np.allclose(own.probability, default.probability)
+    # A step given in the config wins over the model's.
+    assert np.array_equal(run(DEFAULT_STEP_LR).probability, default.probability)
+    assert PseudoLabelConfig(lr=2e-4).step_lr(tiny_model) == 2e-4
+    with pytest.raises(InputError, match="lr positive"):
+        PseudoLabelConfig(lr=0.0)
