@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.checkpoint import load_checkpoint, model_card, save_checkpoint
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.model import ModelConfig
 from napari_selfloop.core.progress import run_to_completion
@@ -96,3 +96,22 @@ def test_pseudo_labels_use_the_models_step_unless_one_is_given(tiny_model, rgb_i
     assert PseudoLabelConfig(lr=2e-4).step_lr(tiny_model) == 2e-4
     with pytest.raises(InputError, match="lr positive"):
         PseudoLabelConfig(lr=0.0)
+
+
+def test_the_card_shows_the_chosen_settings_and_no_raw_records(tmp_path, tiny_model):
+    set_selfloop_step(tiny_model, 3e-5)
+    metrics = {
+        "heldout": {"images": 6, "softmax_f1": 77.23, "softmax_balanced_accuracy": 85.64},
+        "calibration": {"threshold": 0.45, "images": ["a.png", "b.png"]},
+        "selfloop_step": {"step": 3e-5, "images": ["a.png", "b.png", "c.png"]},
+        "val_f1": 0.75,
+    }
+    card = model_card(
+        load_checkpoint(save_checkpoint(tmp_path / "m.pt", tiny_model, metrics=metrics))
+    )
+    assert "on 6 unseen images: softmax Dice 77.2, BA 85.6" in card
+    assert "foreground cut: 0.45" in card and "on 2 validation images" in card
+    assert (
+        "self-loop step: 3e-05 (used unless --lr is given; chosen on 3 validation images)" in card
+    )
+    assert "val_f1 0.75" in card and "{" not in card

@@ -21,7 +21,7 @@ import torch
 
 from .bootstrap import guess_kind
 from .calibration import apply_calibration
-from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, chosen_settings, load_checkpoint, save_checkpoint
 from .errors import CheckpointError
 from .stepsize import set_selfloop_step
 
@@ -180,18 +180,7 @@ def model_card_text(name: str) -> str:
                     f"top-1 {100 * metrics.get('jigsaw_top1', 0.0):.0f}% "
                     f"on {metrics.get('jigsaw_measured_on', '?')}"
                 )
-            cal = metrics.get("calibration") or {}
-            if isinstance(cal.get("threshold"), float):
-                lines.append(
-                    f"  foreground cut: {cal['threshold']:.2f} of the trained model's probability "
-                    f"(in the weights; chosen on {len(cal.get('images') or [])} validation images)"
-                )
-            if ckpt.config.selfloop_lr is not None:
-                chosen = metrics.get("selfloop_step") or {}
-                lines.append(
-                    f"  self-loop step: {ckpt.config.selfloop_lr:g} (used unless --lr is given; "
-                    f"chosen on {len(chosen.get('images') or [])} validation images)"
-                )
+            lines += [f"  {line}" for line in chosen_settings(ckpt)]
             lines.append(f"  recipe: {(ckpt.meta.get('training') or {}).get('command', '?')}")
     return "\n".join(lines)
 

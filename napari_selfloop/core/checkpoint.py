@@ -511,6 +511,31 @@ def _check_optimizer_state(name: str, optim: Any, shapes: list[tuple[int, ...]])
                 )
 
 
+def chosen_settings(ckpt: Checkpoint) -> list[str]:
+    """Card lines of the settings chosen for a model on validation images: the foreground
+    cut folded into its weights (:mod:`.calibration`) and its self-loop step
+    (:mod:`.stepsize`)."""
+    lines = []
+    metrics = ckpt.meta.get("metrics") or {}
+    cal = metrics.get("calibration") if isinstance(metrics.get("calibration"), dict) else {}
+    if isinstance(cal.get("threshold"), float):
+        lines.append(
+            f"foreground cut: {cal['threshold']:.2f} of the trained model's probability "
+            f"(in the weights; chosen on {len(cal.get('images') or [])} validation images)"
+        )
+    if ckpt.config.selfloop_lr is not None:
+        step = (
+            metrics.get("selfloop_step") if isinstance(metrics.get("selfloop_step"), dict) else {}
+        )
+        chosen = (
+            f"chosen on {len(step['images'])} validation images" if step.get("images") else "set"
+        )
+        lines.append(
+            f"self-loop step: {ckpt.config.selfloop_lr:g} (used unless --lr is given; {chosen})"
+        )
+    return lines
+
+
 def model_card(ckpt: Checkpoint) -> str:
     """A short human-readable description of a checkpoint (for the plugin and the CLI)."""
     m = ckpt.meta
@@ -528,7 +553,18 @@ def model_card(ckpt: Checkpoint) -> str:
         lines.append("not trained yet (random initialisation)")
     metrics = m.get("metrics") or {}
     jigsaw = {k: v for k, v in metrics.items() if k.startswith("jigsaw_")}
-    metrics = {k: v for k, v in metrics.items() if k not in jigsaw}
+    # Records (held-out figures, a chosen cut or step) have lines of their own.
+    records = {k: v for k, v in metrics.items() if isinstance(v, dict)}
+    metrics = {k: v for k, v in metrics.items() if k not in jigsaw and k not in records}
+    held = records.get("heldout") or {}
+    if held:
+        figures = [
+            f"{label} Dice {held[f'{key}_f1']:.1f}, BA {held[f'{key}_balanced_accuracy']:.1f}"
+            for key, label in (("softmax", "softmax"), ("selfloop", "self-loop"))
+            if f"{key}_f1" in held and f"{key}_balanced_accuracy" in held
+        ]
+        if figures:
+            lines.append(f"on {held.get('images', '?')} unseen images: " + "; ".join(figures))
     if metrics:
         lines.append(
             "validation: "
@@ -546,6 +582,7 @@ def model_card(ckpt: Checkpoint) -> str:
         )
     else:
         lines[-1] += "; not pre-trained (self-loop uncertainty needs a learned jigsaw)"
+    lines += chosen_settings(ckpt)
     if m.get("parent"):
         lines.append(f"fine-tuned from {str(m['parent'])[:12]}")
     pixel_size = ckpt.pixel_size_um
