@@ -39,7 +39,6 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from napari_selfloop.core.imageio import open_image  # noqa: E402
 from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles  # noqa: E402
 from napari_selfloop.core.metrics import (  # noqa: E402
     aji,
+    captured_errors,
     instances,
     object_scores,
     pixel_counts,
@@ -352,26 +352,6 @@ def loss_vs_dice(
     }
 
 
-def captured(
-    uncertainty: np.ndarray,
-    wrong: dict[str, np.ndarray],
-    rng: np.random.Generator,
-    ks: Sequence[int] = (5, 10, 20),
-) -> dict[str, float]:
-    """``{LABELtopK: %}``: the share of each ``wrong[LABEL]`` pixel set inside the K % most
-    uncertain pixels; ties are broken at random (one draw of ``rng`` per call)."""
-    size = uncertainty.size
-    order = np.argsort(-(uncertainty.ravel() + 1e-9 * rng.random(size)))
-    out = {}
-    for k in ks:
-        top = np.zeros(size, bool)
-        top[order[: int(round(k / 100 * size))]] = True
-        for label, w in wrong.items():
-            w = w.ravel()
-            out[f"{label}top{k}"] = 100 * float((w & top).sum() / max(w.sum(), 1))
-    return out
-
-
 def error_capture(
     model: torch.nn.Module, images: list[dict[str, Any]], args: argparse.Namespace, step_lr: float
 ) -> dict[str, Any]:
@@ -407,7 +387,7 @@ def error_capture(
             for label_map, unc_map in maps.items():
                 row = {
                     "error_fraction": 100 * float(plain_wrong.mean()),
-                    **captured(unc_map, {"": plain_wrong, "own_": own_wrong}, rng),
+                    **captured_errors(unc_map, {"": plain_wrong, "own_": own_wrong}, rng),
                 }
                 rows.setdefault(label_map, []).append(row)
     return {

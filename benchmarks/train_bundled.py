@@ -120,7 +120,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_monuseg import captured, error_capture, predict, predict_full, score, split  # noqa: E402
+from bench_monuseg import error_capture, predict, score, split  # noqa: E402
 
 from napari_selfloop import __version__  # noqa: E402
 from napari_selfloop.core.atomic import write_json  # noqa: E402
@@ -137,7 +137,11 @@ from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
 from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.pseudolabel import DEFAULT_PATCH, PseudoLabelConfig  # noqa: E402
-from napari_selfloop.core.stepsize import choose_selfloop_step, set_selfloop_step  # noqa: E402
+from napari_selfloop.core.stepsize import (  # noqa: E402
+    choose_selfloop_step,
+    set_selfloop_step,
+    sweep_steps,
+)
 from napari_selfloop.core.training import TrainConfig, train  # noqa: E402
 from napari_selfloop.core.worksize import mask_to_work_size, to_work_size  # noqa: E402
 
@@ -431,42 +435,33 @@ def step_sweep(
     """Softmax, puzzles without encoder steps (``no-ss``) and self-loop at each of
     ``step_lrs``, each from one pseudo-label per image: mean Dice and balanced accuracy, and
     the error capture of its uncertainty (share of the softmax prediction's wrong pixels
-    among the 5 / 10 / 20 % most uncertain). Rows go to ``report["selfloop_steps"]`` as they
+    among the 5 / 10 / 20 % most uncertain;
+    :func:`napari_selfloop.core.stepsize.sweep_steps`). Rows go to ``report["selfloop_steps"]`` as they
     finish and are kept on a rerun, which adds only new steps; then the model's step is
     chosen from them (:func:`napari_selfloop.core.stepsize.choose_selfloop_step`) into
     ``report["selfloop_step"]``. The model is scored as it is evaluated (with a
     ``--calibration`` cut, not with a cut chosen in this run)."""
-    patch = DEFAULT_PATCH
     sweep: dict[str, Any] = report.setdefault("selfloop_steps", {})
-    rows_to_do = [
-        (key, method, lr)
-        for key, method, lr in [
-            ("softmax", "softmax", None),
-            ("no-ss", "selfloop-no-ss", None),
-            *((f"{lr:g}", "selfloop", lr) for lr in step_lrs),
-        ]
-        if key not in sweep
-    ]
-    wrong = [
-        (predict(model, d["image"], "softmax", 1, patch=patch) > 0.5) != (d["mask"] == 1)
-        for d in (test if rows_to_do else [])
-    ]
-    for key, method, lr in rows_to_do:
-        rng = np.random.default_rng(0)  # each row's tie-breaks, whatever ran before it
-        rows = []
-        for d, w in zip(test, wrong, strict=True):
-            r = predict_full(model, d["image"], method, 10, patch=patch, lr=lr)
-            s = score(r.probability, d["mask"])
-            rows.append(
-                {
-                    "f1": 100 * s["f1"],
-                    "balanced_accuracy": 100 * s["balanced_accuracy"],
-                    **captured(r.uncertainty, {"": w}, rng),
-                }
-            )
-        sweep[key] = {k: round(float(np.mean([r[k] for r in rows])), 2) for k in rows[0]}
-        print(f"[evaluate] {key}: {json.dumps(sweep[key])}", flush=True)
+
+    def keep(key: str, row: dict[str, float]) -> None:
+        sweep[key] = row
+        print(f"[evaluate] {key}: {json.dumps(row)}", flush=True)
         save()
+
+    run_to_completion(
+        sweep_steps(
+            model,
+            [d["image"] for d in test],
+            [d["mask"] for d in test],
+            step_lrs,
+            config=PseudoLabelConfig(
+                patch_size=DEFAULT_PATCH, precision="fp32", batch_size=8, seed=0
+            ),
+            device="cpu",
+            skip=set(sweep),
+            on_row=keep,
+        )
+    )
     report["selfloop_step"] = {
         **choose_selfloop_step(sweep),
         "images": [d["name"] for d in test],

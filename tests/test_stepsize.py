@@ -115,3 +115,90 @@ def test_the_card_shows_the_chosen_settings_and_no_raw_records(tmp_path, tiny_mo
         "self-loop step: 3e-05 (used unless --lr is given; chosen on 3 validation images)" in card
     )
     assert "val_f1 0.75" in card and "{" not in card
+
+
+def test_sweep_scores_labelled_pixels_and_skips_rows_it_has(tiny_model, rgb_image):
+    from napari_selfloop.core.stepsize import sweep_steps
+
+    mask = np.zeros(rgb_image.shape[:2], np.uint8)
+    mask[20:40, 30:60] = 1
+    mask[:5] = 255  # not labelled
+    cfg = PseudoLabelConfig(patch_size=96, precision="fp32", seed=0)
+    got = []
+    events = []
+    rows = run_to_completion(
+        sweep_steps(
+            tiny_model,
+            [rgb_image],
+            [mask],
+            [1e-4],
+            q=2,
+            config=cfg,
+            on_row=lambda k, r: got.append(k),
+        ),
+        on_progress=events.append,
+    )
+    assert list(rows) == got == ["softmax", "no-ss", "0.0001"]
+    assert events[-1].done == events[-1].total == 3  # softmax, no-ss, the step: one image each
+    # The softmax row is the real softmax pseudo-label scored on the labelled pixels.
+    prob = run_to_completion(
+        pseudo_label(
+            rgb_image,
+            tiny_model,
+            PseudoLabelConfig(method="softmax", patch_size=96, precision="fp32"),
+            device="cpu",
+        )
+    ).probability
+    from napari_selfloop.core.metrics import pixel_scores
+
+    assert rows["softmax"]["f1"] == pytest.approx(100 * pixel_scores(prob, mask)["f1"], abs=0.01)
+    again = run_to_completion(
+        sweep_steps(tiny_model, [rgb_image], [mask], [1e-4, 1e-3], q=2, config=cfg, skip=set(rows))
+    )
+    assert list(again) == ["0.001"]
+    with pytest.raises(InputError, match="one mask per image"):
+        run_to_completion(sweep_steps(tiny_model, [rgb_image], [], [1e-4]))
+    with pytest.raises(InputError, match="positive"):
+        run_to_completion(sweep_steps(tiny_model, [rgb_image], [mask], [0.0]))
+    with pytest.raises(InputError, match="the mask has shape"):
+        run_to_completion(sweep_steps(tiny_model, [rgb_image], [mask[:10]], [1e-4]))
+
+
+def test_calibrate_command_chooses_the_step_of_the_copy(tmp_path, tiny_model, capsys):
+    """End to end on real files: the copy carries the chosen step (or none) and its record."""
+    import tifffile
+
+    from napari_selfloop.cli import main
+
+    src = save_checkpoint(tmp_path / "model.pt", tiny_model)
+    for d in ("img", "masks"):
+        (tmp_path / d).mkdir()
+    rng = np.random.default_rng(2)
+    for i in range(2):
+        img = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        tifffile.imwrite(tmp_path / "img" / f"t{i}.tif", img)
+        mask = np.zeros((96, 96), np.uint8)
+        mask[30:60, 20:70] = 1
+        tifffile.imwrite(tmp_path / "masks" / f"t{i}.tif", mask)
+    out = tmp_path / "cal.pt"
+    args = [
+        "-q",
+        "calibrate",
+        "--images",
+        str(tmp_path / "img"),
+        "--masks",
+        str(tmp_path / "masks"),
+    ]
+    args += ["--checkpoint", str(src), "--out", str(out), "--selfloop-steps", "1e-4,0.05"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.splitlines()
+    copy = load_checkpoint(out)
+    rec = copy.meta["metrics"]["selfloop_step"]
+    assert set(rec["rows"]) == {"softmax", "no-ss", "0.0001", "0.05"}
+    assert rec["images"] == ["t0.tif", "t1.tif"]
+    assert copy.config.selfloop_lr == rec["step"]
+    assert printed[1].startswith("self-loop step")
+    if rec["step"] is not None:
+        assert rec["candidates"][f"{rec['step']:g}"]["eligible"]
+    assert main([*args[:-1], "0,1e-4", "--force"]) == 2
+    assert "step sizes in (0, 0.1]" in capsys.readouterr().err

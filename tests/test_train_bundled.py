@@ -81,6 +81,7 @@ def test_selfloop_step_needs_a_validation_run_that_chose_one(
 def test_step_sweep_scores_each_step_once_and_chooses_from_them(recipe_script, monkeypatch):
     """The real sweep on a tiny model: one row per method and step, kept on a rerun (which
     adds only new steps), and the choice recorded with the validation images."""
+    from napari_selfloop.core import stepsize
     from napari_selfloop.core.model import ModelConfig, build_model
 
     rng = np.random.default_rng(0)
@@ -91,12 +92,12 @@ def test_step_sweep_scores_each_step_once_and_chooses_from_them(recipe_script, m
         mask[20:50, 30:70] = 1
         test.append({"name": f"v{i}.png", "image": image, "mask": mask})
     model = build_model(ModelConfig(width=8), seed=0).eval()
-    calls = []
-    real = recipe_script.predict_full
+    methods = []
+    real = stepsize.pseudo_label
     monkeypatch.setattr(
-        recipe_script,
-        "predict_full",
-        lambda *a, **kw: calls.append(a[2]) or real(*a, **{**kw, "patch": 96}),
+        stepsize,
+        "pseudo_label",
+        lambda im, m, cfg, **kw: methods.append(cfg.method) or real(im, m, cfg, **kw),
     )
     monkeypatch.setattr(recipe_script, "DEFAULT_PATCH", 96)
     report: dict = {}
@@ -107,7 +108,8 @@ def test_step_sweep_scores_each_step_once_and_chooses_from_them(recipe_script, m
         assert 0 <= row["f1"] <= 100 and 0 <= row["top5"] <= row["top10"] <= row["top20"] <= 100
     chosen = report["selfloop_step"]
     assert chosen["images"] == ["v0.png", "v1.png"] and set(chosen["candidates"]) == {"0.0001"}
-    assert calls.count("selfloop") == 2  # one pseudo-label per image and step
-    calls.clear()
+    assert methods.count("selfloop") == 2 and methods.count("softmax") == 2  # one per image
+    methods.clear()
     recipe_script.step_sweep(model, test, report, lambda: None, [1e-4, 1e-3])
-    assert calls == ["selfloop", "selfloop"] and "0.001" in report["selfloop_steps"]
+    assert methods == ["softmax", "softmax", "selfloop", "selfloop"]
+    assert "0.001" in report["selfloop_steps"]

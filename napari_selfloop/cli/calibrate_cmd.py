@@ -1,4 +1,5 @@
-"""``napari-selfloop calibrate``: choose a model's foreground cut on annotated images."""
+"""``napari-selfloop calibrate``: choose a model's foreground cut (and, with
+``--selfloop-steps``, its self-loop step) on annotated images."""
 
 from __future__ import annotations
 
@@ -20,8 +21,16 @@ from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.datasets import load_mask
 from ..core.errors import InputError
 from ..core.imageio import check_input_file, open_image
+from ..core.model import MAX_SELFLOOP_LR
 from ..core.project import list_images, paired_masks
 from ..core.pseudolabel import PseudoLabelConfig
+from ..core.stepsize import (
+    STEP_TOLERANCE,
+    choose_selfloop_step,
+    set_selfloop_step,
+    step_key,
+    sweep_steps,
+)
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .progressbar import drive
 
@@ -37,7 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         f"softmax pass, finds the cut between {DEFAULT_GRID[0]:g} and {DEFAULT_GRID[-1]:g} on "
         "the probability that maximises the mean per-image score, and writes a copy of the "
         "model whose segmentation bias puts the decision (0.5) at that cut: every method, "
-        "mask and uncertainty map then uses it. Use images the model was not trained on.",
+        "mask and uncertainty map then uses it. With --selfloop-steps it also chooses the "
+        "copy's self-loop step. Use images the model was not trained on.",
     )
     p.add_argument("--images", required=True, type=Path, help="folder of images")
     p.add_argument("--masks", required=True, type=Path, help="folder of masks, paired by stem")
@@ -51,11 +61,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="mean per-image score the cut maximises (default: the mean of Dice and "
         "balanced accuracy)",
     )
+    p.add_argument(
+        "--selfloop-steps",
+        type=step_list,
+        metavar="S1,S2,...",
+        help="also choose the model's self-loop step among these step sizes (e.g. "
+        "1e-5,1e-4,1e-3): the one whose uncertainty captures most of the errors among those "
+        f"whose pseudo-labels lose at most {STEP_TOLERANCE:g} points of Dice and balanced "
+        "accuracy to softmax; pseudo-labelling the copy then uses it. One self-loop "
+        "pseudo-label per image and step",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
     p.add_argument("--out", required=True, type=Path, help="calibrated checkpoint to write (.pt)")
     p.add_argument("--json", type=Path, help="also write the scores at every cut here")
     p.add_argument("--force", action="store_true", help="overwrite an existing --out")
     p.set_defaults(func=run)
+
+
+def step_list(text: str) -> list[float]:
+    """``1e-5,1e-4`` -> [1e-05, 0.0001]; positive finite numbers only."""
+    try:
+        steps = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        steps = []
+    if not steps or not all(0 < s <= MAX_SELFLOOP_LR for s in steps):
+        raise argparse.ArgumentTypeError(
+            f"expected step sizes in (0, {MAX_SELFLOOP_LR:g}] separated by commas, got {text!r}"
+        )
+    return steps
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,6 +122,16 @@ def run(args: argparse.Namespace) -> int:
     record = calibration_record(cal, [images[s].name for s in stems])
     record["source_sha256"] = ck.sha256
     apply_calibration(ck.model, cal.threshold)
+    metrics = {**(ck.meta.get("metrics") or {}), "calibration": record}
+    if args.selfloop_steps:
+        rows = drive(
+            sweep_steps(ck.model, pixels, truths, args.selfloop_steps, device=args.device),
+            desc="self-loop steps",
+            quiet=args.quiet,
+        )
+        chosen = {**choose_selfloop_step(rows), "images": record["images"]}
+        metrics["selfloop_step"] = {**chosen, "rows": rows}
+        set_selfloop_step(ck.model, chosen["step"])
     meta = ck.meta
     sweep_stale_temporaries(args.out.parent)
     save_checkpoint(
@@ -96,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         ck.model,
         training=meta.get("training"),
         history=meta.get("history"),
-        metrics={**(meta.get("metrics") or {}), "calibration": record},
+        metrics=metrics,
         parent=ck.sha256,
         data=meta.get("data"),
         note=meta.get("note"),
@@ -109,6 +152,8 @@ def run(args: argparse.Namespace) -> int:
         f"{a['balanced_accuracy']:.1f}, precision {b['precision']:.1f} -> {a['precision']:.1f}, "
         f"recall {b['recall']:.1f} -> {a['recall']:.1f}\n"
     )
+    if args.selfloop_steps:
+        sys.stdout.write(step_summary(metrics["selfloop_step"]) + "\n")
     if cal.threshold == 0.5:
         log.info("the model's own cut (0.5) is the best on these images: the copy is unchanged")
     elif cal.threshold in (DEFAULT_GRID[0], DEFAULT_GRID[-1]):
@@ -118,7 +163,29 @@ def run(args: argparse.Namespace) -> int:
             cal.threshold,
         )
     if args.json is not None:
-        write_json(args.json, {**record, "checkpoint": str(args.checkpoint), "curve": cal.curve})
+        extra = {"selfloop_step": metrics["selfloop_step"]} if args.selfloop_steps else {}
+        write_json(
+            args.json,
+            {**record, "checkpoint": str(args.checkpoint), "curve": cal.curve, **extra},
+        )
         log.info("wrote %s", args.json)
     log.info("wrote %s", args.out)
     return 0
+
+
+def step_summary(chosen: dict) -> str:
+    """One line on the chosen self-loop step (or why none was)."""
+    soft = chosen["softmax"]
+    if chosen["step"] is None:
+        return (
+            f"self-loop step: none kept up with softmax (Dice {soft['f1']:.1f}, balanced "
+            f"accuracy {soft['balanced_accuracy']:.1f}) within {chosen['tolerance']:g} points; "
+            "the copy keeps the default step, and softmax or MC dropout suit it better"
+        )
+    c = chosen["candidates"][step_key(chosen["step"])]
+    return (
+        f"self-loop step {chosen['step']:g}: Dice {c['f1']:.1f}, balanced accuracy "
+        f"{c['balanced_accuracy']:.1f} (softmax {soft['f1']:.1f}, {soft['balanced_accuracy']:.1f}); "
+        f"errors in its 5/10/20 % most uncertain pixels {c['capture']:.1f} % on average "
+        f"(softmax {soft['capture']:.1f} %)"
+    )

@@ -11,6 +11,9 @@ against a mask whose pixels marked 255 are ignored:
 Empty cases are scored as agreement: with no foreground in truth and prediction, Dice,
 precision and recall are 1.
 
+:func:`captured_errors` measures an uncertainty map: the share of the wrong pixels that lie
+among the K % most uncertain pixels (random pixels capture K %).
+
 Object scores work on instance labels (0 = background, one id per object).
 :func:`instances` makes them from a binary mask by connected components, optionally split
 by a distance-transform watershed. :func:`object_scores` matches objects one-to-one at
@@ -20,6 +23,7 @@ IoU > 0.5 (such matches are unique) and reports object precision, recall and F1;
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -28,6 +32,7 @@ IGNORE = 255
 
 __all__ = [
     "aji",
+    "captured_errors",
     "instances",
     "object_scores",
     "overlaps",
@@ -94,6 +99,27 @@ def scores_from_counts(counts: Any) -> dict[str, float]:
 def pixel_scores(pred: Any, truth: Any, *, ignore: int | None = IGNORE) -> dict[str, float]:
     """Pixel F1 (Dice), balanced accuracy, precision, recall ... of one image."""
     return scores_from_counts(pixel_counts(pred, truth, ignore=ignore))
+
+
+def captured_errors(
+    uncertainty: np.ndarray,
+    wrong: Mapping[str, np.ndarray],
+    rng: np.random.Generator,
+    ks: Sequence[int] = (5, 10, 20),
+) -> dict[str, float]:
+    """``{LABELtopK: %}``: the share of each ``wrong[LABEL]`` pixel set (bool, the shape of
+    ``uncertainty``) inside the K % most uncertain pixels. Ties are broken at random, with
+    one draw of ``rng`` per call; a set with no pixel captures 0."""
+    size = uncertainty.size
+    order = np.argsort(-(np.asarray(uncertainty, np.float64).ravel() + 1e-9 * rng.random(size)))
+    out = {}
+    for k in ks:
+        top = np.zeros(size, bool)
+        top[order[: int(round(k / 100 * size))]] = True
+        for label, w in wrong.items():
+            w = np.asarray(w, bool).ravel()
+            out[f"{label}top{k}"] = 100 * float((w & top).sum() / max(w.sum(), 1))
+    return out
 
 
 def instances(

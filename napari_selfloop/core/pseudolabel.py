@@ -106,7 +106,7 @@ class PseudoLabelConfig:
         Step size and rule of the self-loop encoder updates (:func:`make_step_optimizer`:
         ``sgd`` by default, ``adam`` the earlier rule). ``lr`` None (default): the step
         chosen for the model (its config's ``selfloop_lr``), else :data:`DEFAULT_STEP_LR`
-        (:func:`step_lr`).
+        (:meth:`step_lr`).
     patch_size, overlap
         Square patches (a multiple of :data:`PATCH_MULTIPLE`) and the pixels neighbouring
         patches share when tiling. One rule for the overlap (:meth:`overlap_for`): None

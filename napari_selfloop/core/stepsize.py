@@ -16,20 +16,25 @@ here from a sweep on validation images:
 * when no step is eligible, none is chosen: the model keeps the default, and its record
   says that self-loop pseudo-labels lost to softmax on its validation images.
 
-The sweep itself (one self-loop pseudo-label per step and image) is the benchmark's work
-(``benchmarks/train_bundled.py --step-lrs``); this module only decides and records.
+The sweep (:func:`sweep_steps`: one pseudo-label per image for softmax, for the puzzles
+without steps and for each step) runs in ``napari-selfloop calibrate --selfloop-steps`` and
+in the bundled models' recipe (``benchmarks/train_bundled.py --step-lrs``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from .errors import InputError
+from .metrics import IGNORE, captured_errors, pixel_counts, scores_from_counts
+from .progress import Progress, relay
+from .pseudolabel import PseudoLabelConfig, pseudo_label
 
 #: Points of Dice and of balanced accuracy a step may lose to softmax and stay eligible.
 STEP_TOLERANCE = 0.5
@@ -109,3 +114,106 @@ def set_selfloop_step(model: torch.nn.Module, step: float | None) -> None:
     """Make ``step`` ``model``'s self-loop step (None: none chosen), in its config (which
     refuses a step outside ``(0, MAX_SELFLOOP_LR]``)."""
     model.config = replace(model.config, selfloop_lr=step)
+
+
+def step_key(step: float) -> str:
+    """How a step size names its sweep row (``1e-05``, ``0.0001``)."""
+    return f"{step:g}"
+
+
+def sweep_steps(
+    model: torch.nn.Module,
+    images: Sequence[Any],
+    masks: Sequence[np.ndarray],
+    steps: Sequence[float],
+    *,
+    q: int = 10,
+    config: PseudoLabelConfig | None = None,
+    device: str = "auto",
+    skip: Collection[str] = (),
+    on_row: Callable[[str, dict[str, float]], None] | None = None,
+) -> Generator[Progress, None, dict[str, dict[str, float]]]:
+    """Score softmax, the puzzles without encoder steps (``no-ss``) and self-loop at each
+    of ``steps`` on annotated images, for :func:`choose_selfloop_step`.
+
+    Each row is the mean over the images of the pseudo-label's Dice (``f1``) and balanced
+    accuracy and of its uncertainty map's error capture (``top5`` / ``top10`` / ``top20``:
+    the share of the softmax prediction's wrong pixels among the most uncertain ones), all
+    in %, over the pixels the masks label (255 is not labelled). Rows named in ``skip`` are
+    not computed (a rerun that adds steps); ``on_row`` gets each row as it is done. The
+    pseudo-labels use ``config``'s patch, precision and seed (Q = ``q``). Yields progress
+    (cancel points); returns the rows computed.
+    """
+    if len(images) != len(masks) or not images:
+        raise InputError(f"one mask per image is needed, got {len(images)} and {len(masks)}")
+    bad = [s for s in steps if isinstance(s, bool) or not 0 < s < math.inf]
+    if bad:
+        raise InputError(f"self-loop steps must be positive numbers, got {bad}")
+    base = replace(config or PseudoLabelConfig(), q=q, lr=None)
+    specs = [
+        (key, method, lr)
+        for key, method, lr in [
+            ("no-ss", "selfloop-no-ss", None),
+            *((step_key(s), "selfloop", float(s)) for s in steps),
+        ]
+        if key not in skip
+    ]
+    want_softmax = "softmax" not in skip
+    rows: dict[str, dict[str, float]] = {}
+    if not specs and not want_softmax:
+        return rows
+    n_img = len(images)
+    total = n_img * (len(specs) + 1)
+    done = 0
+
+    def run(i: int, method: str, lr: float | None, what: str) -> Generator:
+        """One pseudo-label of image ``i``, relaying its progress."""
+        nonlocal done
+        message = f"{what}: image {i + 1}/{n_img}"
+        result = yield from relay(
+            pseudo_label(images[i], model, replace(base, method=method, lr=lr), device=device),
+            lambda _e: Progress(done, total, message, {"phase": "sweep"}),
+        )
+        done += 1
+        yield Progress(done, total, message, {"phase": "sweep"})
+        return result
+
+    def add_row(key: str, per_image: list[dict[str, float]]) -> None:
+        rows[key] = {k: round(float(np.mean([r[k] for r in per_image])), 2) for k in per_image[0]}
+        if on_row is not None:
+            on_row(key, rows[key])
+
+    def image_row(result: Any, i: int, rng: np.random.Generator) -> dict[str, float]:
+        s = scores_from_counts(pixel_counts(result.probability > 0.5, masks[i]))
+        return {
+            "f1": 100 * s["f1"],
+            "balanced_accuracy": 100 * s["balanced_accuracy"],
+            **captured_errors(result.uncertainty[labelled[i]], {"": wrong[i]}, rng),
+        }
+
+    # Softmax first: its wrong pixels are what every map is measured against.
+    labelled: list[np.ndarray] = []
+    wrong: list[np.ndarray] = []
+    soft_rows, rng = [], np.random.default_rng(0)  # each row's own tie-breaks
+    for i, mask in enumerate(masks):
+        mask = np.asarray(mask)
+        if mask.shape != np.shape(images[i])[:2]:
+            raise InputError(
+                f"image {i + 1}: the mask has shape {mask.shape} but the image is "
+                f"{np.shape(images[i])[:2]}"
+            )
+        result = yield from run(i, "softmax", None, "softmax")
+        labelled.append(mask != IGNORE)
+        wrong.append(((result.probability > 0.5) != (mask == 1))[labelled[i]])
+        if want_softmax:
+            soft_rows.append(image_row(result, i, rng))
+    if want_softmax:
+        add_row("softmax", soft_rows)
+    for key, method, lr in specs:
+        rng = np.random.default_rng(0)
+        per_image = []
+        for i in range(n_img):
+            result = yield from run(i, method, lr, key)
+            per_image.append(image_row(result, i, rng))
+        add_row(key, per_image)
+    return rows
