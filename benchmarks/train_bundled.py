@@ -436,8 +436,8 @@ def step_sweep(
     ``step_lrs``, each from one pseudo-label per image: mean Dice and balanced accuracy, and
     the error capture of its uncertainty (share of the softmax prediction's wrong pixels
     among the 5 / 10 / 20 % most uncertain;
-    :func:`napari_selfloop.core.stepsize.sweep_steps`). Rows go to ``report["selfloop_steps"]`` as they
-    finish and are kept on a rerun, which adds only new steps; then the model's step is
+    :func:`napari_selfloop.core.stepsize.sweep_steps`). Rows go to
+    ``report["selfloop_steps"]`` as they finish and are kept on a rerun, which adds only new steps; then the model's step is
     chosen from them (:func:`napari_selfloop.core.stepsize.choose_selfloop_step`) into
     ``report["selfloop_step"]``. The model is scored as it is evaluated (with a
     ``--calibration`` cut, not with a cut chosen in this run)."""
@@ -618,10 +618,13 @@ def main() -> int:
     chosen_step: dict[str, Any] | None = None
     if args.selfloop_step:
         chosen_step = json.loads(args.selfloop_step.read_text()).get("selfloop_step") or {}
-        if not isinstance(chosen_step.get("step"), float):
+        # A sweep where no step kept up with softmax is recorded too (the card says so).
+        if not isinstance(chosen_step.get("step"), float) and not (
+            chosen_step.get("step") is None and chosen_step.get("candidates")
+        ):
             p.error(
-                f"--selfloop-step {args.selfloop_step}: no chosen step in it (run a validation "
-                "run with --step-lrs; a sweep where no step kept up with softmax chooses none)"
+                f"--selfloop-step {args.selfloop_step}: no step sweep in it (run a validation "
+                "run with --step-lrs)"
             )
     torch.set_num_threads(args.threads)
     recipe = RECIPES[args.name]

@@ -202,3 +202,15 @@ def test_calibrate_command_chooses_the_step_of_the_copy(tmp_path, tiny_model, ca
         assert rec["candidates"][f"{rec['step']:g}"]["eligible"]
     assert main([*args[:-1], "0,1e-4", "--force"]) == 2
     assert "step sizes in (0, 0.1]" in capsys.readouterr().err
+
+
+def test_the_card_says_when_no_step_kept_up_with_softmax(tmp_path, tiny_model):
+    rec = {**choose_selfloop_step({"softmax": SWEEP["softmax"], "0.001": SWEEP["0.001"]})}
+    rec["images"] = ["a.png"]
+    card = model_card(
+        load_checkpoint(
+            save_checkpoint(tmp_path / "m.pt", tiny_model, metrics={"selfloop_step": rec})
+        )
+    )
+    assert "self-loop: no step size kept up with softmax on 1 validation images" in card
+    assert "(Dice at most 75.0 against 81.0)" in card and "self-loop step:" not in card

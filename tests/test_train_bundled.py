@@ -61,16 +61,16 @@ def test_calibration_needs_a_validation_run_with_a_chosen_cut(
     assert not (tmp_path / "w").exists()
 
 
-def test_selfloop_step_needs_a_validation_run_that_chose_one(
+def test_selfloop_step_needs_a_validation_run_with_a_sweep(
     recipe_script, tmp_path, monkeypatch, capsys
 ):
     val = tmp_path / "val.json"
-    val.write_text('{"selfloop_step": {"step": null}}')  # no step kept up with softmax
+    val.write_text('{"calibration": {"threshold": 0.5}}')  # a validation run with no sweep
     argv = ["train_bundled.py", "nuclei-he", "--work", str(tmp_path / "w")]
     monkeypatch.setattr(sys, "argv", [*argv, "--selfloop-step", str(val)])
     with pytest.raises(SystemExit) as e:
         recipe_script.main()
-    assert e.value.code == 2 and "no chosen step in it" in capsys.readouterr().err
+    assert e.value.code == 2 and "no step sweep in it" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", [*argv, "--selfloop-step", str(val), "--step-lrs", "1e-4"])
     with pytest.raises(SystemExit) as e:
         recipe_script.main()

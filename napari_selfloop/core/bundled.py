@@ -204,7 +204,8 @@ def package_model(
     jigsaw (and held-out) figures. ``calibration`` (a record with the ``threshold`` chosen
     on validation images) folds that foreground cut into the weights
     (:func:`.calibration.apply_calibration`); ``selfloop_step`` (a record with the chosen
-    ``step``, :mod:`.stepsize`) makes it the model's self-loop step. Both records are kept.
+    ``step``, :mod:`.stepsize`) makes it the model's self-loop step (a step of None: no
+    step kept up with softmax, which the card then says). Both records are kept.
     """
     if name not in BUNDLED:
         raise _unknown(name)
@@ -214,7 +215,7 @@ def package_model(
     if calibration:
         apply_calibration(model, float(calibration["threshold"]))
     if selfloop_step:
-        set_selfloop_step(model, float(selfloop_step["step"]))
+        set_selfloop_step(model, selfloop_step["step"])
     model = model.half()
     metrics = {
         "jigsaw_loss": float(jigsaw["loss"]),

@@ -523,15 +523,21 @@ def chosen_settings(ckpt: Checkpoint) -> list[str]:
             f"foreground cut: {cal['threshold']:.2f} of the trained model's probability "
             f"(in the weights; chosen on {len(cal.get('images') or [])} validation images)"
         )
+    step = metrics.get("selfloop_step") if isinstance(metrics.get("selfloop_step"), dict) else {}
+    images = len(step.get("images") or [])
     if ckpt.config.selfloop_lr is not None:
-        step = (
-            metrics.get("selfloop_step") if isinstance(metrics.get("selfloop_step"), dict) else {}
-        )
-        chosen = (
-            f"chosen on {len(step['images'])} validation images" if step.get("images") else "set"
-        )
+        chosen = f"chosen on {images} validation images" if images else "set"
         lines.append(
             f"self-loop step: {ckpt.config.selfloop_lr:g} (used unless --lr is given; {chosen})"
+        )
+    elif "step" in step and step["step"] is None:
+        soft = step.get("softmax") if isinstance(step.get("softmax"), dict) else {}
+        tried = [c for c in (step.get("candidates") or {}).values() if isinstance(c, dict)]
+        best = max((c.get("f1", 0.0) for c in tried), default="?")
+        lines.append(
+            f"self-loop: no step size kept up with softmax on {images} validation images "
+            f"(Dice at most {best} against {soft.get('f1', '?')}); softmax or MC dropout "
+            "pseudo-labels suit this model"
         )
     return lines
 
