@@ -476,12 +476,16 @@ def heldout_files(name: str) -> list[Path]:
     return [p for p in paths if "_val" not in p.stem]
 
 
-def heldout_summary(name: str) -> dict[str, Any]:
-    """Headline figures of the held-out run of ``name`` (``bundled_NAME_testN.json``), if any."""
-    for path in heldout_files(name):
-        rep = json.loads(path.read_text())
+def heldout_summary(name: str, path: Path | None = None) -> dict[str, Any]:
+    """Headline figures of the held-out run of ``name`` in ``path`` (default: the first
+    ``bundled_NAME_testN.json``), if any."""
+    for results in [path] if path else heldout_files(name):
+        rep = json.loads(results.read_text())
         pl = rep.get("pseudo_labels") or {}
         out: dict[str, Any] = {"images": len(rep.get("test_images", []))}
+        step = (rep.get("selfloop_step") or {}).get("step")
+        if step:
+            out["selfloop_step"] = step
         for method in ("softmax", "selfloop"):
             for k in ("f1", "balanced_accuracy", "object_f1", "aji"):
                 if k in (pl.get(method) or {}):
@@ -596,6 +600,12 @@ def main() -> int:
     )
     p.add_argument(
         "--package", action="store_true", help=f"write the shipped file into {MODELS_DIR}"
+    )
+    p.add_argument(
+        "--heldout",
+        type=Path,
+        help="with --package: the results JSON of the held-out run whose figures the card "
+        "shows (default: results/bundled_NAME_testN.json)",
     )
     p.add_argument(
         "--out", type=Path, help="results JSON (default benchmarks/results/bundled_NAME[_N].json)"
@@ -744,7 +754,7 @@ def main() -> int:
             recipe=recipe,
             command=report["command"],
             jigsaw=jigsaw,
-            heldout=heldout_summary(args.name),
+            heldout=heldout_summary(args.name, args.heldout),
             calibration=calibration,
             selfloop_step=selfloop_step,
         )

@@ -113,3 +113,22 @@ def test_step_sweep_scores_each_step_once_and_chooses_from_them(recipe_script, m
     recipe_script.step_sweep(model, test, report, lambda: None, [1e-4, 1e-3])
     assert methods == ["softmax", "softmax", "selfloop", "selfloop"]
     assert "0.001" in report["selfloop_steps"]
+
+
+def test_the_card_takes_the_held_out_figures_of_the_file_given(recipe_script, tmp_path):
+    results = tmp_path / "step_test6.json"
+    results.write_text(
+        '{"test_images": ["a", "b"], "selfloop_step": {"step": 1e-05}, "pseudo_labels": '
+        '{"softmax": {"f1": 77.4, "balanced_accuracy": 85.2}, "selfloop": {"f1": 77.9}}, '
+        '"jigsaw": {"576": {"loss": 1.36, "top1": 77.0}}}'
+    )
+    summary = recipe_script.heldout_summary("nuclei-he", results)
+    assert summary == {
+        "images": 2,
+        "selfloop_step": 1e-05,
+        "softmax_f1": 77.4,
+        "softmax_balanced_accuracy": 85.2,
+        "selfloop_f1": 77.9,
+        "jigsaw_loss": 1.36,
+        "jigsaw_top1": 77.0,
+    }
