@@ -31,12 +31,24 @@ with its provenance (data and hashes, this recipe and its configs, jigsaw accura
 evaluate or package). The shipped models were made in this order (2-core CPU, one thread
 per job, two jobs at once); the README lists the measured figures::
 
-    # nuclei-he: held-out run (24 of 30 MoNuSeg images), then the shipped file
-    python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24
-    python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24b \\
-        --start-from runs/nuclei-he-24/segment.pt --iterations 1300 --threads 1
-    python benchmarks/train_bundled.py nuclei-he --work runs/nuclei-he-30b \\
-        --start-from runs/nuclei-he-24b/segment.pt --iterations 300 --lr 2e-4 --package
+    # nuclei-he: the held-out run from a fresh model (24 of 30 MoNuSeg images), the
+    # validation run that chose its self-loop step (18 / 6 of the 24), the held-out figures
+    # at that step, then the shipped file (the held-out model continued on all 30)
+    python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24c \\
+        --iterations 2000 --threads 2 --out benchmarks/results/bundled_nuclei-he_fresh2000_test6.json
+    python benchmarks/train_bundled.py nuclei-he --test 6 --val 6 --work runs/nval700-j1000 \\
+        --start-from runs/nuclei-he-24c/pretrain.pt --iterations 700 --threads 1 --skip-head \\
+        --step-lrs 1e-5,3e-5,1e-4,3e-4,1e-3 \\
+        --out benchmarks/results/bundled_nuclei-he_test6_val6_700_j1000.json
+    python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24c \\
+        --iterations 2000 --threads 1 --selfloop-step \\
+        benchmarks/results/bundled_nuclei-he_test6_val6_700_j1000.json \\
+        --out benchmarks/results/bundled_nuclei-he_step_test6.json
+    python benchmarks/train_bundled.py nuclei-he --work runs/nuclei-he-30c \\
+        --start-from runs/nuclei-he-24c/segment.pt --iterations 300 --lr 2e-4 --threads 1 \\
+        --selfloop-step benchmarks/results/bundled_nuclei-he_test6_val6_700_j1000.json \\
+        --heldout benchmarks/results/bundled_nuclei-he_step_test6.json --package \\
+        --out runs/nuclei-he-30c.json
     # lesion-dermoscopy (192-px work size): the recipe on 60 of 74 ISIC images (measured
     # on the 14 others) and on all 74 (shipped). Both continued the jigsaw pre-training of
     # a run of the earlier 300-step recipe (runs/lesion192-60 and -74): 300 steps with
@@ -90,11 +102,13 @@ softmax error-capture figures (top 5 / 10 / 20 %) by more than 2 points: the les
         benchmarks/results/bundled_lesion-dermoscopy_test14_val14_1200_j1500.json \\
         --out benchmarks/results/bundled_lesion-dermoscopy_test14_val14_1200_j1500_cut.json
 
-The nuclei recipe in one run from a fresh model (2000 steps of today's stage 2; the measured
-24-image model had 700 steps of the earlier stage 2 and 1300 of today's)::
-
-    python benchmarks/train_bundled.py nuclei-he --test 6 --work runs/nuclei-he-24c \\
-        --iterations 2000 --threads 2 --out benchmarks/results/bundled_nuclei-he_fresh2000_test6.json
+A validation run with ``--step-lrs`` also chooses the model's **self-loop step**
+(:mod:`napari_selfloop.core.stepsize`; rows in ``selfloop_steps``, the choice in
+``selfloop_step``), which ``--selfloop-step VALIDATION.json`` makes a held-out or shipped
+model's own. The file shipped before the present nuclei model came from
+``runs/nuclei-he-24`` (the earlier stage 2 for 700 steps), continued for 1300 steps
+(``runs/nuclei-he-24b``, measured in ``results/bundled_nuclei-he_test6.json``) and then on
+all 30 images (``runs/nuclei-he-30b``).
 
 The first nuclei run (``runs/nuclei-he-24``) used the earlier stage 2 (cross-entropy only,
 ``L_SS`` at weight 1, Adam 1e-3; its figures are in ``results/bundled_*_first-run_test*.json``);
