@@ -451,10 +451,13 @@ def step_sweep(
     the error capture of its uncertainty (share of the softmax prediction's wrong pixels
     among the 5 / 10 / 20 % most uncertain;
     :func:`napari_selfloop.core.stepsize.sweep_steps`). Rows go to
-    ``report["selfloop_steps"]`` as they finish and are kept on a rerun, which adds only new steps; then the model's step is
-    chosen from them (:func:`napari_selfloop.core.stepsize.choose_selfloop_step`) into
+    ``report["selfloop_steps"]`` as they finish and are kept on a rerun, which adds only
+    new steps; then the model's step is chosen from them
+    (:func:`napari_selfloop.core.stepsize.choose_selfloop_step`) into
     ``report["selfloop_step"]``. The model is scored as it is evaluated (with a
-    ``--calibration`` cut, not with a cut chosen in this run)."""
+    ``--calibration`` cut, not with a cut chosen in this run). Results written before this
+    sweep existed hold ``selfloop_step_lr`` instead: Dice and balanced accuracy only, at the
+    validation run's cut."""
     sweep: dict[str, Any] = report.setdefault("selfloop_steps", {})
 
     def keep(key: str, row: dict[str, float]) -> None:
