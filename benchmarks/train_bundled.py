@@ -58,7 +58,8 @@ per job, two jobs at once); the README lists the measured figures::
     cp runs/lesion192-74/pretrain.pt runs/lesion192-74j/
     python benchmarks/train_bundled.py lesion-dermoscopy --test 14 --work runs/lesion192-60j \\
         --threads 1
-    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion192-74j --threads 1 \\
+    python benchmarks/train_bundled.py lesion-dermoscopy --work runs/lesion192-74j --threads 2 \\
+        --selfloop-step benchmarks/results/bundled_lesion-dermoscopy_test14_val14_1200_j1500.json \\
         --package
     # the earlier 300-step recipe, measured (results/..._jigsaw300_test14.json) and shipped
     # before, and a longer stage 2 of it, measured and not shipped (worse on the 14 images)
