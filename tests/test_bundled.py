@@ -140,7 +140,7 @@ def test_models_command_lists_cards_with_licences(tiny_models, capsys):
     assert "CC BY-NC-SA 4.0" in out and "non-commercial" in out
     assert "on 2 unseen images" not in out and "measured on unseen images: images 2" in out
     assert out.count("foreground cut: 0.40") == 1 and "on 2 validation images" in out
-    assert out.count("self-loop step: 0.0003 (used unless --lr is given") == 1
+    assert out.count("self-loop step: 0.0003 (its default") == 1
     assert "chosen on 3 validation images" in out
     assert main(["models", "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

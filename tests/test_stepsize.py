@@ -109,11 +109,9 @@ def test_the_card_shows_the_chosen_settings_and_no_raw_records(tmp_path, tiny_mo
     card = model_card(
         load_checkpoint(save_checkpoint(tmp_path / "m.pt", tiny_model, metrics=metrics))
     )
-    assert "on 6 unseen images: softmax Dice 77.2, BA 85.6" in card
+    assert "on 6 unseen images: softmax Dice 77.2, balanced accuracy 85.6" in card
     assert "foreground cut: 0.45" in card and "on 2 validation images" in card
-    assert (
-        "self-loop step: 3e-05 (used unless --lr is given; chosen on 3 validation images)" in card
-    )
+    assert "self-loop step: 3e-05 (its default; chosen on 3 validation images)" in card
     assert "val_f1 0.75" in card and "{" not in card
 
 

@@ -43,7 +43,10 @@ def test_model_panel_uses_a_bundled_model_and_suggests_the_fitting_one(
     ckpt = get_state(viewer).checkpoint
     assert ckpt is not None and ckpt.path == tiny_models / "nuclei-he.pt"
     assert "bundled model nuclei-he" in w.card.text()
-    assert "CC BY-NC-SA 4.0" in w.card.text() and "on 2 unseen images: Dice 80.0" in w.card.text()
+    assert (
+        "CC BY-NC-SA 4.0" in w.card.text()
+        and "on 2 unseen images: softmax Dice 80.0" in w.card.text()
+    )
     wait_run(qtbot, w.jigsaw.check_runner)  # the automatic jigsaw check of the new model
     assert not errors(notes)
 

@@ -526,18 +526,16 @@ def chosen_settings(ckpt: Checkpoint) -> list[str]:
     step = metrics.get("selfloop_step") if isinstance(metrics.get("selfloop_step"), dict) else {}
     images = len(step.get("images") or [])
     if ckpt.config.selfloop_lr is not None:
-        chosen = f"chosen on {images} validation images" if images else "set"
-        lines.append(
-            f"self-loop step: {ckpt.config.selfloop_lr:g} (used unless --lr is given; {chosen})"
-        )
+        chosen = f"; chosen on {images} validation images" if images else ""
+        lines.append(f"self-loop step: {ckpt.config.selfloop_lr:g} (its default{chosen})")
     elif "step" in step and step["step"] is None:
         soft = step.get("softmax") if isinstance(step.get("softmax"), dict) else {}
         tried = [c for c in (step.get("candidates") or {}).values() if isinstance(c, dict)]
-        best = max((c.get("f1", 0.0) for c in tried), default="?")
+        best = max((float(c.get("f1", 0.0)) for c in tried), default=math.nan)
         lines.append(
             f"self-loop: no step size kept up with softmax on {images} validation images "
-            f"(Dice at most {best} against {soft.get('f1', '?')}); softmax or MC dropout "
-            "pseudo-labels suit this model"
+            f"(Dice at most {best:.1f} against {float(soft.get('f1', math.nan)):.1f}); "
+            "softmax or MC dropout pseudo-labels suit this model"
         )
     return lines
 
@@ -564,11 +562,19 @@ def model_card(ckpt: Checkpoint) -> str:
     metrics = {k: v for k, v in metrics.items() if k not in jigsaw and k not in records}
     held = records.get("heldout") or {}
     if held:
-        figures = [
-            f"{label} Dice {held[f'{key}_f1']:.1f}, BA {held[f'{key}_balanced_accuracy']:.1f}"
-            for key, label in (("softmax", "softmax"), ("selfloop", "self-loop"))
-            if f"{key}_f1" in held and f"{key}_balanced_accuracy" in held
-        ]
+        figures = []
+        for key, label in (("softmax", "softmax"), ("selfloop", "self-loop")):
+            if f"{key}_f1" not in held or f"{key}_balanced_accuracy" not in held:
+                continue
+            text = (
+                f"{label} Dice {held[f'{key}_f1']:.1f}, "
+                f"balanced accuracy {held[f'{key}_balanced_accuracy']:.1f}"
+            )
+            if key == "softmax" and f"{key}_aji" in held and f"{key}_object_f1" in held:
+                text += f", object F1 {held[f'{key}_object_f1']:.1f}, AJI {held[f'{key}_aji']:.1f}"
+            if key == "selfloop" and isinstance(held.get("selfloop_step"), float):
+                text += f" (step {held['selfloop_step']:g})"
+            figures.append(text)
         if figures:
             lines.append(f"on {held.get('images', '?')} unseen images: " + "; ".join(figures))
     if metrics:

@@ -71,18 +71,6 @@ def card_text(ckpt: Checkpoint) -> str:
                 f"bundled model {name}: {BUNDLED[name].title} (ResUNet-18, width {ckpt.config.width})"
             )
             lines.append(f"licence of the weights: {BUNDLED[name].licence}")
-        held = metrics.get("heldout") or {}
-        if held.get("softmax_f1") is not None:
-            extra = (
-                f", object F1 {held['softmax_object_f1']:.1f}, AJI {held['softmax_aji']:.1f}"
-                if held.get("softmax_aji") is not None
-                else ""
-            )
-            lines.insert(
-                2,
-                f"on {held.get('images', '?')} unseen images: Dice {held['softmax_f1']:.1f}, "
-                f"balanced accuracy {held['softmax_balanced_accuracy']:.1f}{extra}",
-            )
     return "\n".join(lines)
 
 
