@@ -212,3 +212,17 @@ def test_the_card_says_when_no_step_kept_up_with_softmax(tmp_path, tiny_model):
     )
     assert "self-loop: no step size kept up with softmax on 1 validation images" in card
     assert "(Dice at most 75.0 against 81.0)" in card and "self-loop step:" not in card
+
+
+def test_the_card_survives_junk_records(tmp_path, tiny_model):
+    """Records are file content: wrong types are left out of the card, never a crash."""
+    metrics = {
+        "heldout": {"images": "six", "softmax_f1": "77", "selfloop_f1": None},
+        "calibration": {"threshold": "0.4", "images": 3},
+        "selfloop_step": {"step": None, "images": "a.png", "candidates": {"x": 5}, "softmax": 1},
+    }
+    card = model_card(
+        load_checkpoint(save_checkpoint(tmp_path / "m.pt", tiny_model, metrics=metrics))
+    )
+    assert "unseen images" not in card and "foreground cut" not in card
+    assert "no step size kept up with softmax on 0 validation images (Dice at most nan" in card

@@ -511,6 +511,15 @@ def _check_optimizer_state(name: str, optim: Any, shapes: list[tuple[int, ...]])
                 )
 
 
+def _real(v: Any) -> bool:
+    """A number (not a bool) a card may format: records are untrusted file content."""
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _count(v: Any) -> int:
+    return len(v) if isinstance(v, list) else 0
+
+
 def chosen_settings(ckpt: Checkpoint) -> list[str]:
     """Card lines of the settings chosen for a model on validation images: the foreground
     cut folded into its weights (:mod:`.calibration`) and its self-loop step
@@ -521,20 +530,21 @@ def chosen_settings(ckpt: Checkpoint) -> list[str]:
     if isinstance(cal.get("threshold"), float):
         lines.append(
             f"foreground cut: {cal['threshold']:.2f} of the trained model's probability "
-            f"(in the weights; chosen on {len(cal.get('images') or [])} validation images)"
+            f"(in the weights; chosen on {_count(cal.get('images'))} validation images)"
         )
     step = metrics.get("selfloop_step") if isinstance(metrics.get("selfloop_step"), dict) else {}
-    images = len(step.get("images") or [])
+    images = _count(step.get("images"))
     if ckpt.config.selfloop_lr is not None:
         chosen = f"; chosen on {images} validation images" if images else ""
         lines.append(f"self-loop step: {ckpt.config.selfloop_lr:g} (its default{chosen})")
     elif "step" in step and step["step"] is None:
         soft = step.get("softmax") if isinstance(step.get("softmax"), dict) else {}
-        tried = [c for c in (step.get("candidates") or {}).values() if isinstance(c, dict)]
-        best = max((float(c.get("f1", 0.0)) for c in tried), default=math.nan)
+        tried = step.get("candidates") if isinstance(step.get("candidates"), dict) else {}
+        dice = [c["f1"] for c in tried.values() if isinstance(c, dict) and _real(c.get("f1"))]
+        soft_dice = soft.get("f1") if _real(soft.get("f1")) else math.nan
         lines.append(
             f"self-loop: no step size kept up with softmax on {images} validation images "
-            f"(Dice at most {best:.1f} against {float(soft.get('f1', math.nan)):.1f}); "
+            f"(Dice at most {max(dice, default=math.nan):.1f} against {soft_dice:.1f}); "
             "softmax or MC dropout pseudo-labels suit this model"
         )
     return lines
@@ -564,15 +574,21 @@ def model_card(ckpt: Checkpoint) -> str:
     if held:
         figures = []
         for key, label in (("softmax", "softmax"), ("selfloop", "self-loop")):
-            if f"{key}_f1" not in held or f"{key}_balanced_accuracy" not in held:
+            if not (_real(held.get(f"{key}_f1")) and _real(held.get(f"{key}_balanced_accuracy"))):
                 continue
             text = (
                 f"{label} Dice {held[f'{key}_f1']:.1f}, "
                 f"balanced accuracy {held[f'{key}_balanced_accuracy']:.1f}"
             )
-            if key == "softmax" and f"{key}_aji" in held and f"{key}_object_f1" in held:
-                text += f", object F1 {held[f'{key}_object_f1']:.1f}, AJI {held[f'{key}_aji']:.1f}"
-            if key == "selfloop" and isinstance(held.get("selfloop_step"), float):
+            if (
+                key == "softmax"
+                and _real(held.get("softmax_aji"))
+                and _real(held.get("softmax_object_f1"))
+            ):
+                text += (
+                    f", object F1 {held['softmax_object_f1']:.1f}, AJI {held['softmax_aji']:.1f}"
+                )
+            if key == "selfloop" and _real(held.get("selfloop_step")):
                 text += f" (step {held['selfloop_step']:g})"
             figures.append(text)
         if figures:
