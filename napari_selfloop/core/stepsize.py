@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .errors import InputError
-from .metrics import IGNORE, captured_errors, pixel_counts, scores_from_counts
+from .metrics import IGNORE, captured_errors, pixel_scores
 from .progress import Progress, relay
 from .pseudolabel import PseudoLabelConfig, pseudo_label
 
@@ -162,6 +162,14 @@ def sweep_steps(
     rows: dict[str, dict[str, float]] = {}
     if not specs and not want_softmax:
         return rows
+    truths = [np.asarray(m) for m in masks]
+    for i, mask in enumerate(truths):  # all checked before any image is pseudo-labelled
+        if mask.shape != np.shape(images[i])[:2]:
+            raise InputError(
+                f"image {i + 1}: the mask has shape {mask.shape} but the image is "
+                f"{np.shape(images[i])[:2]}"
+            )
+    labelled = [mask != IGNORE for mask in truths]
     n_img = len(images)
     total = n_img * (len(specs) + 1)
     done = 0
@@ -184,7 +192,7 @@ def sweep_steps(
             on_row(key, rows[key])
 
     def image_row(result: Any, i: int, rng: np.random.Generator) -> dict[str, float]:
-        s = scores_from_counts(pixel_counts(result.probability > 0.5, masks[i]))
+        s = pixel_scores(result.probability > 0.5, truths[i])
         return {
             "f1": 100 * s["f1"],
             "balanced_accuracy": 100 * s["balanced_accuracy"],
@@ -192,19 +200,11 @@ def sweep_steps(
         }
 
     # Softmax first: its wrong pixels are what every map is measured against.
-    labelled: list[np.ndarray] = []
     wrong: list[np.ndarray] = []
     soft_rows, rng = [], np.random.default_rng(0)  # each row's own tie-breaks
-    for i, mask in enumerate(masks):
-        mask = np.asarray(mask)
-        if mask.shape != np.shape(images[i])[:2]:
-            raise InputError(
-                f"image {i + 1}: the mask has shape {mask.shape} but the image is "
-                f"{np.shape(images[i])[:2]}"
-            )
+    for i, mask in enumerate(truths):
         result = yield from run(i, "softmax", None, "softmax")
-        labelled.append(mask != IGNORE)
-        wrong.append(((result.probability > 0.5) != (mask == 1))[labelled[i]])
+        wrong.append(((result.probability > 0.5) != (mask > 0))[labelled[i]])
         if want_softmax:
             soft_rows.append(image_row(result, i, rng))
     if want_softmax:
