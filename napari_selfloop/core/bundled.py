@@ -21,7 +21,7 @@ import torch
 
 from .bootstrap import guess_kind
 from .calibration import apply_calibration
-from .checkpoint import Checkpoint, chosen_settings, load_checkpoint, save_checkpoint
+from .checkpoint import Checkpoint, chosen_settings, heldout_line, load_checkpoint, save_checkpoint
 from .errors import CheckpointError
 from .stepsize import set_selfloop_step
 
@@ -169,11 +169,9 @@ def model_card_text(name: str) -> str:
                     "for the model; outputs come back at the image's size"
                 )
             metrics = ckpt.meta.get("metrics") or {}
-            held = metrics.get("heldout") or {}
+            held = heldout_line(metrics.get("heldout"))
             if held:
-                lines.append(
-                    "  measured on unseen images: " + ", ".join(f"{k} {v}" for k, v in held.items())
-                )
+                lines.append(f"  {held}")
             if isinstance(metrics.get("jigsaw_loss"), float):
                 lines.append(
                     f"  jigsaw: L_SS {metrics['jigsaw_loss']:.2f} (chance {metrics.get('jigsaw_chance_loss', 4.61):.2f}), "

@@ -550,6 +550,34 @@ def chosen_settings(ckpt: Checkpoint) -> list[str]:
     return lines
 
 
+def heldout_line(held: Any) -> str | None:
+    """The card line of a model's held-out record (figures measured on images it never
+    saw): softmax Dice and balanced accuracy (with object F1 and AJI where measured) and
+    self-loop's at its step. None when the record has no figures it can show."""
+    if not isinstance(held, dict):
+        return None
+    figures = []
+    for key, label in (("softmax", "softmax"), ("selfloop", "self-loop")):
+        if not (_real(held.get(f"{key}_f1")) and _real(held.get(f"{key}_balanced_accuracy"))):
+            continue
+        text = (
+            f"{label} Dice {held[f'{key}_f1']:.1f}, "
+            f"balanced accuracy {held[f'{key}_balanced_accuracy']:.1f}"
+        )
+        if (
+            key == "softmax"
+            and _real(held.get("softmax_aji"))
+            and _real(held.get("softmax_object_f1"))
+        ):
+            text += f", object F1 {held['softmax_object_f1']:.1f}, AJI {held['softmax_aji']:.1f}"
+        if key == "selfloop" and _real(held.get("selfloop_step")):
+            text += f" (step {held['selfloop_step']:g})"
+        figures.append(text)
+    if not figures:
+        return None
+    return f"on {held.get('images', '?')} unseen images: " + "; ".join(figures)
+
+
 def model_card(ckpt: Checkpoint) -> str:
     """A short human-readable description of a checkpoint (for the plugin and the CLI)."""
     m = ckpt.meta
@@ -570,29 +598,9 @@ def model_card(ckpt: Checkpoint) -> str:
     # Records (held-out figures, a chosen cut or step) have lines of their own.
     records = {k: v for k, v in metrics.items() if isinstance(v, dict)}
     metrics = {k: v for k, v in metrics.items() if k not in jigsaw and k not in records}
-    held = records.get("heldout") or {}
+    held = heldout_line(records.get("heldout"))
     if held:
-        figures = []
-        for key, label in (("softmax", "softmax"), ("selfloop", "self-loop")):
-            if not (_real(held.get(f"{key}_f1")) and _real(held.get(f"{key}_balanced_accuracy"))):
-                continue
-            text = (
-                f"{label} Dice {held[f'{key}_f1']:.1f}, "
-                f"balanced accuracy {held[f'{key}_balanced_accuracy']:.1f}"
-            )
-            if (
-                key == "softmax"
-                and _real(held.get("softmax_aji"))
-                and _real(held.get("softmax_object_f1"))
-            ):
-                text += (
-                    f", object F1 {held['softmax_object_f1']:.1f}, AJI {held['softmax_aji']:.1f}"
-                )
-            if key == "selfloop" and _real(held.get("selfloop_step")):
-                text += f" (step {held['selfloop_step']:g})"
-            figures.append(text)
-        if figures:
-            lines.append(f"on {held.get('images', '?')} unseen images: " + "; ".join(figures))
+        lines.append(held)
     if metrics:
         lines.append(
             "validation: "
