@@ -226,3 +226,9 @@ def test_the_card_survives_junk_records(tmp_path, tiny_model):
     )
     assert "unseen images" not in card and "foreground cut" not in card
     assert "no step size kept up with softmax on 0 validation images (Dice at most nan" in card
+    held = {"images": {"n": 6}, "softmax_f1": 77.4, "softmax_balanced_accuracy": 85.2}
+    card = model_card(
+        load_checkpoint(save_checkpoint(tmp_path / "h.pt", tiny_model, metrics={"heldout": held}))
+    )
+    assert "on unseen images: softmax Dice 77.4, balanced accuracy 85.2" in card
+    assert "{'n': 6}" not in card

@@ -575,7 +575,9 @@ def heldout_line(held: Any) -> str | None:
         figures.append(text)
     if not figures:
         return None
-    return f"on {held.get('images', '?')} unseen images: " + "; ".join(figures)
+    images = held.get("images")
+    where = f"on {images} unseen images" if _real(images) else "on unseen images"
+    return f"{where}: " + "; ".join(figures)
 
 
 def model_card(ckpt: Checkpoint) -> str:
