@@ -21,7 +21,14 @@ import torch
 
 from .bootstrap import guess_kind
 from .calibration import apply_calibration
-from .checkpoint import Checkpoint, chosen_settings, heldout_line, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    Checkpoint,
+    chosen_settings,
+    heldout_line,
+    jigsaw_figures,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .errors import CheckpointError
 from .stepsize import set_selfloop_step
 
@@ -172,12 +179,9 @@ def model_card_text(name: str) -> str:
             held = heldout_line(metrics.get("heldout"))
             if held:
                 lines.append(f"  {held}")
-            if isinstance(metrics.get("jigsaw_loss"), float):
-                lines.append(
-                    f"  jigsaw: L_SS {metrics['jigsaw_loss']:.2f} (chance {metrics.get('jigsaw_chance_loss', 4.61):.2f}), "
-                    f"top-1 {100 * metrics.get('jigsaw_top1', 0.0):.0f}% "
-                    f"on {metrics.get('jigsaw_measured_on', '?')}"
-                )
+            jigsaw = jigsaw_figures(metrics)
+            if jigsaw:
+                lines.append(f"  jigsaw: {jigsaw}")
             lines += [f"  {line}" for line in chosen_settings(ckpt)]
             lines.append(f"  recipe: {(ckpt.meta.get('training') or {}).get('command', '?')}")
     return "\n".join(lines)

@@ -580,6 +580,20 @@ def heldout_line(held: Any) -> str | None:
     return f"{where}: " + "; ".join(figures)
 
 
+def jigsaw_figures(metrics: dict[str, Any]) -> str | None:
+    """The jigsaw's recorded loss and top-1 accuracy as a card shows them, or None when the
+    record has none it can show."""
+    loss, top1 = metrics.get("jigsaw_loss"), metrics.get("jigsaw_top1")
+    if not (isinstance(loss, float) and isinstance(top1, float)):
+        return None
+    chance = metrics.get("jigsaw_chance_loss")
+    on = metrics.get("jigsaw_measured_on")
+    return (
+        f"L_SS {loss:.2f} (chance {chance if _real(chance) else 4.61:.2f}), "
+        f"top-1 {100 * top1:.0f}% on {on if isinstance(on, str) else 'training puzzles'}"
+    )
+
+
 def model_card(ckpt: Checkpoint) -> str:
     """A short human-readable description of a checkpoint (for the plugin and the CLI)."""
     m = ckpt.meta
@@ -610,16 +624,11 @@ def model_card(ckpt: Checkpoint) -> str:
                 f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
             )
         )
-    lines.append(f"jigsaw task: {cfg.jigsaw_head} head, tile rotation {cfg.jigsaw_rotation}")
-    if isinstance(jigsaw.get("jigsaw_loss"), float) and isinstance(
-        jigsaw.get("jigsaw_top1"), float
-    ):
-        lines[-1] += (
-            f"; L_SS {jigsaw['jigsaw_loss']:.2f} (chance {jigsaw.get('jigsaw_chance_loss', 4.61):.2f}), "
-            f"top-1 {100 * jigsaw['jigsaw_top1']:.0f}% on {jigsaw.get('jigsaw_measured_on', 'training puzzles')}"
-        )
-    else:
-        lines[-1] += "; not pre-trained (self-loop uncertainty needs a learned jigsaw)"
+    figures = jigsaw_figures(jigsaw)
+    lines.append(
+        f"jigsaw task: {cfg.jigsaw_head} head, tile rotation {cfg.jigsaw_rotation}; "
+        + (figures or "not pre-trained (self-loop uncertainty needs a learned jigsaw)")
+    )
     lines += chosen_settings(ckpt)
     if m.get("parent"):
         lines.append(f"fine-tuned from {str(m['parent'])[:12]}")
