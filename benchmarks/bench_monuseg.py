@@ -28,7 +28,7 @@ Results are written after every step (mean and sd over seeds in ``summary``), so
 run loses nothing; trained models are cached outside the repository.
 
 Run:  python benchmarks/bench_monuseg.py            (writes benchmarks/results/monuseg_semisup.json)
-      python benchmarks/bench_monuseg.py --tables   (the README tables)
+      python benchmarks/bench_monuseg.py --tables   (the tables of docs/results.md)
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ DATA = Path(os.environ.get("SELFLOOP_DATA", HERE.parent.parent / "shared" / "dat
 CACHE = Path(os.environ.get("SELFLOOP_BENCH_CACHE", "/tmp/selfloop_bench_cache"))
 FRAMEWORKS = ("supervised", "softmax", "mc-dropout", "selfloop-no-ss", "selfloop")
 
-# The paper's numbers (F1 %, ResUNet-18), for the README tables.
+# The paper's numbers (F1 %, ResUNet-18), for the tables of docs/results.md.
 PAPER_TABLE1 = {
     "0.2": {
         "softmax": 67.48,
@@ -676,7 +676,7 @@ def _cell(sc: dict[str, Any] | None, *metrics: str) -> str:
 
 
 def markdown_tables(results: Path) -> str:
-    """README tables (mean ± sd over seeds, the paper's numbers in brackets) from results/."""
+    """The tables of docs/results.md (mean ± sd over seeds, the paper's numbers in brackets) from results/."""
     lines: list[str] = []
     for name, title in (("monuseg", "MoNuSeg"), ("isic", "ISIC")):
         path = results / f"{name}_semisup.json"
@@ -868,7 +868,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     common_args(p)
     p.add_argument("--no-table1", dest="table1", action="store_false")
-    p.add_argument("--tables", action="store_true", help="print the README tables from results/")
+    p.add_argument(
+        "--tables", action="store_true", help="print the tables of docs/results.md from results/"
+    )
     args = p.parse_args()
     if args.tables:
         print(markdown_tables(HERE / "results"))

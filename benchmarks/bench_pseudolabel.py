@@ -258,7 +258,7 @@ def measure_memory(sizes: list[int], method: str, q: int) -> list[dict]:
 
 
 def markdown(result: dict) -> str:
-    """The README tables of a results file."""
+    """The tables of docs/benchmarks.md of a results file."""
     sp = result["speed"]
     h, w = sp["image_size"]
     lines = [
@@ -303,7 +303,9 @@ def main() -> None:
     p.add_argument("--memory-sizes", type=int, nargs="*", default=[2000, 8000])
     p.add_argument("--out", type=Path, default=HERE / "results" / "pseudolabel.json")
     p.add_argument("--memory-child", nargs=3, help=argparse.SUPPRESS)
-    p.add_argument("--table", action="store_true", help="print the README tables of --out")
+    p.add_argument(
+        "--table", action="store_true", help="print the docs/benchmarks.md tables of --out"
+    )
     p.add_argument(
         "--cases",
         nargs="+",

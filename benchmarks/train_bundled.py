@@ -29,7 +29,7 @@ with its provenance (data and hashes, this recipe and its configs, jigsaw accura
 ``--start-from`` continues stage 2 from another run's model (no pre-training) for
 ``--iterations`` steps. ``--train-only`` stops after the last stage (run again without it to
 evaluate or package). The shipped models were made in this order (2-core CPU, one thread
-per job, two jobs at once); the README lists the measured figures::
+per job, two jobs at once); docs/models.md lists the measured figures::
 
     # nuclei-he: the held-out run from a fresh model (24 of 30 MoNuSeg images), the
     # validation run that chose its self-loop step (18 / 6 of the 24), the held-out figures
@@ -516,7 +516,7 @@ def heldout_summary(name: str, path: Path | None = None) -> dict[str, Any]:
 
 
 def markdown(path: Path) -> str:
-    """README tables of a held-out results file: pseudo-label scores, error capture, jigsaw."""
+    """The docs/models.md tables of a held-out results file: pseudo-label scores, error capture, jigsaw."""
     rep = json.loads(path.read_text())
     pl, lines = rep.get("pseudo_labels") or {}, []
     keys = [
@@ -560,7 +560,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("name", choices=sorted(RECIPES))
     p.add_argument(
-        "--table", action="store_true", help="print the README tables of the held-out results"
+        "--table", action="store_true", help="print the held-out tables of docs/models.md"
     )
     p.add_argument(
         "--work", type=Path, help="folder of the stage checkpoints (required unless --table)"

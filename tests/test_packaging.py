@@ -264,7 +264,7 @@ def test_ruff_check():
 
 
 def test_ruff_format_check():
-    # The README promises a ruff-formatted repository; hold it.
+    # docs/development.md promises a ruff-formatted repository; hold it.
     ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
     if ruff is None:
         pytest.skip("ruff is not installed")

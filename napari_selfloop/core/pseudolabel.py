@@ -96,7 +96,8 @@ class PseudoLabelConfig:
     method
         One of :data:`METHODS`. The default, ``mc-dropout``, marked the model's errors best
         (with the entropy map) on the validation images of ``benchmarks/bench_monuseg.py``
-        and ``bench_isic.py``; ``selfloop`` did not beat it there (README, "What we found").
+        and ``bench_isic.py``; ``selfloop`` did not beat it there (``docs/results.md``,
+        "What we found").
     q
         Jigsaw permutations (self-loop) or stochastic passes (MC dropout).
     threshold

@@ -4,9 +4,9 @@ Self-loop pseudo-labelling (Algorithm 1) takes Q jigsaw steps on a copy of the e
 one per puzzle, and averages the Q segmentation maps. How far those steps move the
 encoder, and with it the segmentation, depends on the model: on a model whose jigsaw is
 well learned, the engine's default step (:data:`.pseudolabel.DEFAULT_STEP_LR`) pushed the
-nuclei predictions toward background (README, "Bundled models"). So a model carries its
-own step (:attr:`.model.ModelConfig.selfloop_lr`, used whenever no step is given), chosen
-here from a sweep on validation images:
+nuclei predictions toward background (``docs/models.md``, "Self-loop step"). So a
+model carries its own step (:attr:`.model.ModelConfig.selfloop_lr`, used whenever no step
+is given), chosen here from a sweep on validation images:
 
 * a step is **eligible** when its pseudo-label loses at most ``tolerance`` points of mean
   Dice and of mean balanced accuracy to the model's softmax pseudo-label;
