@@ -44,10 +44,9 @@ def test_save_restore_roundtrip(tmp_path):
     # Overwrite keeps one file pair, no temp leftovers.
     store.save("ab12", lab * 0, name="img")
     assert store.load("ab12").labels.sum() == 0
-    assert sorted(p.name for p in (tmp_path / "project" / "autosave").iterdir()) == [
-        "ab12.json",
-        "ab12.tif",
-    ]
+    folder = tmp_path / "project" / "autosave"
+    assert sorted(p.name for p in folder.iterdir()) == [".locks", "ab12.json", "ab12.tif"]
+    assert [p.name for p in (folder / ".locks").iterdir()] == ["ab12.lock"]
     store.delete("ab12")
     assert store.load("ab12") is None
 
@@ -103,6 +102,7 @@ def test_a_damaged_autosave_is_set_aside(tmp_path, caplog):
         assert store.load("beef") is None
     assert "damaged" in caplog.text
     assert sorted(p.name for p in store.folder.iterdir()) == [
+        ".locks",
         "beef.json.damaged",
         "beef.tif.damaged",
     ]
@@ -245,3 +245,65 @@ def test_the_proposal_record_has_its_own_key(tmp_path):
     store.save(pkey, record, extra={"proposal_of": key})
     restored = store.load(pkey)
     assert np.array_equal(restored.labels, record) and restored.meta["proposal_of"] == key
+
+
+# -- issue 27: two processes sharing one project --------------------------------------------
+
+_WRITER = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from napari_selfloop.core.autosave import AutosaveStore
+
+project, key, value, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
+labels = np.full((2200, 2200), value, np.uint8)  # 4.8 MB: the tiled layout
+while not go.exists():
+    time.sleep(0.005)
+store = AutosaveStore(project)
+for i in range(6):
+    labels[i, i] = value + 1  # each save changes one tile of its own
+    store.save(key, labels, name=f"writer {value}")
+"""
+
+
+def _start_writers(project, key, values, tmp_path):
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    import subprocess
+    import sys
+
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(project), key, str(v), str(go)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for v in values
+    ]
+    go.touch()
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+
+
+def test_two_processes_saving_one_tiled_key_never_delete_each_others_tiles(tmp_path, caplog):
+    from napari_selfloop.core.autosave import SINGLE_FILE_BYTES
+
+    assert 2200 * 2200 > SINGLE_FILE_BYTES
+    project = tmp_path / "P"
+    for trial in range(3):  # the race lost pixels in 14 of 15 trials before the fix
+        key = f"ab{trial:02d}"
+        _start_writers(project, key, (10, 20), tmp_path / f"t{trial}")
+        store = AutosaveStore(project)
+        with caplog.at_level("WARNING"):
+            restored = store.load(key)
+        assert not store.missing and not store.set_aside, caplog.text
+        winner = int(restored.labels[-1, -1])
+        assert winner in (10, 20)
+        want = np.full((2200, 2200), winner, np.uint8)
+        want[range(6), range(6)] = winner + 1
+        assert np.array_equal(restored.labels, want)  # the last save, whole
+        assert restored.meta["name"] == f"writer {winner}"
+        # Nothing is left behind but the last save's tiles.
+        tiles = sorted(p.name for p in (store.folder / f"{key}.tiles").iterdir())
+        assert len(tiles) == 25

@@ -23,10 +23,24 @@ A save found damaged anyway (a disk error, a copy cut short) is set aside (renam
 ``NAME.damaged``) with a warning, never fatal; of a tiled save only the damaged tiles are
 lost (they come back as 255, "uncertain"). The plugin saves every 30 seconds while there
 are unsaved changes.
+
+Several processes may share one project folder (two napari windows, a script):
+
+* A save, a load and a delete of one key hold an exclusive lock (``flock`` on
+  ``.locks/KEY.lock``) for their whole length, so one save's clean-up never removes the tiles that
+  another process's save of the same key has just written and listed; of two processes
+  saving one key, the last save is found whole.
+* A window that works on an image *claims* its key (:meth:`AutosaveStore.claim`: a lock on
+  ``.locks/KEY.owner`` held as long as the window lives; the operating system drops it when the
+  process ends, so a crashed window leaves no stale claim). A second window that finds
+  the key claimed saves its corrections under its own :func:`session_key` (its record
+  says ``session_of``), never over the first window's; such saves whose window is gone
+  are found with :meth:`AutosaveStore.session_saves`. See ``docs/autosave.md``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -34,6 +48,9 @@ import logging
 import os
 import re
 import shutil
+import socket
+import time
+import uuid
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -59,6 +76,54 @@ LOST_TILE_VALUE = 255
 #: Level-0 tiles :func:`slide_key` reads, as fractions of the height and width.
 _SLIDE_SAMPLES = ((0.5, 0.5), (0.25, 0.25), (0.25, 0.75), (0.75, 0.25), (0.75, 0.75))
 _TILE_FILE = re.compile(r"^(\d+)_(\d+)-([0-9a-f]{16})\.z$")
+#: Seconds a save, load or delete waits for another process's save of the same key.
+LOCK_TIMEOUT = 120.0
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks (see docs/autosave.md)
+    fcntl = None  # type: ignore[assignment]
+
+
+def session_key(key: str, session: str) -> str:
+    """The key under which the window ``session`` saves the corrections of ``key`` when
+    another live window holds ``key`` (see :meth:`AutosaveStore.claim`)."""
+    return hashlib.sha256(f"{key}:session:{session}".encode()).hexdigest()[:24]
+
+
+def new_session() -> str:
+    """A fresh id for one window's autosave session: the process id and a random part."""
+    return f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+class Claim:
+    """One window's hold on an autosave key: an exclusive ``flock`` on ``KEY.owner``.
+
+    The lock lasts until :meth:`release` or the end of the process (the operating system
+    drops it then, also after a crash). Where locks are not available (Windows, a file
+    system without ``flock``) a claim always succeeds and protects nothing (``locked`` is
+    False).
+    """
+
+    def __init__(self, key: str, path: Path, fd: int | None) -> None:
+        self.key = key
+        self.path = path
+        self._fd = fd
+
+    @property
+    def locked(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Let another window claim the key (the ``KEY.owner`` file stays: removing it
+        could let two windows lock two different files of the same name)."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __del__(self) -> None:
+        self.release()
 
 
 def proposal_key(key: str) -> str:
@@ -149,6 +214,8 @@ class AutosaveStore:
     def __init__(self, project: str | Path) -> None:
         self.project = Path(project)
         self.folder = self.project / "autosave"
+        #: Lock files (``KEY.lock``, ``KEY.owner``; empty or a few bytes, never removed).
+        self.locks = self.folder / ".locks"
         #: Damaged saves this store renamed out of the way (see :meth:`load`).
         self.set_aside: list[Path] = []
         #: Tile files a tiled save listed but that were not there (see :meth:`load`).
@@ -161,6 +228,106 @@ class AutosaveStore:
 
     def _tile_dir(self, key: str) -> Path:
         return self.folder / f"{key}.tiles"
+
+    @contextlib.contextmanager
+    def _locked(self, key: str, create: bool) -> Iterator[None]:
+        """Hold the exclusive lock of ``key`` (``KEY.lock``) while the block runs.
+
+        Waits up to :data:`LOCK_TIMEOUT` seconds for another process's save of the same
+        key, then fails with an OSError that says so. Where no lock can be had (no
+        ``flock``, a read-only folder when ``create`` is False) the block runs unlocked.
+        """
+        self._paths(key)  # checks the key
+        if fcntl is None:
+            yield
+            return
+        path = self.locks / f"{key}.lock"
+        if create:
+            self.locks.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            if create:
+                raise OSError(e.errno, f"could not write {path}: {e.strerror}") from e
+            yield  # a read-only project: reading without a lock is all there is
+            return
+        try:
+            deadline = time.monotonic() + LOCK_TIMEOUT
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise OSError(
+                            f"the autosave {key} in {self.folder} has been busy for "
+                            f"{LOCK_TIMEOUT:.0f} s (another process is saving it): "
+                            "trying again at the next save"
+                        ) from None
+                    time.sleep(0.02)
+                except OSError:  # a file system without flock: nothing to coordinate with
+                    break
+            yield
+        finally:
+            os.close(fd)
+
+    def claim(self, key: str, session: str = "") -> Claim | None:
+        """Claim ``key`` for this window; None when another live window holds it.
+
+        The claim is an exclusive ``flock`` on ``KEY.owner``, held until
+        :meth:`Claim.release` or the end of the process, and not re-entrant: a second
+        claim of the same key fails even within one process. The owner file records the
+        process id, host and ``session`` (:meth:`claimed_by` reads them, for the message
+        the second window shows). Creates the autosave folder.
+        """
+        self._paths(key)
+        path = self.locks / f"{key}.owner"
+        if fcntl is None:
+            return Claim(key, path, None)
+        self.locks.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise OSError(e.errno, f"could not write {path}: {e.strerror}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except OSError:  # no flock on this file system: nothing to claim against
+            os.close(fd)
+            return Claim(key, path, None)
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "session": session,
+            "since": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+        with contextlib.suppress(OSError):  # only for the message another window shows
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+        return Claim(key, path, fd)
+
+    def claimed_by(self, key: str) -> dict[str, Any]:
+        """What the owner file of ``key`` says about the window that claimed it last
+        (``pid``, ``host``, ``session``, ``since``; empty when unreadable)."""
+        self._paths(key)
+        try:
+            holder = json.loads((self.locks / f"{key}.owner").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def session_saves(self, key: str) -> list[tuple[str, dict[str, Any]]]:
+        """``(session key, record)`` of every save another window made of ``key`` under
+        its own :func:`session_key` (oldest first). Whether its window still runs is told
+        by :meth:`claim` of the session key."""
+        found = [
+            (skey, meta)
+            for skey, meta in self.records()
+            if meta.get("session_of") == key and skey != key
+        ]
+        return sorted(found, key=lambda item: str(item[1].get("saved", "")))
 
     def save(
         self,
@@ -185,6 +352,17 @@ class AutosaveStore:
         if self.project.exists() and not self.project.is_dir():
             raise InputError(f"project folder {self.project} is a file: choose a folder")
         self.folder.mkdir(parents=True, exist_ok=True)
+        with self._locked(key, create=True):
+            return self._save(key, labels, name, extra, tiles)
+
+    def _save(
+        self,
+        key: str,
+        labels: np.ndarray,
+        name: str,
+        extra: dict[str, Any] | None,
+        tiles: Iterable[tuple[int, int]] | None,
+    ) -> Path:
         tif, meta_path = self._paths(key)
         meta = {
             "key": key,
@@ -264,6 +442,13 @@ class AutosaveStore:
         record). Of a tiled save, a damaged tile is set aside alone and comes back as
         :data:`LOST_TILE_VALUE`.
         """
+        self._paths(key)
+        if not self.folder.is_dir():
+            return None
+        with self._locked(key, create=False):
+            return self._load(key)
+
+    def _load(self, key: str) -> Restored | None:
         import tifffile
 
         tif, meta_path = self._paths(key)
@@ -368,9 +553,13 @@ class AutosaveStore:
 
     def delete(self, key: str) -> None:
         """Forget the corrections for ``key``."""
-        for p in self._paths(key):
-            p.unlink(missing_ok=True)
-        shutil.rmtree(self._tile_dir(key), ignore_errors=True)
+        self._paths(key)
+        if not self.folder.is_dir():
+            return
+        with self._locked(key, create=False):
+            for p in self._paths(key):
+                p.unlink(missing_ok=True)
+            shutil.rmtree(self._tile_dir(key), ignore_errors=True)
 
     def keys(self) -> list[str]:
         """Keys that have saved corrections."""
