@@ -14,6 +14,14 @@ correction layer (and the regions saved for it as theirs). The match is on a has
 pixel (of a pyramid: :func:`~napari_selfloop.core.autosave.slide_key`), computed in a
 background thread for large images. A damaged save is set aside with a warning; restoring
 never stops an image from opening or a panel from docking.
+
+Two windows on one image and project never overwrite each other's saves (see
+``docs/autosave.md``): the first window to open or save an image claims its key
+(:meth:`~napari_selfloop.core.autosave.AutosaveStore.claim`); a second one is told, in a
+notification, that the image is open elsewhere, and saves its corrections under a key of
+its own session. When the image is opened again, the saves of windows that are gone come
+back: as the correction layer if there is none, else as a layer of their own
+(``IMAGE [corrections] from another window (...)``), kept saved until the user deletes it.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
+import os
+import socket
 import threading
 import weakref
 from collections.abc import Callable
@@ -31,13 +41,22 @@ from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.autosave import AutosaveStore, image_key, proposal_key, slide_key
+from ..core.autosave import (
+    AutosaveStore,
+    Claim,
+    image_key,
+    new_session,
+    proposal_key,
+    session_key,
+    slide_key,
+)
 from ..core.errors import SelfloopError
 from ..core.tiles import SCAN_BYTES, TileTracker
 from ..core.window import Window
 from ._layers import (
     PAINTED,
     PROPOSAL,
+    correction_colormap,
     find_result,
     image_data,
     is_correction,
@@ -45,12 +64,13 @@ from ._layers import (
     meta_of,
     proposal_record,
     put_result,
+    result_name,
     set_proposal_record,
     source_of,
     window_of,
 )
 from ._runner import error_message
-from ._slide import levels_of
+from ._slide import levels_of, placement
 from ._state import SelfloopState
 
 log = logging.getLogger(__name__)
@@ -61,6 +81,10 @@ INTERVAL_MS = 30_000
 
 #: Images of more bytes than this are hashed in a background thread when opened.
 BACKGROUND_HASH_BYTES = 64 * 1024 * 1024
+#: Metadata key of a layer holding another window's corrections (see the module's doc).
+OTHER_WINDOW = "selfloop_other_window"
+#: Fields of a save's record that the store writes itself (not copied when a save moves).
+_RECORD_FIELDS = ("key", "name", "shape", "dtype", "saved", "format", "tile", "tiles")
 
 
 def content_key(image: Image, cancelled: Callable[[], bool] | None = None) -> str:
@@ -141,6 +165,29 @@ def save_key(layer: Layer) -> str | None:
     return key if isinstance(key, str) and key else None
 
 
+def other_window_of(layer: Layer) -> dict[str, Any] | None:
+    """The record of a layer that holds another window's corrections (None for others)."""
+    meta = layer.metadata.get(OTHER_WINDOW) if isinstance(layer.metadata, dict) else None
+    return meta if isinstance(meta, dict) and isinstance(meta.get("key"), str) else None
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    pid, host = holder.get("pid"), holder.get("host")
+    if not isinstance(pid, int):
+        return "another window"
+    if pid == os.getpid():
+        return "another window of this napari"
+    if isinstance(host, str) and host and host != socket.gethostname():
+        return f"another napari (process {pid} on {host})"
+    return f"another napari (process {pid})"
+
+
+def _window_open(viewer: Any) -> bool:
+    """Whether ``viewer``'s window is still open (napari's close removes it after the layers)."""
+    window = getattr(viewer, "window", None)
+    return window is not None and hasattr(window, "_qt_window")
+
+
 def _paint_boxes(atoms: Any) -> list[tuple[int, int, int, int]] | None:
     """The (y0, x0, y1, x1) boxes a napari paint event's history atoms changed; None if unknown."""
     boxes = []
@@ -177,6 +224,11 @@ class AutosaveController(QObject):
         self._last_error: str | None = None
         self.last_saved_at: _dt.datetime | None = None
         self.enabled = True
+        #: This window's session: its saves of keys another window holds go under
+        #: ``session_key(key, session)``.
+        self.session = new_session()
+        self._claims: dict[str, Claim] = {}
+        self._redirect: dict[str, str] = {}  # key held elsewhere -> this session's key
         self.timer = QTimer(self)
         self.timer.setInterval(interval_ms)
         self.timer.timeout.connect(self.save_now)
@@ -192,6 +244,8 @@ class AutosaveController(QObject):
 
     def _project_changed(self, *_: Any) -> None:
         self._trackers.clear()
+        self.release_claims()
+        self._redirect.clear()
         viewer = self._viewer()
         for layer in list(viewer.layers) if viewer is not None else []:
             if is_source_image(layer):
@@ -200,6 +254,49 @@ class AutosaveController(QObject):
     @property
     def store(self) -> AutosaveStore:
         return AutosaveStore(self.state.project_dir)
+
+    def release_claims(self, keep: set[str] | None = None) -> None:
+        """Let other windows claim the keys this one holds (all but ``keep``)."""
+        for key in list(self._claims):
+            if keep is None or key not in keep:
+                self._claims.pop(key).release()
+
+    def target(self, key: str, name: str = "") -> str:
+        """The key this window saves the corrections of ``key`` under.
+
+        ``key`` itself when this window holds it (claimed now if free); when another live
+        window holds it, this window's own :func:`session_key` for it from then on (the
+        user is told once, in a notification naming ``name``), so neither window's saves
+        replace the other's. A key that cannot be claimed (a read-only project) is used as
+        it is; saving there fails and says so.
+        """
+        if key in self._redirect:
+            return self._redirect[key]
+        if key in self._claims:
+            return key
+        store = self.store
+        try:
+            claim = store.claim(key, self.session)
+        except (OSError, SelfloopError) as e:
+            log.debug("could not claim autosave %s: %s", key, e)
+            return key
+        if claim is not None:
+            self._claims[key] = claim
+            return key
+        own = session_key(key, self.session)
+        with contextlib.suppress(OSError, SelfloopError):
+            mine = store.claim(own, self.session)
+            if mine is not None:
+                self._claims[own] = mine
+        self._redirect[key] = own
+        what = f"'{name}'" if name else "This image"
+        show_warning(
+            f"{what} is open in {_holder_text(store.claimed_by(key))} with the same project "
+            f"folder ({self.state.project_dir}): the corrections made in this window are "
+            "autosaved separately, never over that window's, and offered when the image is "
+            "opened again"
+        )
+        return own
 
     def set_enabled(self, on: bool) -> None:
         self.enabled = bool(on)
@@ -217,15 +314,18 @@ class AutosaveController(QObject):
         viewer = self._viewer()
         if viewer is None:
             self.timer.stop()
+            self.release_claims()
             return 0
         if not self.enabled and not force:
             return 0
         written = 0
         store = self.store
+        self._release_unused(viewer)
         for layer in list(viewer.layers):
-            if not is_correction(layer):
+            other = other_window_of(layer) if isinstance(layer, Labels) else None
+            if not is_correction(layer) and other is None:
                 continue
-            key = save_key(layer)
+            key = other["key"] if other is not None else save_key(layer)
             data = layer.data
             if not key or not isinstance(data, np.ndarray) or data.ndim != 2:
                 continue
@@ -237,33 +337,59 @@ class AutosaveController(QObject):
                 tracker.commit(checked, changed)
                 written += self._save_proposal(key, layer)
                 continue
-            meta = meta_of(layer)
-            extra = {"layer": layer.name}
-            if window_of(layer) is not None:
-                extra.update(
-                    image_key=meta.get("image_key"),
-                    window=meta.get("window"),
-                    pixel_size_um=meta.get("pixel_size_um"),
-                )
+            if other is not None:
+                target, extra = key, dict(other.get("record") or {})
+                name = str(other.get("name") or layer.name)
+            else:
+                target, extra = self._correction_record(layer, key)
+                name = source_of(layer) or layer.name
             try:
-                store.save(
-                    key,
-                    data,
-                    name=source_of(layer) or layer.name,
-                    extra=extra,
-                    tiles=changed.keys(),
-                )
+                store.save(target, data, name=name, extra=extra, tiles=changed.keys())
             except (SelfloopError, OSError) as e:
                 self._report_failure(e)
                 continue
             self._last_error = None
             tracker.commit(checked, changed)
             written += 1
-            self._save_proposal(key, layer)
+            if other is None:
+                self._save_proposal(key, layer)
         if written:
             self.last_saved_at = _dt.datetime.now()
             self.saved.emit(written)
         return written
+
+    def _correction_record(self, layer: Layer, key: str) -> tuple[str, dict[str, Any]]:
+        """The key a correction layer is saved under now, and the fields of its record."""
+        meta = meta_of(layer)
+        extra: dict[str, Any] = {"layer": layer.name}
+        if window_of(layer) is not None:
+            extra.update(
+                image_key=meta.get("image_key"),
+                window=meta.get("window"),
+                pixel_size_um=meta.get("pixel_size_um"),
+            )
+        target = self.target(key, source_of(layer) or layer.name)
+        if target != key:
+            extra.update(session_of=key, session=self.session)
+        return target, extra
+
+    def _release_unused(self, viewer: Any) -> None:
+        """Release the claims of keys no layer of the viewer uses any more."""
+        used: set[str] = set()
+        for layer in viewer.layers:
+            other = other_window_of(layer) if isinstance(layer, Labels) else None
+            key = (
+                other["key"]
+                if other is not None
+                else save_key(layer)
+                if is_correction(layer)
+                else _cached_key(layer)
+                if is_source_image(layer)
+                else None
+            )
+            if key:
+                used.update((key, self._redirect.get(key, key)))
+        self.release_claims(keep=used)
 
     def _report_failure(self, error: BaseException) -> None:
         message = f"autosave failed: {error_message(error)}"
@@ -282,8 +408,11 @@ class AutosaveController(QObject):
         record = proposal_record(layer)
         if record is None:
             return 0
+        target = self._redirect.get(key, key)
         try:
-            self.store.save(proposal_key(key), record, name=layer.name, extra={"proposal_of": key})
+            self.store.save(
+                proposal_key(target), record, name=layer.name, extra={"proposal_of": target}
+            )
         except (SelfloopError, OSError) as e:
             self._report_failure(e)
             return 0
@@ -376,9 +505,47 @@ class AutosaveController(QObject):
         job.thread.start()
 
     def _on_removed(self, event: Any) -> None:
-        job = _job_of(getattr(event, "value", None))
+        layer = getattr(event, "value", None)
+        job = _job_of(layer)
         if job is not None:
             job.cancelled = True  # stop reading an image that is gone
+        other = other_window_of(layer) if isinstance(layer, Labels) else None
+        if other is not None:
+            # Closing the viewer removes every layer too: decide once the event loop runs
+            # again, when a closing window is gone (then the save is kept).
+            ref, me = weakref.ref(layer), weakref.ref(self)
+            QTimer.singleShot(0, lambda: (c := me()) is not None and c._discard(ref(), other))
+        viewer = self._viewer()
+        if viewer is not None:  # a closed window (all layers removed) holds no key any more
+            self._release_unused(viewer)
+
+    def _discard(self, layer: Layer | None, other: dict[str, Any]) -> None:
+        """Delete the save of another window's corrections whose layer the user deleted."""
+        viewer = self._viewer()
+        if (
+            viewer is None
+            or not _window_open(viewer)
+            or (layer is not None and layer in viewer.layers)
+        ):
+            return
+        skey = other["key"]
+        store = self.store
+        claim = self._claims.pop(skey, None)
+        try:
+            if claim is None:
+                claim = store.claim(skey, self.session)
+            if claim is None:
+                return  # another window has taken these corrections up meanwhile
+            store.delete(skey)
+            store.delete(proposal_key(skey))
+        except (OSError, SelfloopError) as e:
+            show_warning(f"Could not discard the other window's corrections: {error_message(e)}")
+            return
+        finally:
+            if claim is not None:
+                claim.release()
+        self._trackers.pop(skey, None)
+        show_info(f"Discarded the corrections another window had saved for '{other.get('name')}'")
 
     def _key_done(self, job: _KeyJob) -> None:
         with _jobs_lock:
@@ -396,11 +563,16 @@ class AutosaveController(QObject):
 
     def _restore_key(self, viewer: Any, image: Image, data: Any, key: str) -> Layer | None:
         store = self.store
+        if store.project.is_dir():
+            self.target(key, image.name)  # claim the image now; a second window is told
         restored = store.load(key)
         layer = (
             None if restored is None else self._restore_whole(viewer, image, data, key, restored)
         )
         regions = self._restore_regions(viewer, image, data, key, store)
+        others = self._restore_sessions(viewer, image, data, key, store)
+        if layer is None:
+            layer = next((o for o in others if is_correction(o)), None)
         if store.set_aside or store.missing:
             names = [p.name for p in store.set_aside + store.missing]
             show_warning(
@@ -417,7 +589,12 @@ class AutosaveController(QObject):
         layers = []
         for rkey, meta in list(store.records()):
             window = Window.from_meta(meta.get("window"))
-            if meta.get("image_key") != key or window is None or rkey == key:
+            if (
+                meta.get("image_key") != key
+                or window is None
+                or rkey == key
+                or meta.get("session_of") is not None
+            ):
                 continue
             if (
                 window.y0 >= height
@@ -448,6 +625,121 @@ class AutosaveController(QObject):
         if layers:
             show_info(f"Restored the corrections of {len(layers)} region(s) of '{image.name}'")
         return layers
+
+    def _restore_sessions(
+        self, viewer: Any, image: Image, data: Any, key: str, store: AutosaveStore
+    ) -> list[Layer]:
+        """Bring back what windows that are gone saved of ``image`` under their sessions.
+
+        Only a window that holds the image's (or region's) own key does this. A session
+        save whose image or region has no correction layer here becomes that layer (moved
+        to the key of the image or region); otherwise it comes back as a layer of its own,
+        which this window then keeps saved (under the session key) until the user deletes it.
+        """
+        height, width = (int(s) for s in data.shape[:2])
+        layers: list[Layer] = []
+        for skey, meta in list(store.records()):
+            of = meta.get("session_of")
+            if (
+                not isinstance(of, str)
+                or skey in self._claims
+                or meta.get("session") == self.session
+            ):
+                continue
+            window = Window.from_meta(meta.get("window"))
+            if window is None and of != key:
+                continue
+            if window is not None and (
+                meta.get("image_key") != key or window.y0 >= height or window.x0 >= width
+            ):
+                continue
+            if self.target(of, image.name) != of:
+                continue  # another live window holds the image: it offers these
+            claim = store.claim(skey, self.session)
+            if claim is None:
+                continue  # its window is still open
+            restored = store.load(skey)
+            want = window.shape if window is not None else (height, width)
+            if restored is None or restored.labels.shape != want:
+                claim.release()
+                continue
+            layer = self._restore_session(viewer, image, key, of, skey, window, restored, claim)
+            if layer is not None:
+                layers.append(layer)
+        return layers
+
+    def _restore_session(
+        self,
+        viewer: Any,
+        image: Image,
+        key: str,
+        of: str,
+        skey: str,
+        window: Window | None,
+        restored: Any,
+        claim: Claim,
+    ) -> Layer | None:
+        store = self.store
+        saved = restored.meta.get("saved", "?")
+        record = {
+            k: v
+            for k, v in restored.meta.items()
+            if k not in _RECORD_FIELDS and k not in ("session_of", "session")
+        }
+        main = find_result(viewer, image.name, "labels", window)
+        if main is None:  # nothing of this image here: the other window's work is it
+            store.save(of, restored.labels, name=image.name, extra=record)
+            proposal = store.load(proposal_key(skey))
+            if proposal is not None:
+                store.save(
+                    proposal_key(of), proposal.labels, name=image.name, extra={"proposal_of": of}
+                )
+            store.delete(skey)
+            store.delete(proposal_key(skey))
+            claim.release()
+            extra_meta: dict[str, Any] = {"image_key": key, "restored": saved}
+            if window is not None:
+                extra_meta.update(autosave_key=of, pixel_size_um=restored.meta.get("pixel_size_um"))
+            layer = put_result(
+                viewer,
+                image.name,
+                "labels",
+                restored.labels,
+                like=image,
+                window=window,
+                extra_meta=extra_meta,
+            )
+            self.mark_saved(of, restored.labels)
+            self._restore_proposal(of, layer)
+            show_info(
+                f"Restored corrections for '{image.name}' that another window autosaved ({saved})"
+            )
+            return layer
+        self._claims[skey] = claim
+        name = f"{result_name(image.name, 'labels', window)} from another window ({saved})"
+        layer = viewer.add_labels(
+            restored.labels,
+            name=name,
+            colormap=correction_colormap(),
+            opacity=0.55,
+            metadata={
+                OTHER_WINDOW: {
+                    "key": skey,
+                    "of": of,
+                    "name": image.name,
+                    "saved": saved,
+                    "record": {**record, "session_of": of, "session": restored.meta.get("session")},
+                }
+            },
+            **placement(image, window),
+        )
+        self.mark_saved(skey, restored.labels)
+        show_warning(
+            f"Another window autosaved other corrections for '{image.name}' ({saved}): they are "
+            f"in layer '{layer.name}'. Compare them with '{main.name}' and paint what you keep "
+            "there; they stay saved until you delete that layer"
+        )
+        return layer
 
     def _restore_whole(
         self, viewer: Any, image: Image, data: Any, key: str, restored: Any
