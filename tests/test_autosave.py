@@ -289,7 +289,7 @@ def _start_writers(project, key, values, tmp_path):
 def test_two_processes_saving_one_tiled_key_never_delete_each_others_tiles(tmp_path, caplog):
     from napari_selfloop.core.autosave import SINGLE_FILE_BYTES
 
-    assert 2200 * 2200 > SINGLE_FILE_BYTES
+    assert SINGLE_FILE_BYTES < 2200 * 2200
     project = tmp_path / "P"
     for trial in range(3):  # the race lost pixels in 14 of 15 trials before the fix
         key = f"ab{trial:02d}"

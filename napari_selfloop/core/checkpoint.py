@@ -4,6 +4,11 @@ A checkpoint is a ``torch.save`` zip archive of plain types only: the model conf
 state dict, the normalisation, the jigsaw pool's hash, the package version, and whatever
 training record there is (training config, history, metrics, parent checkpoint, data
 seen). It is read with ``torch.load(weights_only=True)``, which refuses any other object.
+
+Before any tensor is read, the archive's members (names and sizes, from the zip directory)
+and the record's structure (read with every tensor on the ``meta`` device, which costs no
+memory) are checked against what a checkpoint of its model config may hold, so a small
+crafted file cannot make the loader inflate gigabytes.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ import hashlib
 import logging
 import math
 import pickle
+import re
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,26 @@ FORMAT = "napari-selfloop-checkpoint"
 FORMAT_VERSION = 1
 #: Metadata keys a checkpoint may carry beside the state dict.
 META_KEYS = ("training", "history", "metrics", "parent", "data", "note", "pixel_size_um")
+#: Every top-level entry a checkpoint may hold; a file with any other is refused.
+PAYLOAD_KEYS = frozenset(
+    (
+        "format",
+        "format_version",
+        "package_version",
+        "created",
+        "model_config",
+        "pool_hash",
+        "state_dict",
+        *META_KEYS,
+    )
+)
+#: Largest pickled record (``data.pkl``) a checkpoint may hold; the bundled ones hold 30 KB.
+MAX_RECORD_BYTES = 64 * 2**20
+#: Members of a ``torch.save`` archive (below its one top folder).
+_ARCHIVE_MEMBER = re.compile(
+    r"(data\.pkl|version|byteorder|\.format_version|\.storage_alignment|"
+    r"\.data/version|\.data/serialization_id|data/(\d+))"
+)
 #: Plausible pixel sizes (µm/px) a model may be trained at: from beyond 100x to a thumbnail.
 PIXEL_SIZE_RANGE = (0.01, 100.0)
 #: Largest magnitude a stored weight or buffer may have. Trained ResUNet weights and
@@ -150,7 +177,121 @@ def _first_line(e: BaseException) -> str:
     return (text.splitlines()[0] if text else type(e).__name__)[:160]
 
 
-def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+def _check_archive(path: Path) -> int:
+    """Refuse an archive with members a ``torch.save`` file does not have, or a record too
+    large to be one; return the stored bytes of its tensors (read from the zip directory,
+    nothing is inflated)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"{path.name} is corrupt or truncated ({_first_line(e)})") from None
+    tops = {m.filename.split("/", 1)[0] for m in members}
+    tensors = 0
+    for m in members:
+        top, _, rest = m.filename.partition("/")
+        match = _ARCHIVE_MEMBER.fullmatch(rest)
+        if len(tops) != 1 or match is None or m.is_dir():
+            raise CheckpointError(
+                f"{path.name} holds a member a checkpoint does not have ({m.filename[:80]!r}); "
+                "refusing to load it"
+            )
+        if match.group(2) is not None:
+            tensors += m.file_size
+        elif rest == "data.pkl" and m.file_size > MAX_RECORD_BYTES:
+            raise CheckpointError(
+                f"{path.name} holds a record of {m.file_size / 2**20:.0f} MB (a checkpoint's "
+                f"is well under {MAX_RECORD_BYTES / 2**20:.0f} MB); refusing to load it"
+            )
+        elif rest != "data.pkl" and m.file_size > 4096:
+            raise CheckpointError(
+                f"{path.name}: its member {rest} holds {m.file_size} bytes (a checkpoint's "
+                "holds a few); refusing to load it"
+            )
+    return tensors
+
+
+def _tensors(value: Any, where: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(where, tensor)`` of every tensor in a record (nested dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        yield where, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _tensors(v, f"{where}.{k}")
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from _tensors(v, f"{where}[{i}]")
+
+
+def _check_record(name: str, payload: dict[str, Any]) -> None:
+    """Refuse unknown top-level entries and record fields of the wrong type (one line)."""
+    unknown = sorted(str(k) for k in payload if k not in PAYLOAD_KEYS)
+    if unknown:
+        raise CheckpointError(
+            f"{name} holds entries a napari-selfloop checkpoint does not have "
+            f"({', '.join(unknown[:3])}); refusing to load it"
+        )
+    damaged = "the file is damaged or was tampered with"
+    for key in ("package_version", "created", "parent", "note"):
+        value = payload.get(key)
+        if value is not None and not isinstance(value, str):
+            raise CheckpointError(
+                f"{name}: its {key} is a {type(value).__name__}, not text; {damaged}"
+            )
+    for key, what in (("training", "training record is"), ("metrics", "metrics are")):
+        value = payload.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise CheckpointError(
+                f"{name}: its {what} a {type(value).__name__}, not a mapping; {damaged}"
+            )
+        if not all(isinstance(k, str) for k in value or {}):
+            raise CheckpointError(f"{name}: its {key} have keys that are not names; {damaged}")
+    for key, what in (("history", "history"), ("data", "data record")):
+        value = payload.get(key)
+        if value is not None and (
+            not isinstance(value, list) or not all(isinstance(v, dict) for v in value)
+        ):
+            raise CheckpointError(f"{name}: its {what} is not a list of records; {damaged}")
+    for entry in payload.get("data") or []:
+        if not isinstance(entry.get("name", ""), str):
+            raise CheckpointError(
+                f"{name}: an image name in its data record is not text; {damaged}"
+            )
+
+
+def _check_sizes(name: str, payload: dict[str, Any], config: ModelConfig, stored: int) -> None:
+    """Refuse tensors outside the weights and the optimiser state, and tensor data out of
+    proportion to what ``config`` needs (checked on the ``meta`` payload, before loading)."""
+    weights = sum(math.prod(shape) for shape, _ in state_shapes(config).values())
+    need = 8 * weights + 2**16  # float64 at most
+    try:
+        state = sum(t.untyped_storage().nbytes() for _, t in _tensors(payload["state_dict"], ""))
+        others = []
+        for key, value in payload.items():
+            if key == "state_dict":
+                continue
+            for where, t in _tensors(value, str(key)):
+                if not where.startswith("training.optimizer"):
+                    raise CheckpointError(
+                        f"{name} holds a tensor in its record ({where[:60]}); refusing to load it"
+                    )
+                others.append(t.untyped_storage().nbytes())
+    except RecursionError:
+        raise CheckpointError(
+            f"{name}: its record is nested too deeply; refusing to load it"
+        ) from None
+    optimizer = sum(others)
+    if state > need or optimizer > 2 * need or stored > state + optimizer + 2**16:
+        total = max(stored, state + optimizer)
+        raise CheckpointError(
+            f"{name} holds {total / 2**20:.0f} MB of tensor data, but a model of its config "
+            f"and its optimiser state need at most {3 * need / 2**20:.0f} MB; the file is "
+            "damaged or was tampered with, refusing to load it"
+        )
+
+
+def _read_payload(path: Path, map_location: str | torch.device) -> tuple[dict[str, Any], int]:
+    """The checked archive's payload and the stored bytes of its tensors."""
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.is_dir():
@@ -170,6 +311,7 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
                 "refusing to unpickle it"
             )
         raise CheckpointError(f"{path.name} is not a PyTorch checkpoint (starts with {head!r})")
+    stored = _check_archive(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
@@ -185,7 +327,7 @@ def _read_payload(path: Path, map_location: str | torch.device) -> dict[str, Any
         raise CheckpointError(
             f"{path.name} is not a napari-selfloop checkpoint (holds a {type(payload).__name__})"
         )
-    return payload
+    return payload, stored
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
@@ -198,7 +340,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         pickled, newer-format or mismatched file.
     """
     path = Path(path)
-    payload = _read_payload(path, map_location)
+    # First the record with every tensor on the meta device (no tensor data is read), so
+    # the archive, the record and the tensors' shapes and sizes are checked before any
+    # tensor is allocated.
+    payload, stored = _read_payload(path, "meta")
     if payload.get("format") != FORMAT:
         keys = ", ".join(sorted(map(str, payload))[:5])
         raise CheckpointError(
@@ -219,6 +364,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"{path.name} has an invalid model config: {_first_line(e)}"
         ) from None
+    if config.in_channels != 3:
+        raise CheckpointError(
+            f"{path.name} is a model of {config.in_channels}-channel images, but napari-selfloop "
+            "feeds every image as 3 channels (RGB; gray images are repeated): it cannot be used"
+        )
     expected_pool = pool_hash(permutation_pool(config.num_permutations))
     if payload.get("pool_hash") != expected_pool:
         raise CheckpointError(
@@ -232,6 +382,12 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     # is allocated, so a small file whose config claims a huge network builds nothing; only
     # a file that holds every weight is built for real (and checked against it again).
     _check_state(path.name, state_shapes(config), state)
+    _check_record(path.name, payload)
+    _check_sizes(path.name, payload, config, stored)
+    payload, _ = _read_payload(path, map_location)
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path.name} has no state dict")
     model = build_model(config)
     _check_state(
         path.name,
@@ -322,7 +478,7 @@ def _check_state(
             raise CheckpointError(
                 f"{name}: weight {k} has type {str(t.dtype).replace('torch.', '')}"
             )
-        if not is_float:
+        if not is_float or t.is_meta:  # values are checked once they are read
             continue
         if not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{name}: weight {k} contains NaN or infinite values")
