@@ -8,6 +8,7 @@ would.
 
 from __future__ import annotations
 
+import configparser
 import os
 import re
 import shutil
@@ -232,15 +233,68 @@ def test_readme_run_command():
     )
 
 
-def test_setup_script_pins_cpu_torch_first():
+def test_setup_script_pins_torch_first():
     text = (ROOT / "scripts" / "setup.sh").read_text()
     assert 'TORCH_SPEC="torch==2.13.0"' in text
-    assert text.index('pip install ${TORCH_PIP_ARGS:-} "$TORCH_SPEC"') < text.index(
-        'pip install -e "$ROOT[testing]"'
-    )
+    # torch, pinned and in the build chosen for the machine, before the package and extras
+    assert '"$VPY" -m pip install ${TORCH_PIP_ARGS:-} "$@"' in text
+    first_torch = text.index('pip_torch "')
+    assert first_torch < text.index('pip install -e "$ROOT[testing]" "$TORCH_SPEC"')
+    assert '--index-url "$TORCH_CPU_INDEX"' in text
+    assert 'TORCH_CPU_INDEX="https://download.pytorch.org/whl/cpu"' in text
     if shutil.which("bash"):
         _run(["bash", "-n", str(ROOT / "scripts" / "setup.sh")], cwd=ROOT)
         _run(["bash", "-n", str(ROOT / ".ci" / "run")], cwd=ROOT)
+
+
+def test_one_qt_backend_for_users_and_tests():
+    """``[all]`` gives users napari with PyQt6 (napari's recommended backend); the tests use it too."""
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = {k: v.split() for k, v in cfg["options.extras_require"].items()}
+    assert extras["all"] == ["napari[pyqt6]"]
+    assert "napari[pyqt6]" in extras["testing"]
+    assert not any("pyqt5" in req.lower() for reqs in extras.values() for req in reqs)
+    assert 'qt_api = "pyqt6"' in (ROOT / "pyproject.toml").read_text()
+
+
+def test_setup_chooses_torch_for_the_machine(tmp_path: Path):
+    """CUDA torch where nvidia-smi lists a GPU, the CPU build elsewhere; TORCH_BUILD overrides."""
+    if not shutil.which("bash"):
+        pytest.skip("no bash")
+    script = str(ROOT / "scripts" / "setup.sh")
+    tools = tmp_path / "tools"  # only what the choice needs: no nvidia-smi of the machine's
+    tools.mkdir()
+    for tool in ("dirname", "grep"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    smi = gpu / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1234)'\n")
+    smi.chmod(0o755)
+
+    def choice(path: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [shutil.which("bash"), script, "--torch-choice"],
+            env={"PATH": path, "HOME": str(tmp_path), **env},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    with_gpu, without = f"{gpu}:{tools}", str(tools)
+    found = choice(with_gpu).stdout.strip()
+    assert (
+        found
+        == "cuda (NVIDIA GPU found: GPU 0: NVIDIA H100 80GB HBM3; TORCH_BUILD=cpu to override)"
+    )
+    assert choice(without).stdout.strip() == (
+        "cpu (no NVIDIA GPU answers nvidia-smi; TORCH_BUILD=cuda to override)"
+    )
+    assert choice(with_gpu, TORCH_BUILD="cpu").stdout.strip() == "cpu (TORCH_BUILD=cpu)"
+    assert choice(without, TORCH_BUILD="cuda").stdout.strip() == "cuda (TORCH_BUILD=cuda)"
+    bad = choice(without, TORCH_BUILD="rocm")
+    assert bad.returncode == 2 and "TORCH_BUILD=rocm is not one of auto, cpu, cuda" in bad.stderr
 
 
 # --------------------------------------------------------------------------------------

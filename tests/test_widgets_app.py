@@ -53,6 +53,15 @@ def test_gui_command_opens_a_sample_ready_to_go(make_napari_viewer, project, not
     assert not errors(notes)
 
 
+def test_qt_backend_is_the_one_napari_supports(make_napari_viewer, notes):
+    """napari runs on PyQt6, so a shown window has no "PyQt5 backend is deprecated" notice."""
+    import qtpy
+
+    assert qtpy.API_NAME == "PyQt6"
+    make_napari_viewer(show=True)
+    assert not [n for n in notes if "deprecated" in str(n.message)]
+
+
 def test_gui_command_with_checkpoint_and_lesion(make_napari_viewer, project, notes, tmp_path):
     ckpt = save_checkpoint(tmp_path / "m.pt", build_model(ModelConfig(width=TINY_WIDTH)))
     viewer = make_napari_viewer()

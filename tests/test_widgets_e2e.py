@@ -11,6 +11,7 @@ import json
 import numpy as np
 import tifffile
 from gui_support import GUI_MARKS, TINY_WIDTH, errors, wait_run
+from qtpy.QtCore import Qt
 
 from napari_selfloop._sample_data import make_nuclei
 from napari_selfloop.cli.gui_cmd import setup_viewer
@@ -47,7 +48,7 @@ def test_whole_loop_on_the_sample(make_napari_viewer, project, notes, qtbot, tmp
     review.labels_combo.set_layer(labels.name)
     review.done_check.setChecked(True)
     finetune = app.panel("Fine-tune")
-    assert finetune.labelled_list.item(0).checkState() == 2  # Qt.Checked: the list follows
+    assert finetune.labelled_list.item(0).checkState() == Qt.CheckState.Checked  # it follows
 
     # 4. Fine-tune a few iterations: a new checkpoint version becomes the current model.
     viewer.add_image(make_nuclei(size=160, seed=7)[0], name="next tile")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import assert_same_state, state_snapshot
 from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, small_nuclei, wait_run
+from qtpy.QtCore import Qt
 
 from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
 from napari_selfloop.core.model import ModelConfig, build_model
@@ -40,7 +41,7 @@ def test_finetune_saves_versions_and_makes_them_current(
     w = dock(viewer, FineTuneWidget)
     assert w.labelled_list.count() == 1
     assert not w.start() and "marked done" in errors(notes)[-1]
-    w.labelled_list.item(0).setCheckState(2)  # Qt.Checked
+    w.labelled_list.item(0).setCheckState(Qt.CheckState.Checked)
     assert viewer.layers["tile [corrections]"].metadata["selfloop"]["done"]
     w.iterations_spin.setValue(3)
     w.q_spin.setValue(1)
@@ -158,8 +159,8 @@ def test_done_goes_through_the_state(make_napari_viewer, project):
     layer = next(layer for layer in viewer.layers if is_correction(layer))
     state.set_done(layer, True)
     assert seen == [layer.name] and state.is_done(layer)
-    assert w.labelled_list.item(0).checkState() == 2  # Qt.Checked
-    w.labelled_list.item(0).setCheckState(0)
+    assert w.labelled_list.item(0).checkState() == Qt.CheckState.Checked
+    w.labelled_list.item(0).setCheckState(Qt.CheckState.Unchecked)
     assert seen == [layer.name, layer.name] and not state.is_done(layer)
     # The panel's defaults are TrainConfig's.
     d = TrainConfig()
