@@ -10,6 +10,7 @@ import tifffile
 from PIL import Image
 
 from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.instances import Instancer
 from napari_selfloop.core.model import build_model
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
@@ -72,7 +73,7 @@ def test_init_default_is_the_real_resunet18(workdir, capsys):
 
 
 @pytest.mark.parametrize("method", ["selfloop", "softmax", "mc-dropout", "selfloop-no-ss"])
-def test_pseudo_label_writes_three_tiffs_per_image(workdir, capsys, method):
+def test_pseudo_label_writes_four_tiffs_per_image(workdir, capsys, method):
     code, _, err = run_cli(
         capsys,
         "-q",
@@ -100,8 +101,14 @@ def test_pseudo_label_writes_three_tiffs_per_image(workdir, capsys, method):
         assert prob.dtype == np.float32 and unc.dtype == np.float32 and mask.dtype == np.uint8
         assert prob.min() >= 0 and prob.max() <= 1
         assert set(np.unique(mask)) <= {0, 1, 255}
+        ids = tifffile.imread(workdir / "out" / f"{stem}_instances.tif")
+        assert ids.shape == (70, 110) and ids.dtype == np.uint32
+        # a binary model's objects: the components of its foreground (prob > 0.5)
+        assert np.array_equal(ids, Instancer()(prob))
     assert sorted(p.name for p in (workdir / "out").iterdir()) == sorted(
-        f"{s}_{k}.tif" for s in ("he", "derm", "gray16") for k in ("prob", "uncertainty", "mask")
+        f"{s}_{k}.tif"
+        for s in ("he", "derm", "gray16")
+        for k in ("prob", "uncertainty", "mask", "instances")
     )
 
 

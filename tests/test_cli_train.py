@@ -195,3 +195,48 @@ def test_evaluate_errors(tmp_path, capsys):
     assert main(["evaluate", "--pred", str(pred), "--truth", str(truth)]) == 2
     assert "is 5x5 but" in capsys.readouterr().err
     assert main(["evaluate", "--pred", str(tmp_path / "nope"), "--truth", str(truth)]) == 2
+
+
+def test_evaluate_objects_use_the_predicted_instances_and_report_pq_and_edits(
+    tmp_path, capsys, caplog
+):
+    """Two touching nuclei predicted with two ids are two objects (not one component);
+    PQ and edits per 100 nuclei match hand-computed values."""
+    pred, truth = tmp_path / "pred", tmp_path / "truth"
+    pred.mkdir()
+    truth.mkdir()
+    labels = np.zeros((12, 12), np.uint16)
+    labels[1:5, 1:4] = 1
+    labels[1:5, 4:8] = 2  # touches nucleus 1
+    labels[8:11, 8:11] = 3  # missed by the prediction: one add
+    tifffile.imwrite(truth / "a.tif", labels)
+    inst = np.zeros((12, 12), np.uint32)
+    inst[1:5, 1:4] = 7
+    inst[1:5, 4:8] = 9
+    inst[9:11, 0:2] = 4  # a false nucleus: one delete
+    prob = (inst > 0).astype(np.float32)
+    tifffile.imwrite(pred / "a_prob.tif", prob)
+    tifffile.imwrite(pred / "a_instances.tif", inst)
+    out = tmp_path / "s.json"
+    args = ["evaluate", "--pred", str(pred), "--truth", str(truth), "--objects", "--json", str(out)]
+    assert main(args) == 0
+    s = json.loads(out.read_text())["images"]["a"]
+    assert s["instances"] == "a_instances.tif"
+    assert (s["deletes"], s["adds"]) == (1, 1)
+    assert s["edits_per_100"] == pytest.approx(100 * 2 / 3)
+    assert s["dq"] == pytest.approx(2 / (2 + 0.5 + 0.5))
+    assert s["pq"] == pytest.approx(2 / 3)  # both matches are exact (IoU 1)
+    # Without the instances file the touching pair is one component (IoU 16/28 with
+    # nucleus 2): nucleus 1 needs an add too.
+    (pred / "a_instances.tif").unlink()
+    assert main(args) == 0
+    s = json.loads(out.read_text())["images"]["a"]
+    assert s["instances"] == "components" and s["objects_pred"] == 2
+    assert (s["deletes"], s["adds"]) == (1, 2)
+    # A binary truth: one line says touching nuclei are merged in it.
+    (truth / "a.tif").unlink()
+    Image.fromarray((labels > 0).astype(np.uint8)).save(truth / "a.png")
+    caplog.clear()
+    assert main(args) == 0
+    assert "binary mask: touching nuclei in it are merged" in caplog.text
+    assert json.loads(out.read_text())["binary_truths"] == 1

@@ -69,10 +69,16 @@ def test_pseudo_label_a_slide_at_a_chosen_pixel_size(work, capsys, synthetic_sli
     assert centre.min() > 0  # tissue is computed
     assert total <= 1024 * 1024  # at most a byte per processed pixel, all three outputs
     assert sorted(p.name for p in (work / "out").iterdir()) == [
+        "slide_instances.tif",
         "slide_mask.tif",
         "slide_prob.tif",
         "slide_uncertainty.tif",
     ]
+    # The objects, labelled in bands as the rows came: uint32 ids, tiled and compressed.
+    ids, page, _ = _read(work / "out" / "slide_instances.tif")
+    assert ids.shape == (1024, 1024) and ids.dtype == np.uint32
+    assert page.is_tiled and page.compression == 8
+    assert (ids[:100, :100] == 0).all()  # glass: no objects
     # The mask records where it lies on the slide (level 2: 4 slide pixels per pixel), so
     # `export` writes its GeoJSON in the slide's full-resolution pixels without options.
     from napari_selfloop.core.labelfile import read_labels_file

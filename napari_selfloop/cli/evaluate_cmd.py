@@ -16,13 +16,26 @@ from ..core.datasets import mask_convention, mask_plane, normalise_mask
 from ..core.errors import InputError
 from ..core.export import MANIFEST, MANIFEST_FORMAT
 from ..core.imageio import open_image
-from ..core.metrics import aji, instances, object_scores, pixel_counts, scores_from_counts
+from ..core.metrics import (
+    aji,
+    instances,
+    object_scores,
+    panoptic_scores,
+    pixel_counts,
+    scores_from_counts,
+)
 from ..core.project import list_images
 
 log = logging.getLogger(__name__)
 
 PIXEL_KEYS = ("f1", "balanced_accuracy", "precision", "recall")
-OBJECT_KEYS = ("object_f1", "aji")
+OBJECT_KEYS = ("object_f1", "aji", "pq", "edits_per_100")
+#: Said once when the truth holds no instance labels.
+BINARY_TRUTH_NOTE = (
+    "the truth of {n} image(s) is a binary mask: touching nuclei in it are merged into one "
+    "object, so the object scores undercount; give instance labels (one id per nucleus, "
+    "e.g. an export's STEM_instances.tif) to score nuclei"
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,12 +61,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--objects",
         action="store_true",
-        help="also object-level F1 (IoU > 0.5) and AJI on connected components",
+        help="also the nuclei (objects): PQ (DQ x SQ at IoU > 0.5), AJI, object F1 and "
+        "edits per 100 nuclei (unmatched predictions to delete plus unmatched nuclei to add "
+        "or redraw, per 100 true nuclei). The predicted objects are STEM_instances.tif when "
+        "the prediction folder has it (pseudo-label writes it), else the connected "
+        "components of the prediction",
     )
     p.add_argument(
         "--split",
         action="store_true",
-        help="split touching objects by a distance-transform watershed (with --objects)",
+        help="without STEM_instances.tif: split touching objects by a distance-transform "
+        "watershed (with --objects)",
     )
     p.set_defaults(func=run)
 
@@ -62,7 +80,7 @@ def _pred_files(folder: Path) -> dict[str, Path]:
     files = list_images(folder, "--pred")
     chosen: dict[str, tuple[int, Path]] = {}
     for stem, path in files.items():
-        if stem.endswith("_uncertainty"):
+        if stem.endswith(("_uncertainty", "_instances")):
             continue
         key, rank = stem, 2
         if stem.endswith("_prob"):
@@ -73,10 +91,38 @@ def _pred_files(folder: Path) -> dict[str, Path]:
             chosen[key] = (rank, path)
     if not chosen:
         raise InputError(
-            f"--pred folder {folder} holds only uncertainty maps (*_uncertainty.*): evaluate "
-            "reads STEM_prob.tif, STEM_mask.tif or plain masks"
+            f"--pred folder {folder} holds only uncertainty maps or instances "
+            "(*_uncertainty.*, *_instances.*): evaluate reads STEM_prob.tif, STEM_mask.tif or "
+            "plain masks"
         )
     return {k: v[1] for k, v in chosen.items()}
+
+
+def _instance_files(folder: Path) -> dict[str, Path]:
+    """``KEY -> KEY_instances.*`` of a folder (pseudo-label's and Export's instance ids)."""
+    return {
+        stem[: -len("_instances")]: path
+        for stem, path in list_images(folder, "--pred").items()
+        if stem.endswith("_instances")
+    }
+
+
+def read_instances(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Instance ids of a file (integers, 0 background) of the given shape, or a one-line error."""
+    from ..core.labelfile import read_labels_file
+
+    try:
+        a = read_labels_file(path).data
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
+    if a.dtype.kind not in "ui" or (a.size and a.min() < 0):
+        raise InputError(f"{what} {path.name} must hold non-negative integer ids, got {a.dtype}")
+    if a.shape != shape:
+        raise InputError(
+            f"{what} {path.name} is {a.shape[1]}x{a.shape[0]} but the image is "
+            f"{shape[1]}x{shape[0]}"
+        )
+    return a.astype(np.int64)
 
 
 def _manifest_aliases(folder: Path) -> dict[str, str]:
@@ -177,6 +223,9 @@ def evaluate_folders(
     if split and not objects:
         raise InputError("--split only changes the object scores: pass it with --objects")
     preds = _pred_files(pred)
+    pred_instances = _instance_files(pred) if objects else {}
+    truth_instances = _instance_files(truth) if objects else {}
+    binary_truths = 0
     truths = _truth_files(truth, set(preds))
     pairs = sorted(set(preds) & set(truths))
     if not pairs:
@@ -208,10 +257,20 @@ def evaluate_folders(
             **scores_from_counts(counts),
         }
         if objects:
+            if labels is None and stem in truth_instances:
+                labels = read_instances(truth_instances[stem], t.shape, "truth instances")
+            if labels is None:
+                binary_truths += 1
             true_inst = labels if labels is not None else instances(t == 1)
-            pred_inst = instances(p, split=split)
+            if stem in pred_instances:
+                pred_inst = read_instances(pred_instances[stem], p.shape, "predicted instances")
+                scores["instances"] = pred_instances[stem].name
+            else:
+                pred_inst = instances(p, split=split)
+                scores["instances"] = "split" if split else "components"
             scores.update(object_scores(true_inst, pred_inst))
             scores["aji"] = aji(true_inst, pred_inst)
+            scores.update(panoptic_scores(true_inst, pred_inst))
         per_image[stem] = scores
     if not per_image:
         raise InputError(
@@ -220,6 +279,8 @@ def evaluate_folders(
         )
     for name in skipped:
         log.warning("skipped %s: no pixel is labelled (255 = not labelled everywhere)", name)
+    if binary_truths:
+        log.warning(BINARY_TRUTH_NOTE.format(n=binary_truths))
     keys = PIXEL_KEYS + (OBJECT_KEYS if objects else ())
     mean = {k: float(np.mean([s[k] for s in per_image.values()])) for k in keys}
     return {
@@ -230,6 +291,7 @@ def evaluate_folders(
         "threshold": threshold,
         "objects": objects,
         "split": split,
+        "binary_truths": binary_truths,
     }
 
 

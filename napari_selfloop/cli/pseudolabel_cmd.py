@@ -37,8 +37,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "pseudo-label",
         help="pseudo-label images with self-loop uncertainty or a baseline",
         description="Writes DIR/STEM_prob.tif (float32 in [0, 1]), DIR/STEM_uncertainty.tif "
-        "(float32) and DIR/STEM_mask.tif (uint8: 1 confident foreground, 0 confident "
-        "background, 255 uncertain) for every image: tiled, compressed TIFFs with the pixel "
+        "(float32), DIR/STEM_mask.tif (uint8: 1 confident foreground, 0 confident "
+        "background, 255 uncertain) and DIR/STEM_instances.tif (uint32: one id per nucleus "
+        "or object, 0 background) for every image: tiled, compressed TIFFs with the pixel "
         "size and, when large, a pyramid. Slides (pyramidal TIFF, SVS, NDPI, OME-TIFF, or "
         "8192x8192 and up) are worked at --mpp (default: the model's pixel size), their glass "
         "skipped, and their probability and uncertainty stored as uint8 (0-255 for 0-1). "
@@ -204,7 +205,7 @@ def config_from_args(args: argparse.Namespace) -> PseudoLabelConfig:
 
 
 def output_paths(images: list[Path], out: Path) -> list[Path]:
-    """The files a run writes: DIR/STEM_prob.tif, DIR/STEM_uncertainty.tif, DIR/STEM_mask.tif."""
+    """The files a run writes: DIR/STEM_prob.tif, _uncertainty.tif, _mask.tif, _instances.tif."""
     return [out / f"{path.stem}_{name}.tif" for path in images for name in OUTPUTS]
 
 
@@ -318,6 +319,8 @@ def run(args: argparse.Namespace) -> int:
         extra = ""
         if result.losses is not None:
             extra = f", mean jigsaw loss {float(np.mean(result.losses)):.3f}"
+        if result.info.get("objects") is not None:
+            extra += f", {result.info['objects']} objects"
         extra += _slide_note(result.info)
         log.info(
             "%s: %s pseudo-label (%dx%d) in %.1f s on %s%s -> %s",

@@ -8,10 +8,11 @@ Output layout (flat, in the output folder ``DIR``)
 Every input gets a *key*, ``STEM-HHHHHHHH``: its file name without the suffix and the first 8
 hex digits of the SHA-256 of its absolute path (:func:`output_key`), so equal file names in
 different folders never collide. Its outputs are ``DIR/KEY_prob.tif``,
-``DIR/KEY_uncertainty.tif`` and ``DIR/KEY_mask.tif`` (the same files ``pseudo-label`` writes:
+``DIR/KEY_uncertainty.tif``, ``DIR/KEY_mask.tif`` and ``DIR/KEY_instances.tif`` (uint32
+nucleus ids, :mod:`.instances`; the same files ``pseudo-label`` writes:
 tiled, compressed TIFFs with the pixel size and, when large, a pyramid, streamed and installed
 atomically; see :mod:`.working` for slides), then its record ``DIR/KEY.record.json`` is written,
-atomically and **last**: a record means the three outputs are complete. ``DIR/manifest.json``
+atomically and **last**: a record means the four outputs are complete. ``DIR/manifest.json``
 is rebuilt from all records (:func:`write_manifest`); it is never read, changed and written
 back, so concurrent runs cannot lose each other's updates.
 """
@@ -56,7 +57,14 @@ log = logging.getLogger(__name__)
 
 #: Output files per image: suffix -> dtype (as ``pseudo-label`` writes them for images that
 #: are not slides; slides get uint8 probability and uncertainty, see :mod:`.working`).
-OUTPUTS = {"prob": np.float32, "uncertainty": np.float32, "mask": np.uint8}
+OUTPUTS = {
+    "prob": np.float32,
+    "uncertainty": np.float32,
+    "mask": np.uint8,
+    "instances": np.uint32,
+}
+#: The instances file says what its values are.
+INSTANCES_METADATA = {"napari_selfloop_instances": "uint32 nucleus ids, 0 background"}
 #: Suffixes a folder of slides adds to :data:`.project.IMAGE_SUFFIXES`.
 SLIDE_FOLDER_SUFFIXES = (".svs", ".ndpi")
 #: The mask says it uses the 0/1/255 convention (as ``pseudo-label``'s).
@@ -209,6 +217,7 @@ def record_matches(
         record.get("input_sha256") == input_sha256
         and [c.get("sha256") for c in record.get("checkpoints", [])] == list(checkpoint_sha256)
         and record.get("config") == dict(config)
+        and record.get("outputs") == output_files(str(record.get("key")))
         and all((out / name).is_file() for name in record.get("outputs", {}).values())
     )
 
@@ -307,7 +316,7 @@ def label_image_file(
             sinks: dict[str, Any] = dict(writers)
             if work.output_dtype == np.uint8:
                 sinks = {
-                    name: _Quantized(w) if name != "mask" else w for name, w in writers.items()
+                    name: _Quantized(w) if name in QUANTIZED else w for name, w in writers.items()
                 }
             _test_pause(image_path)
             result = drive(
@@ -323,9 +332,15 @@ def label_image_file(
     return result, info
 
 
+#: The outputs a slide stores as uint8 ``round(255 * value)``.
+QUANTIZED = ("prob", "uncertainty")
+
+
 def _output_writer(out: Path, key: str, name: str, work: WorkingImage) -> TiledTiffWriter:
-    dtype = np.uint8 if name == "mask" else work.output_dtype
+    dtype = work.output_dtype if name in QUANTIZED else OUTPUTS[name]
     metadata: dict[str, Any] = dict(MASK_METADATA) if name == "mask" else {}
+    if name == "instances":
+        metadata = dict(INSTANCES_METADATA)
     if name == "mask" and work.slide is not None:
         # Where the mask lies on the slide, so that `export` writes GeoJSON in the slide's
         # full-resolution pixels without options (the record core.labelfile reads).
@@ -338,10 +353,10 @@ def _output_writer(out: Path, key: str, name: str, work: WorkingImage) -> TiledT
             "pixel_size_um": work.mpp,
             "source": key,
         }
-    if name != "mask" and np.dtype(dtype) == np.uint8:
+    if name in QUANTIZED and np.dtype(dtype) == np.uint8:
         metadata["napari_selfloop_scale"] = "value/255"
     # uint8 probability and uncertainty maps are smooth: the predictor shrinks them (not masks)
-    predictor = name != "mask" and np.dtype(dtype) == np.uint8
+    predictor = name in QUANTIZED and np.dtype(dtype) == np.uint8
     return TiledTiffWriter(
         out / output_files(key)[name],
         work.info.height,

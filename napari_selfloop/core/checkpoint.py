@@ -448,8 +448,8 @@ def state_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], bool]]
     bn("decoder.final_block.0.1", final)
     conv("decoder.final_block.1.0", final, final, 3)
     bn("decoder.final_block.1.1", final)
-    conv("decoder.head", 1, final, 1)
-    shapes["decoder.head.bias"] = ((1,), True)
+    conv("decoder.head", config.out_channels, final, 1)
+    shapes["decoder.head.bias"] = ((config.out_channels,), True)
     grid = 3 if config.jigsaw_head == "slots" else 1
     shapes["jigsaw_head.fc.weight"] = ((config.num_permutations, c4 * grid * grid), True)
     shapes["jigsaw_head.fc.bias"] = ((config.num_permutations,), True)

@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import InputError
 from .imageio import check_image, open_image, read_region_padded
+from .instances import encode_targets
 from .losses import IGNORE
 from .worksize import mask_to_work_size, to_work_size
 
@@ -50,6 +51,10 @@ class TrainItem:
         ``auto`` (a mask of only 0 and 255 is binary, 255 = foreground) or ``selfloop`` (255
         is always "not labelled": the plugin's own corrections and exports); see
         :func:`normalise_mask` and :func:`open_mask`.
+    instances
+        Optional ``(H, W)`` integer instance labels (0 background, one id per nucleus) of
+        the labelled pixels: a model with an instance output learns from them what
+        separates touching nuclei (:func:`.instances.encode_targets`).
     """
 
     name: str
@@ -57,6 +62,7 @@ class TrainItem:
     mask: np.ndarray | None = None
     sha256: str | None = None
     mask_convention: str = "auto"
+    instances: np.ndarray | None = None
 
 
 @dataclass
@@ -229,13 +235,20 @@ def check_mask(
 
 
 def check_items(
-    items: list[TrainItem] | None, role: str, *, need_masks: bool, work_size: int | None = None
+    items: list[TrainItem] | None,
+    role: str,
+    *,
+    need_masks: bool,
+    work_size: int | None = None,
+    instance_output: str = "none",
 ) -> list[PreparedItem]:
     """Check images (and masks where ``need_masks``) before any training starts.
 
     With a ``work_size`` (the model's :attr:`.model.ModelConfig.work_size`) each image and
     mask is resized to it here (:mod:`.worksize`), after the mask was read; the recorded
-    fingerprint stays that of the image as given.
+    fingerprint stays that of the image as given. With an ``instance_output`` other than
+    ``none``, the instance labels of an item are folded into its mask as training targets
+    (:func:`.instances.encode_targets`; not for images resized to a work size).
     """
     prepared = []
     for i, item in enumerate(items or []):
@@ -265,6 +278,8 @@ def check_items(
         if image is not item.image:
             height, width = image.shape[:2]
             mask = None if mask is None else mask_to_work_size(mask, work_size)
+        if mask is not None and item.instances is not None and image is item.image:
+            mask = encode_targets(mask, mask_plane(item.instances, name), instance_output)
         labelled = int(np.count_nonzero(mask != IGNORE)) if mask is not None else 0
         prepared.append(PreparedItem(name, image, height, width, mask, sha, labelled))
     return prepared

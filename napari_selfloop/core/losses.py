@@ -32,7 +32,8 @@ def seg_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 0.0)
     logits
         ``(B, 1, H, W)`` or ``(B, H, W)`` foreground logits.
     mask
-        ``(B, H, W)`` integer mask: 0 background, 1 foreground, 255 ignored.
+        ``(B, H, W)`` integer mask: 0 background, 1 foreground, 255 ignored (and the
+        foreground codes 2 ... 254 that carry an instance target, see :mod:`.instances`).
     dice_weight
         Weight of :func:`soft_dice_loss` added to the cross-entropy (0: the paper's
         cross-entropy alone).
@@ -44,7 +45,7 @@ def seg_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 0.0)
     """
     logits = logits.float().reshape(mask.shape)
     valid = mask != IGNORE
-    target = (mask == 1).to(logits.dtype)
+    target = ((mask >= 1) & valid).to(logits.dtype)
     per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
     count = valid.sum()
     loss = (per_pixel * valid).sum() / count.clamp_min(1)
@@ -64,9 +65,30 @@ def soft_dice_loss(logits: torch.Tensor, mask: torch.Tensor, smooth: float = 1.0
     logits = logits.float().reshape(mask.shape)
     valid = (mask != IGNORE).to(logits.dtype)
     p = torch.sigmoid(logits) * valid
-    t = (mask == 1).to(logits.dtype)
+    t = ((mask >= 1) & (mask != IGNORE)).to(logits.dtype)
     inter = (p * t).sum()
     return 1 - (2 * inter + smooth) / (p.sum() + t.sum() + smooth)
+
+
+def aux_loss(logits: torch.Tensor, mask: torch.Tensor, dice_weight: float = 0.0) -> torch.Tensor:
+    """The instance map's loss: binary cross-entropy with the soft target coded in ``mask``
+    (:func:`.instances.split_targets`), over the pixels that carry one, plus a weighted soft
+    Dice of the map (it keeps a thin contour class from vanishing).
+
+    Returns 0 (attached to the graph) when no pixel carries a target.
+    """
+    from .instances import split_targets
+
+    logits = logits.float().reshape(mask.shape)
+    _, _, target, valid = split_targets(mask)
+    v = valid.to(logits.dtype)
+    per_pixel = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    loss = (per_pixel * v).sum() / v.sum().clamp_min(1)
+    if dice_weight > 0:
+        p = torch.sigmoid(logits) * v
+        t = target * v
+        loss = loss + dice_weight * (1 - (2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1))
+    return loss
 
 
 def ss_loss(jigsaw_logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

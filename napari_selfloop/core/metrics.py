@@ -220,6 +220,39 @@ def object_scores(truth: Any, pred: Any) -> dict[str, float]:
     }
 
 
+def panoptic_scores(truth: Any, pred: Any) -> dict[str, float]:
+    """Panoptic quality and the cost of correcting ``pred`` into ``truth``.
+
+    Objects are matched one to one at IoU > 0.5 (such matches are unique). With TP the
+    matches, FP the unmatched predictions and FN the unmatched true objects:
+    ``DQ = TP / (TP + FP/2 + FN/2)``, ``SQ`` the mean IoU of the matches and
+    ``PQ = DQ * SQ`` (HoVer-Net's definition; 1.0 when both images are empty). Every
+    unmatched prediction is one *delete*, every unmatched true object one *add or redraw*:
+    ``edits_per_100 = 100 * (FP + FN) / true objects`` (``100 * FP`` ... when there are
+    none: each false object costs a delete).
+    """
+    t_ids, p_ids, inter, t_area, p_area = overlaps(truth, pred)
+    n_true = int(np.count_nonzero(t_area[1:])) if t_area.size > 1 else 0
+    n_pred = int(np.count_nonzero(p_area[1:])) if p_area.size > 1 else 0
+    iou = inter / (t_area[t_ids] + p_area[p_ids] - inter) if inter.size else np.zeros(0)
+    matched = iou[iou > 0.5]
+    tp = int(matched.size)
+    fp, fn = n_pred - tp, n_true - tp
+    if n_true == 0 and n_pred == 0:
+        dq = sq = 1.0
+    else:
+        dq = tp / (tp + 0.5 * fp + 0.5 * fn)
+        sq = float(matched.mean()) if tp else 0.0
+    return {
+        "pq": dq * sq,
+        "dq": dq,
+        "sq": sq,
+        "edits_per_100": 100.0 * (fp + fn) / max(n_true, 1),
+        "deletes": fp,
+        "adds": fn,
+    }
+
+
 def aji(truth: Any, pred: Any) -> float:
     """Aggregated Jaccard Index (Kumar et al. 2017).
 

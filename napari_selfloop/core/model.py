@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import InputError
+from .instances import INSTANCE_OUTPUTS, aux_channels
 from .jigsaw import ROTATIONS
 
 #: Sides of the network input must be multiples of this (the encoder's total stride).
@@ -154,6 +155,15 @@ class ModelConfig:
         validation images (:mod:`.stepsize`); pseudo-labelling uses it unless a step is
         given. None (default): no step was chosen, and the engine's default applies. Not
         part of the network: :meth:`same_network` ignores it.
+    instance_output
+        What the decoder predicts besides the foreground, so that touching nuclei come out
+        as separate objects (:data:`.instances.INSTANCE_OUTPUTS`): ``none`` (a binary
+        model, and every checkpoint written before the choice existed), ``contour`` (each
+        nucleus' boundary) or ``distance`` (each nucleus' normalised distance to its
+        boundary). A second output channel of the decoder's head.
+    instance_marker
+        The marker threshold of the watershed that makes instances from the maps
+        (:class:`.instances.Instancer`), chosen on validation images; None: its default.
     """
 
     in_channels: int = 3
@@ -167,6 +177,8 @@ class ModelConfig:
     decoder: str = "tapered"
     work_size: int | None = None
     selfloop_lr: float | None = None
+    instance_output: str = "none"
+    instance_marker: float | None = None
 
     def __post_init__(self) -> None:
         # Types first (a checkpoint's config is untrusted input): 8.0, "8" or True are not
@@ -192,6 +204,15 @@ class ModelConfig:
             )
         if self.decoder not in DECODERS:
             raise InputError(f"decoder must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.instance_output not in INSTANCE_OUTPUTS:
+            raise InputError(
+                f"instance output must be one of {', '.join(INSTANCE_OUTPUTS)}, "
+                f"got {self.instance_output!r}"
+            )
+        if self.instance_marker is not None and not 0.0 < self.instance_marker < 1.0:
+            raise InputError(
+                f"instance marker must be None or in (0, 1), got {self.instance_marker:g}"
+            )
         lo, hi = WORK_SIZE_RANGE
         if self.work_size is not None and not lo <= self.work_size <= hi:
             raise InputError(
@@ -220,7 +241,14 @@ class ModelConfig:
     def same_network(self, other: ModelConfig) -> bool:
         """Whether ``other`` builds the same network (settings such as the self-loop step
         aside): models that can share weights, be ensembled or resume each other."""
-        return replace(self, selfloop_lr=None) == replace(other, selfloop_lr=None)
+        return replace(self, selfloop_lr=None, instance_marker=None) == replace(
+            other, selfloop_lr=None, instance_marker=None
+        )
+
+    @property
+    def out_channels(self) -> int:
+        """Channels of the decoder's output: the foreground, then the instance map, if any."""
+        return 1 + aux_channels(self.instance_output)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only, so a checkpoint loads with ``weights_only=True``."""
@@ -331,7 +359,11 @@ class UNetDecoder(nn.Module):
     block widths from :func:`decoder_widths`."""
 
     def __init__(
-        self, encoder_channels: tuple[int, ...], dropout: float = 0.0, kind: str = "tapered"
+        self,
+        encoder_channels: tuple[int, ...],
+        dropout: float = 0.0,
+        kind: str = "tapered",
+        out_channels: int = 1,
     ) -> None:
         super().__init__()
         c0, c1, c2, c3, c4 = encoder_channels
@@ -345,7 +377,7 @@ class UNetDecoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.final_block = nn.Sequential(_ConvBNReLU(cin, final), _ConvBNReLU(final, final))
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.head = nn.Conv2d(final, 1, 1)
+        self.head = nn.Conv2d(final, out_channels, 1)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = self.dropout(feats[-1])
@@ -381,7 +413,9 @@ class ResUNet(nn.Module):
         self.config = config or ModelConfig()
         cfg = self.config
         self.encoder = ResNet18Encoder(cfg.in_channels, cfg.width)
-        self.decoder = UNetDecoder(self.encoder.channels, cfg.dropout, cfg.decoder)
+        self.decoder = UNetDecoder(
+            self.encoder.channels, cfg.dropout, cfg.decoder, cfg.out_channels
+        )
         self.jigsaw_head = JigsawHead(
             self.encoder.channels[-1], cfg.num_permutations, cfg.jigsaw_head
         )
@@ -397,7 +431,8 @@ class ResUNet(nn.Module):
         return self.encoder(self.normalize(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Foreground logits ``(B, 1, H, W)`` for images ``x`` in [0, 1]."""
+        """Logits ``(B, C, H, W)`` for images ``x`` in [0, 1]: channel 0 the foreground,
+        channel 1 (models with an instance output) the instance map."""
         seg, _ = self.forward_both(x)
         return seg
 

@@ -33,7 +33,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import InputError, SelfloopError
 from .imageio import ImageInfo, check_image
+from .instances import Instancer, StreamedInstances, instancer_for
 from .jigsaw import ROTATIONS, Puzzles, permutation_pool, sample_puzzles
 from .model import (
     BATCH_SEED_STRIDE,
@@ -223,6 +224,7 @@ class PatchResult:
     weights: torch.Tensor | None = None  # (B, Q) self-loop weights
     classes: torch.Tensor | None = None  # (B, Q) jigsaw pool indices
     maps: torch.Tensor | None = None  # (B, Q, P, P) the Q maps put back in place
+    aux: torch.Tensor | None = None  # (B, P, P) the instance map, averaged like ``prob``
 
 
 @dataclass
@@ -231,7 +233,9 @@ class PseudoLabelResult:
 
     ``probability``, ``uncertainty`` and ``mask`` are ``(H, W)`` arrays, or None when
     they were streamed to files. ``losses``, ``weights`` and ``classes`` hold one row of
-    Q values per patch for the self-loop methods.
+    Q values per patch for the self-loop methods. ``instances`` (int32, one id per
+    nucleus, 0 background) are the proposal's objects (:mod:`.instances`) and ``aux`` the
+    averaged instance map of a model that has one; None when streamed or not asked for.
     """
 
     probability: np.ndarray | None
@@ -243,6 +247,8 @@ class PseudoLabelResult:
     classes: np.ndarray | None = None
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    aux: np.ndarray | None = None
+    instances: np.ndarray | None = None
 
 
 UNCERTAIN = 255
@@ -287,15 +293,34 @@ def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
 
 
-def _prob(logits: torch.Tensor) -> torch.Tensor:
-    return torch.sigmoid(logits.float())[:, 0]
+def _maps(logits: torch.Tensor) -> torch.Tensor:
+    """The sigmoid of every output channel ``(B, C, H, W)``: the foreground, then the
+    instance map of a model that has one."""
+    return torch.sigmoid(logits.float())
+
+
+def _summarise(stacked: torch.Tensor, weights: torch.Tensor) -> PatchResult:
+    """Weighted mean and spread of ``stacked`` maps ``(B, Q, C, H, W)``: the probability
+    (channel 0) with its spread, and the instance map (channel 1, when there is one)
+    averaged with the same weights."""
+    mean, std = _weighted_mean_std(stacked[:, :, 0], weights)
+    aux = None
+    if stacked.shape[2] > 1:
+        aux, _ = _weighted_mean_std(stacked[:, :, 1], weights)
+    return PatchResult(mean, std, aux=aux)
+
+
+def _equal(stacked: torch.Tensor) -> torch.Tensor:
+    q = stacked.shape[1]
+    return stacked.new_full((stacked.shape[0], q), 1.0 / q)
 
 
 @torch.no_grad()
 def predict_softmax(model: ResUNet, x: torch.Tensor) -> PatchResult:
     """One forward pass; uncertainty is the binary entropy (bits)."""
-    p = _prob(model(x))
-    return PatchResult(p, _binary_entropy(p))
+    m = _maps(model(x))
+    p = m[:, 0]
+    return PatchResult(p, _binary_entropy(p), aux=m[:, 1] if m.shape[1] > 1 else None)
 
 
 @torch.no_grad()
@@ -305,19 +330,22 @@ def predict_mc_dropout(model: ResUNet, x: torch.Tensor, passes: int) -> PatchRes
         raise InputError("MC dropout needs a model with dropout; this checkpoint has dropout 0")
     set_mc_dropout(model, True)
     try:
-        maps = torch.stack([_prob(model(x)) for _ in range(passes)], 1)
+        maps = torch.stack([_maps(model(x)) for _ in range(passes)], 1)
     finally:
         set_mc_dropout(model, False)
-    q = maps.shape[1]
-    return PatchResult(*_weighted_mean_std(maps, maps.new_full((maps.shape[0], q), 1.0 / q)))
+    return _summarise(maps, _equal(maps))
 
 
 @torch.no_grad()
 def predict_ensemble(models: Sequence[ResUNet], x: torch.Tensor) -> PatchResult:
-    """Mean and standard deviation over the models' sigmoid maps."""
-    maps = torch.stack([_prob(m(x)) for m in models], 1)
-    q = maps.shape[1]
-    return PatchResult(*_weighted_mean_std(maps, maps.new_full((maps.shape[0], q), 1.0 / q)))
+    """Mean and standard deviation over the models' sigmoid maps (the instance map too
+    when every model predicts the same kind)."""
+    kinds = {m.config.instance_output for m in models}
+    outs = [_maps(m(x)) for m in models]
+    if len(kinds) > 1:
+        outs = [o[:, :1] for o in outs]
+    maps = torch.stack(outs, 1)
+    return _summarise(maps, _equal(maps))
 
 
 def selfloop_steps(
@@ -361,7 +389,7 @@ def selfloop_steps(
             loss = F.cross_entropy(head(feats[-1]).float(), puzzles.classes[:, i], reduction="none")
         with torch.no_grad(), autocast(x.device, dtype):
             seg = model.decoder([f.detach() for f in feats])[..., :h, :w]
-        maps.append(puzzles.undo(torch.sigmoid(seg.float()), i)[:, 0])
+        maps.append(puzzles.undo(torch.sigmoid(seg.float()), i))
         losses.append(loss.detach())
         if step:
             optimizer.zero_grad(set_to_none=True)
@@ -374,9 +402,10 @@ def selfloop_steps(
         weights = selfloop_weights(loss_t)
     else:
         weights = torch.full_like(loss_t, 1.0 / q)
-    stacked = torch.stack(maps, 1)
-    mean, std = _weighted_mean_std(stacked, weights)
-    return PatchResult(mean, std, loss_t, weights, puzzles.classes, stacked)
+    stacked = torch.stack(maps, 1)  # (B, Q, C, H, W)
+    out = _summarise(stacked, weights)
+    out.losses, out.weights, out.classes, out.maps = loss_t, weights, puzzles.classes, stacked[:, :, 0]
+    return out
 
 
 def make_step_optimizer(
@@ -463,6 +492,7 @@ def pseudo_label(
     sinks: dict[str, Any] | None = None,
     keep: Any = None,
     source_shape: tuple[int, int] | None = None,
+    instances: bool = True,
 ) -> Generator[Progress, None, PseudoLabelResult]:
     """Pseudo-label a whole 2D image, patch by patch.
 
@@ -477,7 +507,9 @@ def pseudo_label(
     sinks
         Optional ``{"prob", "uncertainty", "mask"}`` writers with ``write_rows(y0,
         block)`` (e.g. :class:`.tiledtiff.TiledTiffWriter`) so that no output is held in
-        memory; the result's arrays are then None.
+        memory; the result's arrays are then None. An ``"instances"`` writer, if given,
+        receives the instance labels (uint32), labelled in bands as the rows come
+        (:class:`.instances.StreamedInstances`).
     keep
         Optional ``keep(y0, y1, x0, x1) -> bool`` (see :func:`.tiling.tiled_apply`):
         patches it refuses (glass around a slide's tissue) are not computed and come out
@@ -487,6 +519,9 @@ def pseudo_label(
         a rectangle). Only a model with a work size uses it: the region is resized by the
         factor that brings the whole image to the work size, so it is seen at the scale
         the model learned.
+    instances
+        Also compute the proposal's objects (``result.instances``) when the result is held
+        in memory (a watershed of the maps, :func:`.instances.instancer_for`).
 
     Yields
     ------
@@ -511,8 +546,13 @@ def pseudo_label(
     info = check_image(image)
     work_size = models[0].config.work_size
     shape = work_shape((info.height, info.width), work_size, source_shape)
+    instancer = _instancer(models)
     if shape is None:
-        return (yield from _pseudo_label(image, info, models, cfg, device, sinks, keep))
+        return (
+            yield from _pseudo_label(
+                image, info, models, cfg, device, sinks, keep, instancer, instances
+            )
+        )
     if keep is not None:
         raise InputError(
             f"this model works on whole images resized to {work_size} px, "
@@ -520,23 +560,42 @@ def pseudo_label(
             "work size"
         )
     small = to_work_size(image, work_size, source_shape)
-    result = yield from _pseudo_label(small, check_image(small), models, cfg, device, None, None)
+    result = yield from _pseudo_label(
+        small, check_image(small), models, cfg, device, None, None, instancer, False
+    )
     size = (info.height, info.width)
     result.probability = np.clip(from_work_size(result.probability, size), 0.0, 1.0)
     result.uncertainty = from_work_size(result.uncertainty, size)
+    if result.aux is not None:
+        result.aux = np.clip(from_work_size(result.aux, size), 0.0, 1.0)
     result.mask = confidence_mask(result.probability, cfg.threshold)
     result.info["work_shape"] = shape
+    if instances or (sinks is not None and "instances" in sinks):
+        result.instances = instancer(result.probability, result.aux)
+        result.info["objects"] = int(result.instances.max())
     if sinks is not None:
         outputs = {
             "prob": result.probability,
             "uncertainty": result.uncertainty,
             "mask": result.mask,
         }
+        if "instances" in sinks:
+            outputs["instances"] = result.instances.astype(np.uint32)
         for y0 in range(0, info.height, SINK_ROWS):
             for name, values in outputs.items():
                 sinks[name].write_rows(y0, values[y0 : y0 + SINK_ROWS])
         result.probability = result.uncertainty = result.mask = None
+        result.aux = result.instances = None
     return result
+
+
+def _instancer(models: list[ResUNet]) -> Instancer:
+    """How the models' maps become objects: the first model's rule when every model has
+    the same instance output, else the binary rule on the averaged probability."""
+    kinds = {m.config.instance_output for m in models}
+    if len(kinds) > 1:
+        return Instancer()
+    return instancer_for(models[0].config)
 
 
 #: Rows per block written to the sinks of a work-size model's result.
@@ -551,6 +610,8 @@ def _pseudo_label(
     device: str | torch.device,
     sinks: dict[str, Any] | None,
     keep: Any,
+    instancer: Instancer,
+    want_instances: bool,
 ) -> Generator[Progress, None, PseudoLabelResult]:
     """:func:`pseudo_label` at the image's own size (image and models already checked)."""
     dev = resolve_device(device)
@@ -590,15 +651,32 @@ def _pseudo_label(
             records["weights"].append(out.weights.cpu().numpy())
             records["classes"].append(out.classes.cpu().numpy())
         unc = _binary_entropy(out.prob) if cfg.uncertainty == "entropy" else out.uncertainty
-        return {"prob": out.prob.cpu().numpy(), "uncertainty": unc.cpu().numpy()}
+        maps = {"prob": out.prob.cpu().numpy(), "uncertainty": unc.cpu().numpy()}
+        if has_aux:
+            maps["aux"] = out.aux.cpu().numpy()
+        return maps
 
+    has_aux = instancer.uses_aux
+    names = ("prob", "uncertainty", "aux") if has_aux else ("prob", "uncertainty")
     start = time.perf_counter()
     tile_sinks = None
+    streamed = None
     if sinks is not None:
+        if "instances" in sinks:
+            streamed = StreamedInstances(
+                sinks["instances"], info.height, info.width, instancer, uses_aux=has_aux
+            )
         tile_sinks = {
-            "prob": _MaskingSink(sinks["prob"], sinks["mask"], cfg.threshold),
+            "prob": _MaskingSink(
+                sinks["prob"],
+                sinks["mask"],
+                cfg.threshold,
+                streamed.prob_rows if streamed is not None else None,
+            ),
             "uncertainty": sinks["uncertainty"],
         }
+        if has_aux:
+            tile_sinks["aux"] = _RowFunction(streamed.aux_rows if streamed else None)
     stats: dict[str, int] = {}
     try:
         outputs = yield from tiled_apply(
@@ -607,7 +685,7 @@ def _pseudo_label(
             patch_size=patch,
             overlap=cfg.overlap_for(patch),
             batch_size=cfg.batch_size,
-            out_names=("prob", "uncertainty"),
+            out_names=names,
             sinks=tile_sinks,
             keep=keep,
             stats=stats,
@@ -616,8 +694,11 @@ def _pseudo_label(
         for m, flag in zip(models, was_training, strict=True):
             m.train(flag)
     prob = outputs["prob"]
+    aux = outputs.get("aux")
     if prob is not None:
         np.clip(prob, 0.0, 1.0, out=prob)  # blending rounding reached 1.0000001
+    if aux is not None:
+        np.clip(aux, 0.0, 1.0, out=aux)
     result = PseudoLabelResult(
         probability=prob,
         uncertainty=outputs["uncertainty"],
@@ -630,8 +711,16 @@ def _pseudo_label(
             "patch_size": patch,
             "patches": stats.get("patches"),
             "patches_computed": stats.get("computed"),
+            "instance_output": instancer.kind,
         },
+        aux=aux,
     )
+    if streamed is not None:
+        streamed.finish()
+        result.info["objects"] = streamed.objects
+    elif prob is not None and want_instances:
+        result.instances = instancer(prob, aux)
+        result.info["objects"] = int(result.instances.max())
     if cfg.method == "selfloop":
         result.info["step_lr"] = cfg.step_lr(models[0])
     if records["losses"]:
@@ -711,12 +800,33 @@ def _run_method(
 
 
 class _MaskingSink:
-    """Forwards probability rows to a sink and their confidence mask to another."""
+    """Forwards probability rows to a sink and their confidence mask to another (and,
+    optionally, to a function: the streamed instances)."""
 
-    def __init__(self, prob_sink: Any, mask_sink: Any, threshold: float) -> None:
+    def __init__(
+        self,
+        prob_sink: Any,
+        mask_sink: Any,
+        threshold: float,
+        also: Callable[[int, np.ndarray], None] | None = None,
+    ) -> None:
         self.prob_sink, self.mask_sink, self.threshold = prob_sink, mask_sink, threshold
+        self.also = also
 
     def write_rows(self, y0: int, block: np.ndarray) -> None:
         block = np.clip(block, 0.0, 1.0)  # blending rounding reached 1.0000001
         self.prob_sink.write_rows(y0, block)
         self.mask_sink.write_rows(y0, confidence_mask(block, self.threshold))
+        if self.also is not None:
+            self.also(y0, block)
+
+
+class _RowFunction:
+    """A row sink that hands its rows to a function (or drops them)."""
+
+    def __init__(self, fn: Callable[[int, np.ndarray], None] | None) -> None:
+        self.fn = fn
+
+    def write_rows(self, y0: int, block: np.ndarray) -> None:
+        if self.fn is not None:
+            self.fn(y0, np.clip(block, 0.0, 1.0))

@@ -1,0 +1,225 @@
+"""Nuclei as objects: instance targets, the watershed, streamed labelling, PQ and edits."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.errors import InputError
+from napari_selfloop.core.instances import (
+    AUX_HI,
+    AUX_LO,
+    Instancer,
+    StreamedInstances,
+    aux_target,
+    encode_targets,
+    split_targets,
+)
+from napari_selfloop.core.losses import aux_loss, seg_loss
+from napari_selfloop.core.metrics import panoptic_scores
+from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.progress import run_to_completion
+from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.training import TrainConfig, TrainItem, train
+
+
+def touching_discs(shape=(64, 64), centres=((32, 24), (32, 40)), r=9) -> np.ndarray:
+    """Instance labels of discs; the two default discs overlap by a few pixels (touch)."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    labels = np.zeros(shape, np.int32)
+    for i, (cy, cx) in enumerate(centres, 1):
+        labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (labels == 0)] = i
+    return labels
+
+
+@pytest.mark.parametrize("kind", ["contour", "distance"])
+def test_two_touching_discs_come_out_as_two_instances(kind):
+    labels = touching_discs()
+    fg = (labels > 0).astype(np.float32)
+    # Connected components see one object: the discs touch.
+    assert Instancer()(fg).max() == 1
+    pred = Instancer(kind=kind)(fg, aux_target(labels, kind))
+    assert pred.max() == 2
+    assert panoptic_scores(labels, pred)["pq"] > 0.8
+
+
+def test_encode_targets_codes_and_split_back():
+    labels = touching_discs()
+    mask = (labels > 0).astype(np.uint8)
+    mask[0, :5] = 255
+    coded = encode_targets(mask, labels, "contour")
+    assert set(np.unique(coded[labels > 0])) <= {AUX_LO, AUX_HI}
+    assert (coded[labels == 0] == mask[labels == 0]).all()
+    fg, valid, aux, aux_valid = split_targets(torch.from_numpy(coded)[None])
+    assert torch.equal(fg[0].bool(), torch.from_numpy((labels > 0) & (mask != 255)))
+    assert not valid[0, 0, :5].any()
+    ring = aux_target(labels, "contour")
+    assert torch.allclose(aux[0][torch.from_numpy(labels > 0)], torch.from_numpy(ring[labels > 0]))
+    # A plain mask (no labels) stays as it is: foreground 1, no instance target.
+    assert np.array_equal(encode_targets(mask, None, "distance"), mask)
+    _, _, _, aux_valid = split_targets(torch.from_numpy(mask)[None])
+    assert not aux_valid[0][torch.from_numpy(mask == 1)].any()
+
+
+def test_distance_target_is_one_at_each_centre():
+    labels = touching_discs()
+    d = aux_target(labels, "distance")
+    for i in (1, 2):
+        assert d[labels == i].max() == pytest.approx(1.0)
+    assert (d[labels == 0] == 0).all()
+
+
+def test_coded_masks_keep_the_foreground_loss_of_plain_ones():
+    torch.manual_seed(0)
+    logits = torch.randn(1, 1, 64, 64)
+    labels = touching_discs()
+    plain = torch.from_numpy((labels > 0).astype(np.uint8))[None]
+    coded = torch.from_numpy(encode_targets(plain[0].numpy(), labels, "distance"))[None]
+    assert torch.allclose(seg_loss(logits, plain, 1.0), seg_loss(logits, coded, 1.0))
+    # The instance loss is lower for the right map than for a wrong one.
+    target = torch.from_numpy(aux_target(labels, "distance"))
+    good = torch.logit(target.clamp(0.02, 0.98))[None, None]
+    assert aux_loss(good, coded) < aux_loss(-good, coded)
+
+
+def test_panoptic_scores_against_hand_computed_values():
+    truth = np.zeros((10, 10), int)
+    truth[0:4, 0:4] = 1  # 16 px
+    truth[6:9, 6:9] = 2  # missed: one add
+    pred = np.zeros((10, 10), int)
+    pred[0:4, 0:3] = 5  # IoU 12/16 with truth 1: a match
+    pred[5:6, 0:2] = 7  # false: one delete
+    s = panoptic_scores(truth, pred)
+    assert s["dq"] == pytest.approx(1 / (1 + 0.5 + 0.5))
+    assert s["sq"] == pytest.approx(0.75)
+    assert s["pq"] == pytest.approx(0.375)
+    assert s["edits_per_100"] == pytest.approx(100.0)
+    assert (s["deletes"], s["adds"]) == (1, 1)
+    assert panoptic_scores(truth, truth)["pq"] == 1.0
+    assert panoptic_scores(np.zeros((3, 3), int), np.zeros((3, 3), int))["pq"] == 1.0
+    # IoU exactly 0.5 is not a match.
+    half = np.zeros((4, 4), int)
+    half[:, :2] = 1
+    whole = np.ones((4, 4), int)
+    assert panoptic_scores(whole, half)["edits_per_100"] == 200.0
+
+
+class _Rows:
+    def __init__(self, h, w):
+        self.out = np.zeros((h, w), np.uint32)
+        self.next = 0
+
+    def write_rows(self, y0, block):
+        assert y0 == self.next
+        self.out[y0 : y0 + len(block)] = block
+        self.next = y0 + len(block)
+
+
+@pytest.mark.parametrize("kind", ["none", "distance"])
+def test_streamed_instances_match_whole_image_objects(kind):
+    rng = np.random.default_rng(0)
+    h, w = 300, 90
+    centres = [(int(y), int(x)) for y, x in zip(rng.integers(8, h - 8, 25), rng.integers(8, w - 8, 25), strict=True)]
+    labels = touching_discs((h, w), centres, r=7)
+    prob = (labels > 0).astype(np.float32)
+    aux = aux_target(labels, "distance") if kind == "distance" else None
+    instancer = Instancer(kind=kind)
+    whole = instancer(prob, aux)
+    sink = _Rows(h, w)
+    stream = StreamedInstances(sink, h, w, instancer, uses_aux=aux is not None, band=40, margin=24)
+    for y0 in range(0, h, 17):  # rows arrive in odd blocks, crossing band borders
+        stream.prob_rows(y0, prob[y0 : y0 + 17])
+        if aux is not None:
+            stream.aux_rows(y0, aux[y0 : y0 + 17])
+    stream.finish()
+    # The same objects (up to their ids): every object crossing a band border stays whole.
+    assert stream.objects == whole.max()
+    assert panoptic_scores(whole, sink.out.astype(np.int64))["pq"] == pytest.approx(1.0)
+
+
+def test_streamed_instances_refuse_rows_out_of_order():
+    stream = StreamedInstances(_Rows(10, 5), 10, 5, Instancer(), uses_aux=False)
+    with pytest.raises(ValueError, match="in order"):
+        stream.prob_rows(3, np.zeros((2, 5), np.float32))
+
+
+def test_model_config_instance_output_checked():
+    with pytest.raises(InputError, match="instance output"):
+        ModelConfig(width=8, instance_output="hover")
+    with pytest.raises(InputError, match="instance marker"):
+        ModelConfig(width=8, instance_output="contour", instance_marker=1.5)
+    assert ModelConfig(width=8, instance_output="contour").out_channels == 2
+    assert ModelConfig(width=8).out_channels == 1
+
+
+@pytest.mark.parametrize("kind", ["contour", "distance"])
+def test_every_method_averages_the_instance_map(kind, tmp_path):
+    rng = np.random.default_rng(1)
+    image = (rng.random((100, 120, 3)) * 255).astype(np.uint8)
+    model = build_model(ModelConfig(width=8, instance_output=kind), seed=0)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, model)
+    model = load_checkpoint(path).model
+    assert model.config.instance_output == kind
+    for method in ("softmax", "mc-dropout", "selfloop", "selfloop-no-ss"):
+        r = run_to_completion(
+            pseudo_label(image, model, PseudoLabelConfig(method=method, q=2, patch_size=96))
+        )
+        assert r.aux is not None and r.aux.shape == image.shape[:2]
+        assert np.isfinite(r.aux).all() and 0 <= r.aux.min() and r.aux.max() <= 1
+        assert r.instances is not None and r.instances.shape == image.shape[:2]
+        assert r.info["instance_output"] == kind
+
+
+def test_binary_model_still_gives_instances():
+    rng = np.random.default_rng(2)
+    image = (rng.random((96, 96, 3)) * 255).astype(np.uint8)
+    model = build_model(ModelConfig(width=8), seed=0)
+    r = run_to_completion(pseudo_label(image, model, PseudoLabelConfig(method="softmax")))
+    assert r.aux is None
+    expected = Instancer()(r.probability)
+    assert np.array_equal(r.instances, expected)
+
+
+def test_tiny_contour_model_learns_to_separate_touching_discs():
+    """A width-8 contour model trained on pairs of touching discs splits a new pair."""
+    rng = np.random.default_rng(0)
+    torch.manual_seed(0)
+
+    def scene(seed):
+        r = np.random.default_rng(seed)
+        centres = []
+        for cy in (24, 72, 120, 168):
+            for cx in (30, 110):
+                cx2 = cx + 16
+                centres += [(cy + int(r.integers(-3, 4)), cx), (cy, cx2)]
+        labels = touching_discs((192, 192), centres, r=9)
+        img = np.full((192, 192, 3), 230, np.uint8)
+        img[labels > 0] = (90, 40, 140)
+        noise = r.integers(-10, 10, img.shape)
+        return np.clip(img + noise, 0, 255).astype(np.uint8), labels
+
+    items = []
+    for s in range(3):
+        img, labels = scene(s)
+        items.append(TrainItem(f"s{s}", img, (labels > 0).astype(np.uint8), instances=labels))
+    model = build_model(ModelConfig(width=8, instance_output="contour"), seed=0)
+    cfg = TrainConfig(
+        framework="supervised",
+        iterations=120,
+        patch_size=96,
+        batch_size=4,
+        lr=3e-3,
+        dice_weight=1.0,
+        seed=int(rng.integers(100)),
+        validate_every=1000,
+    )
+    run_to_completion(train(model, items, [], cfg, device="cpu"))
+    img, labels = scene(7)
+    r = run_to_completion(
+        pseudo_label(img, model, PseudoLabelConfig(method="softmax", patch_size=192), device="cpu")
+    )
+    binary = Instancer()(r.probability)
+    assert panoptic_scores(labels, r.instances)["pq"] > panoptic_scores(labels, binary)["pq"] + 0.2
