@@ -15,8 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Generator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,27 @@ log = logging.getLogger(__name__)
 PRETRAIN_KIND = "jigsaw-pretrain"
 #: A jigsaw whose loss is within this many nats of chance (ln K) is "at chance".
 AT_CHANCE_MARGIN = 0.1
+#: Largest jigsaw patch side a checkpoint's record may give as its default (85 x 96 px).
+MAX_RECORDED_PATCH = 8160
+
+
+def cap_patch(patch_size: int, items: Sequence[Any], what: str = "patch size") -> int:
+    """``patch_size``, or when it is larger than every image, the smallest multiple of
+    :data:`.pseudolabel.PATCH_MULTIPLE` that covers the largest image side (as
+    pseudo-labelling does): a larger patch would only be padding, and its memory grows
+    with its square (``items`` have ``height`` and ``width``)."""
+    side = max((max(int(it.height), int(it.width)) for it in items), default=0)
+    cover = PATCH_MULTIPLE * max(1, math.ceil(side / PATCH_MULTIPLE))
+    if patch_size > cover:
+        log.info(
+            "%s %d is larger than the largest image side (%d px): using %d",
+            what,
+            patch_size,
+            side,
+            cover,
+        )
+        return cover
+    return patch_size
 
 
 def _check_patch(name: str, value: int) -> str | None:
@@ -248,6 +269,7 @@ def pretrain_prepared(
     pixel_size_um: float | None = None,
 ) -> Generator[Progress, None, PretrainResult]:
     """The loop of :func:`pretrain_jigsaw` on checked items (also the warm-up of ``train``)."""
+    cfg = replace(cfg, patch_size=cap_patch(cfg.patch_size, items, "jigsaw patch size"))
     dtype = resolve_precision(cfg.precision, dev)
     fmt = memory_format(cfg.channels_last, dev, model.config.width)
     model.to(device=dev, memory_format=fmt)
@@ -375,14 +397,27 @@ def jigsaw_metrics(
 
 
 def default_jigsaw_patch(meta: dict[str, Any] | None) -> int:
-    """The patch side a checkpoint's jigsaw was trained at (96 when it does not say)."""
+    """The patch side a checkpoint's jigsaw was trained at (96 when it does not say, or
+    says something that is not a multiple of 96 up to :data:`MAX_RECORDED_PATCH`)."""
     metrics = (meta or {}).get("metrics") or {}
-    value = metrics.get("jigsaw_patch_size")
-    return (
-        int(value)
-        if isinstance(value, int) and value % PATCH_MULTIPLE == 0 and value > 0
-        else PATCH_MULTIPLE
+    value = metrics.get("jigsaw_patch_size") if isinstance(metrics, dict) else None
+    if value is None:
+        return PATCH_MULTIPLE
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value % PATCH_MULTIPLE == 0
+        and PATCH_MULTIPLE <= value <= MAX_RECORDED_PATCH
+    ):
+        return int(value)
+    log.warning(
+        "the checkpoint records jigsaw patch size %.40r, not a multiple of %d up to %d: using %d",
+        value,
+        PATCH_MULTIPLE,
+        MAX_RECORDED_PATCH,
+        PATCH_MULTIPLE,
     )
+    return PATCH_MULTIPLE
 
 
 @torch.no_grad()
@@ -417,6 +452,7 @@ def evaluate_jigsaw(
     )
     if not items:
         raise InputError("no images to evaluate the jigsaw on")
+    patch_size = cap_patch(patch_size, items)
     dev = resolve_device(device)
     was = model.training
     model.to(dev).eval()

@@ -54,7 +54,14 @@ from .jigsaw import Puzzles, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
 from .model import ResUNet, check_seed, config_type_problems, mix_seed
-from .pretrain import PRETRAIN_KIND, PretrainConfig, jigsaw_metrics, pretrain_prepared, scheduled_lr
+from .pretrain import (
+    PRETRAIN_KIND,
+    PretrainConfig,
+    cap_patch,
+    jigsaw_metrics,
+    pretrain_prepared,
+    scheduled_lr,
+)
 from .progress import Progress, relay, run_to_completion
 from .pseudolabel import (
     DEFAULT_PATCH,
@@ -772,15 +779,14 @@ class _Batches:
             hed=cfg.hed_jitter, brightness=cfg.brightness_jitter, scale=cfg.scale_jitter
         )
         self.cfg, self.dev, self.fmt = cfg, dev, fmt
-        self.labelled_sampler = PatchSampler(lab, cfg.patch_size, rng, augment)
+        patch = cap_patch(cfg.patch_size, [*lab, *unl])  # no patch beyond the largest image
+        self.labelled_sampler = PatchSampler(lab, patch, rng, augment)
         use_unlabelled = cfg.framework != "supervised" and bool(unl)
         if cfg.framework != "supervised" and not unl:
             log.warning(
                 "no unlabelled images: the %s framework trains on labelled data only", cfg.framework
             )
-        self.unlabelled_sampler = (
-            PatchSampler(unl, cfg.patch_size, rng, augment) if use_unlabelled else None
-        )
+        self.unlabelled_sampler = PatchSampler(unl, patch, rng, augment) if use_unlabelled else None
         self.warmup_steps = int(round(cfg.warmup * cfg.iterations))
 
     def labelled(self) -> tuple[torch.Tensor, torch.Tensor]:
