@@ -133,10 +133,18 @@ def test_model_for_image_is_the_start_panel_guess():
     assert model_for_image(np.asarray(lesion)) == "lesion-dermoscopy"
 
 
-def test_models_command_lists_cards_with_licences(tiny_models, capsys):
+def test_models_command_lists_plain_cards_then_details(tiny_models, capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "nuclei-he" in out and "lesion-dermoscopy" in out
+    # Plain words first: what, how good in words and one number, the licence (prominent).
+    assert out.count("How good: good. On 2 ") == 2 and out.count("by 80 % (Dice score") == 2
+    assert "Licence: NON-COMMERCIAL USE ONLY (CC BY-NC-SA 4.0)" in out
+    assert out.count("NON-COMMERCIAL") == 1  # the lesion model's weights are not NC
+    for ml in ("L_SS", "nats", "AJI", "step", "recipe", "softmax_f1", "runs/"):
+        assert ml not in out, ml
+    assert main(["models", "--verbose"]) == 0
+    out = capsys.readouterr().out
     assert "CC BY-NC-SA 4.0" in out and "non-commercial" in out
     # One held-out line per model, the model card's: formatted figures, not a raw record.
     assert out.count("on 2 unseen images: softmax Dice 80.0, balanced accuracy 90.0") == 2

@@ -47,6 +47,16 @@ def test_model_panel_uses_a_bundled_model_and_suggests_the_fitting_one(
         "CC BY-NC-SA 4.0" in w.card.text()
         and "on 2 unseen images: softmax Dice 80.0" in w.card.text()
     )
+    # Plain words first, the licence prominent; the ML card waits behind Details.
+    summary = w.summary.text()
+    assert "nuclei-he: bundled model" in summary and "NON-COMMERCIAL USE ONLY" in summary
+    assert "How good:" in summary and "80 % (Dice score" in summary
+    assert "L_SS" not in summary and "AJI" not in summary
+    assert not w.summary.isHidden() and w.card.isHidden()
+    w.details_button.click()
+    assert not w.card.isHidden() and w.details_button.isChecked()
+    w.show_details(False)
+    assert w.card.isHidden() and not w.details_button.isChecked()
     wait_run(qtbot, w.jigsaw.check_runner)  # the automatic jigsaw check of the new model
     assert not errors(notes)
 

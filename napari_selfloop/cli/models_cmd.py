@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core.bundled import BUNDLED, model_card_text
+from ..core.bundled import BUNDLED
+from ..core.modelcard import bundled_card_text, is_non_commercial
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -13,8 +14,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "models",
         help="list the bundled starter models (use them by name: --checkpoint nuclei-he)",
         description="Lists the models shipped with napari-selfloop with their model cards: what "
-        "they were trained on, the licence their weights carry, and how well they did on images "
-        "they never saw. Any --checkpoint option accepts their names.",
+        "they were trained on, how well they did on images they never saw, and the licence "
+        "their weights carry. Any --checkpoint option accepts their names.",
+    )
+    p.add_argument(
+        "--verbose",
+        "--details",
+        dest="details",
+        action="store_true",
+        help="also the details: file, held-out figures, jigsaw, chosen settings, recipe",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per model instead")
     p.set_defaults(func=run)
@@ -33,11 +41,12 @@ def run(args: argparse.Namespace) -> int:
                         "installed": m.path.is_file(),
                         "data": m.data,
                         "licence": m.licence,
+                        "non_commercial": is_non_commercial(m.licence),
                         "citation": m.citation,
                         "pixel_size_um": m.pixel_size_um,
                     }
                 )
             )
         return 0
-    print("\n\n".join(model_card_text(name) for name in BUNDLED))
+    print("\n\n".join(bundled_card_text(name, verbose=args.details) for name in BUNDLED))
     return 0

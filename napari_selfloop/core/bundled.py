@@ -23,9 +23,6 @@ from .bootstrap import guess_kind
 from .calibration import apply_calibration
 from .checkpoint import (
     Checkpoint,
-    chosen_settings,
-    heldout_line,
-    jigsaw_figures,
     load_checkpoint,
     save_checkpoint,
 )
@@ -148,43 +145,6 @@ def model_for_array(data: Any, side: int = 1024) -> str | None:
     rgb = np.asarray(data[::step, ::step])
     rgb = np.repeat(rgb[..., None], 3, axis=2) if rgb.ndim == 2 else rgb[..., :3]
     return model_for_image(rgb)
-
-
-def model_card_text(name: str) -> str:
-    """What ``napari-selfloop models`` prints for one model (works when the file is absent)."""
-    m = BUNDLED[name]
-    lines = [f"{m.name}: {m.title}"]
-    if m.path.is_file():
-        lines.append(f"  file: {m.path} ({m.path.stat().st_size / 1e6:.1f} MB)")
-    else:
-        lines.append(f"  file: MISSING ({m.path}); reinstall napari-selfloop")
-    lines += [
-        f"  trained on: {m.data}",
-        f"  licence of the weights: {m.licence}",
-        f"  cite: {m.citation}",
-        f"  pixel size: {f'{m.pixel_size_um} um/px' if m.pixel_size_um else 'any (dermoscopy has no fixed scale)'}",
-    ]
-    if m.path.is_file():
-        try:
-            ckpt = load_bundled(name)
-        except CheckpointError as e:
-            lines.append(f"  cannot be loaded: {e}")
-        else:
-            if ckpt.config.work_size is not None:
-                lines.append(
-                    f"  work size: images are resized to {ckpt.config.work_size} px (longer side) "
-                    "for the model; outputs come back at the image's size"
-                )
-            metrics = ckpt.meta.get("metrics") or {}
-            held = heldout_line(metrics.get("heldout"))
-            if held:
-                lines.append(f"  {held}")
-            jigsaw = jigsaw_figures(metrics)
-            if jigsaw:
-                lines.append(f"  jigsaw: {jigsaw}")
-            lines += [f"  {line}" for line in chosen_settings(ckpt)]
-            lines.append(f"  recipe: {(ckpt.meta.get('training') or {}).get('command', '?')}")
-    return "\n".join(lines)
 
 
 def package_model(

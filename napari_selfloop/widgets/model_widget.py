@@ -1,5 +1,5 @@
 """Model panel: use a bundled starter model, load a checkpoint or start a new model, pick
-the device, read the model card."""
+the device, read the model card (in plain words, with the ML details behind *Details*)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -16,6 +17,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QPushButton,
     QSpinBox,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -25,6 +27,7 @@ from ..core.checkpoint import Checkpoint, model_card
 from ..core.device import DEVICES, resolve_device
 from ..core.errors import SelfloopError
 from ..core.model import ModelConfig, build_model, count_parameters
+from ..core.modelcard import plain_card
 from ..core.pretrain import PRETRAIN_KIND
 from ._jigsaw import JigsawPanel
 from ._runner import error_message
@@ -109,12 +112,30 @@ class ModelWidget(QWidget):
         self.ensemble_button = QPushButton("Add to ensemble…")
         self.ensemble_button.setToolTip("Extra checkpoints for the 'ensemble' pseudo-label method")
         self.ensemble_label = QLabel("ensemble: current model only")
+        # The card in plain words first; the ML card (self.card) behind "Details".
+        self.summary = QLabel("No model yet: load a checkpoint or press New model.")
+        self.summary.setWordWrap(True)
+        self.summary.setTextFormat(Qt.TextFormat.RichText)
+        self.summary.setObjectName("selfloop_model_summary")
+        self.summary.setStyleSheet(
+            "QLabel#selfloop_model_summary { padding: 4px; border: 1px solid #555; }"
+        )
+        self.details_button = QToolButton()
+        self.details_button.setText("Details")
+        self.details_button.setCheckable(True)
+        self.details_button.setArrowType(Qt.ArrowType.RightArrow)
+        self.details_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.details_button.setToolTip(
+            "The model card for machine-learning readers: architecture, jigsaw, metrics, file"
+        )
         self.card = QLabel("No model yet: load a checkpoint or press New model.")
         self.card.setWordWrap(True)
+        self.card.setTextFormat(Qt.TextFormat.PlainText)
         self.card.setObjectName("selfloop_model_card")
         self.card.setStyleSheet(
             "QLabel#selfloop_model_card { padding: 4px; border: 1px solid #555; }"
         )
+        self.card.setVisible(False)
         self.jigsaw = JigsawPanel(napari_viewer, self.state, self)
 
         bundled = QHBoxLayout()
@@ -135,6 +156,8 @@ class ModelWidget(QWidget):
         layout.addLayout(buttons)
         layout.addLayout(form)
         layout.addLayout(ens)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.details_button)
         layout.addWidget(self.card)
         layout.addWidget(self.jigsaw)
         layout.addStretch(1)
@@ -147,6 +170,7 @@ class ModelWidget(QWidget):
         self.viewer.layers.selection.events.active.connect(self._suggest_bundled)
         self.device_combo.currentTextChanged.connect(self.set_device)
         self.ensemble_button.clicked.connect(self._browse_ensemble)
+        self.details_button.toggled.connect(self.show_details)
         self.state.model_changed.connect(self._show_card)
         self.state.ensemble_changed.connect(self._show_ensemble)
         self.device_combo.setCurrentText(self.state.device)
@@ -228,6 +252,14 @@ class ModelWidget(QWidget):
         self.state.set_device(device)
         self._show_card(self.state.checkpoint, resolved=str(resolved))
 
+    def show_details(self, on: bool = True) -> None:
+        """Show (or hide) the ML details of the model card below its plain words."""
+        if self.details_button.isChecked() != on:
+            self.details_button.setChecked(on)  # comes back here through toggled
+            return
+        self.details_button.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.card.setVisible(on)
+
     # -- UI ------------------------------------------------------------------------------
 
     def _browse(self) -> None:
@@ -254,12 +286,15 @@ class ModelWidget(QWidget):
 
     def _show_card(self, ckpt: Checkpoint | None, resolved: str | None = None) -> None:
         if ckpt is None:
-            self.card.setText(
+            text = (
                 "No model yet: use a bundled model (nuclei-he for H&E nuclei, lesion-dermoscopy "
                 "for skin lesions), load a checkpoint or press New model.\n"
                 "Without a model, use 'Start without a model' for a first mask."
             )
+            self.summary.setText(text.replace("\n", "<br>"))
+            self.card.setText(text)
             return
+        self.summary.setText(plain_card(ckpt.meta, ckpt.config, ckpt.path).html())
         try:
             device = resolved or str(resolve_device(self.state.device))
         except SelfloopError:
