@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.checkpoint import PIXEL_SIZE_RANGE
 from ..core.datasets import normalise_mask
 from ..core.errors import InputError
 from ..core.export import (
@@ -46,6 +47,11 @@ log = logging.getLogger(__name__)
 INPUT_TYPES = ("auto", "mask", "instances")
 #: Classes read as ``annotation`` when --object-type is not given (others: ``detection``).
 ANNOTATION_CLASSES = ("lesion", "tumor", "tumour", "tissue", "region", "stroma")
+#: Slide pixels per input pixel an input may stand for: a 1024x thumbnail to 64x finer.
+DOWNSAMPLE_RANGE = (1 / 64, 1024.0)
+#: Largest slide coordinate an offset may give (2^24 px: 4 m at 0.25 µm/px, and the
+#: largest whole number a float32 coordinate in a viewer holds exactly).
+MAX_OFFSET = 2**24
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -133,18 +139,45 @@ class _Job:
     image_sha256: str | None
 
 
+def _pixel_size_problem(value: float, what: str) -> str | None:
+    lo, hi = PIXEL_SIZE_RANGE
+    if math.isfinite(value) and lo <= value <= hi:
+        return None
+    hint = (
+        " (that looks like metres: give microns, e.g. 0.25 for a 40x scan)"
+        if math.isfinite(value) and 0 < value < 1e-4
+        else " (e.g. 0.25 for a 40x scan, 0.5 for 20x)"
+    )
+    return (
+        f"{what} must be a number of microns per pixel from {lo:g} to {hi:g}, got {value:g}{hint}"
+    )
+
+
+def _downsample_problem(value: float, what: str) -> str | None:
+    lo, hi = DOWNSAMPLE_RANGE
+    if math.isfinite(value) and lo <= value <= hi:
+        return None
+    return (
+        f"{what} must be a number of slide pixels per input pixel from {lo:g} to {hi:g} "
+        f"(1: full resolution, 4: a quarter), got {value:g}"
+    )
+
+
+def _offset_problem(y0: int, x0: int, what: str) -> str | None:
+    if min(y0, x0) >= 0 and max(y0, x0) <= MAX_OFFSET:
+        return None
+    return f"{what} must be two slide pixel numbers (Y X) from 0 to {MAX_OFFSET}, got {y0} {x0}"
+
+
 def _check_options(args: argparse.Namespace) -> None:
-    if args.pixel_size is not None and not (math.isfinite(args.pixel_size) and args.pixel_size > 0):
-        raise InputError(
-            f"--pixel-size must be a positive number of microns, got {args.pixel_size}"
-        )
-    if args.downsample is not None and not (math.isfinite(args.downsample) and args.downsample > 0):
-        raise InputError(f"--downsample must be a positive number, got {args.downsample}")
-    if args.offset is not None and min(args.offset) < 0:
-        raise InputError(
-            f"--offset must be two non-negative pixel numbers (Y X), got "
-            f"{args.offset[0]} {args.offset[1]}"
-        )
+    problems = [
+        args.pixel_size is not None and _pixel_size_problem(args.pixel_size, "--pixel-size"),
+        args.downsample is not None and _downsample_problem(args.downsample, "--downsample"),
+        args.offset is not None and _offset_problem(*args.offset, "--offset"),
+    ]
+    for problem in problems:
+        if problem:
+            raise InputError(problem)
     if not args.classification.strip():
         raise InputError("--classification must not be empty")
     resolved = {p.resolve() for p in args.inputs}
@@ -190,6 +223,12 @@ def _window(file: LabelsFile, args: argparse.Namespace) -> Window | None:
         y0, x0 = recorded.y0, recorded.x0
     else:
         y0, x0 = 0, 0
+    where = f"{file.path.name}: its recorded"
+    problem = _downsample_problem(float(factor), f"{where} downsample") or _offset_problem(
+        int(y0), int(x0), f"{where} offset"
+    )
+    if problem:  # from the file's record (the options are checked before)
+        raise InputError(f"{problem}; give --offset and --downsample")
     if (y0, x0, factor) == (0, 0, 1.0) and recorded is None:
         return None  # the input's own pixels are the slide's
     level = recorded.level if recorded is not None and recorded.factor == factor else 0

@@ -426,13 +426,17 @@ def choose_stem(
     )
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"it holds {name}, which JSON does not allow")
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     """The folder's manifest (a new one if there is none), checked; one-line InputError."""
     if not path.exists():
         return {"format": MANIFEST_FORMAT, "version": 1, "entries": []}
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
         raise InputError(f"{path} is not valid JSON ({e}); move it away and export again") from None
     except OSError as e:
         raise InputError(f"could not read {path}: {e.strerror or e}") from None
