@@ -417,8 +417,14 @@ class PatchSampler:
         return image.astype(np.float32, copy=False), mask
 
     def sample(self, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-        """``n`` patches ``(n, P, P, 3)`` float32 and their masks ``(n, P, P)`` (or None)."""
+        """``n`` patches ``(n, P, P, 3)`` float32 and their masks ``(n, P, P)`` (None when no
+        item has a mask; an unlabelled patch among labelled ones gets a mask of 255, "not
+        labelled", e.g. in the jigsaw warm-up of ``train``, which samples both)."""
         pairs = [self.sample_one() for _ in range(n)]
         images = np.stack([p[0] for p in pairs])
-        masks = None if pairs[0][1] is None else np.stack([p[1] for p in pairs])
+        if all(p[1] is None for p in pairs):
+            return images, None
+        masks = np.stack(
+            [np.full(p[0].shape[:2], IGNORE, np.uint8) if p[1] is None else p[1] for p in pairs]
+        )
         return images, masks
