@@ -1,8 +1,10 @@
 """Review panel: walk through the uncertain regions, most uncertain first.
 
-*Next region* centres and zooms the view on the next unreviewed region; the counter says
-how many are left. A region can be settled in one click (its uncertain pixels become
-foreground or background) or corrected with napari's brush, then *Next*.
+*Next region* centres and zooms the view on the next region still to settle; the counter
+says how many are left. A region counts as reviewed once it is **settled**: none of its
+pixels is uncertain (yellow) any more, whether it was settled in one click (*Region is
+foreground / background*, which then moves on to the next region) or painted with
+napari's brush. Visiting a region does not settle it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QFormLayout,
@@ -52,8 +55,14 @@ class ReviewWidget(QWidget):
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer, autosave=True)
         self.regions: list[Region] = []
-        self.reviewed: set[int] = set()
+        self.settled: set[int] = set()  # regions with no uncertain pixel left
         self.current: int | None = None
+        self._watched: Any = None  # the correction layer whose edits are followed
+        self._has_uncertainty = False  # the regions were ranked by an uncertainty map
+        self._recheck = QTimer(self)
+        self._recheck.setSingleShot(True)
+        self._recheck.setInterval(0)  # after napari has written the stroke
+        self._recheck.timeout.connect(self._refresh_settled)
 
         self.labels_combo = LayerCombo(
             napari_viewer, is_correction, none_text="(run Pseudo-label first)"
@@ -62,16 +71,22 @@ class ReviewWidget(QWidget):
         self.prev_button = QPushButton("◀ Previous")
         self.next_button = QPushButton("Next region ▶")
         self.next_button.setToolTip(
-            "Centre and zoom on the next unreviewed region (most uncertain first)"
+            "Centre and zoom on the next region still to settle (most uncertain first)"
         )
         self.fg_button = QPushButton("Region is foreground")
         self.bg_button = QPushButton("Region is background")
         for b in (self.fg_button, self.bg_button):
-            b.setToolTip("Set this region's remaining uncertain (yellow) pixels")
+            b.setToolTip(
+                "Set this region's remaining uncertain (yellow) pixels, then go to the next region"
+            )
         self.counter = QLabel("No regions yet")
         self.counter.setWordWrap(True)
         self.region_list = QListWidget()
         self.region_list.setMaximumHeight(140)
+        self.region_list.setToolTip(
+            "Uncertain regions, most uncertain first: how many pixels are still undecided, "
+            "and how unsure the model is about them on average (0 = sure, 1 = a coin toss)"
+        )
         self.done_check = QCheckBox("These corrections are done (use them to fine-tune)")
 
         form = QFormLayout()
@@ -125,19 +140,46 @@ class ReviewWidget(QWidget):
         except SelfloopError as e:
             show_error(f"Review: {error_message(e)}")
             self.regions = []
-        self.reviewed.clear()
+        self.settled.clear()
         self.current = None
+        self._has_uncertainty = bool(self.regions) and unc is not None
         self.region_list.blockSignals(True)
         self.region_list.clear()
-        for i, r in enumerate(self.regions, start=1):
-            self.region_list.addItem(f"#{i}  uncertainty {r.score:.1f}  ·  {r.area} px")
+        for i in range(len(self.regions)):
+            self.region_list.addItem(self.describe(i))
         self.region_list.blockSignals(False)
         self._update_counter()
         return self.regions
 
+    def describe(self, index: int) -> str:
+        """The list's line for region ``index``, in words."""
+        r = self.regions[index]
+        text = f"#{index + 1}  {r.area} px undecided"
+        if self._has_uncertainty and r.area:
+            text += f"  ·  model {r.score / r.area:.0%} unsure"
+        return text + ("  ·  settled ✓" if index in self.settled else "")
+
     @property
     def left(self) -> int:
-        return len(self.regions) - len(self.reviewed)
+        """Regions still to settle."""
+        return len(self.regions) - len(self.settled)
+
+    def is_settled(self, index: int) -> bool:
+        """Whether region ``index`` has no uncertain (255) pixel left in its box."""
+        labels = self.labels_combo.layer()
+        if labels is None:
+            return False
+        y0, x0, y1, x1 = self.regions[index].bbox
+        return not bool((np.asarray(labels.data[y0:y1, x0:x1]) == UNCERTAIN).any())
+
+    def _refresh_settled(self) -> None:
+        """Re-check which regions are settled (after a click, a brush stroke or an undo)."""
+        settled = {i for i in range(len(self.regions)) if self.is_settled(i)}
+        if settled != self.settled:
+            self.settled = settled
+            for i in range(min(len(self.regions), self.region_list.count())):
+                self.region_list.item(i).setText(self.describe(i))
+        self._update_counter()
 
     def _update_counter(self) -> None:
         n = len(self.regions)
@@ -147,7 +189,7 @@ class ReviewWidget(QWidget):
             )
         else:
             at = "" if self.current is None else f"Region {self.current + 1} of {n} · "
-            self.counter.setText(f"{at}{len(self.reviewed)} reviewed, {self.left} left")
+            self.counter.setText(f"{at}{len(self.settled)} reviewed (settled), {self.left} left")
         self.next_button.setEnabled(self.left > 0)
         self.prev_button.setEnabled(self.current is not None and self.current > 0)
         has = self.current is not None
@@ -157,12 +199,12 @@ class ReviewWidget(QWidget):
     # -- navigation ------------------------------------------------------------------------
 
     def next_region(self) -> Region | None:
-        """Go to the most uncertain region not reviewed yet."""
+        """Go to the most uncertain region not settled yet."""
         if not self.regions:
             self.find_regions()
-        todo = [i for i in range(len(self.regions)) if i not in self.reviewed]
+        todo = [i for i in range(len(self.regions)) if i not in self.settled]
         if not todo:
-            show_info("All uncertain regions reviewed")
+            show_info("All uncertain regions are settled: tick 'These corrections are done'")
             self._update_counter()
             return None
         after = [i for i in todo if self.current is None or i > self.current]
@@ -176,7 +218,6 @@ class ReviewWidget(QWidget):
     def go_to(self, index: int) -> Region:
         region = self.regions[index]
         self.current = index
-        self.reviewed.add(index)
         self._centre_on(region)
         self.region_list.blockSignals(True)
         self.region_list.setCurrentRow(index)
@@ -240,8 +281,9 @@ class ReviewWidget(QWidget):
 
     # -- settling a region -----------------------------------------------------------------
 
-    def settle(self, value: int) -> int:
-        """Set the current region's uncertain pixels to ``value``; returns how many changed.
+    def settle(self, value: int, advance: bool = True) -> int:
+        """Set the current region's uncertain pixels to ``value`` and, with ``advance``, go
+        to the next region still to settle; returns how many pixels changed.
 
         Written like a brush stroke (undoable with Ctrl+Z, seen by autosave at once).
         """
@@ -252,6 +294,9 @@ class ReviewWidget(QWidget):
         ys, xs = np.nonzero(np.asarray(labels.data[y0:y1, x0:x1]) == UNCERTAIN)
         if ys.size:
             labels.data_setitem((ys + y0, xs + x0), value)
+        self._refresh_settled()
+        if advance:
+            self.next_region()
         return int(ys.size)
 
     # -- reacting to other panels ----------------------------------------------------------
@@ -260,15 +305,32 @@ class ReviewWidget(QWidget):
         self.labels_combo.set_layer(name)
         self.find_regions()
 
+    def _watch(self, layer: Any) -> None:
+        """Follow ``layer``'s edits (brush, fill, undo), so painted regions count as settled."""
+        if layer is self._watched:
+            return
+        if self._watched is not None:
+            for emitter in (self._watched.events.paint, self._watched.events.data):
+                emitter.disconnect(self._labels_edited)
+        self._watched = layer
+        if layer is not None:
+            layer.events.paint.connect(self._labels_edited)
+            layer.events.data.connect(self._labels_edited)
+
+    def _labels_edited(self, *_: Any) -> None:
+        if self.regions:
+            self._recheck.start()
+
     def _layer_changed(self, *_: Any, keep_regions: bool = False) -> None:
         layer = self.labels_combo.layer()
+        self._watch(layer)
         self.done_check.blockSignals(True)
         self.done_check.setChecked(layer is not None and self.state.is_done(layer))
         self.done_check.setEnabled(layer is not None)
         self.done_check.blockSignals(False)
         if keep_regions:
             return
-        self.regions, self.reviewed, self.current = [], set(), None
+        self.regions, self.settled, self.current = [], set(), None
         self.region_list.clear()
         self._update_counter()
 
