@@ -12,7 +12,9 @@ sweep of the watershed's marker threshold, and chooses the marker on validation 
 Splits (the fixed-seed split of ``train_bundled.py``): ``--split val`` trains on 18 of the
 30 images and evaluates the 6 validation images (the 6 test images stay unseen);
 ``--split test`` trains on the 24 and evaluates the 6 test images; ``--split all`` trains
-on all 30 (nothing to evaluate). ``--start-from`` a binary checkpoint (a bundled name or a
+on all 30 (nothing to evaluate); ``--holdout-organ ORGAN`` trains on the other organs and
+evaluates that organ's images (leave-one-organ-out, :mod:`monuseg_organs`; the base models
+of ``bench_hitl.py``). ``--start-from`` a binary checkpoint (a bundled name or a
 file) keeps its weights and adds the new output channel (its foreground channel is the
 old one); without it the model starts from scratch. Every stage resumes from
 ``--work`` (``segment.pt``), so a stopped run continues where it stopped::
@@ -38,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
 from train_bundled import RECIPES, drive, load_dataset, three_way_split  # noqa: E402
 
 from napari_selfloop.core.atomic import write_json  # noqa: E402
@@ -55,7 +58,7 @@ from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
 from napari_selfloop.core.training import TrainConfig, TrainItem, train  # noqa: E402
 
-MARKERS = (0.3, 0.4, 0.5, 0.6, 0.7)
+MARKERS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
 def widen(model: ResUNet, kind: str) -> ResUNet:
@@ -139,7 +142,8 @@ def evaluate(
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kind", choices=INSTANCE_OUTPUTS, required=True)
-    p.add_argument("--split", choices=("val", "test", "all"), required=True)
+    p.add_argument("--split", choices=("val", "test", "all", "organ"), required=True)
+    p.add_argument("--holdout-organ", choices=ORGANS, help="with --split organ")
     p.add_argument("--start-from", help="a bundled model name or a checkpoint file")
     p.add_argument("--iterations", type=int, default=600)
     p.add_argument("--lr", type=float, help="default: the nuclei-he recipe's")
@@ -165,13 +169,17 @@ def main() -> int:
         key, _, value = setting.partition("=")
         seg[key] = json.loads(value)
     data = load_dataset(recipe["data"])
-    n_test, n_val = {"val": (6, 6), "test": (6, 0), "all": (0, 0)}[args.split]
-    train_idx, val_idx, test_idx = three_way_split(len(data), n_test, n_val, 0)
+    if (args.split == "organ") != bool(args.holdout_organ):
+        p.error("--holdout-organ goes with --split organ (and --split organ needs it)")
+    if args.split == "organ":
+        train_idx, val_idx = leave_one_organ_out([d["name"] for d in data], args.holdout_organ)
+        test_idx = []
+    else:
+        n_test, n_val = {"val": (6, 6), "test": (6, 0), "all": (0, 0)}[args.split]
+        train_idx, val_idx, test_idx = three_way_split(len(data), n_test, n_val, 0)
     evaluated = [data[i] for i in (val_idx or test_idx)]
     items = [
-        TrainItem(
-            data[i]["name"], data[i]["image"], data[i]["mask"], instances=data[i]["labels"]
-        )
+        TrainItem(data[i]["name"], data[i]["image"], data[i]["mask"], instances=data[i]["labels"])
         for i in train_idx
     ]
     args.work.mkdir(parents=True, exist_ok=True)
@@ -182,10 +190,16 @@ def main() -> int:
             "command": " ".join(["python", "benchmarks/train_instances.py", *sys.argv[1:]]),
             "kind": args.kind,
             "split": args.split,
+            "holdout_organ": args.holdout_organ,
             "start_from": args.start_from,
             "train_images": [data[i]["name"] for i in train_idx],
             "evaluated_images": [d["name"] for d in evaluated],
-            "evaluated_on": {"val": "validation", "test": "test", "all": "none"}[args.split],
+            "evaluated_on": {
+                "val": "validation",
+                "test": "test",
+                "all": "none",
+                "organ": f"held-out organ {args.holdout_organ}",
+            }[args.split],
             "segment": seg,
             "iterations": args.iterations,
             "threads": args.threads,
@@ -230,9 +244,7 @@ def main() -> int:
     if ckpt.exists():
         model = load_checkpoint(ckpt).model
     if evaluated:
-        report["scores"] = evaluate(
-            model.eval(), evaluated, args.methods.split(","), MARKERS
-        )
+        report["scores"] = evaluate(model.eval(), evaluated, args.methods.split(","), MARKERS)
         write_json(args.out, report)
     print(f"wrote {args.out}", flush=True)
     return 0

@@ -314,7 +314,7 @@ def test_killed_worker_every_image_done_once(data, capsys, monkeypatch):
     records = _assert_complete(root / "out", images)
     victim_record = next(r for r in records if r["input"] == str(victim))
     assert victim_record["pid"] != killed[0]
-    assert len(list((root / "out").glob(f"{batch.output_key(victim)}*"))) == 4  # 3 TIFFs + record
+    assert len(list((root / "out").glob(f"{batch.output_key(victim)}*"))) == 5  # 4 TIFFs + record
 
 
 @pytest.mark.parametrize(

@@ -397,6 +397,7 @@ def test_pseudo_label_takes_the_jigsaw_options(work, capsys):
         "img0_prob.tif",
         "img0_uncertainty.tif",
         "img0_mask.tif",
+        "img0_instances.tif",
     }
     code, _, err = run_cli(
         capsys,

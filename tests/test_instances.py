@@ -121,7 +121,10 @@ class _Rows:
 def test_streamed_instances_match_whole_image_objects(kind):
     rng = np.random.default_rng(0)
     h, w = 300, 90
-    centres = [(int(y), int(x)) for y, x in zip(rng.integers(8, h - 8, 25), rng.integers(8, w - 8, 25), strict=True)]
+    centres = [
+        (int(y), int(x))
+        for y, x in zip(rng.integers(8, h - 8, 25), rng.integers(8, w - 8, 25), strict=True)
+    ]
     labels = touching_discs((h, w), centres, r=7)
     prob = (labels > 0).astype(np.float32)
     aux = aux_target(labels, "distance") if kind == "distance" else None
@@ -168,7 +171,7 @@ def test_every_method_averages_the_instance_map(kind, tmp_path):
             pseudo_label(image, model, PseudoLabelConfig(method=method, q=2, patch_size=96))
         )
         assert r.aux is not None and r.aux.shape == image.shape[:2]
-        assert np.isfinite(r.aux).all() and 0 <= r.aux.min() and r.aux.max() <= 1
+        assert np.isfinite(r.aux).all() and r.aux.min() >= 0 and r.aux.max() <= 1
         assert r.instances is not None and r.instances.shape == image.shape[:2]
         assert r.info["instance_output"] == kind
 
@@ -183,8 +186,10 @@ def test_binary_model_still_gives_instances():
     assert np.array_equal(r.instances, expected)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_tiny_contour_model_learns_to_separate_touching_discs():
-    """A width-8 contour model trained on pairs of touching discs splits a new pair."""
+    """A width-8 contour model trained on pairs of touching discs splits a new pair (one
+    thread: the run is then the same on every machine of this kind)."""
     rng = np.random.default_rng(0)
     torch.manual_seed(0)
 
@@ -222,4 +227,8 @@ def test_tiny_contour_model_learns_to_separate_touching_discs():
         pseudo_label(img, model, PseudoLabelConfig(method="softmax", patch_size=192), device="cpu")
     )
     binary = Instancer()(r.probability)
-    assert panoptic_scores(labels, r.instances)["pq"] > panoptic_scores(labels, binary)["pq"] + 0.2
+    pq, pq_binary = (
+        panoptic_scores(labels, r.instances)["pq"],
+        panoptic_scores(labels, binary)["pq"],
+    )
+    assert pq > pq_binary + 0.2

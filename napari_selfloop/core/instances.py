@@ -100,9 +100,7 @@ def encode_targets(mask: np.ndarray, labels: np.ndarray | None, kind: str) -> np
         return mask
     labels = np.asarray(labels)
     if labels.shape != mask.shape:
-        raise InputError(
-            f"the instance labels have shape {labels.shape} but the mask {mask.shape}"
-        )
+        raise InputError(f"the instance labels have shape {labels.shape} but the mask {mask.shape}")
     if labels.dtype.kind not in "ui":
         raise InputError(f"instance labels must be integers, got {labels.dtype}")
     labels = np.where(labels > 0, labels, 0).astype(np.int64)
@@ -261,6 +259,7 @@ class StreamedInstances:
         self.pending = np.zeros((0, width), np.uint32)  # labels of rows start ...
         self.next_id = 1
         self.objects = 0
+        self.areas = np.zeros(1, np.int64)  # pixels per written id
 
     def prob_rows(self, y0: int, block: np.ndarray) -> None:
         self._receive(0, y0, block)
@@ -312,17 +311,28 @@ class StreamedInstances:
         mine = lut[local[start - c0 :]]
         free = pending == 0
         pending[free] = mine[free]
-        self.sink.write_rows(start, pending[: end - start])
+        done = pending[: end - start]
+        counts = np.bincount(done.ravel().astype(np.int64), minlength=self.next_id)
+        if counts.size > self.areas.size:
+            counts[: self.areas.size] += self.areas
+            self.areas = counts
+        else:
+            self.areas[: counts.size] += counts
+        self.sink.write_rows(start, done)
         self.pending = pending[end - start :]
         self.start = end
         keep_from = max(end - self.margin, 0)
         self.inputs = self.inputs[keep_from - self.inputs_y0 :]
         self.inputs_y0 = keep_from
 
-    def finish(self) -> None:
-        """Check that every row arrived and was written."""
+    def finish(self) -> dict[str, float]:
+        """Check that every row arrived and was written; the objects' figures
+        (:func:`.plausibility.image_figures`)."""
         if self.start < self.height:
             raise ValueError(
                 f"instances: only {self.start} of {self.height} rows were labelled "
                 f"(rows received: {min(self.have)})"
             )
+        from .plausibility import figures_from_areas
+
+        return figures_from_areas(self.areas[1:], self.height * self.width)

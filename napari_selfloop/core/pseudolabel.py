@@ -56,6 +56,7 @@ from .model import (
     pad_to_stride,
     set_mc_dropout,
 )
+from .plausibility import image_figures
 from .progress import Progress, run_to_completion
 from .tiling import tiled_apply
 from .worksize import from_work_size, to_work_size, work_shape
@@ -404,7 +405,12 @@ def selfloop_steps(
         weights = torch.full_like(loss_t, 1.0 / q)
     stacked = torch.stack(maps, 1)  # (B, Q, C, H, W)
     out = _summarise(stacked, weights)
-    out.losses, out.weights, out.classes, out.maps = loss_t, weights, puzzles.classes, stacked[:, :, 0]
+    out.losses, out.weights, out.classes, out.maps = (
+        loss_t,
+        weights,
+        puzzles.classes,
+        stacked[:, :, 0],
+    )
     return out
 
 
@@ -573,6 +579,7 @@ def pseudo_label(
     if instances or (sinks is not None and "instances" in sinks):
         result.instances = instancer(result.probability, result.aux)
         result.info["objects"] = int(result.instances.max())
+        result.info["figures"] = image_figures(result.instances > 0, result.instances)
     if sinks is not None:
         outputs = {
             "prob": result.probability,
@@ -716,11 +723,12 @@ def _pseudo_label(
         aux=aux,
     )
     if streamed is not None:
-        streamed.finish()
+        result.info["figures"] = streamed.finish()
         result.info["objects"] = streamed.objects
     elif prob is not None and want_instances:
         result.instances = instancer(prob, aux)
         result.info["objects"] = int(result.instances.max())
+        result.info["figures"] = image_figures(result.instances > 0, result.instances)
     if cfg.method == "selfloop":
         result.info["step_lr"] = cfg.step_lr(models[0])
     if records["losses"]:

@@ -51,9 +51,10 @@ from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_item
 from .device import autocast, memory_format, resolve_device, resolve_precision
 from .errors import CheckpointError, InputError
 from .jigsaw import Puzzles, permutation_pool, sample_puzzles
-from .losses import CONFIDENCE_MODES, IGNORE, seg_loss, ss_loss, ug_loss
+from .losses import CONFIDENCE_MODES, IGNORE, aux_loss, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
 from .model import ResUNet, check_seed, config_type_problems, mix_seed
+from .plausibility import RECORD_KEY, labelled_tissue, merge_ranges
 from .pretrain import (
     PRETRAIN_KIND,
     PretrainConfig,
@@ -138,6 +139,10 @@ class TrainConfig:
         patches: the self-loop pseudo-label is made of predictions of puzzles. Needs the
         labelled ``L_SS`` (``ss_weight > 0``, ``selfloop``), whose puzzles it reuses
         (one extra decoder pass); 0 by default.
+    instance_weight
+        Weight of the instance map's loss (:func:`.losses.aux_loss`) for models with an
+        instance output (:attr:`.model.ModelConfig.instance_output`), on the labelled
+        pixels whose mask carries an instance target (:mod:`.instances`).
     mc_passes
         Stochastic passes of the ``mc-dropout`` framework.
     seed
@@ -192,6 +197,7 @@ class TrainConfig:
     ss_weight: float = 1.0
     dice_weight: float = 0.0
     puzzle_seg_weight: float = 0.0
+    instance_weight: float = 1.0
     mc_passes: int = 10
     seed: int = 0
     precision: str = "auto"
@@ -260,7 +266,16 @@ class TrainConfig:
             )
         if not 0.0 <= self.warmup < 1.0:
             problems.append(f"warmup is a fraction of the iterations in [0, 1), got {self.warmup}")
-        if min(self.ug_weight, self.ss_weight, self.dice_weight, self.puzzle_seg_weight) < 0:
+        if (
+            min(
+                self.ug_weight,
+                self.ss_weight,
+                self.dice_weight,
+                self.puzzle_seg_weight,
+                self.instance_weight,
+            )
+            < 0
+        ):
             problems.append("loss weights must not be negative")
         if self.puzzle_seg_weight > 0 and (self.framework != "selfloop" or self.ss_weight <= 0):
             problems.append(
@@ -416,6 +431,7 @@ def train(
     out: Path | str | None = None,
     parent: str | None = None,
     pixel_size_um: float | None = None,
+    tissue: dict[str, Any] | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     """Fine-tune ``model`` on labelled and unlabelled images (a generator).
 
@@ -456,6 +472,10 @@ def train(
         Microns per pixel of the images (recorded in ``out``; callers pass the starting
         checkpoint's, so a fine-tuned model keeps the resolution it works at). A resumed
         run keeps its checkpoint's when this is None.
+    tissue
+        The tissue record of the checkpoint ``model`` came from
+        (:func:`.plausibility.record_of`); ``out`` records its union with the labelled
+        images' figures, so the plausibility warning knows every tissue the model saw.
 
     Yields
     ------
@@ -481,7 +501,8 @@ def train(
     """
     cfg = config or TrainConfig()
     ws = model.config.work_size
-    lab = check_items(labeled, "labelled", need_masks=True, work_size=ws)
+    kind = model.config.instance_output
+    lab = check_items(labeled, "labelled", need_masks=True, work_size=ws, instance_output=kind)
     if not lab:
         raise InputError("no labelled images: label at least one image (a partial mask is enough)")
     if sum(it.labelled_pixels for it in lab) == 0:
@@ -526,6 +547,7 @@ def train(
         resumed = _Resumed(ck.model.state_dict(), record, ck.meta.get("parent"))
         pixel_size_um = pixel_size_um if pixel_size_um is not None else ck.pixel_size_um
     dev = resolve_device(device)
+    tissue = merge_ranges(tissue, labelled_tissue(lab))
     return _train_loop(
         model,
         lab,
@@ -537,6 +559,7 @@ def train(
         out=out,
         parent=parent,
         pixel_size_um=pixel_size_um,
+        tissue=tissue,
     )
 
 
@@ -591,6 +614,7 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.best = _Best()
         self.jigsaw_record: dict[str, Any] = {}
+        self.tissue: dict[str, Any] | None = None
         self.losses = {
             "loss": math.nan,
             "loss_seg": math.nan,
@@ -737,7 +761,9 @@ class _Run:
             self.model,
             training=training,
             history=self.history,
-            metrics=self.best.metrics,
+            metrics=self.best.metrics
+            if self.tissue is None
+            else {**self.best.metrics, RECORD_KEY: self.tissue},
             parent=self.parent,
             data=self.data,
             pixel_size_um=self.pixel_size_um,
@@ -814,6 +840,7 @@ def _train_loop(
     out: Path | None,
     parent: str | None,
     pixel_size_um: float | None,
+    tissue: dict[str, Any] | None = None,
 ) -> Generator[Progress, None, TrainResult]:
     dtype = resolve_precision(cfg.precision, dev)
     fmt = memory_format(cfg.channels_last, dev, model.config.width)
@@ -835,6 +862,7 @@ def _train_loop(
         pixel_size_um=pixel_size_um,
         data=_data_record(("labelled", lab), ("unlabelled", unl), ("validation", val)),
     )
+    run.tissue = tissue
     if resumed is not None:
         run.resume(resumed)
     initial = _snapshot(model)
@@ -1021,17 +1049,21 @@ def _objective_step(
         feats = model.encoder(model.normalize(x))
         seg = model.decoder([f[:n_seg] for f in feats])
         jig = model.jigsaw_head(feats[-1][n_plain:]) if classes is not None else None
-    l_seg = seg_loss(seg[:nl], ml, cfg.dice_weight)
+    l_seg = seg_loss(seg[:nl, :1], ml, cfg.dice_weight)
+    if seg.shape[1] > 1:  # the instance map, on the plain labelled patches (in loss_seg)
+        l_seg = l_seg + cfg.instance_weight * aux_loss(seg[:nl, 1:2], ml, cfg.dice_weight)
     loss = l_seg
     if n_seg > n_plain:
         puzzled_mask = puzzles.apply(ml[:, None], 0)[:, 0]
-        loss = loss + cfg.puzzle_seg_weight * seg_loss(seg[n_plain:], puzzled_mask, cfg.dice_weight)
+        loss = loss + cfg.puzzle_seg_weight * seg_loss(
+            seg[n_plain:, :1], puzzled_mask, cfg.dice_weight
+        )
     l_ss = l_ug = None
     if jig is not None:
         l_ss = ss_loss(jig, classes)
         loss = loss + cfg.ss_weight * l_ss
     if xu is not None and y is not None:
-        l_ug = ug_loss(seg[nl:n_plain], y, cfg.threshold, cfg.confidence)
+        l_ug = ug_loss(seg[nl:n_plain, :1], y, cfg.threshold, cfg.confidence)
         loss = loss + cfg.ug_weight * l_ug
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -1072,7 +1104,7 @@ def _validate(
         for n, item in enumerate(val, 1):
             message = f"validating {item.name} ({n}/{len(val)})"
             result = yield from relay(
-                pseudo_label(item.image, model, plc, device=dev),
+                pseudo_label(item.image, model, plc, device=dev, instances=False),
                 lambda _e, message=message: make_event(message),
             )
             image_counts = pixel_counts(result.probability > 0.5, item.mask, ignore=IGNORE)
