@@ -16,6 +16,7 @@ from ..core.device import PRECISIONS
 from ..core.errors import InputError
 from ..core.imageio import check_image, check_input_file, open_image
 from ..core.jigsaw import ROTATIONS
+from ..core.plausibility import plausibility_warning, record_of
 from ..core.pseudolabel import (
     DEFAULT_STEP_LR,
     METHODS,
@@ -291,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
     SlideOptions(mpp=args.mpp)  # a bad --mpp is refused before the models load
     checkpoints = [load_checkpoint(p) for p in args.checkpoint]
     models = [c.model for c in checkpoints]
+    tissue = record_of(checkpoints[0].meta) if len(checkpoints) == 1 else None
     options = slide_options_from_args(args, model_pixel_size(checkpoints))
     # Check every image before the first long computation starts, keeping none of them open
     # (a few hundred lazily read TIFFs would exhaust the open-file limit).
@@ -333,4 +335,7 @@ def run(args: argparse.Namespace) -> int:
             extra,
             args.out / f"{path.stem}_*.tif",
         )
+        warning = plausibility_warning(result.info.get("figures"), tissue)
+        if warning:
+            log.warning("%s: %s", path.name, warning)
     return 0

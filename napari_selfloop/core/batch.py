@@ -42,6 +42,7 @@ from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
 from .imageio import check_input_file
 from .labelfile import LABELS_TAG
+from .plausibility import plausibility_warning, record_of
 from .progress import run_to_completion
 from .project import IMAGE_SUFFIXES
 from .pseudolabel import PseudoLabelConfig, PseudoLabelResult, pseudo_label
@@ -405,6 +406,10 @@ _MODELS: dict[tuple[tuple[str, str], ...], tuple[list[Any], threading.Lock]] = {
 _MODELS_LOCK = threading.Lock()
 
 
+#: The tissue record of each loaded single model (:mod:`.plausibility`), by checkpoint key.
+_TISSUE: dict[tuple[tuple[str, str], ...], dict[str, Any] | None] = {}
+
+
 def get_models(checkpoints: Sequence[tuple[str, str]]) -> tuple[list[Any], threading.Lock, bool]:
     """The models of ``checkpoints`` ((path, sha256) pairs), loaded once per process.
 
@@ -425,6 +430,7 @@ def get_models(checkpoints: Sequence[tuple[str, str]]) -> tuple[list[Any], threa
                     f"(sha256 {str(ckpt.sha256)[:12]}, expected {sha[:12]})"
                 )
             models.append(ckpt.model)
+            _TISSUE[key] = record_of(ckpt.meta) if len(key) == 1 else None
         _MODELS[key] = (models, threading.Lock())
         return models, _MODELS[key][1], True
 
@@ -517,6 +523,10 @@ def process_image(
         "slide_options": slide_dict,
         "working": result.info.get("working"),
         "outputs": output_files(key),
+        "objects": result.info.get("objects"),
+        "warning": plausibility_warning(
+            result.info.get("figures"), _TISSUE.get(tuple((str(p), str(s)) for p, s in checkpoints))
+        ),
         "width": info.width,
         "height": info.height,
         "seconds": round(time.perf_counter() - start, 4),

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Shapes
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import (
     QComboBox,
     QDoubleSpinBox,
@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from ..core.device import resolve_device
 from ..core.errors import InputError, SelfloopError
+from ..core.plausibility import plausibility_warning, record_of
 from ..core.progress import Progress
 from ..core.pseudolabel import (
     METHODS,
@@ -327,6 +328,14 @@ class PseudoLabelWidget(QWidget):
             interrupt=models,
         )
 
+    def _plausibility(self, result: PseudoLabelResult) -> str | None:
+        """The plain-words warning when the proposal looks unlike the current model's
+        training tissue (:mod:`..core.plausibility`); None for an ensemble."""
+        ckpt = self.state.checkpoint
+        if ckpt is None or result.config.method == "ensemble":
+            return None
+        return plausibility_warning(result.info.get("figures"), record_of(ckpt.meta))
+
     def _models(self) -> list:
         if self.state.model is None:
             raise InputError(
@@ -408,6 +417,9 @@ class PseudoLabelWidget(QWidget):
             )
         if notes:
             show_info("Pseudo-label: " + "; ".join(notes))
+        warning = self._plausibility(result)
+        if warning:
+            show_warning(f"Pseudo-label of '{name}': {warning}")
         self.viewer.layers.selection.active = labels
         mask = result.mask
         fg = float((mask == 1).mean()) * 100
@@ -425,5 +437,6 @@ class PseudoLabelWidget(QWidget):
             f"{resolution}) in {result.seconds:.1f} s on {result.info.get('device', '?')}: "
             f"{fg:.0f}% foreground, {unc:.0f}% uncertain (yellow){extra}. "
             f"Correct the mask, then Review.{(' Note: ' + note) if note else ''}"
+            f"{(' ' + warning) if warning else ''}"
         )
         self.state.labels_updated.emit(labels.name)
