@@ -195,6 +195,12 @@ def run(args: argparse.Namespace) -> int:
     taken = set(images) | {Path(p) for p, _ in checkpoints}
     for path in images:
         key = batch.output_key(path)
+        if batch.output_stem(path) != path.stem:
+            log.warning(
+                "%s: the name is too long for output file names: its outputs are %s_*.tif",
+                path.name,
+                key,
+            )
         for name in [*batch.output_files(key).values(), batch.record_name(key), batch.MANIFEST]:
             if out / name in taken:
                 raise InputError(f"{out / name} would overwrite an input: pick another --out")

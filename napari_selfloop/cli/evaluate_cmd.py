@@ -184,6 +184,12 @@ def read_prediction(path: Path, threshold: float) -> np.ndarray:
     """A boolean foreground map from a probability map or a mask file."""
     a = _plane(path, "prediction")
     if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            bad = int(a.size - np.count_nonzero(np.isfinite(a)))
+            raise InputError(
+                f"prediction {path.name} holds {bad} non-finite value(s) (NaN or infinite) of "
+                f"{a.size}: a probability map must hold numbers in [0, 1]; make it again"
+            )
         return np.clip(a, 0.0, 1.0) > threshold
     if path.stem.endswith("_mask"):
         return a == 1  # pseudo-label masks: 255 = uncertain

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.atomic import sweep_stale_temporaries
-from ..core.batch import OUTPUTS, close_image, label_image_file
+from ..core.batch import OUTPUTS, close_image, label_image_file, output_stem
 from ..core.checkpoint import load_checkpoint
 from ..core.device import PRECISIONS
 from ..core.errors import InputError
@@ -207,7 +207,7 @@ def config_from_args(args: argparse.Namespace) -> PseudoLabelConfig:
 
 def output_paths(images: list[Path], out: Path) -> list[Path]:
     """The files a run writes: DIR/STEM_prob.tif, _uncertainty.tif, _mask.tif, _instances.tif."""
-    return [out / f"{path.stem}_{name}.tif" for path in images for name in OUTPUTS]
+    return [out / f"{output_stem(path)}_{name}.tif" for path in images for name in OUTPUTS]
 
 
 def _identity(path: Path) -> tuple[int, int] | None:
@@ -260,12 +260,19 @@ def _prepare_out(out: Path) -> None:
 def _unique_stems(images: list[Path]) -> None:
     seen: dict[str, Path] = {}
     for path in images:
-        if path.stem in seen:
+        stem = output_stem(path)
+        if stem in seen:
             raise InputError(
-                f"{path} and {seen[path.stem]} would both write {path.stem}_*.tif: "
+                f"{path} and {seen[stem]} would both write {stem}_*.tif: "
                 "rename one or run them separately"
             )
-        seen[path.stem] = path
+        seen[stem] = path
+        if stem != path.stem:
+            log.warning(
+                "%s: the name is too long for output file names: its outputs are %s_*.tif",
+                path.name,
+                stem,
+            )
 
 
 def _slide_note(info: dict) -> str:
@@ -313,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
             models,
             config,
             args.out,
-            path.stem,
+            output_stem(path),
             device=args.device,
             drive=lambda gen, path=path: drive(gen, desc=path.name, quiet=args.quiet),
             options=options,
@@ -333,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
             result.seconds,
             result.info.get("device"),
             extra,
-            args.out / f"{path.stem}_*.tif",
+            args.out / f"{output_stem(path)}_*.tif",
         )
         warning = plausibility_warning(result.info.get("figures"), tissue)
         if warning:

@@ -136,11 +136,34 @@ def collect_inputs(items: Iterable[str | os.PathLike[str]]) -> list[Path]:
     return unique
 
 
+#: Longest stem (in bytes) an output file keeps: the longest output name, the batch key's
+#: hash and a temporary's additions (``.NAME.tmp-XXXXXXXX``, twice where a file is written
+#: through another temporary) then stay under the 255-byte limit of common file systems.
+MAX_OUTPUT_STEM = 180
+#: A longer stem keeps this many bytes of its start, then ``-`` and 8 hex digits of its hash.
+SHORT_STEM = 100
+
+
+def output_stem(path: str | os.PathLike[str]) -> str:
+    """The stem of an image's output files: the file's stem, or for a stem longer than
+    :data:`MAX_OUTPUT_STEM` bytes its start and 8 hex digits of a hash of the whole stem
+    (so two long names alike never share outputs). Callers say when a stem was shortened."""
+    stem = Path(os.fspath(path)).stem
+    raw = os.fsencode(stem)
+    if len(raw) <= MAX_OUTPUT_STEM:
+        return stem
+    head = stem
+    while len(os.fsencode(head)) > SHORT_STEM:
+        head = head[:-1]
+    return f"{head.rstrip(' .')}-{hashlib.sha256(raw).hexdigest()[:8]}"
+
+
 def output_key(path: str | os.PathLike[str]) -> str:
-    """``STEM-HHHHHHHH``: the file's stem and 8 hex digits of the SHA-256 of its absolute path."""
+    """``STEM-HHHHHHHH``: the file's stem (:func:`output_stem`) and 8 hex digits of the SHA-256
+    of its absolute path."""
     absolute = os.path.abspath(os.fspath(path))
     digest = hashlib.sha256(absolute.encode("utf-8", "surrogateescape")).hexdigest()[:8]
-    return f"{Path(absolute).stem}-{digest}"
+    return f"{output_stem(absolute)}-{digest}"
 
 
 def output_files(key: str) -> dict[str, str]:
@@ -195,13 +218,40 @@ def config_dict(config: PseudoLabelConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+#: The type of each record field that is read back (a record is file content).
+_RECORD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "key": str,
+    "input": str,
+    "input_sha256": str,
+    "checkpoints": list,
+    "config": dict,
+    "outputs": dict,
+    "slide_options": dict,
+}
+
+
+def _record_ok(record: Any) -> bool:
+    """Whether a record is ours and every field read back has its type."""
+    if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
+        return False
+    for field, kind in _RECORD_TYPES.items():
+        if field in record and not isinstance(record[field], kind):
+            return False
+    return all(
+        isinstance(c, dict) and isinstance(c.get("sha256"), str)
+        for c in record.get("checkpoints", [])
+    ) and all(isinstance(v, str) for v in record.get("outputs", {}).values())
+
+
 def read_record(out: Path, key: str) -> dict[str, Any] | None:
+    """The record of ``key`` in ``out``; None when it is missing, foreign or damaged (a field
+    of the wrong type): such an image counts as not done and is computed again."""
     try:
         with open(out / record_name(key), encoding="utf-8") as f:
             record = json.load(f)
     except (OSError, ValueError):
         return None
-    return record if isinstance(record, dict) and record.get("format") == RECORD_FORMAT else None
+    return record if _record_ok(record) else None
 
 
 def record_matches(
