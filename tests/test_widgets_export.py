@@ -88,7 +88,7 @@ def test_autosave_and_restore(make_napari_viewer, project, notes, qtbot):
     viewer.add_image(small_nuclei(64)[0], name="reopened")
     restored = find_result(viewer, "reopened", "labels")
     assert restored is not None and np.array_equal(restored.data, saved)
-    assert any("Restored corrections" in str(n.message) for n in notes)
+    assert any("Restored your corrections" in str(n.message) for n in notes)
     # A different image does not get them.
     viewer.add_image(small_nuclei(64, seed=5)[0], name="other")
     assert find_result(viewer, "other", "labels") is None

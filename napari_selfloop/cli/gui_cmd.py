@@ -166,14 +166,44 @@ def setup_viewer(
     return assistant
 
 
+#: Share of the screen a first window takes (napari's own first size leaves the canvas
+#: about 300 px wide once the assistant is docked).
+SCREEN_SHARE = 0.95
+
+
+def first_window_size(viewer: Any, saved: Any) -> tuple[int, int] | None:
+    """Size the window to most of its screen when napari has no saved size (``saved``:
+    ``napari.settings``'s ``application.window_size`` read before the viewer opened);
+    returns the new (width, height), or None when the user's saved size is kept."""
+    if saved:
+        return None
+    window = viewer.window._qt_window
+    screen = window.screen()
+    if screen is None:
+        return None
+    area = screen.availableGeometry()
+    width, height = int(area.width() * SCREEN_SHARE), int(area.height() * SCREEN_SHARE)
+    if width <= window.width() and height <= window.height():
+        return None
+    window.resize(max(width, window.width()), max(height, window.height()))
+    window.move(
+        area.x() + (area.width() - window.width()) // 2,
+        area.y() + (area.height() - window.height()) // 2,
+    )
+    return window.width(), window.height()
+
+
 def run(args: argparse.Namespace) -> int:
     if args.checkpoint is not None and not args.checkpoint.exists():
         raise InputError(f"checkpoint {args.checkpoint} does not exist")
     if args.untrained and args.checkpoint is not None:
         raise InputError("give either --checkpoint or --untrained, not both")
     import napari
+    from napari.settings import get_settings
 
+    saved = get_settings().application.window_size
     viewer = napari.Viewer(title="napari-selfloop")
+    first_window_size(viewer, saved)
     setup_viewer(
         viewer,
         sample=args.sample,

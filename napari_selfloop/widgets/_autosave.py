@@ -54,6 +54,7 @@ from ..core.errors import SelfloopError
 from ..core.tiles import SCAN_BYTES, TileTracker
 from ..core.window import Window
 from ._layers import (
+    CORRECTION_OPACITY,
     PAINTED,
     PROPOSAL,
     correction_colormap,
@@ -721,7 +722,7 @@ class AutosaveController(QObject):
             restored.labels,
             name=name,
             colormap=correction_colormap(),
-            opacity=0.55,
+            opacity=CORRECTION_OPACITY,
             metadata={
                 OTHER_WINDOW: {
                     "key": skey,
@@ -764,10 +765,27 @@ class AutosaveController(QObject):
         )
         self.mark_saved(key, restored.labels)
         self._restore_proposal(key, layer)
-        show_info(
-            f"Restored corrections for '{image.name}' (autosaved {restored.meta.get('saved', '?')})"
-        )
+        show_info(restored_note(image.name, layer.name, restored.meta.get("saved"), self.store))
         return layer
+
+
+def when(saved: Any) -> str:
+    """An autosave's time (UTC ISO text) in the user's local time, minutes only."""
+    try:
+        return _dt.datetime.fromisoformat(str(saved)).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return str(saved or "?")
+
+
+def restored_note(image: str, layer: str, saved: Any, store: Any) -> str:
+    """The notification of a restore: what came back, from where, and how to start clean
+    (a second ``gui --sample`` brings back the first one's corrections; issue 26)."""
+    return (
+        f"Restored your corrections of '{image}' from an earlier session (autosaved "
+        f"{when(saved)} in {store.folder}). To start clean, delete the layer '{layer}' and "
+        "pseudo-label again (the next autosave replaces the old one), or start with another "
+        "project folder: napari-selfloop gui --project FOLDER"
+    )
 
 
 def _image_bytes(data: Any) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from napari.layers import Image, Labels, Layer, Shapes
-from napari.utils.colormaps import DirectLabelColormap
+from napari.utils.colormaps import Colormap, DirectLabelColormap
 from qtpy.QtWidgets import QComboBox
 
 from ..core.errors import InputError
@@ -41,9 +41,18 @@ KEY = "selfloop"
 ROLES = ("probability", "uncertainty", "labels")
 SUFFIX = {"probability": "probability", "uncertainty": "uncertainty", "labels": "corrections"}
 FOREGROUND, BACKGROUND = 1, 0
-#: Correction colours: cyan foreground, bright yellow uncertain (stands out on H&E and skin).
-FOREGROUND_COLOR = (0.0, 0.9, 1.0, 1.0)
-UNCERTAIN_COLOR = (1.0, 0.85, 0.0, 1.0)
+#: Correction colours: cyan foreground, half transparent so the nucleus shows through, and
+#: opaque bright yellow uncertain pixels: at the layer's full opacity they read on pink
+#: eosin and purple haematoxylin as on skin and brown lesions (at the old 0.55 opacity the
+#: yellow blended into orange on eosin and thin uncertain rims vanished; issue 26).
+FOREGROUND_COLOR = (0.0, 0.9, 1.0, 0.5)
+UNCERTAIN_COLOR = (1.0, 0.9, 0.0, 1.0)
+#: Opacity of a new correction layer (its colours carry their own transparency).
+CORRECTION_OPACITY = 1.0
+#: The uncertainty map: transparent where the model is sure, rising to opaque yellow (the
+#: uncertain pixels' colour) where it is least sure; it reads on any stain, where an
+#: additive magenta map vanished into pink eosin.
+UNCERTAINTY_COLORS = ((1.0, 0.9, 0.0, 0.0), (1.0, 0.9, 0.0, 0.35), (1.0, 0.9, 0.0, 1.0))
 
 
 def camera(viewer: Any) -> Any:
@@ -147,6 +156,30 @@ def correction_colormap() -> DirectLabelColormap:
     )
 
 
+def uncertainty_colormap() -> Colormap:
+    """Transparent to opaque yellow (see :data:`UNCERTAINTY_COLORS`)."""
+    return Colormap(
+        colors=np.asarray(UNCERTAINTY_COLORS),
+        controls=np.linspace(0.0, 1.0, len(UNCERTAINTY_COLORS)),
+        name="selfloop uncertainty",
+    )
+
+
+def keep_corrections_on_top(viewer: Any, layer: Layer) -> None:
+    """Put map ``layer`` just under its image's correction layer, if that is below it.
+
+    A correction layer restored from autosave is added when its image opens, before any
+    map; without this a later pseudo-label would put the maps over the corrections
+    (issue 26). Layers the user moved elsewhere are otherwise left where they are.
+    """
+    labels = companion(viewer, layer, "labels")
+    if labels is None:
+        return
+    here, there = viewer.layers.index(layer), viewer.layers.index(labels)
+    if here > there:
+        viewer.layers.move(here, there)
+
+
 def correction_mask(labels: Layer) -> np.ndarray:
     """The correction layer's data as a 2D array, checked."""
     data = np.asarray(labels.data)
@@ -228,7 +261,7 @@ def put_result(
                 new,
                 name=name,
                 colormap=correction_colormap(),
-                opacity=0.55,
+                opacity=CORRECTION_OPACITY,
                 metadata={KEY: meta},
                 **spatial,
                 **kwargs,
@@ -236,20 +269,21 @@ def put_result(
             layer.selected_label = FOREGROUND
             layer.brush_size = 8
         else:
-            cmap = "magma" if role == "uncertainty" else "viridis"
-            top = 1.0 if role == "probability" else _display_top(new)
+            uncertainty = role == "uncertainty"
+            top = _display_top(new) if uncertainty else 1.0
             layer = viewer.add_image(
                 new,
                 name=name,
-                colormap=cmap,
+                colormap=uncertainty_colormap() if uncertainty else "viridis",
                 contrast_limits=(0.0, top),
-                blending="additive",
-                opacity=0.6,
+                blending="translucent" if uncertainty else "additive",
+                opacity=1.0 if uncertainty else 0.6,
                 visible=False,
                 metadata={KEY: meta},
                 **spatial,
                 **kwargs,
             )
+            keep_corrections_on_top(viewer, layer)
     else:
         meta_of(layer).update(meta)
         layer.data = new

@@ -138,10 +138,10 @@ class ModelWidget(QWidget):
         self.card.setVisible(False)
         self.jigsaw = JigsawPanel(napari_viewer, self.state, self)
 
-        bundled = QHBoxLayout()
-        bundled.addWidget(QLabel("Bundled model"))
-        bundled.addWidget(self.bundled_combo, 1)
-        bundled.addWidget(self.bundled_button)
+        # Two rows, so the button is never cut off in a narrow dock (issue 26).
+        bundled = QFormLayout()
+        bundled.addRow("Bundled model", self.bundled_combo)
+        bundled.addRow(self.bundled_button)
         buttons = QHBoxLayout()
         buttons.addWidget(self.load_button)
         buttons.addWidget(self.new_button)
