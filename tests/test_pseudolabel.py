@@ -208,7 +208,8 @@ def test_cancel_leaves_model_untouched():
         model,
         PseudoLabelConfig(method="selfloop", q=2, patch_size=96, batch_size=1),
     )
-    next(gen)
+    next(gen)  # the count of tiles
+    next(gen)  # the first tile, done
     gen.close()  # what the plugin's Cancel and Ctrl-C do
     assert_same_state(model, snap)
 

@@ -158,7 +158,9 @@ def test_patch_fn_sees_float_batches_and_progress_counts():
     gen = tiled_apply(img, fn, patch_size=64, overlap=16, batch_size=4)
     run_to_completion(gen, on_progress=events.append)
     total = len(patch_origins(150, 64, 16)) * len(patch_origins(250, 64, 16))
-    assert len(events) == len(seen) == math.ceil(total / 4)
+    # One event before the first batch (the count, for a progress bar), then one per batch.
+    assert len(events) == len(seen) + 1 == math.ceil(total / 4) + 1
+    assert events[0].done == 0 and events[0].total == total
     assert all(
         isinstance(e, Progress) and e.total == total and e.message == "tiles" for e in events
     )
@@ -176,8 +178,10 @@ def test_closing_the_generator_cancels(tmp_path):
         return {"prob": batch[..., 0]}
 
     gen = tiled_apply(np.zeros((300, 300), np.uint8), fn, patch_size=64, overlap=0)
+    announced = next(gen)  # the count, before any work
     first = next(gen)
     gen.close()
+    assert announced.done == 0 and announced.total == 25
     assert first.done == 4 and calls == [4]
 
 

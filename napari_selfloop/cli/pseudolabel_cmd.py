@@ -12,8 +12,8 @@ import numpy as np
 from ..core.atomic import sweep_stale_temporaries
 from ..core.batch import OUTPUTS, close_image, label_image_file, output_stem
 from ..core.checkpoint import load_checkpoint
-from ..core.device import PRECISIONS
-from ..core.errors import InputError
+from ..core.device import PRECISIONS, resolve_device
+from ..core.errors import InputError, SelfloopError
 from ..core.imageio import check_image, check_input_file, open_image
 from ..core.jigsaw import ROTATIONS
 from ..core.plausibility import plausibility_warning, record_of
@@ -74,7 +74,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def add_method_options(p: argparse.ArgumentParser) -> None:
     """The :class:`PseudoLabelConfig` options (shared with ``batch``), defaults from the config."""
     d = PseudoLabelConfig()
-    p.add_argument("--method", choices=METHODS, default=d.method)
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default=d.method,
+        help=f"how the proposal and its uncertainty are made (default {d.method}: Q passes "
+        "with dropout; selfloop: the paper's jigsaw-weighted self-loop; softmax: one pass; "
+        "ensemble: mean of several --checkpoint)",
+    )
     p.add_argument(
         "--q",
         type=int,
@@ -131,7 +138,13 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         help="pixels shared by neighbouring patches, at most a third of the patch "
         "(default: a sixth of the patch)",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help=f"patches per step (default: {d.batch_size} on CUDA, {CPU_BATCH} elsewhere, so "
+        "the progress bar moves with every patch)",
+    )
     p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
     p.add_argument("--seed", type=int, default=d.seed)
 
@@ -186,6 +199,24 @@ def model_pixel_size(checkpoints: list) -> float | None:
     return sizes[0] if sizes else None
 
 
+#: Patches per step on a CPU (or MPS): batching saves little there, and one patch per step
+#: moves the progress bar every patch (a 1000x1000 image is 4 patches of 576: in one batch
+#: the bar stood empty, then jumped to 100 %; issue 26).
+CPU_BATCH = 1
+
+
+def batch_size_for(requested: int | None, device: str) -> int:
+    """``--batch-size``, or by default :class:`PseudoLabelConfig`'s on CUDA and
+    :data:`CPU_BATCH` elsewhere."""
+    if requested is not None:
+        return requested
+    try:
+        cuda = resolve_device(device).type == "cuda"
+    except SelfloopError:
+        cuda = False  # a bad --device is refused where the models load
+    return PseudoLabelConfig.batch_size if cuda else CPU_BATCH
+
+
 def config_from_args(args: argparse.Namespace) -> PseudoLabelConfig:
     """The :class:`PseudoLabelConfig` of the options :func:`add_method_options` added."""
     return PseudoLabelConfig(
@@ -195,7 +226,7 @@ def config_from_args(args: argparse.Namespace) -> PseudoLabelConfig:
         lr=args.lr,
         patch_size=args.patch_size,
         overlap=args.overlap,
-        batch_size=args.batch_size,
+        batch_size=batch_size_for(args.batch_size, getattr(args, "device", "auto")),
         precision=args.precision,
         seed=args.seed,
         step_rule=args.step_rule,

@@ -158,8 +158,8 @@ def tiled_apply(
 ) -> Generator[Progress, None, dict[str, np.ndarray | None]]:
     """Apply ``patch_fn`` to overlapping patches of ``image`` and blend the results.
 
-    A generator: it yields a :class:`~napari_selfloop.core.progress.Progress` after each batch
-    (``Progress(done_patches, total_patches, "tiles")``) and returns the result (use
+    A generator: it yields a :class:`~napari_selfloop.core.progress.Progress` before the
+    first batch and after each batch (``Progress(done_patches, total_patches, "tiles")``) and returns the result (use
     :func:`~napari_selfloop.core.progress.run_to_completion`, or ``yield from``). Each yield is a point where the caller may
     stop by closing the generator; rows already handed to ``sinks`` stay there, so the caller
     should then abort its sinks (``TiledTiffWriter.abort``).
@@ -287,8 +287,8 @@ def tiled_apply(
         band_y0 = stop
 
     done = total - len(origins)  # skipped patches add nothing: all their outputs are 0
-    if not origins:
-        yield Progress(total, total, "tiles")
+    # The count is known before the first batch: a progress bar shows it at once.
+    yield Progress(done if origins else total, total, "tiles")
     for batch_origins in _batches(origins, batch_size):
         batch = np.empty((len(batch_origins), size, size, 3), dtype=np.float32)
         for i, (y, x) in enumerate(batch_origins):
