@@ -25,20 +25,12 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from ..core.checkpoint import PIXEL_SIZE_RANGE
-from ..core.datasets import normalise_mask
 from ..core.errors import InputError
-from ..core.export import (
-    OBJECT_TYPES,
-    UNCERTAIN_POLICIES,
-    check_export_folder,
-    export_annotation,
-)
-from ..core.labelfile import LabelsFile, read_labels_file
+from ..core.export import OBJECT_TYPES, UNCERTAIN_POLICIES, check_export_folder
+from ..core.export_stream import Plan, Rows, plan_export, write_export
+from ..core.labelfile import LabelsFile, open_labels_file
 from ..core.window import Window
 from .progressbar import work_started
 
@@ -137,6 +129,7 @@ class _Job:
     window: Window | None
     pixel_size_um: float | None
     image_sha256: str | None
+    plan: Plan
 
 
 def _pixel_size_problem(value: float, what: str) -> str | None:
@@ -185,32 +178,10 @@ def _check_options(args: argparse.Namespace) -> None:
         raise InputError("an input is given twice: give each file once")
 
 
-def _kind(file: LabelsFile, wanted: str) -> str:
-    """``mask`` or ``instances`` for a file's pixels (see the module notes)."""
-    data = file.data
-    name = file.path.name
-    if data.dtype == bool:
-        return "mask"
-    if data.dtype.kind == "f" and wanted != "instances" and np.isin(data, (0, 1, 255)).all():
-        return "mask"  # a 0/1(/255) mask saved as floats
-    if data.dtype.kind not in "iu":
-        raise InputError(
-            f"{name}: pixel type {data.dtype} with values other than 0, 1 and 255 "
-            "is not a mask or labels: save masks and labels as integers "
-            "(0 background)"
-        )
-    if data.dtype.kind == "i" and int(data.min()) < 0:
-        raise InputError(
-            f"{name}: holds negative values; labels must be 0 (background) or positive ids"
-        )
-    if wanted != "auto":
-        return wanted
-    values = np.unique(data)
-    return "mask" if np.isin(values, (0, 1, 255)).all() else "instances"
-
-
 def _window(file: LabelsFile, args: argparse.Namespace) -> Window | None:
-    h, w = (int(s) for s in file.data.shape)
+    h, w = (int(s) for s in file.data.shape[:2])
+    if file.record_problem and (args.offset is None or args.downsample is None):
+        raise InputError(f"{file.path.name}: {file.record_problem}: give --offset and --downsample")
     recorded = file.window
     factor = (
         args.downsample
@@ -243,24 +214,19 @@ def _name(file: LabelsFile, window: Window | None) -> str:
     return str(file.path.resolve())
 
 
-def _prepare(path: Path, args: argparse.Namespace) -> tuple[_Job, dict[str, Any]]:
-    """Read and check one input; the job and the arrays to export."""
-    file = read_labels_file(path)
-    kind = _kind(file, args.input_type)
+def _prepare(path: Path, args: argparse.Namespace) -> _Job:
+    """Read, check and label one input, band by band (:mod:`..core.export_stream`)."""
+    file = open_labels_file(path)
     window = _window(file, args)
     um = args.pixel_size if args.pixel_size is not None else file.pixel_size_um
-    if kind == "mask":
-        data = np.asarray(file.data)
-        if data.dtype.kind in "bf" or np.isin(np.unique(data), (0, 1, 255)).all():
-            labels = normalise_mask(data, path.name, convention=file.convention)
-        else:  # --input-type mask on ids: any id but 255 is foreground
-            labels = data
-        arrays = {"labels": labels}
-    else:
-        instances = np.asarray(file.data)
-        arrays = {"labels": (instances > 0).astype(np.uint8), "instances": instances}
-    job = _Job(path, _name(file, window), kind, window, um, file.image_sha256)
-    return job, arrays
+    plan = plan_export(
+        Rows(file.data, file.chunk_rows),
+        path.name,
+        input_type=args.input_type,
+        convention=file.convention,
+        uncertain=args.uncertain,
+    )
+    return _Job(path, _name(file, window), plan.kind, window, um, file.image_sha256, plan)
 
 
 def _object_type(args: argparse.Namespace) -> str:
@@ -274,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
     _check_options(args)
     object_type = _object_type(args)
     # Every input is read and checked before anything is written.
-    jobs = [_prepare(path, args)[0] for path in args.inputs]
+    jobs = [_prepare(path, args) for path in args.inputs]
     names = [job.name for job in jobs]
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
@@ -289,18 +255,15 @@ def run(args: argparse.Namespace) -> int:
         args.classification,
     )
     for job in jobs:
-        job, arrays = _prepare(job.path, args)
-        entry = export_annotation(
+        entry = write_export(
             args.out,
             job.name,
-            arrays["labels"],
+            job.plan,
             image_sha256=job.image_sha256,
             classification=args.classification.strip(),
-            uncertain=args.uncertain,
             object_type=object_type,
             window=job.window,
             pixel_size_um=job.pixel_size_um,
-            instances=arrays.get("instances"),
         )
         where = "" if job.window is None else f" at slide {job.window.label}"
         um = "" if job.pixel_size_um is None else f", {job.pixel_size_um:.4g} µm/px"

@@ -241,6 +241,42 @@ def _to_slide(polygons: list[Any], window: Window | None) -> list[Any]:
     return [[[point(p) for p in ring] for ring in polygon] for polygon in polygons]
 
 
+def object_feature(
+    region: np.ndarray,
+    y0: int,
+    x0: int,
+    label: int,
+    *,
+    classification: str = "Nucleus",
+    color: tuple[int, int, int] = (0, 200, 200),
+    object_type: str = "detection",
+    window: Window | None = None,
+) -> dict[str, Any] | None:
+    """One object's GeoJSON feature (see :func:`mask_to_geojson`): ``region`` is the boolean
+    crop of its pixels whose top-left pixel is ``(y0, x0)``; None when it has no pixels."""
+    polygons = _to_slide(_polygons(region, y0, x0), window)
+    if not polygons:
+        return None
+    geometry = (
+        {"type": "Polygon", "coordinates": polygons[0]}
+        if len(polygons) == 1
+        else {"type": "MultiPolygon", "coordinates": polygons}
+    )
+    properties: dict[str, Any] = {
+        "objectType": object_type,
+        "classification": {"name": classification, "color": list(color)},
+        "measurements": {"Area px": int(region.sum()), "Label": int(label)},
+    }
+    if object_type == "annotation":
+        properties["isLocked"] = False
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": geometry,
+        "properties": properties,
+    }
+
+
 def mask_to_geojson(
     instances: np.ndarray,
     *,
@@ -280,31 +316,18 @@ def mask_to_geojson(
     for i, sl in enumerate(ndi.find_objects(instances), start=1):
         if sl is None:
             continue
-        ys, xs = sl
-        region = instances[sl] == i
-        polygons = _to_slide(_polygons(region, ys.start, xs.start), window)
-        if not polygons:
-            continue
-        geometry = (
-            {"type": "Polygon", "coordinates": polygons[0]}
-            if len(polygons) == 1
-            else {"type": "MultiPolygon", "coordinates": polygons}
+        feature = object_feature(
+            instances[sl] == i,
+            sl[0].start,
+            sl[1].start,
+            i,
+            classification=classification,
+            color=color,
+            object_type=object_type,
+            window=window,
         )
-        properties: dict[str, Any] = {
-            "objectType": object_type,
-            "classification": {"name": classification, "color": list(color)},
-            "measurements": {"Area px": int(region.sum()), "Label": int(i)},
-        }
-        if object_type == "annotation":
-            properties["isLocked"] = False
-        features.append(
-            {
-                "type": "Feature",
-                "id": str(uuid.uuid4()),
-                "geometry": geometry,
-                "properties": properties,
-            }
-        )
+        if feature is not None:
+            features.append(feature)
     return {"type": "FeatureCollection", "features": features}
 
 

@@ -38,7 +38,7 @@ from .imageio import _JPEG_MAGIC, _PNG_MAGIC, _TIFF_MAGICS, check_input_file, op
 from .tiledtiff import write_tiled_tiff
 from .window import Window
 
-__all__ = ["LABELS_TAG", "LabelsFile", "read_labels_file", "write_labels_tiff"]
+__all__ = ["LABELS_TAG", "LabelsFile", "open_labels_file", "read_labels_file", "write_labels_tiff"]
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,11 @@ class LabelsFile:
         Microns per pixel, from the record, the TIFF resolution tags or OME (None: unknown).
     source, image_sha256
         The image it belongs to, from the record.
+    record_problem
+        What is wrong with a damaged placement record (its offset or downsample unreadable),
+        or None; such a record gives no ``window``, and ``export`` asks for the options.
+    chunk_rows
+        :func:`open_labels_file`: rows of the file's tiles or strips (None: read whole).
     """
 
     path: Path
@@ -174,6 +179,8 @@ class LabelsFile:
     pixel_size_um: float | None = None
     source: str | None = None
     image_sha256: str | None = None
+    record_problem: str | None = None
+    chunk_rows: int | None = None
 
 
 def _plausible(um: Any) -> float | None:
@@ -218,10 +225,39 @@ def _ome_um(tif: Any) -> float | None:
         return None
 
 
+def _record_problem(record: Any) -> str | None:
+    """What is wrong with a placement record's offset or downsample, or None."""
+    if not isinstance(record, dict):
+        return f"its {LABELS_TAG} record is a {type(record).__name__}, not an object"
+    if record.get("region") is not None and Window.from_meta(record.get("region")) is None:
+        return f"its {LABELS_TAG} record has an unreadable region"
+    if Window.from_meta(record.get("region")) is not None:
+        return None
+    offset, downsample = record.get("offset_yx", [0, 0]), record.get("downsample", 1.0)
+    ok_offset = (
+        isinstance(offset, list)
+        and len(offset) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in offset)
+        and all(math.isfinite(v) for v in offset)
+    )
+    ok_down = (
+        isinstance(downsample, (int, float))
+        and not isinstance(downsample, bool)
+        and math.isfinite(downsample)
+        and downsample > 0
+    )
+    if ok_offset and ok_down:
+        return None
+    return (
+        f"its {LABELS_TAG} record is damaged (offset_yx {offset!r}, downsample "
+        f"{downsample!r}), so where it lies on the slide is unknown"
+    )
+
+
 def _record_window(record: dict[str, Any], shape: tuple[int, int], name: str) -> Window | None:
     window = Window.from_meta(record.get("region"))
     if window is None:
-        offset = record.get("offset_yx")
+        offset = record.get("offset_yx", [0, 0])
         downsample = record.get("downsample", 1.0)
         try:
             y0, x0 = (int(v) for v in offset)
@@ -235,6 +271,124 @@ def _record_window(record: dict[str, Any], shape: tuple[int, int], name: str) ->
             f"the file holds {shape[0]}x{shape[1]} pixels: give the offset with --offset"
         )
     return window
+
+
+#: A TIFF whose strips or tiles are taller than this is read whole by open_labels_file.
+LAZY_MAX_CHUNK_ROWS = 4096
+
+
+class _TiffPlane:
+    """The 2D plane of a TIFF's first series, read by rows (the file is opened per read, so
+    none is left open): ``plane[y0:y1]``."""
+
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype: Any, drop: int) -> None:
+        self.path, self.drop = path, drop
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        import tifffile
+        import zarr
+
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                array = zarr.open(tif.series[0].aszarr(level=0), mode="r")
+                return np.asarray(array[(0,) * self.drop + (rows,)])
+        except Exception as exc:  # tifffile and its codecs raise many types for broken files
+            raise InputError(
+                f"{self.path.name} is a corrupt or truncated TIFF file ({exc}): re-export it"
+            ) from exc
+
+
+def _lazy_tiff(path: Path) -> tuple[_TiffPlane, int] | None:
+    """A lazily read plane of a one-plane TIFF whose chunks are short, and its chunk rows."""
+    import tifffile
+    import zarr
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                return None
+            series = tif.series[0]
+            shape = tuple(int(s) for s in series.shape)
+            drop = 0
+            while len(shape) - drop > 2 and shape[drop] == 1:
+                drop += 1
+            plane = shape[drop:]
+            if not (len(plane) == 2 or (len(plane) == 3 and plane[2] == 1)):
+                return None
+            chunks = zarr.open(series.aszarr(level=0), mode="r").chunks
+            chunk_rows = int(chunks[drop])
+            if chunk_rows > LAZY_MAX_CHUNK_ROWS:
+                return None
+            return _TiffPlane(path, plane, series.dtype, drop), chunk_rows
+    except Exception:  # read it whole: read_labels_file says what is wrong with it
+        return None
+
+
+def open_labels_file(path: str | os.PathLike[str]) -> LabelsFile:
+    """:func:`read_labels_file` without reading the pixels where they can be read by rows.
+
+    For a TIFF holding one 2D plane in tiles or strips of at most
+    :data:`LAZY_MAX_CHUNK_ROWS` rows, ``data`` is a lazy plane (``shape``, ``dtype`` and
+    ``data[y0:y1]``, reading only those rows; a trailing channel of 1 is kept) and
+    ``chunk_rows`` says how many rows a chunk holds; any other file is read whole.
+    """
+    path = check_input_file(path, "a mask or labels file")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    lazy = _lazy_tiff(path) if head.startswith(_TIFF_MAGICS) else None
+    if lazy is None:
+        return read_labels_file(path)
+    plane, chunk_rows = lazy
+    if 0 in plane.shape:
+        raise InputError(f"{path.name} is empty (shape {plane.shape})")
+    try:
+        meta, um = _tiff_meta(path)
+    except InputError as exc:
+        raise InputError(f"{path.name} {exc}") from exc
+    return _labels_file(path, plane, meta, um, chunk_rows)
+
+
+def _tiff_meta(path: Path) -> tuple[dict[str, Any], float | None]:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            meta = tif.shaped_metadata[0] if tif.shaped_metadata else {}
+            um = _ome_um(tif) if tif.is_ome else None
+            if um is None:
+                um = _tag_um(tif.series[0].pages[0] or tif.pages.first)
+    except Exception as exc:  # tifffile raises many types for broken files
+        raise InputError(f"is a corrupt or truncated TIFF file ({exc}): re-export it") from exc
+    return meta if isinstance(meta, dict) else {}, um
+
+
+def _labels_file(
+    path: Path, data: Any, meta: dict[str, Any], um: float | None, chunk_rows: int | None = None
+) -> LabelsFile:
+    """The LabelsFile of a file's pixels and its TIFF metadata (the record read and checked)."""
+    name = path.name
+    shape = (int(data.shape[0]), int(data.shape[1]))
+    record = meta.get(LABELS_TAG)
+    problem = None if record is None else _record_problem(record)
+    record = record if isinstance(record, dict) and problem is None else {}
+    window = _record_window(record, shape, name) if record else None
+    recorded_um = _plausible(record.get("pixel_size_um"))
+    convention = "selfloop" if meta.get(SELFLOOP_MASK_TAG) else mask_convention(path)
+    source = record.get("source")
+    sha = record.get("image_sha256")
+    return LabelsFile(
+        path=path,
+        data=data,
+        convention=convention,
+        window=window,
+        pixel_size_um=recorded_um if recorded_um is not None else um,
+        source=source if isinstance(source, str) and source else None,
+        image_sha256=sha if isinstance(sha, str) and sha else None,
+        record_problem=problem,
+        chunk_rows=chunk_rows,
+    )
 
 
 def _read_tiff(path: Path) -> tuple[np.ndarray, dict[str, Any], float | None]:
@@ -291,19 +445,4 @@ def read_labels_file(path: str | os.PathLike[str]) -> LabelsFile:
     data = mask_plane(data, name)
     if data.size == 0:
         raise InputError(f"{name} is empty (shape {data.shape})")
-    record = meta.get(LABELS_TAG)
-    record = record if isinstance(record, dict) else {}
-    window = _record_window(record, data.shape, name) if record else None
-    recorded_um = _plausible(record.get("pixel_size_um"))
-    convention = "selfloop" if meta.get(SELFLOOP_MASK_TAG) else mask_convention(path)
-    source = record.get("source")
-    sha = record.get("image_sha256")
-    return LabelsFile(
-        path=path,
-        data=data,
-        convention=convention,
-        window=window,
-        pixel_size_um=recorded_um if recorded_um is not None else um,
-        source=source if isinstance(source, str) and source else None,
-        image_sha256=sha if isinstance(sha, str) and sha else None,
-    )
+    return _labels_file(path, data, meta, um)
