@@ -1,8 +1,16 @@
 """Screenshots of each panel at work, for the README (run under Xvfb).
 
     xvfb-run -a .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--width 64]
+    xvfb-run -a .venv/bin/python scripts/screenshots.py --first-view-only
 
-Opens napari as the README's first command does (the H&E-like sample, the assistant docked),
+First, the first view a new user gets from ``napari-selfloop gui --sample nuclei`` and
+``--sample lesion`` in a window of 1280x720 (``first_view_nuclei.png``,
+``first_view_lesion.png``): the bundled model's pseudo-label of the sample, the assistant
+docked. with ``..._uncertainty.png``: the uncertainty map switched on instead of the
+corrections. ``--first-view-size`` takes other sizes (1920x1080 ...), ``--first-view-side``
+a larger sample tile (to check the colours at whole-tile zoom).
+
+Then it opens napari as the README's first command does (the H&E-like sample, the assistant docked),
 then walks the loop: a bootstrap mask, a correction, fine-tuning, a self-loop pseudo-label of
 the next tile, review of its most uncertain region, export. One PNG of the whole window per
 step. Uses a temporary project folder, so nothing of the user's is touched.
@@ -37,10 +45,32 @@ def main() -> int:
         "--iterations", type=int, default=10, help="fine-tuning iterations in the GUI"
     )
     parser.add_argument("--checkpoint", type=Path, default=None, help="skip pre-training: use this")
+    parser.add_argument(
+        "--first-view-size",
+        default=["1280x720"],
+        nargs="+",
+        help="window sizes of the first-view screenshots (default 1280x720)",
+    )
+    parser.add_argument(
+        "--first-view-side",
+        type=int,
+        default=None,
+        help="side of the sample tile (default: its own)",
+    )
+    parser.add_argument(
+        "--first-view-only", action="store_true", help="only the first-view screenshots"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     project = Path(tempfile.mkdtemp(prefix="selfloop-shots-"))
     os.environ["NAPARI_SELFLOOP_PROJECT"] = str(project)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for size in args.first_view_size:
+        width, height = (int(v) for v in size.lower().split("x"))
+        for sample in ("nuclei", "lesion"):
+            first_view(sample, args.out, width, height, project, args.first_view_side)
+    if args.first_view_only:
+        return 0
 
     import napari
     import numpy as np
@@ -203,6 +233,73 @@ def main() -> int:
     )
     viewer.close()
     return 0
+
+
+def _settle(seconds: float) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        QApplication.processEvents()
+        time.sleep(0.01)
+
+
+def first_view(
+    sample: str, out: Path, width: int, height: int, project: Path, side: int | None
+) -> Path:
+    """What ``napari-selfloop gui --sample SAMPLE`` shows in a window of ``width`` x
+    ``height`` once the bundled model's pseudo-label is in (a fresh project folder, so
+    nothing is restored). Returns the PNG's path."""
+    import napari
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    from napari_selfloop import _sample_data
+    from napari_selfloop.cli.gui_cmd import setup_viewer
+
+    folder = project / f"first-view-{sample}-{width}x{height}"
+    viewer = napari.Viewer(title="napari-selfloop", show=True)
+    viewer.window._qt_window.resize(width, height)
+    _settle(0.5)
+    if side is None:
+        app = setup_viewer(
+            viewer, sample=sample, checkpoint="auto", pseudo_label=True, project=folder
+        )
+    else:  # the sample at another size, opened as the gui command opens a file
+        make = _sample_data.make_nuclei if sample == "nuclei" else _sample_data.make_lesion
+        name = "H&E nuclei" if sample == "nuclei" else "dermoscopy lesion"
+        viewer.add_image(make(size=side)[0], name=name, rgb=True)
+        app = setup_viewer(viewer, checkpoint="auto", pseudo_label=True, project=folder)
+    runner = app.panel("Pseudo-label").runner
+    end = time.perf_counter() + 600
+    while runner.running and time.perf_counter() < end:
+        _settle(0.1)
+    jigsaw = app.panel("Model").jigsaw.check_runner
+    while jigsaw.running and time.perf_counter() < end:
+        _settle(0.1)
+    _settle(1.0)
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    _settle(0.3)
+    suffix = "" if (width, height) == (1280, 720) else f"_{width}x{height}"
+    suffix += "" if side is None else f"_{side}px"
+    path = out / f"first_view_{sample}{suffix}.png"
+    viewer.screenshot(str(path), canvas_only=False, flash=False)
+    log.info("wrote %s", path)
+    # The uncertainty map over the image, as the user sees it when they switch it on.
+    from napari_selfloop.widgets._layers import find_result
+
+    source = app.panel("Pseudo-label").image_combo.currentText()
+    labels, unc = find_result(viewer, source, "labels"), find_result(viewer, source, "uncertainty")
+    if labels is not None and unc is not None:
+        labels.visible, unc.visible = False, True
+        viewer.layers.selection.active = unc
+        _settle(0.5)
+        path_unc = out / f"first_view_{sample}{suffix}_uncertainty.png"
+        viewer.screenshot(str(path_unc), canvas_only=False, flash=False)
+        log.info("wrote %s", path_unc)
+    viewer.close()
+    _settle(0.3)
+    return path
 
 
 if __name__ == "__main__":

@@ -115,6 +115,9 @@ def test_colours_read_on_stained_tissue(make_napari_viewer, project):
     assert 0.3 <= cyan[3] <= 0.7
     # The uncertainty map: transparent where sure, opaque yellow where least sure (no magenta).
     assert unc.blending == "translucent" and unc.opacity == 1.0
+    # Shown (under the corrections) with a wide kernel, so thin uncertain rims still show
+    # when a whole tile is zoomed out below one screen pixel per image pixel.
+    assert unc.visible and unc.interpolation2d == "spline36"
     low, high = unc.colormap.map(np.array([0.0, 1.0]))
     assert low[3] == 0.0 and high[3] == 1.0 and high[2] < 0.2
     # The correction layer stays above the maps made after it.

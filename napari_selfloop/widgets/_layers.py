@@ -53,6 +53,8 @@ CORRECTION_OPACITY = 1.0
 #: uncertain pixels' colour) where it is least sure; it reads on any stain, where an
 #: additive magenta map vanished into pink eosin.
 UNCERTAINTY_COLORS = ((1.0, 0.9, 0.0, 0.0), (1.0, 0.9, 0.0, 0.35), (1.0, 0.9, 0.0, 1.0))
+#: A kernel of 4x4 image pixels, so thin rims survive being drawn at half size and below.
+UNCERTAINTY_INTERPOLATION = "spline36"
 
 
 def camera(viewer: Any) -> Any:
@@ -278,7 +280,11 @@ def put_result(
                 contrast_limits=(0.0, top),
                 blending="translucent" if uncertainty else "additive",
                 opacity=1.0 if uncertainty else 0.6,
-                visible=False,
+                # Shown under the corrections: zoomed out to a whole tile, their one- or
+                # two-pixel uncertain rims fall between screen pixels, while this map, drawn
+                # with a wide kernel, still shows where they are (issue 26).
+                visible=uncertainty,
+                interpolation2d=UNCERTAINTY_INTERPOLATION if uncertainty else "nearest",
                 metadata={KEY: meta},
                 **spatial,
                 **kwargs,
