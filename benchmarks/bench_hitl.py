@@ -1,0 +1,277 @@
+"""Human-in-the-loop benchmark: how much does correcting one region and pressing Fine-tune
+save on the rest of an organ the model has never seen?
+
+Leave-one-organ-out on the 30 MoNuSeg training images (organs from the TCGA tissue source
+site in the file names, :mod:`monuseg_organs`). The base model of an organ was trained
+without any image of it (kept out of the repository)::
+
+    python benchmarks/train_instances.py --kind distance --split organ --holdout-organ prostate \\
+        --iterations 1200 --lr 1e-3 --threads 1 --set ss_weight=0 --set puzzle_seg_weight=0 \\
+        --work runs/loo-prostate --out benchmarks/results/instances_loo_prostate.json
+
+For each corrected image of the held-out organ (``--corrected``, default all):
+
+1. the base model proposes nuclei on every image of the organ (``--method``, softmax by
+   default: the cheapest proposal; instances from the model's maps);
+2. the user "corrects" one ``--region`` x ``--region`` region (the top-left one; replaced
+   by the truth: a 0/1 mask there, 255 "not labelled" elsewhere, as the correction layer
+   gives it);
+3. ``napari-selfloop train`` fine-tunes the base model on it with the Fine-tune panel's
+   defaults (``TrainConfig()``, or the settings given here), as a separate process whose
+   whole wall time is recorded (start-up included) at ``--threads`` threads;
+4. the fine-tuned model proposes again; the rest of that image (its other quadrants,
+   scored as crops) and the organ's other images are scored before and after:
+   **edits per 100 nuclei** (deletes of predicted objects that match no nucleus plus adds
+   of nuclei no prediction matches, IoU > 0.5), PQ, pixel Dice.
+
+Writes JSON to ``--out`` after every corrected image (a stopped run keeps what it did, and
+``--out`` of an earlier run is continued: images already there are skipped)::
+
+    python benchmarks/bench_hitl.py --organ prostate --base runs/loo-prostate/segment.pt \\
+        --out benchmarks/results/hitl_prostate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
+from train_bundled import load_dataset  # noqa: E402
+
+from napari_selfloop.core.atomic import write_json  # noqa: E402
+from napari_selfloop.core.checkpoint import load_checkpoint  # noqa: E402
+from napari_selfloop.core.metrics import panoptic_scores, pixel_scores  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
+from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
+from napari_selfloop.core.training import TrainConfig  # noqa: E402
+
+#: Fine-tune settings this benchmark can vary (``train`` options of the same names).
+SETTINGS = ("framework", "iterations", "patch_size", "batch_size", "lr", "q", "warmup")
+
+
+def propose(model: Any, image: np.ndarray, method: str) -> np.ndarray:
+    """The instance ids the plugin would propose for ``image``."""
+    q = 1 if method == "softmax" else 10
+    r = run_to_completion(
+        pseudo_label(
+            image, model, PseudoLabelConfig(method=method, q=q), device="cpu", instances=True
+        )
+    )
+    return r.instances
+
+
+def quadrants(shape: tuple[int, int], region: int) -> list[tuple[slice, slice]]:
+    """The corrected region (first) and the three other parts of an image."""
+    h, w = shape
+    return [
+        (slice(0, region), slice(0, region)),
+        (slice(0, region), slice(region, w)),
+        (slice(region, h), slice(0, region)),
+        (slice(region, h), slice(region, w)),
+    ]
+
+
+def counts(truth: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Edit and match counts of one scored part (summed over parts by :func:`totals`)."""
+    s = panoptic_scores(truth, pred)
+    n_true = int(len(np.unique(truth)) - (1 if (truth == 0).any() else 0))
+    px = pixel_scores(pred > 0, truth > 0)
+    return {
+        "nuclei": n_true,
+        "deletes": int(s["deletes"]),
+        "adds": int(s["adds"]),
+        "pq": float(s["pq"]),
+        "dice": float(px["f1"]),
+    }
+
+
+def totals(parts: list[dict[str, float]]) -> dict[str, float]:
+    """Edits per 100 nuclei over all parts together; PQ and Dice as the mean of parts."""
+    nuclei = sum(p["nuclei"] for p in parts)
+    edits = sum(p["deletes"] + p["adds"] for p in parts)
+    return {
+        "edits_per_100": round(100.0 * edits / max(nuclei, 1), 2),
+        "pq": round(float(np.mean([p["pq"] for p in parts])), 4),
+        "dice": round(float(np.mean([p["dice"] for p in parts])), 4),
+        "nuclei": nuclei,
+        "edits": edits,
+    }
+
+
+def score_rest(
+    images: list[dict[str, Any]], preds: list[np.ndarray], corrected: int, region: int
+) -> dict[str, Any]:
+    """Scores of everything but the corrected region: the rest of image ``corrected`` (its
+    other three parts, as crops) and the other images whole."""
+    same, others = [], []
+    for i, (d, pred) in enumerate(zip(images, preds, strict=True)):
+        truth = d["labels"]
+        if i == corrected:
+            same += [counts(truth[q], pred[q]) for q in quadrants(truth.shape, region)[1:]]
+        else:
+            others.append(counts(truth, pred))
+    return {
+        "rest_of_image": totals(same),
+        "other_images": totals(others),
+        "all": totals(same + others),
+    }
+
+
+def fine_tune(
+    base: Path, d: dict[str, Any], region: int, settings: dict[str, Any], threads: int, work: Path
+) -> tuple[Path, float, str]:
+    """Run ``napari-selfloop train`` on the image with only its top-left region labelled;
+    the checkpoint, the process's wall seconds and its last output line."""
+    images, masks = work / "images", work / "masks"
+    images.mkdir(parents=True, exist_ok=True)
+    masks.mkdir(parents=True, exist_ok=True)
+    stem = Path(d["name"]).stem
+    Image.fromarray(d["image"]).save(images / f"{stem}.png")
+    mask = np.full(d["mask"].shape, 255, np.uint8)
+    mask[:region, :region] = (d["labels"][:region, :region] > 0).astype(np.uint8)
+    Image.fromarray(mask).save(masks / f"{stem}.png")
+    out = work / "finetuned.pt"
+    cmd = [sys.executable, "-m", "napari_selfloop.cli", "train", "--images", str(images)]
+    cmd += ["--masks", str(masks), "--checkpoint", str(base), "--out", str(out), "--force"]
+    for key, value in settings.items():
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"train failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
+    last = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or [""]
+    return out, round(seconds, 1), last[0]
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--organ", choices=ORGANS, required=True)
+    p.add_argument("--base", type=Path, required=True, help="a model trained without --organ")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--region", type=int, default=500, help="side of the corrected region (px)")
+    p.add_argument("--method", default="softmax", help="proposal method (default softmax)")
+    p.add_argument("--corrected", type=int, help="correct only the first N images of the organ")
+    p.add_argument("--threads", type=int, default=2, help="threads of the fine-tune process")
+    p.add_argument("--label", default="defaults", help="name of this arm in --out")
+    defaults = asdict(TrainConfig())
+    for key in SETTINGS:
+        p.add_argument(f"--{key.replace('_', '-')}", type=type(defaults[key]))
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    data = load_dataset("monuseg/train")
+    train_idx, held_idx = leave_one_organ_out([d["name"] for d in data], args.organ)
+    images = [data[i] for i in held_idx]
+    settings = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
+    base_ckpt = load_checkpoint(args.base)
+    data_record = base_ckpt.meta.get("data")
+    seen = (
+        {r.get("name") for r in data_record if isinstance(r, dict)}
+        if isinstance(data_record, list)
+        else set()
+    )
+    leaked = sorted(seen & {d["name"] for d in images})
+    if leaked:
+        raise SystemExit(f"the base model was trained on images of {args.organ}: {leaked}")
+    report: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    report.update(
+        {
+            "benchmark": "bench_hitl",
+            "organ": args.organ,
+            "images": [d["name"] for d in images],
+            "base": str(args.base),
+            "base_training_images": len(train_idx),
+            "region": args.region,
+            "method": args.method,
+            "threads": args.threads,
+        }
+    )
+    arm = report.setdefault("arms", {}).setdefault(args.label, {})
+    arm["settings"] = {**{k: defaults[k] for k in SETTINGS}, **settings}
+    arm["command"] = " ".join(["python", "benchmarks/bench_hitl.py", *sys.argv[1:]])
+    per = arm.setdefault("per_image", {})
+    base_model = base_ckpt.model.eval()
+    if "before" not in report:
+        t0 = time.perf_counter()
+        preds = [propose(base_model, d["image"], args.method) for d in images]
+        report["before"] = {
+            d["name"]: score_rest(images, preds, i, args.region) for i, d in enumerate(images)
+        }
+        report["before_whole"] = totals(
+            [counts(d["labels"], q) for d, q in zip(images, preds, strict=True)]
+        )
+        report["propose_seconds"] = round((time.perf_counter() - t0) / len(images), 2)
+        write_json(args.out, report)
+    n = len(images) if args.corrected is None else min(args.corrected, len(images))
+    for i, d in enumerate(images[:n]):
+        if d["name"] in per:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt, seconds, last = fine_tune(
+                args.base, d, args.region, settings, args.threads, Path(tmp)
+            )
+            model = load_checkpoint(ckpt).model.eval()
+        preds = [propose(model, x["image"], args.method) for x in images]
+        after = score_rest(images, preds, i, args.region)
+        before = report["before"][d["name"]]
+        per[d["name"]] = {
+            "before": before,
+            "after": after,
+            "finetune_seconds": seconds,
+            "train_output": last,
+            "cut": {
+                part: round(
+                    1 - after[part]["edits_per_100"] / max(before[part]["edits_per_100"], 1e-9), 4
+                )
+                for part in ("rest_of_image", "other_images", "all")
+            },
+        }
+        cuts = [r["cut"]["all"] for r in per.values()]
+        arm["summary"] = {
+            "corrected_images": len(per),
+            "mean_cut_all": round(float(np.mean(cuts)), 4),
+            "edits_per_100_before": round(
+                float(np.mean([r["before"]["all"]["edits_per_100"] for r in per.values()])), 2
+            ),
+            "edits_per_100_after": round(
+                float(np.mean([r["after"]["all"]["edits_per_100"] for r in per.values()])), 2
+            ),
+            "pq_before": round(float(np.mean([r["before"]["all"]["pq"] for r in per.values()])), 4),
+            "pq_after": round(float(np.mean([r["after"]["all"]["pq"] for r in per.values()])), 4),
+            "median_finetune_seconds": float(
+                np.median([r["finetune_seconds"] for r in per.values()])
+            ),
+        }
+        write_json(args.out, report)
+        s = per[d["name"]]
+        print(
+            f"[hitl {args.organ}/{args.label}] {d['name']}: edits/100 "
+            f"{before['all']['edits_per_100']:.1f} -> {after['all']['edits_per_100']:.1f}, "
+            f"PQ {before['all']['pq']:.3f} -> {after['all']['pq']:.3f}, "
+            f"fine-tune {s['finetune_seconds']:.0f} s",
+            flush=True,
+        )
+    print(f"wrote {args.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
