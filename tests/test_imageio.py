@@ -206,7 +206,7 @@ def test_check_image_lazy_types_and_frozen():
         ((0, 5), np.uint8, ["empty", "(0, 5)"]),
         ((5, 0, 3), np.uint8, ["empty"]),
         ((5, 7, 2), np.uint8, ["2 channels"]),
-        ((5, 7, 6), np.uint8, ["6 channels"]),
+        ((9, 7, 6), np.uint8, ["6 channels"]),
         ((3, 64, 64), np.uint8, ["channel-first"]),
         ((5, 3, 512, 512), np.uint8, ["2D RGB or grayscale", "(5, 3, 512, 512)", "pick one plane"]),
         ((7,), np.uint8, ["2D"]),
@@ -392,3 +392,28 @@ def test_real_full_disk(tiny_tmpfs, rng):
     assert info.value.errno == errno.ENOSPC and str(target) in str(info.value)
     np.testing.assert_array_equal(tifffile.imread(target), small)
     assert _leftovers(tiny_tmpfs) == []
+
+
+# ----------------------------------------------------------------------------- Z stacks (issue 27)
+
+
+@pytest.mark.parametrize("shape", [(5, 128, 128), (8, 64, 96), (6, 20, 30)])
+def test_z_stack_is_called_a_stack_of_planes(shape):
+    """A stack of planes on the first axis is named as such, not as "128 channels"."""
+    with pytest.raises(InputError) as info:
+        check_image(np.zeros(shape, np.uint8))
+    message = str(info.value)
+    assert f"stack of {shape[0]} planes" in message
+    assert "channels" not in message
+    assert "pick one plane" in message
+    assert "\n" not in message
+
+
+def test_z_stack_tiff_is_called_a_stack_of_planes(tmp_path):
+    tifffile.imwrite(tmp_path / "zstack.tif", np.zeros((5, 128, 128), np.uint8))
+    with pytest.raises(InputError) as info:
+        open_image(tmp_path / "zstack.tif")
+    message = str(info.value)
+    assert message.startswith("zstack.tif")
+    assert "stack of 5 planes" in message
+    assert "128 channels" not in message

@@ -93,6 +93,12 @@ def _shape_problem(shape: tuple[int, ...]) -> str | None:
                 f"got shape {shape}, which looks channel-first: move the channel axis last "
                 "(np.moveaxis(image, 0, -1)) or pick one plane"
             )
+        if shape[-1] > 4 and shape[0] < min(shape[1], shape[2]):
+            return (
+                f"got shape {shape}, which looks like a stack of {shape[0]} planes of "
+                f"{shape[1]}x{shape[2]} pixels: pick one plane (image[0]) or save each "
+                "plane as its own file"
+            )
         if shape[-1] > 4:
             return (
                 f"got shape {shape} with {shape[-1]} channels; at most 4 are supported "
