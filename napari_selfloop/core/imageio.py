@@ -353,6 +353,27 @@ def open_image(path: str | os.PathLike[str]) -> Any:
     return image
 
 
+#: Notes already said, per file (its resolved path, size and modification time): a command
+#: opens a file more than once (checked at the door, then read), and says a note once.
+_noted: set[tuple[str, int, int, str]] = set()
+_noted_lock = threading.Lock()
+
+
+def _note_once(path: Path, message: str, *args: Any) -> None:
+    """Log ``message % args`` at INFO, once per file as it is now (a changed file again)."""
+    try:
+        st = path.stat()
+        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, message % args)
+    except (OSError, RuntimeError):  # cannot tell the file again: say it
+        key = None
+    if key is not None:
+        with _noted_lock:
+            if key in _noted:
+                return
+            _noted.add(key)
+    logger.info(message, *args)
+
+
 def _open_pil(path: Path, kind: str) -> np.ndarray:
     from PIL import Image
 
@@ -362,7 +383,7 @@ def _open_pil(path: Path, kind: str) -> np.ndarray:
             if frames > 1 and kind == "PNG":
                 raise InputError(f"is an animated PNG with {frames} frames: pick one plane")
             if frames > 1:
-                logger.info("%s holds %d pictures; reading the first", path.name, frames)
+                _note_once(path, "%s holds %d pictures; reading the first", path.name, frames)
             img.load()
             mode = img.mode
             if mode in ("P", "PA"):
@@ -403,7 +424,8 @@ def _open_tiff(path: Path) -> Any:
 
             chosen = _choose_series(tif)
             if len(tif.series) > 1:
-                logger.info(
+                _note_once(
+                    path,
                     "%s holds %d image series; using %s (%s)",
                     path.name,
                     len(tif.series),
