@@ -75,20 +75,40 @@ def _nearly_full(directory: Path) -> bool:
     return stats.f_bavail * stats.f_frsize < 2**20
 
 
+#: Set on an OSError whose message already names the file and says why: not wrapped again.
+_SAID = "_napari_selfloop_write_error"
+
+
+def _final_name(path: Path) -> Path:
+    """The file a temporary of ours (``.NAME.tmp-XXXXXXXX``) stands for; others as they are."""
+    if TEMP_NAME.match(path.name):
+        return path.with_name(path.name[1 : path.name.rindex(".tmp-")])
+    return path
+
+
 def _write_error(path: Path, exc: OSError) -> OSError:
     """An OSError of the same kind whose message names the target path.
 
     Short writes (numpy's ``tofile``, used by tifffile, raises ``OSError`` without an errno)
     on a nearly full file system are reported as ``ENOSPC``. Call this before removing the
-    temporary file, while the space it took is still in use.
+    temporary file, while the space it took is still in use. An error this already made (a
+    write nested in another, as export's set of files is) keeps its one reason, naming the
+    file that failed, not each file around it; a temporary is named by its final name.
     """
+    if getattr(exc, _SAID, False):
+        return _said(OSError(exc.errno, exc.strerror))
     code = exc.errno
     if code is None and _nearly_full(path.parent):
         code = errno.ENOSPC
     reason = exc.strerror or str(exc)
     if code in (errno.ENOSPC, errno.EDQUOT):
         reason += " (the disk or quota is full: free some space or write elsewhere)"
-    return OSError(code, f"could not write {path}: {reason}")
+    return _said(OSError(code, f"could not write {_final_name(path)}: {reason}"))
+
+
+def _said(error: OSError) -> OSError:
+    setattr(error, _SAID, True)
+    return error
 
 
 #: Our temporary files: ``.NAME.tmp-`` and the 8 characters ``tempfile.mkstemp`` draws.
