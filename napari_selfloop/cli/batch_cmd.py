@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core import batch
-from ..core.atomic import sweep_stale_temporaries
+from ..core.atomic import check_output_folder, sweep_stale_temporaries
 from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.errors import InputError
 from ..core.imageio import check_input_file
@@ -164,8 +164,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise InputError(f"--threads-per-worker must be at least 1, got {args.threads_per_worker}")
     if args.retries < 0:
         raise InputError(f"--retries must be 0 or more, got {args.retries}")
-    if args.out.exists() and not args.out.is_dir():
-        raise InputError(f"--out {args.out} is a file, not a folder")
+    check_output_folder(args.out)
 
 
 def run(args: argparse.Namespace) -> int:

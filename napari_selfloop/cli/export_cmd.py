@@ -26,6 +26,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.atomic import check_output_folder
 from ..core.checkpoint import PIXEL_SIZE_RANGE
 from ..core.errors import InputError
 from ..core.export import OBJECT_TYPES, UNCERTAIN_POLICIES, check_export_folder
@@ -238,6 +239,7 @@ def _object_type(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     _check_options(args)
+    check_output_folder(args.out)
     object_type = _object_type(args)
     # Every input is read and checked before anything is written.
     jobs = [_prepare(path, args) for path in args.inputs]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.atomic import sweep_stale_temporaries
+from ..core.atomic import check_output_folder, sweep_stale_temporaries
 from ..core.batch import OUTPUTS, close_image, label_image_file, output_stem
 from ..core.checkpoint import load_checkpoint
 from ..core.device import PRECISIONS, resolve_device
@@ -320,6 +320,7 @@ def _slide_note(info: dict) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_folder(args.out)
     config = config_from_args(args)
     _unique_stems(args.images)
     for path in args.images:

@@ -28,10 +28,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .errors import InputError
+
 __all__ = [
     "STALE_TEMP_AGE",
     "TEMP_NAME",
     "atomic_path",
+    "check_output_folder",
     "sweep_stale_temporaries",
     "write_json",
     "write_tiff",
@@ -109,6 +112,49 @@ def _write_error(path: Path, exc: OSError) -> OSError:
 def _said(error: OSError) -> OSError:
     setattr(error, _SAID, True)
     return error
+
+
+def check_output_folder(out: str | os.PathLike[str], option: str = "--out") -> None:
+    """Refuse, before any work, a folder path that can be neither made nor written into.
+
+    A symbolic link loop (on the path or anywhere above it), a link that points nowhere, a
+    file where a folder is wanted: one-line InputError naming ``option``. A folder that does
+    not exist yet (below folders or working links) is fine. Nothing is created.
+    """
+    out = Path(out)
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise InputError(
+                f"{option} {out} goes through a symbolic link that points back to itself (a "
+                "link loop): fix or remove the link, or pick another folder"
+            ) from None
+        if exc.errno == errno.ENOTDIR:
+            raise InputError(
+                f"{option} {out}: a part of the path is a file, not a folder: pick another folder"
+            ) from None
+        raise InputError(
+            f"{option} {out} cannot be used ({exc.strerror or exc}): pick another folder"
+        ) from None
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{option} {out} is a file, not a folder: pick a folder")
+        return
+    for path in (out, *out.parents):
+        if os.path.lexists(path) and not os.path.exists(path):
+            try:
+                target = f" to {os.readlink(path)}"
+            except OSError:
+                target = ""
+            raise InputError(
+                f"{option} {out}: {path} is a link{target}, which does not exist: create its "
+                "target, remove the link or pick another folder"
+            )
+        if os.path.exists(path):
+            return
 
 
 #: Our temporary files: ``.NAME.tmp-`` and the 8 characters ``tempfile.mkstemp`` draws.
