@@ -148,3 +148,44 @@ def test_calibrate_command_writes_a_calibrated_copy(tmp_path, tiny_model, capsys
     assert main([*bad, "--checkpoint", str(src), "--out", str(tmp_path / "x.pt")]) == 2
     assert "no image in" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_calibrate_names_the_mask_of_the_wrong_size_before_loading(
+    tmp_path, tiny_model, capsys, monkeypatch
+):
+    """Issue 27 (cosmetic): one line that names the file, checked before the model loads."""
+    import tifffile
+
+    from napari_selfloop.cli import calibrate_cmd
+    from tests.conftest import assert_one_line_error, run_cli
+
+    src = save_checkpoint(tmp_path / "model.pt", tiny_model)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        tifffile.imwrite(
+            tmp_path / "img" / f"{name}.tif", rng.integers(0, 256, (64, 64, 3), np.uint8)
+        )
+    tifffile.imwrite(tmp_path / "masks" / "a.tif", np.zeros((64, 64), np.uint8))
+    tifffile.imwrite(tmp_path / "masks" / "b_mask.tif", np.zeros((40, 50), np.uint8))
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model loaded before the masks were checked")
+
+    monkeypatch.setattr(calibrate_cmd, "load_checkpoint", no_model, raising=False)
+    code, _, err = run_cli(
+        capsys,
+        "calibrate",
+        "--images",
+        tmp_path / "img",
+        "--masks",
+        tmp_path / "masks",
+        "--checkpoint",
+        src,
+        "--out",
+        tmp_path / "cal.pt",
+    )
+    assert_one_line_error(code, err, "b_mask.tif", "(40, 50)", "64x64", "b.tif")
+    assert "image 2" not in err
+    assert not (tmp_path / "cal.pt").exists()

@@ -20,7 +20,7 @@ from ..core.calibration import (
 from ..core.checkpoint import load_checkpoint, save_checkpoint
 from ..core.datasets import load_mask
 from ..core.errors import InputError
-from ..core.imageio import check_input_file, open_image
+from ..core.imageio import check_image, check_input_file, open_image
 from ..core.model import MAX_SELFLOOP_LR
 from ..core.project import list_images, paired_masks
 from ..core.pseudolabel import PseudoLabelConfig
@@ -104,9 +104,17 @@ def run(args: argparse.Namespace) -> int:
         )
     for stem in sorted(set(images) - set(stems)):
         log.warning("no mask for %s: left out", images[stem].name)
-    ck = load_checkpoint(args.checkpoint)
     pixels = [open_image(images[s]) for s in stems]
     truths = [load_mask(masks[s]) for s in stems]
+    for stem, image, truth in zip(stems, pixels, truths):
+        info = check_image(image)
+        if truth.shape != (info.height, info.width):
+            raise InputError(
+                f"{masks[stem].name}: the mask has shape {truth.shape} but its image "
+                f"{images[stem].name} is {info.height}x{info.width}: masks must have the "
+                "image's height and width"
+            )
+    ck = load_checkpoint(args.checkpoint)
     cal = drive(
         calibrate(
             ck.model,
