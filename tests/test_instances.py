@@ -39,7 +39,7 @@ def test_two_touching_discs_come_out_as_two_instances(kind):
     labels = touching_discs()
     fg = (labels > 0).astype(np.float32)
     # Connected components see one object: the discs touch.
-    assert Instancer()(fg).max() == 1
+    assert Instancer(binary_rule="components")(fg).max() == 1
     pred = Instancer(kind=kind)(fg, aux_target(labels, kind))
     assert pred.max() == 2
     assert panoptic_scores(labels, pred)["pq"] > 0.8
@@ -226,7 +226,7 @@ def test_tiny_contour_model_learns_to_separate_touching_discs():
     r = run_to_completion(
         pseudo_label(img, model, PseudoLabelConfig(method="softmax", patch_size=192), device="cpu")
     )
-    binary = Instancer()(r.probability)
+    binary = Instancer(binary_rule="components")(r.probability)
     pq, pq_binary = (
         panoptic_scores(labels, r.instances)["pq"],
         panoptic_scores(labels, binary)["pq"],

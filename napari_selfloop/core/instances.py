@@ -6,8 +6,9 @@ channel (a sigmoid map in [0, 1]) is:
 
 ``none``
     A binary model: one foreground channel. Its instances come from the foreground alone
-    (:data:`BINARY_RULES`; connected components by default, measured in
-    ``docs/instances.md``).
+    (:data:`BINARY_RULES`; the distance-transform split by default: on the validation
+    images it gave the shipped binary model PQ 0.549 and 66 edits per 100 nuclei against
+    0.483 and 71 for plain connected components, ``docs/instances.md``).
 ``contour``
     The boundary of each nucleus (a ring about two pixels wide inside it). Markers are the
     foreground pixels that are not boundary; the watershed grows them over the boundary map.
@@ -152,7 +153,7 @@ class Instancer:
     threshold: float = 0.5
     marker: float = 0.5
     min_size: int = 8
-    binary_rule: str = "components"
+    binary_rule: str = "split"  # measured on validation images, see the module docstring
 
     def __post_init__(self) -> None:
         aux_channels(self.kind)
