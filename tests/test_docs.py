@@ -75,3 +75,29 @@ def test_slug_follows_github():
     assert _slug("The plugin: a walkthrough") == "the-plugin-a-walkthrough"
     assert _slug("Results: semi-supervised fine-tuning") == "results-semi-supervised-fine-tuning"
     assert _slug("A — B") == "a--b"
+
+
+def _section(path: Path, heading: str) -> str:
+    text = path.read_text(encoding="utf-8")
+    start = text.index(heading)
+    rest = text[start + len(heading) :]
+    end = re.search(r"^#{1,6}\s", rest, re.M)
+    return rest[: end.start()] if end else rest
+
+
+def test_the_guarantees_say_what_holds_when_a_project_is_shared():
+    """Issue 27: the guarantees say what holds when two windows or processes share a
+    project, and the README says it in a line that links there."""
+    guarantees = " ".join(
+        _section(ROOT / "docs" / "usage.md", "### What is guaranteed about your files").split()
+    )
+    assert "two windows or processes" in guarantees.lower()
+    assert "autosave.md#what-holds-when-two-windows-or-processes-share-a-project" in guarantees
+    paragraphs = (ROOT / "README.md").read_text(encoding="utf-8").split("\n\n")
+    said = [
+        " ".join(p.split())
+        for p in paragraphs
+        if "two windows or processes" in " ".join(p.split()).lower()
+    ]
+    assert said, "README.md does not say what holds when two windows or processes share a project"
+    assert any("(docs/autosave.md#" in p or "(docs/usage.md#" in p for p in said), said
