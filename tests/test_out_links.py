@@ -3,6 +3,7 @@ line before any work, not reported as "File exists" after the model ran."""
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -59,12 +60,15 @@ def test_a_link_loop_or_broken_link_as_out_is_one_line_before_any_work(
     def no_work(*args, **kwargs):
         raise AssertionError("work started before --out was checked")
 
-    for module in (
+    modules = (
         "napari_selfloop.core.checkpoint",
         "napari_selfloop.core.batch",
         "napari_selfloop.cli.pseudolabel_cmd",
         "napari_selfloop.cli.batch_cmd",
-    ):
+    )
+    for module in modules:  # all imported first: none may bind the patched function for good
+        importlib.import_module(module)
+    for module in modules:
         monkeypatch.setattr(f"{module}.load_checkpoint", no_work, raising=False)
     monkeypatch.setattr("napari_selfloop.cli.export_cmd._prepare", no_work)
     code, _, err = run_cli(capsys, *_commands(files, out)[command])

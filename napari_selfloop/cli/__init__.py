@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import logging
 import signal
 import sys
@@ -22,35 +23,8 @@ from collections.abc import Iterator, Sequence
 
 from .. import __version__
 from ..core.errors import SelfloopError
-from . import (
-    batch_cmd,
-    calibrate_cmd,
-    evaluate_cmd,
-    evaluate_jigsaw_cmd,
-    export_cmd,
-    gui_cmd,
-    init_cmd,
-    models_cmd,
-    pretrain_cmd,
-    progressbar,
-    pseudolabel_cmd,
-    train_cmd,
-)
-
-#: Sub-command modules; each has ``add_parser(subparsers)`` that sets ``func``.
-COMMANDS = (
-    init_cmd,
-    pretrain_cmd,
-    pseudolabel_cmd,
-    batch_cmd,
-    train_cmd,
-    calibrate_cmd,
-    evaluate_cmd,
-    evaluate_jigsaw_cmd,
-    export_cmd,
-    models_cmd,
-    gui_cmd,
-)
+from . import progressbar
+from .commands import MODULES, SUMMARIES
 
 log = logging.getLogger("napari_selfloop")
 
@@ -152,7 +126,14 @@ class _OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``napari-selfloop`` parser.
+
+    With ``command`` (a sub-command's name), only that sub-command's module is imported and
+    its options defined; the others are listed by name and summary only, so ``--help``,
+    ``--version`` and a light command such as ``models`` do not import torch. Without it,
+    every sub-command is defined in full.
+    """
     parser = _OneLineParser(
         prog="napari-selfloop",
         description="Self-loop uncertainty pseudo-labels (Li et al., MICCAI 2020), headless.",
@@ -162,15 +143,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     sub.required = True
-    for module in COMMANDS:
-        module.add_parser(sub)
+    for name, module in MODULES.items():
+        if command is None or name == command:
+            importlib.import_module(f"{__name__}.{module}").add_parser(sub)
+        else:
+            sub.add_parser(name, help=SUMMARIES[name], add_help=False)
     return parser
+
+
+def _command_in(argv: Sequence[str]) -> str | None:
+    """The sub-command ``argv`` names: its first word that is not an option (the top-level
+    options take no values); None when there is none or it is not a sub-command."""
+    for word in argv:
+        if word == "--":
+            return None
+        if not word.startswith("-"):
+            return word if word in MODULES else None
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``napari-selfloop`` console script; returns the exit code."""
     try:
-        args = build_parser().parse_args(argv)
+        words = sys.argv[1:] if argv is None else list(argv)
+        args = build_parser(_command_in(words) or "").parse_args(words)
     except argparse.ArgumentError as e:  # raised instead of exiting by some Pythons
         print(f"napari-selfloop: error: {e} (see --help)", file=sys.stderr)
         return 2

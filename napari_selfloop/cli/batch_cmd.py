@@ -24,6 +24,7 @@ from ..core.imageio import check_input_file
 from ..core.working import SlideOptions
 from . import progressbar
 from .args import CHECKPOINT_HELP, checkpoint_arg
+from .commands import SUMMARIES
 from .pseudolabel_cmd import (
     add_method_options,
     add_slide_options,
@@ -43,7 +44,7 @@ TRIM_KEY = "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "batch",
-        help="pseudo-label many images on a dask cluster (resumable)",
+        help=SUMMARIES["batch"],
         description="Pseudo-labels every image as one dask.distributed task: on a LocalCluster "
         "of --workers processes, on a running scheduler (--scheduler), or in this process "
         "(--workers 0). Each image gets DIR/KEY_prob.tif, DIR/KEY_uncertainty.tif, "

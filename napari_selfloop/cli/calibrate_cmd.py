@@ -32,6 +32,7 @@ from ..core.stepsize import (
     sweep_steps,
 )
 from .args import CHECKPOINT_HELP, checkpoint_arg
+from .commands import SUMMARIES
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "calibrate",
-        help="choose the foreground cut of a model on annotated images and fold it into a copy",
+        help=SUMMARIES["calibrate"],
         description="Pseudo-labels each image of --images that has a mask in --masks (paired "
         "by stem, or STEM_mask.*; 0 background, 1 foreground, 255 not labelled) with one "
         f"softmax pass, finds the cut between {DEFAULT_GRID[0]:g} and {DEFAULT_GRID[-1]:g} on "

@@ -25,6 +25,7 @@ from ..core.metrics import (
     scores_from_counts,
 )
 from ..core.project import list_images
+from .commands import SUMMARIES
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ BINARY_TRUTH_NOTE = (
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate",
-        help="pixel F1 (Dice), balanced accuracy, precision, recall (and object F1, AJI)",
+        help=SUMMARIES["evaluate"],
         description="Pairs predictions with truth by file stem. Predictions: STEM_prob.tif "
         "(thresholded), STEM_mask.tif from pseudo-label (255 = uncertain counts as background) "
         "or plain 0/1 (or 0/255) masks; a STEM_prob file wins over STEM_mask. Truth: 0/1 masks "

@@ -15,6 +15,7 @@ from ..core.pretrain import at_chance, default_jigsaw_patch, evaluate_jigsaw
 from ..core.project import list_images
 from ..core.pseudolabel import PATCH_MULTIPLE
 from .args import CHECKPOINT_HELP, checkpoint_arg
+from .commands import SUMMARIES
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ SCORE_KEYS = ("loss", "top1", "chance_loss", "puzzles", "rotation", "patch_size"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "evaluate-jigsaw",
-        help="mean jigsaw loss (L_SS) and top-1 accuracy of a checkpoint on fixed-seed puzzles",
+        help=SUMMARIES["evaluate-jigsaw"],
         description="Cuts seeded random patches of the images (cycling through them), puzzles "
         "each once in the model's tile-rotation mode and reports the mean L_SS against chance "
         "(ln K) and the top-1 accuracy. A jigsaw at chance makes self-loop uncertainty "

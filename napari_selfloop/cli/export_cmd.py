@@ -33,6 +33,7 @@ from ..core.export import OBJECT_TYPES, UNCERTAIN_POLICIES, check_export_folder
 from ..core.export_stream import Plan, Rows, plan_export, write_export
 from ..core.labelfile import LabelsFile, open_labels_file
 from ..core.window import Window
+from .commands import SUMMARIES
 from .progressbar import work_started
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ MAX_OFFSET = 2**24
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="corrected masks or instance labels -> tiled TIFF masks and QuPath GeoJSON",
+        help=SUMMARIES["export"],
         description="For each MASK_OR_LABELS file (TIFF or PNG: a 0/1/255 mask, a 0/255 binary "
         "mask, or instance labels) writes DIR/STEM_mask.tif (uint8 0/1/255), "
         "DIR/STEM_instances.tif (one id per object) as tiled, compressed TIFFs with the pixel "

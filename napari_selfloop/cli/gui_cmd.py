@@ -15,6 +15,7 @@ from ..core.bundled import BUNDLED, model_for_array, resolve_checkpoint
 from ..core.errors import InputError
 from ..core.slide import is_slide
 from .args import CHECKPOINT_HELP, checkpoint_arg
+from .commands import SUMMARIES
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +24,7 @@ ASSISTANT = "Self-loop assistant"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "gui", help="open napari with the plugin docked, on a sample image or your images"
-    )
+    p = sub.add_parser("gui", help=SUMMARIES["gui"])
     p.add_argument("images", nargs="*", type=Path, help="images to open (TIFF, PNG, JPEG)")
     p.add_argument(
         "--sample",

@@ -12,6 +12,7 @@ from ..core.checkpoint import save_checkpoint
 from ..core.errors import InputError
 from ..core.jigsaw import ROTATIONS
 from ..core.model import DECODERS, JIGSAW_HEADS, ModelConfig, build_model, count_parameters
+from .commands import SUMMARIES
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = ModelConfig()
     p = sub.add_parser(
         "init",
-        help="create a new (untrained) model checkpoint",
+        help=SUMMARIES["init"],
         description="The jigsaw head and tile rotations chosen here are the model's for good: "
         "`pretrain`, `train` and `pseudo-label` use them.",
     )

@@ -7,12 +7,13 @@ import json
 
 from ..core.bundled import BUNDLED
 from ..core.modelcard import bundled_card_text, is_non_commercial
+from .commands import SUMMARIES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "models",
-        help="list the bundled starter models (use them by name: --checkpoint nuclei-he)",
+        help=SUMMARIES["models"],
         description="Lists the models shipped with napari-selfloop with their model cards: what "
         "they were trained on, how well they did on images they never saw, and the licence "
         "their weights carry. Any --checkpoint option accepts their names.",

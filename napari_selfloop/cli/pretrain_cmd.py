@@ -19,6 +19,7 @@ from ..core.project import list_images
 from ..core.pseudolabel import PATCH_MULTIPLE
 from ..core.training import TrainItem
 from .args import CHECKPOINT_HELP, checkpoint_arg
+from .commands import SUMMARIES
 from .progressbar import drive
 from .train_cmd import same_file
 
@@ -29,8 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = PretrainConfig()
     p = sub.add_parser(
         "pretrain",
-        help="pre-train the jigsaw task (self-supervised, no masks) so self-loop uncertainty "
-        "carries information",
+        help=SUMMARIES["pretrain"],
         description="Trains the encoder and the jigsaw head of --checkpoint on jigsaw puzzles "
         "of random patches of every image (PNG, JPEG, TIFF) in the --images folders; the "
         "decoder is not changed. The jigsaw head and the tile rotations are those of the "

@@ -28,6 +28,7 @@ from ..core.pseudolabel import (
 from ..core.slide import is_slide, open_slide
 from ..core.working import OUTPUT_DTYPES, SlideOptions
 from .args import CHECKPOINT_HELP, checkpoint_arg
+from .commands import SUMMARIES
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "pseudo-label",
-        help="pseudo-label images with self-loop uncertainty or a baseline",
+        help=SUMMARIES["pseudo-label"],
         description="Writes DIR/STEM_prob.tif (float32 in [0, 1]), DIR/STEM_uncertainty.tif "
         "(float32), DIR/STEM_mask.tif (uint8: 1 confident foreground, 0 confident "
         "background, 255 uncertain) and DIR/STEM_instances.tif (uint32: one id per nucleus "

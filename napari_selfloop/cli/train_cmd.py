@@ -20,6 +20,7 @@ from ..core.project import list_images, paired_masks
 from ..core.pseudolabel import PATCH_MULTIPLE, STEP_RULES
 from ..core.training import FRAMEWORKS, VAL_METRICS, TrainConfig, TrainItem, train
 from .args import CHECKPOINT_HELP, checkpoint_arg
+from .commands import SUMMARIES
 from .progressbar import drive
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = TrainConfig()
     p = sub.add_parser(
         "train",
-        help="fine-tune a model on labelled and unlabelled images (self-loop or a baseline)",
+        help=SUMMARIES["train"],
         description="Images in --images are paired with masks in --masks by file stem (a mask "
         "may also be named STEM_mask.*). Masks are 0 background, 1 foreground, 255 not "
         "labelled. Unlabelled images are the images not chosen as labelled, plus --unlabeled.",

@@ -14,20 +14,19 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .bootstrap import guess_kind
-from .calibration import apply_calibration
-from .checkpoint import (
-    Checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
 from .errors import CheckpointError
-from .stepsize import set_selfloop_step
+
+if TYPE_CHECKING:
+    import torch
+
+    from .checkpoint import Checkpoint
+
+# torch, scikit-image and the checkpoint code are imported where a model is loaded or an
+# image looked at, so that listing the bundled models (``napari-selfloop models``) is quick.
 
 #: Where the bundled files live (inside the installed package).
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -112,6 +111,8 @@ def resolve_checkpoint(value: str | os.PathLike[str]) -> Path:
 
 def load_bundled(name: str, map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load bundled model ``name``; a damaged file says so and how to repair it."""
+    from .checkpoint import load_checkpoint
+
     path = bundled_path(name)
     try:
         return load_checkpoint(path, map_location)
@@ -123,6 +124,8 @@ def load_bundled(name: str, map_location: str | torch.device = "cpu") -> Checkpo
 
 def load_any(value: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> Checkpoint:
     """Load a checkpoint file or a bundled model by name."""
+    from .checkpoint import load_checkpoint
+
     return (
         load_bundled(str(value), map_location)
         if is_bundled_name(value)
@@ -132,6 +135,8 @@ def load_any(value: str | os.PathLike[str], map_location: str | torch.device = "
 
 def model_for_image(rgb: np.ndarray) -> str:
     """The bundled model that fits an image: the Start panel's H&E-or-dermoscopy guess."""
+    from .bootstrap import guess_kind
+
     kind = guess_kind(rgb)
     return next(m.name for m in BUNDLED.values() if m.kind == kind)
 
@@ -169,6 +174,10 @@ def package_model(
     ``step``, :mod:`.stepsize`) makes it the model's self-loop step (a step of None: no
     step kept up with softmax, which the card then says). Both records are kept.
     """
+    from .calibration import apply_calibration
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .stepsize import set_selfloop_step
+
     if name not in BUNDLED:
         raise _unknown(name)
     m = BUNDLED[name]

@@ -12,25 +12,29 @@ the seconds a full load and check takes), which is all a listing of cards needs.
 
 from __future__ import annotations
 
+import collections
 import functools
+import io
 import os
+import pickle
+import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .bundled import BUNDLED, BundledModel
-from .checkpoint import (
-    FORMAT,
-    _read_payload,
-    chosen_settings,
-    file_sha256,
-    heldout_line,
-    jigsaw_figures,
-)
 from .errors import CheckpointError
-from .model import ModelConfig
-from .pretrain import PRETRAIN_KIND
+
+if TYPE_CHECKING:
+    from .model import ModelConfig
+
+# The checkpoint and model code (and torch) are imported where a record is read in full, so
+# that ``napari-selfloop models`` lists the bundled cards without importing torch
+# (:func:`quick_meta`).
+
+#: ``format`` of a napari-selfloop checkpoint's record (:data:`.checkpoint.FORMAT`).
+CHECKPOINT_FORMAT = "napari-selfloop-checkpoint"
 
 #: Words for a Dice score (%) on images a model never saw, best first.
 QUALITY_WORDS = (
@@ -78,6 +82,9 @@ def read_record(path: str | os.PathLike[str]) -> Record:
     CheckpointError
         For a missing, corrupt, foreign or pickled file, or one without a valid model config.
     """
+    from .checkpoint import FORMAT, _read_payload
+    from .model import ModelConfig
+
     path = Path(path)
     payload, _ = _read_payload(path, "meta")
     if payload.get("format") != FORMAT:
@@ -88,6 +95,74 @@ def read_record(path: str | os.PathLike[str]) -> Record:
         raise CheckpointError(f"{path.name} has an invalid model config: {e}") from None
     meta = {k: v for k, v in payload.items() if k not in ("state_dict", "model_config")}
     return Record(meta=meta, config=config, path=path)
+
+
+class _Unread:
+    """A tensor of a record read by :func:`quick_meta`: its data is never read."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<tensor not read>"
+
+
+_UNREAD = _Unread()
+
+
+def _unread(*_args: Any) -> _Unread:
+    return _UNREAD
+
+
+class _RecordUnpickler(pickle.Unpickler):
+    """Unpickles a ``torch.save`` record without torch: plain values, ordered dicts, and a
+    placeholder for every tensor; any other object is refused (nothing is ever called but
+    the placeholder and ``OrderedDict``)."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return collections.OrderedDict
+        if module == "torch._utils" and name in ("_rebuild_tensor_v2", "_rebuild_parameter"):
+            return _unread
+        if module == "torch" and name.endswith("Storage"):
+            return _unread
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a checkpoint's record")
+
+    def persistent_load(self, pid: Any) -> _Unread:
+        return _UNREAD
+
+
+#: A record larger than this is left to :func:`read_record` (which refuses it).
+_QUICK_MAX_BYTES = 16 * 2**20
+
+
+def quick_meta(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A checkpoint's record (as :attr:`Record.meta`) read without torch, or None.
+
+    Reads only the archive's ``data.pkl``, with an unpickler that allows plain values and
+    tensors (left unread) and nothing else. None for anything unusual (not a zip, another
+    member layout, another object, a record too large, not a napari-selfloop checkpoint):
+    the caller then reads the file with :func:`read_record`, which checks it fully and says
+    what is wrong. For describing a model only, as :func:`read_record`.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = [
+                i
+                for i in archive.infolist()
+                if i.filename.count("/") == 1 and i.filename.endswith("/data.pkl")
+            ]
+            if len(records) != 1 or records[0].file_size > _QUICK_MAX_BYTES:
+                return None
+            payload = _RecordUnpickler(io.BytesIO(archive.read(records[0]))).load()
+    except Exception:  # any damage: read_record checks the file and says what is wrong
+        return None
+    if (
+        not isinstance(payload, dict)
+        or payload.get("format") != CHECKPOINT_FORMAT
+        or not isinstance(payload.get("model_config"), dict)
+    ):
+        return None
+    return {k: v for k, v in payload.items() if k not in ("state_dict", "model_config")}
 
 
 @dataclass(frozen=True)
@@ -162,6 +237,8 @@ def is_non_commercial(licence: str) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _bundled_sha(path: Path, mtime_ns: int) -> str:
+    from .checkpoint import file_sha256
+
     return file_sha256(path)
 
 
@@ -211,7 +288,7 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
-def plain_card(meta: Mapping[str, Any], config: ModelConfig, path: Path | None) -> PlainCard:
+def plain_card(meta: Mapping[str, Any], config: ModelConfig | None, path: Path | None) -> PlainCard:
     """The plain card of a checkpoint's record (a loaded checkpoint's ``meta`` and ``config``,
     or a :class:`Record`'s).
 
@@ -254,6 +331,8 @@ def plain_card(meta: Mapping[str, Any], config: ModelConfig, path: Path | None) 
         names = [str(d.get("name", "?")) for d in data[:3] if isinstance(d, dict)]
         more = f" and {len(data) - 3} more" if len(data) > 3 else ""
         trained = f"{len(data)} image(s): {', '.join(names)}{more}"
+        from .pretrain import PRETRAIN_KIND
+
         if training.get("kind") == PRETRAIN_KIND:
             trained = f"jigsaw puzzles of {trained} (no masks: it does not segment yet)"
     if parent is not None:
@@ -276,6 +355,9 @@ def bundled_card_text(name: str, verbose: bool = False) -> str:
     and with ``verbose`` the ML details (file, held-out figures, jigsaw, chosen settings,
     recipe). Reads the record only, and works when the file is absent or damaged."""
     m = BUNDLED[name]
+    meta = quick_meta(m.path) if not verbose and m.path.is_file() else None
+    if meta is not None:  # the plain card only: read without torch
+        return plain_card(meta, None, m.path).text(indent="  ")
     try:
         record = read_record(m.path) if m.path.is_file() else None
         problem = None if record is not None else f"MISSING ({m.path}): reinstall napari-selfloop"
@@ -302,6 +384,8 @@ def bundled_card_text(name: str, verbose: bool = False) -> str:
         + (f"{m.pixel_size_um} um/px" if m.pixel_size_um else "any (no fixed scale)"),
     ]
     if record is not None:
+        from .checkpoint import chosen_settings, heldout_line, jigsaw_figures
+
         if record.config.work_size is not None:
             details.append(
                 f"  work size: images are resized to {record.config.work_size} px (longer "
