@@ -71,3 +71,41 @@ def test_an_unknown_command_is_still_one_line(capsys):
 
     code, _, err = run_cli(capsys, "modles")
     assert_one_line_error(code, err, "invalid choice", "modles")
+
+
+def test_quick_meta_never_runs_an_object_of_the_file(tmp_path):
+    """The record is read by an unpickler that allows plain values and tensor placeholders
+    only; a pickled callable makes it give up (the full read then refuses the file)."""
+    import pickle
+    import zipfile
+
+    from napari_selfloop.core.modelcard import CHECKPOINT_FORMAT, quick_meta
+
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    path = tmp_path / "evil.pt"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(
+            "evil/data.pkl",
+            pickle.dumps({"format": CHECKPOINT_FORMAT, "model_config": {}, "note": Evil()}),
+        )
+    assert quick_meta(path) is None
+    assert not marker.exists()
+    good = tmp_path / "good.pt"
+    with zipfile.ZipFile(good, "w") as z:
+        z.writestr(
+            "good/data.pkl",
+            pickle.dumps({"format": CHECKPOINT_FORMAT, "model_config": {}, "note": "x"}),
+        )
+    assert quick_meta(good) == {"format": CHECKPOINT_FORMAT, "note": "x"}
+
+
+def test_quick_meta_agrees_with_the_checkpoint_format():
+    from napari_selfloop.core.checkpoint import FORMAT
+    from napari_selfloop.core.modelcard import CHECKPOINT_FORMAT
+
+    assert CHECKPOINT_FORMAT == FORMAT
