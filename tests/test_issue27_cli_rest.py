@@ -159,3 +159,22 @@ def test_batch_shortens_a_very_long_stem(tmp_path, capsys, checkpoint):
     assert all((out / n).is_file() for n in record["outputs"].values())
     assert all(len(n.encode()) <= 200 for n in record["outputs"].values())
     assert "long" in err
+
+
+def test_batch_size_0_does_not_mention_an_lr_that_was_not_given(tmp_path, capsys, checkpoint):
+    """Issue 27 (cosmetic): --batch-size 0 is refused for what it is, in one line."""
+    image = _image(tmp_path / "img.png")
+    code, _, err = run_cli(
+        capsys,
+        "pseudo-label",
+        image,
+        "--checkpoint",
+        checkpoint,
+        "--out",
+        tmp_path / "o",
+        *FAST,
+        "--batch-size",
+        "0",
+    )
+    assert_one_line_error(code, err, "batch size", "got 0")
+    assert "lr" not in err and "None" not in err

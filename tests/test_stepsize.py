@@ -94,7 +94,7 @@ def test_pseudo_labels_use_the_models_step_unless_one_is_given(tiny_model, rgb_i
     # A step given in the config wins over the model's.
     assert np.array_equal(run(DEFAULT_STEP_LR).probability, default.probability)
     assert PseudoLabelConfig(lr=2e-4).step_lr(tiny_model) == 2e-4
-    with pytest.raises(InputError, match="lr positive"):
+    with pytest.raises(InputError, match=r"step size \(lr\) must be positive"):
         PseudoLabelConfig(lr=0.0)
 
 

@@ -178,10 +178,10 @@ class PseudoLabelConfig:
                 f"overlap must be at least 0 and at most a third of the patch size "
                 f"({self.patch_size // MAX_OVERLAP_DIVISOR}), got {self.overlap}"
             )
-        if self.batch_size < 1 or (self.lr is not None and not self.lr > 0):
-            raise InputError(
-                f"batch size must be at least 1 and lr positive, got {self.batch_size} and {self.lr}"
-            )
+        if self.batch_size < 1:
+            raise InputError(f"batch size must be at least 1 patch per step, got {self.batch_size}")
+        if self.lr is not None and not self.lr > 0:
+            raise InputError(f"the self-loop step size (lr) must be positive, got {self.lr}")
         if self.step_rule not in STEP_RULES:
             raise InputError(
                 f"unknown step rule {self.step_rule!r}: choose one of {', '.join(STEP_RULES)}"
