@@ -318,3 +318,34 @@ def test_a_restored_layer_still_tells_the_painted_pixels_from_the_proposal(
     assert (labels.data[outside] == expected[outside]).all()
     assert not any("no record" in m for m in _infos(notes))
     assert not errors(notes)
+
+
+def test_an_implausible_proposal_is_a_plain_words_warning(
+    make_napari_viewer, project, notes, qtbot, tmp_path
+):
+    """A model whose training record says "sparse tissue" but that marks every pixel:
+    the panel warns in plain words (notification and status line); a model whose record
+    covers the proposal stays quiet."""
+    from napari_selfloop.core.checkpoint import save_checkpoint
+    from napari_selfloop.core.plausibility import RECORD_KEY
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_nuclei(96)[0], name="tile")
+    net = build_model(ModelConfig(width=TINY_WIDTH), seed=0)
+    net.decoder.head.bias.data.fill_(20.0)  # foreground everywhere
+    sparse, covered = tmp_path / "sparse.pt", tmp_path / "covered.pt"
+    save_checkpoint(sparse, net, metrics={RECORD_KEY: {"share": [0.1, 0.3], "images": 3}})
+    save_checkpoint(covered, net, metrics={RECORD_KEY: {"share": [0.1, 1.0], "images": 3}})
+    model = dock(viewer, ModelWidget)
+    assert model.load(sparse) is not None
+    panel = dock(viewer, PseudoLabelWidget)
+    panel.method_combo.setCurrentText("softmax")
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    warned = [n for n in notes if "may not know this tissue" in str(n.message)]
+    assert len(warned) == 1 and "100 %" in str(warned[0].message)
+    assert "may not know this tissue" in panel.runner.status.text()
+    notes.clear()
+    assert model.load(covered) is not None
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    assert not [n for n in notes if "may not know" in str(n.message)]
+    assert "may not know" not in panel.runner.status.text()

@@ -162,6 +162,7 @@ def package_model(
     heldout: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
     selfloop_step: dict[str, Any] | None = None,
+    instances: dict[str, Any] | None = None,
     dest: Path | None = None,
 ) -> Path:
     """Write the shipped file of bundled model ``name`` from a trained checkpoint.
@@ -172,10 +173,14 @@ def package_model(
     on validation images) folds that foreground cut into the weights
     (:func:`.calibration.apply_calibration`); ``selfloop_step`` (a record with the chosen
     ``step``, :mod:`.stepsize`) makes it the model's self-loop step (a step of None: no
-    step kept up with softmax, which the card then says). Both records are kept.
+    step kept up with softmax, which the card then says). Both records are kept, as is
+    ``instances`` (how the instance output's marker was chosen and its figures) and the
+    source's tissue record (:mod:`.plausibility`).
     """
     from .calibration import apply_calibration
     from .checkpoint import load_checkpoint, save_checkpoint
+    from .plausibility import RECORD_KEY as TISSUE_KEY
+    from .plausibility import record_of
     from .stepsize import set_selfloop_step
 
     if name not in BUNDLED:
@@ -201,6 +206,11 @@ def package_model(
         metrics["calibration"] = calibration
     if selfloop_step:
         metrics["selfloop_step"] = selfloop_step
+    if instances:
+        metrics["instances"] = instances
+    tissue = record_of(src.meta)
+    if tissue:
+        metrics[TISSUE_KEY] = tissue
     training = {
         "kind": "bundled",
         "command": command,

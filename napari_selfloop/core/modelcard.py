@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import functools
 import io
+import math
 import os
 import pickle
 import zipfile
@@ -288,6 +289,24 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
+def _objects_line(meta: Mapping[str, Any]) -> str | None:
+    """What the model's instance output gives, in words and the cost of correcting it
+    (``metrics["instances"]``, written when it was packaged), or None."""
+    metrics = meta.get("metrics") if isinstance(meta.get("metrics"), dict) else {}
+    rec = metrics.get("instances")
+    figures = rec.get("validation") if isinstance(rec, dict) else None
+    if not isinstance(figures, dict):
+        return None
+    edits, pq = figures.get("edits_per_100"), figures.get("pq")
+    where = rec.get("chosen_on") if isinstance(rec.get("chosen_on"), str) else "validation images"
+    if not all(isinstance(v, int | float) and math.isfinite(v) for v in (edits, pq)):
+        return None
+    return (
+        f"proposed one by one, touching nuclei separated; on {where} a proposal needed about "
+        f"{edits:.0f} corrections (deletes or adds) per 100 nuclei (panoptic quality {pq:.2f})"
+    )
+
+
 def plain_card(meta: Mapping[str, Any], config: ModelConfig | None, path: Path | None) -> PlainCard:
     """The plain card of a checkpoint's record (a loaded checkpoint's ``meta`` and ``config``,
     or a :class:`Record`'s).
@@ -307,6 +326,9 @@ def plain_card(meta: Mapping[str, Any], config: ModelConfig | None, path: Path |
         lines = [("Trained on", bundled.data)]
         good = _how_good(meta, kind_words)
         lines.append(("How good", good or "not measured on images it never saw"))
+        objects = _objects_line(meta)
+        if objects:
+            lines.append(("Nuclei", objects))
         use = (
             f"{bundled.title}, at {bundled.pixel_size_um:g} µm per pixel"
             if bundled.pixel_size_um

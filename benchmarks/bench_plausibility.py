@@ -1,0 +1,114 @@
+"""How often does the plausibility warning fire, and where?
+
+The warning (:mod:`napari_selfloop.core.plausibility`) compares a proposal's foreground
+share and typical nucleus size with the range recorded in the checkpoint from its
+training images. It must stay quiet on tissue like the training tissue and speak where
+the model is badly wrong. For a leave-one-organ-out base model (``bench_hitl.py``'s, whose
+record holds only the other organs) this proposes on three sets and counts how often it
+fires, beside how wrong each proposal is (pixel Dice, edits per 100 nuclei):
+
+- ``training organs``: the MoNuSeg images of the organs the model was trained on;
+- ``held-out organ``: the images of ``--organ`` (tissue it has not seen);
+- ``dermoscopy``: ``--isic`` ISIC images (not tissue at all: a stand-in for an image the
+  model knows nothing about; no nuclei truth, so no edits).
+
+::
+
+    python benchmarks/bench_plausibility.py --checkpoint runs/loo-prostate/segment.pt \\
+        --organ prostate --out benchmarks/results/plausibility_loo_prostate.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
+from train_bundled import load_dataset  # noqa: E402
+
+from napari_selfloop.core.atomic import write_json  # noqa: E402
+from napari_selfloop.core.checkpoint import load_checkpoint  # noqa: E402
+from napari_selfloop.core.metrics import panoptic_scores, pixel_scores  # noqa: E402
+from napari_selfloop.core.plausibility import plausibility_warning, record_of  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
+from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
+
+
+def check(model: Any, record: Any, d: dict[str, Any], method: str) -> dict[str, Any]:
+    q = 1 if method == "softmax" else 10
+    r = run_to_completion(
+        pseudo_label(
+            d["image"], model, PseudoLabelConfig(method=method, q=q), device="cpu", instances=True
+        )
+    )
+    warning = plausibility_warning(r.info.get("figures"), record)
+    row: dict[str, Any] = {
+        "fired": warning is not None,
+        "figures": {k: round(float(v), 4) for k, v in r.info["figures"].items()},
+    }
+    if "labels" in d:  # nuclei truth (not for the dermoscopy images)
+        row["dice"] = round(float(pixel_scores(r.probability > 0.5, d["mask"])["f1"]), 4)
+        row["edits_per_100"] = round(
+            float(panoptic_scores(d["labels"], r.instances)["edits_per_100"]), 1
+        )
+    if warning:
+        row["warning"] = warning
+    return row
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--organ", choices=ORGANS, required=True, help="the organ it never saw")
+    p.add_argument("--isic", type=int, default=12, help="ISIC images to check (0: none)")
+    p.add_argument("--method", default="softmax")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    ckpt = load_checkpoint(args.checkpoint)
+    record = record_of(ckpt.meta)
+    if record is None:
+        raise SystemExit(f"{args.checkpoint} records no tissue range: train it with this version")
+    model = ckpt.model.eval()
+    data = load_dataset("monuseg/train")
+    train_idx, held_idx = leave_one_organ_out([d["name"] for d in data], args.organ)
+    sets = {
+        "training organs": [data[i] for i in train_idx],
+        "held-out organ": [data[i] for i in held_idx],
+    }
+    if args.isic:
+        sets["dermoscopy"] = load_dataset("isic512/train")[: args.isic]
+    report: dict[str, Any] = {
+        "benchmark": "plausibility",
+        "command": " ".join(["python", "benchmarks/bench_plausibility.py", *sys.argv[1:]]),
+        "checkpoint": str(args.checkpoint),
+        "organ": args.organ,
+        "method": args.method,
+        "record": record,
+        "sets": {},
+    }
+    t0 = time.perf_counter()
+    for name, images in sets.items():
+        rows = {d["name"]: check(model, record, d, args.method) for d in images}
+        fired = sum(r["fired"] for r in rows.values())
+        report["sets"][name] = {"fired": fired, "images": len(rows), "per_image": rows}
+        print(f"[plausibility] {name}: fired on {fired} of {len(rows)}", flush=True)
+        write_json(args.out, report)
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    write_json(args.out, report)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
