@@ -117,6 +117,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="fraction of iterations on labelled data only before pseudo-labels",
     )
     p.add_argument(
+        "--gate-dice",
+        type=float,
+        default=d.gate_dice,
+        help="semi-supervised frameworks: use the unlabelled images only once the model's "
+        f"Dice on its labelled patches reaches this ({d.gate_dice:g}; 0: from the first step)",
+    )
+    p.add_argument(
         "--dice-weight",
         type=float,
         default=d.dice_weight,
@@ -242,6 +249,7 @@ def run(args: argparse.Namespace) -> int:
         confidence=args.confidence,
         lr=args.lr,
         warmup=args.warmup,
+        gate_dice=args.gate_dice,
         seed=args.seed,
         precision=args.precision,
         validate_every=args.validate_every,
