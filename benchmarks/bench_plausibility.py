@@ -21,6 +21,7 @@ fires, beside how wrong each proposal is (pixel Dice, edits per 100 nuclei):
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -53,7 +54,10 @@ def check(model: Any, record: Any, d: dict[str, Any], method: str) -> dict[str, 
     warning = plausibility_warning(r.info.get("figures"), record)
     row: dict[str, Any] = {
         "fired": warning is not None,
-        "figures": {k: round(float(v), 4) for k, v in r.info["figures"].items()},
+        "figures": {
+            k: round(float(v), 4) if math.isfinite(v) else None
+            for k, v in r.info["figures"].items()
+        },
     }
     if "labels" in d:  # nuclei truth (not for the dermoscopy images)
         row["dice"] = round(float(pixel_scores(r.probability > 0.5, d["mask"])["f1"]), 4)

@@ -443,6 +443,8 @@ def test_train_with_a_jigsaw_warmup_records_the_jigsaw_loss(tmp_path, capsys):
         "2",
         "--validate-every",
         "2",
+        "--framework",
+        "selfloop",
         "--jigsaw-warmup",
         "3",
         "--jigsaw-batch-size",

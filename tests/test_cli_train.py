@@ -72,7 +72,7 @@ def test_train_writes_a_checkpoint_with_roles(folders, capsys):
     ck = load_checkpoint(out)
     roles = {d["name"]: d["role"] for d in ck.meta["data"]}
     assert roles == {"a.png": "labelled", "b.png": "validation", "c.png": "unlabelled"}
-    assert ck.meta["training"]["config"]["framework"] == "selfloop"
+    assert ck.meta["training"]["config"]["framework"] == "supervised"  # the default
     assert ck.meta["metrics"]["metric_name"] == "val_f1_mean"  # --val-metric per-image
     assert ck.meta["training"]["config"]["val_metric"] == "per-image"
     assert 0 <= ck.meta["metrics"]["val_f1"] <= 1  # the pooled Dice is recorded too

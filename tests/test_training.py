@@ -52,6 +52,8 @@ def items(n: int, start: int = 0, masks: bool = True) -> list[TrainItem]:
 
 
 FAST = dict(
+    framework="selfloop",  # the method under test (the default is supervised)
+    gate_dice=0.0,  # the paper's schedule: unlabelled images from step 1
     iterations=4,
     patch_size=96,
     batch_size=2,
@@ -226,6 +228,7 @@ def test_selfloop_steps_in_training_do_not_replay_the_segmentation_momentum():
         ss_weight=0.0,
         hed_jitter=0.0,
         validate_every=100,
+        gate_dice=0.0,  # self-loop steps from step 1
     )
     after_objective = None
     checked = 0
@@ -277,7 +280,7 @@ def test_a_few_iterations_lower_the_loss():
 @pytest.mark.parametrize("framework", ["selfloop", "softmax", "mc-dropout", "selfloop-no-ss"])
 def test_every_framework_trains_and_reports_its_losses(framework, tmp_path):
     model = build_model(TINY, seed=0)
-    cfg = TrainConfig(framework=framework, mc_passes=2, **FAST)
+    cfg = TrainConfig(**{**FAST, "framework": framework, "mc_passes": 2})
     events, result = run(
         train(
             model,
@@ -503,6 +506,11 @@ def test_bad_config_is_refused(kwargs, message):
 def test_other_refusals(tmp_path):
     no_dropout = build_model(ModelConfig(width=8, dropout=0.0))
     with pytest.raises(InputError, match="dropout"):
-        train(no_dropout, items(1), items(1, 3, False), TrainConfig(framework="mc-dropout", **FAST))
+        train(
+            no_dropout,
+            items(1),
+            items(1, 3, False),
+            TrainConfig(**{**FAST, "framework": "mc-dropout"}),
+        )
     with pytest.raises(InputError, match="does not exist"):
         train(build_model(TINY), items(1), [], TrainConfig(**FAST), out=tmp_path / "no" / "x.pt")
