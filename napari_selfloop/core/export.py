@@ -397,6 +397,55 @@ def _files(stem: str) -> dict[str, str]:
     }
 
 
+def manifest_entry(
+    *,
+    name: str,
+    image: str | None,
+    image_sha256: str | None,
+    files: dict[str, str],
+    shape: list[int],
+    checkpoint: str | None,
+    foreground_pixels: int,
+    uncertain_pixels: int,
+    objects: int,
+    uncertain_policy: str,
+    object_type: str,
+    pixel_size_um: float | None,
+    window: Window | None,
+) -> dict[str, Any]:
+    """One image's entry of an export folder's manifest (the whole-array and the banded
+    export write the same)."""
+    return {
+        "name": name,
+        "image": image,
+        "image_sha256": image_sha256,
+        **files,
+        "shape": shape,
+        "checkpoint": checkpoint,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "foreground_pixels": foreground_pixels,
+        "uncertain_pixels": uncertain_pixels,
+        "objects": objects,
+        "uncertain_policy": uncertain_policy,
+        "object_type": object_type,
+        "pixel_size_um": pixel_size_um,
+        "region": None if window is None else window.to_meta(),
+        "package_version": __version__,
+    }
+
+
+def manifest_text_with(manifest: dict[str, Any], entry: dict[str, Any]) -> str:
+    """``manifest`` with ``entry`` in place of any earlier entry of the same image or mask
+    file (``manifest`` is updated), as the text to write."""
+    manifest["entries"] = [
+        e
+        for e in manifest["entries"]
+        if not _same_image(e, entry["name"], entry["image_sha256"])
+        and e.get("mask") != entry["mask"]
+    ] + [entry]
+    return json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
 def _same_image(entry: dict[str, Any], name: str, image_sha256: str | None) -> bool:
     """Whether a manifest entry is an earlier export of this image (same name and pixels)."""
     if entry.get("name") != str(name):
@@ -619,29 +668,22 @@ def export_annotation(
         manifest = _read_manifest(manifest_path)  # refuse a foreign one before writing
         stem = choose_stem(out, str(name), image_sha256, manifest["entries"])
         files = _files(stem)
-        entry = {
-            "name": str(name),
-            "image": image_path,
-            "image_sha256": image_sha256,
-            **files,
-            "shape": [int(s) for s in mask.shape],
-            "checkpoint": checkpoint,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "foreground_pixels": int((mask == 1).sum()),
-            "uncertain_pixels": int((mask == UNCERTAIN).sum()),
-            "objects": objects,
-            "uncertain_policy": uncertain,
-            "object_type": object_type,
-            "pixel_size_um": pixel_size_um,
-            "region": None if window is None else window.to_meta(),
-            "package_version": __version__,
-        }
-        manifest["entries"] = [
-            e
-            for e in manifest["entries"]
-            if not _same_image(e, str(name), image_sha256) and e.get("mask") != files["mask"]
-        ] + [entry]
-        manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        entry = manifest_entry(
+            name=str(name),
+            image=image_path,
+            image_sha256=image_sha256,
+            files=files,
+            shape=[int(s) for s in mask.shape],
+            checkpoint=checkpoint,
+            foreground_pixels=int((mask == 1).sum()),
+            uncertain_pixels=int((mask == UNCERTAIN).sum()),
+            objects=objects,
+            uncertain_policy=uncertain,
+            object_type=object_type,
+            pixel_size_um=pixel_size_um,
+            window=window,
+        )
+        manifest_text = manifest_text_with(manifest, entry)
 
         def tiff(array: np.ndarray, **kwargs: Any) -> Callable[[Path], None]:
             return lambda tmp: write_tiled_tiff(

@@ -30,7 +30,6 @@ streamed. Measured in ``docs/slides-and-batch.md``.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
 import json
 import logging
 import math
@@ -42,7 +41,6 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from .. import __version__
 from .atomic import atomic_path
 from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
@@ -52,10 +50,11 @@ from .export import (
     UNCERTAIN_POLICIES,
     _files,
     _read_manifest,
-    _same_image,
     choose_stem,
     folder_lock,
     labels_to_mask,
+    manifest_entry,
+    manifest_text_with,
     object_feature,
 )
 from .pseudolabel import UNCERTAIN
@@ -496,29 +495,22 @@ def write_export(
         manifest = _read_manifest(manifest_path)
         stem = choose_stem(out, str(name), image_sha256, manifest["entries"])
         files = _files(stem)
-        entry = {
-            "name": str(name),
-            "image": None,
-            "image_sha256": image_sha256,
-            **files,
-            "shape": [height, width],
-            "checkpoint": None,
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "foreground_pixels": plan.foreground,
-            "uncertain_pixels": plan.uncertain_pixels,
-            "objects": plan.objects,
-            "uncertain_policy": plan.uncertain,
-            "object_type": object_type,
-            "pixel_size_um": pixel_size_um,
-            "region": None if window is None else window.to_meta(),
-            "package_version": __version__,
-        }
-        manifest["entries"] = [
-            e
-            for e in manifest["entries"]
-            if not _same_image(e, str(name), image_sha256) and e.get("mask") != files["mask"]
-        ] + [entry]
-        manifest_text = json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+        entry = manifest_entry(
+            name=str(name),
+            image=None,
+            image_sha256=image_sha256,
+            files=files,
+            shape=[height, width],
+            checkpoint=None,
+            foreground_pixels=plan.foreground,
+            uncertain_pixels=plan.uncertain_pixels,
+            objects=plan.objects,
+            uncertain_policy=plan.uncertain,
+            object_type=object_type,
+            pixel_size_um=pixel_size_um,
+            window=window,
+        )
+        manifest_text = manifest_text_with(manifest, entry)
         order = ["mask", "instances", "geojson"]
         with contextlib.ExitStack() as stack:
             # Entered last first: leaving the stack renames mask, instances, GeoJSON, manifest.

@@ -577,9 +577,7 @@ def pseudo_label(
     result.mask = confidence_mask(result.probability, cfg.threshold)
     result.info["work_shape"] = shape
     if instances or (sinks is not None and "instances" in sinks):
-        result.instances = instancer(result.probability, result.aux)
-        result.info["objects"] = int(result.instances.max())
-        result.info["figures"] = image_figures(result.instances > 0, result.instances)
+        _add_instances(result, instancer, result.probability, result.aux)
     if sinks is not None:
         outputs = {
             "prob": result.probability,
@@ -607,6 +605,16 @@ def _instancer(models: list[ResUNet]) -> Instancer:
 
 #: Rows per block written to the sinks of a work-size model's result.
 SINK_ROWS = 512
+
+
+def _add_instances(
+    result: PseudoLabelResult, instancer: Instancer, prob: np.ndarray, aux: np.ndarray | None
+) -> None:
+    """Label the nuclei of in-memory maps: ``result.instances``, its object count and
+    plausibility figures."""
+    result.instances = instancer(prob, aux)
+    result.info["objects"] = int(result.instances.max())
+    result.info["figures"] = image_figures(result.instances > 0, result.instances)
 
 
 def _pseudo_label(
@@ -726,9 +734,7 @@ def _pseudo_label(
         result.info["figures"] = streamed.finish()
         result.info["objects"] = streamed.objects
     elif prob is not None and want_instances:
-        result.instances = instancer(prob, aux)
-        result.info["objects"] = int(result.instances.max())
-        result.info["figures"] = image_figures(result.instances > 0, result.instances)
+        _add_instances(result, instancer, prob, aux)
     if cfg.method == "selfloop":
         result.info["step_lr"] = cfg.step_lr(models[0])
     if records["losses"]:
