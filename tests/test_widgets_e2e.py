@@ -34,7 +34,7 @@ def test_whole_loop_on_the_sample(make_napari_viewer, project, notes, qtbot, tmp
     start = app.panel("Start")
     assert start.run() and wait_run(qtbot, start.runner).status == "done"
     labels = find_result(viewer, "H&E nuclei", "labels")
-    assert labels is not None and labels.data.max() == 1
+    assert labels is not None and labels.data.max() > 1  # one id per nucleus
 
     # 2. Paint corrections (as the brush would): add a nucleus, erase a false one,
     #    and leave a band not reviewed (255 = ignored by training).

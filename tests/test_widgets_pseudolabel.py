@@ -9,6 +9,7 @@ import pytest
 from conftest import assert_same_state, state_snapshot
 from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, fake_stack, small_nuclei, wait_run
 
+from napari_selfloop.core.export import labels_to_mask
 from napari_selfloop.core.model import ModelConfig, build_model
 from napari_selfloop.core.pseudolabel import PseudoLabelConfig
 from napari_selfloop.widgets._layers import find_result, role_of
@@ -40,8 +41,9 @@ def test_results_as_layers_updated_in_place(make_napari_viewer, project, notes, 
     assert roles == ["", "labels", "probability", "uncertainty"]
     labels = find_result(viewer, "tile", "labels")
     prob = find_result(viewer, "tile", "probability")
-    assert labels.data.shape == (96, 96) and labels.data.dtype == np.uint8
-    assert set(np.unique(labels.data)) <= {0, 1, 255}
+    assert labels.data.shape == (96, 96) and labels.data.dtype == np.uint32
+    # One id per nucleus (any value but 0 and 255), uncertain pixels 255.
+    assert set(np.unique(labels_to_mask(labels.data))) <= {0, 1, 255}
     assert prob.data.dtype == np.float32 and 0 <= prob.data.min() <= prob.data.max() <= 1
     # A re-run with another method updates the same three layers.
     panel.method_combo.setCurrentText("softmax")

@@ -102,7 +102,7 @@ def test_a_rectangle_and_the_view_of_a_slide_get_region_sized_layers(
         assert tuple(layer.translate) == (5000, 6000) and tuple(layer.scale) == (1, 1)
         assert "[5000:5384, 6000:6384]" in layer.name
     assert layers["probability"].data.nbytes == 384 * 384 * 4
-    assert layers["labels"].data.nbytes == 384 * 384
+    assert layers["labels"].data.nbytes == 384 * 384 * 4  # uint32 nucleus ids
     proposal = layers["labels"].metadata["selfloop"]["proposal"]
     assert proposal.shape == (384, 384)
     assert any("no pixel size" in m for m in _messages(notes))

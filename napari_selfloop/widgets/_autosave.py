@@ -51,6 +51,7 @@ from ..core.autosave import (
     slide_key,
 )
 from ..core.errors import SelfloopError
+from ..core.nuclei import next_id
 from ..core.tiles import SCAN_BYTES, TileTracker
 from ..core.window import Window
 from ._layers import (
@@ -721,7 +722,7 @@ class AutosaveController(QObject):
         layer = viewer.add_labels(
             restored.labels,
             name=name,
-            colormap=correction_colormap(),
+            colormap=correction_colormap(next_id(restored.labels) - 1),
             opacity=CORRECTION_OPACITY,
             metadata={
                 OTHER_WINDOW: {

@@ -8,19 +8,23 @@ instead of piling up new layers. Results of one region of a large image (see
 metadata): they are sized to that region and placed over it, and each region has its own
 set of layers (:func:`find_result` with ``window``, :func:`companion`).
 
-The correction Labels layer holds 0 = background, 1 = foreground (any other painted label
-counts as foreground too) and 255 = uncertain, the core's mask convention.
+The correction Labels layer holds nuclei as objects (:mod:`..core.nuclei`): 0 =
+background, 255 = uncertain, and every other value the id of one nucleus, each drawn in a
+colour of its own (:func:`correction_colormap`); training sees their union as foreground.
+A plain 0/1/255 layer (older autosaves, hand-made layers) is still one.
 
 A pseudo-label run over a correction layer never discards what the user painted
 (:func:`propose_labels`): the layer's metadata keeps the last proposal written into it
 (``"proposal"``) and the pixels known to be the user's (``"painted"``), so the pixels that
-differ from the last proposal are the user's and keep their value; the new proposal only
-goes where the user has not painted. A layer without that record (restored from autosave,
-made by hand) counts every labelled pixel (not 255) as the user's.
+differ from the last proposal are the user's; a nucleus the user touched is kept whole,
+with its id, and the new proposal's nuclei go only where they do not overlap what is kept
+(:func:`..core.nuclei.merge_proposal`). A layer without that record (restored from
+autosave, made by hand) counts every labelled pixel (not 255) as the user's.
 """
 
 from __future__ import annotations
 
+import colorsys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +36,7 @@ from qtpy.QtWidgets import QComboBox
 
 from ..core.errors import InputError
 from ..core.imageio import ImageInfo, check_image
+from ..core.nuclei import LABEL_DTYPE, merge_proposal, next_id, proposal_labels
 from ..core.project import DONE_KEY, is_done
 from ..core.pseudolabel import UNCERTAIN
 from ..core.window import Window
@@ -46,6 +51,14 @@ FOREGROUND, BACKGROUND = 1, 0
 #: eosin and purple haematoxylin as on skin and brown lesions (at the old 0.55 opacity the
 #: yellow blended into orange on eosin and thin uncertain rims vanished; issue 26).
 FOREGROUND_COLOR = (0.0, 0.9, 1.0, 0.5)
+#: Each nucleus has a colour of its own (:func:`nucleus_color`), this opaque.
+NUCLEUS_ALPHA = 0.5
+#: Hues (0-1) no nucleus colour takes: the yellow band of uncertain pixels.
+NO_YELLOW = (0.1, 0.22)
+#: Ids past the largest one that a new colour map already colours (see ensure_colors).
+COLOR_HEADROOM = 1024
+#: Metadata key: the largest id the layer's colour map colours.
+COLORED_KEY = "colored_up_to"
 UNCERTAIN_COLOR = (1.0, 0.9, 0.0, 1.0)
 #: Opacity of a new correction layer (its colours carry their own transparency).
 CORRECTION_OPACITY = 1.0
@@ -147,15 +160,45 @@ def image_info(layer: Image) -> ImageInfo:
     return check_image(image_data(layer))
 
 
-def correction_colormap() -> DirectLabelColormap:
-    return DirectLabelColormap(
-        color_dict={
-            None: FOREGROUND_COLOR,
-            BACKGROUND: (0.0, 0.0, 0.0, 0.0),
-            FOREGROUND: FOREGROUND_COLOR,
-            UNCERTAIN: UNCERTAIN_COLOR,
-        }
-    )
+def nucleus_color(label: int) -> tuple[float, float, float, float]:
+    """The colour of nucleus ``label``: hues spread by the golden ratio, never near the
+    yellow of uncertain pixels, half transparent so the nucleus shows through."""
+    hue = (int(label) * 0.618033988749895) % 1.0
+    hue = NO_YELLOW[1] + hue * (1.0 - (NO_YELLOW[1] - NO_YELLOW[0]))  # skip the yellow band
+    return (*colorsys.hsv_to_rgb(hue % 1.0, 0.85, 1.0), NUCLEUS_ALPHA)
+
+
+def correction_colormap(top: int = 0) -> DirectLabelColormap:
+    """0 transparent, 255 opaque yellow, and a colour of its own for every nucleus id up to
+    ``top`` plus :data:`COLOR_HEADROOM` (ids above get one cyan until
+    :func:`ensure_colors` extends the map)."""
+    colors: dict[Any, tuple[float, ...]] = {
+        None: FOREGROUND_COLOR,
+        BACKGROUND: (0.0, 0.0, 0.0, 0.0),
+        UNCERTAIN: UNCERTAIN_COLOR,
+    }
+    for label in range(1, max(int(top), 0) + COLOR_HEADROOM + 1):
+        if label != UNCERTAIN:
+            colors[label] = nucleus_color(label)
+    return DirectLabelColormap(color_dict=colors)
+
+
+def colored_up_to(layer: Layer) -> int:
+    """The largest id :func:`correction_colormap` gave the layer's colour map a colour."""
+    return int(meta_of(layer).get(COLORED_KEY, 0))
+
+
+def ensure_colors(layer: Layer, top: int | None = None) -> None:
+    """Give every nucleus id up to ``top`` (default: the layer's largest) its own colour,
+    rebuilding the colour map only when an id is past the colours it has (rarely: each
+    rebuild leaves :data:`COLOR_HEADROOM` ids of room)."""
+    if top is None:
+        data = np.asarray(layer.data)
+        top = next_id(data) - 1 if data.size else 0
+    if top <= colored_up_to(layer):
+        return
+    layer.colormap = correction_colormap(top)
+    meta_of(layer)[COLORED_KEY] = int(top) + COLOR_HEADROOM
 
 
 def uncertainty_colormap() -> Colormap:
@@ -262,13 +305,14 @@ def put_result(
             layer = viewer.add_labels(
                 new,
                 name=name,
-                colormap=correction_colormap(),
+                colormap=correction_colormap(next_id(new) - 1),
                 opacity=CORRECTION_OPACITY,
                 metadata={KEY: meta},
                 **spatial,
                 **kwargs,
             )
-            layer.selected_label = FOREGROUND
+            meta_of(layer)[COLORED_KEY] = next_id(new) - 1 + COLOR_HEADROOM
+            layer.selected_label = next_id(new)
             layer.brush_size = 8
         else:
             uncertainty = role == "uncertainty"
@@ -293,6 +337,8 @@ def put_result(
     else:
         meta_of(layer).update(meta)
         layer.data = new
+        if role == "labels":
+            ensure_colors(layer)
         if role == "uncertainty":
             layer.contrast_limits = (0.0, _display_top(new))
     return layer
@@ -304,13 +350,20 @@ PROPOSAL, PAINTED = "proposal", "painted"
 
 
 #: Value marking the pixels recorded as the user's in a saved proposal record
-#: (:func:`proposal_record`); proposals themselves only hold 0, 1 and 255.
+#: (:func:`proposal_record`) of a 0/1/255 layer; a nucleus layer's record uses the largest
+#: value of its dtype (:func:`painted_code`), which no id reaches.
 PAINTED_CODE = 2
+
+
+def painted_code(dtype: Any) -> int:
+    """The value that marks painted pixels in a proposal record of ``dtype``."""
+    dtype = np.dtype(dtype)
+    return PAINTED_CODE if dtype.itemsize == 1 else int(np.iinfo(dtype).max)
 
 
 def proposal_record(layer: Layer) -> np.ndarray | None:
     """The layer's last proposal, with the pixels recorded as the user's set to
-    :data:`PAINTED_CODE`, as one array to autosave (None when there is no proposal)."""
+    :func:`painted_code`, as one array to autosave (None when there is no proposal)."""
     meta = meta_of(layer)
     proposal = meta.get(PROPOSAL)
     if not isinstance(proposal, np.ndarray):
@@ -318,7 +371,7 @@ def proposal_record(layer: Layer) -> np.ndarray | None:
     record = np.array(proposal, copy=True)
     painted = meta.get(PAINTED)
     if isinstance(painted, np.ndarray) and painted.shape == record.shape:
-        record[painted] = PAINTED_CODE
+        record[painted] = painted_code(record.dtype)
     return record
 
 
@@ -328,7 +381,7 @@ def set_proposal_record(layer: Layer, record: np.ndarray) -> bool:
     data = np.asarray(layer.data)
     if record.shape != data.shape:
         return False
-    painted = record == PAINTED_CODE
+    painted = record == painted_code(record.dtype)
     meta = meta_of(layer)
     meta[PROPOSAL] = np.where(painted, UNCERTAIN, record).astype(data.dtype)
     meta[PAINTED] = painted if painted.any() else None
@@ -381,6 +434,7 @@ def propose_labels(
     source: str,
     data: np.ndarray,
     *,
+    instances: np.ndarray | None = None,
     box: tuple[int, int, int, int] | None = None,
     like: Image | None = None,
     extra_meta: dict[str, Any] | None = None,
@@ -388,13 +442,19 @@ def propose_labels(
 ) -> ProposalMerge:
     """Write a pseudo-label proposal into the correction layer of image ``source``.
 
-    A new layer takes ``data`` as it is (in ``box``; 255 elsewhere). An existing layer
-    keeps every pixel the user painted (:func:`user_painted`); the proposal replaces only
-    the others, in ``box``. The proposal is recorded so the next run can tell the user's
-    pixels apart. The "done" flag stays as it was unless pixels changed, and then it is
-    cleared (the caller says so: ``ProposalMerge.done_cleared``). With ``window`` this is
-    the correction layer of that region of the image (``data`` covers all of it).
+    ``data`` is the 0/1/255 proposal and ``instances`` its nuclei (0 elsewhere; None: the
+    foreground's connected pieces); the layer gets each nucleus with an id of its own
+    (:func:`..core.nuclei.proposal_labels`). A new layer takes it as it is (in ``box``;
+    255 elsewhere). An existing layer keeps every pixel the user painted
+    (:func:`user_painted`) and every nucleus they touched, whole and with its id; the
+    proposal's nuclei go only where they do not overlap those, with fresh ids, in ``box``
+    (:func:`..core.nuclei.merge_proposal`). The proposal is recorded so the next run can
+    tell the user's pixels apart. The "done" flag stays as it was unless pixels changed,
+    and then it is cleared (the caller says so: ``ProposalMerge.done_cleared``). With
+    ``window`` this is the correction layer of that region of the image (``data`` covers
+    all of it).
     """
+    data = proposal_labels(data, instances)
     meta = dict(extra_meta or {})
     meta.pop(DONE_KEY, None)
     layer = find_result(viewer, source, "labels", window)
@@ -435,16 +495,28 @@ def propose_labels(
     painted, recorded = user_painted(layer)
     own = meta_of(layer)
     proposal = own.get(PROPOSAL) if recorded else None
-    proposal = (
-        np.array(proposal, copy=True)
-        if proposal is not None
-        else np.full(full, UNCERTAIN, old.dtype)
-    )
     y0, x0, y1, x1 = box
-    inside = painted[y0:y1, x0:x1]
-    new = np.array(old, copy=True)
-    new[y0:y1, x0:x1] = np.where(inside, old[y0:y1, x0:x1], data)
-    proposal[y0:y1, x0:x1] = data
+    inside = (slice(y0, y1), slice(x0, x1))
+    outside = np.array(old, copy=True)
+    outside[inside] = 0
+    merged, kept = merge_proposal(
+        old[inside],
+        None if proposal is None else np.asarray(proposal)[inside],
+        painted[inside],
+        data,
+        start=next_id(outside),
+    )
+    dtype = np.promote_types(old.dtype, LABEL_DTYPE)
+    new = old.astype(dtype, copy=True)
+    new[inside] = merged
+    proposal = (
+        np.asarray(proposal).astype(dtype, copy=True)
+        if proposal is not None
+        else np.full(full, UNCERTAIN, dtype)
+    )
+    # The record holds what this run wrote where the user had not painted: the pixels
+    # of a kept nucleus that the user did not paint count as the proposal's, as before.
+    proposal[inside] = np.where(painted[inside], proposal[inside], merged)
     changed = int(np.count_nonzero(new != old))
     was_done = is_done(own)
     done = was_done and changed == 0
@@ -452,9 +524,10 @@ def propose_labels(
     own[PROPOSAL] = proposal
     own[PAINTED] = painted if painted.any() else None
     layer.data = new
+    ensure_colors(layer)
     return ProposalMerge(
         layer=layer,
-        kept=int(np.count_nonzero(inside)),
+        kept=int(np.count_nonzero(painted[inside])),
         recorded=recorded,
         changed=changed,
         was_done=was_done,

@@ -1,5 +1,7 @@
 """All panels in one dock widget, in the order of the work: the *Self-loop assistant*.
 
+Above the panels, the nucleus tools and their legend (:mod:`.nuclei_tools`).
+
 Each panel is also available on its own from ``Plugins > napari-selfloop``.
 
 The dock asks for the width of its widest panel (combo boxes are kept compact, so no
@@ -21,6 +23,7 @@ from .bootstrap_widget import BootstrapWidget
 from .export_widget import ExportWidget
 from .finetune_widget import FineTuneWidget
 from .model_widget import ModelWidget
+from .nuclei_tools import NucleusTools
 from .pseudolabel_widget import PseudoLabelWidget
 from .review_widget import ReviewWidget
 
@@ -93,8 +96,11 @@ class AssistantWidget(QWidget):
             scroll.setWidgetResizable(True)
             scroll.setWidget(panel)
             self.tabs.addTab(scroll, title)
+        # The nucleus tools and their legend stay in view whichever panel is open.
+        self.tools = NucleusTools(napari_viewer)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.tools)
         layout.addWidget(self.tabs)
         compact_combos(self)
         # Was the whole image in view before the dock took its share of the window?

@@ -209,7 +209,13 @@ class BootstrapWidget(QWidget):
         else:
             target = {} if whole else {"box": box}
         merge = propose_labels(
-            self.viewer, name, result.mask, like=image, extra_meta=meta, **target
+            self.viewer,
+            name,
+            result.mask,
+            instances=result.labels,
+            like=image,
+            extra_meta=meta,
+            **target,
         )
         labels = merge.layer
         notes = []

@@ -391,6 +391,7 @@ class PseudoLabelWidget(QWidget):
             self.viewer,
             name,
             result.mask,
+            instances=result.instances,
             like=image,
             extra_meta=labels_meta,
             **target,
