@@ -88,15 +88,19 @@ def uncertain_regions(
     )
     labels, n = ndi.label(grown)
     labels = np.where(uncertain, labels, 0)
-    weights = (
-        uncertain.astype(np.float64)
+    # Sums over the uncertain pixels alone (few, next to the whole image).
+    ys, xs = np.nonzero(uncertain)
+    owner = labels[ys, xs]
+    areas = np.bincount(owner, minlength=n + 1)[1:]
+    scores = (
+        areas.astype(np.float64)
         if uncertainty is None
-        else np.where(uncertain, uncertainty, 0.0)
+        else np.bincount(owner, weights=uncertainty[ys, xs], minlength=n + 1)[1:]
     )
-    index = np.arange(1, n + 1)
-    areas = ndi.sum_labels(uncertain, labels, index)
-    scores = ndi.sum_labels(weights, labels, index)
-    centroids = ndi.center_of_mass(uncertain, labels, index)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = np.bincount(owner, weights=ys, minlength=n + 1)[1:] / areas
+        cx = np.bincount(owner, weights=xs, minlength=n + 1)[1:] / areas
+    centroids = list(zip(cy, cx))
     slices = ndi.find_objects(labels, max_label=n)
     regions = []
     for i in range(n):
