@@ -3,7 +3,12 @@
     xvfb-run -a .venv/bin/python scripts/screenshots.py [--out docs/screenshots] [--width 64]
     xvfb-run -a .venv/bin/python scripts/screenshots.py --first-view-only
 
-First, the first view a new user gets from ``napari-selfloop gui --sample nuclei`` and
+First, a nucleus-level correction (``nuclei_before.png``, ``nuclei_after.png``, 1280x720):
+the bundled model's proposal of the H&E sample, zoomed on its largest object (a merged
+pair), then the same view after the nucleus tools split it, deleted the smallest nucleus
+in view and added one by a click. ``--nuclei-only`` makes just these.
+
+Then the first view a new user gets from ``napari-selfloop gui --sample nuclei`` and
 ``--sample lesion`` in a window of 1280x720 (``first_view_nuclei.png``,
 ``first_view_lesion.png``): the bundled model's pseudo-label of the sample, the assistant
 docked. with ``..._uncertainty.png``: the uncertainty map switched on instead of the
@@ -60,11 +65,17 @@ def main() -> int:
     parser.add_argument(
         "--first-view-only", action="store_true", help="only the first-view screenshots"
     )
+    parser.add_argument(
+        "--nuclei-only", action="store_true", help="only the nucleus-correction screenshots"
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     project = Path(tempfile.mkdtemp(prefix="selfloop-shots-"))
     os.environ["NAPARI_SELFLOOP_PROJECT"] = str(project)
     args.out.mkdir(parents=True, exist_ok=True)
+    nucleus_correction(args.out, project)
+    if args.nuclei_only:
+        return 0
     for size in args.first_view_size:
         width, height = (int(v) for v in size.lower().split("x"))
         for sample in ("nuclei", "lesion"):
@@ -300,6 +311,80 @@ def first_view(
     viewer.close()
     _settle(0.3)
     return path
+
+
+def nucleus_correction(out: Path, project: Path) -> tuple[Path, Path]:
+    """The nucleus tools at work on the bundled model's proposal of the H&E sample: the
+    view before and after a split, a delete and an add. Returns the two PNGs' paths."""
+    import napari
+    import numpy as np
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from scipy import ndimage as ndi
+
+    from napari_selfloop.cli.gui_cmd import setup_viewer
+    from napari_selfloop.widgets._layers import camera, find_result
+
+    viewer = napari.Viewer(title="napari-selfloop", show=True)
+    viewer.window._qt_window.resize(1280, 720)
+    _settle(0.5)
+    app = setup_viewer(
+        viewer,
+        sample="nuclei",
+        checkpoint="nuclei-he",
+        pseudo_label=True,
+        project=project / "nuclei-shots",
+    )
+    runner = app.panel("Pseudo-label").runner
+    end = time.perf_counter() + 600
+    while runner.running and time.perf_counter() < end:
+        _settle(0.1)
+    _settle(0.5)
+    labels = find_result(viewer, "H&E nuclei", "labels")
+    data = np.asarray(labels.data)
+    ids, areas = np.unique(data[(data != 0) & (data != 255)], return_counts=True)
+    pair = int(ids[np.argmax(areas)])
+    ys, xs = np.nonzero(data == pair)
+    centre = (float(ys.mean()), float(xs.mean()))
+    cam = camera(viewer)
+    cam.center = centre
+    cam.zoom = 6.0
+    viewer.layers.selection.active = labels
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+    _settle(0.5)
+    before = out / "nuclei_before.png"
+    viewer.screenshot(str(before), canvas_only=False, flash=False)
+    tools = app.tools
+    pts = np.stack([ys, xs], 1).astype(float)
+    axis = np.linalg.svd(pts - pts.mean(0), full_matrices=False)[2][0]
+    along = (pts - pts.mean(0)) @ axis
+    first, second = (pts[np.argmin(np.abs(along - q))] for q in np.quantile(along, [0.15, 0.85]))
+    tools.set_tool("split")
+    tools.click(labels, tuple(first))
+    tools.click(labels, tuple(second))
+    # the smallest nucleus within 40 px of the pair: delete it
+    near = np.zeros(data.shape, bool)
+    y0, x0 = int(centre[0]), int(centre[1])
+    near[max(0, y0 - 40) : y0 + 40, max(0, x0 - 40) : x0 + 40] = True
+    view = np.asarray(labels.data)
+    here, counts = np.unique(view[near & (view != 0) & (view != 255)], return_counts=True)
+    if here.size > 2:
+        small = int(here[np.argmin(counts)])
+        tools.set_tool("delete")
+        tools.click(labels, tuple(np.argwhere(view == small)[0]))
+    free = (np.asarray(labels.data) == 0) & near
+    spot = np.unravel_index(np.argmax(ndi.distance_transform_edt(free)), free.shape)
+    tools.set_tool("add")
+    tools.click(labels, spot)
+    tools.set_tool(None)
+    tools.status.setText("Split, Delete and Add: one click each (Ctrl+Z undoes).")
+    _settle(0.5)
+    after = out / "nuclei_after.png"
+    viewer.screenshot(str(after), canvas_only=False, flash=False)
+    log.info("wrote %s and %s", before, after)
+    viewer.close()
+    _settle(0.3)
+    return before, after
 
 
 if __name__ == "__main__":

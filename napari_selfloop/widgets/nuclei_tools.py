@@ -33,7 +33,7 @@ import numpy as np
 from napari.layers import Labels, Layer
 from qtpy.QtWidgets import (
     QGridLayout,
-    QGroupBox,
+    QHBoxLayout,
     QLabel,
     QPushButton,
     QVBoxLayout,
@@ -132,12 +132,14 @@ class NucleusTools(QWidget):
             button.clicked.connect(lambda on, n=name: self.set_tool(n if on else None))
             self.buttons[name] = button
             grid.addWidget(button, 0, i)
-        for i, (name, text, key, tip) in enumerate(BRUSHES):
+        brushes = QHBoxLayout()
+        for name, text, key, tip in BRUSHES:
             button = QPushButton(f"{text} [{key}]")
             button.setToolTip(f"{tip}\nShortcut: {key} (on the correction layer)")
             button.clicked.connect(lambda _=False, n=name: self.brush(n))
             self.buttons[name] = button
-            grid.addWidget(button, 1, 2 * i, 1, 3 if i == 0 else 2)
+            brushes.addWidget(button)
+        brushes.addStretch(1)
         self.legend = QLabel(legend_html())
         self.legend.setWordWrap(True)
         self.legend.setToolTip(
@@ -145,15 +147,15 @@ class NucleusTools(QWidget):
         )
         self.status = QLabel("Choose a tool, then click a nucleus.")
         self.status.setWordWrap(True)
-        box = QGroupBox("Correct nuclei")
-        inner = QVBoxLayout(box)
-        inner.setContentsMargins(6, 4, 6, 4)
-        inner.addLayout(grid)
-        inner.addWidget(self.legend)
-        inner.addWidget(self.status)
+        title = QLabel("<b>Correct nuclei</b>")
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(box)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(4)
+        layout.addWidget(title)
+        layout.addLayout(grid)
+        layout.addLayout(brushes)
+        layout.addWidget(self.legend)
+        layout.addWidget(self.status)
 
         napari_viewer.layers.events.inserted.connect(self._inserted)
         for layer in napari_viewer.layers:
