@@ -63,6 +63,11 @@ def test_mask_rule(caplog):
     assert np.array_equal(normalise_mask(everywhere, "m"), everywhere)
     with pytest.raises(InputError, match="values 7"):
         normalise_mask(np.array([[0, 7]], np.uint8), "m")
+    # A correction layer of the plugin saved with one id per nucleus: the nuclei are
+    # foreground, 255 not labelled.
+    ids = np.array([[0, 7, 256], [255, 1, 3]], np.uint32)
+    want = np.array([[0, 1, 1], [255, 1, 1]], np.uint8)
+    assert np.array_equal(normalise_mask(ids, "m", convention="selfloop"), want)
 
 
 def test_train_reads_0_255_and_1_bit_masks_as_binary(tmp_path):

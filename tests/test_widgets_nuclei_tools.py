@@ -192,3 +192,23 @@ def test_shortcuts_and_brushes(setup):
     for name, shortcut in (("delete", "D"), ("split", "S"), ("new", "N"), ("uncertain_brush", "K")):
         assert f"Shortcut: {shortcut}" in tools.buttons[name].toolTip()
     assert "yellow = uncertain" in tools.legend.text()
+
+
+def test_a_new_proposal_keeps_the_nuclei_the_user_edited(setup):
+    viewer, layer, tools = setup
+    pair = int(layer.data[20, 16])
+    tools.set_tool("split")
+    press(layer, 20, 14)
+    press(layer, 20, 29)
+    right = int(layer.data[20, 29])
+    tools.set_tool("delete")
+    press(layer, 45, 45)
+    edited = np.array(layer.data)
+    # The same proposal again (a re-run): the split pair keeps both ids, the deleted nucleus
+    # stays deleted, the uncertain rim the user never touched is proposed again.
+    merge = propose_labels(viewer, "img", _nuclei_mask())
+    assert merge.layer is layer
+    np.testing.assert_array_equal(layer.data == pair, edited == pair)
+    np.testing.assert_array_equal(layer.data == right, edited == right)
+    assert layer.data[45, 45] == 0
+    assert (layer.data[58:62, 2:8] == UNCERTAIN).all()

@@ -135,6 +135,8 @@ def normalise_mask(mask: Any, name: str, *, convention: str = "auto") -> np.ndar
     - bool masks: True is foreground (1);
     - colour masks: see :func:`mask_plane` (refused unless the channels are equal);
     - values 0, 1 and 255: 1 foreground, 255 not labelled (the plugin's convention);
+    - with ``convention="selfloop"``, other integer values are nucleus ids (a correction
+      layer saved with one id per nucleus, :mod:`.nuclei`): foreground;
     - values 0 and 255 only, no 1 (the common binary format, 1-bit PNGs read as 0/255):
       binary, 255 is foreground, with a logged note -- unless ``convention`` is
       ``selfloop`` (a mask known to be this plugin's, where 255 is always "not labelled");
@@ -150,6 +152,10 @@ def normalise_mask(mask: Any, name: str, *, convention: str = "auto") -> np.ndar
         raise InputError(f"{name}: the mask has pixel type {m.dtype}; {MASK_CONVENTION}")
     values = np.unique(m)
     bad = values[~np.isin(values, (0, 1, IGNORE))]
+    if bad.size and convention == "selfloop" and m.dtype.kind in "ui":
+        # A correction layer of this plugin saved with one id per nucleus: every nucleus
+        # is foreground (as the Fine-tune panel reads the layer itself).
+        return np.where(m == IGNORE, IGNORE, m > 0).astype(np.uint8)
     if bad.size:
         shown = ", ".join(f"{v:g}" for v in bad[:5].tolist())
         raise InputError(
