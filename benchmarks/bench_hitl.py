@@ -14,8 +14,9 @@ For each corrected image of the held-out organ (``--corrected``, default all):
 1. the base model proposes nuclei on every image of the organ (``--method``, softmax by
    default: the cheapest proposal; instances from the model's maps);
 2. the user "corrects" one ``--region`` x ``--region`` region (the top-left one; replaced
-   by the truth: a 0/1 mask there, 255 "not labelled" elsewhere, as the correction layer
-   gives it);
+   by the truth: one id per nucleus there, 255 "not labelled" elsewhere, as the correction
+   layer gives it; ``--targets binary``: a 0/1 mask there, as before the layer held
+   nuclei);
 3. ``napari-selfloop train`` fine-tunes the base model on it with the Fine-tune panel's
    defaults (``TrainConfig()``, or the settings given here), as a separate process whose
    whole wall time is recorded (start-up included) at ``--threads`` threads;
@@ -57,7 +58,9 @@ from train_bundled import load_dataset  # noqa: E402
 
 from napari_selfloop.core.atomic import write_json  # noqa: E402
 from napari_selfloop.core.checkpoint import load_checkpoint  # noqa: E402
+from napari_selfloop.core.labelfile import write_labels_tiff  # noqa: E402
 from napari_selfloop.core.metrics import panoptic_scores, pixel_scores  # noqa: E402
+from napari_selfloop.core.nuclei import proposal_labels  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
 from napari_selfloop.core.training import TrainConfig  # noqa: E402
@@ -135,18 +138,34 @@ def score_rest(
 
 
 def fine_tune(
-    base: Path, d: dict[str, Any], region: int, settings: dict[str, Any], threads: int, work: Path
+    base: Path,
+    d: dict[str, Any],
+    region: int,
+    settings: dict[str, Any],
+    threads: int,
+    work: Path,
+    targets: str = "instances",
 ) -> tuple[Path, float, str]:
-    """Run ``napari-selfloop train`` on the image with only its top-left region labelled;
-    the checkpoint, the process's wall seconds and its last output line."""
+    """Run ``napari-selfloop train`` on the image with only its top-left region labelled
+    (``targets``: with one id per nucleus, or a 0/1 mask); the checkpoint, the process's
+    wall seconds and its last output line."""
     images, masks = work / "images", work / "masks"
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
     stem = Path(d["name"]).stem
     Image.fromarray(d["image"]).save(images / f"{stem}.png")
-    mask = np.full(d["mask"].shape, 255, np.uint8)
-    mask[:region, :region] = (d["labels"][:region, :region] > 0).astype(np.uint8)
-    Image.fromarray(mask).save(masks / f"{stem}.png")
+    if targets == "instances":
+        # The correction layer as the plugin gives it: one id per nucleus in the region,
+        # 255 (not labelled) elsewhere, saved as napari's writer saves it.
+        ids = np.full(d["mask"].shape, 255, np.uint32)
+        ids[:region, :region] = proposal_labels(
+            (d["labels"][:region, :region] > 0).astype(np.uint8), d["labels"][:region, :region]
+        )
+        write_labels_tiff(masks / f"{stem}.tif", ids, correction=True)
+    else:
+        mask = np.full(d["mask"].shape, 255, np.uint8)
+        mask[:region, :region] = (d["labels"][:region, :region] > 0).astype(np.uint8)
+        Image.fromarray(mask).save(masks / f"{stem}.png")
     out = work / "finetuned.pt"
     cmd = [sys.executable, "-m", "napari_selfloop.cli", "train", "--images", str(images)]
     cmd += ["--masks", str(masks), "--checkpoint", str(base), "--out", str(out), "--force"]
@@ -172,6 +191,14 @@ def main() -> int:
     p.add_argument("--corrected", type=int, help="correct only the first N images of the organ")
     p.add_argument("--threads", type=int, default=2, help="threads of the fine-tune process")
     p.add_argument("--label", default="defaults", help="name of this arm in --out")
+    p.add_argument(
+        "--targets",
+        choices=("instances", "binary"),
+        default="instances",
+        help="the corrected region as the correction layer holds it now, one id per nucleus "
+        "(a model with an instance output learns from them what separates touching nuclei), "
+        "or as a 0/1 mask, as before issue 25 (default instances)",
+    )
     defaults = asdict(TrainConfig())
     for key in SETTINGS:
         p.add_argument(f"--{key.replace('_', '-')}", type=type(defaults[key]))
@@ -206,6 +233,7 @@ def main() -> int:
     )
     arm = report.setdefault("arms", {}).setdefault(args.label, {})
     arm["settings"] = {**{k: defaults[k] for k in SETTINGS}, **settings}
+    arm["targets"] = args.targets
     arm["command"] = " ".join(["python", "benchmarks/bench_hitl.py", *sys.argv[1:]])
     per = arm.setdefault("per_image", {})
     base_model = base_ckpt.model.eval()
@@ -226,7 +254,7 @@ def main() -> int:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             ckpt, seconds, last = fine_tune(
-                args.base, d, args.region, settings, args.threads, Path(tmp)
+                args.base, d, args.region, settings, args.threads, Path(tmp), args.targets
             )
             model = load_checkpoint(ckpt).model.eval()
         preds = [propose(model, x["image"], args.method) for x in images]

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..core.atomic import sweep_stale_temporaries
 from ..core.checkpoint import file_sha256, load_checkpoint
-from ..core.datasets import open_mask
+from ..core.datasets import mask_instances, open_mask
 from ..core.device import PRECISIONS
 from ..core.errors import InputError
 from ..core.imageio import check_input_file, open_image
@@ -182,12 +182,14 @@ def _pick(names: list[str], images: dict[str, Path], what: str) -> list[str]:
 def _item(stem: str, path: Path, mask_path: Path | None) -> TrainItem:
     """An image and its mask as stored (checked and converted by the shared mask rule)."""
     mask, convention = (None, "auto") if mask_path is None else open_mask(mask_path)
+    instances = None if mask_path is None else mask_instances(mask_path, mask, convention)
     return TrainItem(
         name=path.name,
         image=open_image(path),
         mask=mask,
         sha256=file_sha256(path),
         mask_convention=convention,
+        instances=instances,
     )
 
 

@@ -218,6 +218,36 @@ def open_mask(path: str | Path) -> tuple[Any, str]:
     return np.asarray(open_image(path)), mask_convention(path)
 
 
+#: The instance file an export writes beside ``STEM_mask.tif`` (see :mod:`.export`).
+MASK_SUFFIX, INSTANCES_SUFFIX = "_mask", "_instances"
+
+
+def mask_instances(path: str | Path, pixels: Any, convention: str) -> np.ndarray | None:
+    """The nucleus ids that go with a mask file, for a model with an instance output.
+
+    A mask of this plugin (``convention == "selfloop"``) that holds nucleus ids (a
+    correction layer saved with one id per nucleus, :mod:`.nuclei`) gives its own ids; an
+    export's ``STEM_mask.tif`` gives those of the ``STEM_instances.tif`` beside it. None
+    otherwise (a 0/1/255 mask says nothing of which nucleus a pixel belongs to).
+    """
+    from .nuclei import has_ids, labels_instances
+
+    path = Path(path)
+    plane = np.asarray(pixels)
+    own = convention == "selfloop" and plane.ndim == 2 and plane.dtype.kind in "ui"
+    if own and has_ids(plane):
+        return labels_instances(plane)
+    stem = path.name[: -len(path.suffix)] if path.suffix else path.name
+    if stem.endswith(MASK_SUFFIX):
+        sibling = path.with_name(f"{stem[: -len(MASK_SUFFIX)]}{INSTANCES_SUFFIX}{path.suffix}")
+        if sibling.is_file():
+            ids = np.asarray(open_image(sibling))
+            if ids.ndim == 2 and ids.dtype.kind in "ui" and ids.shape == plane.shape[:2]:
+                return ids
+            log.info("%s: not an instance image of the mask's shape; not used", sibling.name)
+    return None
+
+
 def load_mask(path: str | Path) -> np.ndarray:
     """A mask file as uint8 0/1/255 by :func:`normalise_mask` (one-line InputError if not)."""
     pixels, convention = open_mask(path)

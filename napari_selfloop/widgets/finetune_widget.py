@@ -43,6 +43,7 @@ from ..core.datasets import TrainItem
 from ..core.errors import InputError, SelfloopError
 from ..core.export import labels_to_mask
 from ..core.imageio import check_image
+from ..core.nuclei import has_ids, labels_instances
 from ..core.progress import Progress
 from ..core.project import folder_images, release, reserve_version
 from ..core.pseudolabel import PATCH_MULTIPLE
@@ -212,7 +213,11 @@ class FineTuneWidget(QWidget):
                     f"the image of '{layer.name}' is not open: open it again or untick the layer"
                 )
             data = image_data(image)
-            mask = labels_to_mask(correction_mask(layer))
+            labels = correction_mask(layer)
+            mask = labels_to_mask(labels)
+            # One id per nucleus: a model with an instance output also learns from them
+            # what separates touching nuclei (a plain 0/1 layer says nothing of that).
+            instances = labels_instances(labels) if has_ids(labels) else None
             window = window_of(layer)
             if window is not None:
                 _check_region(layer, image, window, mask.shape)
@@ -227,7 +232,15 @@ class FineTuneWidget(QWidget):
             # convention known: in a correction layer 255 is "uncertain" (drawn yellow),
             # never foreground, even when the user erased every foreground pixel.
             name = image.name if window is None else layer.name
-            items.append(TrainItem(name=name, image=data, mask=mask, mask_convention="selfloop"))
+            items.append(
+                TrainItem(
+                    name=name,
+                    image=data,
+                    mask=mask,
+                    mask_convention="selfloop",
+                    instances=instances,
+                )
+            )
         if not items:
             raise InputError(
                 "no corrections are marked done: tick a correction layer above "
