@@ -36,6 +36,19 @@ def test_next_version_path(tmp_path):
     assert next_version_path(tmp_path / "m.pt", tmp_path) == tmp_path / "m_v4.pt"
 
 
+def test_a_bundled_models_versions_go_to_the_project(tmp_path):
+    """Fine-tuning a bundled model never writes into the installed package."""
+    from napari_selfloop.core.bundled import MODELS_DIR
+
+    project = tmp_path / "project"
+    bundled = MODELS_DIR / "nuclei-he.pt"
+    assert next_version_path(bundled, project) == project / "checkpoints" / "nuclei-he_v1.pt"
+    (project / "checkpoints").mkdir(parents=True)
+    (project / "checkpoints" / "nuclei-he_v1.pt").touch()
+    assert next_version_path(bundled, project) == project / "checkpoints" / "nuclei-he_v2.pt"
+    assert not list(MODELS_DIR.glob("*_v*.pt"))
+
+
 def _folder(tmp_path):
     rgb = np.zeros((40, 50, 3), np.uint8)
     for name in ("b.tif", "a.TIFF", ".hidden.tif", "notes.txt"):

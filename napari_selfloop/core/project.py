@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import re
 import threading
 from collections.abc import Mapping, MutableMapping
@@ -126,15 +127,32 @@ _RESERVED: set[Path] = set()
 _LOCK = threading.RLock()
 
 
+def versions_folder(current: Path, project: Path) -> Path:
+    """Where the versions of checkpoint ``current`` go: beside it, unless it is a bundled
+    model (inside the installed package, never written to) or its folder is not writable;
+    then ``PROJECT/checkpoints/``."""
+    from .bundled import MODELS_DIR
+
+    folder = Path(current).parent
+    try:
+        bundled = folder.resolve() == MODELS_DIR.resolve()
+    except OSError:
+        bundled = False
+    if bundled or (folder.is_dir() and not os.access(folder, os.W_OK)):
+        return Path(project) / "checkpoints"
+    return folder
+
+
 def next_version_path(current: Path | None, project: Path) -> Path:
-    """The next free ``BASE_vN.pt`` beside ``current`` (or ``PROJECT/checkpoints/model_vN.pt``).
+    """The next free ``BASE_vN.pt`` beside ``current`` (or ``PROJECT/checkpoints/model_vN.pt``;
+    a bundled model's versions ``PROJECT/checkpoints/NAME_vN.pt``, :func:`versions_folder`).
 
     Names reserved by runs still in progress (:func:`reserve_version`) count as taken.
     """
     if current is None:
         folder, base = Path(project) / "checkpoints", "model"
     else:
-        folder = current.parent
+        folder = versions_folder(current, project)
         base = _VERSION.match(current.stem).group("base") or "model"
     taken = [0]
     existing = list(folder.glob(f"{base}_v*.pt")) if folder.is_dir() else []

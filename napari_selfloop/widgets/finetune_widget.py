@@ -7,7 +7,7 @@ pseudo-labelled at, in the worker thread); a slide itself is never used whole as
 data, only its regions not marked done are. Training runs
 on a copy of the current model in a background thread with a live loss / validation plot.
 Each run writes a new checkpoint version next to the current one (``model_v2.pt``, ...; a
-new model goes to ``PROJECT/checkpoints/``) and makes it the current model. *Stop* ends the
+new model, or a bundled one, goes to ``PROJECT/checkpoints/``) and makes it the current model. *Stop* ends the
 run early and keeps the best checkpoint found so far; the model that was current before
 the run is never modified.
 """
