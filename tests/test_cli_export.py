@@ -168,11 +168,14 @@ def test_instance_labels_keep_touching_objects_apart(tmp_path, capsys):
     for i, f in enumerate(features, start=1):
         relabelled[back == i] = f["properties"]["measurements"]["Label"]
     assert np.array_equal(relabelled, lab)
-    # The same objects read as a mask would be one merged blob.
+    # Read as a correction mask, the ids are nuclei, kept apart too; 255 is uncertain there.
     code, _, _ = run_cli(
         capsys, "export", tmp_path / "labels.tif", "--out", tmp_path / "m", "--input-type", "mask"
     )
-    assert code == 0 and _entry(tmp_path / "m")["objects"] == 1
+    entry = _entry(tmp_path / "m")
+    assert code == 0 and entry["objects"] == 7 and entry["uncertain_pixels"] == 400
+    kept = tifffile.imread(tmp_path / "m" / entry["instances"])
+    assert np.array_equal(kept, np.where(lab == 255, 0, lab))
 
 
 def test_binary_png_and_downsampled_masks(tmp_path, capsys):
@@ -376,3 +379,72 @@ def test_huge_instance_ids_are_renumbered(tmp_path, capsys):
     assert entry["objects"] == 2 and instances.dtype == np.uint16
     assert set(np.unique(instances)) == {0, 1, 2} and instances[5, 5] != instances[5, 15]
     _check_features(_features(tmp_path / "out" / entry["geojson"]))
+
+
+# -- "correct nuclei, not pixels": a labels file with nucleus ids keeps them -----------------
+
+
+def _painted(shape=(60, 70)):
+    """Painted nuclei: 1 and 2 touching, 3 apart, 254 and 256 touching; uncertain patches."""
+    lab = np.zeros(shape, np.uint32)
+    lab[5:15, 5:15] = 1
+    lab[5:15, 15:25] = 2
+    lab[30:40, 40:52] = 3
+    lab[45:55, 5:12] = 254
+    lab[45:55, 12:20] = 256
+    lab[15:19, 5:25] = 255  # under nuclei 1 and 2
+    lab[2:4, 50:60] = 255  # touching none
+    return lab
+
+
+def _names(features) -> list[str]:
+    for f in features:
+        assert f["properties"]["name"] == str(f["properties"]["measurements"]["Label"])
+    return sorted((f["properties"]["name"] for f in features), key=int)
+
+
+def test_a_uint32_label_tiff_keeps_its_ids(tmp_path, capsys):
+    lab = np.zeros((40, 50), np.uint32)
+    lab[5:15, 5:15] = 1
+    lab[5:15, 15:25] = 2  # touching 1
+    lab[25:35, 30:42] = 3
+    tifffile.imwrite(tmp_path / "labels.tif", lab)
+    out = tmp_path / "out"
+    assert run_cli(capsys, "export", tmp_path / "labels.tif", "--out", out)[0] == 0
+    entry = _entry(out)
+    assert entry["objects"] == 3
+    assert np.array_equal(tifffile.imread(out / entry["instances"]), lab)
+    features = _features(out / entry["geojson"])
+    _check_features(features)
+    assert _names(features) == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("uncertain", ["keep", "background", "foreground"])
+def test_corrected_nuclei_saved_from_the_plugin_keep_their_ids(tmp_path, capsys, uncertain):
+    from napari_selfloop.core.export import export_annotation
+
+    lab = _painted()
+    write_labels_tiff(tmp_path / "saved.tif", lab, correction=True, source="tile.png")
+    out = tmp_path / "out"
+    code, _, err = run_cli(
+        capsys, "export", tmp_path / "saved.tif", "--out", out, "--uncertain", uncertain
+    )
+    assert code == 0, err
+    entry = _entry(out)
+    inst = tifffile.imread(out / entry["instances"])
+    features = _features(out / entry["geojson"])
+    _check_features(features)
+    # What the Export panel writes for the same layer.
+    panel = export_annotation(tmp_path / "panel", "tile.png", lab, uncertain=uncertain)
+    assert np.array_equal(inst, tifffile.imread(tmp_path / "panel" / panel["instances"]))
+    assert np.array_equal(
+        tifffile.imread(out / entry["mask"]), tifffile.imread(tmp_path / "panel" / panel["mask"])
+    )
+    assert entry["objects"] == panel["objects"] == len(features)
+    if uncertain == "foreground":
+        assert _names(features) == ["1", "2", "3", "254", "256", "257"]
+        assert (inst[15:19, 5:14] == 1).all() and (inst[15:19, 16:25] == 2).all()
+    else:
+        assert _names(features) == ["1", "2", "3", "254", "256"]
+        assert np.array_equal(inst, np.where(lab == 255, 0, lab))
+    assert entry["uncertain_pixels"] == (100 if uncertain == "keep" else 0)

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from scipy import ndimage as ndi
 from skimage import draw
 
 from napari_selfloop.core.errors import InputError
@@ -84,7 +85,8 @@ def test_export_writes_files_and_updates_manifest(tmp_path):
     mask = tifffile.imread(out / entry["mask"])
     assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 1, 255}
     inst = tifffile.imread(out / entry["instances"])
-    assert inst.max() == 2 and inst.shape == lab.shape
+    # The painted ids are the nuclei: the disc (id 1) and the rectangle (id 3).
+    assert set(np.unique(inst)) == {0, 1, 3} and inst.shape == lab.shape
     gj = json.loads((out / entry["geojson"]).read_text())
     assert len(gj["features"]) == 2
     manifest = json.loads((out / "manifest.json").read_text())
@@ -280,4 +282,164 @@ def test_export_of_a_region_is_in_slide_coordinates(tmp_path):
         assert page.is_tiled and page.compression != 1
         assert page.tags["XResolution"].value == (20000, 1)  # 0.5 um/px = 20000 px/cm
         assert np.array_equal(page.asarray(), labels_to_mask(lab))
-    assert tifffile.imread(tmp_path / entry["instances"]).max() == 2
+    assert set(np.unique(tifffile.imread(tmp_path / entry["instances"]))) == {0, 1, 3}
+
+
+# -- "correct nuclei, not pixels": each nucleus leaves as the user sees it -------------------
+
+
+def _painted():
+    """Three painted nuclei: ids 1 and 2 touching, id 3 apart; a patch still uncertain."""
+    lab = np.zeros((40, 50), np.uint32)
+    lab[5:15, 5:15] = 1
+    lab[5:15, 15:25] = 2  # shares an edge with nucleus 1
+    lab[25:35, 30:42] = 3
+    lab[30:34, 8:12] = 255
+    return lab
+
+
+def _by_name(features):
+    return {f["properties"]["name"]: f for f in features}
+
+
+def test_painted_nuclei_keep_their_ids_in_every_file(tmp_path):
+    lab = _painted()
+    entry = export_annotation(tmp_path, "tile", lab)
+    inst = tifffile.imread(tmp_path / entry["instances"])
+    assert np.array_equal(inst, np.where(lab == 255, 0, lab))  # exactly ids {1, 2, 3}
+    mask = tifffile.imread(tmp_path / entry["mask"])
+    assert np.array_equal(mask, labels_to_mask(lab))  # the union: 1 / 0 / 255
+    assert entry["objects"] == 3 and entry["uncertain_pixels"] == 16
+    features = json.loads((tmp_path / entry["geojson"]).read_text())["features"]
+    assert len(features) == 3
+    named = _by_name(features)
+    assert sorted(named) == ["1", "2", "3"]
+    back = rasterise(features, lab.shape)
+    for name, f in named.items():
+        p = f["properties"]
+        assert p["measurements"]["Label"] == int(name)
+        assert p["objectType"] == "detection" and p["classification"]["name"] == "Nucleus"
+        assert f["geometry"]["type"] == "Polygon"
+        assert p["measurements"]["Area px"] == int((lab == int(name)).sum())
+    relabelled = np.zeros_like(lab)
+    for i, f in enumerate(features, start=1):
+        relabelled[back == i] = f["properties"]["measurements"]["Label"]
+    assert np.array_equal(relabelled, np.where(lab == 255, 0, lab))
+
+
+def test_ids_past_255_and_an_id_in_two_pieces(tmp_path):
+    lab = np.zeros((30, 40), np.uint32)
+    lab[2:8, 2:8] = 254
+    lab[2:8, 8:14] = 256  # touching 254; 255 is never an id
+    lab[20:25, 2:6] = 7
+    lab[20:25, 30:36] = 7  # one nucleus id in two separate pieces: one MultiPolygon
+    lab[12:16, 20:30] = 255
+    entry = export_annotation(tmp_path, "ids", lab)
+    inst = tifffile.imread(tmp_path / entry["instances"])
+    assert set(np.unique(inst)) == {0, 7, 254, 256} and inst.dtype == np.uint16
+    assert entry["objects"] == 3
+    named = _by_name(json.loads((tmp_path / entry["geojson"]).read_text())["features"])
+    assert sorted(named) == ["254", "256", "7"]
+    assert named["7"]["geometry"]["type"] == "MultiPolygon"
+    assert len(named["7"]["geometry"]["coordinates"]) == 2
+    assert named["7"]["properties"]["measurements"] == {"Area px": 50, "Label": 7}
+    assert named["256"]["properties"]["measurements"]["Label"] == 256
+
+
+def test_a_plain_0_1_255_mask_still_gives_connected_pieces(tmp_path):
+    lab = np.zeros((30, 40), np.uint8)
+    lab[5:15, 5:15] = 1
+    lab[5:15, 15:25] = 1  # touching: one piece of 1, so one nucleus
+    lab[20:25, 30:35] = 1
+    lab[0:3, 0:40] = 255
+    entry = export_annotation(tmp_path, "legacy", lab)
+    inst = tifffile.imread(tmp_path / entry["instances"])
+    assert entry["objects"] == 2 and set(np.unique(inst)) == {0, 1, 2}
+    assert len(set(np.unique(inst[5:15, 5:25]))) == 1
+    names = sorted(_by_name(json.loads((tmp_path / entry["geojson"]).read_text())["features"]))
+    assert names == ["1", "2"]
+    # Uncertain as foreground: it joins the foreground before the pieces are counted.
+    entry = export_annotation(tmp_path, "legacy-fg", lab, uncertain="foreground")
+    assert entry["objects"] == 3  # the band of 255 touches neither square: a third piece
+
+
+def _settled(lab):
+    from napari_selfloop.core import nuclei
+
+    edit = nuclei.settle(lab, (0, 0, *lab.shape), nucleus=True)
+    out = lab.astype(np.uint32)
+    out[edit.index] = edit.values
+    return out
+
+
+@pytest.mark.parametrize("uncertain", ["keep", "background", "foreground"])
+def test_uncertain_policies_on_painted_nuclei(tmp_path, uncertain):
+    lab = _painted()
+    lab[15:18, 8:22] = 255  # under nuclei 1 and 2: each pixel joins the nearer one
+    lab[0:2, 40:50] = 255  # touching no nucleus: a new one
+    entry = export_annotation(tmp_path, "tile", lab, uncertain=uncertain)
+    inst = tifffile.imread(tmp_path / entry["instances"])
+    mask = tifffile.imread(tmp_path / entry["mask"])
+    features = json.loads((tmp_path / entry["geojson"]).read_text())["features"]
+    unc = lab == 255
+    if uncertain == "foreground":
+        settled = _settled(lab)
+        assert np.array_equal(inst, settled)
+        assert (inst[15:18, 8:15] == 1).all() and (inst[15:18, 15:22] == 2).all()
+        assert set(np.unique(inst[0:2, 40:50])) == {4}  # the next free id
+        assert set(np.unique(inst[30:34, 8:12])) == {5}
+        assert np.array_equal(mask, (lab > 0).astype(np.uint8))
+        assert entry["objects"] == 5 and len(features) == 5
+    else:
+        assert np.array_equal(inst, np.where(unc, 0, lab))
+        assert (mask[unc] == (255 if uncertain == "keep" else 0)).all()
+        assert entry["objects"] == 3 and len(features) == 3
+    assert entry["uncertain_pixels"] == (int(unc.sum()) if uncertain == "keep" else 0)
+    for f in features:  # every feature is its id's pixels
+        label = f["properties"]["measurements"]["Label"]
+        assert f["properties"]["name"] == str(label)
+        assert f["properties"]["measurements"]["Area px"] == int((inst == label).sum())
+
+
+def test_outlines_of_many_ids_match_their_pixels():
+    """Ids in many pieces touching by corners, holes touching outlines: every feature is its
+    id's pixels, one polygon per 4-connected piece (the outlines are traced all at once)."""
+    import shapely
+
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        lab = (rng.integers(0, 6, (40, 50)) * (rng.random((40, 50)) < 0.7)).astype(np.uint16)
+        features = mask_to_geojson(lab)["features"]
+        assert sorted(f["properties"]["measurements"]["Label"] for f in features) == sorted(
+            set(np.unique(lab)) - {0}
+        )
+        back = rasterise(features, lab.shape)
+        for i, f in enumerate(features, start=1):
+            label = f["properties"]["measurements"]["Label"]
+            assert np.array_equal(back == i, lab == label)
+            geom = shapely.geometry.shape(f["geometry"])
+            assert geom.is_valid and geom.area == (lab == label).sum()
+            polygons = f["geometry"]["coordinates"]
+            if f["geometry"]["type"] == "Polygon":
+                polygons = [polygons]
+            assert len(polygons) == ndi.label(lab == label)[1]
+
+
+def test_outlines_traced_in_bands_are_the_same(monkeypatch):
+    """A large array is outlined in bands of rows (bounded memory): the same features, in
+    the same order, as all at once."""
+    from napari_selfloop.core import export
+
+    rng = np.random.default_rng(11)
+    lab = (rng.integers(1, 40, (60, 30)) * (rng.random((60, 30)) < 0.6)).astype(np.uint32)
+    lab[5:55, 3] = 99  # tall: spans many bands
+    lab[0, 20:25] = lab[59, 20:25] = 98  # one id at the top and the bottom
+
+    def strip(collection):
+        return [{k: v for k, v in f.items() if k != "id"} for f in collection["features"]]
+
+    whole = strip(mask_to_geojson(lab))
+    monkeypatch.setattr(export, "TRACE_PIXELS", 60)  # bands of 2 rows
+    assert strip(mask_to_geojson(lab)) == whole
+    labels = [f["properties"]["measurements"]["Label"] for f in whole]
+    assert labels == sorted(set(np.unique(lab)) - {0})

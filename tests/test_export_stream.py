@@ -191,3 +191,60 @@ def test_a_slide_mask_is_exported_in_bounded_memory(tmp_path):
     assert peak - baseline < 200, (peak, baseline)
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["entries"][0]["objects"] == 12 * per_block + 1
+
+
+# -- nucleus ids ("correct nuclei, not pixels"): the same in bands as whole -----------------
+
+
+def _nuclei(seed: int = 0, shape=(120, 90)) -> np.ndarray:
+    """Painted nuclei: discs with ids from 250 up (never 255), many touching; id 7 in two
+    pieces bands apart; uncertain patches touching nuclei across band borders, between two
+    nuclei, touching none, and far from any."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    lab = np.zeros(shape, np.uint32)
+    ids = [i for i in range(250, 300) if i != 255]
+    for i in ids[:30]:
+        centre = (rng.integers(8, shape[0] - 8), rng.integers(5, shape[1] - 5))
+        rr, cc = disk(centre, rng.integers(3, 9), shape=shape)
+        lab[rr, cc] = i
+    lab[2:4, 2:40] = 7
+    lab[110:118, 60:70] = 7
+    lab[30:75, 40:44] = 255  # tall: crosses band borders, touches nuclei here and there
+    lab[0:2, 80:90] = 255
+    lab[rng.random(shape) < 0.03] = 255  # specks
+    lab[95:119, 0:14] = 0
+    lab[100:115, 2:12] = 255  # far from most nuclei
+    return lab
+
+
+@pytest.mark.parametrize("uncertain", ["keep", "background", "foreground"])
+@pytest.mark.parametrize("band", [1, 7, 32, 1000])
+def test_nucleus_ids_are_kept_in_bands(tmp_path, uncertain, band):
+    lab = _nuclei()
+    plan = plan_export(Rows(lab), "img", convention="selfloop", uncertain=uncertain, band=band)
+    assert plan.kind == "mask" and plan.rule == "ids"
+    entry = _compare(tmp_path, lab, band=band, uncertain=uncertain)
+    inst = tifffile.imread(tmp_path / "stream" / entry["instances"])
+    assert 7 in inst and 255 not in inst
+    if uncertain != "foreground":
+        assert np.array_equal(inst, np.where(lab == 255, 0, lab))
+
+
+def test_uncertain_far_from_nuclei_settles_as_the_whole_mask(tmp_path, monkeypatch):
+    """The nearest nucleus of an uncertain pixel may lie many bands away: more rows are read
+    until it is certainly found."""
+    monkeypatch.setattr(export_stream, "NEAREST_HALO", 1)
+    lab = np.zeros((80, 30), np.uint32)
+    lab[2:6, 2:8] = 3
+    lab[2:6, 20:26] = 9
+    lab[6:78, 4:22] = 255  # touches nuclei 3 and 9 only at its top, 70 rows above its end
+    lab[40:50, 0:3] = 255  # touches none: a new nucleus, id 10
+    lab[70:75, 25:30] = 255  # and another, id 11
+    for band in (2, 5):
+        entry = _compare(tmp_path / str(band), lab, band=band, uncertain="foreground")
+        inst = tifffile.imread(tmp_path / str(band) / "stream" / entry["instances"])
+        assert set(np.unique(inst)) == {0, 3, 9, 10, 11}
+        assert entry["objects"] == 4
+        assert (inst[77, 4:12] == 3).all() and (inst[77, 14:22] == 9).all()

@@ -6,9 +6,13 @@ size), ``STEM.geojson`` (UUID ids, the chosen object type, slide coordinates) an
 ``manifest.json``, for every input.
 
 How an input is read (``--input-type auto``): a bool image, or one whose values are all in
-{0, 1, 255}, is a **mask** (1 foreground, 0 background, 255 not decided; a 0/255 image
-without 1 is a binary mask, 255 foreground, unless the file is a napari-selfloop mask);
-any other non-negative integer image holds **instance labels** (each id one object, kept
+{0, 1, 255}, is a **mask** (1 foreground, 0 background, 255 not decided; its nuclei are its
+4-connected pieces of 1; a 0/255 image without 1 is a binary mask, 255 foreground, unless
+the file is a napari-selfloop mask); a correction mask saved from the plugin that holds
+**nucleus ids** (:mod:`..core.nuclei`: 0 background, 255 not decided, any other value the id
+of one nucleus) keeps them, as the Export panel does: one instance and one GeoJSON feature
+per id, touching nuclei apart (``--input-type mask`` reads any file so); any other
+non-negative integer image holds **instance labels** (each id one object, 255 too, kept
 apart from its neighbours). Where it lies on the slide: ``--offset``/``--downsample`` when
 given, else what the file records (files saved from the plugin, see
 :mod:`..core.labelfile`), else the slide's corner at full resolution.
@@ -53,9 +57,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "export",
         help=SUMMARIES["export"],
         description="For each MASK_OR_LABELS file (TIFF or PNG: a 0/1/255 mask, a 0/255 binary "
-        "mask, or instance labels) writes DIR/STEM_mask.tif (uint8 0/1/255), "
-        "DIR/STEM_instances.tif (one id per object) as tiled, compressed TIFFs with the pixel "
-        "size, DIR/STEM.geojson (QuPath: one polygon per object, UUID ids, in slide pixels: "
+        "mask, a correction mask with nucleus ids, or instance labels) writes "
+        "DIR/STEM_mask.tif (uint8 0/1/255), DIR/STEM_instances.tif (one id per object: "
+        "nucleus ids kept) as tiled, compressed TIFFs with the pixel size, DIR/STEM.geojson "
+        "(QuPath: one feature per object, named by its id, UUID ids, in slide pixels: "
         "the offset added and the downsampling undone) and an entry in DIR/manifest.json: "
         "the Export panel's outputs. Files saved from the plugin (File > Save Selected Layers "
         "with 'corrected labels (TIFF)') carry their region and pixel size, which are used "
@@ -108,15 +113,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=UNCERTAIN_POLICIES,
         default="keep",
         help="pixels still 255 (undecided) in a mask: keep them as 255 (default), "
-        "or count them as foreground or background",
+        "or count them as background or foreground (in a mask with nucleus ids: each "
+        "piece of them joins the nearest nuclei it touches, or is a new nucleus)",
     )
     p.add_argument(
         "--input-type",
         choices=INPUT_TYPES,
         default="auto",
-        help="auto (default: 0/1/255 values are a mask, other ids instance labels), "
-        "mask (any non-zero id but 255 is foreground) or instances (every non-zero "
-        "id an object, 255 too)",
+        help="auto (default: 0/1/255 values are a mask, other ids instance labels, or "
+        "nucleus ids in a correction mask saved from the plugin), mask (a correction mask: "
+        "0 background, 255 undecided, any other id one nucleus, kept) or instances (every "
+        "non-zero id an object, 255 too)",
     )
     p.set_defaults(func=run)
 

@@ -1,7 +1,8 @@
 """Export corrected masks for retraining and for other tools.
 
-For an image and its correction mask, :func:`export_annotation` writes into one folder,
-as a set:
+For an image and its correction mask (:mod:`.nuclei`: 0 background, 255 uncertain, any
+other value the id of one nucleus; a plain 0/1/255 mask is one whose nuclei all have id 1),
+:func:`export_annotation` writes into one folder, as a set:
 
 ``STEM_mask.tif``
     uint8: 1 foreground, 0 background, 255 still uncertain (ignored by training), the
@@ -9,15 +10,18 @@ as a set:
     (:data:`~.datasets.SELFLOOP_MASK_TAG`), so ``train`` and ``evaluate`` never read a mask
     without foreground as a 0/255 binary one.
 ``STEM_instances.tif``
-    uint16 (uint32 past 65535 objects) instance labels: one id per connected foreground
-    object, 0 elsewhere (or the instance ids given, e.g. touching nuclei kept apart).
+    uint16 (uint32 past id 65535) instance labels, 0 elsewhere: each nucleus as the user
+    sees it (:func:`nuclei_instances`): the mask's own ids, so touching nuclei stay apart
+    (a plain 0/1/255 mask: one id per 4-connected foreground piece), or the instance ids
+    given.
 ``STEM.geojson``
-    One polygon per object, in QuPath's GeoJSON flavour (``FeatureCollection`` of
-    ``Feature`` with a UUID ``id``, ``objectType`` and ``classification``), in pixel
-    coordinates where pixel ``(row, col)`` covers ``[col, col + 1) x [row, row + 1)``;
-    outlines follow pixel edges, so a polygon's area is its object's pixel count. Objects
-    are ``detection`` by default (what QuPath advises for numerous objects such as nuclei)
-    or ``annotation`` (editable; for a lesion).
+    One feature per instance id, in QuPath's GeoJSON flavour (``FeatureCollection`` of
+    ``Feature`` with a UUID ``id``, ``objectType``, ``classification``, the id as ``name``
+    and ``Label`` measurement), in pixel coordinates where pixel ``(row, col)`` covers
+    ``[col, col + 1) x [row, row + 1)``; outlines follow pixel edges, so a polygon's area
+    is its object's pixel count, and an id in separate pieces is one ``MultiPolygon``.
+    Objects are ``detection`` by default (what QuPath advises for numerous objects such as
+    nuclei) or ``annotation`` (editable; for a lesion).
 
 Both TIFFs are tiled and compressed, with a pyramid when large, and carry the pixel size
 when it is known (:func:`.tiledtiff.write_tiled_tiff`). The masks of a **region** of a slide
@@ -26,7 +30,8 @@ at; its GeoJSON is in slide coordinates (full-resolution pixels, as QuPath expec
 region's corner is added and its downsampling undone.
 ``manifest.json``
     One entry per exported image (image, its hash, the files above, the checkpoint used,
-    the date, counts); re-exporting an image replaces its entry.
+    the date, counts: ``objects`` is the number of distinct nuclei); re-exporting an image
+    replaces its entry.
 
 ``STEM`` is the image's readable name (:func:`safe_stem`), with a short hash added when
 that would be ambiguous (:func:`choose_stem`): different images never share files, and an
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import gc
 import hashlib
 import json
 import logging
@@ -51,6 +57,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +65,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .. import __version__
+from . import nuclei
 from .atomic import atomic_path
 from .datasets import SELFLOOP_MASK_TAG
 from .errors import InputError
@@ -96,7 +104,7 @@ def labels_to_mask(labels: np.ndarray, uncertain: str = "keep") -> np.ndarray:
         )
     if labels.dtype.kind not in "biu":
         raise InputError(f"a mask must hold integer labels, got {labels.dtype}")
-    mask = np.where(labels == 0, 0, 1).astype(np.uint8)
+    mask = (labels != 0).astype(np.uint8)
     unc = labels == UNCERTAIN
     mask[unc] = {"keep": UNCERTAIN, "background": 0, "foreground": 1}[uncertain]
     return mask
@@ -139,66 +147,205 @@ def given_instances(instances: Any, mask: np.ndarray) -> np.ndarray:
     return inst.astype(np.uint16 if top < 65536 else np.uint32)
 
 
-#: Unit steps (dx, dy) of the four edge directions, y pointing down: east, south, west, north.
-_STEPS = ((1, 0), (0, 1), (-1, 0), (0, -1))
+def nuclei_instances(labels: np.ndarray, uncertain: str = "keep") -> np.ndarray:
+    """The nuclei of a correction mask as instance labels: each nucleus as the user sees it.
 
-
-def _trace_rings(fg: np.ndarray) -> list[list[list[int]]]:
-    """Closed rings along the pixel edges of a 4-connected object (bool ``fg``).
-
-    Every edge between an object pixel and a background pixel is walked with the object on
-    its right (``y`` down), so in the raw ``(x, y)`` numbers the outer ring turns
-    counter-clockwise (positive shoelace area) and holes clockwise, as GeoJSON (RFC 7946)
-    wants; the areas add up to the pixel count. Where two object pixels touch only at a
-    corner the walk turns left, joining them, so a ring never passes a vertex twice: a hole
-    may touch the outline at one point, which is a valid polygon. Collinear vertices are
-    dropped. Vertices are ``[x, y]`` pixel corners.
+    A mask holding nucleus ids (:mod:`.nuclei`: 0 background, 255 uncertain, any other
+    value a nucleus' id) keeps them (:func:`.nuclei.labels_instances`): one instance per id,
+    touching nuclei apart, an id in separate pieces still one. A plain 0/1/255 mask (every
+    nucleus id 1, the legacy form) has its 4-connected foreground pieces numbered 1, 2, ...
+    (:func:`instance_labels`). Uncertain pixels follow ``uncertain``: ``keep`` and
+    ``background`` leave them out; ``foreground`` makes them nuclei as
+    :func:`.nuclei.settle` does over the whole mask (a piece of them touching nuclei joins
+    the nearest nucleus, pixel by pixel; any other piece is a new nucleus with the next free
+    id), and in a legacy mask joins the foreground before it is cut into pieces. Checked and
+    typed as :func:`given_instances` (uint16 when the ids fit, else uint32).
     """
-    fg = np.asarray(fg, dtype=bool)
-    height, width = fg.shape
-    p = np.pad(fg, 1)
-    stride = width + 1  # vertex (x, y) -> y * stride + x, x in [0, width], y in [0, height]
-    out: dict[int, list[int]] = {}
+    return _nuclei_instances(labels, labels_to_mask(labels, uncertain), uncertain)
 
-    def add(ys: np.ndarray, xs: np.ndarray, d: int) -> None:
-        for v in (ys * stride + xs).tolist():
-            out.setdefault(v, []).append(d)
 
-    above, below = p[:-1, 1:-1], p[1:, 1:-1]  # (height + 1, width): pixel rows y-1 and y
-    ys, xs = np.nonzero(below & ~above)
-    add(ys, xs, 0)  # top edge of an object pixel: east from (x, y)
-    ys, xs = np.nonzero(above & ~below)
-    add(ys, xs + 1, 2)  # bottom edge: west from (x + 1, y)
-    left, right = p[1:-1, :-1], p[1:-1, 1:]  # (height, width + 1): pixel columns x-1 and x
-    ys, xs = np.nonzero(left & ~right)
-    add(ys, xs, 1)  # right edge of the pixel left of x: south from (x, y)
-    ys, xs = np.nonzero(right & ~left)
-    add(ys + 1, xs, 3)  # left edge: north from (x, y + 1)
-    delta = [dx + dy * stride for dx, dy in _STEPS]
-    used: set[tuple[int, int]] = set()
-    rings = []
-    for v0 in sorted(out):
-        for d0 in out[v0]:
-            if (v0, d0) in used:
-                continue
-            corners = []
-            v, d, prev = v0, d0, None
-            while True:
-                used.add((v, d))
-                if d != prev:
-                    corners.append([v % stride, v // stride])
-                prev = d
-                v += delta[d]
-                options = out[v]
-                # One way on, or a corner shared with a diagonal neighbour: turn left.
-                d = options[0] if len(options) == 1 else (d + 3) % 4
-                if (v, d) == (v0, d0):
-                    break
-            if prev == d0 and len(corners) > 1:  # the start lies mid-way along a side
-                corners.pop(0)
-            corners.append(list(corners[0]))
-            rings.append(corners)
-    return rings
+def _nuclei_instances(labels: np.ndarray, mask: np.ndarray, uncertain: str) -> np.ndarray:
+    data = np.asarray(labels)
+    if not nuclei.has_ids(data):
+        return instance_labels(mask)
+    if uncertain == "foreground" and (data == UNCERTAIN).any():
+        height, width = data.shape
+        edit = nuclei.settle(data, (0, 0, height, width), nucleus=True)
+        data = data.astype(np.promote_types(data.dtype, nuclei.LABEL_DTYPE), copy=True)
+        data[edit.index] = edit.values
+    instances = nuclei.labels_instances(data)  # nonzero only where ``mask`` is 1
+    if instances.size and int(instances.max()) >= MAX_KEPT_ID:
+        instances = given_instances(instances, mask)  # renumbered
+    return instances
+
+
+#: Edge directions are numbered 0 east, 1 south, 2 west, 3 north (``y`` pointing down).
+#: Where several edges leave one vertex, the order in which they start a ring (east, west,
+#: south, north): the order the walk this replaced found rings in, kept so outputs match.
+_RANK = np.array([0, 2, 1, 3], np.int64)
+#: At the vertex an edge of each direction ends in: the pixel ahead on its left, ahead on
+#: its right, and (at its start) the pixel on its right that owns it, as indices into the
+#: 2x2 pixels around a vertex (NW, NE, SW, SE).
+_AHEAD_LEFT = np.array([1, 3, 2, 0], np.int64)
+_AHEAD_RIGHT = np.array([3, 2, 0, 1], np.int64)
+_OWNER = np.array([3, 2, 0, 1], np.int64)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while millions of small lists (vertices, features) are
+    made: none of them is garbage, and the collector's passes over them took most of the
+    time (``tolist`` of 1.4 M vertices: 0.9 s, 0.13 s without)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+@dataclass
+class _Rings:
+    """The rings of every label of an array (:func:`_trace`), sorted by label, then by area
+    (the largest, an outline, first), then in the order they were found."""
+
+    labels: np.ndarray  # per ring: its label
+    areas: np.ndarray  # per ring: twice its signed area (outlines > 0, holes < 0)
+    boxes: np.ndarray  # per ring: x0, x1, y0, y1 of its vertices in the array's own pixels
+    points: list[list[Any]]  # the rings' vertices, each ring closed, one ring after another
+    offsets: np.ndarray  # ring k is points[offsets[k]:offsets[k + 1]]
+    pinched: np.ndarray  # labels two of whose pixels touch only at a corner somewhere
+
+    def ring(self, k: int) -> list[list[Any]]:
+        return self.points[int(self.offsets[k]) : int(self.offsets[k + 1])]
+
+
+def _trace(labels: np.ndarray, y0: int = 0, x0: int = 0, window: Window | None = None) -> _Rings:
+    """Closed rings along the pixel edges of every label of ``labels`` (0: none), at once.
+
+    Every edge between a pixel of a label and a pixel of another value is walked with the
+    label on its right (``y`` down), so in the raw ``(x, y)`` numbers an outline turns
+    counter-clockwise (positive shoelace area) and holes clockwise, as GeoJSON (RFC 7946)
+    wants; the areas of a label's rings add up to its pixel count. Where two pixels of a
+    label touch only at a corner the walk turns left, joining them, so a ring never passes a
+    vertex twice (a hole may touch the outline at one point, which is a valid polygon); such
+    labels are listed in ``pinched`` (the walk may have joined pieces there). Collinear
+    vertices are dropped. Vertices are ``[x, y]`` pixel corners plus ``(x0, y0)``, then in
+    slide coordinates for a ``window`` (ints where exact).
+
+    Vectorised: each edge's successor comes from the 2x2 pixels at its end, the rings are
+    the cycles of that permutation (found by pointer doubling), and each ring starts at its
+    first edge in the raster order of vertices (east, west, south, north at one vertex).
+    """
+    lab = np.asarray(labels)
+    if lab.dtype == bool:
+        lab = lab.view(np.uint8)
+    width = lab.shape[1]
+    q = np.pad(lab, 1)
+    nw, ne, sw, se = q[:-1, :-1], q[:-1, 1:], q[1:, :-1], q[1:, 1:]
+    keys = np.sort(
+        np.concatenate(
+            [
+                np.flatnonzero((se != 0) & (ne != se)) * 4,  # east: top edges
+                np.flatnonzero((sw != 0) & (se != sw)) * 4 + 1,  # south: right edges
+                np.flatnonzero((nw != 0) & (sw != nw)) * 4 + 2,  # west: bottom edges
+                np.flatnonzero((ne != 0) & (nw != ne)) * 4 + 3,  # north: left edges
+            ]
+        ).astype(np.int64, copy=False)
+    )
+    del nw, ne, sw, se
+    empty = np.zeros(0, np.int64)
+    if not keys.size:
+        return _Rings(empty, empty, np.zeros((0, 4), np.int64), [], np.zeros(1, np.int64), empty)
+    vw, qw = width + 1, width + 2  # row lengths of the vertex grid and of the padded pixels
+    quad = np.array([0, 1, qw, qw + 1], np.int64)  # NW, NE, SW, SE of a vertex, in q
+    flat = q.ravel()
+    vertex, d = np.divmod(keys, 4)
+    vy, vx = np.divmod(vertex, vw)
+    owner = flat[vy * qw + vx + quad[_OWNER[d]]]
+    end = vertex + np.array([1, vw, -1, -vw], np.int64)[d]
+    ey, ex = np.divmod(end, vw)
+    at = ey * qw + ex
+    left = flat[at + quad[_AHEAD_LEFT[d]]] == owner
+    right = flat[at + quad[_AHEAD_RIGHT[d]]] == owner
+    del ey, ex, at
+    # Turn left where the pixel ahead on the left is the label's (joining a corner touch),
+    # else go straight where the one ahead on the right is, else turn right.
+    turn = np.where(left, (d + 3) % 4, np.where(right, d, (d + 1) % 4))
+    nxt = np.searchsorted(keys, end * 4 + turn)
+    pinched = np.unique(owner[left & ~right])
+    del end, turn, left, right
+    # Each ring's first edge: the smallest start key on its cycle (pointer doubling).
+    start = vertex * 4 + _RANK[d]
+    low, jump = start, nxt
+    while True:
+        lower = np.minimum(low, low[jump])
+        if np.array_equal(lower, low):
+            break
+        low, jump = lower, jump[jump]
+    # Steps from each edge to the last edge of its ring (list ranking): the walking order.
+    index = np.arange(keys.size)
+    last = (start == low)[nxt]
+    jump = np.where(last, index, nxt)
+    togo = (~last).astype(np.int64)
+    while True:
+        further = jump[jump]
+        if np.array_equal(further, jump):
+            break
+        togo, jump = togo + togo[jump], further
+    heads = np.flatnonzero(start == low)  # each ring's first edge
+    heads = heads[np.argsort(start[heads])]
+    length = togo[heads] + 1
+    ring = np.searchsorted(start[heads], low)
+    walk = np.empty_like(index)
+    walk[(np.cumsum(length) - 1)[ring] - togo] = index  # rings in order, each as walked
+    del heads, length, ring
+    before = np.empty_like(nxt)
+    before[nxt] = index
+    walk = walk[(d != d[before])[walk]]  # the corners, ring by ring, in walking order
+    del index, last, jump, togo, before, start, nxt
+    ring_key = low[walk]
+    first = np.flatnonzero(np.r_[True, ring_key[1:] != ring_key[:-1]])
+    count = np.diff(np.r_[first, walk.size])
+    px, py = vx[walk], vy[walk]
+    following = np.arange(walk.size) + 1
+    following[first + count - 1] = first
+    areas = np.add.reduceat(px * py[following] - px[following] * py, first)
+    boxes = np.stack(
+        [
+            np.minimum.reduceat(px, first),
+            np.maximum.reduceat(px, first),
+            np.minimum.reduceat(py, first),
+            np.maximum.reduceat(py, first),
+        ],
+        axis=1,
+    )
+    ring_label = owner[walk[first]]
+    order = np.lexsort((ring_key[first], -areas, ring_label))
+    # The rings in that order, each closed: its corners, then its first corner again.
+    count, first = count[order], first[order]
+    size = count + 1
+    offsets = np.r_[0, np.cumsum(size)]
+    ring_of = np.repeat(np.arange(order.size), size)
+    source = first[ring_of] + np.arange(int(offsets[-1])) - offsets[:-1][ring_of]
+    source[offsets[1:] - 1] = first
+    xs, ys = px[source] + x0, py[source] + y0
+    if window is not None:
+        f = window.factor
+        xs, ys = window.x0 + xs * f, window.y0 + ys * f
+        if float(f).is_integer():
+            xs, ys = xs.astype(np.int64), ys.astype(np.int64)
+    with _gc_paused():
+        points = np.stack([xs, ys], axis=1).tolist()
+    return _Rings(
+        labels=ring_label[order],
+        areas=areas[order],
+        boxes=boxes[order],
+        points=points,
+        offsets=offsets,
+        pinched=pinched,
+    )
 
 
 def ring_area(ring: list[list[int]]) -> float:
@@ -209,36 +356,88 @@ def ring_area(ring: list[list[int]]) -> float:
     return float(np.sum(x * y1 - x1 * y)) / 2.0
 
 
-def _polygons(region: np.ndarray, y0: int, x0: int) -> list[list[list[list[int]]]]:
-    """One polygon (outline, then holes) per 4-connected piece of an object's binary crop."""
-    pieces, n = ndi.label(region)
-    polygons = []
-    for k, sl in enumerate(ndi.find_objects(pieces), start=1):
-        if sl is None:
+Polygons = list[list[list[list[Any]]]]
+
+
+def _piece_polygons(rings: _Rings) -> Polygons:
+    """One polygon per label of ``rings`` (labels that are one 4-connected piece each), in
+    the order of the labels: the outline, then the holes."""
+    if not rings.labels.size:
+        return []
+    bounds = np.flatnonzero(np.r_[True, rings.labels[1:] != rings.labels[:-1], True])
+    return [[rings.ring(k) for k in range(a, b)] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _polygons(region: np.ndarray, y0: int, x0: int, window: Window | None = None) -> Polygons:
+    """One polygon (outline, then holes) per 4-connected piece of an object's binary crop,
+    in the raster order of the pieces' first pixels."""
+    pieces, _ = ndi.label(np.asarray(region, dtype=bool))
+    return _piece_polygons(_trace(pieces, y0, x0, window))
+
+
+def _label_polygons(
+    labels: np.ndarray, y0: int = 0, x0: int = 0, window: Window | None = None
+) -> Iterator[tuple[int, int, Polygons]]:
+    """``(label, pixel count, polygons)`` of every label of ``labels``, by label: one polygon
+    per 4-connected piece (:func:`_polygons`), traced all at once.
+
+    A label that is one piece whose pixels never touch only at a corner is outlined by the
+    whole-array walk as it is; any other (several pieces, or a corner touch that may join
+    two of them) is outlined again from its own crop, piece by piece.
+    """
+    lab = np.asarray(labels)
+    rings = _trace(lab, y0, x0, window)
+    if not rings.labels.size:
+        return
+    ids, first, count = np.unique(rings.labels, return_index=True, return_counts=True)
+    outlines = np.add.reduceat((rings.areas > 0).astype(np.int64), first)
+    redo = (outlines != 1) | np.isin(ids, rings.pinched)
+    for k, label in enumerate(ids.tolist()):
+        a, b = int(first[k]), int(first[k] + count[k])
+        area = int(rings.areas[a:b].sum()) // 2
+        if not redo[k]:
+            yield label, area, [[rings.ring(j) for j in range(a, b)]]
             continue
-        ys, xs = sl
-        rings = _trace_rings(pieces[sl] == k)
-        for ring in rings:
-            for point in ring:
-                point[0] += xs.start + x0
-                point[1] += ys.start + y0
-        rings.sort(key=ring_area, reverse=True)  # the outline (positive area) first
-        polygons.append(rings)
-    return polygons
+        box = rings.boxes[a:b]
+        cx0, cx1, cy0, cy1 = (
+            int(box[:, 0].min()),
+            int(box[:, 1].max()),
+            int(box[:, 2].min()),
+            int(box[:, 3].max()),
+        )
+        crop = lab[cy0:cy1, cx0:cx1] == label
+        yield label, area, _polygons(crop, y0 + cy0, x0 + cx0, window)
 
 
-def _to_slide(polygons: list[Any], window: Window | None) -> list[Any]:
-    """Polygon vertices of a window's pixels in slide coordinates (ints where exact)."""
-    if window is None:
-        return polygons
-    f = window.factor
-    exact = float(f).is_integer()
-
-    def point(p: list[int]) -> list[float | int]:
-        x, y = window.x0 + p[0] * f, window.y0 + p[1] * f
-        return [int(x), int(y)] if exact else [float(x), float(y)]
-
-    return [[[point(p) for p in ring] for ring in polygon] for polygon in polygons]
+def _feature(
+    label: int,
+    area: int,
+    polygons: Polygons,
+    *,
+    classification: str = "Nucleus",
+    color: tuple[int, int, int] = (0, 200, 200),
+    object_type: str = "detection",
+) -> dict[str, Any]:
+    """One object's GeoJSON feature (see :func:`mask_to_geojson`)."""
+    geometry = (
+        {"type": "Polygon", "coordinates": polygons[0]}
+        if len(polygons) == 1
+        else {"type": "MultiPolygon", "coordinates": polygons}
+    )
+    properties: dict[str, Any] = {
+        "objectType": object_type,
+        "name": str(label),
+        "classification": {"name": classification, "color": list(color)},
+        "measurements": {"Area px": int(area), "Label": int(label)},
+    }
+    if object_type == "annotation":
+        properties["isLocked"] = False
+    return {
+        "type": "Feature",
+        "id": str(uuid.uuid4()),
+        "geometry": geometry,
+        "properties": properties,
+    }
 
 
 def object_feature(
@@ -254,27 +453,66 @@ def object_feature(
 ) -> dict[str, Any] | None:
     """One object's GeoJSON feature (see :func:`mask_to_geojson`): ``region`` is the boolean
     crop of its pixels whose top-left pixel is ``(y0, x0)``; None when it has no pixels."""
-    polygons = _to_slide(_polygons(region, y0, x0), window)
+    polygons = _polygons(region, y0, x0, window)
     if not polygons:
         return None
-    geometry = (
-        {"type": "Polygon", "coordinates": polygons[0]}
-        if len(polygons) == 1
-        else {"type": "MultiPolygon", "coordinates": polygons}
-    )
-    properties: dict[str, Any] = {
-        "objectType": object_type,
-        "classification": {"name": classification, "color": list(color)},
-        "measurements": {"Area px": int(region.sum()), "Label": int(label)},
-    }
-    if object_type == "annotation":
-        properties["isLocked"] = False
-    return {
-        "type": "Feature",
-        "id": str(uuid.uuid4()),
-        "geometry": geometry,
-        "properties": properties,
-    }
+    style = {"classification": classification, "color": color, "object_type": object_type}
+    return _feature(label, int(np.count_nonzero(region)), polygons, **style)
+
+
+def label_features(
+    labels: np.ndarray,
+    y0: int = 0,
+    x0: int = 0,
+    *,
+    classification: str = "Nucleus",
+    color: tuple[int, int, int] = (0, 200, 200),
+    object_type: str = "detection",
+    window: Window | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The features of every label of ``labels`` (whose top-left pixel is ``(y0, x0)``), by
+    label: what :func:`mask_to_geojson` lists. Outlined band by band (:func:`_trace_bands`)."""
+    style = {"classification": classification, "color": color, "object_type": object_type}
+    outlined: list[tuple[int, int, Polygons]] = []
+    bands = 0
+    for start, band in _trace_bands(np.asarray(labels)):
+        outlined.extend(_label_polygons(band, y0 + start, x0, window))
+        bands += 1
+    if bands > 1:
+        outlined.sort(key=lambda item: item[0])
+    for label, area, polygons in outlined:
+        yield _feature(label, area, polygons, **style)
+
+
+#: Pixels outlined at once by :func:`label_features`: bands of about this many, each widened
+#: to hold the objects that start in it whole. Bounds the memory of the outlining (some 30
+#: bytes per pixel of a band where nuclei are dense) whatever the size of the array.
+TRACE_PIXELS = 2**22
+
+
+def _trace_bands(labels: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, labels)`` of bands of rows that hold every label once, whole: a band
+    holds the labels whose first row is in its :data:`TRACE_PIXELS` (the others set to 0),
+    down to the last row of any of them. One band where the array is small or its ids too
+    large to index."""
+    height, width = labels.shape
+    rows = max(1, TRACE_PIXELS // max(width, 1))
+    top = int(labels.max()) if labels.size else 0
+    if height <= rows or labels.dtype.kind not in "iu" or top >= MAX_KEPT_ID:
+        yield 0, labels
+        return
+    boxes = ndi.find_objects(labels)
+    present = np.array([k for k, box in enumerate(boxes, start=1) if box is not None])
+    starts = np.array([boxes[k - 1][0].start for k in present.tolist()], np.int64)
+    stops = np.array([boxes[k - 1][0].stop for k in present.tolist()], np.int64)
+    for y0 in range(0, height, rows):
+        here = (starts >= y0) & (starts < y0 + rows)
+        if not here.any():
+            continue
+        keep = np.zeros(top + 1, bool)
+        keep[present[here]] = True
+        band = labels[y0 : int(stops[here].max())]
+        yield y0, np.where(keep[band], band, 0)
 
 
 def mask_to_geojson(
@@ -285,12 +523,16 @@ def mask_to_geojson(
     object_type: str = "detection",
     window: Window | None = None,
 ) -> dict[str, Any]:
-    """QuPath-compatible GeoJSON ``FeatureCollection``: one polygon per instance label.
+    """QuPath-compatible GeoJSON ``FeatureCollection``: one feature per instance id.
 
-    The polygons follow pixel edges: an object's polygon area (outline minus holes) is its
-    pixel count (times ``window.factor ** 2`` for a downsampled window), 1 for a single
-    pixel. An instance id made of several separate pieces becomes a ``MultiPolygon``.
-    Every feature has a random UUID as its ``id`` (QuPath drops other ids).
+    Each feature is one nucleus (or object) as the user sees it: its id is the feature's
+    ``name`` (what QuPath shows for an object) and its ``Label`` measurement, beside
+    ``Area px``; its class is ``classification``. The polygons follow pixel edges: an
+    object's polygon area (outline minus holes) is its pixel count (times
+    ``window.factor ** 2`` for a downsampled window), 1 for a single pixel. An id made of
+    several separate (4-connected) pieces is one ``MultiPolygon``. Every feature has a
+    random UUID as its ``id`` (QuPath drops other ids). Features come in the order of the
+    ids.
 
     Parameters
     ----------
@@ -312,22 +554,16 @@ def mask_to_geojson(
             f"object type must be one of {', '.join(OBJECT_TYPES)}, got {object_type!r}"
         )
     instances = np.asarray(instances)
-    features = []
-    for i, sl in enumerate(ndi.find_objects(instances), start=1):
-        if sl is None:
-            continue
-        feature = object_feature(
-            instances[sl] == i,
-            sl[0].start,
-            sl[1].start,
-            i,
-            classification=classification,
-            color=color,
-            object_type=object_type,
-            window=window,
+    with _gc_paused():
+        features = list(
+            label_features(
+                instances,
+                classification=classification,
+                color=color,
+                object_type=object_type,
+                window=window,
+            )
         )
-        if feature is not None:
-            features.append(feature)
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -614,7 +850,8 @@ def export_annotation(
         The image's name; the files are called ``STEM_mask.tif`` etc. after it, with STEM
         from :func:`choose_stem` (never the files of another image).
     labels
-        ``(H, W)`` correction Labels array (0 background, 255 uncertain, else foreground).
+        ``(H, W)`` correction Labels array (0 background, 255 uncertain, any other value a
+        nucleus id; the mask file is their union).
     image_sha256, image_path
         Identify the image in the manifest.
     checkpoint
@@ -622,7 +859,10 @@ def export_annotation(
     classification
         The QuPath class of the objects.
     uncertain
-        What to do with pixels still uncertain (see :func:`labels_to_mask`).
+        What to do with pixels still uncertain (:data:`UNCERTAIN_POLICIES`): ``keep`` them
+        as 255 in the mask (not in any instance), make them ``background``, or
+        ``foreground``: nuclei, as :func:`.nuclei.settle` makes them (see
+        :func:`nuclei_instances`).
     object_type
         QuPath object type of the GeoJSON features (:data:`OBJECT_TYPES`).
     window
@@ -633,13 +873,14 @@ def export_annotation(
         both TIFFs; None when unknown.
     instances
         Instance ids of the objects (``labels``' shape, 0 background), kept as they are on
-        the foreground (:func:`given_instances`); None: connected components of the
-        foreground (:func:`instance_labels`).
+        the foreground (:func:`given_instances`); None: the nuclei of ``labels``, their ids
+        kept (:func:`nuclei_instances`).
 
     Returns
     -------
     dict
-        The manifest entry (file names relative to ``out_dir``).
+        The manifest entry (file names relative to ``out_dir``); ``objects`` is the number
+        of distinct instance ids (nuclei).
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -648,20 +889,15 @@ def export_annotation(
     if window is not None and mask.shape != window.shape:
         raise InputError(f"labels of shape {mask.shape} do not fit region {window.label}")
     if instances is None:
-        instances = instance_labels(mask)
-        objects = int(instances.max())
+        instances = _nuclei_instances(labels, mask, uncertain)
     else:
         instances = given_instances(instances, mask)
-        objects = int(np.count_nonzero(np.unique(instances)))
-    geojson = (
-        json.dumps(
-            mask_to_geojson(
-                instances, classification=classification, object_type=object_type, window=window
-            ),
-            ensure_ascii=False,
-        )
-        + "\n"
+    collection = mask_to_geojson(
+        instances, classification=classification, object_type=object_type, window=window
     )
+    objects = len(collection["features"])  # one per id present
+    geojson = json.dumps(collection, ensure_ascii=False) + "\n"
+    del collection
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     with folder_lock(out):

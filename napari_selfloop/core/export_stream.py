@@ -6,18 +6,25 @@ What ``napari-selfloop export`` runs for every input. The outputs are those of
 whole: it is read in bands of about :data:`BAND_PIXELS` pixels, three times.
 
 1. **Check** (:func:`plan_export`): every band is checked (pixel type, negative ids, values
-   of a mask) and what decides how the file is read is gathered (a 0/255 binary mask, or
-   instance labels), so a bad file is refused in one line before anything is written.
-2. **Label**: the foreground of each band is labelled (4-connected, as
+   of a mask) and what decides how the file is read is gathered (a 0/255 binary mask, a
+   correction mask with nucleus ids, or instance labels), so a bad file is refused in one
+   line before anything is written.
+2. **Label**: the foreground of a plain mask is labelled band by band (4-connected, as
    :func:`.export.instance_labels`); pieces that touch across the border of two bands are
    joined (union-find), so objects crossing band borders stay whole, and objects are
    numbered as if the whole mask had been labelled at once (row by row, top to bottom).
-   Given instance labels keep their ids (renumbered only past :data:`.export.MAX_KEPT_ID`).
+   Nucleus ids (a correction mask, :mod:`.nuclei`) and given instance labels keep their
+   ids, which are global already (renumbered only past :data:`.export.MAX_KEPT_ID`); with
+   ``--uncertain foreground`` the pieces of uncertain pixels of a mask with ids are
+   labelled and joined the same way first, and settled as :func:`.nuclei.settle` settles
+   the whole mask (a piece touching a nucleus: each pixel its nearest nucleus, found from
+   the rows around it; any other: a new id), as :func:`.export.nuclei_instances` does.
    The bounding box and area of every object are kept: a few numbers per object.
 3. **Write** (:func:`write_export`): each band is labelled again and its rows are streamed into
-   the two tiled TIFFs; an object's pixels are kept (a boolean crop of its bounding box)
-   from the first band it touches to the last, then outlined and streamed into the GeoJSON.
-   Features come in the order their objects end, top to bottom.
+   the two tiled TIFFs; the objects whole in a band are outlined together; the pixels of an
+   object crossing band borders (all of one id's, wherever they lie) are kept in a boolean
+   crop of its bounding box from the first band it touches to the last, then outlined.
+   Features are streamed into the GeoJSON band by band, in the order their objects end.
 
 Memory: a few bands and the crops of the objects open at a band border. Those are known
 after the labelling pass; a file whose open objects would need more than
@@ -49,14 +56,17 @@ from .export import (
     MAX_KEPT_ID,
     UNCERTAIN_POLICIES,
     _files,
+    _gc_paused,
     _read_manifest,
     choose_stem,
     folder_lock,
+    label_features,
     labels_to_mask,
     manifest_entry,
     manifest_text_with,
     object_feature,
 )
+from .nuclei import FOUR, id_sequence, skip_reserved
 from .pseudolabel import UNCERTAIN
 from .tiledtiff import TiledTiffWriter
 from .window import Window
@@ -108,7 +118,7 @@ class Plan:
     rows: Rows
     name: str
     kind: str  # mask | instances
-    rule: str  # masks: plain (0/1/255 as stored), binary (255 foreground), ids (any id but 255)
+    rule: str  # masks: plain (0/1/255 as stored), binary (255 foreground), ids (nucleus ids)
     uncertain: str
     band: int
     objects: int = 0
@@ -126,6 +136,14 @@ class Plan:
     #: Instances: given ids (sorted) are renumbered 1, 2, ... (ids past MAX_KEPT_ID).
     renumber: bool = False
     given: np.ndarray | None = None
+    #: Nucleus ids (rule ``ids``): the largest id (not 255), and for ``--uncertain
+    #: foreground`` the pieces of uncertain pixels: provisional id of each band's first
+    #: piece, and provisional id -> the new nucleus id of a piece touching no nucleus, -1
+    #: for one whose pixels join their nearest nucleus (0: none).
+    top_id: int = 0
+    settle: bool = False
+    unc_offsets: list[int] = field(default_factory=list)
+    unc_lut: np.ndarray | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -154,14 +172,37 @@ class Plan:
         """The final object ids (int64) of band number ``index``."""
         if self.kind == "instances":
             inst = np.where(mask == 1, raw, 0).astype(np.int64)
-            if self.renumber:
-                assert self.given is not None
-                inst = np.where(inst > 0, np.searchsorted(self.given, inst) + 1, 0)
-            return inst
-        assert self.lut is not None
-        local, _ = ndi.label(mask == 1)
-        provisional = np.where(local > 0, local.astype(np.int64) + self.offsets[index], 0)
-        return self.lut[provisional]
+        elif self.rule == "ids":
+            inst = self.nuclei(raw, index)
+        else:
+            assert self.lut is not None
+            local, _ = ndi.label(mask == 1)
+            provisional = np.where(local > 0, local.astype(np.int64) + self.offsets[index], 0)
+            return self.lut[provisional]
+        if self.renumber:
+            assert self.given is not None
+            inst = np.where(inst > 0, np.searchsorted(self.given, inst) + 1, 0)
+        return inst
+
+    def nuclei(self, raw: np.ndarray, index: int) -> np.ndarray:
+        """A band's nucleus ids (rule ``ids``), its uncertain pixels settled as
+        :func:`.nuclei.settle` settles the whole mask when they count as foreground."""
+        ids = raw.astype(np.int64)
+        unc = ids == UNCERTAIN
+        ids[unc] = 0
+        if not self.settle or not unc.any():
+            return ids
+        assert self.unc_lut is not None
+        local, _ = ndi.label(unc, structure=FOUR)
+        value = self.unc_lut[local[unc].astype(np.int64) + self.unc_offsets[index]]
+        join = np.zeros(unc.shape, bool)
+        join[unc] = value < 0
+        value[value < 0] = 0
+        ids[unc] = value
+        if join.any():
+            y0 = index * self.band
+            ids[join] = _nearest(self, y0, y0 + raw.shape[0], join)
+        return ids
 
 
 def _bad(name: str, message: str) -> InputError:
@@ -194,6 +235,9 @@ def _check_band(plan: Plan, raw: np.ndarray, wanted: str, seen: dict[str, Any]) 
     usual = np.isin(values, _MASK_VALUES)
     seen["present"] |= set(values[usual].tolist())
     seen["other"] = seen["other"] or not usual.all()
+    ids = values[values != UNCERTAIN]
+    if ids.size:
+        seen["top"] = max(seen["top"], int(ids[-1]))
 
 
 def plan_export(
@@ -231,15 +275,21 @@ def plan_export(
     if uncertain not in UNCERTAIN_POLICIES:
         raise InputError(f"uncertain must be one of {', '.join(UNCERTAIN_POLICIES)}")
     plan = Plan(rows, name, "mask", "plain", uncertain, band or band_rows(rows))
-    seen: dict[str, Any] = {"present": set(), "other": False}
+    seen: dict[str, Any] = {"present": set(), "other": False, "top": 0}
     for _, raw in plan.bands():
         _check_band(plan, raw, input_type, seen)
     present, other = seen["present"], seen["other"]
     if rows.dtype.kind in "iu":
-        plan.kind = input_type if input_type != "auto" else ("instances" if other else "mask")
+        if input_type != "auto":
+            plan.kind = input_type
+        elif other and convention != "selfloop":
+            plan.kind = "instances"  # another tool's labels: every id an object, 255 too
     if plan.kind == "mask" and rows.dtype != bool:
         if other:
-            plan.rule = "ids"  # --input-type mask on ids: any id but 255 is foreground
+            # Nucleus ids (a correction mask saved from the plugin, or --input-type mask):
+            # each id a nucleus, kept; 255 uncertain.
+            plan.rule = "ids"
+            plan.top_id = seen["top"]
         elif convention == "auto" and present == {UNCERTAIN}:
             log.info(
                 "%s: the mask is 255 everywhere: read as not labelled (0/1/255); if 255 "
@@ -253,7 +303,9 @@ def plan_export(
                 "to mark pixels as not labelled, use 1 for foreground and 255 for those",
                 name,
             )
-    if plan.kind == "instances":
+    if plan.rule == "ids" and uncertain == "foreground" and UNCERTAIN in present:
+        _label_uncertain(plan)
+    if plan.kind == "instances" or plan.rule == "ids":
         _label_instances(plan)
     else:
         _label_mask(plan)
@@ -306,6 +358,37 @@ def _reduce(
     plan.out_dtype = np.dtype(np.uint16 if top < 65536 else np.uint32)
 
 
+def _join(pairs: list[np.ndarray], count: int) -> np.ndarray:
+    """Provisional piece ids 0 ... ``count`` -> final ids, the pieces in ``pairs`` (2 x k
+    arrays of provisional ids touching across a band border) joined (union-find): objects
+    numbered 1, 2, ... in the order of their first piece, as if labelled at once."""
+    parent = np.arange(count + 1, dtype=np.int64)
+
+    def find(i: int) -> int:
+        root = i
+        while parent[root] != root:
+            root = int(parent[root])
+        while parent[i] != root:  # path compression
+            parent[i], i = root, int(parent[i])
+        return root
+
+    for a, b in np.concatenate(pairs, axis=1).T.tolist() if pairs else []:
+        ra, rb = find(a), find(b)
+        if ra != rb:  # the smaller id (the piece that starts first) is the root
+            parent[max(ra, rb)] = min(ra, rb)
+    root = parent
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    is_root = root == np.arange(count + 1)
+    is_root[0] = False
+    rank = np.zeros(count + 1, np.int64)
+    rank[is_root] = np.arange(1, int(is_root.sum()) + 1)
+    return rank[root]
+
+
 def _label_mask(plan: Plan) -> None:
     """Connected components of the foreground, band by band, joined across band borders."""
     boxes, areas, edges, pairs = [], [], [], []
@@ -330,31 +413,7 @@ def _label_mask(plan: Plan) -> None:
         last = local[-1].astype(np.int64)
         previous = np.where(last > 0, last + offset, 0)
         offset += n
-    parent = np.arange(offset + 1, dtype=np.int64)
-
-    def find(i: int) -> int:
-        root = i
-        while parent[root] != root:
-            root = int(parent[root])
-        while parent[i] != root:  # path compression
-            parent[i], i = root, int(parent[i])
-        return root
-
-    for a, b in np.concatenate(pairs, axis=1).T.tolist() if pairs else []:
-        ra, rb = find(a), find(b)
-        if ra != rb:  # the smaller id (the piece that starts first) is the root
-            parent[max(ra, rb)] = min(ra, rb)
-    root = parent
-    while True:
-        nxt = root[root]
-        if np.array_equal(nxt, root):
-            break
-        root = nxt
-    is_root = root == np.arange(offset + 1)
-    is_root[0] = False
-    rank = np.zeros(offset + 1, np.int64)
-    rank[is_root] = np.arange(1, int(is_root.sum()) + 1)
-    plan.lut = rank[root]
+    plan.lut = _join(pairs, offset)
     if offset:
         _reduce(
             plan,
@@ -367,12 +426,14 @@ def _label_mask(plan: Plan) -> None:
 
 
 def _label_instances(plan: Plan) -> None:
-    """Given ids, band by band: which ids there are, their boxes and areas."""
+    """Given ids or nucleus ids (:meth:`Plan.final`), band by band: which ids there are,
+    their boxes and areas."""
     keys, boxes, areas, edges = [], [], [], []
-    for y0, raw in plan.bands():
+    for index, (y0, raw) in enumerate(plan.bands()):
         mask = plan.mask(raw)
         plan.foreground += int(np.count_nonzero(mask == 1))
-        inst = raw.astype(np.int64, copy=False)
+        plan.uncertain_pixels += int(np.count_nonzero(mask == UNCERTAIN))
+        inst = plan.final(raw, index, mask)
         ids = np.unique(inst)
         ids = ids[ids > 0]
         if not ids.size:
@@ -398,6 +459,80 @@ def _label_instances(plan: Plan) -> None:
         plan.ids = np.arange(1, plan.objects + 1, dtype=np.int64)
         log.info("instance ids up to %d renumbered 1..%d", top, plan.objects)
         plan.out_dtype = np.dtype(np.uint16 if plan.objects < 65536 else np.uint32)
+
+
+def _label_uncertain(plan: Plan) -> None:
+    """The pieces of uncertain pixels of a mask with nucleus ids, when they count as
+    foreground: labelled band by band (4-connected) and joined across band borders, in the
+    order :func:`.nuclei.settle` numbers them (row by row); a piece that touches a nucleus
+    anywhere (4-connected) will join its nearest nucleus, pixel by pixel, and any other
+    becomes a new nucleus with the next free id (after the largest id, skipping 255)."""
+    pairs: list[np.ndarray] = []
+    touched: list[np.ndarray] = []
+    offset = 0
+    above: np.ndarray | None = None  # provisional ids of the last row of the band above
+    above_nucleus: np.ndarray | None = None  # its nucleus pixels
+    for _, raw in plan.bands():
+        unc = raw == UNCERTAIN
+        nucleus = (raw != 0) & ~unc
+        local, n = ndi.label(unc, structure=FOUR)
+        plan.unc_offsets.append(offset)
+        ids = local.astype(np.int64)
+        ids[local > 0] += offset
+        if n:
+            near = unc & ndi.binary_dilation(nucleus, structure=FOUR)
+            touched.append(ids[near])
+            if above_nucleus is not None:
+                touched.append(ids[0][unc[0] & above_nucleus])
+        if above is not None:
+            touched.append(above[(above > 0) & nucleus[0]])
+            touch = (above > 0) & (ids[0] > 0)
+            if touch.any():
+                pairs.append(np.unique(np.stack([above[touch], ids[0][touch]]), axis=1))
+        above, above_nucleus = ids[-1], nucleus[-1]
+        offset += n
+    rank = _join(pairs, offset)
+    count = int(rank.max()) if rank.size else 0
+    joins = np.zeros(count + 1, bool)
+    if touched:
+        joins[rank[np.concatenate(touched)]] = True
+    value = np.zeros(count + 1, np.int64)
+    value[joins] = -1
+    new = np.flatnonzero(~joins)[1:]
+    value[new] = id_sequence(skip_reserved(plan.top_id + 1), new.size)
+    plan.unc_lut = value[rank]
+    plan.settle = True
+
+
+#: Rows read above and below a band to find the nucleus nearest to each of its uncertain
+#: pixels (more where that is not enough, see :func:`_nearest`).
+NEAREST_HALO = 64
+
+
+def _nearest(plan: Plan, y0: int, y1: int, where: np.ndarray) -> np.ndarray:
+    """The id of the nucleus nearest to each pixel ``where`` of rows ``y0`` ... ``y1 - 1``
+    (Euclidean, ties as :func:`.nuclei.settle` breaks them), from the rows around them: a
+    nucleus found at distance ``d`` is the nearest of the whole mask when every row within
+    ``d`` of the pixel was read; where one was not, more rows are read."""
+    height = plan.shape[0]
+    rows = np.nonzero(where)[0] + y0
+    halo = NEAREST_HALO
+    while True:
+        a, b = max(0, y0 - halo), min(height, y1 + halo)
+        ids = plan.rows(a, b).astype(np.int64)
+        ids[ids == UNCERTAIN] = 0
+        need = float(2 * halo)
+        if ids.any():
+            dist, (iy, ix) = ndi.distance_transform_edt(ids == 0, return_indices=True)
+            part = slice(y0 - a, y1 - a)
+            d = dist[part][where]
+            ok = ((rows - d >= a) | (a == 0)) & ((rows + d <= b - 1) | (b == height))
+            if ok.all():
+                return ids[iy[part][where], ix[part][where]]
+            need = float(d[~ok].max())
+        elif a == 0 and b == height:  # never: these pixels touch a nucleus
+            raise RuntimeError("no nucleus for uncertain pixels to join")
+        halo = max(2 * halo, int(math.ceil(need)) + 1)
 
 
 def _check_outline_memory(plan: Plan) -> None:
@@ -433,34 +568,40 @@ def _features(
     held: dict[int, np.ndarray],
     **style: Any,
 ) -> Iterator[dict[str, Any]]:
-    """The features of the objects that end in this band; crops of the others kept in ``held``."""
+    """The features of the objects that end in this band; crops of the others kept in ``held``.
+
+    The objects whole in this band are outlined together (:func:`.export.label_features`),
+    by id; then those that end here after crossing band borders, from their crops.
+    """
     present = np.unique(labels)
     present = present[present > 0]
     if not present.size:
         return
     local = np.where(labels > 0, np.searchsorted(present, labels) + 1, 0).astype(np.int32)
-    index = np.searchsorted(plan.ids, present)
+    boxes = plan.boxes[np.searchsorted(plan.ids, present)]
     y1 = y0 + labels.shape[0]
-    for k, sl in enumerate(ndi.find_objects(local)):
+    whole = (boxes[:, 0] >= y0) & (boxes[:, 1] <= y1)
+    if whole.any():
+        inside = np.r_[False, whole][local]
+        yield from label_features(np.where(inside, labels, 0), y0, 0, **style)
+    if whole.all():
+        return
+    crossing = np.r_[False, ~whole][local]
+    pieces = np.where(crossing, local, 0)
+    for k, sl in enumerate(ndi.find_objects(pieces)):
         if sl is None:
             continue
-        j = int(index[k])
-        by0, by1, bx0, bx1 = (int(v) for v in plan.boxes[j])
-        crop = local[sl] == k + 1
-        if by0 >= y0 and by1 <= y1:  # whole in this band
-            region, ry, rx = crop, sl[0].start + y0, sl[1].start
-        else:
-            label = int(present[k])
-            if label not in held:
-                held[label] = np.zeros((by1 - by0, bx1 - bx0), bool)
-            buf = held[label]
-            ys = slice(sl[0].start + y0 - by0, sl[0].stop + y0 - by0)
-            xs = slice(sl[1].start - bx0, sl[1].stop - bx0)
-            buf[ys, xs] |= crop
-            if by1 > y1:
-                continue
-            region, ry, rx = held.pop(label), by0, bx0
-        feature = object_feature(region, ry, rx, int(present[k]), **style)
+        by0, by1, bx0, bx1 = (int(v) for v in boxes[k])
+        label = int(present[k])
+        if label not in held:
+            held[label] = np.zeros((by1 - by0, bx1 - bx0), bool)
+        buf = held[label]
+        ys = slice(sl[0].start + y0 - by0, sl[0].stop + y0 - by0)
+        xs = slice(sl[1].start - bx0, sl[1].stop - bx0)
+        buf[ys, xs] |= pieces[sl] == k + 1
+        if by1 > y1:
+            continue
+        feature = object_feature(held.pop(label), by0, bx0, label, **style)
         if feature is not None:
             yield feature
 
@@ -539,9 +680,12 @@ def write_export(
                 labels = plan.final(raw, index, mask)
                 mask_w.write_rows(y0, mask)
                 inst_w.write_rows(y0, labels.astype(plan.out_dtype))
-                for feature in _features(plan, labels, y0, held, **style):
+                with _gc_paused():
+                    features = list(_features(plan, labels, y0, held, **style))
+                for feature in features:
                     geojson.write(("" if first else ", ") + json.dumps(feature, ensure_ascii=False))
                     first = False
+                del features
             geojson.write("]}\n")
             if held:  # never: every object ends in some band
                 raise RuntimeError(f"{len(held)} object(s) were never outlined")
