@@ -212,3 +212,16 @@ def test_a_new_proposal_keeps_the_nuclei_the_user_edited(setup):
     np.testing.assert_array_equal(layer.data == right, edited == right)
     assert layer.data[45, 45] == 0
     assert (layer.data[58:62, 2:8] == UNCERTAIN).all()
+
+
+def test_tools_work_on_a_region_placed_over_a_slide(setup):
+    """A region's correction layer is scaled and translated over its slide: a click in the
+    slide's coordinates edits the nucleus under it."""
+    viewer, layer, tools = setup
+    layer.scale = (4.0, 4.0)
+    layer.translate = (5000.0, 6000.0)
+    tools.set_tool("delete")
+    lone = int(layer.data[45, 45])
+    event = _Press((5000.0 + 4 * 45, 6000.0 + 4 * 45))  # the slide's full-resolution pixels
+    mouse_press_callbacks(layer, ReadOnlyWrapper(event))
+    assert lone not in _ids(layer)
