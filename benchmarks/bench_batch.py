@@ -36,8 +36,8 @@ import tifffile
 import torch
 
 from napari_selfloop import __version__
-from napari_selfloop.core.checkpoint import save_checkpoint
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

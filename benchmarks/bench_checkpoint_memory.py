@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 _MEASURE = """
 import json, sys
 import torch
-from napari_selfloop.core.checkpoint import load_checkpoint
+from napari_selfloop.core.store.checkpoint import load_checkpoint
 from napari_selfloop.core.errors import CheckpointError
 what, path = sys.argv[1], sys.argv[2]
 outcome = "nothing loaded"
@@ -58,8 +58,8 @@ def build(path: Path, gb: float) -> None:
     """Write the crafted checkpoint to ``path`` (needs ``gb`` GB of free disk while built)."""
     import torch
 
-    from napari_selfloop.core.checkpoint import save_checkpoint
-    from napari_selfloop.core.model import ModelConfig, build_model
+    from napari_selfloop.core.engine.model import ModelConfig, build_model
+    from napari_selfloop.core.store.checkpoint import save_checkpoint
 
     plain = path.with_suffix(".plain.pt")
     save_checkpoint(plain, build_model(ModelConfig(width=8), seed=0))

@@ -32,10 +32,10 @@ sys.path.insert(0, str(HERE))
 from bench_monuseg import evaluate_test, item, load_monuseg, split  # noqa: E402
 
 from napari_selfloop import __version__  # noqa: E402
-from napari_selfloop.core.atomic import write_json  # noqa: E402
-from napari_selfloop.core.model import DECODERS, ModelConfig, build_model, count_parameters  # noqa: E402
+from napari_selfloop.core.engine.model import DECODERS, ModelConfig, build_model, count_parameters  # noqa: E402
+from napari_selfloop.core.engine.training import TrainConfig, train  # noqa: E402
+from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
-from napari_selfloop.core.training import TrainConfig, train  # noqa: E402
 
 
 def main() -> int:

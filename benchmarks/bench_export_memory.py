@@ -10,7 +10,7 @@ else is counted:
 
 * ``export``: ``napari-selfloop export MASK --out DIR`` (streamed in bands);
 * ``in memory`` (``--compare``): what export did before, the whole mask read and labelled
-  at once (:func:`napari_selfloop.core.export.export_annotation` on the full array).
+  at once (:func:`napari_selfloop.core.store.export.export_annotation` on the full array).
 
 Run::
 
@@ -48,9 +48,9 @@ print(json.dumps({"peak_rss_mb": round(peak / 1024, 1), "seconds": round(seconds
 _IN_MEMORY = """
 import sys
 from pathlib import Path
-from napari_selfloop.core.datasets import normalise_mask
-from napari_selfloop.core.export import export_annotation
-from napari_selfloop.core.labelfile import read_labels_file
+from napari_selfloop.core.engine.datasets import normalise_mask
+from napari_selfloop.core.store.export import export_annotation
+from napari_selfloop.core.io.label_files import read_labels_file
 file = read_labels_file(sys.argv[1])
 labels = normalise_mask(file.data, file.path.name, convention=file.convention)
 entry = export_annotation(sys.argv[2], file.path.stem, labels)
@@ -60,8 +60,8 @@ print(entry["objects"], file=sys.stderr)
 
 def build(path: Path, size: int, seed: int = 0) -> dict:
     """Write the synthetic mask to ``path``, band by band; what it holds."""
-    from napari_selfloop.core.datasets import SELFLOOP_MASK_TAG
-    from napari_selfloop.core.tiledtiff import TiledTiffWriter
+    from napari_selfloop.core.engine.datasets import SELFLOOP_MASK_TAG
+    from napari_selfloop.core.io.tiled_tiff import TiledTiffWriter
 
     rng = np.random.default_rng(seed)
     spacing = 48

@@ -26,12 +26,12 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 from test_training import blobs  # noqa: E402
 
-from napari_selfloop.core.atomic import write_json  # noqa: E402
-from napari_selfloop.core.metrics import pixel_scores  # noqa: E402
-from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
+from napari_selfloop.core.engine.metrics import pixel_scores  # noqa: E402
+from napari_selfloop.core.engine.model import ModelConfig, build_model  # noqa: E402
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
+from napari_selfloop.core.engine.training import TrainConfig, TrainItem, train  # noqa: E402
+from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
-from napari_selfloop.core.training import TrainConfig, TrainItem, train  # noqa: E402
 
 ARMS = (("supervised", 0.0), ("selfloop", 0.0), ("selfloop", TrainConfig().gate_dice))
 

@@ -1,16 +1,16 @@
 """How long exporting many nuclei takes: the GeoJSON outlines and the whole export.
 
-Synthetic painted nuclei (a uint32 correction mask, :mod:`napari_selfloop.core.nuclei`): N
+Synthetic painted nuclei (a uint32 correction mask, :mod:`napari_selfloop.core.corrections.nuclei`): N
 discs of radius 11-21 px on a jittered grid 35 px apart, each with its own id (1, 2, ...,
 skipping 255), drawn in order so that neighbours touch and overlap (about 5000 x 5000 px
 for the default 20,000 nuclei). Timed, each the median of ``--repeats`` runs:
 
 * ``mask_to_geojson``: the outlines of every nucleus as QuPath GeoJSON features
-  (:func:`napari_selfloop.core.export.mask_to_geojson` on the nuclei's instance labels);
+  (:func:`napari_selfloop.core.store.export.mask_to_geojson` on the nuclei's instance labels);
 * ``export_annotation``: the Export panel's whole export into a temporary folder (the
   nuclei's ids, both tiled TIFFs, the GeoJSON text, the manifest);
 * ``streamed export``: what ``napari-selfloop export`` runs on such a file, in bands
-  (:mod:`napari_selfloop.core.export_stream`, planning and writing).
+  (:mod:`napari_selfloop.core.store.export_stream`, planning and writing).
 
 Run::
 
@@ -39,10 +39,10 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from napari_selfloop.core.atomic import write_json  # noqa: E402
-from napari_selfloop.core.export import export_annotation, mask_to_geojson  # noqa: E402
-from napari_selfloop.core.export_stream import Rows, plan_export, write_export  # noqa: E402
-from napari_selfloop.core.nuclei import id_sequence, labels_instances  # noqa: E402
+from napari_selfloop.core.corrections.nuclei import id_sequence, labels_instances  # noqa: E402
+from napari_selfloop.core.io.atomic import write_json  # noqa: E402
+from napari_selfloop.core.store.export import export_annotation, mask_to_geojson  # noqa: E402
+from napari_selfloop.core.store.export_stream import Rows, plan_export, write_export  # noqa: E402
 
 
 def synthetic_nuclei(count: int, spacing: int = 35, seed: int = 0) -> np.ndarray:

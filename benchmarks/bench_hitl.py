@@ -56,14 +56,14 @@ sys.path.insert(0, str(HERE.parent))
 from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
 from train_bundled import load_dataset  # noqa: E402
 
-from napari_selfloop.core.atomic import write_json  # noqa: E402
-from napari_selfloop.core.checkpoint import load_checkpoint  # noqa: E402
-from napari_selfloop.core.labelfile import write_labels_tiff  # noqa: E402
-from napari_selfloop.core.metrics import panoptic_scores, pixel_scores  # noqa: E402
-from napari_selfloop.core.nuclei import proposal_labels  # noqa: E402
+from napari_selfloop.core.corrections.nuclei import proposal_labels  # noqa: E402
+from napari_selfloop.core.engine.metrics import panoptic_scores, pixel_scores  # noqa: E402
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
+from napari_selfloop.core.engine.training import TrainConfig  # noqa: E402
+from napari_selfloop.core.io.atomic import write_json  # noqa: E402
+from napari_selfloop.core.io.label_files import write_labels_tiff  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
-from napari_selfloop.core.training import TrainConfig  # noqa: E402
+from napari_selfloop.core.store.checkpoint import load_checkpoint  # noqa: E402
 
 #: Fine-tune settings this benchmark can vary (``train`` options of the same names).
 SETTINGS = ("framework", "iterations", "patch_size", "batch_size", "lr", "q", "warmup")

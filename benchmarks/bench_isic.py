@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 from bench_monuseg import DATA, common_args, run_benchmark  # noqa: E402
 
-from napari_selfloop.core.imageio import open_image  # noqa: E402
+from napari_selfloop.core.io.images import open_image  # noqa: E402
 
 log = logging.getLogger("bench")
 

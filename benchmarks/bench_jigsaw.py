@@ -29,10 +29,10 @@ sys.path.insert(0, str(HERE))
 import torch  # noqa: E402
 from bench_monuseg import DATA, load_monuseg, split  # noqa: E402
 
-from napari_selfloop.core.atomic import write_json  # noqa: E402
-from napari_selfloop.core.datasets import TrainItem  # noqa: E402
-from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
-from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
+from napari_selfloop.core.engine.datasets import TrainItem  # noqa: E402
+from napari_selfloop.core.engine.model import ModelConfig, build_model  # noqa: E402
+from napari_selfloop.core.engine.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
+from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 
 log = logging.getLogger("bench_jigsaw")

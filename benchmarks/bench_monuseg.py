@@ -50,11 +50,8 @@ sys.path.insert(0, str(HERE.parent))
 
 import torch  # noqa: E402
 
-from napari_selfloop.core.atomic import write_json  # noqa: E402
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_selfloop.core.imageio import open_image  # noqa: E402
-from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles  # noqa: E402
-from napari_selfloop.core.metrics import (  # noqa: E402
+from napari_selfloop.core.engine.jigsaw import permutation_pool, sample_puzzles  # noqa: E402
+from napari_selfloop.core.engine.metrics import (  # noqa: E402
     aji,
     captured_errors,
     instances,
@@ -62,17 +59,20 @@ from napari_selfloop.core.metrics import (  # noqa: E402
     pixel_counts,
     scores_from_counts,
 )
-from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
-from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
-from napari_selfloop.core.progress import run_to_completion  # noqa: E402
-from napari_selfloop.core.pseudolabel import (  # noqa: E402
+from napari_selfloop.core.engine.model import ModelConfig, build_model  # noqa: E402
+from napari_selfloop.core.engine.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
+from napari_selfloop.core.engine.pseudolabel import (  # noqa: E402
     DEFAULT_STEP_LR,
     PseudoLabelConfig,
     PseudoLabelResult,
     predict_selfloop,
     pseudo_label,
 )
-from napari_selfloop.core.training import TrainConfig, TrainItem, train  # noqa: E402
+from napari_selfloop.core.engine.training import TrainConfig, TrainItem, train  # noqa: E402
+from napari_selfloop.core.io.atomic import write_json  # noqa: E402
+from napari_selfloop.core.io.images import open_image  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 log = logging.getLogger("bench")
 DATA = Path(os.environ.get("SELFLOOP_DATA", HERE.parent.parent / "shared" / "data"))

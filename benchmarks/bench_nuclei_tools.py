@@ -110,7 +110,7 @@ def main() -> int:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_selfloop.core.review_items import review_items
+    from napari_selfloop.core.corrections.review_items import review_items
     from napari_selfloop.widgets._layers import propose_labels
     from napari_selfloop.widgets.nuclei_tools import NucleusTools
 

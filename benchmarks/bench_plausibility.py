@@ -1,6 +1,6 @@
 """How often does the plausibility warning fire, and where?
 
-The warning (:mod:`napari_selfloop.core.plausibility`) compares a proposal's foreground
+The warning (:mod:`napari_selfloop.core.engine.plausibility`) compares a proposal's foreground
 share and typical nucleus size with the range recorded in the checkpoint from its
 training images. It must stay quiet on tissue like the training tissue and speak where
 the model is badly wrong. For a leave-one-organ-out base model (``bench_hitl.py``'s, whose
@@ -36,12 +36,12 @@ sys.path.insert(0, str(HERE.parent))
 from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
 from train_bundled import load_dataset  # noqa: E402
 
-from napari_selfloop.core.atomic import write_json  # noqa: E402
-from napari_selfloop.core.checkpoint import load_checkpoint  # noqa: E402
-from napari_selfloop.core.metrics import panoptic_scores, pixel_scores  # noqa: E402
-from napari_selfloop.core.plausibility import plausibility_warning, record_of  # noqa: E402
+from napari_selfloop.core.engine.metrics import panoptic_scores, pixel_scores  # noqa: E402
+from napari_selfloop.core.engine.plausibility import plausibility_warning, record_of  # noqa: E402
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
+from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
+from napari_selfloop.core.store.checkpoint import load_checkpoint  # noqa: E402
 
 
 def check(model: Any, record: Any, d: dict[str, Any], method: str) -> dict[str, Any]:

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 
 from napari_selfloop import __version__
-from napari_selfloop.core.device import resolve_device, resolve_precision
-from napari_selfloop.core.imageio import check_image, open_image
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.engine.device import resolve_device, resolve_precision
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.io.images import check_image, open_image
+from napari_selfloop.core.io.tiled_tiff import TiledTiffWriter
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
-from napari_selfloop.core.tiledtiff import TiledTiffWriter
 
 HERE = Path(__file__).resolve().parent
 #: (label, method, Q); the first is the reference "one plain forward pass".

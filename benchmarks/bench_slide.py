@@ -1,7 +1,7 @@
 """Whole-slide pseudo-labelling: peak memory, output size and time per tissue megapixel.
 
 1. Makes (once, into the cache folder) a synthetic 40,000 x 40,000 JPEG-compressed pyramidal
-   TIFF at 0.25 µm/px: tissue with nuclei on glass (:mod:`napari_selfloop.core.synthetic_slide`).
+   TIFF at 0.25 µm/px: tissue with nuclei on glass (:mod:`napari_selfloop.core.io.synthetic_slide`).
 2. Trains a tiny ResUNet-18 (width 8: a CPU benchmark, not an accuracy one) for a few hundred
    steps on patches drawn from the same scene at the working pixel size, with the scene's
    nuclei as ground truth, so its outputs have the structure of a real model's (an untrained
@@ -66,7 +66,7 @@ def child(argv: list[str]) -> None:
 
 def make_slide(size: int, mpp: float, seed: int) -> tuple[Path, float | None, object]:
     """The cached synthetic slide, and the seconds it took to make (None: made earlier)."""
-    from napari_selfloop.core.synthetic_slide import (
+    from napari_selfloop.core.io.synthetic_slide import (
         SlideScene,
         cached_synthetic_slide,
         slide_cache_dir,
@@ -85,8 +85,8 @@ def train_tiny_model(scene, work_mpp: float, out: Path, steps: int, width: int) 
     import torch
     import torch.nn.functional as F
 
-    from napari_selfloop.core.checkpoint import save_checkpoint
-    from napari_selfloop.core.model import ModelConfig, build_model
+    from napari_selfloop.core.engine.model import ModelConfig, build_model
+    from napari_selfloop.core.store.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -216,8 +216,8 @@ def _working_info(out: Path, slide: Path) -> dict:
     """The working image's size and its tissue share (the mask pseudo-label skipped glass by)."""
     import tifffile
 
-    from napari_selfloop.core.slide import open_slide
-    from napari_selfloop.core.tissue import detect_tissue
+    from napari_selfloop.core.io.slide_tissue import detect_tissue
+    from napari_selfloop.core.io.slides import open_slide
 
     with tifffile.TiffFile(next(out.glob("*_mask.tif"))) as tif:
         height, width = tif.pages[0].shape[:2]

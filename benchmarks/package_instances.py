@@ -35,11 +35,11 @@ sys.path.insert(0, str(HERE.parent))
 
 from train_bundled import RECIPES, jigsaw_patch, load_dataset, stage_head  # noqa: E402
 
-from napari_selfloop.core.bundled import package_model  # noqa: E402
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_selfloop.core.datasets import TrainItem  # noqa: E402
-from napari_selfloop.core.pretrain import evaluate_jigsaw  # noqa: E402
+from napari_selfloop.core.engine.datasets import TrainItem  # noqa: E402
+from napari_selfloop.core.engine.pretrain import evaluate_jigsaw  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
+from napari_selfloop.core.store.bundled import package_model  # noqa: E402
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 
 def best_marker(validation: dict[str, Any], method: str = "softmax") -> tuple[float, dict]:

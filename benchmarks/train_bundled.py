@@ -7,9 +7,9 @@ images with their context in one patch; the recipe resizes once when loading, an
 package resizes any image given to it.
 
 1. jigsaw pre-training (``L_SS`` only, puzzles of 96 ... 576-px patches of the training
-   images, 96 ... 192 px for lesions; :func:`napari_selfloop.core.pretrain.pretrain_jigsaw`);
+   images, 96 ... 192 px for lesions; :func:`napari_selfloop.core.engine.pretrain.pretrain_jigsaw`);
 2. the segmentation objective on the labelled training images (the ``selfloop``
-   framework with no unlabelled images, :func:`napari_selfloop.core.training.train`):
+   framework with no unlabelled images, :func:`napari_selfloop.core.engine.training.train`):
    ``L_SEG`` (cross-entropy plus soft Dice) on the plain patches, ``L_SEG`` on the same
    patches cut into jigsaw puzzles (``puzzle_seg_weight``: self-loop pseudo-labels are
    made of predictions of puzzles) and a small weight of their ``L_SS``;
@@ -90,7 +90,7 @@ jigsaw pre-training, measured the same way, is ``..._val14_1200_j1500.json``::
 
 A validation run also chooses a **foreground cut** on its validation images (the cut on
 the softmax probability with the best mean of Dice and balanced accuracy;
-:mod:`napari_selfloop.core.calibration`) and, with ``--step-lrs``, scores self-loop at
+:mod:`napari_selfloop.core.engine.calibration`) and, with ``--step-lrs``, scores self-loop at
 other step sizes; ``--calibration VALIDATION.json`` folds the cut into a held-out or
 shipped model (its results then go to a new ``--out``). A cut is adopted only when, on the
 validation images, it raises the mean of Dice and balanced accuracy and lowers none of the
@@ -104,7 +104,7 @@ softmax error-capture figures (top 5 / 10 / 20 %) by more than 2 points: the les
         --out benchmarks/results/bundled_lesion-dermoscopy_test14_val14_1200_j1500_cut.json
 
 A validation run with ``--step-lrs`` also chooses the model's **self-loop step**
-(:mod:`napari_selfloop.core.stepsize`; rows in ``selfloop_steps``, the choice in
+(:mod:`napari_selfloop.core.engine.step_size`; rows in ``selfloop_steps``, the choice in
 ``selfloop_step``), which ``--selfloop-step VALIDATION.json`` makes a held-out or shipped
 model's own. The file shipped before the present nuclei model came from
 ``runs/nuclei-he-24`` (the earlier stage 2 for 700 steps), continued for 1300 steps
@@ -138,27 +138,27 @@ sys.path.insert(0, str(HERE))
 from bench_monuseg import error_capture, predict, score, split  # noqa: E402
 
 from napari_selfloop import __version__  # noqa: E402
-from napari_selfloop.core.atomic import write_json  # noqa: E402
-from napari_selfloop.core.bundled import MODELS_DIR, package_model  # noqa: E402
-from napari_selfloop.core.calibration import (  # noqa: E402
+from napari_selfloop.core.engine.calibration import (  # noqa: E402
     apply_calibration,
     calibration_record,
     choose_threshold,
 )
-from napari_selfloop.core.checkpoint import file_sha256, load_checkpoint  # noqa: E402
-from napari_selfloop.core.datasets import TrainItem  # noqa: E402
-from napari_selfloop.core.imageio import open_image  # noqa: E402
-from napari_selfloop.core.model import ModelConfig, build_model  # noqa: E402
-from napari_selfloop.core.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
-from napari_selfloop.core.progress import run_to_completion  # noqa: E402
-from napari_selfloop.core.pseudolabel import DEFAULT_PATCH, PseudoLabelConfig  # noqa: E402
-from napari_selfloop.core.stepsize import (  # noqa: E402
+from napari_selfloop.core.engine.datasets import TrainItem  # noqa: E402
+from napari_selfloop.core.engine.model import ModelConfig, build_model  # noqa: E402
+from napari_selfloop.core.engine.pretrain import PretrainConfig, evaluate_jigsaw, pretrain_jigsaw  # noqa: E402
+from napari_selfloop.core.engine.pseudolabel import DEFAULT_PATCH, PseudoLabelConfig  # noqa: E402
+from napari_selfloop.core.engine.step_size import (  # noqa: E402
     choose_selfloop_step,
     set_selfloop_step,
     sweep_steps,
 )
-from napari_selfloop.core.training import TrainConfig, train  # noqa: E402
-from napari_selfloop.core.worksize import mask_to_work_size, to_work_size  # noqa: E402
+from napari_selfloop.core.engine.training import TrainConfig, train  # noqa: E402
+from napari_selfloop.core.engine.work_size import mask_to_work_size, to_work_size  # noqa: E402
+from napari_selfloop.core.io.atomic import write_json  # noqa: E402
+from napari_selfloop.core.io.images import open_image  # noqa: E402
+from napari_selfloop.core.progress import run_to_completion  # noqa: E402
+from napari_selfloop.core.store.bundled import MODELS_DIR, package_model  # noqa: E402
+from napari_selfloop.core.store.checkpoint import file_sha256, load_checkpoint  # noqa: E402
 
 DATA = HERE.parent.parent / "shared" / "data"
 
@@ -365,7 +365,7 @@ def evaluate(
 ) -> None:
     """Pseudo-label scores, error capture and held-out jigsaw figures on the test images;
     with ``choose_cut`` (validation runs), also the foreground cut that maximises the mean
-    of softmax Dice and balanced accuracy on them (:mod:`napari_selfloop.core.calibration`),
+    of softmax Dice and balanced accuracy on them (:mod:`napari_selfloop.core.engine.calibration`),
     which ``--calibration`` folds into a held-out or shipped model; with ``step_lrs``, the
     self-loop sweep of :func:`step_sweep` and the step chosen from it, which
     ``--selfloop-step`` makes a held-out or shipped model's own. Self-loop is scored at the
@@ -451,10 +451,10 @@ def step_sweep(
     ``step_lrs``, each from one pseudo-label per image: mean Dice and balanced accuracy, and
     the error capture of its uncertainty (share of the softmax prediction's wrong pixels
     among the 5 / 10 / 20 % most uncertain;
-    :func:`napari_selfloop.core.stepsize.sweep_steps`). Rows go to
+    :func:`napari_selfloop.core.engine.step_size.sweep_steps`). Rows go to
     ``report["selfloop_steps"]`` as they finish and are kept on a rerun, which adds only
     new steps; then the model's step is chosen from them
-    (:func:`napari_selfloop.core.stepsize.choose_selfloop_step`) into
+    (:func:`napari_selfloop.core.engine.step_size.choose_selfloop_step`) into
     ``report["selfloop_step"]``. The model is scored as it is evaluated (with a
     ``--calibration`` cut, not with a cut chosen in this run). Results written before this
     sweep existed hold ``selfloop_step_lr`` instead: Dice and balanced accuracy only, at the

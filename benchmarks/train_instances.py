@@ -6,7 +6,7 @@ bundled ``nuclei-he`` model (``train_bundled.py``'s stage 2: ``L_SEG`` with soft
 puzzled ``L_SEG`` and a small ``L_SS``) plus the instance map's loss on the MoNuSeg
 instance labels; then it scores the proposals on the evaluation images: pixel Dice and
 balanced accuracy, and the nuclei a user would export -- PQ (DQ x SQ), AJI, object F1 and
-**edits per 100 nuclei** (:func:`napari_selfloop.core.metrics.panoptic_scores`) -- for a
+**edits per 100 nuclei** (:func:`napari_selfloop.core.engine.metrics.panoptic_scores`) -- for a
 sweep of the watershed's marker threshold, and chooses the marker on validation images.
 
 Splits (the fixed-seed split of ``train_bundled.py``): ``--split val`` trains on 18 of the
@@ -43,20 +43,20 @@ sys.path.insert(0, str(HERE.parent))
 from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
 from train_bundled import RECIPES, drive, load_dataset, three_way_split  # noqa: E402
 
-from napari_selfloop.core.atomic import write_json  # noqa: E402
-from napari_selfloop.core.bundled import resolve_checkpoint  # noqa: E402
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
-from napari_selfloop.core.instances import INSTANCE_OUTPUTS, Instancer  # noqa: E402
-from napari_selfloop.core.metrics import (  # noqa: E402
+from napari_selfloop.core.engine.instances import INSTANCE_OUTPUTS, Instancer  # noqa: E402
+from napari_selfloop.core.engine.metrics import (  # noqa: E402
     aji,
     object_scores,
     panoptic_scores,
     pixel_scores,
 )
-from napari_selfloop.core.model import ModelConfig, ResUNet, build_model  # noqa: E402
+from napari_selfloop.core.engine.model import ModelConfig, ResUNet, build_model  # noqa: E402
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
+from napari_selfloop.core.engine.training import TrainConfig, TrainItem, train  # noqa: E402
+from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
-from napari_selfloop.core.training import TrainConfig, TrainItem, train  # noqa: E402
+from napari_selfloop.core.store.bundled import resolve_checkpoint  # noqa: E402
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 MARKERS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 

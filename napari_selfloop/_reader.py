@@ -1,6 +1,6 @@
 """npe2 reader: whole-slide images (SVS, NDPI, OME-TIFF, pyramidal TIFF) as lazy multiscale layers.
 
-:func:`get_reader` accepts a slide (:func:`.core.slide.is_slide`: a TIFF with a pyramid, an
+:func:`get_reader` accepts a slide (:func:`.core.io.slides.is_slide`: a TIFF with a pyramid, an
 Aperio or Hamamatsu file, or one plane of at least 8192 x 8192) and returns None for
 anything else, so napari's own reader opens ordinary images as before. A slide becomes one
 image layer whose data is the list of its pyramid levels (read-only zarr arrays over the
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .core.slide import SLIDE_SUFFIXES, is_slide, open_slide
+from .core.io.slides import SLIDE_SUFFIXES, is_slide, open_slide
 
 __all__ = ["get_reader", "read_slide", "slide_layer_data"]
 

@@ -5,7 +5,7 @@
 - :func:`make_lesion`: a dermoscopy-like photo: an irregular pigmented lesion on skin with
   vignetting and a few hairs, with a binary ground truth.
 - scikit-image's immunohistochemistry image (bundled with scikit-image).
-- :func:`slide_sample`: a synthetic whole slide (:mod:`.core.synthetic_slide`): a
+- :func:`slide_sample`: a synthetic whole slide (:mod:`.core.io.synthetic_slide`): a
   JPEG-compressed pyramidal TIFF of 8192 x 8192 pixels at 0.25 µm/px with a few thousand
   nuclei on tissue surrounded by glass, generated on first use into the user's cache folder
   and opened lazily as a multiscale layer.
@@ -161,9 +161,9 @@ SLIDE_SAMPLE = {"height": 8192, "width": 8192, "mpp": 0.25, "seed": 0}
 
 def slide_sample() -> list[LayerData]:
     """``File > Open Sample``: a synthetic whole slide, generated once (about 15 s) into the
-    cache folder (:func:`.core.synthetic_slide.slide_cache_dir`), opened lazily."""
+    cache folder (:func:`.core.io.synthetic_slide.slide_cache_dir`), opened lazily."""
     from ._reader import slide_layer_data
-    from .core.synthetic_slide import SlideScene, cached_synthetic_slide
+    from .core.io.synthetic_slide import SlideScene, cached_synthetic_slide
 
     path = cached_synthetic_slide(SlideScene(**SLIDE_SAMPLE))
     data, kwargs, kind = slide_layer_data(path)

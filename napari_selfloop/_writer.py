@@ -1,6 +1,6 @@
 """npe2 writer: save a Labels layer (e.g. corrected masks) as a TIFF, atomically.
 
-A 2D layer is written by :func:`~napari_selfloop.core.labelfile.write_labels_tiff`: tiled,
+A 2D layer is written by :func:`~napari_selfloop.core.io.label_files.write_labels_tiff`: tiled,
 zlib-compressed (with a pyramid when large), its pixel size as TIFF resolution tags, and
 where it lies recorded in the ImageDescription (``napari_selfloop_labels``: the slide offset
 ``offset_yx`` in full-resolution pixels, the ``downsample``, the ``region`` of a slide's
@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from .core.atomic import write_tiff
-from .core.labelfile import labels_dtype, write_labels_tiff
-from .core.window import Window
+from .core.io.atomic import write_tiff
+from .core.io.label_files import labels_dtype, write_labels_tiff
+from .core.io.windows import Window
 
 log = logging.getLogger(__name__)
 

@@ -126,10 +126,10 @@ seconds=$(since "$t")
 import json, sys
 out, seconds, ckpt, device = sys.argv[1:5]
 from dataclasses import asdict
-from napari_selfloop.core.training import TrainConfig
+from napari_selfloop.core.engine.training import TrainConfig
 record = {"process_seconds": float(seconds), "device": device, "defaults": asdict(TrainConfig())}
 try:
-    from napari_selfloop.core.checkpoint import load_checkpoint
+    from napari_selfloop.core.store.checkpoint import load_checkpoint
     meta = load_checkpoint(ckpt).meta
     record["steps"] = len([h for h in meta.get("history", []) if h.get("phase", "train") == "train"])
 except Exception as e:  # the step's exit code says it failed; keep why

@@ -17,7 +17,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from napari_selfloop._sample_data import make_lesion, make_nuclei
-from napari_selfloop.core.atomic import atomic_path, write_json
+from napari_selfloop.core.io.atomic import atomic_path, write_json
 
 
 def _png(path: Path, array: np.ndarray) -> None:

@@ -47,15 +47,15 @@ def digest(value) -> str:
 
 def fingerprints() -> dict[str, str]:
     from napari_selfloop._sample_data import make_nuclei
-    from napari_selfloop.core.bootstrap import bootstrap_mask
-    from napari_selfloop.core.datasets import TrainItem
-    from napari_selfloop.core.export import export_annotation
-    from napari_selfloop.core.model import ModelConfig, build_model
-    from napari_selfloop.core.nuclei import proposal_labels
-    from napari_selfloop.core.pretrain import PretrainConfig, pretrain_jigsaw
+    from napari_selfloop.core.corrections.nuclei import proposal_labels
+    from napari_selfloop.core.engine.bootstrap import bootstrap_mask
+    from napari_selfloop.core.engine.datasets import TrainItem
+    from napari_selfloop.core.engine.model import ModelConfig, build_model
+    from napari_selfloop.core.engine.pretrain import PretrainConfig, pretrain_jigsaw
+    from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label
+    from napari_selfloop.core.engine.training import TrainConfig, train
     from napari_selfloop.core.progress import run_to_completion
-    from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
-    from napari_selfloop.core.training import TrainConfig, train
+    from napari_selfloop.core.store.export import export_annotation
 
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

@@ -89,11 +89,11 @@ def main() -> int:
 
     from napari_selfloop._sample_data import make_nuclei
     from napari_selfloop.cli.gui_cmd import setup_viewer
-    from napari_selfloop.core.checkpoint import save_checkpoint
-    from napari_selfloop.core.datasets import TrainItem
-    from napari_selfloop.core.model import ModelConfig, build_model
+    from napari_selfloop.core.engine.datasets import TrainItem
+    from napari_selfloop.core.engine.model import ModelConfig, build_model
+    from napari_selfloop.core.engine.training import TrainConfig, train
     from napari_selfloop.core.progress import run_to_completion
-    from napari_selfloop.core.training import TrainConfig, train
+    from napari_selfloop.core.store.checkpoint import save_checkpoint
     from napari_selfloop.widgets._layers import find_result
 
     out: Path = args.out

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.engine.model import ModelConfig, build_model
 
 #: A thin ResUNet-18 (same architecture, fewer channels) so tests run in seconds.
 TINY = ModelConfig(width=8)
@@ -82,10 +82,10 @@ def tiny_tmpfs(tmp_path):
 def synthetic_slide(tmp_path_factory):
     """A 4096x4096 JPEG-compressed pyramidal TIFF at 0.25 µm/px: tissue with nuclei on glass.
 
-    Built as the ``slide`` sample is (:func:`~napari_selfloop.core.synthetic_slide.
+    Built as the ``slide`` sample is (:func:`~napari_selfloop.core.io.synthetic_slide.
     write_synthetic_slide`), once per session; its scene is ``synthetic_slide.scene``.
     """
-    from napari_selfloop.core.synthetic_slide import SlideScene, write_synthetic_slide
+    from napari_selfloop.core.io.synthetic_slide import SlideScene, write_synthetic_slide
 
     scene = SlideScene(height=4096, width=4096, mpp=0.25, seed=0)
     path = write_synthetic_slide(tmp_path_factory.mktemp("slides") / "slide.tif", scene)
@@ -95,7 +95,7 @@ def synthetic_slide(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_svs(tmp_path_factory):
     """An Aperio-style 2048x2048 ``.svs`` (MPP = 0.25; thumbnail, label and macro pages)."""
-    from napari_selfloop.core.synthetic_slide import SlideScene, write_synthetic_svs
+    from napari_selfloop.core.io.synthetic_slide import SlideScene, write_synthetic_svs
 
     scene = SlideScene(height=2048, width=2048, mpp=0.25, seed=1)
     path = write_synthetic_svs(tmp_path_factory.mktemp("slides") / "slide.svs", scene)
@@ -105,7 +105,7 @@ def synthetic_svs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def synthetic_ome(tmp_path_factory):
     """A 2048x2048 JPEG OME-TIFF pyramid at 0.5 µm/px (PhysicalSizeX/Y)."""
-    from napari_selfloop.core.synthetic_slide import SlideScene, write_synthetic_slide
+    from napari_selfloop.core.io.synthetic_slide import SlideScene, write_synthetic_slide
 
     scene = SlideScene(height=2048, width=2048, mpp=0.5, seed=2)
     path = write_synthetic_slide(tmp_path_factory.mktemp("slides") / "slide.ome.tif", scene)

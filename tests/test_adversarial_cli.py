@@ -25,12 +25,12 @@ import tifffile
 from PIL import Image
 
 from napari_selfloop.cli import Terminated, main, signals_as_interrupts
-from napari_selfloop.core.atomic import TEMP_NAME, atomic_path, sweep_stale_temporaries
-from napari_selfloop.core.checkpoint import save_checkpoint
+from napari_selfloop.core.engine.model import build_model
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.imageio import open_image, read_region
-from napari_selfloop.core.model import build_model
-from napari_selfloop.core.tiledtiff import TiledTiffWriter
+from napari_selfloop.core.io.atomic import TEMP_NAME, atomic_path, sweep_stale_temporaries
+from napari_selfloop.core.io.images import open_image, read_region
+from napari_selfloop.core.io.tiled_tiff import TiledTiffWriter
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -460,8 +460,8 @@ def test_train_refuses_a_negative_seed_in_one_line(tmp_path, capsys):
 def test_pseudo_label_masks_train_as_0_1_255_and_probabilities_stay_in_range(tmp_path, capsys):
     """A pseudo-label mask with no confident foreground (only 0 and 255) is tagged as the
     plugin's own, so `train` reads 255 as not labelled instead of foreground."""
-    from napari_selfloop.core.datasets import mask_convention, open_mask
-    from napari_selfloop.core.model import ModelConfig, build_model
+    from napari_selfloop.core.engine.datasets import mask_convention, open_mask
+    from napari_selfloop.core.engine.model import ModelConfig, build_model
 
     Image.fromarray(np.full((60, 60, 3), 200, np.uint8)).save(tmp_path / "a.png")
     save_checkpoint(tmp_path / "m.pt", build_model(ModelConfig(width=8), seed=0))

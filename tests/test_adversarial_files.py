@@ -20,15 +20,15 @@ import tifffile
 from PIL import Image
 
 from napari_selfloop.cli import main
-from napari_selfloop.core.datasets import (
+from napari_selfloop.core.engine.datasets import (
     TrainItem,
     check_items,
     load_mask,
     normalise_mask,
 )
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.export import export_annotation
-from napari_selfloop.core.imageio import open_image
+from napari_selfloop.core.io.images import open_image
+from napari_selfloop.core.store.export import export_annotation
 
 # -- masks: one rule for train, the Fine-tune panel and evaluate -----------------------------
 

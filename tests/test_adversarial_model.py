@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfloop.core import checkpoint as checkpoint_module
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_selfloop.core.datasets import TrainItem
+from napari_selfloop.core.engine.datasets import TrainItem
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.pretrain import PRETRAIN_KIND, PretrainConfig, pretrain_jigsaw
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.engine.training import TrainConfig, train
 from napari_selfloop.core.errors import CheckpointError, InputError, SelfloopError
-from napari_selfloop.core.model import ModelConfig, build_model
-from napari_selfloop.core.pretrain import PRETRAIN_KIND, PretrainConfig, pretrain_jigsaw
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
-from napari_selfloop.core.training import TrainConfig, train
+from napari_selfloop.core.store import checkpoint as checkpoint_module
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")

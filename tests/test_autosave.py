@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
-from napari_selfloop.core.autosave import AutosaveStore, image_key, proposal_key
 from napari_selfloop.core.errors import InputError
+from napari_selfloop.core.store.autosave import AutosaveStore, image_key, proposal_key
 
 
 def test_key_follows_content_not_identity():
@@ -73,7 +73,7 @@ def test_bad_keys_and_shapes(tmp_path):
 def test_keys_of_lazy_images_cover_every_pixel(tmp_path):
     import tifffile
 
-    from napari_selfloop.core.imageio import open_image
+    from napari_selfloop.core.io.images import open_image
 
     rng = np.random.default_rng(2)
     a = rng.integers(0, 255, (600, 600), dtype=np.uint8)
@@ -128,7 +128,7 @@ def _tile_files(store, key):
 
 
 def test_large_labels_are_saved_as_tiles_and_only_changed_tiles_are_written(tmp_path):
-    from napari_selfloop.core.tiles import TILE
+    from napari_selfloop.core.store.dirty_tiles import TILE
 
     store = AutosaveStore(tmp_path)
     lab = np.full((3 * TILE, 6 * TILE - 100), 255, np.uint8)  # 4.6 MB: above one file
@@ -158,7 +158,7 @@ def test_large_labels_are_saved_as_tiles_and_only_changed_tiles_are_written(tmp_
 
 
 def test_a_save_cut_short_leaves_the_previous_tiled_save(tmp_path, monkeypatch):
-    from napari_selfloop.core import autosave
+    from napari_selfloop.core.store import autosave
 
     store = AutosaveStore(tmp_path)
     lab = np.zeros((1200, 1200 * 4), np.uint8)  # 4.6 MB
@@ -195,7 +195,7 @@ def test_a_damaged_tile_loses_only_that_tile(tmp_path, caplog):
 
 
 def test_tile_tracker_reads_edits_and_a_bounded_scan():
-    from napari_selfloop.core.tiles import TILE, TileTracker
+    from napari_selfloop.core.store.dirty_tiles import TILE, TileTracker
 
     data = np.zeros((4 * TILE, 4 * TILE), np.uint8)  # 16 tiles of 256 KiB
     tracker = TileTracker(data.shape, data.dtype)
@@ -223,7 +223,7 @@ def test_tile_tracker_reads_edits_and_a_bounded_scan():
 
 
 def test_slide_key_reads_a_sample_and_tells_slides_apart():
-    from napari_selfloop.core.autosave import slide_key
+    from napari_selfloop.core.store.autosave import slide_key
 
     rng = np.random.default_rng(3)
     base = rng.integers(0, 255, (2048, 2048, 3), dtype=np.uint8)
@@ -253,7 +253,7 @@ _WRITER = """
 import sys, time
 from pathlib import Path
 import numpy as np
-from napari_selfloop.core.autosave import AutosaveStore
+from napari_selfloop.core.store.autosave import AutosaveStore
 
 project, key, value, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 labels = np.full((2200, 2200), value, np.uint8)  # 4.8 MB: the tiled layout
@@ -287,7 +287,7 @@ def _start_writers(project, key, values, tmp_path):
 
 
 def test_two_processes_saving_one_tiled_key_never_delete_each_others_tiles(tmp_path, caplog):
-    from napari_selfloop.core.autosave import SINGLE_FILE_BYTES
+    from napari_selfloop.core.store.autosave import SINGLE_FILE_BYTES
 
     assert SINGLE_FILE_BYTES < 2200 * 2200
     project = tmp_path / "P"

@@ -14,10 +14,10 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_selfloop.core import batch
-from napari_selfloop.core.atomic import TEMP_NAME
-from napari_selfloop.core.checkpoint import save_checkpoint
-from napari_selfloop.core.model import build_model
+from napari_selfloop.core.engine.model import build_model
+from napari_selfloop.core.io.atomic import TEMP_NAME
+from napari_selfloop.core.store import batch
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
 FAST = ["--method", "softmax", "--patch-size", "96"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_selfloop._sample_data import make_lesion, make_nuclei
-from napari_selfloop.core.bootstrap import bootstrap_mask, guess_kind
+from napari_selfloop.core.engine.bootstrap import bootstrap_mask, guess_kind
 from napari_selfloop.core.errors import InputError
 
 

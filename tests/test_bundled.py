@@ -13,8 +13,11 @@ import torch
 
 from napari_selfloop._sample_data import lesion_sample, nuclei_sample
 from napari_selfloop.cli import main
-from napari_selfloop.core import bundled
-from napari_selfloop.core.bundled import (
+from napari_selfloop.core.engine.calibration import apply_calibration
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.errors import CheckpointError
+from napari_selfloop.core.store import bundled
+from napari_selfloop.core.store.bundled import (
     BUNDLED,
     bundled_path,
     load_any,
@@ -23,12 +26,9 @@ from napari_selfloop.core.bundled import (
     package_model,
     resolve_checkpoint,
 )
-from napari_selfloop.core.calibration import apply_calibration
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_selfloop.core.errors import CheckpointError
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 
-SHIPPED_DIR = Path(bundled.__file__).resolve().parent.parent / "models"
+SHIPPED_DIR = bundled.MODELS_DIR
 JIGSAW = {
     "loss": 2.0,
     "top1": 0.4,

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfloop.core.calibration import (
+from napari_selfloop.core.engine.calibration import (
     apply_calibration,
     calibration_record,
     choose_threshold,
     cut_counts,
 )
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.engine.metrics import pixel_counts
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.metrics import pixel_counts
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 
 
 def _under_confident(seed: int, n: int = 64) -> tuple[np.ndarray, np.ndarray]:

@@ -6,16 +6,16 @@ import pytest
 import torch
 
 from napari_selfloop import __version__
-from napari_selfloop.core.checkpoint import (
+from napari_selfloop.core.engine.jigsaw import permutation_pool, pool_hash
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.errors import CheckpointError
+from napari_selfloop.core.store.checkpoint import (
     FORMAT_VERSION,
     file_sha256,
     load_checkpoint,
     model_card,
     save_checkpoint,
 )
-from napari_selfloop.core.errors import CheckpointError
-from napari_selfloop.core.jigsaw import permutation_pool, pool_hash
-from napari_selfloop.core.model import ModelConfig, build_model
 from tests.conftest import TINY, assert_same_state, state_snapshot
 
 

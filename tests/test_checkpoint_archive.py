@@ -12,9 +12,9 @@ import pytest
 import tifffile
 import torch
 
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.engine.model import ModelConfig, build_model
 from napari_selfloop.core.errors import CheckpointError
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
 #: 64 MB of zeros: DEFLATEd to about 64 KB in the archive.

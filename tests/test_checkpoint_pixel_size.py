@@ -7,9 +7,14 @@ import math
 import pytest
 import torch
 
-from napari_selfloop.core.checkpoint import META_KEYS, load_checkpoint, model_card, save_checkpoint
+from napari_selfloop.core.engine.model import build_model
 from napari_selfloop.core.errors import CheckpointError
-from napari_selfloop.core.model import build_model
+from napari_selfloop.core.store.checkpoint import (
+    META_KEYS,
+    load_checkpoint,
+    model_card,
+    save_checkpoint,
+)
 from tests.conftest import TINY
 
 
@@ -58,10 +63,10 @@ def test_training_and_pretraining_keep_the_starting_pixel_size(tmp_path):
     import numpy as np
 
     from napari_selfloop.cli import main
-    from napari_selfloop.core.datasets import TrainItem
-    from napari_selfloop.core.pretrain import PretrainConfig, pretrain_jigsaw
+    from napari_selfloop.core.engine.datasets import TrainItem
+    from napari_selfloop.core.engine.pretrain import PretrainConfig, pretrain_jigsaw
+    from napari_selfloop.core.engine.training import TrainConfig, train
     from napari_selfloop.core.progress import run_to_completion
-    from napari_selfloop.core.training import TrainConfig, train
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (96, 96, 3), np.uint8)

@@ -9,9 +9,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_selfloop.core.instances import Instancer
-from napari_selfloop.core.model import build_model
+from napari_selfloop.core.engine.instances import Instancer
+from napari_selfloop.core.engine.model import build_model
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
 

@@ -19,9 +19,9 @@ import tifffile
 from PIL import Image
 from skimage.draw import disk
 
-from napari_selfloop.core.datasets import load_mask
-from napari_selfloop.core.labelfile import read_labels_file, write_labels_tiff
-from napari_selfloop.core.window import Window
+from napari_selfloop.core.engine.datasets import load_mask
+from napari_selfloop.core.io.label_files import read_labels_file, write_labels_tiff
+from napari_selfloop.core.io.windows import Window
 from tests.conftest import assert_one_line_error, run_cli
 from tests.test_export import rasterise
 
@@ -421,7 +421,7 @@ def test_a_uint32_label_tiff_keeps_its_ids(tmp_path, capsys):
 
 @pytest.mark.parametrize("uncertain", ["keep", "background", "foreground"])
 def test_corrected_nuclei_saved_from_the_plugin_keep_their_ids(tmp_path, capsys, uncertain):
-    from napari_selfloop.core.export import export_annotation
+    from napari_selfloop.core.store.export import export_annotation
 
     lab = _painted()
     write_labels_tiff(tmp_path / "saved.tif", lab, correction=True, source="tile.png")

@@ -55,8 +55,8 @@ def test_the_lazy_listing_is_the_full_parsers():
 
 
 def test_models_prints_the_same_cards_as_a_full_read(capsys):
-    from napari_selfloop.core.bundled import BUNDLED
-    from napari_selfloop.core.modelcard import bundled_card_text, plain_card, read_record
+    from napari_selfloop.core.store.bundled import BUNDLED
+    from napari_selfloop.core.store.modelcard import bundled_card_text, plain_card, read_record
 
     for name, m in BUNDLED.items():
         if not m.path.is_file():
@@ -79,7 +79,7 @@ def test_quick_meta_never_runs_an_object_of_the_file(tmp_path):
     import pickle
     import zipfile
 
-    from napari_selfloop.core.modelcard import CHECKPOINT_FORMAT, quick_meta
+    from napari_selfloop.core.store.modelcard import CHECKPOINT_FORMAT, quick_meta
 
     marker = tmp_path / "ran"
 
@@ -105,7 +105,7 @@ def test_quick_meta_never_runs_an_object_of_the_file(tmp_path):
 
 
 def test_quick_meta_agrees_with_the_checkpoint_format():
-    from napari_selfloop.core.checkpoint import FORMAT
-    from napari_selfloop.core.modelcard import CHECKPOINT_FORMAT
+    from napari_selfloop.core.store.checkpoint import FORMAT
+    from napari_selfloop.core.store.modelcard import CHECKPOINT_FORMAT
 
     assert CHECKPOINT_FORMAT == FORMAT

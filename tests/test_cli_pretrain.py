@@ -11,9 +11,9 @@ import shutil
 import pytest
 from PIL import Image
 
-from napari_selfloop.core.checkpoint import file_sha256, load_checkpoint, save_checkpoint
-from napari_selfloop.core.model import build_model
-from napari_selfloop.core.pretrain import PRETRAIN_KIND
+from napari_selfloop.core.engine.model import build_model
+from napari_selfloop.core.engine.pretrain import PRETRAIN_KIND
+from napari_selfloop.core.store.checkpoint import file_sha256, load_checkpoint, save_checkpoint
 from tests.conftest import TINY, assert_one_line_error, run_cli
 from tests.test_training import blobs
 

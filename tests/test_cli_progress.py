@@ -9,9 +9,9 @@ import tifffile
 
 from napari_selfloop.cli import build_parser, progressbar
 from napari_selfloop.cli.pseudolabel_cmd import CPU_BATCH, batch_size_for, config_from_args
-from napari_selfloop.core.checkpoint import save_checkpoint
-from napari_selfloop.core.model import build_model
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig
+from napari_selfloop.core.engine.model import build_model
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 from tests.conftest import TINY, run_cli
 
 

@@ -10,8 +10,8 @@ import tifffile
 from PIL import Image
 
 from napari_selfloop.cli import main
-from napari_selfloop.core.checkpoint import load_checkpoint
-from napari_selfloop.core.metrics import aji, object_scores, pixel_scores
+from napari_selfloop.core.engine.metrics import aji, object_scores, pixel_scores
+from napari_selfloop.core.store.checkpoint import load_checkpoint
 from tests.test_training import blobs
 
 #: Small convolutions stall when two OpenMP threads compete with other processes.

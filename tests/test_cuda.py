@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.engine.training import TrainConfig, TrainItem, train
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
-from napari_selfloop.core.training import TrainConfig, TrainItem, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine")
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_selfloop.core.device import (
+from napari_selfloop.core.engine.device import (
     autocast,
     cpu_has_native_bf16,
     resolve_device,

@@ -11,7 +11,7 @@ from scipy import ndimage as ndi
 from skimage import draw
 
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.export import (
+from napari_selfloop.core.store.export import (
     export_annotation,
     instance_labels,
     labels_to_mask,
@@ -176,7 +176,7 @@ def test_a_bad_manifest_is_refused_before_anything_is_written(tmp_path, content,
 
 
 def test_exported_mask_is_read_back_as_0_1_255(tmp_path):
-    from napari_selfloop.core.datasets import load_mask
+    from napari_selfloop.core.engine.datasets import load_mask
 
     lab = np.zeros((6, 6), np.uint8)
     lab[:3] = 255  # uncertain, and no foreground: 0/255 only
@@ -185,7 +185,7 @@ def test_exported_mask_is_read_back_as_0_1_255(tmp_path):
 
 
 def _area(rings):
-    from napari_selfloop.core.export import ring_area
+    from napari_selfloop.core.store.export import ring_area
 
     return sum(ring_area(r) for r in rings)
 
@@ -262,7 +262,7 @@ def test_geojson_polygons_are_valid_with_uuid_ids(object_type):
 
 
 def test_export_of_a_region_is_in_slide_coordinates(tmp_path):
-    from napari_selfloop.core.window import Window
+    from napari_selfloop.core.io.windows import Window
 
     window = Window(y0=1000, x0=2048, height=64, width=80, factor=2.0, level=1)
     lab = _labels()
@@ -364,7 +364,7 @@ def test_a_plain_0_1_255_mask_still_gives_connected_pieces(tmp_path):
 
 
 def _settled(lab):
-    from napari_selfloop.core import nuclei
+    from napari_selfloop.core.corrections import nuclei
 
     edit = nuclei.settle(lab, (0, 0, *lab.shape), nucleus=True)
     out = lab.astype(np.uint32)
@@ -428,7 +428,7 @@ def test_outlines_of_many_ids_match_their_pixels():
 def test_outlines_traced_in_bands_are_the_same(monkeypatch):
     """A large array is outlined in bands of rows (bounded memory): the same features, in
     the same order, as all at once."""
-    from napari_selfloop.core import export
+    from napari_selfloop.core.store import export
 
     rng = np.random.default_rng(11)
     lab = (rng.integers(1, 40, (60, 30)) * (rng.random((60, 30)) < 0.6)).astype(np.uint32)

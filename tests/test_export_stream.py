@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_selfloop.core import export_stream
-from napari_selfloop.core.export import export_annotation
-from napari_selfloop.core.export_stream import Rows, plan_export, write_export
-from napari_selfloop.core.labelfile import LABELS_TAG, open_labels_file
-from napari_selfloop.core.tiledtiff import write_tiled_tiff
-from napari_selfloop.core.window import Window
+from napari_selfloop.core.io.label_files import LABELS_TAG, open_labels_file
+from napari_selfloop.core.io.tiled_tiff import write_tiled_tiff
+from napari_selfloop.core.io.windows import Window
+from napari_selfloop.core.store import export_stream
+from napari_selfloop.core.store.export import export_annotation
+from napari_selfloop.core.store.export_stream import Rows, plan_export, write_export
 from tests.conftest import assert_one_line_error, run_cli
 
 
@@ -159,7 +159,7 @@ def test_a_slide_mask_is_exported_in_bounded_memory(tmp_path):
     path = tmp_path / "slide_mask.tif"
     from scipy import ndimage as ndi
 
-    from napari_selfloop.core.tiledtiff import TiledTiffWriter
+    from napari_selfloop.core.io.tiled_tiff import TiledTiffWriter
 
     block = np.zeros((500, size), np.uint8)
     for dy in range(3):

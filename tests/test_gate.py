@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from test_training import FAST, items
 
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.training import GATE_WINDOW, TrainConfig, _labelled_dice, train
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.training import GATE_WINDOW, TrainConfig, _labelled_dice, train
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -1,4 +1,4 @@
-"""Tests for napari_selfloop.core.imageio: opening, checking, reading and atomic writing."""
+"""Tests for napari_selfloop.core.io.images: opening, checking, reading and atomic writing."""
 
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ import tifffile
 import zarr
 from PIL import Image
 
-from napari_selfloop.core import atomic
-from napari_selfloop.core.atomic import atomic_path, write_json, write_tiff
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.imageio import (
+from napari_selfloop.core.io import atomic
+from napari_selfloop.core.io.atomic import atomic_path, write_json, write_tiff
+from napari_selfloop.core.io.images import (
     ImageInfo,
     check_image,
     open_image,

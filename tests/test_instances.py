@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.instances import (
+from napari_selfloop.core.engine.instances import (
     AUX_HI,
     AUX_LO,
     Instancer,
@@ -17,12 +15,14 @@ from napari_selfloop.core.instances import (
     encode_targets,
     split_targets,
 )
-from napari_selfloop.core.losses import aux_loss, seg_loss
-from napari_selfloop.core.metrics import panoptic_scores
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.engine.losses import aux_loss, seg_loss
+from napari_selfloop.core.engine.metrics import panoptic_scores
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.engine.training import TrainConfig, TrainItem, train
+from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
-from napari_selfloop.core.training import TrainConfig, TrainItem, train
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 
 
 def touching_discs(shape=(64, 64), centres=((32, 24), (32, 40)), r=9) -> np.ndarray:

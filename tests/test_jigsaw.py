@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfloop.core import jigsaw as J
+from napari_selfloop.core.engine import jigsaw as J
 
 
 def test_pool_is_reproducible_and_well_spread():

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from napari_selfloop.core.checkpoint import load_checkpoint
-from napari_selfloop.core.datasets import PatchSampler, TrainItem, check_items
-from napari_selfloop.core.losses import IGNORE
+from napari_selfloop.core.engine.datasets import PatchSampler, TrainItem, check_items
+from napari_selfloop.core.engine.losses import IGNORE
+from napari_selfloop.core.store.checkpoint import load_checkpoint
 from tests.conftest import run_cli
 from tests.test_training import blobs
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_selfloop.core.metrics import (
+from napari_selfloop.core.engine.metrics import (
     aji,
     instances,
     object_scores,

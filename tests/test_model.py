@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_selfloop.core.model import (
+from napari_selfloop.core.engine.model import (
     ModelConfig,
     ResUNet,
     build_model,

@@ -6,11 +6,11 @@ import pytest
 import torch
 from test_bundled import tiny_models  # noqa: F401  (fixture)
 
-from napari_selfloop.core.bundled import load_bundled
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.engine.model import ModelConfig, build_model
 from napari_selfloop.core.errors import CheckpointError
-from napari_selfloop.core.model import ModelConfig, build_model
-from napari_selfloop.core.modelcard import (
+from napari_selfloop.core.store.bundled import load_bundled
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.store.modelcard import (
     is_non_commercial,
     plain_card,
     quality_words,

@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import tifffile
 
-from napari_selfloop.core.batch import close_image
-from napari_selfloop.core.checkpoint import save_checkpoint
-from napari_selfloop.core.imageio import open_image
-from napari_selfloop.core.model import build_model
+from napari_selfloop.core.engine.model import build_model
+from napari_selfloop.core.io.images import open_image
+from napari_selfloop.core.store.batch import close_image
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 from tests.conftest import TINY, run_cli
 
 

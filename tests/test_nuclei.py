@@ -1,13 +1,13 @@
-"""Nuclei as objects in a correction mask (core/nuclei.py): ids, edits, re-run merges."""
+"""Nuclei as objects in a correction mask (core/corrections/nuclei.py): ids, edits, re-run merges."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from napari_selfloop.core import nuclei as N
+from napari_selfloop.core.corrections import nuclei as N
+from napari_selfloop.core.engine.pseudolabel import UNCERTAIN
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.pseudolabel import UNCERTAIN
 
 
 def apply(labels: np.ndarray, edit: N.Edit) -> np.ndarray:

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_selfloop.core.checkpoint import save_checkpoint
-from napari_selfloop.core.model import build_model
+from napari_selfloop.core.engine.model import build_model
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
 FAST = ["--method", "softmax", "--patch-size", "96"]
@@ -61,8 +61,8 @@ def test_a_link_loop_or_broken_link_as_out_is_one_line_before_any_work(
         raise AssertionError("work started before --out was checked")
 
     modules = (
-        "napari_selfloop.core.checkpoint",
-        "napari_selfloop.core.batch",
+        "napari_selfloop.core.store.checkpoint",
+        "napari_selfloop.core.store.batch",
         "napari_selfloop.cli.pseudolabel_cmd",
         "napari_selfloop.cli.batch_cmd",
     )

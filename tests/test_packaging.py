@@ -350,8 +350,13 @@ GUI_MODULES = ("napari", "qtpy", "magicgui", "PyQt5", "PyQt6", "PySide2", "PySid
 
 def test_core_imports_no_gui():
     """Importing every core module (in a fresh interpreter) loads no napari, Qt or magicgui."""
-    modules = sorted(f"napari_selfloop.core.{p.stem}" for p in (PACKAGE / "core").glob("*.py"))
-    assert "napari_selfloop.core.training" in modules
+    core = PACKAGE / "core"
+    modules = sorted(
+        "napari_selfloop." + ".".join(p.relative_to(PACKAGE).with_suffix("").parts)
+        for p in core.rglob("*.py")
+        if p.name != "__init__.py"
+    )
+    assert "napari_selfloop.core.engine.training" in modules
     code = (
         "import importlib, sys\n"
         f"for name in {modules!r}:\n"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_selfloop.core.model import build_model
+from napari_selfloop.core.engine.model import build_model
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import TINY, run_cli
 from tests.test_training import blobs
 

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_selfloop.core.model import ModelConfig, build_model
-from napari_selfloop.core.plausibility import (
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.plausibility import (
     RECORD_KEY,
     image_figures,
     merge_ranges,
@@ -18,8 +17,9 @@ from napari_selfloop.core.plausibility import (
     record_of,
     tissue_range,
 )
+from napari_selfloop.core.engine.training import TrainConfig, TrainItem, train
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.training import TrainConfig, TrainItem, train
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 from tests.conftest import run_cli
 
 RECORD = {"share": [0.1, 0.4], "median_area": [100.0, 300.0], "images": 3}

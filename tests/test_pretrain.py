@@ -8,18 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfloop.core.checkpoint import load_checkpoint
-from napari_selfloop.core.datasets import TrainItem
-from napari_selfloop.core.errors import CheckpointError, InputError
-from napari_selfloop.core.model import build_model
-from napari_selfloop.core.pretrain import (
+from napari_selfloop.core.engine.datasets import TrainItem
+from napari_selfloop.core.engine.model import build_model
+from napari_selfloop.core.engine.pretrain import (
     PRETRAIN_KIND,
     PretrainConfig,
     at_chance,
     evaluate_jigsaw,
     pretrain_jigsaw,
 )
+from napari_selfloop.core.errors import CheckpointError, InputError
 from napari_selfloop.core.progress import run_to_completion
+from napari_selfloop.core.store.checkpoint import load_checkpoint
 from tests.conftest import TINY
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -130,7 +130,7 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
         pretrain_jigsaw(model, [TrainItem("s", np.zeros((4, 50, 50, 3), np.uint8))])
     with pytest.raises(InputError, match="at least 1"):
         run_to_completion(evaluate_jigsaw(model, [gradient_image(0)], puzzles=0))
-    from napari_selfloop.core.checkpoint import save_checkpoint
+    from napari_selfloop.core.store.checkpoint import save_checkpoint
 
     save_checkpoint(tmp_path / "plain.pt", model)
     with pytest.raises(CheckpointError, match="not written by jigsaw pre-training"):
@@ -140,7 +140,7 @@ def test_bad_input_is_refused_with_one_line(tmp_path):
 def test_thin_models_on_large_patches_do_not_crash_the_process():
     """PyTorch 2.13's CPU backward of a channels-last 1x1 stride-2 convolution from 8
     channels segfaults at 72 px and up; thin models run in the default format on the CPU."""
-    from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
+    from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label
 
     model = build_model(TINY, seed=0)
     image = gradient_image(0, 300)

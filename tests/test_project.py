@@ -7,7 +7,7 @@ import pytest
 import tifffile
 
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.project import (
+from napari_selfloop.core.store.project import (
     IMAGE_SUFFIXES,
     folder_images,
     image_files,
@@ -38,7 +38,7 @@ def test_next_version_path(tmp_path):
 
 def test_a_bundled_models_versions_go_to_the_project(tmp_path):
     """Fine-tuning a bundled model never writes into the installed package."""
-    from napari_selfloop.core.bundled import MODELS_DIR
+    from napari_selfloop.core.store.bundled import MODELS_DIR
 
     project = tmp_path / "project"
     bundled = MODELS_DIR / "nuclei-he.pt"

@@ -2,16 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.model import ModelConfig, build_model
-from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.pseudolabel import (
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.pseudolabel import (
     METHODS,
     PseudoLabelConfig,
     confidence_mask,
     pseudo_label,
     selfloop_weights,
 )
+from napari_selfloop.core.errors import InputError
+from napari_selfloop.core.progress import run_to_completion
 from tests.conftest import TINY, assert_same_state, state_snapshot
 
 
@@ -258,7 +258,7 @@ def test_grid_phase_removes_the_tile_seams_from_the_uncertainty():
     tile borders pile up on the 3x3 grid (spread ratio about 20); with it they do not
     (<= 1.1, for both uncertainty maps), and the pseudo-label is no worse."""
     from napari_selfloop._sample_data import make_nuclei
-    from napari_selfloop.core.metrics import pixel_counts, scores_from_counts
+    from napari_selfloop.core.engine.metrics import pixel_counts, scores_from_counts
 
     image, labels = make_nuclei(192, seed=0)
     model = build_model(ModelConfig(width=8), seed=0).eval()
@@ -288,8 +288,8 @@ def test_selfloop_steps_move_nothing_when_the_jigsaw_gradient_is_zero(scale):
     frozen) plain SGD leaves the encoder where it was, and with a vanishing one it moves it
     by a vanishing amount; Adam's first steps, the old rule, are sign steps of size lr on
     every weight whose gradient is not exactly zero."""
-    from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles
-    from napari_selfloop.core.pseudolabel import make_step_optimizer, selfloop_steps
+    from napari_selfloop.core.engine.jigsaw import permutation_pool, sample_puzzles
+    from napari_selfloop.core.engine.pseudolabel import make_step_optimizer, selfloop_steps
 
     moved = {}
     for rule in ("sgd", "adam"):
@@ -331,8 +331,8 @@ def test_the_step_after_the_last_puzzle_is_skipped_only_where_it_changes_nothing
     is taken."""
     import copy
 
-    from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles
-    from napari_selfloop.core.pseudolabel import (
+    from napari_selfloop.core.engine.jigsaw import permutation_pool, sample_puzzles
+    from napari_selfloop.core.engine.pseudolabel import (
         make_step_optimizer,
         predict_selfloop,
         selfloop_steps,
@@ -370,7 +370,7 @@ def test_the_step_after_the_last_puzzle_is_skipped_only_where_it_changes_nothing
 
 
 def test_one_overlap_rule_and_one_seed_mixer():
-    from napari_selfloop.core.model import BATCH_SEED_STRIDE, mix_seed
+    from napari_selfloop.core.engine.model import BATCH_SEED_STRIDE, mix_seed
 
     cfg = PseudoLabelConfig(patch_size=288)
     assert cfg.overlap_for(288) == 48  # a sixth of the patch by default

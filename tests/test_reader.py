@@ -12,7 +12,7 @@ import zarr
 from gui_support import GUI_MARKS
 
 from napari_selfloop import _reader, _sample_data
-from napari_selfloop.core.synthetic_slide import slide_cache_dir
+from napari_selfloop.core.io.synthetic_slide import slide_cache_dir
 
 pytestmark = GUI_MARKS
 pytest_plugins = ("gui_fixtures",)
@@ -87,7 +87,7 @@ def test_slide_sample_is_generated_once_into_the_cache(tmp_path, monkeypatch, ma
 
 
 def test_a_large_slide_without_a_pyramid_gets_lazy_strided_levels(tmp_path):
-    from napari_selfloop.core.tiledtiff import write_tiled_tiff
+    from napari_selfloop.core.io.tiled_tiff import write_tiled_tiff
 
     image = np.zeros((8200, 8300, 3), np.uint8)
     image[::2, ::2] = 200

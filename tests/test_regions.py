@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_selfloop.core.corrections.regions import uncertain_regions
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.regions import uncertain_regions
 
 
 def test_ranked_by_summed_uncertainty():

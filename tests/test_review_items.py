@@ -7,12 +7,12 @@ import time
 import numpy as np
 import pytest
 
-from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.review_items import (
+from napari_selfloop.core.corrections.review_items import (
     NUCLEI_MAX,
     review_items,
     unsure_nuclei,
 )
+from napari_selfloop.core.errors import InputError
 
 
 def _layer():

@@ -16,15 +16,15 @@ import zarr
 from PIL import Image
 
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.imageio import open_image, read_region
-from napari_selfloop.core.resample import ResampledView
-from napari_selfloop.core.slide import is_slide, open_slide
-from napari_selfloop.core.tissue import (
+from napari_selfloop.core.io.images import open_image, read_region
+from napari_selfloop.core.io.resample import ResampledView
+from napari_selfloop.core.io.slide_tissue import (
     MAX_SATURATION,
     MIN_SATURATION,
     detect_tissue,
     detect_tissue_in_image,
 )
+from napari_selfloop.core.io.slides import is_slide, open_slide
 
 # --------------------------------------------------------------------------------------------
 # opening
@@ -129,8 +129,8 @@ def test_missing_codec_says_what_to_install(synthetic_svs):
     """Without imagecodecs (blocked in a child interpreter) a JPEG slide fails in one line."""
     code = (
         "import sys; sys.modules['imagecodecs'] = None\n"
-        "from napari_selfloop.core.slide import open_slide\n"
-        "from napari_selfloop.core.imageio import open_image\n"
+        "from napari_selfloop.core.io.slides import open_slide\n"
+        "from napari_selfloop.core.io.images import open_image\n"
         "for f in (open_slide, open_image):\n"
         "    try:\n"
         "        f(sys.argv[1])\n"

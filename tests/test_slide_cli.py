@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_selfloop.core.checkpoint import save_checkpoint
-from napari_selfloop.core.model import build_model
-from napari_selfloop.core.slide import open_slide
-from napari_selfloop.core.synthetic_slide import SlideScene
-from napari_selfloop.core.tiledtiff import write_tiled_tiff
+from napari_selfloop.core.engine.model import build_model
+from napari_selfloop.core.io.slides import open_slide
+from napari_selfloop.core.io.synthetic_slide import SlideScene
+from napari_selfloop.core.io.tiled_tiff import write_tiled_tiff
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
 PSEUDO = ["pseudo-label", "--method", "softmax", "--patch-size", "192", "--device", "cpu"]
@@ -81,7 +81,7 @@ def test_pseudo_label_a_slide_at_a_chosen_pixel_size(work, capsys, synthetic_sli
     assert (ids[:100, :100] == 0).all()  # glass: no objects
     # The mask records where it lies on the slide (level 2: 4 slide pixels per pixel), so
     # `export` writes its GeoJSON in the slide's full-resolution pixels without options.
-    from napari_selfloop.core.labelfile import read_labels_file
+    from napari_selfloop.core.io.label_files import read_labels_file
 
     labels = read_labels_file(work / "out" / "slide_mask.tif")
     assert labels.window is not None and labels.window.factor == pytest.approx(4.0)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_selfloop.core.checkpoint import load_checkpoint, model_card, save_checkpoint
+from napari_selfloop.core.engine.model import ModelConfig
+from napari_selfloop.core.engine.pseudolabel import DEFAULT_STEP_LR, PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.engine.step_size import choose_selfloop_step, set_selfloop_step
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.model import ModelConfig
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.pseudolabel import DEFAULT_STEP_LR, PseudoLabelConfig, pseudo_label
-from napari_selfloop.core.stepsize import choose_selfloop_step, set_selfloop_step
+from napari_selfloop.core.store.checkpoint import load_checkpoint, model_card, save_checkpoint
 
 
 def row(f1: float, ba: float, capture: tuple[float, float, float]) -> dict[str, float]:
@@ -116,7 +116,7 @@ def test_the_card_shows_the_chosen_settings_and_no_raw_records(tmp_path, tiny_mo
 
 
 def test_sweep_scores_labelled_pixels_and_skips_rows_it_has(tiny_model, rgb_image):
-    from napari_selfloop.core.stepsize import sweep_steps
+    from napari_selfloop.core.engine.step_size import sweep_steps
 
     mask = np.zeros(rgb_image.shape[:2], np.uint8)
     mask[20:40, 30:60] = 1
@@ -147,7 +147,7 @@ def test_sweep_scores_labelled_pixels_and_skips_rows_it_has(tiny_model, rgb_imag
             device="cpu",
         )
     ).probability
-    from napari_selfloop.core.metrics import pixel_scores
+    from napari_selfloop.core.engine.metrics import pixel_scores
 
     assert rows["softmax"]["f1"] == pytest.approx(100 * pixel_scores(prob, mask)["f1"], abs=0.01)
     again = run_to_completion(

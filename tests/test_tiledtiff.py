@@ -1,4 +1,4 @@
-"""Tests for napari_selfloop.core.tiledtiff: tiled, compressed, pyramidal TIFFs, streamed atomically."""
+"""Tests for napari_selfloop.core.io.tiled_tiff: tiled, compressed, pyramidal TIFFs, streamed atomically."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import pytest
 import tifffile
 import zarr
 
-from napari_selfloop.core.datasets import SELFLOOP_MASK_TAG, mask_convention
+from napari_selfloop.core.engine.datasets import SELFLOOP_MASK_TAG, mask_convention
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.slide import open_slide
-from napari_selfloop.core.tiledtiff import (
+from napari_selfloop.core.io.slides import open_slide
+from napari_selfloop.core.io.tiled_tiff import (
     PYRAMID_MIN_SIDE,
     TiledTiffWriter,
     pyramid_shapes,

@@ -1,4 +1,4 @@
-"""Tests for napari_selfloop.core.tiling: patch grids, blending and band-wise tiled_apply."""
+"""Tests for napari_selfloop.core.engine.sliding_window: patch grids, blending and band-wise tiled_apply."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import pytest
 import tifffile
 import zarr
 
-from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.progress import Progress, run_to_completion
-from napari_selfloop.core.tiledtiff import _BANDS, TiledTiffWriter
-from napari_selfloop.core.tiling import (
+from napari_selfloop.core.engine.sliding_window import (
     blend_window,
     patch_origins,
     tiled_apply,
 )
+from napari_selfloop.core.errors import InputError
+from napari_selfloop.core.io.tiled_tiff import _BANDS, TiledTiffWriter
+from napari_selfloop.core.progress import Progress, run_to_completion
 
 
 def identity(batch: np.ndarray) -> dict[str, np.ndarray]:

@@ -81,8 +81,8 @@ def test_selfloop_step_needs_a_validation_run_with_a_sweep(
 def test_step_sweep_scores_each_step_once_and_chooses_from_them(recipe_script, monkeypatch):
     """The real sweep on a tiny model: one row per method and step, kept on a rerun (which
     adds only new steps), and the choice recorded with the validation images."""
-    from napari_selfloop.core import stepsize
-    from napari_selfloop.core.model import ModelConfig, build_model
+    from napari_selfloop.core.engine import step_size as stepsize
+    from napari_selfloop.core.engine.model import ModelConfig, build_model
 
     rng = np.random.default_rng(0)
     test = []

@@ -8,11 +8,11 @@ import numpy as np
 import tifffile
 
 from napari_selfloop.cli.train_cmd import _item
-from napari_selfloop.core.datasets import check_items, mask_instances, open_mask
-from napari_selfloop.core.export import export_annotation
-from napari_selfloop.core.instances import AUX_HI, AUX_LO
-from napari_selfloop.core.labelfile import write_labels_tiff
-from napari_selfloop.core.pseudolabel import UNCERTAIN
+from napari_selfloop.core.engine.datasets import check_items, mask_instances, open_mask
+from napari_selfloop.core.engine.instances import AUX_HI, AUX_LO
+from napari_selfloop.core.engine.pseudolabel import UNCERTAIN
+from napari_selfloop.core.io.label_files import write_labels_tiff
+from napari_selfloop.core.store.export import export_annotation
 
 
 def _touching(size: int = 32) -> np.ndarray:

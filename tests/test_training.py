@@ -8,14 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_selfloop.core.checkpoint import load_checkpoint
-from napari_selfloop.core.datasets import Augment, PatchSampler, check_items
-from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.jigsaw import permutation_pool, sample_puzzles
-from napari_selfloop.core.losses import seg_loss, soft_dice_loss, ss_loss, ug_loss
-from napari_selfloop.core.model import ModelConfig, build_model
-from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.training import (
+from napari_selfloop.core.engine.datasets import Augment, PatchSampler, check_items
+from napari_selfloop.core.engine.jigsaw import permutation_pool, sample_puzzles
+from napari_selfloop.core.engine.losses import seg_loss, soft_dice_loss, ss_loss, ug_loss
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.training import (
     TrainConfig,
     TrainItem,
     _objective_step,
@@ -24,6 +21,9 @@ from napari_selfloop.core.training import (
     selfloop_update,
     train,
 )
+from napari_selfloop.core.errors import InputError
+from napari_selfloop.core.progress import run_to_completion
+from napari_selfloop.core.store.checkpoint import load_checkpoint
 from tests.conftest import TINY, assert_same_state, state_snapshot
 
 #: Small convolutions stall when two OpenMP threads compete with other processes.
@@ -338,8 +338,8 @@ def test_per_image_validation_chooses_by_the_mean_of_each_images_dice(tmp_path):
     """``val_metric="per-image"``: the best weights are chosen by the mean of the validation
     images' own Dice (recomputed here from the kept weights); the pooled Dice is still
     recorded. An image with a huge object weighs as much as one with a small one."""
-    from napari_selfloop.core.metrics import pixel_scores
-    from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
+    from napari_selfloop.core.engine.metrics import pixel_scores
+    from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label
 
     big_img, big_mask = blobs(11)
     big_mask[10:90, 10:90] = 1

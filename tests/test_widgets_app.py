@@ -10,9 +10,9 @@ import tifffile
 from gui_support import GUI_MARKS, TINY_WIDTH, errors, wait_run
 
 from napari_selfloop.cli.gui_cmd import setup_viewer
-from napari_selfloop.core.checkpoint import save_checkpoint
+from napari_selfloop.core.engine.model import ModelConfig, build_model
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 from napari_selfloop.widgets._layers import find_result
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.assistant import AssistantWidget

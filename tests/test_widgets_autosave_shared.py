@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 from gui_support import GUI_MARKS, errors, small_nuclei
 
-from napari_selfloop.core.autosave import AutosaveStore, image_key
+from napari_selfloop.core.store.autosave import AutosaveStore, image_key
 from napari_selfloop.widgets._autosave import OTHER_WINDOW, key_for
 from napari_selfloop.widgets._layers import find_result, is_correction, put_result
 from napari_selfloop.widgets._state import get_state

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from gui_support import GUI_MARKS, dock, errors, fake_stack, small_lesion, small_nuclei, wait_run
 
-from napari_selfloop.core.nuclei import labels_instances
+from napari_selfloop.core.corrections.nuclei import labels_instances
 from napari_selfloop.widgets._layers import find_result
 from napari_selfloop.widgets.bootstrap_widget import BootstrapWidget
 

@@ -10,8 +10,8 @@ from gui_support import GUI_MARKS, dock, errors, small_lesion, small_nuclei, wai
 from test_bundled import make_bundled
 
 from napari_selfloop.cli.gui_cmd import setup_viewer
-from napari_selfloop.core import bundled
-from napari_selfloop.core.bundled import BUNDLED
+from napari_selfloop.core.store import bundled
+from napari_selfloop.core.store.bundled import BUNDLED
 from napari_selfloop.widgets._layers import find_result
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.model_widget import ModelWidget

@@ -10,9 +10,9 @@ import pytest
 import torch
 from gui_support import GUI_MARKS, TINY_WIDTH, errors
 
-from napari_selfloop.core.checkpoint import save_checkpoint
+from napari_selfloop.core.engine.model import ModelConfig, build_model
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 
 pytestmark = GUI_MARKS
 pytest_plugins = ("gui_fixtures",)

@@ -15,8 +15,8 @@ from qtpy.QtCore import Qt
 
 from napari_selfloop._sample_data import make_nuclei
 from napari_selfloop.cli.gui_cmd import setup_viewer
-from napari_selfloop.core.autosave import AutosaveStore, proposal_key
-from napari_selfloop.core.checkpoint import load_checkpoint
+from napari_selfloop.core.store.autosave import AutosaveStore, proposal_key
+from napari_selfloop.core.store.checkpoint import load_checkpoint
 from napari_selfloop.widgets._layers import camera, find_result
 from napari_selfloop.widgets._state import get_state
 

@@ -17,7 +17,7 @@ from scipy import ndimage as ndi
 from test_widgets_nuclei_tools import press
 
 from napari_selfloop.cli.gui_cmd import setup_viewer
-from napari_selfloop.core.pseudolabel import UNCERTAIN
+from napari_selfloop.core.engine.pseudolabel import UNCERTAIN
 from napari_selfloop.widgets._layers import find_result
 from napari_selfloop.widgets._state import get_state
 

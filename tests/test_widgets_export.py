@@ -112,7 +112,7 @@ def test_gui_with_a_damaged_autosave_docks_and_sets_it_aside(
     make_napari_viewer, notes, qtbot, tmp_path
 ):
     from napari_selfloop.cli.gui_cmd import setup_viewer
-    from napari_selfloop.core.autosave import AutosaveStore, image_key
+    from napari_selfloop.core.store.autosave import AutosaveStore, image_key
     from napari_selfloop.widgets.assistant import AssistantWidget
 
     image = small_nuclei(64)[0]
@@ -135,8 +135,8 @@ def test_gui_with_a_damaged_autosave_docks_and_sets_it_aside(
 def test_large_images_are_hashed_in_the_background(
     make_napari_viewer, project, notes, qtbot, tmp_path, monkeypatch
 ):
-    from napari_selfloop.core.autosave import AutosaveStore, image_key
-    from napari_selfloop.core.imageio import open_image
+    from napari_selfloop.core.io.images import open_image
+    from napari_selfloop.core.store.autosave import AutosaveStore, image_key
     from napari_selfloop.widgets import _autosave
 
     monkeypatch.setattr(_autosave, "BACKGROUND_HASH_BYTES", 0)

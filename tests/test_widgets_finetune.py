@@ -8,8 +8,8 @@ from conftest import assert_same_state, state_snapshot
 from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, small_nuclei, wait_run
 from qtpy.QtCore import Qt
 
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_selfloop.core.model import ModelConfig, build_model
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 from napari_selfloop.widgets._layers import put_result
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.finetune_widget import FineTuneWidget
@@ -132,7 +132,7 @@ def test_all_unlabelled_mask_is_refused(make_napari_viewer, project, notes, qtbo
 def test_a_correction_without_foreground_keeps_255_as_not_labelled(make_napari_viewer, project):
     """The mask rule of train/evaluate (0/255 only = binary) must not turn a correction's
     uncertain pixels into foreground: in a correction layer 255 is always uncertain."""
-    from napari_selfloop.core.datasets import check_items
+    from napari_selfloop.core.engine.datasets import check_items
 
     viewer = make_napari_viewer()
     image = viewer.add_image(small_nuclei(48)[0], name="tile")
@@ -147,7 +147,7 @@ def test_a_correction_without_foreground_keeps_255_as_not_labelled(make_napari_v
 
 def test_done_goes_through_the_state(make_napari_viewer, project):
     """state.set_done is the one writer of the done flag; every panel hears done_changed."""
-    from napari_selfloop.core.training import TrainConfig
+    from napari_selfloop.core.engine.training import TrainConfig
     from napari_selfloop.widgets._layers import is_correction
 
     viewer = _viewer(make_napari_viewer)

@@ -9,9 +9,9 @@ import pytest
 from gui_support import GUI_MARKS, TINY_WIDTH, errors, wait_run
 
 from napari_selfloop.cli.gui_cmd import first_window_size, setup_viewer
-from napari_selfloop.core.checkpoint import save_checkpoint
-from napari_selfloop.core.model import ModelConfig, build_model
-from napari_selfloop.core.pseudolabel import UNCERTAIN
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.pseudolabel import UNCERTAIN
+from napari_selfloop.core.store.checkpoint import save_checkpoint
 from napari_selfloop.widgets._layers import (
     FOREGROUND,
     ROLES,

@@ -17,9 +17,9 @@ from gui_support import (
     wait_run,
 )
 
-from napari_selfloop.core.checkpoint import load_checkpoint, save_checkpoint
-from napari_selfloop.core.model import ModelConfig, build_model
-from napari_selfloop.core.pretrain import PretrainConfig, at_chance
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.pretrain import PretrainConfig, at_chance
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
 from napari_selfloop.widgets._jigsaw import (
     AT_CHANCE_WARNING,
     CHECK_PUZZLES,

@@ -10,7 +10,7 @@ from napari.utils._proxies import ReadOnlyWrapper
 from napari.utils.interactions import mouse_press_callbacks
 from napari.utils.key_bindings import coerce_keybinding
 
-from napari_selfloop.core.pseudolabel import UNCERTAIN
+from napari_selfloop.core.engine.pseudolabel import UNCERTAIN
 from napari_selfloop.widgets._layers import find_result, propose_labels
 from napari_selfloop.widgets.nuclei_tools import NucleusTools
 

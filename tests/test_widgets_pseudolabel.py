@@ -9,9 +9,9 @@ import pytest
 from conftest import assert_same_state, state_snapshot
 from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, fake_stack, small_nuclei, wait_run
 
-from napari_selfloop.core.export import labels_to_mask
-from napari_selfloop.core.model import ModelConfig, build_model
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig
+from napari_selfloop.core.store.export import labels_to_mask
 from napari_selfloop.widgets._layers import find_result, role_of
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.model_widget import ModelWidget
@@ -83,9 +83,9 @@ def test_a_rectangle_is_seen_at_the_whole_image_scale_by_a_work_size_model(
 ):
     """A model with a work size sees a rectangle at the scale of the whole image (the core's
     ``source_shape``), not magnified to fill its work size."""
-    from napari_selfloop.core.checkpoint import save_checkpoint
+    from napari_selfloop.core.engine.pseudolabel import pseudo_label
     from napari_selfloop.core.progress import run_to_completion
-    from napari_selfloop.core.pseudolabel import pseudo_label
+    from napari_selfloop.core.store.checkpoint import save_checkpoint
 
     viewer = make_napari_viewer()
     image = np.random.default_rng(5).integers(0, 256, (288, 192, 3), dtype=np.uint8)
@@ -223,8 +223,8 @@ def _propose_and_paint(make_napari_viewer, qtbot):
 def test_a_rerun_keeps_the_pixels_the_user_painted(make_napari_viewer, project, notes, qtbot):
     """Issue 11 item 2: painted corrections survive a second pseudo-label run, "done" is not
     cleared silently, and the autosave then holds the painted pixels, not a fresh proposal."""
-    from napari_selfloop.core.autosave import AutosaveStore
-    from napari_selfloop.core.pseudolabel import confidence_mask
+    from napari_selfloop.core.engine.pseudolabel import confidence_mask
+    from napari_selfloop.core.store.autosave import AutosaveStore
     from napari_selfloop.widgets._autosave import key_for
 
     # The user paints 400 pixels (each to another value than the proposal's) and marks done.
@@ -284,8 +284,8 @@ def test_a_restored_layer_still_tells_the_painted_pixels_from_the_proposal(
 ):
     """The autosave keeps the record of the last proposal: after a crash and a restore, a new
     run keeps only the pixels the user painted and replaces the rest of the old proposal."""
-    from napari_selfloop.core.autosave import AutosaveStore, proposal_key
-    from napari_selfloop.core.pseudolabel import confidence_mask
+    from napari_selfloop.core.engine.pseudolabel import confidence_mask
+    from napari_selfloop.core.store.autosave import AutosaveStore, proposal_key
     from napari_selfloop.widgets._autosave import key_for
     from napari_selfloop.widgets._layers import user_painted
 
@@ -328,8 +328,8 @@ def test_an_implausible_proposal_is_a_plain_words_warning(
     """A model whose training record says "sparse tissue" but that marks every pixel:
     the panel warns in plain words (notification and status line); a model whose record
     covers the proposal stays quiet."""
-    from napari_selfloop.core.checkpoint import save_checkpoint
-    from napari_selfloop.core.plausibility import RECORD_KEY
+    from napari_selfloop.core.engine.plausibility import RECORD_KEY
+    from napari_selfloop.core.store.checkpoint import save_checkpoint
 
     viewer = make_napari_viewer()
     viewer.add_image(small_nuclei(96)[0], name="tile")

@@ -13,9 +13,9 @@ import pytest
 from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, wait_run
 from test_export import rasterise
 
-from napari_selfloop.core.autosave import AutosaveStore
-from napari_selfloop.core.export import labels_to_mask
-from napari_selfloop.core.window import Window
+from napari_selfloop.core.io.windows import Window
+from napari_selfloop.core.store.autosave import AutosaveStore
+from napari_selfloop.core.store.export import labels_to_mask
 from napari_selfloop.widgets._autosave import key_for, save_key
 from napari_selfloop.widgets._layers import companion, find_result, put_result, role_of, window_of
 from napari_selfloop.widgets._state import get_state

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.window import (
+from napari_selfloop.core.io.windows import (
     Window,
     WindowArray,
     choose_window,

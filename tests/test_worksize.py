@@ -9,20 +9,20 @@ import pytest
 import tifffile
 from PIL import Image
 
-from napari_selfloop.core.checkpoint import load_checkpoint, model_card, save_checkpoint
-from napari_selfloop.core.datasets import TrainItem, check_items
-from napari_selfloop.core.errors import InputError
-from napari_selfloop.core.model import ModelConfig, build_model
-from napari_selfloop.core.pretrain import evaluate_jigsaw
-from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.pseudolabel import PseudoLabelConfig, pseudo_label
-from napari_selfloop.core.training import TrainConfig, train
-from napari_selfloop.core.worksize import (
+from napari_selfloop.core.engine.datasets import TrainItem, check_items
+from napari_selfloop.core.engine.model import ModelConfig, build_model
+from napari_selfloop.core.engine.pretrain import evaluate_jigsaw
+from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label
+from napari_selfloop.core.engine.training import TrainConfig, train
+from napari_selfloop.core.engine.work_size import (
     from_work_size,
     mask_to_work_size,
     to_work_size,
     work_shape,
 )
+from napari_selfloop.core.errors import InputError
+from napari_selfloop.core.progress import run_to_completion
+from napari_selfloop.core.store.checkpoint import load_checkpoint, model_card, save_checkpoint
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
 SIZED = dataclasses.replace(TINY, work_size=96)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_selfloop.core.atomic import atomic_path
+from napari_selfloop.core.io.atomic import atomic_path
 from tests.conftest import assert_one_line_error, run_cli
 
 

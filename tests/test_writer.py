@@ -13,9 +13,9 @@ from test_export import rasterise
 from test_widgets_slide import lazy_slide
 
 from napari_selfloop._writer import write_labels
-from napari_selfloop.core.datasets import SELFLOOP_MASK_TAG, load_mask
-from napari_selfloop.core.labelfile import LABELS_TAG, read_labels_file
-from napari_selfloop.core.window import Window
+from napari_selfloop.core.engine.datasets import SELFLOOP_MASK_TAG, load_mask
+from napari_selfloop.core.io.label_files import LABELS_TAG, read_labels_file
+from napari_selfloop.core.io.windows import Window
 from napari_selfloop.widgets._autosave import key_for
 from napari_selfloop.widgets._layers import put_result
 from tests.conftest import run_cli

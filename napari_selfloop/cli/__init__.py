@@ -6,7 +6,7 @@ so a refusal is that one line. Ctrl-C, SIGTERM and SIGHUP end a run (but the GUI
 way: the temporary files being written are removed, one line says so, and the exit code is
 128 plus the signal number (130 for Ctrl-C). ``init``, ``pretrain``, ``train`` and
 ``pseudo-label`` sweep the stale temporaries of ours that killed runs left in the folder they
-write to (:func:`~napari_selfloop.core.atomic.sweep_stale_temporaries`).
+write to (:func:`~napari_selfloop.core.io.atomic.sweep_stale_temporaries`).
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..core.bundled import BUNDLED, bundled_path, is_bundled_name
 from ..core.errors import CheckpointError
+from ..core.store.bundled import BUNDLED, bundled_path, is_bundled_name
 
 #: Help text fragment for every --checkpoint option.
 CHECKPOINT_HELP = f"a checkpoint file, or a bundled model by name ({', '.join(BUNDLED)}; see `napari-selfloop models`)"

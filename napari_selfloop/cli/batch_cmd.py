@@ -1,6 +1,6 @@
 """``napari-selfloop batch``: pseudo-label many images as one dask.distributed task each.
 
-See :mod:`napari_selfloop.core.batch` for the output layout and the per-image records.
+See :mod:`napari_selfloop.core.store.batch` for the output layout and the per-image records.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..core import batch
-from ..core.atomic import check_output_folder, sweep_stale_temporaries
-from ..core.checkpoint import file_sha256, load_checkpoint
 from ..core.errors import InputError
-from ..core.imageio import check_input_file
-from ..core.working import SlideOptions
+from ..core.io.atomic import check_output_folder, sweep_stale_temporaries
+from ..core.io.images import check_input_file
+from ..core.io.working_image import SlideOptions
+from ..core.store import batch
+from ..core.store.checkpoint import file_sha256, load_checkpoint
 from . import progressbar
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .commands import SUMMARIES

@@ -9,28 +9,28 @@ import os
 import sys
 from pathlib import Path
 
-from ..core.atomic import sweep_stale_temporaries, write_json
-from ..core.calibration import (
+from ..core.engine.calibration import (
     DEFAULT_GRID,
     OBJECTIVES,
     apply_calibration,
     calibrate,
     calibration_record,
 )
-from ..core.checkpoint import load_checkpoint, save_checkpoint
-from ..core.datasets import load_mask
-from ..core.errors import InputError
-from ..core.imageio import check_image, check_input_file, open_image
-from ..core.model import MAX_SELFLOOP_LR
-from ..core.project import list_images, paired_masks
-from ..core.pseudolabel import PseudoLabelConfig
-from ..core.stepsize import (
+from ..core.engine.datasets import load_mask
+from ..core.engine.model import MAX_SELFLOOP_LR
+from ..core.engine.pseudolabel import PseudoLabelConfig
+from ..core.engine.step_size import (
     STEP_TOLERANCE,
     choose_selfloop_step,
     set_selfloop_step,
     step_key,
     sweep_steps,
 )
+from ..core.errors import InputError
+from ..core.io.atomic import sweep_stale_temporaries, write_json
+from ..core.io.images import check_image, check_input_file, open_image
+from ..core.store.checkpoint import load_checkpoint, save_checkpoint
+from ..core.store.project import list_images, paired_masks
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .commands import SUMMARIES
 from .progressbar import drive

@@ -11,12 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ..core.atomic import write_json
-from ..core.datasets import mask_convention, mask_plane, normalise_mask
-from ..core.errors import InputError
-from ..core.export import MANIFEST, MANIFEST_FORMAT
-from ..core.imageio import open_image
-from ..core.metrics import (
+from ..core.engine.datasets import mask_convention, mask_plane, normalise_mask
+from ..core.engine.metrics import (
     aji,
     instances,
     object_scores,
@@ -24,7 +20,11 @@ from ..core.metrics import (
     pixel_counts,
     scores_from_counts,
 )
-from ..core.project import list_images
+from ..core.errors import InputError
+from ..core.io.atomic import write_json
+from ..core.io.images import open_image
+from ..core.store.export import MANIFEST, MANIFEST_FORMAT
+from ..core.store.project import list_images
 from .commands import SUMMARIES
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def _instance_files(folder: Path) -> dict[str, Path]:
 
 def read_instances(path: Path, shape: tuple[int, ...], what: str) -> np.ndarray:
     """Instance ids of a file (integers, 0 background) of the given shape, or a one-line error."""
-    from ..core.labelfile import read_labels_file
+    from ..core.io.label_files import read_labels_file
 
     try:
         a = read_labels_file(path).data
@@ -203,7 +203,7 @@ def read_prediction(path: Path, threshold: float) -> np.ndarray:
 def read_truth(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
     """The truth as a 0/1/255 mask, and instance labels when the file holds them.
 
-    Masks are read by the rule ``train`` uses (:func:`~napari_selfloop.core.datasets.normalise_mask`):
+    Masks are read by the rule ``train`` uses (:func:`~napari_selfloop.core.engine.datasets.normalise_mask`):
     0/1/255 (255 = not labelled, ignored), 0/255 binary (255 = foreground, with a note),
     masks written by this plugin always 0/1/255; integer files with other values are
     instance labels; colour files are refused unless their channels are equal.

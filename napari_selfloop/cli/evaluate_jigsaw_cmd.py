@@ -7,13 +7,13 @@ import logging
 import sys
 from pathlib import Path
 
-from ..core.atomic import write_json
-from ..core.checkpoint import load_checkpoint
+from ..core.engine.pretrain import at_chance, default_jigsaw_patch, evaluate_jigsaw
+from ..core.engine.pseudolabel import PATCH_MULTIPLE
 from ..core.errors import InputError
-from ..core.imageio import open_image
-from ..core.pretrain import at_chance, default_jigsaw_patch, evaluate_jigsaw
-from ..core.project import list_images
-from ..core.pseudolabel import PATCH_MULTIPLE
+from ..core.io.atomic import write_json
+from ..core.io.images import open_image
+from ..core.store.checkpoint import load_checkpoint
+from ..core.store.project import list_images
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .commands import SUMMARIES
 from .progressbar import drive

@@ -1,6 +1,6 @@
 """``napari-selfloop export``: corrected masks or instance labels -> masks and QuPath GeoJSON.
 
-The outputs of the plugin's Export panel, headless (:func:`..core.export.export_annotation`):
+The outputs of the plugin's Export panel, headless (:func:`..core.store.export.export_annotation`):
 ``STEM_mask.tif`` (0/1/255) and ``STEM_instances.tif`` (tiled, compressed, with the pixel
 size), ``STEM.geojson`` (UUID ids, the chosen object type, slide coordinates) and an entry in
 ``manifest.json``, for every input.
@@ -9,17 +9,17 @@ How an input is read (``--input-type auto``): a bool image, or one whose values 
 {0, 1, 255}, is a **mask** (1 foreground, 0 background, 255 not decided; its nuclei are its
 4-connected pieces of 1; a 0/255 image without 1 is a binary mask, 255 foreground, unless
 the file is a napari-selfloop mask); a correction mask saved from the plugin that holds
-**nucleus ids** (:mod:`..core.nuclei`: 0 background, 255 not decided, any other value the id
+**nucleus ids** (:mod:`..core.corrections.nuclei`: 0 background, 255 not decided, any other value the id
 of one nucleus) keeps them, as the Export panel does: one instance and one GeoJSON feature
 per id, touching nuclei apart (``--input-type mask`` reads any file so); any other
 non-negative integer image holds **instance labels** (each id one object, 255 too, kept
 apart from its neighbours). Where it lies on the slide: ``--offset``/``--downsample`` when
 given, else what the file records (files saved from the plugin, see
-:mod:`..core.labelfile`), else the slide's corner at full resolution.
+:mod:`..core.io.label_files`), else the slide's corner at full resolution.
 
 Every input is read and checked before anything is written: a bad one ends the run with one
 line (exit code 2) and no files; each input's files are written as a set (see
-:func:`..core.export.export_annotation`).
+:func:`..core.store.export.export_annotation`).
 """
 
 from __future__ import annotations
@@ -30,13 +30,13 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.atomic import check_output_folder
-from ..core.checkpoint import PIXEL_SIZE_RANGE
 from ..core.errors import InputError
-from ..core.export import OBJECT_TYPES, UNCERTAIN_POLICIES, check_export_folder
-from ..core.export_stream import Plan, Rows, plan_export, write_export
-from ..core.labelfile import LabelsFile, open_labels_file
-from ..core.window import Window
+from ..core.io.atomic import check_output_folder
+from ..core.io.label_files import LabelsFile, open_labels_file
+from ..core.io.windows import Window
+from ..core.store.checkpoint import PIXEL_SIZE_RANGE
+from ..core.store.export import OBJECT_TYPES, UNCERTAIN_POLICIES, check_export_folder
+from ..core.store.export_stream import Plan, Rows, plan_export, write_export
 from .commands import SUMMARIES
 from .progressbar import work_started
 
@@ -224,7 +224,7 @@ def _name(file: LabelsFile, window: Window | None) -> str:
 
 
 def _prepare(path: Path, args: argparse.Namespace) -> _Job:
-    """Read, check and label one input, band by band (:mod:`..core.export_stream`)."""
+    """Read, check and label one input, band by band (:mod:`..core.store.export_stream`)."""
     file = open_labels_file(path)
     window = _window(file, args)
     um = args.pixel_size if args.pixel_size is not None else file.pixel_size_um

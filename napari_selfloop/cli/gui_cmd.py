@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from .._sample_data import SAMPLES
-from ..core.bundled import BUNDLED, model_for_array, resolve_checkpoint
 from ..core.errors import InputError
-from ..core.slide import is_slide
+from ..core.io.slides import is_slide
+from ..core.store.bundled import BUNDLED, model_for_array, resolve_checkpoint
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .commands import SUMMARIES
 

@@ -7,11 +7,11 @@ import logging
 import os
 from pathlib import Path
 
-from ..core.atomic import sweep_stale_temporaries
-from ..core.checkpoint import save_checkpoint
+from ..core.engine.jigsaw import ROTATIONS
+from ..core.engine.model import DECODERS, JIGSAW_HEADS, ModelConfig, build_model, count_parameters
 from ..core.errors import InputError
-from ..core.jigsaw import ROTATIONS
-from ..core.model import DECODERS, JIGSAW_HEADS, ModelConfig, build_model, count_parameters
+from ..core.io.atomic import sweep_stale_temporaries
+from ..core.store.checkpoint import save_checkpoint
 from .commands import SUMMARIES
 
 log = logging.getLogger(__name__)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..core.bundled import BUNDLED
-from ..core.modelcard import bundled_card_text, is_non_commercial
+from ..core.store.bundled import BUNDLED
+from ..core.store.modelcard import bundled_card_text, is_non_commercial
 from .commands import SUMMARIES
 
 

@@ -8,16 +8,16 @@ import math
 import os
 from pathlib import Path
 
-from ..core.atomic import sweep_stale_temporaries
-from ..core.checkpoint import file_sha256, load_checkpoint
-from ..core.device import PRECISIONS
+from ..core.engine.device import PRECISIONS
+from ..core.engine.model import build_model
+from ..core.engine.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
+from ..core.engine.pseudolabel import PATCH_MULTIPLE
+from ..core.engine.training import TrainItem
 from ..core.errors import InputError
-from ..core.imageio import check_input_file, open_image
-from ..core.model import build_model
-from ..core.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
-from ..core.project import list_images
-from ..core.pseudolabel import PATCH_MULTIPLE
-from ..core.training import TrainItem
+from ..core.io.atomic import sweep_stale_temporaries
+from ..core.io.images import check_input_file, open_image
+from ..core.store.checkpoint import file_sha256, load_checkpoint
+from ..core.store.project import list_images
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .commands import SUMMARIES
 from .progressbar import drive

@@ -9,15 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.atomic import check_output_folder, sweep_stale_temporaries
-from ..core.batch import OUTPUTS, close_image, label_image_file, output_stem
-from ..core.checkpoint import load_checkpoint
-from ..core.device import PRECISIONS, resolve_device
-from ..core.errors import InputError, SelfloopError
-from ..core.imageio import check_image, check_input_file, open_image
-from ..core.jigsaw import ROTATIONS
-from ..core.plausibility import plausibility_warning, record_of
-from ..core.pseudolabel import (
+from ..core.engine.device import PRECISIONS, resolve_device
+from ..core.engine.jigsaw import ROTATIONS
+from ..core.engine.plausibility import plausibility_warning, record_of
+from ..core.engine.pseudolabel import (
     DEFAULT_STEP_LR,
     METHODS,
     PATCH_MULTIPLE,
@@ -25,8 +20,13 @@ from ..core.pseudolabel import (
     UNCERTAINTIES,
     PseudoLabelConfig,
 )
-from ..core.slide import is_slide, open_slide
-from ..core.working import OUTPUT_DTYPES, SlideOptions
+from ..core.errors import InputError, SelfloopError
+from ..core.io.atomic import check_output_folder, sweep_stale_temporaries
+from ..core.io.images import check_image, check_input_file, open_image
+from ..core.io.slides import is_slide, open_slide
+from ..core.io.working_image import OUTPUT_DTYPES, SlideOptions
+from ..core.store.batch import OUTPUTS, close_image, label_image_file, output_stem
+from ..core.store.checkpoint import load_checkpoint
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .commands import SUMMARIES
 from .progressbar import drive

@@ -9,16 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.atomic import sweep_stale_temporaries
-from ..core.checkpoint import file_sha256, load_checkpoint
-from ..core.datasets import mask_instances, open_mask
-from ..core.device import PRECISIONS
+from ..core.engine.datasets import mask_instances, open_mask
+from ..core.engine.device import PRECISIONS
+from ..core.engine.model import ModelConfig, build_model, check_seed
+from ..core.engine.pseudolabel import PATCH_MULTIPLE, STEP_RULES
+from ..core.engine.training import FRAMEWORKS, VAL_METRICS, TrainConfig, TrainItem, train
 from ..core.errors import InputError
-from ..core.imageio import check_input_file, open_image
-from ..core.model import ModelConfig, build_model, check_seed
-from ..core.project import list_images, paired_masks
-from ..core.pseudolabel import PATCH_MULTIPLE, STEP_RULES
-from ..core.training import FRAMEWORKS, VAL_METRICS, TrainConfig, TrainItem, train
+from ..core.io.atomic import sweep_stale_temporaries
+from ..core.io.images import check_input_file, open_image
+from ..core.store.checkpoint import file_sha256, load_checkpoint
+from ..core.store.project import list_images, paired_masks
 from .args import CHECKPOINT_HELP, checkpoint_arg
 from .commands import SUMMARIES
 from .progressbar import drive

@@ -74,7 +74,7 @@ def run_to_completion(
     Parameters
     ----------
     gen
-        A generator such as :func:`.tiling.tiled_apply`'s or :func:`.training.train`'s.
+        A generator such as :func:`.engine.sliding_window.tiled_apply`'s or :func:`.engine.training.train`'s.
     on_progress
         Optional callback for each yielded event.
     """

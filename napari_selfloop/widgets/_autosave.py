@@ -2,22 +2,22 @@
 
 One :class:`AutosaveController` per viewer, owned by its state (:meth:`._state.SelfloopState.start_autosave`). Every
 ``INTERVAL_MS`` it saves each correction Labels layer whose content changed since its last
-save to ``PROJECT/autosave/`` (via :class:`napari_selfloop.core.autosave.AutosaveStore`,
+save to ``PROJECT/autosave/`` (via :class:`napari_selfloop.core.store.autosave.AutosaveStore`,
 atomically), so a crash loses at most that interval of work. Only what changed is read and
-written: a :class:`~napari_selfloop.core.tiles.TileTracker` per layer follows napari's
+written: a :class:`~napari_selfloop.core.store.dirty_tiles.TileTracker` per layer follows napari's
 paint events and re-checks a bounded number of further tiles per save, and large labels
 are stored as tiles of which only the changed ones are rewritten. The correction layers of
 regions of a slide are saved each on its own (keyed by the slide and the region).
 
 When an image layer is added whose pixels match saved corrections, they come back as its
 correction layer (and the regions saved for it as theirs). The match is on a hash of every
-pixel (of a pyramid: :func:`~napari_selfloop.core.autosave.slide_key`), computed in a
+pixel (of a pyramid: :func:`~napari_selfloop.core.store.autosave.slide_key`), computed in a
 background thread for large images. A damaged save is set aside with a warning; restoring
 never stops an image from opening or a panel from docking.
 
 Two windows on one image and project never overwrite each other's saves (see
 ``docs/autosave.md``): the first window to open or save an image claims its key
-(:meth:`~napari_selfloop.core.autosave.AutosaveStore.claim`); a second one is told, in a
+(:meth:`~napari_selfloop.core.store.autosave.AutosaveStore.claim`); a second one is told, in a
 notification, that the image is open elsewhere, and saves its corrections under a key of
 its own session. When the image is opened again, the saves of windows that are gone come
 back: as the correction layer if there is none, else as a layer of their own
@@ -41,7 +41,10 @@ from napari.layers import Image, Labels, Layer
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, QTimer, Signal
 
-from ..core.autosave import (
+from ..core.corrections.nuclei import next_id
+from ..core.errors import SelfloopError
+from ..core.io.windows import Window
+from ..core.store.autosave import (
     AutosaveStore,
     Claim,
     image_key,
@@ -50,10 +53,7 @@ from ..core.autosave import (
     session_key,
     slide_key,
 )
-from ..core.errors import SelfloopError
-from ..core.nuclei import next_id
-from ..core.tiles import SCAN_BYTES, TileTracker
-from ..core.window import Window
+from ..core.store.dirty_tiles import SCAN_BYTES, TileTracker
 from ._layers import (
     CORRECTION_OPACITY,
     PAINTED,
@@ -147,8 +147,8 @@ def _cached_key(image: Image) -> str | None:
 def key_for(image: Image) -> str:
     """The content key of an image layer (cached in its metadata).
 
-    The key covers every pixel (:func:`~napari_selfloop.core.autosave.image_key`; of a
-    pyramid, :func:`~napari_selfloop.core.autosave.slide_key`). If it is being computed in
+    The key covers every pixel (:func:`~napari_selfloop.core.store.autosave.image_key`; of a
+    pyramid, :func:`~napari_selfloop.core.store.autosave.slide_key`). If it is being computed in
     the background (large images, see :meth:`AutosaveController.restore`), this waits for
     that instead of reading the image a second time.
     """

@@ -2,10 +2,10 @@
 
 Self-loop uncertainty weights its maps by the jigsaw losses and adapts the encoder on them;
 with a jigsaw head at chance both carry no information. This section measures the jigsaw
-of the current model on one open image (:func:`~napari_selfloop.core.pretrain.evaluate_jigsaw`,
+of the current model on one open image (:func:`~napari_selfloop.core.engine.pretrain.evaluate_jigsaw`,
 128 fixed-seed puzzles, in the background) whenever the model changes or *Check on this
 image* is pressed, warns in plain words when it is at chance, and runs
-:func:`~napari_selfloop.core.pretrain.pretrain_jigsaw` on the open images. Pre-training
+:func:`~napari_selfloop.core.engine.pretrain.pretrain_jigsaw` on the open images. Pre-training
 trains a copy of the current model and writes a new checkpoint version (named like
 Fine-tune's: ``model_v2.pt`` beside the current one, or ``PROJECT/checkpoints/``), which
 becomes the current model; *Cancel* keeps the steps done so far (the core writes a complete
@@ -34,10 +34,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.checkpoint import Checkpoint, load_checkpoint
-from ..core.datasets import TrainItem
-from ..core.errors import InputError, SelfloopError
-from ..core.pretrain import (
+from ..core.engine.datasets import TrainItem
+from ..core.engine.pretrain import (
     PRETRAIN_KIND,
     PretrainConfig,
     PretrainResult,
@@ -46,9 +44,11 @@ from ..core.pretrain import (
     evaluate_jigsaw,
     pretrain_jigsaw,
 )
+from ..core.engine.pseudolabel import PATCH_MULTIPLE
+from ..core.errors import InputError, SelfloopError
 from ..core.progress import Progress
-from ..core.project import release, reserve_version
-from ..core.pseudolabel import PATCH_MULTIPLE
+from ..core.store.checkpoint import Checkpoint, load_checkpoint
+from ..core.store.project import release, reserve_version
 from ._layers import image_data, is_source_image, source_of
 from ._runner import Outcome, Runner, Status, error_message
 from ._state import SelfloopState

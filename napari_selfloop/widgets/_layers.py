@@ -4,11 +4,11 @@ Result layers carry ``layer.metadata["selfloop"] = {"role": ..., "source": IMAGE
 with role ``probability``, ``uncertainty`` or ``labels`` (the correction layer), so a
 re-run updates them in place (found by role and source, whatever they were renamed to)
 instead of piling up new layers. Results of one region of a large image (see
-:mod:`._slide`) also carry ``"window"`` (a :class:`~napari_selfloop.core.window.Window`'s
+:mod:`._slide`) also carry ``"window"`` (a :class:`~napari_selfloop.core.io.windows.Window`'s
 metadata): they are sized to that region and placed over it, and each region has its own
 set of layers (:func:`find_result` with ``window``, :func:`companion`).
 
-The correction Labels layer holds nuclei as objects (:mod:`..core.nuclei`): 0 =
+The correction Labels layer holds nuclei as objects (:mod:`..core.corrections.nuclei`): 0 =
 background, 255 = uncertain, and every other value the id of one nucleus, each drawn in a
 colour of its own (:func:`correction_colormap`); training sees their union as foreground.
 A plain 0/1/255 layer (older autosaves, hand-made layers) is still one.
@@ -18,7 +18,7 @@ A pseudo-label run over a correction layer never discards what the user painted
 (``"proposal"``) and the pixels known to be the user's (``"painted"``), so the pixels that
 differ from the last proposal are the user's; a nucleus the user touched is kept whole,
 with its id, and the new proposal's nuclei go only where they do not overlap what is kept
-(:func:`..core.nuclei.merge_proposal`). A layer without that record (restored from
+(:func:`..core.corrections.nuclei.merge_proposal`). A layer without that record (restored from
 autosave, made by hand) counts every labelled pixel (not 255) as the user's.
 """
 
@@ -34,12 +34,12 @@ from napari.layers import Image, Labels, Layer, Shapes
 from napari.utils.colormaps import Colormap, DirectLabelColormap
 from qtpy.QtWidgets import QComboBox
 
+from ..core.corrections.nuclei import LABEL_DTYPE, merge_proposal, next_id, proposal_labels
+from ..core.engine.pseudolabel import UNCERTAIN
 from ..core.errors import InputError
-from ..core.imageio import ImageInfo, check_image
-from ..core.nuclei import LABEL_DTYPE, merge_proposal, next_id, proposal_labels
-from ..core.project import DONE_KEY, is_done
-from ..core.pseudolabel import UNCERTAIN
-from ..core.window import Window
+from ..core.io.images import ImageInfo, check_image
+from ..core.io.windows import Window
+from ..core.store.project import DONE_KEY, is_done
 from ._slide import placement
 
 KEY = "selfloop"
@@ -444,11 +444,11 @@ def propose_labels(
 
     ``data`` is the 0/1/255 proposal and ``instances`` its nuclei (0 elsewhere; None: the
     foreground's connected pieces); the layer gets each nucleus with an id of its own
-    (:func:`..core.nuclei.proposal_labels`). A new layer takes it as it is (in ``box``;
+    (:func:`..core.corrections.nuclei.proposal_labels`). A new layer takes it as it is (in ``box``;
     255 elsewhere). An existing layer keeps every pixel the user painted
     (:func:`user_painted`) and every nucleus they touched, whole and with its id; the
     proposal's nuclei go only where they do not overlap those, with fresh ids, in ``box``
-    (:func:`..core.nuclei.merge_proposal`). The proposal is recorded so the next run can
+    (:func:`..core.corrections.nuclei.merge_proposal`). The proposal is recorded so the next run can
     tell the user's pixels apart. The "done" flag stays as it was unless pixels changed,
     and then it is cleared (the caller says so: ``ProposalMerge.done_cleared``). With
     ``window`` this is the correction layer of that region of the image (``data`` covers

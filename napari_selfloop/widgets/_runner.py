@@ -85,8 +85,8 @@ def warm_up() -> None:
         try:
             import torch._dynamo  # noqa: F401
 
-            from ..core.jigsaw import permutation_pool
-            from ..core.model import ModelConfig
+            from ..core.engine.jigsaw import permutation_pool
+            from ..core.engine.model import ModelConfig
 
             # The pool of the default model (and of the bundled ones) is computed once
             # (seconds) and cached; a model with another pool size computes its own.

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from napari.layers import Image, Layer
 
-from ..core.window import Window
+from ..core.io.windows import Window
 
 #: Images with more level-0 pixels than this are worked on by region (4 Mpx: 2048 x 2048).
 REGION_PIXELS = 2048 * 2048

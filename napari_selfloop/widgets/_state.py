@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from psygnal import Signal
 
-from ..core.checkpoint import Checkpoint
-from ..core.model import ResUNet
-from ..core.project import is_done, mark_done
+from ..core.engine.model import ResUNet
+from ..core.store.checkpoint import Checkpoint
+from ..core.store.project import is_done, mark_done
 
 if TYPE_CHECKING:
     from ._autosave import AutosaveController
@@ -105,7 +105,7 @@ class SelfloopState:
     def set_done(self, layer: Any, on: bool) -> None:
         """Mark a correction layer done (ready for training and export) or not; the one writer.
 
-        The flag is data in the layer's metadata (:func:`~napari_selfloop.core.project.
+        The flag is data in the layer's metadata (:func:`~napari_selfloop.core.store.project.
         mark_done`); ``done_changed`` is emitted whenever this is called, so every panel
         shows the same state.
         """

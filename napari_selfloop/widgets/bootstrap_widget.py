@@ -24,11 +24,11 @@ from napari.layers import Image, Shapes
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from ..core.bootstrap import BootstrapResult, bootstrap_mask
+from ..core.engine.bootstrap import BootstrapResult, bootstrap_mask
 from ..core.errors import InputError, SelfloopError
-from ..core.imageio import check_image
+from ..core.io.images import check_image
+from ..core.io.windows import Window, read_window, region_key
 from ..core.progress import Progress
-from ..core.window import Window, read_window, region_key
 from ._autosave import key_for
 from ._layers import (
     KEY,

@@ -2,7 +2,7 @@
 
 Export writes ``STEM_mask.tif``, ``STEM_instances.tif``, ``STEM.geojson`` (QuPath) and
 updates ``manifest.json`` in the chosen folder as a set (see
-:mod:`napari_selfloop.core.export`): the manifest is checked first, nothing replaces the
+:mod:`napari_selfloop.core.store.export`): the manifest is checked first, nothing replaces the
 previous set unless all four files were written, different images never share files (a
 short hash is added to a name that would be ambiguous) and exports into one folder take
 turns. GeoJSON objects are QuPath *detections* (nuclei) or *annotations* (a lesion), as
@@ -34,7 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..core.errors import InputError, SelfloopError
-from ..core.export import OBJECT_TYPES, UNCERTAIN_POLICIES, export_annotation
+from ..core.store.export import OBJECT_TYPES, UNCERTAIN_POLICIES, export_annotation
 from ._layers import (
     LayerCombo,
     correction_mask,

@@ -38,17 +38,17 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.checkpoint import load_checkpoint
-from ..core.datasets import TrainItem
+from ..core.corrections.nuclei import has_ids, labels_instances
+from ..core.engine.datasets import TrainItem
+from ..core.engine.pseudolabel import PATCH_MULTIPLE
+from ..core.engine.training import FRAMEWORKS, TrainConfig, TrainResult, train
 from ..core.errors import InputError, SelfloopError
-from ..core.export import labels_to_mask
-from ..core.imageio import check_image
-from ..core.nuclei import has_ids, labels_instances
+from ..core.io.images import check_image
+from ..core.io.windows import Window, WindowArray
 from ..core.progress import Progress
-from ..core.project import folder_images, release, reserve_version
-from ..core.pseudolabel import PATCH_MULTIPLE
-from ..core.training import FRAMEWORKS, TrainConfig, TrainResult, train
-from ..core.window import Window, WindowArray
+from ..core.store.checkpoint import load_checkpoint
+from ..core.store.export import labels_to_mask
+from ..core.store.project import folder_images, release, reserve_version
 from ._layers import (
     correction_mask,
     image_data,

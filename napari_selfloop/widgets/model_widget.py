@@ -22,13 +22,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.bundled import BUNDLED, load_any, model_for_array
-from ..core.checkpoint import Checkpoint, model_card
-from ..core.device import DEVICES, resolve_device
+from ..core.engine.device import DEVICES, resolve_device
+from ..core.engine.model import ModelConfig, build_model, count_parameters
+from ..core.engine.pretrain import PRETRAIN_KIND
 from ..core.errors import SelfloopError
-from ..core.model import ModelConfig, build_model, count_parameters
-from ..core.modelcard import plain_card
-from ..core.pretrain import PRETRAIN_KIND
+from ..core.store.bundled import BUNDLED, load_any, model_for_array
+from ..core.store.checkpoint import Checkpoint, model_card
+from ..core.store.modelcard import plain_card
 from ._jigsaw import JigsawPanel
 from ._runner import error_message
 from ._state import get_state

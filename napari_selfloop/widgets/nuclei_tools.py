@@ -4,7 +4,7 @@ Each tool is one click (two for split and merge) on a nucleus of the correction 
 chosen in the viewer (the active one, else the newest), with a keyboard shortcut on that
 layer; each edit is one step of napari's undo (Ctrl+Z), written with
 ``Labels.data_setitem`` so autosave and the Review panel see it at once. The edits
-themselves are :mod:`..core.nuclei`'s.
+themselves are :mod:`..core.corrections.nuclei`'s.
 
 =========  ====  ===========================================================================
 Tool       Key   What a click does
@@ -40,9 +40,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core import nuclei
+from ..core.corrections import nuclei
+from ..core.engine.pseudolabel import UNCERTAIN
 from ..core.errors import InputError
-from ..core.pseudolabel import UNCERTAIN
 from ._layers import (
     UNCERTAIN_COLOR,
     companion,

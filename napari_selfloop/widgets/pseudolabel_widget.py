@@ -7,7 +7,7 @@ background, 255 = uncertain, drawn in yellow so it stands out).
 A large image (a slide: a pyramid, or more than 4 Mpx, see :mod:`._slide`) is worked on
 region by region: the view or rectangle gets three layers of its own size, placed over it,
 one set per region, and is read at the model's pixel size where both pixel sizes are known
-(the nearest pyramid level, resampled the rest of the way; see :mod:`..core.window`).
+(the nearest pyramid level, resampled the rest of the way; see :mod:`..core.io.windows`).
 """
 
 from __future__ import annotations
@@ -29,11 +29,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core.device import resolve_device
-from ..core.errors import InputError, SelfloopError
-from ..core.plausibility import plausibility_warning, record_of
-from ..core.progress import Progress
-from ..core.pseudolabel import (
+from ..core.engine.device import resolve_device
+from ..core.engine.plausibility import plausibility_warning, record_of
+from ..core.engine.pseudolabel import (
     METHODS,
     Q_METHODS,
     UNCERTAIN,
@@ -41,7 +39,9 @@ from ..core.pseudolabel import (
     PseudoLabelResult,
     pseudo_label,
 )
-from ..core.window import Window, choose_window, read_window, region_key
+from ..core.errors import InputError, SelfloopError
+from ..core.io.windows import Window, choose_window, read_window, region_key
+from ..core.progress import Progress
 from ._autosave import key_for
 from ._layers import (
     KEY,
@@ -79,7 +79,7 @@ AREAS = tuple(area.value for area in Area)
 #: Patches of 288 px, one at a time on CPU, keep each step (a Cancel point) to ~1-2 s.
 GUI_PATCH = 288
 
-#: Most Q the panel offers (the core allows up to :data:`..core.pseudolabel.MAX_Q`).
+#: Most Q the panel offers (the core allows up to :data:`..core.engine.pseudolabel.MAX_Q`).
 GUI_MAX_Q = 50
 
 Box = tuple[int, int, int, int]
@@ -286,7 +286,7 @@ class PseudoLabelWidget(QWidget):
             else:
                 existing = find_result(self.viewer, image.name, "labels")
                 if existing is not None:
-                    from ..core.imageio import check_image
+                    from ..core.io.images import check_image
 
                     check_labels_shape(existing, check_image(data))
             key = key_for(image)
@@ -330,7 +330,7 @@ class PseudoLabelWidget(QWidget):
 
     def _plausibility(self, result: PseudoLabelResult) -> str | None:
         """The plain-words warning when the proposal looks unlike the current model's
-        training tissue (:mod:`..core.plausibility`); None for an ensemble."""
+        training tissue (:mod:`..core.engine.plausibility`); None for an ensemble."""
         ckpt = self.state.checkpoint
         if ckpt is None or result.config.method == "ensemble":
             return None

@@ -1,6 +1,6 @@
 """Review panel: walk through the uncertain regions and unsure nuclei, most uncertain first.
 
-*Find* lists what to review (:func:`~napari_selfloop.core.review_items.review_items`):
+*Find* lists what to review (:func:`~napari_selfloop.core.corrections.review_items.review_items`):
 the uncertain (yellow) regions of the correction layer and, where the layer holds nucleus
 ids and there is an uncertainty map, the nuclei the model is least sure of, in one list by
 mean uncertainty. *Next* centres and zooms the view on the next item still to settle; the
@@ -8,10 +8,10 @@ counter says how many are left. Each item is settled in one click, which then mo
 the next one:
 
 - a region: *Region is nucleus* (each piece of it touching a nucleus joins that nucleus,
-  a piece apart becomes a new nucleus; :func:`~napari_selfloop.core.nuclei.settle`) or
+  a piece apart becomes a new nucleus; :func:`~napari_selfloop.core.corrections.nuclei.settle`) or
   *Region is background*;
 - a nucleus: *Keep nucleus* (marks it reviewed, no pixel changes) or *Not a nucleus*
-  (deletes it, :func:`~napari_selfloop.core.nuclei.delete`).
+  (deletes it, :func:`~napari_selfloop.core.corrections.nuclei.delete`).
 
 Every click is one undoable step (Ctrl+Z). A region counts as settled once none of its
 pixels is uncertain any more, a nucleus once kept, or once its id is gone from any of its
@@ -42,10 +42,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..core import nuclei
+from ..core.corrections import nuclei
+from ..core.corrections.review_items import ReviewItem, review_items
+from ..core.engine.pseudolabel import UNCERTAIN
 from ..core.errors import InputError, SelfloopError
-from ..core.pseudolabel import UNCERTAIN
-from ..core.review_items import ReviewItem, review_items
 from ._layers import (
     LayerCombo,
     camera,
