@@ -11,9 +11,8 @@ import numpy as np
 from gui_support import GUI_MARKS, errors, small_nuclei
 
 from napari_selfloop.core.store.autosave import AutosaveStore, image_key
-from napari_selfloop.widgets._autosave import OTHER_WINDOW, key_for
+from napari_selfloop.widgets._autosave import OTHER_WINDOW, key_for, start_autosave
 from napari_selfloop.widgets._layers import find_result, is_correction, put_result
-from napari_selfloop.widgets._state import get_state
 
 pytestmark = GUI_MARKS
 pytest_plugins = ("gui_fixtures",)
@@ -28,7 +27,7 @@ def _mask(value: int, size: int = 64) -> np.ndarray:
 
 def _open(make_napari_viewer, name="tile"):
     viewer = make_napari_viewer()
-    ctl = get_state(viewer, autosave=True).autosave
+    ctl = start_autosave(viewer)
     image = viewer.add_image(small_nuclei(64)[0], name=name)
     return viewer, ctl, image
 
@@ -121,12 +120,11 @@ _OTHER_NAPARI = textwrap.dedent(
     import numpy as np
     import napari
     from napari_selfloop._sample_data import make_nuclei
-    from napari_selfloop.widgets._autosave import key_for
+    from napari_selfloop.widgets._autosave import key_for, start_autosave
     from napari_selfloop.widgets._layers import put_result
-    from napari_selfloop.widgets._state import get_state
 
     viewer = napari.Viewer(show=False)
-    ctl = get_state(viewer, autosave=True).autosave
+    ctl = start_autosave(viewer)
     image = viewer.add_image(make_nuclei(size=64, seed=0)[0], name="tile")
     mask = np.full((64, 64), 255, np.uint8)
     mask[7:17, 5:20] = 1

@@ -17,6 +17,7 @@ from napari_selfloop._sample_data import make_nuclei
 from napari_selfloop.cli.gui_cmd import setup_viewer
 from napari_selfloop.core.store.autosave import AutosaveStore, proposal_key
 from napari_selfloop.core.store.checkpoint import load_checkpoint
+from napari_selfloop.widgets._autosave import start_autosave
 from napari_selfloop.widgets._layers import camera, find_result
 from napari_selfloop.widgets._state import get_state
 
@@ -101,7 +102,7 @@ def test_whole_loop_on_the_sample(make_napari_viewer, project, notes, qtbot, tmp
     assert tifffile.imread(out / entries["H&E nuclei"]["instances"]).max() >= 10
     geo = json.loads((out / entries["H&E nuclei"]["geojson"]).read_text())
     assert len(geo["features"]) == entries["H&E nuclei"]["objects"]
-    assert get_state(viewer, autosave=True).autosave.save_now() == 2
+    assert start_autosave(viewer).save_now() == 2
     # two corrections, each with the record of its last proposal under its own key
     records = dict(AutosaveStore(project).records())
     corrections = [k for k, m in records.items() if "proposal_of" not in m]

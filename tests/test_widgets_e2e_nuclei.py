@@ -18,6 +18,7 @@ from test_widgets_nuclei_tools import press
 
 from napari_selfloop.cli.gui_cmd import setup_viewer
 from napari_selfloop.core.engine.pseudolabel import UNCERTAIN
+from napari_selfloop.widgets._autosave import start_autosave
 from napari_selfloop.widgets._layers import find_result
 from napari_selfloop.widgets._state import get_state
 
@@ -117,7 +118,7 @@ def test_correct_nuclei_fine_tune_export_and_restore(
     np.testing.assert_array_equal(mask == 1, np.isin(corrected, list(expected)))
 
     # 6. Autosave, close, open again: the same ids come back.
-    assert get_state(viewer, autosave=True).autosave.save_now(force=True) >= 1
+    assert start_autosave(viewer).save_now(force=True) >= 1
     viewer.close()
     again = make_napari_viewer()
     setup_viewer(again, sample="nuclei", checkpoint="nuclei-he", device="cpu")

@@ -8,9 +8,8 @@ import numpy as np
 import tifffile
 from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, small_nuclei, wait_run
 
-from napari_selfloop.widgets._autosave import key_for
+from napari_selfloop.widgets._autosave import key_for, start_autosave
 from napari_selfloop.widgets._layers import find_result, put_result
-from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.export_widget import ExportWidget
 
 pytestmark = GUI_MARKS
@@ -73,7 +72,7 @@ def test_autosave_and_restore(make_napari_viewer, project, notes, qtbot):
     viewer = make_napari_viewer()
     labels = _corrections(viewer)
     w = dock(viewer, ExportWidget)
-    ctl = get_state(viewer, autosave=True).autosave
+    ctl = start_autosave(viewer)
     assert ctl.timer.isActive() and ctl.timer.interval() <= 60_000
     assert ctl.save_now() == 1
     assert ctl.save_now() == 0  # unchanged: nothing written
@@ -98,7 +97,7 @@ def test_autosave_and_restore(make_napari_viewer, project, notes, qtbot):
 def test_autosave_timer_saves_on_its_own(make_napari_viewer, project, notes, qtbot):
     viewer = make_napari_viewer()
     _corrections(viewer)
-    ctl = get_state(viewer, autosave=True).autosave
+    ctl = start_autosave(viewer)
     ctl.timer.setInterval(50)
     with qtbot.waitSignal(ctl.saved, timeout=5000):
         pass
@@ -147,7 +146,7 @@ def test_large_images_are_hashed_in_the_background(
     saved[3:9, 3:9] = 1
     AutosaveStore(project).save(image_key(image), saved, name="big")
     viewer = make_napari_viewer()
-    get_state(viewer, autosave=True)
+    start_autosave(viewer)
     layer = viewer.add_image(lazy, name="big")
     qtbot.waitUntil(lambda: find_result(viewer, "big", "labels") is not None, timeout=10_000)
     assert np.array_equal(find_result(viewer, "big", "labels").data, saved)

@@ -10,6 +10,7 @@ from qtpy.QtCore import Qt
 
 from napari_selfloop.core.engine.model import ModelConfig, build_model
 from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.widgets._autosave import start_autosave
 from napari_selfloop.widgets._layers import put_result
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.finetune_widget import FineTuneWidget
@@ -153,7 +154,7 @@ def test_done_goes_through_the_state(make_napari_viewer, project):
     viewer = _viewer(make_napari_viewer)
     w = dock(viewer, FineTuneWidget)
     state = get_state(viewer)
-    assert state.autosave is get_state(viewer, autosave=True).autosave  # one per viewer
+    assert state.autosave is start_autosave(viewer)  # one per viewer
     seen = []
     state.done_changed.connect(seen.append)
     layer = next(layer for layer in viewer.layers if is_correction(layer))

@@ -12,6 +12,7 @@ from gui_support import GUI_MARKS, TINY_WIDTH, dock, errors, fake_stack, small_n
 from napari_selfloop.core.engine.model import ModelConfig, build_model
 from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig
 from napari_selfloop.core.store.export import labels_to_mask
+from napari_selfloop.widgets._autosave import start_autosave
 from napari_selfloop.widgets._layers import find_result, role_of
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.model_widget import ModelWidget
@@ -248,7 +249,7 @@ def test_a_rerun_keeps_the_pixels_the_user_painted(make_napari_viewer, project, 
     assert not labels.metadata["selfloop"]["done"]  # ... so "done" is cleared, and the user told
     assert any("no longer marked done" in m for m in _infos(notes))
     # The next autosave writes the painted pixels, not the fresh proposal.
-    assert get_state(viewer, autosave=True).autosave.save_now(force=True) >= 1
+    assert start_autosave(viewer).save_now(force=True) >= 1
     saved = AutosaveStore(project).load(key_for(viewer.layers["tile"]))
     assert (saved.labels[30:50, 40:60] == painted).all()
     assert not errors(notes)
@@ -293,7 +294,7 @@ def test_a_restored_layer_still_tells_the_painted_pixels_from_the_proposal(
     # A second, stricter run: the 400 painted pixels are recorded as the user's.
     panel.threshold_spin.setValue(0.9)
     assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
-    ctl = get_state(viewer, autosave=True).autosave
+    ctl = start_autosave(viewer)
     assert ctl.save_now() >= 1
     key = key_for(viewer.layers["tile"])
     assert AutosaveStore(project).load(proposal_key(key)) is not None

@@ -16,7 +16,7 @@ from test_export import rasterise
 from napari_selfloop.core.io.windows import Window
 from napari_selfloop.core.store.autosave import AutosaveStore
 from napari_selfloop.core.store.export import labels_to_mask
-from napari_selfloop.widgets._autosave import key_for, save_key
+from napari_selfloop.widgets._autosave import key_for, save_key, start_autosave
 from napari_selfloop.widgets._layers import companion, find_result, put_result, role_of, window_of
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.export_widget import ExportWidget
@@ -203,7 +203,7 @@ def test_regions_are_corrected_autosaved_and_exported_in_slide_coordinates(
     truths[0][20:26, 30:36] = 1
 
     # Autosave: each region on its own, keyed by the slide and the region.
-    ctl = get_state(viewer, autosave=True).autosave
+    ctl = start_autosave(viewer)
     assert ctl.save_now() == 2
     slide_key = key_for(image)
     store = AutosaveStore(project)
@@ -267,7 +267,7 @@ def test_regions_are_corrected_autosaved_and_exported_in_slide_coordinates(
 def test_large_region_labels_autosave_only_the_painted_tiles(make_napari_viewer, project, notes):
     viewer = make_napari_viewer()
     image = viewer.add_image(lazy_slide(), multiscale=True, rgb=True, name="slide")
-    ctl = get_state(viewer, autosave=True).autosave
+    ctl = start_autosave(viewer)
     window = Window(0, 0, 2600, 2600)  # 6.4 MB: saved as 36 tiles
     labels = put_result(
         viewer,

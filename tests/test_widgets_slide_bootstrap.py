@@ -16,7 +16,7 @@ from test_widgets_slide import lazy_slide
 from napari_selfloop.core.io.windows import Window, region_key
 from napari_selfloop.core.store.autosave import AutosaveStore
 from napari_selfloop.core.store.export import labels_to_mask
-from napari_selfloop.widgets._autosave import key_for, save_key
+from napari_selfloop.widgets._autosave import key_for, save_key, start_autosave
 from napari_selfloop.widgets._layers import find_result, result_name, role_of, window_of
 from napari_selfloop.widgets._state import get_state
 from napari_selfloop.widgets.bootstrap_widget import BootstrapWidget
@@ -163,7 +163,7 @@ def test_a_region_mask_is_kept_by_pseudo_label_autosaved_and_exported_in_slide_c
     labels.data = painted  # back to the corrected bootstrap mask
 
     # Autosave keeps it as a region of the slide.
-    ctl = get_state(viewer, autosave=True).autosave
+    ctl = start_autosave(viewer)
     assert ctl.save_now() == 1
     record = dict(AutosaveStore(project).records())[save_key(labels)]
     assert record["image_key"] == key_for(image) and Window.from_meta(record["window"]) == window

@@ -1,6 +1,7 @@
 """Autosave of correction layers while the user works, and restore on reopening an image.
 
-One :class:`AutosaveController` per viewer, owned by its state (:meth:`._state.SelfloopState.start_autosave`). Every
+One :class:`AutosaveController` per viewer, started by the panels (:func:`start_autosave`)
+and kept by the viewer's state (:attr:`._state.SelfloopState.autosave`). Every
 ``INTERVAL_MS`` it saves each correction Labels layer whose content changed since its last
 save to ``PROJECT/autosave/`` (via :class:`napari_selfloop.core.store.autosave.AutosaveStore`,
 atomically), so a crash loses at most that interval of work. Only what changed is read and
@@ -31,9 +32,7 @@ import datetime as _dt
 import logging
 import os
 import socket
-import threading
 import weakref
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -47,13 +46,13 @@ from ..core.io.windows import Window
 from ..core.store.autosave import (
     AutosaveStore,
     Claim,
-    image_key,
     new_session,
     proposal_key,
     session_key,
-    slide_key,
 )
 from ..core.store.dirty_tiles import SCAN_BYTES, TileTracker
+from ._area import correction_record
+from ._image_key import KeyJob, cached_key, forget_job, hash_in_background, job_of, key_for
 from ._layers import (
     CORRECTION_OPACITY,
     PAINTED,
@@ -72,8 +71,8 @@ from ._layers import (
     window_of,
 )
 from ._runner import error_message
-from ._slide import levels_of, placement
-from ._state import SelfloopState
+from ._slide import placement
+from ._state import SelfloopState, get_state
 
 log = logging.getLogger(__name__)
 
@@ -87,77 +86,6 @@ BACKGROUND_HASH_BYTES = 64 * 1024 * 1024
 OTHER_WINDOW = "selfloop_other_window"
 #: Fields of a save's record that the store writes itself (not copied when a save moves).
 _RECORD_FIELDS = ("key", "name", "shape", "dtype", "saved", "format", "tile", "tiles")
-
-
-def content_key(image: Image, cancelled: Callable[[], bool] | None = None) -> str:
-    """The content key of an image layer: every pixel, or of a pyramid a sample (slide_key)."""
-    if image.multiscale:
-        return slide_key(levels_of(image), cancelled)
-    return image_key(image_data(image), cancelled)
-
-
-class _KeyJob:
-    """The content key of one image layer, being computed in a background thread."""
-
-    def __init__(self, image: Image, on_done: Any) -> None:
-        self.layer = weakref.ref(image)
-        self.layer_id = id(image)
-        self.done = threading.Event()
-        self.key: str | None = None
-        self.error: BaseException | None = None
-        self.cancelled = False
-        self._on_done = on_done
-        self.thread = threading.Thread(
-            target=self._run, args=(image,), name="selfloop-image-key", daemon=True
-        )
-
-    def _run(self, image: Image) -> None:
-        try:
-            self.key = content_key(image, cancelled=lambda: self.cancelled)
-        except BaseException as e:  # reported to whoever waits for the key
-            self.error = e
-        finally:
-            self.done.set()
-            self._on_done(self)
-
-    def result(self) -> str:
-        self.done.wait()
-        if self.error is not None:
-            raise self.error
-        assert self.key is not None
-        return self.key
-
-
-_jobs: dict[int, _KeyJob] = {}
-_jobs_lock = threading.Lock()
-
-
-def _job_of(image: Image) -> _KeyJob | None:
-    with _jobs_lock:
-        job = _jobs.get(id(image))
-    return job if job is not None and job.layer() is image else None
-
-
-def _cached_key(image: Image) -> str | None:
-    meta = image.metadata.setdefault("selfloop_image", {})
-    key = meta.get("key")
-    return key if isinstance(key, str) else None
-
-
-def key_for(image: Image) -> str:
-    """The content key of an image layer (cached in its metadata).
-
-    The key covers every pixel (:func:`~napari_selfloop.core.store.autosave.image_key`; of a
-    pyramid, :func:`~napari_selfloop.core.store.autosave.slide_key`). If it is being computed in
-    the background (large images, see :meth:`AutosaveController.restore`), this waits for
-    that instead of reading the image a second time.
-    """
-    key = _cached_key(image)
-    if key is None:
-        job = _job_of(image)
-        key = job.result() if job is not None else content_key(image)
-        image.metadata["selfloop_image"]["key"] = key
-    return key
 
 
 def save_key(layer: Layer) -> str | None:
@@ -210,11 +138,23 @@ def _paint_boxes(atoms: Any) -> list[tuple[int, int, int, int]] | None:
     return boxes
 
 
+def start_autosave(viewer: Any) -> AutosaveController:
+    """Start autosaving ``viewer``'s corrections (once per viewer: later calls return the
+    running one). Each panel calls this when it is made; it restores the corrections of
+    the images already open."""
+    state = get_state(viewer)
+    if not state.autosave_started:
+        state.attach_autosave(AutosaveController(viewer, state))
+    controller = state.autosave
+    assert isinstance(controller, AutosaveController)
+    return controller
+
+
 class AutosaveController(QObject):
     """Saves changed correction layers on a timer and restores them for reopened images."""
 
     saved = Signal(int)  # number of layers written
-    _key_ready = Signal(object)  # a _KeyJob finished (emitted from its thread)
+    _key_ready = Signal(object)  # a KeyJob finished (emitted from its thread)
 
     def __init__(self, viewer: Any, state: SelfloopState, interval_ms: int = INTERVAL_MS) -> None:
         super().__init__()
@@ -343,7 +283,7 @@ class AutosaveController(QObject):
                 target, extra = key, dict(other.get("record") or {})
                 name = str(other.get("name") or layer.name)
             else:
-                target, extra = self._correction_record(layer, key)
+                target, extra = self._save_record(layer, key)
                 name = source_of(layer) or layer.name
             try:
                 store.save(target, data, name=name, extra=extra, tiles=changed.keys())
@@ -360,7 +300,7 @@ class AutosaveController(QObject):
             self.saved.emit(written)
         return written
 
-    def _correction_record(self, layer: Layer, key: str) -> tuple[str, dict[str, Any]]:
+    def _save_record(self, layer: Layer, key: str) -> tuple[str, dict[str, Any]]:
         """The key a correction layer is saved under now, and the fields of its record."""
         meta = meta_of(layer)
         extra: dict[str, Any] = {"layer": layer.name}
@@ -385,7 +325,7 @@ class AutosaveController(QObject):
                 if other is not None
                 else save_key(layer)
                 if is_correction(layer)
-                else _cached_key(layer)
+                else cached_key(layer)
                 if is_source_image(layer)
                 else None
             )
@@ -476,7 +416,7 @@ class AutosaveController(QObject):
         except SelfloopError:
             return None  # not an image we work on (a stack ...); the panels will say so
         try:
-            key = _cached_key(image)
+            key = cached_key(image)
             if key is None:
                 if image.multiscale or _image_bytes(data) > BACKGROUND_HASH_BYTES:
                     self._hash_in_background(image)
@@ -491,24 +431,21 @@ class AutosaveController(QObject):
             return None
 
     def _hash_in_background(self, image: Image) -> None:
-        if _job_of(image) is not None:
+        if job_of(image) is not None:
             return
         ref = weakref.ref(self)
 
-        def finished(job: _KeyJob) -> None:  # in the job's thread: hand over to the main one
+        def finished(job: KeyJob) -> None:  # in the job's thread: hand over to the main one
             me = ref()
             if me is not None:
                 with contextlib.suppress(RuntimeError):  # deleted with its viewer
                     me._key_ready.emit(job)
 
-        job = _KeyJob(image, finished)
-        with _jobs_lock:
-            _jobs[id(image)] = job
-        job.thread.start()
+        hash_in_background(image, finished)
 
     def _on_removed(self, event: Any) -> None:
         layer = getattr(event, "value", None)
-        job = _job_of(layer)
+        job = job_of(layer)
         if job is not None:
             job.cancelled = True  # stop reading an image that is gone
         other = other_window_of(layer) if isinstance(layer, Labels) else None
@@ -549,10 +486,8 @@ class AutosaveController(QObject):
         self._trackers.pop(skey, None)
         show_info(f"Discarded the corrections another window had saved for '{other.get('name')}'")
 
-    def _key_done(self, job: _KeyJob) -> None:
-        with _jobs_lock:
-            if _jobs.get(job.layer_id) is job:
-                del _jobs[job.layer_id]
+    def _key_done(self, job: KeyJob) -> None:
+        forget_job(job)
         image = job.layer()
         if image is None or job.key is None:
             if job.error is not None and not isinstance(job.error, SelfloopError):
@@ -614,12 +549,13 @@ class AutosaveController(QObject):
                 restored.labels,
                 like=image,
                 window=window,
-                extra_meta={
-                    "image_key": key,
-                    "autosave_key": rkey,
-                    "pixel_size_um": meta.get("pixel_size_um"),
-                    "restored": restored.meta.get("saved"),
-                },
+                extra_meta=correction_record(
+                    key,
+                    window,
+                    autosave_key=rkey,
+                    pixel_size_um=meta.get("pixel_size_um"),
+                    restored=restored.meta.get("saved"),
+                ),
             )
             self.mark_saved(rkey, restored.labels)
             self._restore_proposal(rkey, layer)
@@ -699,9 +635,6 @@ class AutosaveController(QObject):
             store.delete(skey)
             store.delete(proposal_key(skey))
             claim.release()
-            extra_meta: dict[str, Any] = {"image_key": key, "restored": saved}
-            if window is not None:
-                extra_meta.update(autosave_key=of, pixel_size_um=restored.meta.get("pixel_size_um"))
             layer = put_result(
                 viewer,
                 image.name,
@@ -709,7 +642,13 @@ class AutosaveController(QObject):
                 restored.labels,
                 like=image,
                 window=window,
-                extra_meta=extra_meta,
+                extra_meta=correction_record(
+                    key,
+                    window,
+                    autosave_key=of,
+                    pixel_size_um=restored.meta.get("pixel_size_um"),
+                    restored=saved,
+                ),
             )
             self.mark_saved(of, restored.labels)
             self._restore_proposal(of, layer)
@@ -761,7 +700,7 @@ class AutosaveController(QObject):
             image.name,
             "labels",
             restored.labels,
-            extra_meta={"image_key": key, "restored": restored.meta.get("saved")},
+            extra_meta=correction_record(key, restored=restored.meta.get("saved")),
             like=image,
         )
         self.mark_saved(key, restored.labels)

@@ -17,9 +17,10 @@ A pseudo-label run over a correction layer never discards what the user painted
 (:func:`propose_labels`): the layer's metadata keeps the last proposal written into it
 (``"proposal"``) and the pixels known to be the user's (``"painted"``), so the pixels that
 differ from the last proposal are the user's; a nucleus the user touched is kept whole,
-with its id, and the new proposal's nuclei go only where they do not overlap what is kept
-(:func:`..core.corrections.nuclei.merge_proposal`). A layer without that record (restored from
-autosave, made by hand) counts every labelled pixel (not 255) as the user's.
+with its id, and the new proposal's nuclei go only where they do not overlap what is kept.
+A layer without that record (restored from autosave, made by hand) counts every labelled
+pixel (not 255) as the user's. The arrays' side of this is
+:mod:`..core.corrections.proposal`; this module reads and writes the layers.
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ from napari.layers import Image, Labels, Layer, Shapes
 from napari.utils.colormaps import Colormap, DirectLabelColormap
 from qtpy.QtWidgets import QComboBox
 
-from ..core.corrections.nuclei import LABEL_DTYPE, merge_proposal, next_id, proposal_labels
+from ..core.corrections.nuclei import next_id, proposal_labels
+from ..core.corrections.proposal import apply_proposal, pack_record, unpack_record
+from ..core.corrections.proposal import user_painted as core_user_painted
 from ..core.engine.pseudolabel import UNCERTAIN
 from ..core.errors import InputError
 from ..core.io.images import ImageInfo, check_image
@@ -349,30 +352,12 @@ def put_result(
 PROPOSAL, PAINTED = "proposal", "painted"
 
 
-#: Value marking the pixels recorded as the user's in a saved proposal record
-#: (:func:`proposal_record`) of a 0/1/255 layer; a nucleus layer's record uses the largest
-#: value of its dtype (:func:`painted_code`), which no id reaches.
-PAINTED_CODE = 2
-
-
-def painted_code(dtype: Any) -> int:
-    """The value that marks painted pixels in a proposal record of ``dtype``."""
-    dtype = np.dtype(dtype)
-    return PAINTED_CODE if dtype.itemsize == 1 else int(np.iinfo(dtype).max)
-
-
 def proposal_record(layer: Layer) -> np.ndarray | None:
-    """The layer's last proposal, with the pixels recorded as the user's set to
-    :func:`painted_code`, as one array to autosave (None when there is no proposal)."""
+    """The layer's last proposal, with the pixels recorded as the user's marked, as one
+    array to autosave (None when there is no proposal); see
+    :func:`..core.corrections.proposal.pack_record`."""
     meta = meta_of(layer)
-    proposal = meta.get(PROPOSAL)
-    if not isinstance(proposal, np.ndarray):
-        return None
-    record = np.array(proposal, copy=True)
-    painted = meta.get(PAINTED)
-    if isinstance(painted, np.ndarray) and painted.shape == record.shape:
-        record[painted] = painted_code(record.dtype)
-    return record
+    return pack_record(meta.get(PROPOSAL), meta.get(PAINTED))
 
 
 def set_proposal_record(layer: Layer, record: np.ndarray) -> bool:
@@ -381,30 +366,16 @@ def set_proposal_record(layer: Layer, record: np.ndarray) -> bool:
     data = np.asarray(layer.data)
     if record.shape != data.shape:
         return False
-    painted = record == painted_code(record.dtype)
     meta = meta_of(layer)
-    meta[PROPOSAL] = np.where(painted, UNCERTAIN, record).astype(data.dtype)
-    meta[PAINTED] = painted if painted.any() else None
+    meta[PROPOSAL], meta[PAINTED] = unpack_record(record, data.dtype)
     return True
 
 
 def user_painted(layer: Layer) -> tuple[np.ndarray, bool]:
-    """The pixels of a correction layer that the user painted, and whether that is known.
-
-    With a recorded last proposal they are the pixels whose value differs from it (plus
-    those recorded as painted before); without one (``False``), every pixel that is not
-    255 (uncertain) counts as the user's, so nothing of theirs is ever overwritten.
-    """
-    data = np.asarray(layer.data)
+    """The pixels of a correction layer that the user painted, and whether that is known
+    (:func:`..core.corrections.proposal.user_painted` on the layer's record)."""
     meta = meta_of(layer)
-    proposal = meta.get(PROPOSAL)
-    if isinstance(proposal, np.ndarray) and proposal.shape == data.shape:
-        painted = data != proposal
-        before = meta.get(PAINTED)
-        if isinstance(before, np.ndarray) and before.shape == data.shape:
-            painted |= before
-        return painted, True
-    return data != UNCERTAIN, False
+    return core_user_painted(np.asarray(layer.data), meta.get(PROPOSAL), meta.get(PAINTED))
 
 
 @dataclass
@@ -492,46 +463,28 @@ def propose_labels(
             )
     if old.ndim != 2:
         raise InputError(f"Labels layer '{layer.name}' has shape {full}; expected a 2D mask")
-    painted, recorded = user_painted(layer)
     own = meta_of(layer)
-    proposal = own.get(PROPOSAL) if recorded else None
-    y0, x0, y1, x1 = box
-    inside = (slice(y0, y1), slice(x0, x1))
-    outside = np.array(old, copy=True)
-    outside[inside] = 0
-    merged, kept = merge_proposal(
-        old[inside],
-        None if proposal is None else np.asarray(proposal)[inside],
-        painted[inside],
-        data,
-        start=next_id(outside),
-    )
-    dtype = np.promote_types(old.dtype, LABEL_DTYPE)
-    new = old.astype(dtype, copy=True)
-    new[inside] = merged
-    proposal = (
-        np.asarray(proposal).astype(dtype, copy=True)
-        if proposal is not None
-        else np.full(full, UNCERTAIN, dtype)
-    )
-    # The record holds what this run wrote where the user had not painted: the pixels
-    # of a kept nucleus that the user did not paint count as the proposal's, as before.
-    proposal[inside] = np.where(painted[inside], proposal[inside], merged)
-    changed = int(np.count_nonzero(new != old))
     was_done = is_done(own)
-    done = was_done and changed == 0
-    own.update({"role": "labels", "source": source, **meta, DONE_KEY: done})
-    own[PROPOSAL] = proposal
-    own[PAINTED] = painted if painted.any() else None
-    layer.data = new
+    update = apply_proposal(
+        old,
+        data,
+        box=box,
+        proposal=own.get(PROPOSAL),
+        painted=own.get(PAINTED),
+        was_done=was_done,
+    )
+    own.update({"role": "labels", "source": source, **meta, DONE_KEY: update.done})
+    own[PROPOSAL] = update.proposal
+    own[PAINTED] = update.painted
+    layer.data = update.labels
     ensure_colors(layer)
     return ProposalMerge(
         layer=layer,
-        kept=int(np.count_nonzero(painted[inside])),
-        recorded=recorded,
-        changed=changed,
+        kept=update.kept,
+        recorded=update.recorded,
+        changed=update.changed,
         was_done=was_done,
-        done=done,
+        done=update.done,
     )
 
 

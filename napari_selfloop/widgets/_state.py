@@ -3,6 +3,10 @@
 Every panel docked in one viewer sees the same :class:`SelfloopState` (from
 :func:`get_state`); panels react to its psygnal signals instead of talking to each other.
 The state holds no reference to the viewer, so a closed viewer is garbage-collected.
+
+The state also keeps the viewer's autosave once a panel has started it
+(:func:`._autosave.start_autosave`); this module does not know how autosave works (it only
+needs :class:`Autosave`'s two members), so it imports nothing of it.
 """
 
 from __future__ import annotations
@@ -11,16 +15,13 @@ import datetime as _dt
 import os
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from psygnal import Signal
 
 from ..core.engine.model import ResUNet
 from ..core.store.checkpoint import Checkpoint
 from ..core.store.project import is_done, mark_done
-
-if TYPE_CHECKING:
-    from ._autosave import AutosaveController
 
 #: Environment variable that overrides the default project folder.
 PROJECT_ENV = "NAPARI_SELFLOOP_PROJECT"
@@ -30,6 +31,14 @@ def default_project_dir() -> Path:
     """``$NAPARI_SELFLOOP_PROJECT``, else ``~/napari-selfloop``."""
     env = os.environ.get(PROJECT_ENV)
     return Path(env).expanduser() if env else Path.home() / "napari-selfloop"
+
+
+class Autosave(Protocol):
+    """What the state knows of a viewer's autosave (:class:`._autosave.AutosaveController`)."""
+
+    enabled: bool
+
+    def save_now(self, force: bool = False) -> int: ...
 
 
 class SelfloopState:
@@ -63,24 +72,24 @@ class SelfloopState:
         self.ensemble: list[Checkpoint] = []
         self.device: str = "auto"
         self.project_dir: Path = default_project_dir()
-        self._autosave: AutosaveController | None = None
+        self._autosave: Autosave | None = None
 
     @property
-    def autosave(self) -> AutosaveController:
-        """The viewer's autosave (started by the first panel: ``get_state(viewer, autosave=True)``)."""
+    def autosave(self) -> Autosave:
+        """The viewer's autosave (started by the first panel: ``_autosave.start_autosave``)."""
         if self._autosave is None:
-            raise RuntimeError(
-                "autosave is not running: get the state with get_state(viewer, autosave=True)"
-            )
+            raise RuntimeError("autosave is not running: start it with start_autosave(viewer)")
         return self._autosave
 
-    def start_autosave(self, viewer: Any) -> AutosaveController:
-        """Start the autosave of ``viewer``'s corrections (once; later calls return it)."""
-        if self._autosave is None:
-            from ._autosave import AutosaveController  # it imports this module
+    @property
+    def autosave_started(self) -> bool:
+        return self._autosave is not None
 
-            self._autosave = AutosaveController(viewer, self)
-        return self._autosave
+    def attach_autosave(self, autosave: Autosave) -> None:
+        """Keep the viewer's autosave (once: a second one is refused)."""
+        if self._autosave is not None:
+            raise RuntimeError("this viewer's autosave is already running")
+        self._autosave = autosave
 
     @property
     def model(self) -> ResUNet | None:
@@ -138,16 +147,11 @@ def _meta(layer: Any) -> dict[str, Any]:
 _STATES: weakref.WeakKeyDictionary[Any, SelfloopState] = weakref.WeakKeyDictionary()
 
 
-def get_state(viewer: Any, *, autosave: bool = False) -> SelfloopState:
-    """The state shared by the panels of ``viewer`` (created on first use).
-
-    Panels pass ``autosave=True``: the viewer's corrections are then autosaved
-    (:meth:`SelfloopState.start_autosave`, once per viewer).
-    """
+def get_state(viewer: Any) -> SelfloopState:
+    """The state shared by the panels of ``viewer`` (created on first use; starts nothing:
+    the panels start the viewer's autosave with :func:`._autosave.start_autosave`)."""
     state = _STATES.get(viewer)
     if state is None:
         state = SelfloopState()
         _STATES[viewer] = state
-    if autosave:
-        state.start_autosave(viewer)
     return state

@@ -8,7 +8,7 @@ user already painted there keep their value (as with a pseudo-label,
 
 Area: the whole image, the current view or a rectangle, as in the Pseudo-label panel. A
 large image (a slide: a pyramid, or more than 4 Mpx; see :mod:`._slide`) is worked on by
-region with the Pseudo-label panel's rule (:func:`.pseudolabel_widget.region_plan`): only the
+region with the Pseudo-label panel's rule (:func:`._area.plan_target`): only the
 view or rectangle is read, in the worker thread, and its mask goes into a correction layer of
 that region's size, placed over it and named like the Pseudo-label panel's, so Review, Export,
 Fine-tune and autosave treat it like any region. The region is read at full resolution, or at
@@ -20,29 +20,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from napari.layers import Image, Shapes
+from napari.layers import Image
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ..core.engine.bootstrap import BootstrapResult, bootstrap_mask
 from ..core.errors import InputError, SelfloopError
-from ..core.io.images import check_image
-from ..core.io.windows import Window, read_window, region_key
+from ..core.io.windows import read_window
 from ..core.progress import Progress
-from ._autosave import key_for
-from ._layers import (
-    KEY,
-    LayerCombo,
-    check_labels_shape,
-    find_result,
-    image_data,
-    is_source_image,
-    propose_labels,
-)
+from ._area import Area, AreaCombo, Box, Target, area_box, plan_target, shapes_combo, tell_merge
+from ._autosave import start_autosave
+from ._layers import KEY, LayerCombo, is_source_image, propose_labels
 from ._runner import Runner, error_message
 from ._slide import levels_of, pixel_size_um, works_by_region
 from ._state import get_state
-from .pseudolabel_widget import AREAS, Box, region_plan, shapes_box, view_box
 
 KIND_LABELS = {
     "auto": "Auto (guess from the image)",
@@ -57,20 +48,18 @@ class BootstrapWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer, autosave=True)
+        self.state = get_state(napari_viewer)
+        start_autosave(napari_viewer)
         self.image_combo = LayerCombo(napari_viewer, is_source_image, none_text="(open an image)")
         self.kind_combo = QComboBox()
         for key, text in KIND_LABELS.items():
             self.kind_combo.addItem(text, key)
-        self.area_combo = QComboBox()
-        self.area_combo.addItems(list(AREAS))
+        self.area_combo = AreaCombo()
         self.area_combo.setToolTip(
             "A slide is worked on by region: the view or a rectangle gets a correction layer "
             "of its own size"
         )
-        self.shapes_combo = LayerCombo(
-            napari_viewer, lambda layer: isinstance(layer, Shapes), none_text="(add a Shapes layer)"
-        )
+        self.shapes_combo = shapes_combo(napari_viewer)
         self.run_button = QPushButton("Create initial mask")
         self.run_button.setToolTip(
             "Fills this image's (or region's) correction layer with the new mask; pixels you "
@@ -106,41 +95,17 @@ class BootstrapWidget(QWidget):
         self.kind_combo.setCurrentIndex(self.kind_combo.findData(kind))
 
     def _area_changed(self, *_: Any) -> None:
-        self.shapes_combo.setEnabled(self.area_combo.currentIndex() == 2)
+        self.shapes_combo.setEnabled(self.area_combo.area() is Area.SHAPES)
 
     def _image_changed(self, *_: Any) -> None:
         """A slide chosen with "Whole image": offer the current view instead."""
         image = self.image_combo.layer()
-        if image is not None and self.area_combo.currentIndex() == 0 and works_by_region(image):
-            self.area_combo.setCurrentIndex(1)
+        if image is not None and self.area_combo.area() is Area.WHOLE and works_by_region(image):
+            self.area_combo.set_area(Area.VIEW)
 
     def box(self, image: Image) -> Box:
         """The level-0 box of ``image`` the chosen area covers."""
-        area = self.area_combo.currentIndex()
-        if area == 1:
-            return view_box(self.viewer, image)
-        if area == 2:
-            shapes = self.shapes_combo.layer()
-            if shapes is None:
-                raise InputError(
-                    "no Shapes layer: add one and draw a rectangle, or choose another area"
-                )
-            return shapes_box(shapes, image)
-        data = image_data(image)
-        return 0, 0, int(data.shape[0]), int(data.shape[1])
-
-    def plan(self, image: Image) -> tuple[Box, Window | None, str]:
-        """The box, the region window (None: a full-size layer) and a note for ``image``."""
-        data = image_data(image)
-        box = self.box(image)
-        if not works_by_region(image):
-            return box, None, ""
-        ckpt = self.state.checkpoint
-        model_um = getattr(ckpt, "pixel_size_um", None) if pixel_size_um(image) else None
-        window, note = region_plan(image, box, model_um)
-        if window == Window(0, 0, *data.shape[:2]):
-            window = None  # all of it at full resolution: one full-size layer, as usual
-        return box, window, note
+        return area_box(self.viewer, image, self.area_combo.area(), self.shapes_combo.layer())
 
     def run(self) -> bool:
         """Start making the initial mask (returns False, with a notification, if it cannot)."""
@@ -148,34 +113,29 @@ class BootstrapWidget(QWidget):
             image = self.image_combo.layer()
             if image is None:
                 raise InputError("no image layer: open an image (or File > Open Sample) first")
-            data = image_data(image)
-            box, window, note = self.plan(image)
-            if window is not None:
-                existing = find_result(self.viewer, image.name, "labels", window)
-                if existing is not None:
-                    check_labels_shape(existing, window.shape)
-            else:
-                existing = find_result(self.viewer, image.name, "labels")
-                if existing is not None:
-                    check_labels_shape(existing, check_image(data))
-            key = key_for(image)
+            # The model's pixel size only where the slide's is known: no model is used here,
+            # so a slide without one is read at full resolution without a warning.
+            model_um = (
+                getattr(self.state.checkpoint, "pixel_size_um", None)
+                if works_by_region(image) and pixel_size_um(image)
+                else None
+            )
+            target = plan_target(
+                self.viewer, image, self.area_combo.area(), self.shapes_combo.layer(), model_um
+            )
         except (SelfloopError, OSError) as e:
             show_error(f"Initial mask: {error_message(e)}")
             return False
-        if note:
-            show_info(f"Initial mask: {note}")
+        if target.note:
+            show_info(f"Initial mask: {target.note}")
         kind = self.kind_combo.currentData()
-        name = image.name
-        y0, x0, y1, x1 = box
-        whole = box == (0, 0, *data.shape[:2])
+        name, where, window = target.name, target.where, target.window
         if window is None:
-            where = "" if whole else f" [{y0}:{y1}, {x0}:{x1}]"
 
             def job():  # in the worker: slicing a lazy array reads it
-                return bootstrap_mask(data if whole else data[y0:y1, x0:x1], kind)
+                return bootstrap_mask(target.crop(), kind)
         else:
             levels = levels_of(image)
-            where = f" {window.label}"
 
             def job():
                 yield Progress(0, 0, f"reading region {window.label}…")
@@ -184,52 +144,26 @@ class BootstrapWidget(QWidget):
                 return bootstrap_mask(crop, kind)
 
         def done(result: BootstrapResult) -> None:
-            self._show(name, box, result, key, window, whole)
+            self._show(target, result)
 
         return self.runner.start(job, on_done=done, message=f"initial mask of {name}{where}…")
 
-    def _show(
-        self,
-        name: str,
-        box: Box,
-        result: BootstrapResult,
-        key: str,
-        window: Window | None,
-        whole: bool,
-    ) -> None:
+    def _show(self, target: Target, result: BootstrapResult) -> None:
+        name, window = target.name, target.window
         if name not in self.viewer.layers:
             raise InputError(f"image layer '{name}' was removed during the run")
         image = self.viewer.layers[name]
-        meta: dict[str, Any] = {"image_key": key, "bootstrap": result.kind, "checkpoint": None}
-        if window is not None:
-            meta["autosave_key"] = region_key(key, window)
-            image_um = pixel_size_um(image)
-            meta["pixel_size_um"] = None if image_um is None else image_um * window.factor
-            target: dict[str, Any] = {"window": window}
-        else:
-            target = {} if whole else {"box": box}
         merge = propose_labels(
             self.viewer,
             name,
             result.mask,
             instances=result.labels,
             like=image,
-            extra_meta=meta,
-            **target,
+            extra_meta=target.record(bootstrap=result.kind, checkpoint=None),
+            **target.placed(),
         )
         labels = merge.layer
-        notes = []
-        if merge.kept:
-            notes.append(
-                f"kept the {merge.kept} pixel(s) you had painted in '{labels.name}'; the "
-                "new mask went only where you had not painted (delete the layer to "
-                "start over)"
-            )
-        if merge.done_cleared:
-            self.state.set_done(labels, False)  # already cleared by the merge; tells the panels
-            notes.append(f"'{labels.name}' changed, so it is no longer marked done")
-        if notes:
-            show_info("Initial mask: " + "; ".join(notes))
+        tell_merge(self.state, merge, "Initial mask", "mask")
         self.viewer.layers.selection.active = labels
         what = f"{int(result.labels.max())} nuclei" if result.kind == "he" else "the lesion"
         recipe = KIND_LABELS[result.kind]

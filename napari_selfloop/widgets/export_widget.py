@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from ..core.errors import InputError, SelfloopError
 from ..core.store.export import OBJECT_TYPES, UNCERTAIN_POLICIES, export_annotation
+from ._autosave import start_autosave
 from ._layers import (
     LayerCombo,
     correction_mask,
@@ -75,8 +76,8 @@ class ExportWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer, autosave=True)
-        self.autosave = self.state.autosave
+        self.state = get_state(napari_viewer)
+        self.autosave = start_autosave(napari_viewer)
 
         self.labels_combo = LayerCombo(
             napari_viewer, is_correction, none_text="(no corrections yet)"

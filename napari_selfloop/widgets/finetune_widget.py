@@ -49,6 +49,7 @@ from ..core.progress import Progress
 from ..core.store.checkpoint import load_checkpoint
 from ..core.store.export import labels_to_mask
 from ..core.store.project import folder_images, release, reserve_version
+from ._autosave import start_autosave
 from ._layers import (
     correction_mask,
     image_data,
@@ -86,7 +87,8 @@ class FineTuneWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer, autosave=True)
+        self.state = get_state(napari_viewer)
+        start_autosave(napari_viewer)
         self.last_result: TrainResult | None = None
         self.last_checkpoint: Path | None = None
         self._out: Path | None = None

@@ -27,8 +27,9 @@ from ..core.engine.model import ModelConfig, build_model, count_parameters
 from ..core.engine.pretrain import PRETRAIN_KIND
 from ..core.errors import SelfloopError
 from ..core.store.bundled import BUNDLED, load_any, model_for_array
-from ..core.store.checkpoint import Checkpoint, model_card
-from ..core.store.modelcard import plain_card
+from ..core.store.checkpoint import Checkpoint
+from ..core.store.modelcard import model_card, plain_card
+from ._autosave import start_autosave
 from ._jigsaw import JigsawPanel
 from ._runner import error_message
 from ._state import get_state
@@ -83,7 +84,8 @@ class ModelWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer, autosave=True)
+        self.state = get_state(napari_viewer)
+        start_autosave(napari_viewer)
 
         self.load_button = QPushButton("Load checkpoint…")
         self.load_button.setToolTip(

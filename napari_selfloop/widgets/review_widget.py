@@ -46,6 +46,7 @@ from ..core.corrections import nuclei
 from ..core.corrections.review_items import ReviewItem, review_items
 from ..core.engine.pseudolabel import UNCERTAIN
 from ..core.errors import InputError, SelfloopError
+from ._autosave import start_autosave
 from ._layers import (
     LayerCombo,
     camera,
@@ -89,7 +90,8 @@ class ReviewWidget(QWidget):
     def __init__(self, napari_viewer: Any, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
-        self.state = get_state(napari_viewer, autosave=True)
+        self.state = get_state(napari_viewer)
+        start_autosave(napari_viewer)
         self.items: list[ReviewItem] = []
         self.settled: set[int] = set()  # items settled (see is_settled)
         self.kept: set[int] = set()  # nuclei kept with "Keep nucleus"

@@ -441,8 +441,9 @@ def merge_proposal(
     values = np.where(new_here == UNCERTAIN, UNCERTAIN, 0).astype(out.dtype)
     if is_id.any():
         present = np.unique(new_here[is_id])
-        if start is None:
-            start = next_id(np.where(kept, old, 0))
+        # Never an id of a kept nucleus (a caller's start may know only the ids outside).
+        kept_next = next_id(np.where(kept, old, 0))
+        start = kept_next if start is None else max(int(start), kept_next)
         lut = np.zeros(int(present.max()) + 1, np.int64)
         lut[present] = id_sequence(start, present.size)
         values[is_id] = lut[new_here[is_id]]
