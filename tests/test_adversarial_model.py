@@ -150,6 +150,42 @@ def test_the_shapes_a_config_implies_are_those_of_the_model(config):
     assert checkpoint_module.state_shapes(config) == real
 
 
+def test_the_layout_is_read_from_the_network_built_on_the_meta_device(monkeypatch):
+    """The shapes come from ResUNet itself (one source of the layout), built on the meta
+    device: the largest config a checkpoint may claim (~1 GB of weights) allocates nothing."""
+    built = []
+
+    class Spy(checkpoint_module.ResUNet):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(checkpoint_module, "ResUNet", Spy)
+    state = torch.get_rng_state()
+    shapes = checkpoint_module.state_shapes(ModelConfig(width=256, num_permutations=1000))
+    assert len(built) == 1 and all(t.is_meta for t in built[0].state_dict().values())
+    assert shapes["encoder.layer4.1.conv2.weight"] == ((2048, 2048, 3, 3), True)
+    assert shapes["jigsaw_head.fc.weight"] == ((1000, 2048 * 9), True)
+    assert torch.equal(torch.get_rng_state(), state)  # nothing drawn: later seeds unchanged
+
+
+def test_checking_a_layout_does_not_import_the_compiler():
+    """Drawing initial values on the meta device would import torch._dynamo (~1.5 s per
+    process, for every loaded checkpoint); the meta network skips its initialisation."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_selfloop.core.engine.model import ModelConfig\n"
+        "from napari_selfloop.core.store.checkpoint import state_shapes\n"
+        "state_shapes(ModelConfig(width=8))\n"
+        "print('torch._dynamo' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
 def test_model_config_types_and_ranges():
     for bad in (
         dict(width=100000),

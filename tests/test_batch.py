@@ -259,15 +259,17 @@ def test_a_corrupt_image_fails_alone(data, capsys, cluster):
     assert not list(out.glob(f"{batch.output_key(bad)}*"))
 
 
-def test_killed_worker_every_image_done_once(data, capsys, monkeypatch):
+def test_killed_worker_every_image_done_once(data, capsys):
     """Slow (a LocalCluster of 2 worker processes; one is SIGKILLed while it writes): dask
     reschedules the task; every image ends done exactly once, no half-written file or
-    temporary is left."""
+    temporary is left. The victim's task is held while it writes by a callback put into
+    the workers (a restarted worker runs without it)."""
+    from distributed import Client, LocalCluster
+
     root, images = data
     pause = root / "pause"
     pause.mkdir()
     victim = images[2]
-    monkeypatch.setenv(batch.PAUSE_ENV, f"{victim.name}={pause}")
     killed: list[int] = []
     writing: list[str] = []
 
@@ -290,31 +292,66 @@ def test_killed_worker_every_image_done_once(data, capsys, monkeypatch):
             time.sleep(0.05)
         (pause / "release").touch()
 
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    code, _, err = run_cli(
-        capsys,
-        "batch",
-        root / "a",
-        root / "b",
-        "--checkpoint",
-        root / "m.pt",
-        "--out",
-        root / "out",
-        "--workers",
-        "2",
-        *FAST,
+    def pause_task_of(victim_name: str, folder: str) -> None:
+        """Run on each worker (a local function: pickled by value, not imported there): the
+        task of the image named ``victim_name`` writes ``folder/started-<pid>`` while its
+        output temporaries are open, then waits for ``folder/release`` (a ``drive`` callback
+        given to :func:`batch.label_image_file`)."""
+        from napari_selfloop.core.progress import run_to_completion
+        from napari_selfloop.core.store import batch as worker_batch
+
+        label = worker_batch.label_image_file
+
+        def paused_drive(generator):
+            Path(folder, f"started-{os.getpid()}").touch()
+            deadline = time.monotonic() + 120
+            while not Path(folder, "release").exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return run_to_completion(generator)
+
+        def label_image_file(image_path, *args, **kwargs):
+            if Path(image_path).name == victim_name:
+                kwargs["drive"] = paused_drive
+            return label(image_path, *args, **kwargs)
+
+        worker_batch.label_image_file = label_image_file
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, silence_logs=40, dashboard_address=":0"
     )
-    thread.join(5)
-    assert killed, "the paused task never started"
-    assert len(writing) == len(batch.OUTPUTS), writing  # killed with every output temporary open
-    # (the other worker may be writing another image's temporaries at that moment)
-    assert code == 0, err
-    assert "8 done, 0 skipped, 0 failed" in err
-    records = _assert_complete(root / "out", images)
-    victim_record = next(r for r in records if r["input"] == str(victim))
-    assert victim_record["pid"] != killed[0]
-    assert len(list((root / "out").glob(f"{batch.output_key(victim)}*"))) == 5  # 4 TIFFs + record
+    client = Client(cluster)
+    try:
+        client.run(pause_task_of, victim.name, str(pause))
+        thread = threading.Thread(target=killer, daemon=True)
+        thread.start()
+        code, _, err = run_cli(
+            capsys,
+            "batch",
+            root / "a",
+            root / "b",
+            "--checkpoint",
+            root / "m.pt",
+            "--out",
+            root / "out",
+            "--scheduler",
+            cluster.scheduler_address,
+            *FAST,
+        )
+        thread.join(5)
+        assert killed, "the paused task never started"
+        # killed with every output temporary open
+        assert len(writing) == len(batch.OUTPUTS), writing
+        # (the other worker may be writing another image's temporaries at that moment)
+        assert code == 0, err
+        assert "8 done, 0 skipped, 0 failed" in err
+        records = _assert_complete(root / "out", images)
+        victim_record = next(r for r in records if r["input"] == str(victim))
+        assert victim_record["pid"] != killed[0]
+        outputs = list((root / "out").glob(f"{batch.output_key(victim)}*"))
+        assert len(outputs) == 5  # 4 TIFFs + record
+    finally:
+        client.close()
+        cluster.close()
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,9 @@ from napari_selfloop.core.store.checkpoint import (
     FORMAT_VERSION,
     file_sha256,
     load_checkpoint,
-    model_card,
     save_checkpoint,
 )
+from napari_selfloop.core.store.modelcard import model_card
 from tests.conftest import TINY, assert_same_state, state_snapshot
 
 

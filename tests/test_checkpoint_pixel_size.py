@@ -9,12 +9,8 @@ import torch
 
 from napari_selfloop.core.engine.model import build_model
 from napari_selfloop.core.errors import CheckpointError
-from napari_selfloop.core.store.checkpoint import (
-    META_KEYS,
-    load_checkpoint,
-    model_card,
-    save_checkpoint,
-)
+from napari_selfloop.core.store.checkpoint import META_KEYS, load_checkpoint, save_checkpoint
+from napari_selfloop.core.store.modelcard import model_card
 from tests.conftest import TINY
 
 

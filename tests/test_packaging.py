@@ -8,6 +8,7 @@ would.
 
 from __future__ import annotations
 
+import ast
 import configparser
 import os
 import re
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -404,3 +406,98 @@ def test_cli_imports_no_gui():
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert proc.stdout.strip() == "", f"the CLI loads GUI packages: {proc.stdout.strip()}"
+
+
+# --------------------------------------------------------------------------------------
+# no import circle in core
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(body: list[ast.stmt], nested: bool) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The import statements of a module body: those run when it is imported (not under
+    ``if TYPE_CHECKING``), and with ``nested`` those inside its functions and classes too."""
+    for node in body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        elif isinstance(node, ast.If):
+            test = node.test
+            checking = (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+                isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+            )
+            if nested or not checking:
+                yield from _imports(node.body, nested)
+            yield from _imports(node.orelse, nested)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
+                yield from _imports(block, nested)
+        elif nested:
+            for child in ast.iter_child_nodes(node):
+                yield from _imports([child] if isinstance(child, ast.stmt) else [], nested)
+
+
+def core_import_graph(nested: bool = False) -> dict[str, set[str]]:
+    """``{module: core modules it imports}`` for every module of ``napari_selfloop.core``,
+    relative imports resolved; at import time only, or with ``nested`` at any depth. A
+    module imports its package first (an edge to it)."""
+    files = {_module_name(p): p for p in (PACKAGE / "core").rglob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        if name != "napari_selfloop.core":
+            graph[name].add(name.rpartition(".")[0])
+        for node in _imports(ast.parse(path.read_text(encoding="utf-8")).body, nested):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                full = node.module or ""
+                if node.level:
+                    base = package
+                    for _ in range(node.level - 1):
+                        base = base.rpartition(".")[0]
+                    full = f"{base}.{node.module}" if node.module else base
+                # ``from package import module`` imports the module
+                targets = [
+                    f"{full}.{a.name}" if f"{full}.{a.name}" in files else full for a in node.names
+                ]
+            graph[name].update(t for t in targets if t in files and t != name)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle of ``graph`` (``[a, b, ..., a]``), or None when it has none."""
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt in path:
+                return path[path.index(nxt) :] + [nxt]
+            if nxt not in done and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        done.add(node)
+        return None
+
+    for node in sorted(graph):
+        if node not in done and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_core_has_no_import_circle():
+    """Modules of core import each other one way at import time (functions may import
+    lazily, e.g. to keep torch out of ``napari-selfloop models``)."""
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    graph = core_import_graph()
+    assert "napari_selfloop.core.io.tiff_series" in graph["napari_selfloop.core.io.slides"]
+    assert "napari_selfloop.core.store.modelcard" in graph["napari_selfloop.core.store.checkpoint"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+    # The image reader never reaches back for the slide reader (they share .tiff_series).
+    nested = core_import_graph(nested=True)
+    assert "napari_selfloop.core.io.slides" not in nested["napari_selfloop.core.io.images"]

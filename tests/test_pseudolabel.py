@@ -370,7 +370,7 @@ def test_the_step_after_the_last_puzzle_is_skipped_only_where_it_changes_nothing
 
 
 def test_one_overlap_rule_and_one_seed_mixer():
-    from napari_selfloop.core.engine.model import BATCH_SEED_STRIDE, mix_seed
+    from napari_selfloop.core.engine.seeds import BATCH_SEED_STRIDE, mix_seed
 
     cfg = PseudoLabelConfig(patch_size=288)
     assert cfg.overlap_for(288) == 48  # a sixth of the patch by default

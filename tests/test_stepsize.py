@@ -11,7 +11,8 @@ from napari_selfloop.core.engine.pseudolabel import DEFAULT_STEP_LR, PseudoLabel
 from napari_selfloop.core.engine.step_size import choose_selfloop_step, set_selfloop_step
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.store.checkpoint import load_checkpoint, model_card, save_checkpoint
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.store.modelcard import model_card
 
 
 def row(f1: float, ba: float, capture: tuple[float, float, float]) -> dict[str, float]:

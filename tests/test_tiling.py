@@ -185,6 +185,58 @@ def test_closing_the_generator_cancels(tmp_path):
     assert first.done == 4 and calls == [4]
 
 
+class _RowRecorder:
+    """A row sink that assembles what it receives (and checks rows arrive in order)."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.out = np.full((height, width), np.nan, np.float32)
+        self.next_row = 0
+
+    def write_rows(self, y0: int, block: np.ndarray) -> None:
+        assert y0 == self.next_row
+        self.out[y0 : y0 + len(block)] = block
+        self.next_row = y0 + len(block)
+
+
+def test_refused_patches_count_as_zero_also_across_whole_bands():
+    """Patches ``keep`` refuses are not computed and blend in as 0; a refused stretch
+    taller than the band is handed out as zeros, band by band, the same in memory and
+    to sinks."""
+    height, width, size, overlap = 400, 90, 32, 8
+    img = np.zeros((height, width), np.uint8)
+    computed = []
+
+    def ones(batch):
+        computed.append(len(batch))
+        return {"prob": np.ones(batch.shape[:3], np.float32)}
+
+    def keep(y0, y1, x0, x1):
+        assert y1 == min(y0 + size, height) and x1 == min(x0 + size, width)
+        return y0 < 60 or y0 >= 300
+
+    kept = sum(y < 60 or y >= 300 for y in patch_origins(height, size, overlap))
+    n_x = len(patch_origins(width, size, overlap))
+    stats: dict[str, int] = {}
+    memory = run_to_completion(
+        tiled_apply(img, ones, patch_size=size, overlap=overlap, keep=keep, stats=stats)
+    )["prob"]
+    assert stats == {
+        "patches": len(patch_origins(height, size, overlap)) * n_x,
+        "computed": kept * n_x,
+    }
+    assert sum(computed) == kept * n_x
+    sink = _RowRecorder(height, width)
+    assert run_to_completion(
+        tiled_apply(img, ones, patch_size=size, overlap=overlap, keep=keep, sinks={"prob": sink})
+    ) == {"prob": None}
+    assert sink.next_row == height
+    np.testing.assert_array_equal(sink.out, memory)
+    assert (memory[100:290] == 0).all()  # only refused patches touch these rows
+    np.testing.assert_allclose(memory[:50], 1.0, atol=1e-6)
+    np.testing.assert_allclose(memory[340:], 1.0, atol=1e-6)
+    assert memory.min() >= 0 and memory.max() <= 1 + 1e-6
+
+
 def test_tiled_apply_errors(tmp_path):
     img = np.zeros((40, 40), np.uint8)
     with pytest.raises(ValueError, match="'prob'"):

@@ -453,6 +453,33 @@ def test_scale_augmentation_shows_an_object_at_other_sizes():
     np.testing.assert_array_equal(again.sample(4)[0], before.sample(4)[0])
 
 
+def test_augmentation_defaults_have_one_home():
+    """Training's jitter defaults, :class:`Augment`'s and jigsaw pre-training's patches all
+    read the named defaults of :mod:`.datasets`."""
+    from napari_selfloop.core.engine import datasets
+    from napari_selfloop.core.engine.pretrain import PretrainConfig, _PuzzleBatches
+
+    cfg = TrainConfig()
+    defaults = (
+        datasets.DEFAULT_HED_JITTER,
+        datasets.DEFAULT_BRIGHTNESS_JITTER,
+        datasets.DEFAULT_SCALE_JITTER,
+    )
+    assert (cfg.hed_jitter, cfg.brightness_jitter, cfg.scale_jitter) == defaults
+    assert (Augment().hed, Augment().brightness, Augment().scale) == defaults
+    img, _ = blobs(0)
+    items = check_items([TrainItem("u", img)], "jigsaw", need_masks=False)
+    batches = _PuzzleBatches(
+        items,
+        PretrainConfig(patch_size=192),
+        np.random.default_rng(0),
+        torch.device("cpu"),
+        torch.contiguous_format,
+    )
+    assert batches.sides == [96, 192]
+    assert {s.augment for s in batches.samplers.values()} == {Augment()}
+
+
 # ------------------------------------------------------------------------------ refusals
 
 

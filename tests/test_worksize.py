@@ -22,7 +22,8 @@ from napari_selfloop.core.engine.work_size import (
 )
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.progress import run_to_completion
-from napari_selfloop.core.store.checkpoint import load_checkpoint, model_card, save_checkpoint
+from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint
+from napari_selfloop.core.store.modelcard import model_card
 from tests.conftest import TINY, assert_one_line_error, run_cli
 
 SIZED = dataclasses.replace(TINY, work_size=96)

@@ -18,20 +18,13 @@ from typing import Any
 
 from ..core.errors import InputError
 from ..core.io.atomic import check_output_folder, sweep_stale_temporaries
-from ..core.io.images import check_input_file
-from ..core.io.working_image import SlideOptions
 from ..core.store import batch
-from ..core.store.checkpoint import file_sha256, load_checkpoint
+from ..core.store.checkpoint import file_sha256
+from ..core.store.preflight import check_checkpoint_files, preflight
 from . import progressbar
-from .args import CHECKPOINT_HELP, checkpoint_arg
+from .args import add_device, add_ensemble_checkpoints, add_force, add_out
 from .commands import SUMMARIES
-from .pseudolabel_cmd import (
-    add_method_options,
-    add_slide_options,
-    config_from_args,
-    model_pixel_size,
-    slide_options_from_args,
-)
+from .pseudolabel_cmd import add_method_options, add_slide_options, config_from_args
 
 log = logging.getLogger(__name__)
 
@@ -58,17 +51,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="IMAGES_OR_LIST",
         help="images, folders of images, or text files listing paths (@LIST or a .txt)",
     )
-    p.add_argument(
-        "--checkpoint",
-        action="append",
-        required=True,
-        type=checkpoint_arg,
-        help=f"{CHECKPOINT_HELP}; repeat it for --method ensemble",
-    )
-    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    add_ensemble_checkpoints(p)
+    add_out(p)
     add_method_options(p)
     add_slide_options(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps, on each worker")
+    add_device(p, where=", on each worker")
     p.add_argument(
         "--workers",
         type=int,
@@ -93,11 +80,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--retries", type=int, default=1, help="times a failed image is retried (default 1)"
     )
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="compute images again whose outputs already exist in --out (overwritten)",
-    )
+    add_force(p, "compute images again whose outputs already exist in --out (overwritten)")
     p.add_argument(
         "--skip-existing",
         action="store_true",
@@ -168,30 +151,25 @@ def _check_args(args: argparse.Namespace) -> None:
     check_output_folder(args.out)
 
 
-def run(args: argparse.Namespace) -> int:
-    _check_args(args)
-    config = config_from_args(args)
+def _check_method(args: argparse.Namespace) -> None:
     if args.method == "ensemble" and len(args.checkpoint) < 2:
         raise InputError("--method ensemble needs two or more --checkpoint")
     if args.method != "ensemble" and len(args.checkpoint) > 1:
         raise InputError(
             f"--method {args.method} takes one --checkpoint (several: --method ensemble)"
         )
-    shard = batch.parse_shard(args.shard) if args.shard is not None else batch.shard_from_env()
-    checkpoints = []
-    for path in args.checkpoint:
-        check_input_file(path, "a checkpoint file")
-        absolute = os.path.abspath(path)
-        checkpoints.append((absolute, file_sha256(absolute)))
-    SlideOptions(mpp=args.mpp)  # a bad --mpp is refused before anything loads
-    # A bad checkpoint is a one-line refusal here, not one failure per image.
-    if args.workers == 0 and args.scheduler is None:
-        batch.get_models(checkpoints)  # loaded once, used by every image
-    loaded = [load_checkpoint(path) for path, _ in checkpoints]
-    slide = slide_options_from_args(args, model_pixel_size(loaded)).to_dict()
-    del loaded
-    images = batch.collect_inputs(args.images)
-    out = Path(os.path.abspath(args.out))
+
+
+def _checkpoint_keys(paths: list[Path]) -> list[tuple[str, str]]:
+    """``(absolute path, SHA-256)`` of each checkpoint: how the tasks name them."""
+    check_checkpoint_files(paths)
+    absolute = [os.path.abspath(p) for p in paths]
+    return [(path, file_sha256(path)) for path in absolute]
+
+
+def _check_outputs(images: list[Path], checkpoints: list[tuple[str, str]], out: Path) -> None:
+    """Refuse an output (or the manifest) that would overwrite an input; say which names are
+    too long to name their outputs."""
     taken = set(images) | {Path(p) for p, _ in checkpoints}
     for path in images:
         key = batch.output_key(path)
@@ -204,23 +182,49 @@ def run(args: argparse.Namespace) -> int:
         for name in [*batch.output_files(key).values(), batch.record_name(key), batch.MANIFEST]:
             if out / name in taken:
                 raise InputError(f"{out / name} would overwrite an input: pick another --out")
+
+
+def _refuse_existing(todo: list[Path], out: Path) -> None:
+    """Refuse outputs or records of ``todo`` already in ``out`` (without --force or
+    --skip-existing)."""
+    existing = [
+        out / name
+        for path in todo
+        for name in [
+            *batch.output_files(batch.output_key(path)).values(),
+            batch.record_name(batch.output_key(path)),
+        ]
+        if os.path.lexists(out / name)
+    ]
+    if existing:
+        more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+        raise InputError(
+            f"{existing[0]} exists{more}: pass --skip-existing to keep finished "
+            "images, or --force to compute them again"
+        )
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    config = config_from_args(args)
+    _check_method(args)
+    shard = batch.parse_shard(args.shard) if args.shard is not None else batch.shard_from_env()
+    checkpoints = _checkpoint_keys(args.checkpoint)
+    # A bad --mpp or checkpoint is a one-line refusal here, not one failure per image.
+    slide = preflight(
+        [path for path, _ in checkpoints],
+        mpp=args.mpp,
+        tissue_only=args.tissue_only,
+        output_dtype=args.output_dtype,
+    ).options.to_dict()
+    if args.workers == 0 and args.scheduler is None:
+        batch.get_models(checkpoints)  # loaded once, used by every image
+    images = batch.collect_inputs(args.images)
+    out = Path(os.path.abspath(args.out))
+    _check_outputs(images, checkpoints, out)
     todo = batch.select_shard(images, shard)
     if not (args.force or args.skip_existing):
-        existing = [
-            out / name
-            for path in todo
-            for name in [
-                *batch.output_files(batch.output_key(path)).values(),
-                batch.record_name(batch.output_key(path)),
-            ]
-            if os.path.lexists(out / name)
-        ]
-        if existing:
-            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise InputError(
-                f"{existing[0]} exists{more}: pass --skip-existing to keep finished "
-                "images, or --force to compute them again"
-            )
+        _refuse_existing(todo, out)
     out.mkdir(parents=True, exist_ok=True)
     sweep_stale_temporaries(out)
     batch.sweep_own_temporaries(out, [batch.output_key(p) for p in todo])
@@ -245,6 +249,13 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         batch.sweep_own_temporaries(out, [batch.output_key(p) for p in todo])
+    return _finish(out, results, failures, start)
+
+
+def _finish(
+    out: Path, results: list[dict[str, Any]], failures: list[tuple[str, str]], start: float
+) -> int:
+    """Rebuild the manifest, log the counts and list the failed images; the exit code."""
     manifest = batch.write_manifest(out)
     seconds = time.perf_counter() - start
     done = sum(r["status"] == "done" for r in results)

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from ..core.engine.calibration import (
     DEFAULT_GRID,
@@ -28,10 +30,20 @@ from ..core.engine.step_size import (
 )
 from ..core.errors import InputError
 from ..core.io.atomic import sweep_stale_temporaries, write_json
-from ..core.io.images import check_image, check_input_file, open_image
+from ..core.io.file_check import check_input_file
+from ..core.io.images import check_image, open_image
 from ..core.store.checkpoint import load_checkpoint, save_checkpoint
 from ..core.store.project import list_images, paired_masks
-from .args import CHECKPOINT_HELP, checkpoint_arg
+from .args import (
+    OUT_CHECKPOINT_HELP,
+    add_checkpoint,
+    add_device,
+    add_force,
+    add_images_folder,
+    add_masks_folder,
+    add_out,
+    refuse_existing_out,
+)
 from .commands import SUMMARIES
 from .progressbar import drive
 
@@ -50,11 +62,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "mask and uncertainty map then uses it. With --selfloop-steps it also chooses the "
         "copy's self-loop step. Use images the model was not trained on.",
     )
-    p.add_argument("--images", required=True, type=Path, help="folder of images")
-    p.add_argument("--masks", required=True, type=Path, help="folder of masks, paired by stem")
-    p.add_argument(
-        "--checkpoint", required=True, type=checkpoint_arg, metavar="C", help=CHECKPOINT_HELP
-    )
+    add_images_folder(p)
+    add_masks_folder(p, required=True)
+    add_checkpoint(p, required=True, metavar="C")
     p.add_argument(
         "--objective",
         choices=OBJECTIVES,
@@ -72,10 +82,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "accuracy to softmax; pseudo-labelling the copy then uses it. One self-loop "
         "pseudo-label per image and step",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    p.add_argument("--out", required=True, type=Path, help="calibrated checkpoint to write (.pt)")
+    add_device(p)
+    add_out(p, f"calibrated {OUT_CHECKPOINT_HELP}")
     p.add_argument("--json", type=Path, help="also write the scores at every cut here")
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_force(p)
     p.set_defaults(func=run)
 
 
@@ -92,10 +102,9 @@ def step_list(text: str) -> list[float]:
     return steps
 
 
-def run(args: argparse.Namespace) -> int:
-    if os.path.lexists(args.out) and not args.force:
-        raise InputError(f"{args.out} exists; pass --force to overwrite it")
-    check_input_file(args.checkpoint, "a checkpoint file")
+def _annotated(args: argparse.Namespace) -> tuple[list[str], list[Any], list[np.ndarray]]:
+    """The file names of the images that have a mask, their pixels and their masks (checked
+    to match); the images without a mask are left out with a warning."""
     images = list_images(args.images, "--images")
     masks = paired_masks(images, args.masks)
     stems = [s for s in images if s in masks]
@@ -115,6 +124,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{images[stem].name} is {info.height}x{info.width}: masks must have the "
                 "image's height and width"
             )
+    return [images[s].name for s in stems], pixels, truths
+
+
+def run(args: argparse.Namespace) -> int:
+    refuse_existing_out(args.out, args.force)
+    check_input_file(args.checkpoint, "a checkpoint file")
+    names, pixels, truths = _annotated(args)
     ck = load_checkpoint(args.checkpoint)
     cal = drive(
         calibrate(
@@ -128,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         desc="calibrate",
         quiet=args.quiet,
     )
-    record = calibration_record(cal, [images[s].name for s in stems])
+    record = calibration_record(cal, names)
     record["source_sha256"] = ck.sha256
     apply_calibration(ck.model, cal.threshold)
     metrics = {**(ck.meta.get("metrics") or {}), "calibration": record}
@@ -154,23 +170,7 @@ def run(args: argparse.Namespace) -> int:
         note=meta.get("note"),
         pixel_size_um=ck.pixel_size_um,
     )
-    b, a = record["before"], record["after"]
-    sys.stdout.write(
-        f"cut {cal.threshold:.2f} ({args.objective}, {len(stems)} images): Dice "
-        f"{b['dice']:.1f} -> {a['dice']:.1f}, balanced accuracy {b['balanced_accuracy']:.1f} -> "
-        f"{a['balanced_accuracy']:.1f}, precision {b['precision']:.1f} -> {a['precision']:.1f}, "
-        f"recall {b['recall']:.1f} -> {a['recall']:.1f}\n"
-    )
-    if args.selfloop_steps:
-        sys.stdout.write(step_summary(metrics["selfloop_step"]) + "\n")
-    if cal.threshold == 0.5:
-        log.info("the model's own cut (0.5) is the best on these images: the copy is unchanged")
-    elif cal.threshold in (DEFAULT_GRID[0], DEFAULT_GRID[-1]):
-        log.warning(
-            "the cut is at the end of the range (%g): the model is far off on these images; "
-            "check the masks, or fine-tune it on them",
-            cal.threshold,
-        )
+    _report(args, cal.threshold, record, metrics, len(names))
     if args.json is not None:
         extra = {"selfloop_step": metrics["selfloop_step"]} if args.selfloop_steps else {}
         write_json(
@@ -180,6 +180,28 @@ def run(args: argparse.Namespace) -> int:
         log.info("wrote %s", args.json)
     log.info("wrote %s", args.out)
     return 0
+
+
+def _report(args: argparse.Namespace, cut: float, record: dict, metrics: dict, images: int) -> None:
+    """The scores before and after on stdout (and the chosen step's line); a note when the
+    cut is the model's own or at the end of the range."""
+    b, a = record["before"], record["after"]
+    sys.stdout.write(
+        f"cut {cut:.2f} ({args.objective}, {images} images): Dice "
+        f"{b['dice']:.1f} -> {a['dice']:.1f}, balanced accuracy {b['balanced_accuracy']:.1f} -> "
+        f"{a['balanced_accuracy']:.1f}, precision {b['precision']:.1f} -> {a['precision']:.1f}, "
+        f"recall {b['recall']:.1f} -> {a['recall']:.1f}\n"
+    )
+    if args.selfloop_steps:
+        sys.stdout.write(step_summary(metrics["selfloop_step"]) + "\n")
+    if cut == 0.5:
+        log.info("the model's own cut (0.5) is the best on these images: the copy is unchanged")
+    elif cut in (DEFAULT_GRID[0], DEFAULT_GRID[-1]):
+        log.warning(
+            "the cut is at the end of the range (%g): the model is far off on these images; "
+            "check the masks, or fine-tune it on them",
+            cut,
+        )
 
 
 def step_summary(chosen: dict) -> str:

@@ -269,15 +269,7 @@ def evaluate_folders(
             if labels is None:
                 binary_truths += 1
             true_inst = labels if labels is not None else instances(t == 1)
-            if stem in pred_instances:
-                pred_inst = read_instances(pred_instances[stem], p.shape, "predicted instances")
-                scores["instances"] = pred_instances[stem].name
-            else:
-                pred_inst = instances(p, split=split)
-                scores["instances"] = "split" if split else "components"
-            scores.update(object_scores(true_inst, pred_inst))
-            scores["aji"] = aji(true_inst, pred_inst)
-            scores.update(panoptic_scores(true_inst, pred_inst))
+            scores.update(_object_scores(true_inst, p, pred_instances.get(stem), split))
         per_image[stem] = scores
     if not per_image:
         raise InputError(
@@ -300,6 +292,23 @@ def evaluate_folders(
         "split": split,
         "binary_truths": binary_truths,
     }
+
+
+def _object_scores(
+    true_inst: np.ndarray, pred: np.ndarray, pred_file: Path | None, split: bool
+) -> dict[str, Any]:
+    """The object scores of one image: its predicted objects are ``pred_file``'s instance
+    ids when there is one, else the connected components (or ``split`` pieces) of ``pred``."""
+    if pred_file is not None:
+        pred_inst = read_instances(pred_file, pred.shape, "predicted instances")
+        scores: dict[str, Any] = {"instances": pred_file.name}
+    else:
+        pred_inst = instances(pred, split=split)
+        scores = {"instances": "split" if split else "components"}
+    scores.update(object_scores(true_inst, pred_inst))
+    scores["aji"] = aji(true_inst, pred_inst)
+    scores.update(panoptic_scores(true_inst, pred_inst))
+    return scores
 
 
 def run(args: argparse.Namespace) -> int:

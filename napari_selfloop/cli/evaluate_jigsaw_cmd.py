@@ -14,7 +14,7 @@ from ..core.io.atomic import write_json
 from ..core.io.images import open_image
 from ..core.store.checkpoint import load_checkpoint
 from ..core.store.project import list_images
-from .args import CHECKPOINT_HELP, checkpoint_arg
+from .args import add_checkpoint, add_device, add_seed
 from .commands import SUMMARIES
 from .progressbar import drive
 
@@ -41,15 +41,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="IMAGE",
         help="TIFF, PNG or JPEG files, or folders of them",
     )
-    p.add_argument(
-        "--checkpoint", required=True, type=checkpoint_arg, metavar="C", help=CHECKPOINT_HELP
-    )
+    add_checkpoint(p, required=True, metavar="C")
     p.add_argument(
         "--puzzles", type=int, metavar="N", default=512, help="puzzles in all (default 512)"
     )
-    p.add_argument(
-        "--seed", type=int, metavar="S", default=0, help="seeds the patches and puzzles (default 0)"
-    )
+    add_seed(p, 0, "seeds the patches and puzzles", metavar="S")
     p.add_argument(
         "--patch-size",
         type=int,
@@ -61,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--batch-size", type=int, metavar="B", default=32, help="puzzles per batch (default 32)"
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    add_device(p)
     p.add_argument("--json", type=Path, metavar="F", help="write the scores here")
     p.set_defaults(func=run)
 

@@ -37,6 +37,7 @@ from ..core.io.windows import Window
 from ..core.store.checkpoint import PIXEL_SIZE_RANGE
 from ..core.store.export import OBJECT_TYPES, UNCERTAIN_POLICIES, check_export_folder
 from ..core.store.export_stream import Plan, Rows, plan_export, write_export
+from .args import add_out
 from .commands import SUMMARIES
 from .progressbar import work_started
 
@@ -73,7 +74,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="MASK_OR_LABELS",
         help="mask or labels files (TIFF or PNG)",
     )
-    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
+    add_out(p)
     p.add_argument(
         "--object-type",
         choices=OBJECT_TYPES,

@@ -14,7 +14,7 @@ from .._sample_data import SAMPLES
 from ..core.errors import InputError
 from ..core.io.slides import is_slide
 from ..core.store.bundled import BUNDLED, model_for_array, resolve_checkpoint
-from .args import CHECKPOINT_HELP, checkpoint_arg
+from .args import add_checkpoint, add_device, add_width
 from .commands import SUMMARIES
 
 log = logging.getLogger(__name__)
@@ -32,11 +32,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="open a sample image: " + "; ".join(f"{k}: {v[1]}" for k, v in SAMPLES.items()),
     )
-    p.add_argument(
-        "--checkpoint",
-        type=checkpoint_arg,
+    add_checkpoint(
+        p,
         default=None,
-        help=f"{CHECKPOINT_HELP} (default: the bundled model that fits the first image: "
+        after=" (default: the bundled model that fits the first image: "
         "nuclei-he for H&E, lesion-dermoscopy for dermoscopy)",
     )
     p.add_argument(
@@ -57,8 +56,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         action="store_false",
         help="do not pseudo-label the sample at once",
     )
-    p.add_argument("--width", type=int, default=64, help="width of a new model (64 = ResUNet-18)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
+    add_width(p)
+    add_device(p)
     p.add_argument(
         "--project",
         type=Path,
@@ -116,7 +115,7 @@ def setup_viewer(
     sample: str | None = None,
     images: list[Path] | tuple[Path, ...] = (),
     checkpoint: Path | str | None = None,
-    width: int = 64,
+    width: int | None = None,
     device: str = "auto",
     project: Path | None = None,
     pseudo_label: bool = False,
@@ -125,7 +124,8 @@ def setup_viewer(
 
     The model is the checkpoint (a path or a bundled model's name; ``"auto"``: the bundled
     model that fits the first image, as :func:`choose_bundled`), or else a new ResUNet-18
-    of ``width``. With ``pseudo_label`` and a model, the first image is pseudo-labelled at
+    of ``width`` (None: the Model panel's, :class:`~..core.engine.model.ModelConfig`'s
+    default). With ``pseudo_label`` and a model, the first image is pseudo-labelled at
     once (in the background). Returns the assistant widget. Used by the ``gui`` command
     and by its test.
     """

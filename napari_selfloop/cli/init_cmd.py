@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 from ..core.engine.jigsaw import ROTATIONS
@@ -12,6 +11,7 @@ from ..core.engine.model import DECODERS, JIGSAW_HEADS, ModelConfig, build_model
 from ..core.errors import InputError
 from ..core.io.atomic import sweep_stale_temporaries
 from ..core.store.checkpoint import save_checkpoint
+from .args import OUT_CHECKPOINT_HELP, add_force, add_out, add_seed, add_width, refuse_existing_out
 from .commands import SUMMARIES
 
 log = logging.getLogger(__name__)
@@ -25,14 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="The jigsaw head and tile rotations chosen here are the model's for good: "
         "`pretrain`, `train` and `pseudo-label` use them.",
     )
-    p.add_argument("--out", required=True, type=Path, help="checkpoint file to write (.pt)")
-    p.add_argument("--seed", type=int, default=0, help="initialisation seed (default 0)")
-    p.add_argument(
-        "--width",
-        type=int,
-        default=d.width,
-        help=f"channels of the first stage; 64 is the real ResUNet-18 (default {d.width})",
-    )
+    add_out(p, OUT_CHECKPOINT_HELP)
+    add_seed(p, 0, "initialisation seed")
+    add_width(p, "channels of the first stage; 64 is the real ResUNet-18")
     p.add_argument(
         "--dropout", type=float, default=d.dropout, help=f"decoder dropout (default {d.dropout})"
     )
@@ -66,14 +61,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "sees it (photographs with no fixed scale, such as dermoscopy; outputs come back "
         "at the image's size); default: images at their own size",
     )
-    p.add_argument("--force", action="store_true", help="overwrite an existing file")
+    add_force(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if os.path.lexists(out) and not args.force:
-        raise InputError(f"{out} exists; pass --force to overwrite it")
+    refuse_existing_out(out, args.force)
     try:
         config = ModelConfig(
             width=args.width,

@@ -5,23 +5,32 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
 from pathlib import Path
 
-from ..core.engine.device import PRECISIONS
 from ..core.engine.model import build_model
-from ..core.engine.pretrain import PretrainConfig, at_chance, pretrain_jigsaw
+from ..core.engine.pretrain import PretrainConfig, PretrainResult, at_chance, pretrain_jigsaw
 from ..core.engine.pseudolabel import PATCH_MULTIPLE
 from ..core.engine.training import TrainItem
 from ..core.errors import InputError
 from ..core.io.atomic import sweep_stale_temporaries
-from ..core.io.images import check_input_file, open_image
+from ..core.io.file_check import check_input_file
+from ..core.io.images import open_image
 from ..core.store.checkpoint import file_sha256, load_checkpoint
 from ..core.store.project import list_images
-from .args import CHECKPOINT_HELP, checkpoint_arg
+from .args import (
+    OUT_CHECKPOINT_HELP,
+    Options,
+    add_checkpoint,
+    add_device,
+    add_force,
+    add_images_folder,
+    add_out,
+    add_precision,
+    add_seed,
+    refuse_existing_out,
+)
 from .commands import SUMMARIES
 from .progressbar import drive
-from .train_cmd import same_file
 
 log = logging.getLogger(__name__)
 
@@ -39,76 +48,72 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "means over recent training puzzles; measure held-out images with "
         "`napari-selfloop evaluate-jigsaw`.",
     )
-    p.add_argument(
-        "--images",
-        required=True,
-        action="append",
+    _add_data_and_model_options(p.add_argument_group("data and model"))
+    _add_training_options(p.add_argument_group("training"), d)
+    _add_run_options(p.add_argument_group("run and output"), d)
+    p.set_defaults(func=run)
+
+
+def _add_data_and_model_options(g: Options) -> None:
+    add_images_folder(
+        g, action="append", metavar="DIR", help="folder of images; repeat it for several folders"
+    )
+    add_checkpoint(g, metavar="IN.pt", before="model to pre-train (required unless --resume): ")
+    g.add_argument(
+        "--resume",
         type=Path,
-        metavar="DIR",
-        help="folder of images; repeat it for several folders",
+        metavar="RUN.pt",
+        help="continue a run from a checkpoint written by pretrain",
     )
-    p.add_argument(
-        "--checkpoint",
-        type=checkpoint_arg,
-        metavar="IN.pt",
-        help=f"model to pre-train (required unless --resume): {CHECKPOINT_HELP}",
-    )
-    p.add_argument(
-        "--out",
-        required=True,
-        type=Path,
-        metavar="OUT.pt",
-        help="checkpoint to write (.pt); also written when interrupted",
-    )
-    p.add_argument(
+
+
+def _add_training_options(g: Options, d: PretrainConfig) -> None:
+    g.add_argument(
         "--iterations",
         type=int,
         metavar="N",
         default=d.iterations,
         help=f"optimiser steps in all, a resumed run included (default {d.iterations})",
     )
-    p.add_argument(
+    g.add_argument(
         "--patch-size",
         type=int,
         metavar="P",
         default=d.patch_size,
         help=f"largest patch side, a multiple of {PATCH_MULTIPLE} (default {d.patch_size})",
     )
-    p.add_argument(
+    g.add_argument(
         "--batch-size",
         type=int,
         metavar="B",
         default=d.batch_size,
         help=f"puzzles per step at {PATCH_MULTIPLE} px; larger sides get fewer (default {d.batch_size})",
     )
-    p.add_argument(
+    g.add_argument(
         "--lr",
         type=float,
         metavar="LR",
         default=d.lr,
         help=f"Adam learning rate (default {d.lr:g})",
     )
-    p.add_argument(
+    g.add_argument(
         "--freeze-encoder",
         action="store_true",
         help="train the jigsaw head only (keeps a trained model's segmentation as it is)",
     )
-    p.add_argument(
+    g.add_argument(
         "--single-scale",
         action="store_true",
         help=f"always puzzle --patch-size patches (default: mix {PATCH_MULTIPLE}, {2 * PATCH_MULTIPLE}, ... up to it)",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
-    p.add_argument("--seed", type=int, metavar="S", default=d.seed, help=f"default {d.seed}")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    p.add_argument(
-        "--resume",
-        type=Path,
-        metavar="RUN.pt",
-        help="continue a run from a checkpoint written by pretrain",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    p.set_defaults(func=run)
+
+
+def _add_run_options(g: Options, d: PretrainConfig) -> None:
+    add_precision(g, d.precision)
+    add_seed(g, d.seed, "seeds the patches and puzzles", metavar="S")
+    add_device(g)
+    add_out(g, f"{OUT_CHECKPOINT_HELP}; also written when interrupted", metavar="OUT.pt")
+    add_force(g)
 
 
 def image_items(folders: list[Path], what: str = "--images") -> list[TrainItem]:
@@ -129,8 +134,7 @@ def image_items(folders: list[Path], what: str = "--images") -> list[TrainItem]:
 
 def run(args: argparse.Namespace) -> int:
     out: Path = args.out
-    if os.path.lexists(out) and not args.force and not same_file(args.resume, out):
-        raise InputError(f"{out} exists; pass --force to overwrite it (or --resume {out})")
+    refuse_existing_out(out, args.force, resume=args.resume, hint=f" (or --resume {out})")
     if args.checkpoint is None and args.resume is None:
         raise InputError(
             "pass --checkpoint (the model to pre-train; create one with "
@@ -177,12 +181,19 @@ def run(args: argparse.Namespace) -> int:
     )
     sweep_stale_temporaries(out.parent)
     result = drive(gen, desc="pretrain", quiet=args.quiet)
+    _report(result, config, args.resume)
+    return 0
+
+
+def _report(result: PretrainResult, config: PretrainConfig, resume: Path | None) -> None:
+    """One line on stdout on the run (or on why it had nothing to do); a warning when the
+    jigsaw is still at chance."""
     if result.steps == 0 or math.isnan(result.loss):
         print(
-            f"nothing to do: {args.resume} has already run {config.iterations} steps "
+            f"nothing to do: {resume} has already run {config.iterations} steps "
             "(raise --iterations to continue)"
         )
-        return 0
+        return
     print(
         f"L_SS {result.loss:.3f} nats (chance {result.chance_loss:.3f}), "
         f"top-1 {100 * result.top1:.1f}% (running mean over the last "
@@ -194,4 +205,3 @@ def run(args: argparse.Namespace) -> int:
             "the jigsaw is still at chance: self-loop uncertainty carries no information "
             "yet; train longer (raise --iterations and --resume the run)"
         )
-    return 0

@@ -9,25 +9,35 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.engine.device import PRECISIONS, resolve_device
+from ..core.engine.device import resolve_device
 from ..core.engine.jigsaw import ROTATIONS
 from ..core.engine.plausibility import plausibility_warning, record_of
 from ..core.engine.pseudolabel import (
     DEFAULT_STEP_LR,
     METHODS,
-    PATCH_MULTIPLE,
     STEP_RULES,
     UNCERTAINTIES,
     PseudoLabelConfig,
+    PseudoLabelResult,
 )
 from ..core.errors import InputError, SelfloopError
 from ..core.io.atomic import check_output_folder, sweep_stale_temporaries
-from ..core.io.images import check_image, check_input_file, open_image
-from ..core.io.slides import is_slide, open_slide
-from ..core.io.working_image import OUTPUT_DTYPES, SlideOptions
-from ..core.store.batch import OUTPUTS, close_image, label_image_file, output_stem
-from ..core.store.checkpoint import load_checkpoint
-from .args import CHECKPOINT_HELP, checkpoint_arg
+from ..core.io.file_check import check_input_file
+from ..core.io.images import ImageInfo
+from ..core.io.working_image import OUTPUT_DTYPES
+from ..core.store.batch import OUTPUTS, label_image_file, output_stem
+from ..core.store.preflight import check_checkpoint_files, check_images, preflight
+from .args import (
+    Options,
+    add_device,
+    add_ensemble_checkpoints,
+    add_force,
+    add_grid_shift,
+    add_out,
+    add_patch_size,
+    add_precision,
+    add_seed,
+)
 from .commands import SUMMARIES
 from .progressbar import drive
 
@@ -55,24 +65,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="IMAGE",
         help="TIFF, PNG, JPEG, or a slide (.svs, .ndpi, .tif, .ome.tif)",
     )
-    p.add_argument(
-        "--checkpoint",
-        action="append",
-        required=True,
-        type=checkpoint_arg,
-        help=f"{CHECKPOINT_HELP}; repeat it for --method ensemble",
-    )
+    add_ensemble_checkpoints(p)
     add_method_options(p)
     add_slide_options(p)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    p.add_argument("--out", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument(
-        "--force", action="store_true", help="overwrite existing output files (never an input file)"
-    )
+    add_device(p)
+    add_out(p)
+    add_force(p, "overwrite existing output files (never an input file)")
     p.set_defaults(func=run)
 
 
-def add_method_options(p: argparse.ArgumentParser) -> None:
+def add_method_options(p: Options) -> None:
     """The :class:`PseudoLabelConfig` options (shared with ``batch``), defaults from the config."""
     d = PseudoLabelConfig()
     p.add_argument(
@@ -115,13 +117,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         help="tile rotations of the self-loop puzzles (default: the model's, "
         "the mode its jigsaw was trained with)",
     )
-    p.add_argument(
-        "--no-grid-shift",
-        dest="grid_shift",
-        action="store_false",
-        default=d.grid_shift,
-        help="puzzle on a fixed 3x3 grid (default: a random grid phase per puzzle)",
-    )
+    add_grid_shift(p, d.grid_shift)
     p.add_argument(
         "--uncertainty",
         choices=UNCERTAINTIES,
@@ -129,9 +125,7 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         help="the uncertainty map: entropy of the probability (default; marks errors best) "
         "or the spread of the Q maps",
     )
-    p.add_argument(
-        "--patch-size", type=int, default=d.patch_size, help=f"multiple of {PATCH_MULTIPLE}"
-    )
+    add_patch_size(p, d.patch_size)
     p.add_argument(
         "--overlap",
         type=int,
@@ -146,11 +140,11 @@ def add_method_options(p: argparse.ArgumentParser) -> None:
         help=f"patches per step (default: {d.batch_size} on CUDA, {CPU_BATCH} elsewhere, so "
         "the progress bar moves with every patch)",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
-    p.add_argument("--seed", type=int, default=d.seed)
+    add_precision(p, d.precision)
+    add_seed(p, d.seed, "seeds the dropout and the puzzles")
 
 
-def add_slide_options(p: argparse.ArgumentParser) -> None:
+def add_slide_options(p: Options) -> None:
     """The :class:`SlideOptions` options (shared with ``batch``)."""
     p.add_argument(
         "--mpp",
@@ -179,25 +173,6 @@ def add_slide_options(p: argparse.ArgumentParser) -> None:
         help="pixel type of the probability and uncertainty (auto: uint8, 0-255 for "
         "0-1, for slides; float32 for other images)",
     )
-
-
-def slide_options_from_args(args: argparse.Namespace, model_mpp: float | None) -> SlideOptions:
-    """The :class:`SlideOptions` of the options :func:`add_slide_options` added, with ``--mpp``
-    defaulting to ``model_mpp`` (the checkpoint's pixel size)."""
-    mpp = args.mpp if args.mpp is not None else model_mpp
-    return SlideOptions(mpp=mpp, tissue_only=args.tissue_only, output_dtype=args.output_dtype)
-
-
-def model_pixel_size(checkpoints: list) -> float | None:
-    """The pixel size the (first) checkpoint was trained at; a warning when an ensemble's differ."""
-    sizes = [c.pixel_size_um for c in checkpoints]
-    if len({s for s in sizes}) > 1:
-        log.warning(
-            "the checkpoints were trained at different pixel sizes (%s): slides are "
-            "worked at the first's; pass --mpp to choose",
-            ", ".join(map(str, sizes)),
-        )
-    return sizes[0] if sizes else None
 
 
 #: Patches per step on a CPU (or MPS): batching saves little there, and one patch per step
@@ -326,27 +301,20 @@ def run(args: argparse.Namespace) -> int:
     _unique_stems(args.images)
     for path in args.images:
         check_input_file(path)
-    for path in args.checkpoint:
-        check_input_file(path, "a checkpoint file")
+    check_checkpoint_files(args.checkpoint)
     check_outputs(args.images, [*args.images, *args.checkpoint], args.out, args.force)
-    SlideOptions(mpp=args.mpp)  # a bad --mpp is refused before the models load
-    checkpoints = [load_checkpoint(p) for p in args.checkpoint]
-    models = [c.model for c in checkpoints]
-    tissue = record_of(checkpoints[0].meta) if len(checkpoints) == 1 else None
-    options = slide_options_from_args(args, model_pixel_size(checkpoints))
-    # Check every image before the first long computation starts, keeping none of them open
-    # (a few hundred lazily read TIFFs would exhaust the open-file limit).
-    for path in args.images:
-        if is_slide(path):
-            open_slide(path).close()
-            continue
-        image = open_image(path)
-        try:
-            check_image(image)
-        finally:
-            close_image(image)
+    ready = preflight(
+        args.checkpoint,
+        mpp=args.mpp,
+        tissue_only=args.tissue_only,
+        output_dtype=args.output_dtype,
+    )
+    tissue = record_of(ready.checkpoints[0].meta) if len(ready.checkpoints) == 1 else None
+    # Every image is checked before the first long computation starts.
+    check_images(args.images)
     _prepare_out(args.out)
     sweep_stale_temporaries(args.out)
+    models = ready.models
     for path in args.images:
         result, info = label_image_file(
             path,
@@ -356,26 +324,31 @@ def run(args: argparse.Namespace) -> int:
             output_stem(path),
             device=args.device,
             drive=lambda gen, path=path: drive(gen, desc=path.name, quiet=args.quiet),
-            options=options,
+            options=ready.options,
         )
-        extra = ""
-        if result.losses is not None:
-            extra = f", mean jigsaw loss {float(np.mean(result.losses)):.3f}"
-        if result.info.get("objects") is not None:
-            extra += f", {result.info['objects']} objects"
-        extra += _slide_note(result.info)
-        log.info(
-            "%s: %s pseudo-label (%dx%d) in %.1f s on %s%s -> %s",
-            path.name,
-            config.method,
-            info.width,
-            info.height,
-            result.seconds,
-            result.info.get("device"),
-            extra,
-            args.out / f"{output_stem(path)}_*.tif",
-        )
+        _report(path, result, info, config.method, args.out)
         warning = plausibility_warning(result.info.get("figures"), tissue)
         if warning:
             log.warning("%s: %s", path.name, warning)
     return 0
+
+
+def _report(path: Path, result: PseudoLabelResult, info: ImageInfo, method: str, out: Path) -> None:
+    """The log line of one labelled image."""
+    extra = ""
+    if result.losses is not None:
+        extra = f", mean jigsaw loss {float(np.mean(result.losses)):.3f}"
+    if result.info.get("objects") is not None:
+        extra += f", {result.info['objects']} objects"
+    extra += _slide_note(result.info)
+    log.info(
+        "%s: %s pseudo-label (%dx%d) in %.1f s on %s%s -> %s",
+        path.name,
+        method,
+        info.width,
+        info.height,
+        result.seconds,
+        result.info.get("device"),
+        extra,
+        out / f"{output_stem(path)}_*.tif",
+    )

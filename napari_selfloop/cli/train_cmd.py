@@ -4,22 +4,39 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..core.engine.datasets import mask_instances, open_mask
-from ..core.engine.device import PRECISIONS
-from ..core.engine.model import ModelConfig, build_model, check_seed
+from ..core.engine.model import ModelConfig, ResUNet, build_model
 from ..core.engine.pseudolabel import PATCH_MULTIPLE, STEP_RULES
+from ..core.engine.seeds import check_seed
 from ..core.engine.training import FRAMEWORKS, VAL_METRICS, TrainConfig, TrainItem, train
 from ..core.errors import InputError
 from ..core.io.atomic import sweep_stale_temporaries
-from ..core.io.images import check_input_file, open_image
+from ..core.io.file_check import check_input_file
+from ..core.io.images import open_image
 from ..core.store.checkpoint import file_sha256, load_checkpoint
 from ..core.store.project import list_images, paired_masks
-from .args import CHECKPOINT_HELP, checkpoint_arg
+from .args import (
+    FORCE_HELP,
+    OUT_CHECKPOINT_HELP,
+    Options,
+    add_checkpoint,
+    add_device,
+    add_force,
+    add_grid_shift,
+    add_images_folder,
+    add_masks_folder,
+    add_out,
+    add_patch_size,
+    add_precision,
+    add_seed,
+    add_width,
+    refuse_existing_out,
+)
 from .commands import SUMMARIES
 from .progressbar import drive
 
@@ -35,9 +52,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "may also be named STEM_mask.*). Masks are 0 background, 1 foreground, 255 not "
         "labelled. Unlabelled images are the images not chosen as labelled, plus --unlabeled.",
     )
-    p.add_argument("--images", required=True, type=Path, help="folder of images")
-    p.add_argument("--masks", type=Path, help="folder of masks (uint8 0/1/255), paired by stem")
-    which = p.add_mutually_exclusive_group()
+    _add_data_options(p.add_argument_group("data"))
+    _add_model_options(p.add_argument_group("model"))
+    _add_training_options(p.add_argument_group("training"), d)
+    _add_selfloop_options(
+        p.add_argument_group(
+            "pseudo-labels",
+            "how the semi-supervised frameworks label the unlabelled images as they train",
+        ),
+        d,
+    )
+    _add_jigsaw_warmup_options(p.add_argument_group("jigsaw warm-up"), d)
+    _add_validation_options(p.add_argument_group("validation"), d)
+    _add_run_options(p.add_argument_group("run and output"), d)
+    p.set_defaults(func=run)
+
+
+def _add_data_options(g: Options) -> None:
+    add_images_folder(g)
+    add_masks_folder(g)
+    which = g.add_mutually_exclusive_group()
     which.add_argument(
         "--labeled",
         nargs="+",
@@ -50,93 +84,35 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="F",
         help="label a seeded random fraction of the images that have masks",
     )
-    p.add_argument(
-        "--validation",
-        nargs="+",
-        metavar="NAME",
-        default=[],
-        help="images (with masks) held out to choose the best checkpoint",
-    )
-    p.add_argument("--unlabeled", type=Path, help="extra folder of unlabelled images")
-    p.add_argument("--framework", choices=FRAMEWORKS, default=d.framework)
-    p.add_argument(
-        "--checkpoint",
-        type=checkpoint_arg,
-        help=f"initial model (default: a new ResUNet-18): {CHECKPOINT_HELP}",
-    )
-    p.add_argument("--resume", type=Path, help="continue a run from a checkpoint written by train")
-    p.add_argument("--width", type=int, default=64, help="width of a new model (64 = ResUNet-18)")
-    p.add_argument("--iterations", type=int, default=d.iterations)
-    p.add_argument("--q", type=int, default=d.q, help=f"jigsaw permutations per patch ({d.q})")
-    p.add_argument("--threshold", type=float, default=d.threshold)
-    p.add_argument("--confidence", choices=("two-sided", "foreground"), default=d.confidence)
-    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr:g})")
-    p.add_argument(
-        "--ss-lr",
-        type=float,
-        default=d.ss_lr,
-        help=f"step size of the Q self-loop encoder updates ({d.ss_lr:g})",
-    )
-    p.add_argument(
-        "--ss-step-rule",
-        choices=STEP_RULES,
-        default=d.ss_step_rule,
-        help=f"rule of the self-loop encoder updates ({d.ss_step_rule})",
-    )
-    p.add_argument(
-        "--no-grid-shift",
-        dest="grid_shift",
-        action="store_false",
-        default=d.grid_shift,
-        help="puzzle on a fixed 3x3 grid (default: a random grid phase per puzzle)",
-    )
-    p.add_argument(
-        "--jigsaw-warmup",
-        type=int,
-        default=d.jigsaw_warmup,
-        metavar="N",
-        help="steps of jigsaw pre-training on all the images before the objective "
-        f"(default {d.jigsaw_warmup}: none; see also `napari-selfloop pretrain`)",
-    )
-    p.add_argument(
-        "--jigsaw-batch-size",
-        type=int,
-        default=d.jigsaw_batch_size,
-        help=f"puzzles per jigsaw warm-up step at {PATCH_MULTIPLE} px ({d.jigsaw_batch_size})",
-    )
-    p.add_argument(
-        "--jigsaw-patch-size",
-        type=int,
-        default=d.jigsaw_patch_size,
-        help=f"largest patch side of the jigsaw warm-up, a multiple of {PATCH_MULTIPLE} ({d.jigsaw_patch_size})",
-    )
-    p.add_argument(
-        "--warmup",
-        type=float,
-        default=d.warmup,
-        help="fraction of iterations on labelled data only before pseudo-labels",
-    )
-    p.add_argument(
-        "--gate-dice",
-        type=float,
-        default=d.gate_dice,
-        help="semi-supervised frameworks: use the unlabelled images only once the model's "
-        f"Dice on its labelled patches reaches this ({d.gate_dice:g}; 0: from the first step)",
-    )
-    p.add_argument(
+    g.add_argument("--unlabeled", type=Path, help="extra folder of unlabelled images")
+
+
+def _add_model_options(g: Options) -> None:
+    add_checkpoint(g, before="initial model (default: a new ResUNet-18): ")
+    g.add_argument("--resume", type=Path, help="continue a run from a checkpoint written by train")
+    add_width(g)
+
+
+def _add_training_options(g: Options, d: TrainConfig) -> None:
+    g.add_argument("--framework", choices=FRAMEWORKS, default=d.framework)
+    g.add_argument("--iterations", type=int, default=d.iterations)
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    add_patch_size(g, d.patch_size)
+    g.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate ({d.lr:g})")
+    g.add_argument(
         "--dice-weight",
         type=float,
         default=d.dice_weight,
         help=f"weight of a soft Dice loss added to L_SEG's cross-entropy ({d.dice_weight:g}: none)",
     )
-    p.add_argument(
+    g.add_argument(
         "--puzzle-seg-weight",
         type=float,
         default=d.puzzle_seg_weight,
         help="weight of L_SEG on the jigsaw-puzzled labelled patches, which teaches the model to "
         f"segment the puzzles self-loop pseudo-labels are made of ({d.puzzle_seg_weight:g}: none)",
     )
-    p.add_argument(
+    g.add_argument(
         "--scale-jitter",
         type=float,
         default=d.scale_jitter,
@@ -144,12 +120,73 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "of) the patch side and resized to it; useful for a model with a work size, whose "
         f"patches are whole images ({d.scale_jitter:g}: none)",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument(
-        "--patch-size", type=int, default=d.patch_size, help=f"multiple of {PATCH_MULTIPLE}"
+
+
+def _add_selfloop_options(g: Options, d: TrainConfig) -> None:
+    g.add_argument(
+        "--warmup",
+        type=float,
+        default=d.warmup,
+        help="fraction of iterations on labelled data only before pseudo-labels",
     )
-    p.add_argument("--validate-every", type=int, default=d.validate_every)
-    p.add_argument(
+    g.add_argument(
+        "--gate-dice",
+        type=float,
+        default=d.gate_dice,
+        help="semi-supervised frameworks: use the unlabelled images only once the model's "
+        f"Dice on its labelled patches reaches this ({d.gate_dice:g}; 0: from the first step)",
+    )
+    g.add_argument("--q", type=int, default=d.q, help=f"jigsaw permutations per patch ({d.q})")
+    g.add_argument("--threshold", type=float, default=d.threshold)
+    g.add_argument("--confidence", choices=("two-sided", "foreground"), default=d.confidence)
+    g.add_argument(
+        "--ss-lr",
+        type=float,
+        default=d.ss_lr,
+        help=f"step size of the Q self-loop encoder updates ({d.ss_lr:g})",
+    )
+    g.add_argument(
+        "--ss-step-rule",
+        choices=STEP_RULES,
+        default=d.ss_step_rule,
+        help=f"rule of the self-loop encoder updates ({d.ss_step_rule})",
+    )
+    add_grid_shift(g, d.grid_shift)
+
+
+def _add_jigsaw_warmup_options(g: Options, d: TrainConfig) -> None:
+    g.add_argument(
+        "--jigsaw-warmup",
+        type=int,
+        default=d.jigsaw_warmup,
+        metavar="N",
+        help="steps of jigsaw pre-training on all the images before the objective "
+        f"(default {d.jigsaw_warmup}: none; see also `napari-selfloop pretrain`)",
+    )
+    g.add_argument(
+        "--jigsaw-batch-size",
+        type=int,
+        default=d.jigsaw_batch_size,
+        help=f"puzzles per jigsaw warm-up step at {PATCH_MULTIPLE} px ({d.jigsaw_batch_size})",
+    )
+    g.add_argument(
+        "--jigsaw-patch-size",
+        type=int,
+        default=d.jigsaw_patch_size,
+        help=f"largest patch side of the jigsaw warm-up, a multiple of {PATCH_MULTIPLE} ({d.jigsaw_patch_size})",
+    )
+
+
+def _add_validation_options(g: Options, d: TrainConfig) -> None:
+    g.add_argument(
+        "--validation",
+        nargs="+",
+        metavar="NAME",
+        default=[],
+        help="images (with masks) held out to choose the best checkpoint",
+    )
+    g.add_argument("--validate-every", type=int, default=d.validate_every)
+    g.add_argument(
         "--val-metric",
         choices=VAL_METRICS,
         default=d.val_metric,
@@ -157,16 +194,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "together, or the mean of each image's Dice (a few images with very large objects "
         f"then do not decide alone) ({d.val_metric})",
     )
-    p.add_argument("--precision", choices=PRECISIONS, default=d.precision)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default auto)")
-    p.add_argument("--out", required=True, type=Path, help="checkpoint to write (.pt)")
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="overwrite an existing --out (not needed to --resume it in place)",
-    )
-    p.set_defaults(func=run)
+
+
+def _add_run_options(g: Options, d: TrainConfig) -> None:
+    add_precision(g, d.precision)
+    add_seed(g, d.seed, "seeds a new model, --labeled-fraction and training")
+    add_device(g)
+    add_out(g, OUT_CHECKPOINT_HELP)
+    add_force(g, f"{FORCE_HELP} (not needed to --resume it in place)")
 
 
 def _pick(names: list[str], images: dict[str, Path], what: str) -> list[str]:
@@ -193,20 +228,49 @@ def _item(stem: str, path: Path, mask_path: Path | None) -> TrainItem:
     )
 
 
-def same_file(a: Path | None, b: Path) -> bool:
-    """Whether ``a`` (None: no file) and ``b`` name the same file."""
-    if a is None:
-        return False
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return a.resolve() == b.resolve()
+#: The options that are :class:`TrainConfig` fields of the same name.
+CONFIG_OPTIONS = (
+    "framework",
+    "iterations",
+    "patch_size",
+    "batch_size",
+    "q",
+    "threshold",
+    "confidence",
+    "lr",
+    "warmup",
+    "gate_dice",
+    "seed",
+    "precision",
+    "validate_every",
+    "ss_lr",
+    "ss_step_rule",
+    "grid_shift",
+    "jigsaw_warmup",
+    "jigsaw_batch_size",
+    "jigsaw_patch_size",
+    "dice_weight",
+    "puzzle_seg_weight",
+    "scale_jitter",
+    "val_metric",
+)
 
 
-def run(args: argparse.Namespace) -> int:
-    if os.path.lexists(args.out) and not args.force and not same_file(args.resume, args.out):
-        hint = f" (or --resume {args.out} to continue it)" if args.resume is None else ""
-        raise InputError(f"{args.out} exists; pass --force to overwrite it{hint}")
+@dataclass
+class _Split:
+    """The images of a run by role (stems of ``images``), and ``extra`` (--unlabeled)."""
+
+    images: dict[str, Path]
+    masks: dict[str, Path]
+    labelled: list[str]
+    validation: list[str]
+    unlabelled: list[str]
+    extra: dict[str, Path]
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    hint = f" (or --resume {args.out} to continue it)" if args.resume is None else ""
+    refuse_existing_out(args.out, args.force, resume=args.resume, hint=hint)
     if args.checkpoint is not None and args.resume is not None:
         raise InputError(
             "pass either --checkpoint (start from a model) or --resume (continue a run)"
@@ -215,21 +279,30 @@ def run(args: argparse.Namespace) -> int:
     for path in (args.checkpoint, args.resume):
         if path is not None:
             check_input_file(path, "a checkpoint file")
+
+
+def _labelled(args: argparse.Namespace, images: dict[str, Path], pool: list[str]) -> list[str]:
+    """The labelled stems: --labeled, a seeded --labeled-fraction of ``pool`` (the images
+    with masks not held out), or all of ``pool``."""
+    if args.labeled:
+        return _pick(args.labeled, images, "--labeled")
+    if args.labeled_fraction is None:
+        return pool
+    if not 0 < args.labeled_fraction <= 1:
+        raise InputError(f"--labeled-fraction must be in (0, 1], got {args.labeled_fraction}")
+    n = max(1, round(args.labeled_fraction * len(pool))) if pool else 0
+    rng = np.random.default_rng(args.seed)
+    return sorted(rng.choice(pool, size=n, replace=False).tolist()) if n else []
+
+
+def _split(args: argparse.Namespace) -> _Split:
+    """The labelled, validation and unlabelled images, each labelled or validation image
+    checked to have a mask."""
     images = list_images(args.images, "--images")
     masks = paired_masks(images, args.masks) if args.masks is not None else {}
-    with_masks = [s for s in images if s in masks]
     validation = _pick(args.validation, images, "--validation")
-    if args.labeled:
-        labelled = _pick(args.labeled, images, "--labeled")
-    elif args.labeled_fraction is not None:
-        if not 0 < args.labeled_fraction <= 1:
-            raise InputError(f"--labeled-fraction must be in (0, 1], got {args.labeled_fraction}")
-        pool = [s for s in with_masks if s not in validation]
-        n = max(1, round(args.labeled_fraction * len(pool))) if pool else 0
-        rng = np.random.default_rng(args.seed)
-        labelled = sorted(rng.choice(pool, size=n, replace=False).tolist()) if n else []
-    else:
-        labelled = [s for s in with_masks if s not in validation]
+    pool = [s for s in images if s in masks and s not in validation]
+    labelled = _labelled(args, images, pool)
     for stem in labelled + validation:
         if stem not in masks:
             raise InputError(
@@ -241,46 +314,33 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{sorted(overlap)[0]} is both labelled and validation: pick one")
     unlabelled = [s for s in images if s not in labelled and s not in validation]
     extra = list_images(args.unlabeled, "--unlabeled") if args.unlabeled is not None else {}
-    config = TrainConfig(
-        framework=args.framework,
-        iterations=args.iterations,
-        patch_size=args.patch_size,
-        batch_size=args.batch_size,
-        q=args.q,
-        threshold=args.threshold,
-        confidence=args.confidence,
-        lr=args.lr,
-        warmup=args.warmup,
-        gate_dice=args.gate_dice,
-        seed=args.seed,
-        precision=args.precision,
-        validate_every=args.validate_every,
-        ss_lr=args.ss_lr,
-        ss_step_rule=args.ss_step_rule,
-        grid_shift=args.grid_shift,
-        jigsaw_warmup=args.jigsaw_warmup,
-        jigsaw_batch_size=args.jigsaw_batch_size,
-        jigsaw_patch_size=args.jigsaw_patch_size,
-        dice_weight=args.dice_weight,
-        puzzle_seg_weight=args.puzzle_seg_weight,
-        scale_jitter=args.scale_jitter,
-        val_metric=args.val_metric,
-    )
-    parent = None
+    return _Split(images, masks, labelled, validation, unlabelled, extra)
+
+
+def _start_model(args: argparse.Namespace) -> tuple[ResUNet, str | None, float | None]:
+    """The model to train: --checkpoint's, --resume's layout (its weights are restored by
+    train) or a new one of --width; its parent's SHA-256 and pixel size (of --checkpoint)."""
     if args.checkpoint is not None:
         ck = load_checkpoint(args.checkpoint)
-        model, parent = ck.model, ck.sha256
-    elif args.resume is not None:
-        model = build_model(load_checkpoint(args.resume).config)
-    else:
-        try:
-            model = build_model(ModelConfig(width=args.width), seed=args.seed)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-    lab_items = [_item(s, images[s], masks[s]) for s in labelled]
-    val_items = [_item(s, images[s], masks[s]) for s in validation]
-    unl_items = [_item(s, images[s], None) for s in unlabelled]
-    unl_items += [_item(s, p, None) for s, p in extra.items()]
+        return ck.model, ck.sha256, ck.pixel_size_um
+    if args.resume is not None:
+        return build_model(load_checkpoint(args.resume).config), None, None
+    try:
+        return build_model(ModelConfig(width=args.width), seed=args.seed), None, None
+    except ValueError as e:
+        raise InputError(str(e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    split = _split(args)
+    config = TrainConfig(**{name: getattr(args, name) for name in CONFIG_OPTIONS})
+    model, parent, pixel_size_um = _start_model(args)
+    images, masks = split.images, split.masks
+    lab_items = [_item(s, images[s], masks[s]) for s in split.labelled]
+    val_items = [_item(s, images[s], masks[s]) for s in split.validation]
+    unl_items = [_item(s, images[s], None) for s in split.unlabelled]
+    unl_items += [_item(s, p, None) for s, p in split.extra.items()]
     gen = train(
         model,
         lab_items,
@@ -291,7 +351,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume,
         out=args.out,
         parent=parent,
-        pixel_size_um=ck.pixel_size_um if args.checkpoint is not None else None,
+        pixel_size_um=pixel_size_um,
     )
     # Every check is done (train() checks before it returns the generator): log, sweep, run.
     log.info(

@@ -106,10 +106,10 @@ def uncertain_regions(
     for i in range(n):
         if slices[i] is None or areas[i] < min_area:
             continue
-        ys, xs = slices[i]
+        rows, cols = slices[i]
         regions.append(
             Region(
-                bbox=(ys.start, xs.start, ys.stop, xs.stop),
+                bbox=(rows.start, cols.start, rows.stop, cols.stop),
                 centroid=(float(centroids[i][0]), float(centroids[i][1])),
                 area=int(areas[i]),
                 score=float(scores[i]),

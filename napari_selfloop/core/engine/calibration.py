@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -30,6 +30,9 @@ from ..errors import InputError
 from ..progress import Progress, relay
 from .metrics import IGNORE, scores_from_counts
 from .pseudolabel import PseudoLabelConfig, pseudo_label
+
+if TYPE_CHECKING:
+    from .model import ResUNet
 
 #: What a cut can be chosen for: the mean per-image score it maximises.
 OBJECTIVES = ("dice", "balanced_accuracy", "dice+balanced_accuracy")
@@ -164,8 +167,9 @@ def apply_calibration(model: torch.nn.Module, threshold: float) -> float:
     if not 0.0 < threshold < 1.0:
         raise InputError(f"the cut must be between 0 and 1 (exclusive), got {threshold:g}")
     shift = -logit(threshold)
-    head = segmentation_head(model)
-    head.bias.add_(torch.tensor(shift, dtype=head.bias.dtype, device=head.bias.device))
+    bias = segmentation_head(model).bias
+    assert bias is not None  # segmentation_head refuses a head without a bias
+    bias.add_(torch.tensor(shift, dtype=bias.dtype, device=bias.device))
     return shift
 
 
@@ -186,7 +190,7 @@ def calibration_record(cal: Calibration, images: Sequence[str] = ()) -> dict[str
 
 
 def calibrate(
-    model: torch.nn.Module,
+    model: ResUNet,
     images: Sequence[Any],
     masks: Sequence[np.ndarray],
     *,
@@ -217,6 +221,7 @@ def calibrate(
             return Progress(i, n, f"image {i + 1}/{n}: {ev.message}", {"phase": "predict"})
 
         result = yield from relay(pseudo_label(image, model, cfg, device=device), event)
+        assert result.probability is not None  # no sinks: the maps are held in memory
         counts.append(cut_counts(result.probability, mask, cuts))
         yield Progress(i + 1, n, f"image {i + 1}/{n} done", {"phase": "predict"})
     return _choose(counts, cuts, objective)

@@ -321,6 +321,14 @@ def check_items(
     return prepared
 
 
+#: The default augmentation strengths, the one home of these knobs: :class:`Augment`'s
+#: defaults, training's (:attr:`.training.TrainConfig.hed_jitter`, ``brightness_jitter``,
+#: ``scale_jitter``) and the patches of jigsaw pre-training (:mod:`.pretrain`).
+DEFAULT_HED_JITTER = 0.03
+DEFAULT_BRIGHTNESS_JITTER = 0.1
+DEFAULT_SCALE_JITTER = 0.0
+
+
 @dataclass(frozen=True)
 class Augment:
     """Random patch augmentation.
@@ -339,9 +347,9 @@ class Augment:
 
     flips: bool = True
     rotations: bool = True
-    hed: float = 0.03
-    brightness: float = 0.1
-    scale: float = 0.0
+    hed: float = DEFAULT_HED_JITTER
+    brightness: float = DEFAULT_BRIGHTNESS_JITTER
+    scale: float = DEFAULT_SCALE_JITTER
 
 
 def hed_jitter(patch: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:

@@ -11,14 +11,15 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import InputError
+from .config_checks import config_type_problems, is_real
 from .instances import INSTANCE_OUTPUTS, aux_channels
 from .jigsaw import ROTATIONS
+from .seeds import check_seed
 
 #: Sides of the network input must be multiples of this (the encoder's total stride).
 STRIDE = 32
@@ -35,80 +36,6 @@ IN_CHANNELS_RANGE = (1, 16)
 WORK_SIZE_RANGE = (96, 8192)
 #: The largest :attr:`ModelConfig.selfloop_lr` (steps of 0.1 wreck a trained encoder).
 MAX_SELFLOOP_LR = 0.1
-#: Seeds are integers in ``[0, 2**32)`` (so that every seed derived from one fits torch's
-#: and numpy's generators).
-SEED_LIMIT = 2**32
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int | np.integer) and not isinstance(v, bool | np.bool_)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, int | float | np.integer | np.floating) and not isinstance(
-        v, bool | np.bool_
-    )
-
-
-def config_type_problems(config: Any) -> list[str]:
-    """Check (and normalise) the plain fields of a frozen config dataclass by annotation.
-
-    ``int`` fields must hold integers (not floats such as 8.0, not booleans), ``float``
-    fields finite real numbers, ``bool`` fields booleans and ``str`` fields strings (each
-    optionally None where the annotation says so). numpy scalars are turned into Python
-    ones, so configs stay plain types in checkpoints. Returns one message per bad field;
-    other annotations are left to the config's own checks.
-    """
-    problems = []
-    for f in fields(config):
-        kind = str(f.type).replace(" ", "")
-        optional = kind.endswith("|None")
-        kind = kind.removesuffix("|None")
-        v = getattr(config, f.name)
-        if v is None and optional:
-            continue
-        name = f.name.replace("_", " ")
-        if kind == "int":
-            if not _is_int(v):
-                problems.append(f"{name} must be an integer, got {v!r}")
-            else:
-                object.__setattr__(config, f.name, int(v))
-        elif kind == "float":
-            if not _is_real(v) or not math.isfinite(float(v)):
-                problems.append(f"{name} must be a finite number, got {v!r}")
-            else:
-                object.__setattr__(config, f.name, float(v))
-        elif kind == "bool":
-            if not isinstance(v, bool | np.bool_):
-                problems.append(f"{name} must be true or false, got {v!r}")
-            else:
-                object.__setattr__(config, f.name, bool(v))
-        elif kind == "str" and not isinstance(v, str):
-            problems.append(f"{name} must be a string, got {v!r}")
-    return problems
-
-
-def check_seed(seed: Any, what: str = "seed") -> None:
-    """Refuse a seed that is not an integer in ``[0, 2**32)`` (one-line :class:`InputError`)."""
-    if not _is_int(seed) or not 0 <= int(seed) < SEED_LIMIT:
-        raise InputError(f"{what} must be an integer from 0 to {SEED_LIMIT - 1}, got {seed!r}")
-
-
-#: Strides of :func:`mix_seed`: runs (training, pre-training) mix in the step they start
-#: at, pseudo-labelling the number of the batch. Two values for historical reasons; they
-#: are kept so that every run and pseudo-label stays reproducible across versions.
-RUN_SEED_STRIDE = 1_000_003
-BATCH_SEED_STRIDE = 100_003
-
-
-def mix_seed(seed: int, index: int, stride: int = RUN_SEED_STRIDE) -> int:
-    """The torch seed for part ``index`` of a job seeded with ``seed`` (``seed * stride + index``).
-
-    The one place that derives torch seeds: a run resumed at step ``index`` or the
-    ``index``-th batch of a pseudo-label draw other random numbers than step 0 or batch 0,
-    yet the same ones each time.
-    """
-    return seed * stride + index
 
 
 @dataclass(frozen=True)
@@ -229,7 +156,7 @@ class ModelConfig:
             if (
                 not isinstance(v, tuple | list)
                 or len(v) != self.in_channels
-                or not all(_is_real(x) and math.isfinite(float(x)) for x in v)
+                or not all(is_real(x) and math.isfinite(float(x)) for x in v)
             ):
                 raise InputError(
                     f"{name} needs {self.in_channels} finite numbers (one per input channel), got {v!r}"
@@ -258,7 +185,7 @@ class ModelConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+    def from_dict(cls, d: Any) -> ModelConfig:
         if not isinstance(d, dict):
             raise InputError(
                 f"the model config must be a mapping of fields, got a {type(d).__name__}"
@@ -321,7 +248,9 @@ class ResNet18Encoder(nn.Module):
         self.layer4 = nn.Sequential(BasicBlock(4 * w, 8 * w, 2), BasicBlock(8 * w, 8 * w))
         self.channels: tuple[int, ...] = tuple(widths)
         for m in self.modules():
-            if isinstance(m, nn.Conv2d):
+            # A network built on the meta device (the layout a checkpoint is checked against)
+            # has no values to draw, and drawing them would import torch._dynamo (seconds).
+            if isinstance(m, nn.Conv2d) and not m.weight.is_meta:
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # Zero-init the last BN of each residual branch (He et al. "bag of tricks").
         for m in self.modules():
@@ -407,6 +336,10 @@ class ResUNet(nn.Module):
     ``forward`` takes normalised images ``(B, C, H, W)`` of any size: sides that are not
     multiples of 32 are padded (reflect where possible) and the logits cropped back.
     """
+
+    # Buffers (registered in __init__), typed for the type checker.
+    norm_mean: torch.Tensor
+    norm_std: torch.Tensor
 
     def __init__(self, config: ModelConfig | None = None) -> None:
         super().__init__()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -88,7 +88,7 @@ def _pair(v: Any) -> bool:
     )
 
 
-def _valid(record: Any) -> bool:
+def _valid(record: Any) -> TypeGuard[dict[str, Any]]:
     return (
         isinstance(record, dict)
         and _pair(record.get("share"))

@@ -27,12 +27,20 @@ import torch.nn.functional as F
 from ..errors import CheckpointError, InputError
 from ..io.images import read_region_padded
 from ..progress import Progress
-from ..store.checkpoint import load_checkpoint, load_optimizer_state, resume_record, save_checkpoint
+from ..store.checkpoint import (
+    ResumeRecord,
+    load_checkpoint,
+    load_optimizer_state,
+    resume_record,
+    save_checkpoint,
+)
+from .config_checks import config_type_problems
 from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_items
 from .device import autocast, memory_format, resolve_device, resolve_precision
 from .jigsaw import permutation_pool, sample_puzzles
-from .model import ResUNet, check_seed, config_type_problems, mix_seed, pad_to_stride
+from .model import ResUNet, pad_to_stride
 from .pseudolabel import DEFAULT_PATCH, PATCH_MULTIPLE
+from .seeds import check_seed, mix_seed
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +166,16 @@ class PretrainResult:
     seconds: float = 0.0
 
 
+@dataclass
+class Resumed:
+    """What a resumed run starts from: its checkpoint's weights, its checked training record
+    (:func:`..store.checkpoint.resume_record`) and its parent (used by training only)."""
+
+    state: dict[str, torch.Tensor]
+    record: ResumeRecord
+    parent: str | None = None
+
+
 def jigsaw_batch_loss(
     model: ResUNet,
     x: torch.Tensor,
@@ -235,15 +253,14 @@ def pretrain_jigsaw(
     out = Path(out) if out is not None else None
     if out is not None and not out.parent.is_dir():
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
-    resumed = None
+    resumed: Resumed | None = None
     if resume is not None:
         ck = load_checkpoint(resume)
         if not ck.config.same_network(model.config):
             raise CheckpointError(f"{Path(resume).name} holds a different model than the one given")
         shapes = [tuple(p.shape) for p in _trained_params(model, cfg)]
         record = resume_record(ck, shapes, iterations=cfg.iterations, kind=PRETRAIN_KIND)
-        training = {**record.training, "step": record.step, "optimizer": record.optimizer}
-        resumed = (ck.model.state_dict(), training, record.history)
+        resumed = Resumed(ck.model.state_dict(), record)
         pixel_size_um = pixel_size_um if pixel_size_um is not None else ck.pixel_size_um
     dev = resolve_device(device)
     return pretrain_prepared(
@@ -264,7 +281,7 @@ def pretrain_prepared(
     dev: torch.device,
     *,
     out: Path | None = None,
-    resumed: tuple[dict[str, Any], dict[str, Any], list[dict[str, Any]]] | None = None,
+    resumed: Resumed | None = None,
     parent: str | None = None,
     pixel_size_um: float | None = None,
 ) -> Generator[Progress, None, PretrainResult]:
@@ -272,114 +289,225 @@ def pretrain_prepared(
     cfg = replace(cfg, patch_size=cap_patch(cfg.patch_size, items, "jigsaw patch size"))
     dtype = resolve_precision(cfg.precision, dev)
     fmt = memory_format(cfg.channels_last, dev, model.config.width)
-    model.to(device=dev, memory_format=fmt)
+    # torch's stubs lack Module.to's memory_format keyword, which torch accepts.
+    model.to(device=dev, memory_format=fmt)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(
         _trained_params(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay
     )
-    start, history = 0, []
-    if resumed is not None:
-        state, training, history = resumed
-        model.load_state_dict(state)
-        start = int(training.get("step") or 0)
-        if training.get("optimizer"):
-            load_optimizer_state(optimizer, training["optimizer"])
     pool = permutation_pool(model.config.num_permutations)
-    chance = math.log(len(pool))
-    rng = np.random.default_rng([cfg.seed, start, 7])
-    torch.manual_seed(mix_seed(cfg.seed, start))
-    sides = (
-        list(range(PATCH_MULTIPLE, cfg.patch_size + 1, PATCH_MULTIPLE))
-        if cfg.multiscale
-        else [cfg.patch_size]
+    run = _PretrainRun(
+        model,
+        cfg,
+        optimizer,
+        dev=dev,
+        dtype=dtype,
+        chance=math.log(len(pool)),
+        out=out,
+        parent=parent,
+        pixel_size_um=pixel_size_um,
+        data=[{"name": it.name, "sha256": it.sha256, "role": "jigsaw"} for it in items],
     )
-    augment = Augment(hed=0.03, brightness=0.1)
-    samplers = {p: PatchSampler(items, p, rng, augment) for p in sides}
-    data = [{"name": it.name, "sha256": it.sha256, "role": "jigsaw"} for it in items]
-    losses: list[float] = []
-    hits: list[float] = []
+    if resumed is not None:
+        run.resume(resumed)
+    rng = np.random.default_rng([cfg.seed, run.start_step, 7])
+    torch.manual_seed(mix_seed(cfg.seed, run.start_step))
+    batches = _PuzzleBatches(items, cfg, rng, dev, fmt)
     t_start = time.perf_counter()
-    done = start  # steps completed (an interrupted step does not count)
+    try:
+        for step in range(run.start_step + 1, run.total + 1):
+            lr = scheduled_lr(cfg.lr, cfg.schedule, step, cfg.iterations)
+            loss, top1 = _jigsaw_step(run, batches, lr, rng, pool)
+            yield run.event(run.record(step, lr, loss, top1))
+    finally:
+        run.finish()
+    return run.result(time.perf_counter() - t_start)
 
-    def save() -> None:
-        if out is None:
+
+def _jigsaw_step(
+    run: _PretrainRun,
+    batches: _PuzzleBatches,
+    lr: float,
+    rng: np.random.Generator,
+    pool: np.ndarray,
+) -> tuple[float, float]:
+    """One optimiser step on ``L_SS`` of a fresh batch of puzzles: its loss and top-1."""
+    model, cfg, optimizer = run.model, run.cfg, run.optimizer
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    model.train()
+    if cfg.freeze_encoder:
+        model.encoder.eval()
+    x = batches.sample()
+    loss, correct = jigsaw_batch_loss(
+        model, x, rng, pool, grid_shift=cfg.grid_shift, dtype=run.dtype
+    )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach()), float(correct) / len(x)
+
+
+class _PuzzleBatches:
+    """Random patches to puzzle, on the device: each step's side drawn from 96, 192, ... up
+    to the patch size (``multiscale``; else always the patch size), with the batch shrunk
+    to the same number of pixels as ``batch_size`` patches of 96 px (at least 2)."""
+
+    def __init__(
+        self,
+        items: list[PreparedItem],
+        cfg: PretrainConfig,
+        rng: np.random.Generator,
+        dev: torch.device,
+        fmt: torch.memory_format,
+    ) -> None:
+        self.sides = (
+            list(range(PATCH_MULTIPLE, cfg.patch_size + 1, PATCH_MULTIPLE))
+            if cfg.multiscale
+            else [cfg.patch_size]
+        )
+        augment = Augment()  # the default strengths (:data:`.datasets.DEFAULT_HED_JITTER` ...)
+        self.samplers = {p: PatchSampler(items, p, rng, augment) for p in self.sides}
+        self.batch_size, self.rng, self.dev, self.fmt = cfg.batch_size, rng, dev, fmt
+
+    def sample(self) -> torch.Tensor:
+        side = self.sides[int(self.rng.integers(len(self.sides)))]
+        n = max(2, round(self.batch_size * (PATCH_MULTIPLE / side) ** 2))
+        x = torch.from_numpy(self.samplers[side].sample(n)[0]).permute(0, 3, 1, 2).to(self.dev)
+        return x.contiguous(memory_format=self.fmt)
+
+
+class _PretrainRun:
+    """The state of one pre-training run: running loss and top-1, history, resuming, saving.
+
+    The sibling of :class:`.training._Run` (same shape: :meth:`resume`, :meth:`record`,
+    :meth:`event`, :meth:`save`, :meth:`result`): the loop of :func:`pretrain_prepared`
+    only samples and steps; what is kept, when it is saved and what the events say is
+    decided here. Pre-training has no best weights: it saves the latest ones.
+    """
+
+    def __init__(
+        self,
+        model: ResUNet,
+        cfg: PretrainConfig,
+        optimizer: torch.optim.Optimizer,
+        *,
+        dev: torch.device,
+        dtype: torch.dtype,
+        chance: float,
+        out: Path | None,
+        parent: str | None,
+        pixel_size_um: float | None,
+        data: list[dict[str, Any]],
+    ) -> None:
+        self.model, self.cfg, self.optimizer = model, cfg, optimizer
+        self.dev, self.dtype, self.chance, self.out = dev, dtype, chance, out
+        self.parent, self.pixel_size_um, self.data = parent, pixel_size_um, data
+        self.start_step = 0
+        self.done = 0  # steps completed (an interrupted step does not count)
+        self.history: list[dict[str, Any]] = []
+        self.losses: list[float] = []  # the last ``window`` steps' L_SS
+        self.hits: list[float] = []  # and their top-1 accuracies
+
+    @property
+    def total(self) -> int:
+        return self.cfg.iterations
+
+    @property
+    def loss(self) -> float:
+        """Mean ``L_SS`` over the last ``window`` steps (NaN before the first)."""
+        return float(np.mean(self.losses)) if self.losses else math.nan
+
+    @property
+    def top1(self) -> float:
+        """Mean top-1 accuracy over the last ``window`` steps (NaN before the first)."""
+        return float(np.mean(self.hits)) if self.hits else math.nan
+
+    def resume(self, resumed: Resumed) -> None:
+        """Continue from a checkpoint: weights, step, optimiser state and history."""
+        self.model.load_state_dict(resumed.state)
+        self.start_step = self.done = resumed.record.step
+        if resumed.record.optimizer:
+            load_optimizer_state(self.optimizer, resumed.record.optimizer)
+        self.history = resumed.record.history
+
+    def record(self, step: int, lr: float, loss: float, top1: float) -> dict[str, Any]:
+        """Keep one step's loss and accuracy; the history every ``window`` steps and at the
+        end, and a checkpoint every ``save_every`` steps. Returns the step's record."""
+        self.losses.append(loss)
+        self.hits.append(top1)
+        self.done = step
+        del self.losses[: -self.cfg.window], self.hits[: -self.cfg.window]
+        entry = {"step": step, "lr": lr, "loss": self.loss, "top1": self.top1}
+        if step % self.cfg.window == 0 or step == self.total:
+            self.history.append(entry)
+        if step % self.cfg.save_every == 0:
+            self.save()
+        return entry
+
+    def event(self, entry: dict[str, Any]) -> Progress:
+        step = entry["step"]
+        return Progress(
+            step,
+            self.total,
+            f"jigsaw step {step}/{self.total}: L_SS {entry['loss']:.3f} "
+            f"(chance {self.chance:.2f}), top-1 {100 * entry['top1']:.1f}%",
+            {**entry, "chance_loss": self.chance},
+        )
+
+    def save(self) -> None:
+        """Write the model (the latest weights) with the run's record and optimiser to ``out``."""
+        if self.out is None:
             return
-        loss = float(np.mean(losses)) if losses else math.nan
-        top1 = float(np.mean(hits)) if hits else math.nan
+        loss = self.loss
         training = {
             "kind": PRETRAIN_KIND,
-            "config": cfg.to_dict(),
-            "step": done,
-            "device": str(dev),
-            "dtype": str(dtype).replace("torch.", ""),
-            "optimizer": optimizer.state_dict(),
+            "config": self.cfg.to_dict(),
+            "step": self.done,
+            "device": str(self.dev),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "optimizer": self.optimizer.state_dict(),
         }
         metrics = jigsaw_metrics(
-            model, loss, top1, chance, cfg.patch_size, "training puzzles (running mean)"
+            self.model,
+            loss,
+            self.top1,
+            self.chance,
+            self.cfg.patch_size,
+            "training puzzles (running mean)",
         )
         save_checkpoint(
-            out,
-            model,
+            self.out,
+            self.model,
             training=training,
-            history=history,
+            history=self.history,
             metrics=metrics,
-            parent=parent,
-            data=data,
-            pixel_size_um=pixel_size_um,
-            note=f"jigsaw pre-training, {done} steps, L_SS {loss:.3f}",
+            parent=self.parent,
+            data=self.data,
+            pixel_size_um=self.pixel_size_um,
+            note=f"jigsaw pre-training, {self.done} steps, L_SS {loss:.3f}",
         )
 
-    try:
-        for step in range(start + 1, cfg.iterations + 1):
-            lr = scheduled_lr(cfg.lr, cfg.schedule, step, cfg.iterations)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            model.train()
-            if cfg.freeze_encoder:
-                model.encoder.eval()
-            side = sides[int(rng.integers(len(sides)))]
-            n = max(2, round(cfg.batch_size * (PATCH_MULTIPLE / side) ** 2))
-            x = torch.from_numpy(samplers[side].sample(n)[0]).permute(0, 3, 1, 2).to(dev)
-            x = x.contiguous(memory_format=fmt)
-            loss, correct = jigsaw_batch_loss(
-                model, x, rng, pool, grid_shift=cfg.grid_shift, dtype=dtype
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(float(loss.detach()))
-            hits.append(float(correct) / n)
-            done = step
-            del losses[: -cfg.window], hits[: -cfg.window]
-            record = {
-                "step": step,
-                "lr": lr,
-                "loss": float(np.mean(losses)),
-                "top1": float(np.mean(hits)),
-            }
-            if step % cfg.window == 0 or step == cfg.iterations:
-                history.append(record)
-            if step % cfg.save_every == 0:
-                save()
-            yield Progress(
-                step,
-                cfg.iterations,
-                f"jigsaw step {step}/{cfg.iterations}: L_SS {record['loss']:.3f} "
-                f"(chance {chance:.2f}), top-1 {100 * record['top1']:.1f}%",
-                {**record, "chance_loss": chance},
-            )
-    finally:
-        model.eval()
-        if done > start:
-            save()
-    return PretrainResult(
-        steps=done - start,
-        loss=float(np.mean(losses)) if losses else math.nan,
-        top1=float(np.mean(hits)) if hits else math.nan,
-        chance_loss=chance,
-        history=history,
-        checkpoint=out if (out is not None and done > start) else None,
-        seconds=time.perf_counter() - t_start,
-    )
+    @property
+    def trained(self) -> bool:
+        """Whether this run completed a step (only then is there something new to save)."""
+        return self.done > self.start_step
+
+    def finish(self) -> None:
+        """At the end, or when cancelled: eval mode, and the last weights saved."""
+        self.model.eval()
+        if self.trained:
+            self.save()
+
+    def result(self, seconds: float) -> PretrainResult:
+        return PretrainResult(
+            steps=self.done - self.start_step,
+            loss=self.loss,
+            top1=self.top1,
+            chance_loss=self.chance,
+            history=self.history,
+            checkpoint=self.out if (self.out is not None and self.trained) else None,
+            seconds=seconds,
+        )
 
 
 def jigsaw_metrics(

@@ -33,7 +33,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,21 +44,14 @@ import torch.nn.functional as F
 from ..errors import InputError, SelfloopError
 from ..io.images import ImageInfo, check_image
 from ..progress import Progress, run_to_completion
+from .config_checks import config_type_problems
 from .device import autocast, memory_format, resolve_device, resolve_precision
 from .instances import Instancer, StreamedInstances, instancer_for
 from .jigsaw import ROTATIONS, Puzzles, permutation_pool, sample_puzzles
-from .model import (
-    BATCH_SEED_STRIDE,
-    POOL_RANGE,
-    ResUNet,
-    check_seed,
-    config_type_problems,
-    mix_seed,
-    pad_to_stride,
-    set_mc_dropout,
-)
+from .model import POOL_RANGE, ResUNet, pad_to_stride, set_mc_dropout
 from .plausibility import image_figures
-from .sliding_window import tiled_apply
+from .seeds import BATCH_SEED_STRIDE, check_seed, mix_seed
+from .sliding_window import KeepFn, RowSink, tiled_apply
 from .work_size import from_work_size, to_work_size, work_shape
 
 log = logging.getLogger(__name__)
@@ -392,7 +385,7 @@ def selfloop_steps(
             seg = model.decoder([f.detach() for f in feats])[..., :h, :w]
         maps.append(puzzles.undo(torch.sigmoid(seg.float()), i))
         losses.append(loss.detach())
-        if step:
+        if step and optimizer is not None:  # ``step`` implies an optimizer
             optimizer.zero_grad(set_to_none=True)
             loss.mean().backward()
             optimizer.step()
@@ -495,8 +488,8 @@ def pseudo_label(
     config: PseudoLabelConfig | None = None,
     *,
     device: str | torch.device = "auto",
-    sinks: dict[str, Any] | None = None,
-    keep: Any = None,
+    sinks: Mapping[str, RowSink] | None = None,
+    keep: KeepFn | None = None,
     source_shape: tuple[int, int] | None = None,
     instances: bool = True,
 ) -> Generator[Progress, None, PseudoLabelResult]:
@@ -570,21 +563,21 @@ def pseudo_label(
         small, check_image(small), models, cfg, device, None, None, instancer, False
     )
     size = (info.height, info.width)
-    result.probability = np.clip(from_work_size(result.probability, size), 0.0, 1.0)
-    result.uncertainty = from_work_size(result.uncertainty, size)
+    # Without sinks the small result holds its maps in memory.
+    assert result.probability is not None and result.uncertainty is not None
+    prob = np.clip(from_work_size(result.probability, size), 0.0, 1.0)
+    uncertainty = from_work_size(result.uncertainty, size)
+    result.probability, result.uncertainty = prob, uncertainty
     if result.aux is not None:
         result.aux = np.clip(from_work_size(result.aux, size), 0.0, 1.0)
-    result.mask = confidence_mask(result.probability, cfg.threshold)
+    mask = result.mask = confidence_mask(prob, cfg.threshold)
     result.info["work_shape"] = shape
     if instances or (sinks is not None and "instances" in sinks):
-        _add_instances(result, instancer, result.probability, result.aux)
+        _add_instances(result, instancer, prob, result.aux)
     if sinks is not None:
-        outputs = {
-            "prob": result.probability,
-            "uncertainty": result.uncertainty,
-            "mask": result.mask,
-        }
+        outputs = {"prob": prob, "uncertainty": uncertainty, "mask": mask}
         if "instances" in sinks:
+            assert result.instances is not None  # labelled just above
             outputs["instances"] = result.instances.astype(np.uint32)
         for y0 in range(0, info.height, SINK_ROWS):
             for name, values in outputs.items():
@@ -623,8 +616,8 @@ def _pseudo_label(
     models: list[ResUNet],
     cfg: PseudoLabelConfig,
     device: str | torch.device,
-    sinks: dict[str, Any] | None,
-    keep: Any,
+    sinks: Mapping[str, RowSink] | None,
+    keep: KeepFn | None,
     instancer: Instancer,
     want_instances: bool,
 ) -> Generator[Progress, None, PseudoLabelResult]:
@@ -637,61 +630,22 @@ def _pseudo_label(
             f"Q ({cfg.q}) exceeds the model's jigsaw pool of {len(pool)} permutations: "
             f"choose Q of at most {len(pool)}"
         )
-    # An image smaller than a patch gets the smallest patch that covers it.
-    patch = min(
-        cfg.patch_size, PATCH_MULTIPLE * math.ceil(max(info.height, info.width) / PATCH_MULTIPLE)
-    )
+    patch = _patch_side(cfg, info)
     rng = np.random.default_rng(cfg.seed)
     fmt = memory_format(cfg.channels_last, dev, models[0].config.width)
     was_training = [m.training for m in models]
     for m in models:
-        m.to(device=dev, memory_format=fmt).eval()
-    records: dict[str, list[np.ndarray]] = {"losses": [], "weights": [], "classes": []}
-    batch_no = 0
-
-    def patch_fn(batch: np.ndarray) -> dict[str, np.ndarray]:
-        nonlocal batch_no
-        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
-        with (
-            torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
-            autocast(dev, dtype),
-        ):
-            torch.manual_seed(mix_seed(cfg.seed, batch_no, BATCH_SEED_STRIDE))
-            out = _run_method(models, x, cfg, rng, pool, dev, dtype)
-        if not bool(torch.isfinite(out.prob).all()):
-            raise _nan_error(models, x, cfg, dtype, batch_no)
-        batch_no += 1
-        if out.losses is not None:
-            records["losses"].append(out.losses.cpu().numpy())
-            records["weights"].append(out.weights.cpu().numpy())
-            records["classes"].append(out.classes.cpu().numpy())
-        unc = _binary_entropy(out.prob) if cfg.uncertainty == "entropy" else out.uncertainty
-        maps = {"prob": out.prob.cpu().numpy(), "uncertainty": unc.cpu().numpy()}
-        if has_aux:
-            maps["aux"] = out.aux.cpu().numpy()
-        return maps
-
+        # torch's stubs lack Module.to's memory_format keyword, which torch accepts.
+        m.to(device=dev, memory_format=fmt).eval()  # type: ignore[call-overload]
     has_aux = instancer.uses_aux
-    names = ("prob", "uncertainty", "aux") if has_aux else ("prob", "uncertainty")
+    patch_fn = _PatchMethod(models, cfg, rng, pool, dev, dtype, fmt, with_aux=has_aux)
     start = time.perf_counter()
-    tile_sinks = None
     streamed = None
-    if sinks is not None:
-        if "instances" in sinks:
-            streamed = StreamedInstances(
-                sinks["instances"], info.height, info.width, instancer, uses_aux=has_aux
-            )
-        tile_sinks = {
-            "prob": _MaskingSink(
-                sinks["prob"],
-                sinks["mask"],
-                cfg.threshold,
-                streamed.prob_rows if streamed is not None else None,
-            ),
-            "uncertainty": sinks["uncertainty"],
-        }
-        if has_aux:
-            tile_sinks["aux"] = _RowFunction(streamed.aux_rows if streamed else None)
+    if sinks is not None and "instances" in sinks:
+        streamed = StreamedInstances(
+            sinks["instances"], info.height, info.width, instancer, uses_aux=has_aux
+        )
+    tile_sinks = None if sinks is None else _tile_sinks(sinks, cfg, streamed, has_aux)
     stats: dict[str, int] = {}
     try:
         outputs = yield from tiled_apply(
@@ -700,7 +654,7 @@ def _pseudo_label(
             patch_size=patch,
             overlap=cfg.overlap_for(patch),
             batch_size=cfg.batch_size,
-            out_names=names,
+            out_names=("prob", "uncertainty", "aux") if has_aux else ("prob", "uncertainty"),
             sinks=tile_sinks,
             keep=keep,
             stats=stats,
@@ -708,40 +662,131 @@ def _pseudo_label(
     finally:
         for m, flag in zip(models, was_training, strict=True):
             m.train(flag)
+    result = _blended_result(outputs, cfg, time.perf_counter() - start)
+    result.info.update(
+        device=str(dev),
+        dtype=str(dtype).replace("torch.", ""),
+        patch_size=patch,
+        patches=stats.get("patches"),
+        patches_computed=stats.get("computed"),
+        instance_output=instancer.kind,
+    )
+    if streamed is not None:
+        result.info["figures"] = streamed.finish()
+        result.info["objects"] = streamed.objects
+    elif result.probability is not None and want_instances:
+        _add_instances(result, instancer, result.probability, result.aux)
+    if cfg.method == "selfloop":
+        result.info["step_lr"] = cfg.step_lr(models[0])
+    patch_fn.add_records(result)
+    return result
+
+
+def _patch_side(cfg: PseudoLabelConfig, info: ImageInfo) -> int:
+    """``cfg.patch_size``, or for an image smaller than a patch the smallest patch that covers it."""
+    return min(
+        cfg.patch_size, PATCH_MULTIPLE * math.ceil(max(info.height, info.width) / PATCH_MULTIPLE)
+    )
+
+
+class _PatchMethod:
+    """The patch function of :func:`pseudo_label`'s tiling: the method on one batch of patches.
+
+    Each batch runs under its own torch seed (mixed from ``cfg.seed`` and the batch's
+    number), so dropout masks do not depend on what ran before; the self-loop methods'
+    per-patch jigsaw losses, weights and classes are kept for the result.
+    """
+
+    def __init__(
+        self,
+        models: list[ResUNet],
+        cfg: PseudoLabelConfig,
+        rng: np.random.Generator,
+        pool: np.ndarray,
+        dev: torch.device,
+        dtype: torch.dtype,
+        fmt: torch.memory_format,
+        *,
+        with_aux: bool,
+    ) -> None:
+        self.models, self.cfg, self.rng, self.pool = models, cfg, rng, pool
+        self.dev, self.dtype, self.fmt, self.with_aux = dev, dtype, fmt, with_aux
+        self.batch_no = 0
+        self.records: dict[str, list[np.ndarray]] = {"losses": [], "weights": [], "classes": []}
+
+    def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        cfg, dev = self.cfg, self.dev
+        x = torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=self.fmt)
+        with (
+            torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []),
+            autocast(dev, self.dtype),
+        ):
+            torch.manual_seed(mix_seed(cfg.seed, self.batch_no, BATCH_SEED_STRIDE))
+            out = _run_method(self.models, x, cfg, self.rng, self.pool, dev, self.dtype)
+        if not bool(torch.isfinite(out.prob).all()):
+            raise _nan_error(self.models, x, cfg, self.dtype, self.batch_no)
+        self.batch_no += 1
+        if out.losses is not None:
+            # self-loop's output: its losses come with their weights and classes
+            assert out.weights is not None and out.classes is not None
+            self.records["losses"].append(out.losses.cpu().numpy())
+            self.records["weights"].append(out.weights.cpu().numpy())
+            self.records["classes"].append(out.classes.cpu().numpy())
+        unc = _binary_entropy(out.prob) if cfg.uncertainty == "entropy" else out.uncertainty
+        maps = {"prob": out.prob.cpu().numpy(), "uncertainty": unc.cpu().numpy()}
+        if self.with_aux:
+            assert out.aux is not None  # a model with an instance output gives its map
+            maps["aux"] = out.aux.cpu().numpy()
+        return maps
+
+    def add_records(self, result: PseudoLabelResult) -> None:
+        """One row of Q jigsaw losses, weights and classes per patch (self-loop methods)."""
+        if self.records["losses"]:
+            result.losses = np.concatenate(self.records["losses"])
+            result.weights = np.concatenate(self.records["weights"])
+            result.classes = np.concatenate(self.records["classes"])
+
+
+def _tile_sinks(
+    sinks: Mapping[str, RowSink],
+    cfg: PseudoLabelConfig,
+    streamed: StreamedInstances | None,
+    has_aux: bool,
+) -> dict[str, RowSink]:
+    """The sinks of the blended outputs: the probability rows also give the mask (and feed
+    the streamed instances with the instance map's rows)."""
+    tile_sinks: dict[str, RowSink] = {
+        "prob": _MaskingSink(
+            sinks["prob"],
+            sinks["mask"],
+            cfg.threshold,
+            streamed.prob_rows if streamed is not None else None,
+        ),
+        "uncertainty": sinks["uncertainty"],
+    }
+    if has_aux:
+        tile_sinks["aux"] = _RowFunction(streamed.aux_rows if streamed else None)
+    return tile_sinks
+
+
+def _blended_result(
+    outputs: Mapping[str, np.ndarray | None], cfg: PseudoLabelConfig, seconds: float
+) -> PseudoLabelResult:
+    """The result of the blended maps (None when streamed), clipped to [0, 1], with the mask."""
     prob = outputs["prob"]
     aux = outputs.get("aux")
     if prob is not None:
         np.clip(prob, 0.0, 1.0, out=prob)  # blending rounding reached 1.0000001
     if aux is not None:
         np.clip(aux, 0.0, 1.0, out=aux)
-    result = PseudoLabelResult(
+    return PseudoLabelResult(
         probability=prob,
         uncertainty=outputs["uncertainty"],
         mask=None if prob is None else confidence_mask(prob, cfg.threshold),
         config=cfg,
-        seconds=time.perf_counter() - start,
-        info={
-            "device": str(dev),
-            "dtype": str(dtype).replace("torch.", ""),
-            "patch_size": patch,
-            "patches": stats.get("patches"),
-            "patches_computed": stats.get("computed"),
-            "instance_output": instancer.kind,
-        },
+        seconds=seconds,
         aux=aux,
     )
-    if streamed is not None:
-        result.info["figures"] = streamed.finish()
-        result.info["objects"] = streamed.objects
-    elif prob is not None and want_instances:
-        _add_instances(result, instancer, prob, aux)
-    if cfg.method == "selfloop":
-        result.info["step_lr"] = cfg.step_lr(models[0])
-    if records["losses"]:
-        result.losses = np.concatenate(records["losses"])
-        result.weights = np.concatenate(records["weights"])
-        result.classes = np.concatenate(records["classes"])
-    return result
 
 
 @torch.no_grad()
@@ -819,8 +864,8 @@ class _MaskingSink:
 
     def __init__(
         self,
-        prob_sink: Any,
-        mask_sink: Any,
+        prob_sink: RowSink,
+        mask_sink: RowSink,
         threshold: float,
         also: Callable[[int, np.ndarray], None] | None = None,
     ) -> None:

@@ -30,6 +30,7 @@ from napari_selfloop.core.io.images import check_image, read_region_padded
 from napari_selfloop.core.progress import Progress
 
 __all__ = [
+    "KeepFn",
     "PatchFn",
     "RowSink",
     "blend_window",
@@ -212,6 +213,45 @@ def tiled_apply(
         For bad geometry, missing sinks, or a ``patch_fn`` result that lacks a name or has
         the wrong shape.
     """
+    names = _check_arguments(patch_size, overlap, batch_size, out_names, sinks)
+    info = check_image(image)
+    height, width, size = info.height, info.width, patch_size
+
+    ys = patch_origins(height, size, overlap)
+    xs = patch_origins(width, size, overlap)
+    total = len(ys) * len(xs)
+    origins = _kept_origins(ys, xs, size, (height, width), keep)
+    if stats is not None:
+        stats.update(patches=total, computed=len(origins))
+    band = _Band(names, (height, width), ys, xs, _window_1d(size, overlap), sinks)
+    logger.debug(
+        "tiled_apply: %dx%d image, %d patches of %d (overlap %d), batches of %d",
+        height, width, total, size, overlap, batch_size,
+    )  # fmt: skip
+
+    done = total - len(origins)  # skipped patches add nothing: all their outputs are 0
+    # The count is known before the first batch: a progress bar shows it at once.
+    yield Progress(done if origins else total, total, "tiles")
+    for batch_origins in _batches(origins, batch_size):
+        batch = _read_batch(image, batch_origins, size)
+        outputs = patch_fn(batch)
+        maps = {name: _output(outputs, name, batch.shape[:3]) for name in names}
+        for i, (y, x) in enumerate(batch_origins):
+            band.add(y, x, {name: values[i] for name, values in maps.items()})
+        del batch, outputs, maps  # results may be views of the batch: free it now
+        done += len(batch_origins)
+        yield Progress(done, total, "tiles")
+    return band.close()
+
+
+def _check_arguments(
+    patch_size: int,
+    overlap: int,
+    batch_size: int,
+    out_names: Sequence[str],
+    sinks: Mapping[str, RowSink] | None,
+) -> tuple[str, ...]:
+    """The output names of :func:`tiled_apply`, once its geometry and sinks are checked."""
     _check_geometry(patch_size, overlap)
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
@@ -220,94 +260,124 @@ def tiled_apply(
         raise ValueError("out_names must name at least one output")
     if sinks is not None and (missing := [n for n in names if n not in sinks]):
         raise ValueError(f"sinks lacks the outputs {missing}: pass a sink for each of {names}")
-    info = check_image(image)
-    height, width, size = info.height, info.width, patch_size
+    return names
 
-    ys = patch_origins(height, size, overlap)
-    xs = patch_origins(width, size, overlap)
+
+def _kept_origins(
+    ys: Sequence[int],
+    xs: Sequence[int],
+    size: int,
+    shape: tuple[int, int],
+    keep: KeepFn | None,
+) -> list[tuple[int, int]]:
+    """The patch origins of the grid ``ys`` x ``xs`` in row order, less those ``keep`` refuses
+    (it sees each patch's window clipped to the image)."""
+    height, width = shape
     all_origins = [(y, x) for y in ys for x in xs]
-    total = len(all_origins)
     if keep is None:
-        origins = all_origins
-    else:
-        origins = [
-            (y, x)
-            for y, x in all_origins
-            if keep(y, min(y + size, height), x, min(x + size, width))
-        ]
-    if stats is not None:
-        stats.update(patches=total, computed=len(origins))
-    window_1d = _window_1d(size, overlap)
-    window = np.outer(window_1d, window_1d)
-    inv_row_weight = 1.0 / _weight_sum(height, ys, window_1d)
-    inv_col_weight = 1.0 / _weight_sum(width, xs, window_1d)
-    band_rows = min(size, height)
-    band = {name: np.zeros((band_rows, width), dtype=np.float32) for name in names}
-    result = (
-        None if sinks is not None else {n: np.empty((height, width), np.float32) for n in names}
-    )
-    logger.debug(
-        "tiled_apply: %dx%d image, %d patches of %d (overlap %d), batches of %d",
-        height, width, total, size, overlap, batch_size,
-    )  # fmt: skip
+        return all_origins
+    return [
+        (y, x) for y, x in all_origins if keep(y, min(y + size, height), x, min(x + size, width))
+    ]
 
-    band_y0 = 0  # image row of band[:, 0]
 
-    def flush(stop: int) -> None:
-        """Normalise rows band_y0..stop-1, hand them out and shift the band up."""
-        nonlocal band_y0
-        if stop - band_y0 > band_rows:  # rows past the band: only skipped patches touched them
-            flush(band_y0 + band_rows)
-            zeros = np.zeros((min(band_rows, stop - band_y0), width), np.float32)
-            while band_y0 < stop:
-                rows = min(len(zeros), stop - band_y0)
-                for name in names:
-                    if sinks is not None:
-                        sinks[name].write_rows(band_y0, zeros[:rows])
-                    else:
-                        result[name][band_y0 : band_y0 + rows] = 0.0  # type: ignore[index]
-                band_y0 += rows
+def _read_batch(image: Any, origins: Sequence[tuple[int, int]], size: int) -> np.ndarray:
+    """The patches at ``origins`` as one float32 batch ``(B, P, P, 3)`` (reflection-padded)."""
+    batch = np.empty((len(origins), size, size, 3), dtype=np.float32)
+    for i, (y, x) in enumerate(origins):
+        batch[i] = read_region_padded(image, y, y + size, x, x + size)
+    return batch
+
+
+class _Band:
+    """The accumulator band of :func:`tiled_apply`: ``rows`` image rows from :attr:`y0` on,
+    for each output.
+
+    Patches are added in row order (:meth:`add`); rows above a patch's origin are finished
+    (no later patch touches them), so they are normalised by the blending weights and handed
+    out (:meth:`finish`): to the sinks, or into the in-memory result.
+    """
+
+    def __init__(
+        self,
+        names: tuple[str, ...],
+        shape: tuple[int, int],
+        ys: Sequence[int],
+        xs: Sequence[int],
+        window_1d: np.ndarray,
+        sinks: Mapping[str, RowSink] | None,
+    ) -> None:
+        height, width = shape
+        self.names, self.width, self.sinks = names, width, sinks
+        self.window = np.outer(window_1d, window_1d)
+        self.size = len(window_1d)
+        # The weights are separable: their sum is the outer product of two 1D sums.
+        self.inv_row_weight = 1.0 / _weight_sum(height, ys, window_1d)
+        self.inv_col_weight = 1.0 / _weight_sum(width, xs, window_1d)
+        self.height = height
+        self.rows = min(self.size, height)
+        self.acc = {name: np.zeros((self.rows, width), dtype=np.float32) for name in names}
+        self.result = (
+            None if sinks is not None else {n: np.empty((height, width), np.float32) for n in names}
+        )
+        self.y0 = 0  # image row of the band's first row
+
+    def add(self, y: int, x: int, patch: Mapping[str, np.ndarray]) -> None:
+        """Blend one patch's outputs (``(P, P)`` each) in at image position ``(y, x)``;
+        rows above ``y`` are finished first."""
+        if y != self.y0:
+            self.finish(y)
+        h, w = min(self.size, self.height - y), min(self.size, self.width - x)
+        for name, values in patch.items():
+            self.acc[name][:h, x : x + w] += values[:h, :w] * self.window[:h, :w]
+
+    def finish(self, stop: int) -> None:
+        """Normalise rows ``y0 .. stop - 1``, hand them out and shift the band up to ``stop``."""
+        if stop - self.y0 > self.rows:  # rows past the band: only skipped patches touched them
+            self.finish(self.y0 + self.rows)
+            self._hand_out_zeros(stop)
             return
-        count = stop - band_y0
+        count = stop - self.y0
         if count <= 0:
             return
-        for name, acc in band.items():
+        for name, acc in self.acc.items():
             rows = acc[:count]
-            rows *= inv_row_weight[band_y0:stop, None]
-            rows *= inv_col_weight[None, :]
-            if sinks is not None:
-                sinks[name].write_rows(band_y0, rows)
-            else:
-                result[name][band_y0:stop] = rows  # type: ignore[index]
-            # shift the unfinished rows up in non-overlapping chunks (no band-sized temporary)
-            for start in range(count, band_rows, count):
-                stop_chunk = min(start + count, band_rows)
-                acc[start - count : stop_chunk - count] = acc[start:stop_chunk]
-            acc[max(band_rows - count, 0) :] = 0.0
-        band_y0 = stop
+            rows *= self.inv_row_weight[self.y0 : stop, None]
+            rows *= self.inv_col_weight[None, :]
+            self._hand_out(name, rows)
+            self._shift(acc, count)
+        self.y0 = stop
 
-    done = total - len(origins)  # skipped patches add nothing: all their outputs are 0
-    # The count is known before the first batch: a progress bar shows it at once.
-    yield Progress(done if origins else total, total, "tiles")
-    for batch_origins in _batches(origins, batch_size):
-        batch = np.empty((len(batch_origins), size, size, 3), dtype=np.float32)
-        for i, (y, x) in enumerate(batch_origins):
-            batch[i] = read_region_padded(image, y, y + size, x, x + size)
-        outputs = patch_fn(batch)
-        maps = {name: _output(outputs, name, batch.shape[:3]) for name in names}
-        for i, (y, x) in enumerate(batch_origins):
-            if y != band_y0:
-                flush(y)
-            h, w = min(size, height - y), min(size, width - x)
-            for name, values in maps.items():
-                band[name][:h, x : x + w] += values[i, :h, :w] * window[:h, :w]
-        del batch, outputs, maps, values  # results may be views of the batch: free it now
-        done += len(batch_origins)
-        yield Progress(done, total, "tiles")
-    flush(height)
-    if result is None:
-        return dict.fromkeys(names)
-    return dict(result)
+    def close(self) -> dict[str, np.ndarray | None]:
+        """Finish every remaining row: the in-memory result, or ``None`` per name with sinks."""
+        self.finish(self.height)
+        if self.result is None:
+            return dict.fromkeys(self.names)
+        return dict(self.result)
+
+    def _hand_out(self, name: str, rows: np.ndarray) -> None:
+        """Rows of output ``name`` starting at image row ``y0``, to its sink or the result."""
+        if self.sinks is not None:
+            self.sinks[name].write_rows(self.y0, rows)
+        else:
+            self.result[name][self.y0 : self.y0 + len(rows)] = rows  # type: ignore[index]
+
+    def _hand_out_zeros(self, stop: int) -> None:
+        """Rows ``y0 .. stop - 1`` (the band is empty) as zeros, a band's height at a time."""
+        zeros = np.zeros((min(self.rows, stop - self.y0), self.width), np.float32)
+        while self.y0 < stop:
+            rows = min(len(zeros), stop - self.y0)
+            for name in self.names:
+                self._hand_out(name, zeros[:rows])
+            self.y0 += rows
+
+    def _shift(self, acc: np.ndarray, count: int) -> None:
+        """Move the unfinished rows of ``acc`` up by ``count`` and clear the rows freed at the
+        bottom (in non-overlapping chunks: no band-sized temporary)."""
+        for start in range(count, self.rows, count):
+            stop_chunk = min(start + count, self.rows)
+            acc[start - count : stop_chunk - count] = acc[start:stop_chunk]
+        acc[max(self.rows - count, 0) :] = 0.0
 
 
 def _output(outputs: Mapping[str, Any], name: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -26,15 +26,18 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Generator, Mapping, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..errors import InputError
 from ..progress import Progress, relay
 from .metrics import IGNORE, captured_errors, pixel_scores
 from .pseudolabel import PseudoLabelConfig, pseudo_label
+
+if TYPE_CHECKING:
+    from .model import ResUNet
+    from .pseudolabel import PseudoLabelResult
 
 #: Points of Dice and of balanced accuracy a step may lose to softmax and stay eligible.
 STEP_TOLERANCE = 0.5
@@ -110,7 +113,7 @@ def choose_selfloop_step(
     }
 
 
-def set_selfloop_step(model: torch.nn.Module, step: float | None) -> None:
+def set_selfloop_step(model: ResUNet, step: float | None) -> None:
     """Make ``step`` ``model``'s self-loop step (None: none chosen), in its config (which
     refuses a step outside ``(0, MAX_SELFLOOP_LR]``)."""
     model.config = replace(model.config, selfloop_lr=step)
@@ -122,7 +125,7 @@ def step_key(step: float) -> str:
 
 
 def sweep_steps(
-    model: torch.nn.Module,
+    model: ResUNet,
     images: Sequence[Any],
     masks: Sequence[np.ndarray],
     steps: Sequence[float],
@@ -174,7 +177,9 @@ def sweep_steps(
     total = n_img * (len(specs) + 1)
     done = 0
 
-    def run(i: int, method: str, lr: float | None, what: str) -> Generator:
+    def run(
+        i: int, method: str, lr: float | None, what: str
+    ) -> Generator[Progress, None, PseudoLabelResult]:
         """One pseudo-label of image ``i``, relaying its progress."""
         nonlocal done
         message = f"{what}: image {i + 1}/{n_img}"
@@ -204,6 +209,7 @@ def sweep_steps(
     soft_rows, rng = [], np.random.default_rng(0)  # each row's own tie-breaks
     for i, mask in enumerate(truths):
         result = yield from run(i, "softmax", None, "softmax")
+        assert result.probability is not None  # no sinks: the maps are held in memory
         wrong.append(((result.probability > 0.5) != (mask > 0))[labelled[i]])
         if want_softmax:
             soft_rows.append(image_row(result, i, rng))

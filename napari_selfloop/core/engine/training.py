@@ -44,22 +44,32 @@ import torch
 from ..errors import CheckpointError, InputError
 from ..progress import Progress, relay, run_to_completion
 from ..store.checkpoint import (
-    ResumeRecord,
     load_checkpoint,
     load_optimizer_state,
     resume_record,
     save_checkpoint,
 )
-from .datasets import Augment, PatchSampler, PreparedItem, TrainItem, check_items
+from .config_checks import config_type_problems
+from .datasets import (
+    DEFAULT_BRIGHTNESS_JITTER,
+    DEFAULT_HED_JITTER,
+    DEFAULT_SCALE_JITTER,
+    Augment,
+    PatchSampler,
+    PreparedItem,
+    TrainItem,
+    check_items,
+)
 from .device import autocast, memory_format, resolve_device, resolve_precision
 from .jigsaw import Puzzles, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, aux_loss, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
-from .model import ResUNet, check_seed, config_type_problems, mix_seed
+from .model import ResUNet
 from .plausibility import RECORD_KEY, labelled_tissue, merge_ranges
 from .pretrain import (
     PRETRAIN_KIND,
     PretrainConfig,
+    Resumed,
     cap_patch,
     jigsaw_metrics,
     pretrain_prepared,
@@ -79,6 +89,7 @@ from .pseudolabel import (
     pseudo_label,
     selfloop_steps,
 )
+from .seeds import check_seed, mix_seed
 
 __all__ = ["FRAMEWORKS", "TrainConfig", "TrainItem", "TrainResult", "selfloop_update", "train"]
 
@@ -176,7 +187,9 @@ class TrainConfig:
         there is no validation set) every this many iterations and at the end; the best
         evaluation is kept.
     hed_jitter, brightness_jitter
-        Strength of the colour augmentation (0 disables it).
+        Strength of the colour augmentation (0 disables it; the defaults are
+        :data:`.datasets.DEFAULT_HED_JITTER` and ``DEFAULT_BRIGHTNESS_JITTER``, which
+        jigsaw pre-training uses too).
     scale_jitter
         Scale augmentation: patches are cut at up to ``1 + scale_jitter`` times (or that
         fraction of) the patch side and resized to it (0, the default, disables it; see
@@ -222,9 +235,9 @@ class TrainConfig:
     precision: str = "auto"
     channels_last: bool = True
     validate_every: int = 50
-    hed_jitter: float = 0.03
-    brightness_jitter: float = 0.1
-    scale_jitter: float = 0.0
+    hed_jitter: float = DEFAULT_HED_JITTER
+    brightness_jitter: float = DEFAULT_BRIGHTNESS_JITTER
+    scale_jitter: float = DEFAULT_SCALE_JITTER
     val_metric: str = "pooled"
     val_patch_size: int = 384
     save_optimizer: bool = True
@@ -378,6 +391,7 @@ def _selfloop_updates(
         )
     finally:
         model.train(was_training)
+    assert out.losses is not None and out.weights is not None  # self-loop steps set both
     return out.prob, out.losses, out.weights
 
 
@@ -548,7 +562,7 @@ def train(
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
     if out is not None and out.is_dir():
         raise InputError(f"cannot write {out}: it is a folder, give a file name (.pt)")
-    resumed: _Resumed | None = None
+    resumed: Resumed | None = None
     if resume is not None:
         ck = load_checkpoint(resume)
         if not ck.config.same_network(model.config):
@@ -565,7 +579,7 @@ def train(
         record = resume_record(
             ck, [tuple(p.shape) for p in model.parameters()], iterations=cfg.iterations
         )
-        resumed = _Resumed(ck.model.state_dict(), record, ck.meta.get("parent"))
+        resumed = Resumed(ck.model.state_dict(), record, ck.meta.get("parent"))
         pixel_size_um = pixel_size_um if pixel_size_um is not None else ck.pixel_size_um
     dev = resolve_device(device)
     tissue = merge_ranges(tissue, labelled_tissue(lab))
@@ -585,15 +599,6 @@ def train(
 
 
 @dataclass
-class _Resumed:
-    """What a resumed run starts from (read from its checkpoint by :func:`train`)."""
-
-    state: dict[str, torch.Tensor]
-    record: ResumeRecord
-    parent: str | None
-
-
-@dataclass
 class _Best:
     """The best evaluation so far: its step, metric, weights, metrics and optimiser state."""
 
@@ -607,8 +612,8 @@ class _Best:
 class _Run:
     """The state of one training run: latest losses, history, best-so-far, evaluation and saving.
 
-    The loop in :func:`_train_loop` only samples, pseudo-labels, steps the objective and
-    hands each iteration's losses to :meth:`record`; what is kept, when it is saved and
+    The loop (:func:`_train_loop`, one :func:`_iteration` per step) only samples,
+    pseudo-labels, steps the objective and hands each iteration's losses to :meth:`record`; what is kept, when it is saved and
     what the events say is decided here.
     """
 
@@ -625,6 +630,7 @@ class _Run:
         parent: str | None,
         pixel_size_um: float | None,
         data: list[dict[str, Any]],
+        tissue: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.cfg, self.optimizer = model, cfg, optimizer
         self.dev, self.dtype, self.val, self.out = dev, dtype, val, out
@@ -635,7 +641,7 @@ class _Run:
         self.history: list[dict[str, Any]] = []
         self.best = _Best()
         self.jigsaw_record: dict[str, Any] = {}
-        self.tissue: dict[str, Any] | None = None
+        self.tissue = tissue  # recorded in the checkpoint (:mod:`.plausibility`)
         self.losses = {
             "loss": math.nan,
             "loss_seg": math.nan,
@@ -652,7 +658,7 @@ class _Run:
     def keeps_optimizer(self) -> bool:
         return self.out is not None and self.cfg.save_optimizer
 
-    def resume(self, resumed: _Resumed) -> None:
+    def resume(self, resumed: Resumed) -> None:
         """Continue from a checkpoint: weights, optimiser, step, history and its best metric."""
         self.model.load_state_dict(resumed.state)
         record = resumed.record
@@ -877,7 +883,7 @@ def _train_loop(
     cfg: TrainConfig,
     *,
     dev: torch.device,
-    resumed: _Resumed | None,
+    resumed: Resumed | None,
     out: Path | None,
     parent: str | None,
     pixel_size_um: float | None,
@@ -886,11 +892,9 @@ def _train_loop(
     dtype = resolve_precision(cfg.precision, dev)
     fmt = memory_format(cfg.channels_last, dev, model.config.width)
     start_time = time.perf_counter()
-    model.to(device=dev, memory_format=fmt)
+    # torch's stubs lack Module.to's memory_format keyword, which torch accepts.
+    model.to(device=dev, memory_format=fmt)  # type: ignore[call-overload]
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    ss_optimizer = make_step_optimizer(
-        [*model.encoder.parameters(), *model.jigsaw_head.parameters()], cfg.ss_step_rule, cfg.ss_lr
-    )
     run = _Run(
         model,
         cfg,
@@ -902,8 +906,8 @@ def _train_loop(
         parent=parent,
         pixel_size_um=pixel_size_um,
         data=_data_record(("labelled", lab), ("unlabelled", unl), ("validation", val)),
+        tissue=tissue,
     )
-    run.tissue = tissue
     if resumed is not None:
         run.resume(resumed)
     initial = _snapshot(model)
@@ -911,27 +915,7 @@ def _train_loop(
     rng = np.random.default_rng([cfg.seed, run.start_step])
     pool = permutation_pool(model.config.num_permutations)
     batches = _Batches(lab, unl, cfg, rng, dev, fmt)
-
-    def pseudo_label_batch(
-        step: int, lr: float, xu: torch.Tensor | None
-    ) -> Generator[Progress, None, tuple[torch.Tensor | None, list[float]]]:
-        """``y_sl`` (or a comparison framework's map) of ``xu`` and its self-loop L_SS values."""
-        if xu is None:
-            return None, []
-        if cfg.framework != "selfloop":
-            return _baseline_pseudo_label(model, xu, cfg, rng, pool, dtype), []
-        for g in ss_optimizer.param_groups:
-            g["lr"] = cfg.ss_lr * lr / cfg.lr
-        y, losses, _ = yield from relay(
-            _selfloop_updates(
-                model, xu, _puzzles(rng, xu, cfg.q, pool, model, cfg), ss_optimizer, dtype
-            ),
-            lambda i: run.event(
-                step - 1, "selfloop", lr, f"step {step}: self-loop update {i}/{cfg.q}"
-            ),
-        )
-        return y, [float(losses.mean())]
-
+    labeller = _PseudoLabeller(run, rng, pool)
     try:
         if cfg.jigsaw_warmup and run.start_step == 0:
             yield from _jigsaw_warmup(run, lab + unl)
@@ -939,43 +923,104 @@ def _train_loop(
             initial_scores = yield from run.evaluate(0, _lr_at(cfg, 1))
             run.history.append({"step": 0, **initial_scores})
         for step in range(run.start_step + 1, run.total + 1):
-            t0 = time.perf_counter()
-            lr = _lr_at(cfg, step)
-            xl, ml = batches.labelled()
-            xu = batches.unlabelled(step)
-            y, ss_values = yield from pseudo_label_batch(step, lr, xu)
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            loss_seg, loss_ss, loss_ug, dice = _objective_step(
-                model, optimizer, xl, ml, xu, y, cfg, rng, pool, dtype
-            )
-            opened = batches.note_dice(dice, step)
-            entry = run.record(
-                step,
-                lr,
-                loss_seg,
-                ([] if loss_ss is None else [loss_ss]) + ss_values,
-                loss_ug,
-                time.perf_counter() - t0,
-            )
-            entry["labelled_dice"] = round(dice, 4)
-            if opened:
-                entry["unlabelled_from"] = step  # the gate opened here
-            scores: dict[str, Any] = {}
-            if step % cfg.validate_every == 0 or step == run.total:
-                scores = yield from run.evaluate(step, lr)
-                entry.update(scores)
-            msg = f"step {step}/{run.total} loss {run.losses['loss']:.4f}"
-            if "val_f1" in scores:
-                msg += f" val F1 {scores['val_f1']:.4f}"
-                if cfg.val_metric == "per-image":
-                    msg += f" (mean per image {scores['val_f1_mean']:.4f})"
-            yield run.event(step, "train", lr, msg, **scores)
+            yield from _iteration(run, step, batches, labeller, rng, pool)
     finally:
         run.restore_best(initial)
     if run.best.state is not None:
         run.save()  # the best weights again, now with the whole run's history
     return run.result(time.perf_counter() - start_time)
+
+
+def _iteration(
+    run: _Run,
+    step: int,
+    batches: _Batches,
+    labeller: _PseudoLabeller,
+    rng: np.random.Generator,
+    pool: np.ndarray,
+) -> Generator[Progress, None, None]:
+    """One training iteration: sample, pseudo-label, step the objective, record, evaluate."""
+    cfg = run.cfg
+    t0 = time.perf_counter()
+    lr = _lr_at(cfg, step)
+    xl, ml = batches.labelled()
+    xu = batches.unlabelled(step)
+    y, ss_values = yield from labeller.label(step, lr, xu)
+    for g in run.optimizer.param_groups:
+        g["lr"] = lr
+    loss_seg, loss_ss, loss_ug, dice = _objective_step(
+        run.model, run.optimizer, xl, ml, xu, y, cfg, rng, pool, run.dtype
+    )
+    opened = batches.note_dice(dice, step)
+    entry = run.record(
+        step,
+        lr,
+        loss_seg,
+        ([] if loss_ss is None else [loss_ss]) + ss_values,
+        loss_ug,
+        time.perf_counter() - t0,
+    )
+    entry["labelled_dice"] = round(dice, 4)
+    if opened:
+        entry["unlabelled_from"] = step  # the gate opened here
+    scores: dict[str, Any] = {}
+    if step % cfg.validate_every == 0 or step == run.total:
+        scores = yield from run.evaluate(step, lr)
+        entry.update(scores)
+    yield run.event(step, "train", lr, _step_message(run, step, scores), **scores)
+
+
+def _step_message(run: _Run, step: int, scores: dict[str, Any]) -> str:
+    """The progress line of an iteration: its loss, and the validation F1 when evaluated."""
+    msg = f"step {step}/{run.total} loss {run.losses['loss']:.4f}"
+    if "val_f1" in scores:
+        msg += f" val F1 {scores['val_f1']:.4f}"
+        if run.cfg.val_metric == "per-image":
+            msg += f" (mean per image {scores['val_f1_mean']:.4f})"
+    return msg
+
+
+class _PseudoLabeller:
+    """``y_sl`` (or a comparison framework's map) of a batch of unlabelled patches.
+
+    The self-loop encoder updates take an optimiser of their own
+    (:func:`.pseudolabel.make_step_optimizer`), never the objective's: its momentum would
+    otherwise be replayed Q times.
+    """
+
+    def __init__(self, run: _Run, rng: np.random.Generator, pool: np.ndarray) -> None:
+        self.run, self.rng, self.pool = run, rng, pool
+        model, cfg = run.model, run.cfg
+        self.optimizer = make_step_optimizer(
+            [*model.encoder.parameters(), *model.jigsaw_head.parameters()],
+            cfg.ss_step_rule,
+            cfg.ss_lr,
+        )
+
+    def label(
+        self, step: int, lr: float, xu: torch.Tensor | None
+    ) -> Generator[Progress, None, tuple[torch.Tensor | None, list[float]]]:
+        """The map of ``xu`` (None without unlabelled patches) and its self-loop L_SS values."""
+        run, model, cfg = self.run, self.run.model, self.run.cfg
+        if xu is None:
+            return None, []
+        if cfg.framework != "selfloop":
+            return _baseline_pseudo_label(model, xu, cfg, self.rng, self.pool, run.dtype), []
+        for g in self.optimizer.param_groups:
+            g["lr"] = cfg.ss_lr * lr / cfg.lr
+        y, losses, _ = yield from relay(
+            _selfloop_updates(
+                model,
+                xu,
+                _puzzles(self.rng, xu, cfg.q, self.pool, model, cfg),
+                self.optimizer,
+                run.dtype,
+            ),
+            lambda i: run.event(
+                step - 1, "selfloop", lr, f"step {step}: self-loop update {i}/{cfg.q}"
+            ),
+        )
+        return y, [float(losses.mean())]
 
 
 def _jigsaw_warmup(run: _Run, items: list[PreparedItem]) -> Generator[Progress, None, None]:
@@ -1106,7 +1151,7 @@ def _objective_step(
             seg[n_plain:, :1], puzzled_mask, cfg.dice_weight
         )
     l_ss = l_ug = None
-    if jig is not None:
+    if jig is not None and classes is not None:  # a jigsaw output only with puzzles
         l_ss = ss_loss(jig, classes)
         loss = loss + cfg.ss_weight * l_ss
     if xu is not None and y is not None:
@@ -1162,10 +1207,14 @@ def _validate(
     try:
         for n, item in enumerate(val, 1):
             message = f"validating {item.name} ({n}/{len(val)})"
+
+            def event(_e: Progress, message: str = message) -> Progress:
+                return make_event(message)
+
             result = yield from relay(
-                pseudo_label(item.image, model, plc, device=dev, instances=False),
-                lambda _e, message=message: make_event(message),
+                pseudo_label(item.image, model, plc, device=dev, instances=False), event
             )
+            assert result.probability is not None  # no sinks: the map is in memory
             image_counts = pixel_counts(result.probability > 0.5, item.mask, ignore=IGNORE)
             counts += image_counts
             per_image.append(scores_from_counts(image_counts)["f1"])  # 1 when both empty

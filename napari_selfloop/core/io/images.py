@@ -18,16 +18,16 @@ Reading
     :func:`read_region` and :func:`read_region_padded` read one window as float32 RGB in
     ``[0, 1]``, touching only that window of a lazy array.
 
-Writing results atomically lives in :mod:`.atomic`.
+The check at the door (a regular file? readable? which format?) is :mod:`.file_check`'s;
+which series of a TIFF is the image, :mod:`.tiff_series`'s. Writing results atomically lives
+in :mod:`.atomic`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
+import functools
 import logging
 import os
-import stat
 import threading
 import weakref
 from dataclasses import dataclass
@@ -36,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from napari_selfloop.core.errors import InputError, SelfloopError
+from ..errors import InputError, SelfloopError
+from .file_check import check_input_file, image_kind, read_head
+from .tiff_series import choose_series, plane_shape
 
 __all__ = [
     "ImageInfo",
     "check_image",
-    "check_input_file",
     "open_image",
     "read_region",
     "read_region_padded",
@@ -55,9 +56,6 @@ FLOAT_TOLERANCE = 1e-3
 
 _SUPPORTED_DTYPES = ("bool", "uint8", "uint16", "float16", "float32", "float64")
 _INTEGER_SCALE = {"bool": 1.0, "uint8": 255.0, "uint16": 65535.0}
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,107 +163,6 @@ def _describe(path: Path) -> str:
     return path.name or str(path)
 
 
-_FILE_KINDS = (
-    (stat.S_ISFIFO, "a named pipe (FIFO)"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-def _not_regular(mode: int, path: Path, what: str) -> InputError | None:
-    """The complaint about a file of ``mode`` that is not a regular file (None when it is)."""
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISDIR(mode):
-        return InputError(f"{path} is a folder, not {what}: pick a file inside it")
-    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
-    return InputError(
-        f"{path} is {kind}, not {what}: save the data to a regular file and pass that"
-    )
-
-
-def _stat_problem(path: Path, exc: OSError) -> InputError:
-    """A one-line complaint about a path whose ``os.stat`` failed."""
-    code = exc.errno
-    if code == errno.ELOOP:
-        return InputError(
-            f"{path} is a symbolic link loop (it ends up pointing to itself): "
-            "fix or remove the link"
-        )
-    if code == errno.ENOENT:
-        with contextlib.suppress(OSError):
-            if os.path.islink(path):
-                return InputError(
-                    f"{path} is a broken symbolic link (to {os.readlink(path)}, "
-                    "which does not exist): fix or remove the link"
-                )
-        return InputError(f"{path} does not exist: check the file name and folder")
-    if code == errno.ENOTDIR:
-        return InputError(f"{path} does not exist (a folder in the path is a file): check the path")
-    return InputError(f"could not read {path}: {exc.strerror or exc}")
-
-
-def check_input_file(path: str | os.PathLike[str], what: str = "an image file") -> Path:
-    """Refuse at once a path that is not an existing regular file, in one line naming it.
-
-    ``os.stat`` is asked before anything opens the file, so a named pipe (FIFO), a socket or
-    a device is refused instead of hanging a reader, a symbolic link loop is called one (not
-    "does not exist"), and a broken link names its target.
-
-    Parameters
-    ----------
-    path
-        The file to check.
-    what
-        What the file should be, for the message ("an image file", "a checkpoint file").
-
-    Returns
-    -------
-    pathlib.Path
-        ``path``.
-
-    Raises
-    ------
-    InputError
-        When the path is missing, a broken link or a link loop, a folder, or not a regular
-        file, or cannot be looked at (permissions).
-    """
-    path = Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except OSError as exc:
-        raise _stat_problem(path, exc) from exc
-    problem = _not_regular(mode, path, what)
-    if problem is not None:
-        raise problem
-    return path
-
-
-def _read_head(path: Path, size: int) -> bytes:
-    """The first ``size`` bytes of a regular file, never blocking on a FIFO or a device.
-
-    The file is opened without blocking and checked with ``fstat`` on the open descriptor,
-    so it cannot be swapped for a pipe between the check and the read.
-    """
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError as exc:
-        if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
-            raise _stat_problem(path, exc) from exc
-        raise InputError(f"could not read {path}: {exc.strerror or exc}") from exc
-    try:
-        problem = _not_regular(os.fstat(fd).st_mode, path, "an image file")
-        if problem is not None:
-            raise problem
-        return os.read(fd, size)
-    except OSError as exc:
-        raise InputError(f"could not read {path}: {exc.strerror or exc}") from exc
-    finally:
-        os.close(fd)
-
-
 _sources: dict[int, tuple[weakref.ref[Any], str]] = {}
 _sources_lock = threading.Lock()
 
@@ -281,7 +178,7 @@ def _remember_source(image: Any, name: str) -> None:
     """Note which file ``image`` was opened from, for error messages (see :func:`source_name`)."""
     key = id(image)
     try:
-        ref = weakref.ref(image, lambda r, key=key: _forget_source(key, r))
+        ref = weakref.ref(image, functools.partial(_forget_source, key))
     except TypeError:  # an array type without weak references: messages just do not name it
         return
     with _sources_lock:
@@ -331,16 +228,15 @@ def open_image(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     name = _describe(path)
     check_input_file(path)
-    head = _read_head(path, 16)
+    head = read_head(path, 16)
     if not head:
         raise InputError(f"{name} is empty (0 bytes): the file was not saved completely")
+    kind = image_kind(head)
     try:
-        if head.startswith(_TIFF_MAGICS):
+        if kind == "TIFF":
             image = _open_tiff(path)
-        elif head.startswith(_PNG_MAGIC):
-            image = _open_pil(path, "PNG")
-        elif head.startswith(_JPEG_MAGIC):
-            image = _open_pil(path, "JPEG")
+        elif kind is not None:
+            image = _open_pil(path, kind)
         else:
             raise InputError(f"is not a PNG, JPEG or TIFF file (starts with {head[:8]!r})")
         check_image(image)
@@ -386,16 +282,17 @@ def _open_pil(path: Path, kind: str) -> np.ndarray:
                 _note_once(path, "%s holds %d pictures; reading the first", path.name, frames)
             img.load()
             mode = img.mode
+            picture: Image.Image = img
             if mode in ("P", "PA"):
                 transparent = mode == "PA" or "transparency" in img.info
-                img = img.convert("RGBA" if transparent else "RGB")
+                picture = img.convert("RGBA" if transparent else "RGB")
             elif mode in ("LA", "La", "RGBa"):
-                img = img.convert("RGBA")
+                picture = img.convert("RGBA")
             elif mode in ("CMYK", "YCbCr", "LAB", "HSV"):
-                img = img.convert("RGB")
+                picture = img.convert("RGB")
             elif mode == "1":
-                img = img.convert("L")
-            arr = np.asarray(img)
+                picture = img.convert("L")
+            arr = np.asarray(picture)
     except InputError:
         raise
     except Image.DecompressionBombError as exc:
@@ -420,9 +317,7 @@ def _open_tiff(path: Path) -> Any:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 raise InputError("is a TIFF file without images: re-export it")
-            from .slides import _choose_series  # the slide, not a vendor label or macro image
-
-            chosen = _choose_series(tif)
+            chosen = choose_series(tif)  # the slide, not a vendor label or macro image
             if len(tif.series) > 1:
                 _note_once(
                     path,
@@ -433,9 +328,7 @@ def _open_tiff(path: Path) -> Any:
                     tif.series[chosen].shape,
                 )
             series = tif.series[chosen]
-            shape = tuple(int(s) for s in series.shape)
-            while len(shape) > 2 and shape[0] == 1:  # singleton leading axes (ImageJ, OME)
-                shape = shape[1:]
+            shape = plane_shape(series.shape)  # without singleton leading axes (ImageJ, OME)
             problem = _shape_problem(shape) or _dtype_problem(np.dtype(series.dtype))
             if problem is not None:
                 raise InputError(problem)
@@ -462,13 +355,13 @@ def _open_tiff(path: Path) -> Any:
 
     if memmappable:
         try:
-            image = tifffile.memmap(path, page=index, mode="r")
+            mapped = tifffile.memmap(path, page=index, mode="r")
         except (OSError, ValueError) as exc:
             raise InputError(f"is a corrupt TIFF file ({exc}): re-export it") from exc
-        return image.reshape(shape)
+        return mapped.reshape(shape)
     try:
         store = tifffile.imread(path, aszarr=True, key=index)
-        image = zarr.open(store, mode="r")
+        image: Any = zarr.open(store, mode="r")  # one page: an array
         image[(0,) * image.ndim]  # decode one tile now: unsupported codecs fail here
     except Exception as exc:
         if "imagecodecs" in str(exc):

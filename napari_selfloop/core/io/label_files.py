@@ -28,13 +28,17 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
 from ..engine.datasets import SELFLOOP_MASK_TAG, mask_convention, mask_plane
 from ..errors import InputError
-from .images import _JPEG_MAGIC, _PNG_MAGIC, _TIFF_MAGICS, check_input_file, open_image
+from .file_check import JPEG_MAGIC as _JPEG_MAGIC
+from .file_check import PNG_MAGIC as _PNG_MAGIC
+from .file_check import TIFF_MAGICS as _TIFF_MAGICS
+from .file_check import check_input_file
+from .images import open_image
 from .tiled_tiff import write_tiled_tiff
 from .windows import Window
 
@@ -124,6 +128,7 @@ def write_labels_tiff(
         )
     top = int(arr.max()) if arr.size else 0
     arr = arr.astype(labels_dtype(top), copy=False)
+    offset: list[float]
     if window is not None:
         offset, downsample = [window.y0, window.x0], float(window.factor)
     else:
@@ -202,7 +207,7 @@ def _tag_um(page: Any) -> float | None:
         return None
     sizes = []
     for name in ("XResolution", "YResolution"):
-        value = tags[name].value if name in tags else None
+        value: Any = tags[name].value if name in tags else None
         try:
             res = value[0] / value[1] if isinstance(value, tuple) else float(value)
         except (TypeError, ValueError, ZeroDivisionError):
@@ -292,7 +297,7 @@ class _TiffPlane:
 
         try:
             with tifffile.TiffFile(self.path) as tif:
-                array = zarr.open(tif.series[0].aszarr(level=0), mode="r")
+                array = cast("zarr.Array", zarr.open(tif.series[0].aszarr(level=0), mode="r"))
                 return np.asarray(array[(0,) * self.drop + (rows,)])
         except Exception as exc:  # tifffile and its codecs raise many types for broken files
             raise InputError(
@@ -317,7 +322,7 @@ def _lazy_tiff(path: Path) -> tuple[_TiffPlane, int] | None:
             plane = shape[drop:]
             if not (len(plane) == 2 or (len(plane) == 3 and plane[2] == 1)):
                 return None
-            chunks = zarr.open(series.aszarr(level=0), mode="r").chunks
+            chunks = cast("zarr.Array", zarr.open(series.aszarr(level=0), mode="r")).chunks
             chunk_rows = int(chunks[drop])
             if chunk_rows > LAZY_MAX_CHUNK_ROWS:
                 return None

@@ -10,7 +10,8 @@ Which image is the slide
     Hamamatsu's macro and map, Bio-Formats' "label image" / "macro image" series. The slide
     is the largest series whose name is none of those (:data:`VENDOR_EXTRAS`); its levels are
     tifffile's (SubIFDs, SVS/NDPI reduced pages, OME pyramids), completed by reduced pages
-    stored as separate series of the same aspect ratio.
+    stored as separate series of the same aspect ratio (:mod:`.tiff_series`, which the image
+    reader shares).
 
 Pixel size, first found of
     OME ``PhysicalSizeX/Y`` (with its unit), the Aperio description's ``MPP = ``, ImageJ's
@@ -41,8 +42,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .images import _TIFF_MAGICS, check_image, check_input_file
+from .file_check import TIFF_MAGICS, check_input_file
+from .images import check_image
 from .resample import ResampledView
+from .tiff_series import VENDOR_EXTRAS, choose_series, plane_shape, reduced_series
 
 __all__ = [
     "MPP_TOLERANCE",
@@ -59,8 +62,6 @@ logger = logging.getLogger(__name__)
 
 #: File name endings of slides this module opens (all TIFF inside).
 SLIDE_SUFFIXES = (".svs", ".ndpi", ".tif", ".tiff", ".ome.tif", ".ome.tiff")
-#: Series names (lower case, substrings) of vendor images that are not the slide.
-VENDOR_EXTRAS = ("label", "macro", "thumbnail", "overview", "map", "barcode")
 #: A single-level image with at least this many pixels counts as a slide.
 SLIDE_MIN_PIXELS = 8192 * 8192
 #: Pixel sizes (µm/px) outside this range are not a microscope's (72 dpi is 353 µm/px).
@@ -176,47 +177,6 @@ def _read_mpp(tif: Any, series_index: int, page: Any) -> tuple[float | None, str
 
 # --------------------------------------------------------------------------------------------
 # levels
-
-
-def _is_extra(series: Any) -> bool:
-    name = (series.name or "").lower()
-    return any(word in name for word in VENDOR_EXTRAS)
-
-
-def _plane_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    shape = tuple(int(s) for s in shape)
-    while len(shape) > 2 and shape[0] == 1:
-        shape = shape[1:]
-    return shape
-
-
-def _choose_series(tif: Any) -> int:
-    candidates = [i for i, s in enumerate(tif.series) if not _is_extra(s)]
-    if not candidates:
-        candidates = list(range(len(tif.series)))
-    if tif.is_svs or tif.is_ndpi:
-        return candidates[0]  # the baseline: tifffile names vendor pages for these
-    return max(candidates, key=lambda i: math.prod(_plane_shape(tif.series[i].shape)[:2]))
-
-
-def _reduced_series(tif: Any, chosen: int, shape: tuple[int, ...]) -> list[int]:
-    """Other series that are reduced copies of the chosen one (pages of a flat pyramid)."""
-    h, w = shape[:2]
-    out = []
-    for i, series in enumerate(tif.series):
-        if i == chosen or _is_extra(series):
-            continue
-        other = _plane_shape(series.shape)
-        if len(other) != len(shape) or other[2:] != shape[2:]:
-            continue
-        oh, ow = other[:2]
-        if (
-            oh < h
-            and ow < w
-            and abs(oh / h - ow / w) <= 0.02 * max(oh / h, ow / w) + 2 / min(oh, ow)
-        ):
-            out.append(i)
-    return sorted(out, key=lambda i: -math.prod(_plane_shape(tif.series[i].shape)[:2]))
 
 
 def _zarr_levels(series: Any) -> list[Any]:
@@ -433,7 +393,7 @@ def open_slide(path: str | os.PathLike[str]) -> Slide:
     name = path.name
     with open(path, "rb") as f:
         head = f.read(4)
-    if not head.startswith(_TIFF_MAGICS):
+    if not head.startswith(TIFF_MAGICS):
         raise InputError(
             f"{name} is not a TIFF-family slide (.svs, .ndpi, .tif, .ome.tif; it "
             f"starts with {head!r}): convert it to a pyramidal TIFF"
@@ -457,12 +417,12 @@ def _build(path: Path, tif: Any) -> Slide:
     try:
         if not tif.series:
             raise InputError(f"{name} is a TIFF file without images: re-export it")
-        index = _choose_series(tif)
+        index = choose_series(tif)
         series = tif.series[index]
         levels = [_squeezed(a) for a in _zarr_levels(series)]
         shape = tuple(levels[0].shape)
         if len(levels) == 1:
-            for other in _reduced_series(tif, index, shape):
+            for other in reduced_series(tif, index, shape):
                 levels.extend(_squeezed(a) for a in _zarr_levels(tif.series[other])[:1])
         mpp, source = _read_mpp(tif, index, series.pages[0] or tif.pages.first)
         _check_complete(path, series)
@@ -528,39 +488,18 @@ def is_slide(path: str | os.PathLike[str]) -> bool:
         if not path.is_file():
             return False
         with open(path, "rb") as f:
-            if not f.read(4).startswith(_TIFF_MAGICS):
+            if not f.read(4).startswith(TIFF_MAGICS):
                 return False
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
                 return False
             if tif.is_svs or tif.is_ndpi:
                 return True
-            index = _choose_series(tif)
+            index = choose_series(tif)
             series = tif.series[index]
-            shape = _plane_shape(series.shape)
-            if len(series.levels) > 1 or _reduced_series(tif, index, shape):
+            shape = plane_shape(series.shape)
+            if len(series.levels) > 1 or reduced_series(tif, index, shape):
                 return True
             return len(shape) >= 2 and shape[0] * shape[1] >= SLIDE_MIN_PIXELS
     except Exception:  # anything unreadable is not a slide we open
         return False
-
-
-_MOVED = {
-    "TissueMask": "tissue",
-    "detect_tissue": "tissue",
-    "detect_tissue_in_image": "tissue",
-    "tissue_from_rgb": "tissue",
-    "MIN_SATURATION": "tissue",
-    "MAX_SATURATION": "tissue",
-    "MIN_TISSUE_UM2": "tissue",
-}
-
-
-def __getattr__(name: str) -> Any:
-    """Tissue detection lives in :mod:`.slide_tissue` (which imports this module); its names are
-    also reachable from here."""
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,6 +24,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,7 +149,7 @@ class SlideScene:
 
     def _draw(
         self, y0: int, y1: int, x0: int, x1: int, downsample: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Pixel-centre coordinates of a window and its haematoxylin and nucleus maps."""
         ys = (np.arange(y0, y1) + 0.5) * downsample
         xs = (np.arange(x0, x1) + 0.5) * downsample
@@ -170,7 +171,7 @@ class SlideScene:
             inside = ((dy * c + dx * s) / a) ** 2 + ((dx * c - dy * s) / b) ** 2 <= 1.0
             h_map[iy0:iy1, ix0:ix1][inside] = strength
             mask[iy0:iy1, ix0:ix1] |= inside
-        return ys, xs, h_map, mask  # type: ignore[return-value]
+        return ys, xs, h_map, mask
 
     def render(self, y0: int, y1: int, x0: int, x1: int, downsample: float = 1.0) -> np.ndarray:
         """Draw the window ``[y0:y1, x0:x1]`` of the scene at ``downsample``.
@@ -291,7 +292,11 @@ def write_synthetic_svs(path: str | os.PathLike[str], scene: SlideScene | None =
     label[100:200, 40:280] = (20, 20, 20)  # a "barcode"
     macro = np.full((400, 1200, 3), 235, np.uint8)
     macro[50:350, 300:1100] = (200, 150, 190)
-    jpeg = {"compression": "jpeg", "compressionargs": {"level": 85}, "photometric": "rgb"}
+    jpeg: dict[str, Any] = {
+        "compression": "jpeg",
+        "compressionargs": {"level": 85},
+        "photometric": "rgb",
+    }
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp) as tif:
         tif.write(
             full,

@@ -124,7 +124,7 @@ def _downsample(rows: np.ndarray, method: str) -> np.ndarray:
         rows = np.pad(rows, pad, mode="edge")
     if rows.dtype.kind in "biu":
         wide = np.uint16 if rows.dtype.itemsize == 1 and rows.dtype.kind != "i" else np.float64
-        total = rows[0::2, 0::2].astype(wide)
+        total: np.ndarray = rows[0::2, 0::2].astype(wide)
         for dy, dx in ((0, 1), (1, 0), (1, 1)):
             total += rows[dy::2, dx::2]
         if wide is np.uint16:
@@ -275,7 +275,8 @@ def _write_thread(
         ome = options.pop("ome")
         with tifffile.TiffWriter(state.tmp, bigtiff=options.pop("bigtiff"), ome=ome) as tif:
             metadata = options.pop("metadata")
-            level_metadata = None if ome else {}  # shaped files need each level's shape
+            # shaped files need each level's shape
+            level_metadata: dict[str, Any] | None = None if ome else {}
             tile = options["tile"][0]
             tif.write(
                 _queue_tiles(state, tile),
@@ -484,7 +485,7 @@ class TiledTiffWriter:
     def _resolutions(self) -> list[tuple[float, float] | None]:
         if self.pixel_size_um is None:
             return [None] * len(self.shapes)
-        out = []
+        out: list[tuple[float, float] | None] = []
         for h, w in self.shapes:
             # microns per pixel of this level, exact per axis: level 0's times the size ratio
             um_x = self.pixel_size_um * self.width / w
@@ -646,7 +647,9 @@ class TiledTiffWriter:
                     break
                 except queue.Full:
                     continue
-            state.thread.join()
+            thread = state.thread
+            assert thread is not None  # set in __init__, cleared only once the writer is closed
+            thread.join()
             state.thread = None
             if state.error is not None:
                 raise self._thread_error()

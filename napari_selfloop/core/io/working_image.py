@@ -144,7 +144,8 @@ def open_working_image(
     image = open_image(path)
     try:
         info = check_image(image)
-        keep, record = None, {"slide": False}
+        keep = None
+        record: dict[str, Any] = {"slide": False}
         if options.mpp is not None:
             log.debug(
                 "%s is not a slide (no pyramid, under 8192x8192): processed as it is, "

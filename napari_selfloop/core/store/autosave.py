@@ -189,7 +189,7 @@ def slide_key(
         y = max(0, min(height - sample, int(height * fy) - sample // 2))
         x = max(0, min(width - sample, int(width * fx) - sample // 2))
         tile = np.ascontiguousarray(np.asarray(levels[0][y : y + sample, x : x + sample]))
-        h.update(tile.reshape(-1).view(np.uint8))
+        h.update(tile.reshape(-1).view(np.uint8))  # type: ignore[arg-type]  # numpy stubs: ndarray is a Buffer only on Python >= 3.12
     return h.hexdigest()[:24]
 
 

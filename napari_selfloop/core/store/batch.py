@@ -41,7 +41,7 @@ from ..engine.plausibility import plausibility_warning, record_of
 from ..engine.pseudolabel import PseudoLabelConfig, PseudoLabelResult, pseudo_label
 from ..errors import InputError
 from ..io.atomic import TEMP_NAME, write_json
-from ..io.images import check_input_file
+from ..io.file_check import check_input_file
 from ..io.label_files import LABELS_TAG
 from ..io.tiled_tiff import TiledTiffWriter
 from ..io.working_image import SlideOptions, WorkingImage, open_working_image
@@ -73,9 +73,6 @@ MASK_METADATA = {SELFLOOP_MASK_TAG: "0/1/255"}
 RECORD_SUFFIX = ".record.json"
 RECORD_FORMAT = "napari-selfloop-batch-record"
 MANIFEST = "manifest.json"
-#: Testing only: ``NAME=DIR`` makes the task of the image named NAME write
-#: ``DIR/started-<pid>`` while its output temporaries are open, then wait for ``DIR/release``.
-PAUSE_ENV = "NAPARI_SELFLOOP_BATCH_PAUSE"
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,11 +297,11 @@ def sweep_own_temporaries(out: Path, keys: Iterable[str]) -> list[Path]:
     go, at any age. Temporaries of other images (another shard writing to the same folder)
     are never looked at.
     """
-    names = set()
+    names: set[str] = set()
     for key in keys:
         names.update(output_files(key).values())
         names.add(record_name(key))
-    removed = []
+    removed: list[Path] = []
     try:
         entries = os.listdir(out)
     except OSError:
@@ -353,8 +350,8 @@ def label_image_file(
     with ``options`` and ``model_mpp`` (a slide is worked at a pixel size, its glass
     skipped). The outputs are tiled, compressed TIFFs carrying the working pixel size,
     installed atomically when all three are complete. ``drive`` runs the pseudo-label
-    generator (the CLI passes its progress bar). Shared by ``pseudo-label`` and ``batch``.
-    Returns the result (``result.info["working"]`` describes the resolution and tissue) and
+    generator while the outputs' temporaries are open (the CLI passes its progress bar).
+    Shared by ``pseudo-label`` and ``batch``. Returns the result (``result.info["working"]`` describes the resolution and tissue) and
     the working image's :class:`..ImageInfo`.
     """
     work = open_working_image(image_path, options, model_mpp=model_mpp)
@@ -369,7 +366,6 @@ def label_image_file(
                 sinks = {
                     name: _Quantized(w) if name in QUANTIZED else w for name, w in writers.items()
                 }
-            _test_pause(image_path)
             result = drive(
                 pseudo_label(work.image, models, config, device=device, sinks=sinks, keep=work.keep)
             )
@@ -436,19 +432,6 @@ def close_image(image: Any) -> None:
     if callable(close):
         with contextlib.suppress(Exception):
             close()
-
-
-def _test_pause(image_path: Path) -> None:
-    spec = os.environ.get(PAUSE_ENV)
-    if not spec or "=" not in spec:
-        return
-    name, folder = spec.split("=", 1)
-    if image_path.name != name:
-        return
-    Path(folder, f"started-{os.getpid()}").touch()
-    deadline = time.monotonic() + 120
-    while not Path(folder, "release").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
 
 
 #: Models loaded in this process: (path, sha256) pairs -> (models, lock). One per worker.

@@ -129,7 +129,7 @@ def load_any(value: str | os.PathLike[str], map_location: str | torch.device = "
     return (
         load_bundled(str(value), map_location)
         if is_bundled_name(value)
-        else load_checkpoint(value, map_location)
+        else load_checkpoint(Path(value), map_location)
     )
 
 
@@ -186,7 +186,7 @@ def package_model(
     if name not in BUNDLED:
         raise _unknown(name)
     m = BUNDLED[name]
-    src = load_checkpoint(source)
+    src = load_checkpoint(Path(source))
     model = src.model
     if calibration:
         apply_calibration(model, float(calibration["threshold"]))

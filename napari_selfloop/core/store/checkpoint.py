@@ -23,15 +23,16 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 
 from ... import __version__
 from ..engine.jigsaw import permutation_pool, pool_hash
-from ..engine.model import ModelConfig, ResUNet, build_model, decoder_widths
+from ..engine.model import ModelConfig, ResUNet, build_model
 from ..errors import CheckpointError
 from ..io.atomic import atomic_path
+from .modelcard import CardRecord, card_record
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,16 @@ MAX_ABS_WEIGHT = 1e6
 
 @dataclass
 class Checkpoint:
-    """A loaded checkpoint: the model and its record."""
+    """A loaded checkpoint: the model, its record and what its model cards show."""
 
     model: ResUNet
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    #: What its model cards show, read from ``meta`` once (:mod:`.modelcard`).
+    card: CardRecord = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.card = card_record(self.meta, self.model.config, self.path)
 
     @property
     def config(self) -> ModelConfig:
@@ -389,11 +395,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict):
         raise CheckpointError(f"{path.name} has no state dict")
     model = build_model(config)
-    _check_state(
-        path.name,
-        {k: (tuple(v.shape), v.is_floating_point()) for k, v in model.state_dict().items()},
-        state,
-    )
+    _check_state(path.name, _layout(model), state)
     model.load_state_dict(state)
     problem = pixel_size_problem(payload.get("pixel_size_um"))
     if problem is not None:
@@ -406,54 +408,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def state_shapes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], bool]]:
-    """``{key: (shape, is_float)}`` of the state dict of ``ResUNet(config)``, without building it.
+    """``{key: (shape, is_float)}`` of the state dict of ``ResUNet(config)``, without allocating it.
 
-    Mirrors :class:`..engine.model.ResUNet` (the tests compare the two for several configs), so a
-    checkpoint's tensors are checked against its config before any memory is allocated.
+    The network itself is built on the ``meta`` device, whose tensors have a shape and a
+    type but no storage: the one source of the layout, and nothing is allocated, so a
+    checkpoint's tensors are checked against its config before any memory is.
     """
-    shapes: dict[str, tuple[tuple[int, ...], bool]] = {}
+    with torch.device("meta"):
+        model = ResUNet(config)
+    return _layout(model)
 
-    def conv(key: str, cout: int, cin: int, k: int) -> None:
-        shapes[f"{key}.weight"] = ((cout, cin, k, k), True)
 
-    def bn(key: str, c: int) -> None:
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            shapes[f"{key}.{name}"] = ((c,), True)
-        shapes[f"{key}.num_batches_tracked"] = ((), False)
-
-    w, cin0 = config.width, config.in_channels
-    conv("encoder.stem.0", w, cin0, 7)
-    bn("encoder.stem.1", w)
-    stages = [(w, w, 1), (w, 2 * w, 2), (2 * w, 4 * w, 2), (4 * w, 8 * w, 2)]
-    for n, (cin, cout, stride) in enumerate(stages, 1):
-        for b, (bin_, bstride) in enumerate(((cin, stride), (cout, 1))):
-            key = f"encoder.layer{n}.{b}"
-            conv(f"{key}.conv1", cout, bin_, 3)
-            bn(f"{key}.bn1", cout)
-            conv(f"{key}.conv2", cout, cout, 3)
-            bn(f"{key}.bn2", cout)
-            if bstride != 1 or bin_ != cout:
-                conv(f"{key}.downsample.0", cout, bin_, 1)
-                bn(f"{key}.downsample.1", cout)
-    c0, c1, c2, c3, c4 = w, w, 2 * w, 4 * w, 8 * w
-    *outs, final = decoder_widths((c0, c1, c2, c3, c4), config.decoder)
-    cin = c4
-    for i, (skip, cout) in enumerate(zip((c3, c2, c1, c0), outs, strict=True)):
-        conv(f"decoder.blocks.{i}.0.0", cout, cin + skip, 3)
-        bn(f"decoder.blocks.{i}.0.1", cout)
-        conv(f"decoder.blocks.{i}.1.0", cout, cout, 3)
-        bn(f"decoder.blocks.{i}.1.1", cout)
-        cin = cout
-    conv("decoder.final_block.0.0", final, cin, 3)
-    bn("decoder.final_block.0.1", final)
-    conv("decoder.final_block.1.0", final, final, 3)
-    bn("decoder.final_block.1.1", final)
-    conv("decoder.head", config.out_channels, final, 1)
-    shapes["decoder.head.bias"] = ((config.out_channels,), True)
-    grid = 3 if config.jigsaw_head == "slots" else 1
-    shapes["jigsaw_head.fc.weight"] = ((config.num_permutations, c4 * grid * grid), True)
-    shapes["jigsaw_head.fc.bias"] = ((config.num_permutations,), True)
-    return shapes
+def _layout(model: ResUNet) -> dict[str, tuple[tuple[int, ...], bool]]:
+    return {k: (tuple(v.shape), v.is_floating_point()) for k, v in model.state_dict().items()}
 
 
 def _check_state(
@@ -505,7 +472,7 @@ class ResumeRecord:
     metrics: dict[str, Any]
 
 
-def _is_number(v: Any) -> bool:
+def _is_number(v: Any) -> TypeGuard[float]:
     return isinstance(v, int | float) and not isinstance(v, bool)
 
 
@@ -665,139 +632,3 @@ def _check_optimizer_state(name: str, optim: Any, shapes: list[tuple[int, ...]])
                 raise CheckpointError(
                     f"{bad}: {key} of parameter {pid} holds NaN, infinite or negative values"
                 )
-
-
-def _real(v: Any) -> bool:
-    """A number (not a bool) a card may format: records are untrusted file content."""
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _count(v: Any) -> int:
-    return len(v) if isinstance(v, list) else 0
-
-
-def chosen_settings(ckpt: Checkpoint) -> list[str]:
-    """Card lines of the settings chosen for a model on validation images: the foreground
-    cut folded into its weights (:mod:`..engine.calibration`) and its self-loop step
-    (:mod:`..engine.step_size`)."""
-    lines = []
-    metrics = ckpt.meta.get("metrics") or {}
-    cal = metrics.get("calibration") if isinstance(metrics.get("calibration"), dict) else {}
-    if isinstance(cal.get("threshold"), float):
-        lines.append(
-            f"foreground cut: {cal['threshold']:.2f} of the trained model's probability "
-            f"(in the weights; chosen on {_count(cal.get('images'))} validation images)"
-        )
-    step = metrics.get("selfloop_step") if isinstance(metrics.get("selfloop_step"), dict) else {}
-    images = _count(step.get("images"))
-    if ckpt.config.selfloop_lr is not None:
-        chosen = f"; chosen on {images} validation images" if images else ""
-        lines.append(f"self-loop step: {ckpt.config.selfloop_lr:g} (its default{chosen})")
-    elif "step" in step and step["step"] is None:
-        soft = step.get("softmax") if isinstance(step.get("softmax"), dict) else {}
-        tried = step.get("candidates") if isinstance(step.get("candidates"), dict) else {}
-        dice = [c["f1"] for c in tried.values() if isinstance(c, dict) and _real(c.get("f1"))]
-        soft_dice = soft.get("f1") if _real(soft.get("f1")) else math.nan
-        lines.append(
-            f"self-loop: no step size kept up with softmax on {images} validation images "
-            f"(Dice at most {max(dice, default=math.nan):.1f} against {soft_dice:.1f}); "
-            "softmax or MC dropout pseudo-labels suit this model"
-        )
-    return lines
-
-
-def heldout_line(held: Any) -> str | None:
-    """The card line of a model's held-out record (figures measured on images it never
-    saw): softmax Dice and balanced accuracy (with object F1 and AJI where measured) and
-    self-loop's at its step. None when the record has no figures it can show."""
-    if not isinstance(held, dict):
-        return None
-    figures = []
-    for key, label in (("softmax", "softmax"), ("selfloop", "self-loop")):
-        if not (_real(held.get(f"{key}_f1")) and _real(held.get(f"{key}_balanced_accuracy"))):
-            continue
-        text = (
-            f"{label} Dice {held[f'{key}_f1']:.1f}, "
-            f"balanced accuracy {held[f'{key}_balanced_accuracy']:.1f}"
-        )
-        if (
-            key == "softmax"
-            and _real(held.get("softmax_aji"))
-            and _real(held.get("softmax_object_f1"))
-        ):
-            text += f", object F1 {held['softmax_object_f1']:.1f}, AJI {held['softmax_aji']:.1f}"
-        if key == "selfloop" and _real(held.get("selfloop_step")):
-            text += f" (step {held['selfloop_step']:g})"
-        figures.append(text)
-    if not figures:
-        return None
-    images = held.get("images")
-    where = f"on {images} unseen images" if _real(images) else "on unseen images"
-    return f"{where}: " + "; ".join(figures)
-
-
-def jigsaw_figures(metrics: dict[str, Any]) -> str | None:
-    """The jigsaw's recorded loss and top-1 accuracy as a card shows them, or None when the
-    record has none it can show."""
-    loss, top1 = metrics.get("jigsaw_loss"), metrics.get("jigsaw_top1")
-    if not (isinstance(loss, float) and isinstance(top1, float)):
-        return None
-    chance = metrics.get("jigsaw_chance_loss")
-    on = metrics.get("jigsaw_measured_on")
-    return (
-        f"L_SS {loss:.2f} (chance {chance if _real(chance) else 4.61:.2f}), "
-        f"top-1 {100 * top1:.0f}% on {on if isinstance(on, str) else 'training puzzles'}"
-    )
-
-
-def model_card(ckpt: Checkpoint) -> str:
-    """A short human-readable description of a checkpoint (for the plugin and the CLI)."""
-    m = ckpt.meta
-    cfg = ckpt.config
-    lines = [
-        f"{ckpt.path.name if ckpt.path else 'unsaved model'}: ResUNet-18 (width {cfg.width}, {cfg.decoder} decoder), "
-        f"created {m.get('created', '?')} by napari-selfloop {m.get('package_version', '?')}",
-    ]
-    data = m.get("data") or []
-    if data:
-        names = ", ".join(d.get("name", "?") for d in data[:3])
-        more = f" and {len(data) - 3} more" if len(data) > 3 else ""
-        lines.append(f"trained on {len(data)} image(s): {names}{more}")
-    else:
-        lines.append("not trained yet (random initialisation)")
-    metrics = m.get("metrics") or {}
-    jigsaw = {k: v for k, v in metrics.items() if k.startswith("jigsaw_")}
-    # Records (held-out figures, a chosen cut or step) have lines of their own.
-    records = {k: v for k, v in metrics.items() if isinstance(v, dict)}
-    metrics = {k: v for k, v in metrics.items() if k not in jigsaw and k not in records}
-    held = heldout_line(records.get("heldout"))
-    if held:
-        lines.append(held)
-    if metrics:
-        lines.append(
-            "validation: "
-            + ", ".join(
-                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-            )
-        )
-    figures = jigsaw_figures(jigsaw)
-    lines.append(
-        f"jigsaw task: {cfg.jigsaw_head} head, tile rotation {cfg.jigsaw_rotation}; "
-        + (figures or "not pre-trained (self-loop uncertainty needs a learned jigsaw)")
-    )
-    lines += chosen_settings(ckpt)
-    if m.get("parent"):
-        lines.append(f"fine-tuned from {str(m['parent'])[:12]}")
-    pixel_size = ckpt.pixel_size_um
-    if cfg.work_size is not None:
-        lines.append(
-            f"works on images resized to {cfg.work_size} px (longer side); outputs come back "
-            "at the image's size"
-        )
-    else:
-        lines.append(
-            f"trained at {pixel_size:g} µm/px"
-            if pixel_size is not None
-            else "pixel size not recorded (slides are processed at full resolution)"
-        )
-    return "\n".join(lines)

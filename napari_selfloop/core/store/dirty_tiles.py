@@ -56,7 +56,8 @@ SCAN_BYTES = 32 * 1024 * 1024
 
 
 def _crc(block: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(block).view(np.uint8).reshape(-1))
+    data = np.ascontiguousarray(block).view(np.uint8).reshape(-1)
+    return zlib.crc32(data)  # type: ignore[arg-type]  # numpy stubs: ndarray is a Buffer only on Python >= 3.12
 
 
 class TileTracker:

@@ -456,7 +456,11 @@ def object_feature(
     polygons = _polygons(region, y0, x0, window)
     if not polygons:
         return None
-    style = {"classification": classification, "color": color, "object_type": object_type}
+    style: dict[str, Any] = {
+        "classification": classification,
+        "color": color,
+        "object_type": object_type,
+    }
     return _feature(label, int(np.count_nonzero(region)), polygons, **style)
 
 
@@ -472,7 +476,11 @@ def label_features(
 ) -> Iterator[dict[str, Any]]:
     """The features of every label of ``labels`` (whose top-left pixel is ``(y0, x0)``), by
     label: what :func:`mask_to_geojson` lists. Outlined band by band (:func:`_trace_bands`)."""
-    style = {"classification": classification, "color": color, "object_type": object_type}
+    style: dict[str, Any] = {
+        "classification": classification,
+        "color": color,
+        "object_type": object_type,
+    }
     outlined: list[tuple[int, int, Polygons]] = []
     bands = 0
     for start, band in _trace_bands(np.asarray(labels)):
@@ -640,7 +648,7 @@ def manifest_entry(
     image_sha256: str | None,
     files: dict[str, str],
     shape: list[int],
-    checkpoint: str | None,
+    checkpoint: dict[str, Any] | None,
     foreground_pixels: int,
     uncertain_pixels: int,
     objects: int,
@@ -804,7 +812,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
                 os.close(fd)  # releases the flock
 
 
-def _write_set(writes: list[tuple[Path, Callable[[Path], None]]]) -> None:
+def _write_set(writes: list[tuple[Path, Callable[[Path], object]]]) -> None:
     """Write every file to a temporary first; rename them all only once all are written.
 
     A failure while writing (a full disk ...) removes every temporary and leaves every
@@ -921,12 +929,12 @@ def export_annotation(
         )
         manifest_text = manifest_text_with(manifest, entry)
 
-        def tiff(array: np.ndarray, **kwargs: Any) -> Callable[[Path], None]:
+        def tiff(array: np.ndarray, **kwargs: Any) -> Callable[[Path], object]:
             return lambda tmp: write_tiled_tiff(
                 tmp, array, pixel_size_um=pixel_size_um, ome=False, **kwargs
             )
 
-        def text(content: str) -> Callable[[Path], None]:
+        def text(content: str) -> Callable[[Path], object]:
             return lambda tmp: tmp.write_text(content, encoding="utf-8")
 
         _write_set(

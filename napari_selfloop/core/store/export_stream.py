@@ -657,7 +657,7 @@ def write_export(
             # Entered last first: leaving the stack renames mask, instances, GeoJSON, manifest.
             manifest_tmp = stack.enter_context(atomic_path(manifest_path))
             tmp = {key: stack.enter_context(atomic_path(out / files[key])) for key in order[::-1]}
-            tiff = {"pixel_size_um": pixel_size_um, "ome": False}
+            tiff: dict[str, Any] = {"pixel_size_um": pixel_size_um, "ome": False}
             mask_w = stack.enter_context(
                 TiledTiffWriter(
                     tmp["mask"],

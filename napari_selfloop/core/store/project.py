@@ -153,7 +153,10 @@ def next_version_path(current: Path | None, project: Path) -> Path:
         folder, base = Path(project) / "checkpoints", "model"
     else:
         folder = versions_folder(current, project)
-        base = _VERSION.match(current.stem).group("base") or "model"
+        match = _VERSION.match(current.stem)
+        if match is None:  # only a line break in the name escapes the pattern
+            raise InputError(f"{current.name!r} is not a usable checkpoint name: rename it")
+        base = match.group("base") or "model"
     taken = [0]
     existing = list(folder.glob(f"{base}_v*.pt")) if folder.is_dir() else []
     with _LOCK:
