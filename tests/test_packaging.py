@@ -439,15 +439,20 @@ def _imports(body: list[ast.stmt], nested: bool) -> Iterator[ast.Import | ast.Im
                 yield from _imports([child] if isinstance(child, ast.stmt) else [], nested)
 
 
-def core_import_graph(nested: bool = False) -> dict[str, set[str]]:
-    """``{module: core modules it imports}`` for every module of ``napari_selfloop.core``,
-    relative imports resolved; at import time only, or with ``nested`` at any depth. A
-    module imports its package first (an edge to it)."""
-    files = {_module_name(p): p for p in (PACKAGE / "core").rglob("*.py")}
+def core_import_graph(
+    nested: bool = False, folder: Path | None = None, parents: bool = True
+) -> dict[str, set[str]]:
+    """``{module: modules it imports}`` for every module under ``folder`` (default
+    ``napari_selfloop/core``), relative imports resolved; at import time only, or with
+    ``nested`` at any depth. With ``parents`` a module imports its package first (an edge
+    to it)."""
+    folder = PACKAGE / "core" if folder is None else folder
+    files = {_module_name(p): p for p in folder.rglob("*.py")}
+    top = _module_name(folder / "__init__.py")
     graph: dict[str, set[str]] = {name: set() for name in files}
     for name, path in files.items():
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        if name != "napari_selfloop.core":
+        if parents and name != top:
             graph[name].add(name.rpartition(".")[0])
         for node in _imports(ast.parse(path.read_text(encoding="utf-8")).body, nested):
             if isinstance(node, ast.Import):
@@ -498,6 +503,22 @@ def test_core_has_no_import_circle():
     assert "napari_selfloop.core.store.modelcard" in graph["napari_selfloop.core.store.checkpoint"]
     cycle = find_cycle(graph)
     assert cycle is None, "import circle: " + " -> ".join(cycle or [])
+    # ... nor does the whole package: widgets, cli and the napari hooks included (their
+    # imports as written; a package's __init__ that lists its commands is no circle).
+    whole = core_import_graph(folder=PACKAGE, parents=False)
+    assert "napari_selfloop.widgets.assistant" in whole
+    cycle = find_cycle(whole)
+    assert cycle is None, "import circle: " + " -> ".join(cycle or [])
     # The image reader never reaches back for the slide reader (they share .tiff_series).
     nested = core_import_graph(nested=True)
     assert "napari_selfloop.core.io.slides" not in nested["napari_selfloop.core.io.images"]
+
+
+def test_no_panel_imports_another():
+    """Panels share flows through helper modules (``widgets/_area.py`` ...), never through
+    each other; only the assistant, which docks them all, imports panels."""
+    graph = core_import_graph(nested=True, folder=PACKAGE / "widgets", parents=False)
+    panels = {m for m in graph if m.endswith("_widget")}
+    assert len(panels) >= 6
+    for panel in panels:
+        assert not (graph[panel] & panels), f"{panel} imports {sorted(graph[panel] & panels)}"
