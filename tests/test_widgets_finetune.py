@@ -171,3 +171,48 @@ def test_done_goes_through_the_state(make_napari_viewer, project):
         d.patch_size,
     )
     assert w.lr_spin.value() == pytest.approx(d.lr)
+
+
+def test_training_form_is_built_from_its_mapping(qtbot):
+    """The training form, declared in TRAIN_FIELDS: plain Qt controls with the ranges, steps
+    and tooltips the panel always had, TrainConfig's defaults, and its values read back by
+    field name into the same TrainConfig."""
+    from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QFormLayout, QSpinBox, QWidget
+
+    from napari_selfloop.core.engine.training import FRAMEWORKS, TrainConfig
+    from napari_selfloop.widgets._form import add_rows, build_controls, read_values
+    from napari_selfloop.widgets.finetune_widget import GUI_MAX_Q, TRAIN_FIELDS
+
+    d = TrainConfig()
+    c = build_controls(TRAIN_FIELDS, d)
+    assert [type(c[n]) for n in TRAIN_FIELDS] == [
+        QComboBox,
+        QSpinBox,
+        QSpinBox,
+        QDoubleSpinBox,
+        QComboBox,
+    ]
+    assert [c["framework"].itemText(i) for i in range(c["framework"].count())] == list(FRAMEWORKS)
+    assert [c["patch_size"].itemText(i) for i in range(4)] == ["96", "192", "288", "384"]
+    assert (c["iterations"].minimum(), c["iterations"].maximum()) == (1, 100_000)
+    assert (c["q"].minimum(), c["q"].maximum()) == (1, GUI_MAX_Q)
+    lr = c["lr"]
+    assert (lr.decimals(), lr.minimum(), lr.maximum(), lr.singleStep()) == (5, 1e-5, 0.1, 1e-4)
+    assert c["patch_size"].toolTip() == "Side of the training patches (multiples of 96)"
+    assert read_values(TRAIN_FIELDS, c) == {
+        "framework": d.framework,
+        "iterations": d.iterations,
+        "q": d.q,
+        "lr": pytest.approx(d.lr),
+        "patch_size": d.patch_size,
+    }
+    c["patch_size"].setCurrentText("96")
+    c["framework"].setCurrentText("selfloop")
+    values = read_values(TRAIN_FIELDS, c)
+    assert values["patch_size"] == 96 and values["framework"] == "selfloop"
+    holder = QWidget()
+    qtbot.addWidget(holder)
+    form = QFormLayout(holder)
+    add_rows(form, TRAIN_FIELDS, c)
+    labels = [form.itemAt(i, QFormLayout.ItemRole.LabelRole).widget().text() for i in range(5)]
+    assert labels == ["Framework", "Iterations", "Q", "Learning rate", "Patch size"]

@@ -49,6 +49,7 @@ from ..core.errors import InputError, SelfloopError
 from ..core.progress import Progress
 from ..core.store.checkpoint import Checkpoint, load_checkpoint
 from ..core.store.project import release, reserve_version
+from ._form import Field, build_controls, read_values
 from ._layers import image_data, is_source_image, source_of
 from ._runner import Outcome, Runner, Status, error_message
 from ._state import SelfloopState
@@ -63,6 +64,23 @@ AT_CHANCE_WARNING = (
     "Self-loop uncertainty will not be informative with this model: "
     "pre-train it on your images first."
 )
+
+#: The pre-training settings: ``PretrainConfig`` fields, shown with its defaults.
+PRETRAIN_FIELDS = {
+    "iterations": Field(
+        QSpinBox,
+        "Pre-training iterations",
+        range=(1, 1_000_000),
+        tooltip="Optimiser steps of jigsaw pre-training",
+    ),
+    "freeze_encoder": Field(
+        QCheckBox,
+        "Keep segmentation (train the jigsaw head only)",
+        tooltip="Checked: only the jigsaw head learns; the model segments exactly as before.\n"
+        "Unchecked: the encoder learns too (best for a new model; it changes the "
+        "segmentation of a trained one).",
+    ),
+}
 
 
 def segmentation_trained(meta: dict[str, Any] | None) -> bool:
@@ -153,8 +171,16 @@ class JigsawPanel(QWidget):
         # Warn about a model at chance once: saved ones by file hash, others by object.
         self._warned_files: set[str] = set()
         self._warned_models: weakref.WeakSet = weakref.WeakSet()
+        self._build_check()
+        self._build_pretrain()
+        self._lay_out()
+        self._connect()
+        self._model_changed(self.state.checkpoint)
 
-        defaults = PretrainConfig()
+    # -- building --------------------------------------------------------------------------
+
+    def _build_check(self) -> None:
+        """The jigsaw line, the at-chance warning and *Check on this image*."""
         self.label = QLabel(f"{TITLE}: no model yet")
         self.label.setWordWrap(True)
         self.label.setObjectName("selfloop_jigsaw_line")
@@ -171,17 +197,12 @@ class JigsawPanel(QWidget):
             "selected image (the first open image if none is selected)"
         )
         self.check_runner = Runner("Jigsaw check", self)
-        self.iterations_spin = QSpinBox()
-        self.iterations_spin.setRange(1, 1_000_000)
-        self.iterations_spin.setValue(defaults.iterations)
-        self.iterations_spin.setToolTip("Optimiser steps of jigsaw pre-training")
-        self.freeze_check = QCheckBox("Keep segmentation (train the jigsaw head only)")
-        self.freeze_check.setChecked(defaults.freeze_encoder)
-        self.freeze_check.setToolTip(
-            "Checked: only the jigsaw head learns; the model segments exactly as before.\n"
-            "Unchecked: the encoder learns too (best for a new model; it changes the "
-            "segmentation of a trained one)."
-        )
+
+    def _build_pretrain(self) -> None:
+        """The :data:`PRETRAIN_FIELDS` controls (``PretrainConfig``'s defaults) and *Pre-train*."""
+        self.pretrain_controls = build_controls(PRETRAIN_FIELDS, PretrainConfig())
+        self.iterations_spin = self.pretrain_controls["iterations"]
+        self.freeze_check = self.pretrain_controls["freeze_encoder"]
         self.pretrain_button = QPushButton("Pre-train on open images")
         self.pretrain_button.setToolTip(
             "Teach the model the jigsaw task on all open images (no masks needed); saves a "
@@ -194,11 +215,12 @@ class JigsawPanel(QWidget):
         self.result_label = QLabel("")
         self.result_label.setWordWrap(True)
 
+    def _lay_out(self) -> None:
         check_row = QHBoxLayout()
         check_row.addWidget(self.check_button)
         check_row.addWidget(self.check_runner.progress, 1)
         form = QFormLayout()
-        form.addRow("Pre-training iterations", self.iterations_spin)
+        form.addRow(PRETRAIN_FIELDS["iterations"].label, self.iterations_spin)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.label)
@@ -210,14 +232,14 @@ class JigsawPanel(QWidget):
         layout.addWidget(self.pretrain_runner.make_bar())
         layout.addWidget(self.result_label)
 
+    def _connect(self) -> None:
         self.check_button.clicked.connect(lambda: self.check())
         self.pretrain_button.clicked.connect(lambda: self.pretrain())
         self.check_runner.finished.connect(self._check_finished)
         self.pretrain_runner.started.connect(lambda: self.pretrain_button.setEnabled(False))
         self.pretrain_runner.finished.connect(lambda *_: self.pretrain_button.setEnabled(True))
         self.state.model_changed.connect(self._model_changed)
-        viewer.layers.events.inserted.connect(self._layer_inserted)
-        self._model_changed(self.state.checkpoint)
+        self.viewer.layers.events.inserted.connect(self._layer_inserted)
 
     # -- checking --------------------------------------------------------------------------
 
@@ -309,10 +331,7 @@ class JigsawPanel(QWidget):
     # -- pre-training ----------------------------------------------------------------------
 
     def config(self) -> PretrainConfig:
-        return PretrainConfig(
-            iterations=self.iterations_spin.value(),
-            freeze_encoder=self.freeze_check.isChecked(),
-        )
+        return PretrainConfig(**read_values(PRETRAIN_FIELDS, self.pretrain_controls))
 
     def _images(self) -> list[TrainItem]:
         items = []

@@ -272,14 +272,7 @@ def put_result(
         if tuple(data.shape[:2]) != window.shape:
             raise InputError(f"a result of shape {data.shape} does not fit region {window.label}")
         box = None
-    full_shape = tuple(data.shape) if box is None else None
-    if box is not None:
-        base = (
-            like.data[0]
-            if like is not None and like.multiscale
-            else (like.data if like is not None else None)
-        )
-        full_shape = tuple(int(s) for s in base.shape[:2]) if base is not None else None
+    full_shape = tuple(data.shape) if box is None else _image_shape(like)
     if layer is not None and tuple(layer.data.shape) != full_shape:
         if role == "labels":
             raise InputError(
@@ -288,63 +281,104 @@ def put_result(
             )
         viewer.layers.remove(layer)
         layer = None
-    if box is None:
-        new = data
-    else:
-        y0, x0, y1, x1 = box
-        if layer is not None:
-            new = np.array(layer.data, copy=True)
-        else:
-            fill = UNCERTAIN if role == "labels" else 0
-            new = np.full(full_shape, fill, dtype=data.dtype)
-        new[y0:y1, x0:x1] = data
+    new = data if box is None else _pasted(layer, data, box, full_shape, role)
     meta = {"role": role, "source": source, **(extra_meta or {})}
     if window is not None:
         meta["window"] = window.to_meta()
-    if layer is None:
-        name = result_name(source, role, window)
-        spatial = {} if like is None else placement(like, window)
-        if role == "labels":
-            layer = viewer.add_labels(
-                new,
-                name=name,
-                colormap=correction_colormap(next_id(new) - 1),
-                opacity=CORRECTION_OPACITY,
-                metadata={KEY: meta},
-                **spatial,
-                **kwargs,
-            )
-            meta_of(layer)[COLORED_KEY] = next_id(new) - 1 + COLOR_HEADROOM
-            layer.selected_label = next_id(new)
-            layer.brush_size = 8
-        else:
-            uncertainty = role == "uncertainty"
-            top = _display_top(new) if uncertainty else 1.0
-            layer = viewer.add_image(
-                new,
-                name=name,
-                colormap=uncertainty_colormap() if uncertainty else "viridis",
-                contrast_limits=(0.0, top),
-                blending="translucent" if uncertainty else "additive",
-                opacity=1.0 if uncertainty else 0.6,
-                # Shown under the corrections: zoomed out to a whole tile, their one- or
-                # two-pixel uncertain rims fall between screen pixels, while this map, drawn
-                # with a wide kernel, still shows where they are (issue 26).
-                visible=uncertainty,
-                interpolation2d=UNCERTAINTY_INTERPOLATION if uncertainty else "nearest",
-                metadata={KEY: meta},
-                **spatial,
-                **kwargs,
-            )
-            keep_corrections_on_top(viewer, layer)
+    if layer is not None:
+        _update_result(layer, new, role, meta)
+        return layer
+    name = result_name(source, role, window)
+    spatial = {} if like is None else placement(like, window)
+    if role == "labels":
+        return _add_corrections(viewer, new, name, meta, **spatial, **kwargs)
+    return _add_map(viewer, new, name, role, meta, **spatial, **kwargs)
+
+
+def _image_shape(like: Image | None) -> tuple[int, ...] | None:
+    """Height and width of image ``like`` (its full resolution), None without one."""
+    if like is None:
+        return None
+    base = like.data[0] if like.multiscale else like.data
+    return tuple(int(s) for s in base.shape[:2])
+
+
+def _pasted(
+    layer: Layer | None,
+    data: np.ndarray,
+    box: tuple[int, int, int, int],
+    full_shape: tuple[int, ...] | None,
+    role: str,
+) -> np.ndarray:
+    """A copy of the layer's data (without a layer: ``full_shape`` of uncertain labels, or
+    zeros for a map) with ``data`` written into window ``box``."""
+    y0, x0, y1, x1 = box
+    if layer is not None:
+        new = np.array(layer.data, copy=True)
     else:
-        meta_of(layer).update(meta)
-        layer.data = new
-        if role == "labels":
-            ensure_colors(layer)
-        if role == "uncertainty":
-            layer.contrast_limits = (0.0, _display_top(new))
+        fill = UNCERTAIN if role == "labels" else 0
+        new = np.full(full_shape, fill, dtype=data.dtype)
+    new[y0:y1, x0:x1] = data
+    return new
+
+
+def _add_corrections(
+    viewer: Any, data: np.ndarray, name: str, meta: dict[str, Any], /, **kwargs: Any
+) -> Layer:
+    """A new correction layer: nuclei coloured, uncertain pixels yellow, a new id to paint."""
+    layer = viewer.add_labels(
+        data,
+        name=name,
+        colormap=correction_colormap(next_id(data) - 1),
+        opacity=CORRECTION_OPACITY,
+        metadata={KEY: meta},
+        **kwargs,
+    )
+    meta_of(layer)[COLORED_KEY] = next_id(data) - 1 + COLOR_HEADROOM
+    layer.selected_label = next_id(data)
+    layer.brush_size = 8
     return layer
+
+
+def _add_map(
+    viewer: Any,
+    data: np.ndarray,
+    name: str,
+    role: str,
+    meta: dict[str, Any],
+    /,
+    **kwargs: Any,
+) -> Layer:
+    """A new probability or uncertainty map, under the corrections."""
+    uncertainty = role == "uncertainty"
+    top = _display_top(data) if uncertainty else 1.0
+    layer = viewer.add_image(
+        data,
+        name=name,
+        colormap=uncertainty_colormap() if uncertainty else "viridis",
+        contrast_limits=(0.0, top),
+        blending="translucent" if uncertainty else "additive",
+        opacity=1.0 if uncertainty else 0.6,
+        # Shown under the corrections: zoomed out to a whole tile, their one- or
+        # two-pixel uncertain rims fall between screen pixels, while this map, drawn
+        # with a wide kernel, still shows where they are (issue 26).
+        visible=uncertainty,
+        interpolation2d=UNCERTAINTY_INTERPOLATION if uncertainty else "nearest",
+        metadata={KEY: meta},
+        **kwargs,
+    )
+    keep_corrections_on_top(viewer, layer)
+    return layer
+
+
+def _update_result(layer: Layer, data: np.ndarray, role: str, meta: dict[str, Any]) -> None:
+    """Give an existing result layer its new data and record."""
+    meta_of(layer).update(meta)
+    layer.data = data
+    if role == "labels":
+        ensure_colors(layer)
+    if role == "uncertainty":
+        layer.contrast_limits = (0.0, _display_top(data))
 
 
 #: Metadata keys of a correction layer: the last proposal written into it (an array of the

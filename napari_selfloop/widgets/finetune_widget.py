@@ -50,6 +50,7 @@ from ..core.store.checkpoint import load_checkpoint
 from ..core.store.export import labels_to_mask
 from ..core.store.project import folder_images, release, reserve_version
 from ._autosave import start_autosave
+from ._form import Field, add_rows, build_controls, read_values
 from ._layers import (
     correction_mask,
     image_data,
@@ -69,6 +70,20 @@ log = logging.getLogger(__name__)
 GUI_MAX_Q = 20
 #: Patch sides offered: PATCH_MULTIPLE times 1 .. this.
 GUI_PATCH_STEPS = 4
+
+#: The training form: ``TrainConfig`` fields, shown with its defaults (the CLI's).
+TRAIN_FIELDS = {
+    "framework": Field(QComboBox, "Framework", choices=FRAMEWORKS),
+    "iterations": Field(QSpinBox, "Iterations", range=(1, 100_000)),
+    "q": Field(QSpinBox, "Q", range=(1, GUI_MAX_Q)),
+    "lr": Field(QDoubleSpinBox, "Learning rate", range=(1e-5, 1e-1), step=1e-4, decimals=5),
+    "patch_size": Field(
+        QComboBox,
+        "Patch size",
+        choices=tuple(k * PATCH_MULTIPLE for k in range(1, GUI_PATCH_STEPS + 1)),
+        tooltip=f"Side of the training patches (multiples of {PATCH_MULTIPLE})",
+    ),
+}
 
 
 def _check_region(layer: Any, image: Any, window: Window, shape: tuple[int, ...]) -> None:
@@ -92,7 +107,17 @@ class FineTuneWidget(QWidget):
         self.last_result: TrainResult | None = None
         self.last_checkpoint: Path | None = None
         self._out: Path | None = None
+        self._build_data_controls()
+        self._build_training_form()
+        self._build_run_controls()
+        self._lay_out()
+        self._connect()
+        self.refresh()
 
+    # -- building --------------------------------------------------------------------------
+
+    def _build_data_controls(self) -> None:
+        """The labelled list and where unlabelled data comes from."""
         self.labelled_list = QListWidget()
         self.labelled_list.setMaximumHeight(90)
         self.labelled_list.setToolTip("Tick the correction layers that are finished")
@@ -101,30 +126,23 @@ class FineTuneWidget(QWidget):
         self.folder_edit = QLineEdit()
         self.folder_edit.setPlaceholderText("optional folder of unlabelled images")
         self.folder_button = QPushButton("…")
-        defaults = TrainConfig()  # the one source of defaults, as the CLI's
-        self.framework_combo = QComboBox()
-        self.framework_combo.addItems(list(FRAMEWORKS))
-        self.framework_combo.setCurrentText(defaults.framework)
-        self.iterations_spin = QSpinBox()
-        self.iterations_spin.setRange(1, 100_000)
-        self.iterations_spin.setValue(defaults.iterations)
-        self.q_spin = QSpinBox()
-        self.q_spin.setRange(1, GUI_MAX_Q)
-        self.q_spin.setValue(defaults.q)
-        self.lr_spin = QDoubleSpinBox()
-        self.lr_spin.setDecimals(5)
-        self.lr_spin.setRange(1e-5, 1e-1)
-        self.lr_spin.setSingleStep(1e-4)
-        self.lr_spin.setValue(defaults.lr)
-        self.patch_combo = QComboBox()
-        self.patch_combo.addItems([str(k * PATCH_MULTIPLE) for k in range(1, GUI_PATCH_STEPS + 1)])
-        self.patch_combo.setCurrentText(str(defaults.patch_size))
-        self.patch_combo.setToolTip(f"Side of the training patches (multiples of {PATCH_MULTIPLE})")
+
+    def _build_training_form(self) -> None:
+        """The :data:`TRAIN_FIELDS` controls, showing ``TrainConfig``'s defaults (the CLI's)."""
+        self.train_controls = build_controls(TRAIN_FIELDS, TrainConfig())
+        self.framework_combo = self.train_controls["framework"]
+        self.iterations_spin = self.train_controls["iterations"]
+        self.q_spin = self.train_controls["q"]
+        self.lr_spin = self.train_controls["lr"]
+        self.patch_combo = self.train_controls["patch_size"]
         self.holdout_check = QCheckBox("Hold out one labelled image for validation")
         self.holdout_check.setToolTip(
             "With two or more done images, the last one chooses the best checkpoint "
             "(validation F1); otherwise the lowest segmentation loss does"
         )
+
+    def _build_run_controls(self) -> None:
+        """Start and Stop, the progress bar, the live plot and the result line."""
         self.start_button = QPushButton("Fine-tune")
         self.runner = Runner("Fine-tune", self)
         self.runner.cancel_button.setText("Stop")
@@ -135,15 +153,12 @@ class FineTuneWidget(QWidget):
         self.result_label = QLabel("")
         self.result_label.setWordWrap(True)
 
+    def _lay_out(self) -> None:
         folder_row = QHBoxLayout()
         folder_row.addWidget(self.folder_edit, 1)
         folder_row.addWidget(self.folder_button)
         form = QFormLayout()
-        form.addRow("Framework", self.framework_combo)
-        form.addRow("Iterations", self.iterations_spin)
-        form.addRow("Q", self.q_spin)
-        form.addRow("Learning rate", self.lr_spin)
-        form.addRow("Patch size", self.patch_combo)
+        add_rows(form, TRAIN_FIELDS, self.train_controls)
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel("Labelled: corrections marked done"))
         layout.addWidget(self.labelled_list)
@@ -157,17 +172,17 @@ class FineTuneWidget(QWidget):
         layout.addWidget(self.result_label)
         layout.addStretch(1)
 
+    def _connect(self) -> None:
         self.folder_button.clicked.connect(self._browse)
         self.start_button.clicked.connect(self.start)
         self.labelled_list.itemChanged.connect(self._item_changed)
         self.runner.started.connect(lambda: self.start_button.setEnabled(False))
         self.runner.finished.connect(lambda *_: self.start_button.setEnabled(True))
-        events = napari_viewer.layers.events
+        events = self.viewer.layers.events
         for ev in (events.inserted, events.removed):
             ev.connect(self.refresh)
         self.state.labels_updated.connect(self.refresh)
         self.state.done_changed.connect(self.refresh)
-        self.refresh()
 
     # -- the labelled list -------------------------------------------------------------------
 
@@ -275,15 +290,8 @@ class FineTuneWidget(QWidget):
         return items
 
     def config(self) -> TrainConfig:
-        iterations = self.iterations_spin.value()
-        return TrainConfig(
-            framework=self.framework_combo.currentText(),
-            iterations=iterations,
-            q=self.q_spin.value(),
-            lr=float(self.lr_spin.value()),
-            patch_size=int(self.patch_combo.currentText()),
-            validate_every=max(1, min(50, iterations // 4)),
-        )
+        values = read_values(TRAIN_FIELDS, self.train_controls)
+        return TrainConfig(**values, validate_every=max(1, min(50, values["iterations"] // 4)))
 
     # -- running ---------------------------------------------------------------------------
 

@@ -86,7 +86,19 @@ class ModelWidget(QWidget):
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         start_autosave(napari_viewer)
+        self._build_model_choice()
+        self._build_card()
+        self.jigsaw = JigsawPanel(napari_viewer, self.state, self)
+        self._lay_out()
+        self._connect()
+        self.device_combo.setCurrentText(self.state.device)
+        self._show_card(self.state.checkpoint)
+        self._suggest_bundled()
 
+    # -- building ------------------------------------------------------------------------
+
+    def _build_model_choice(self) -> None:
+        """Where the model comes from (bundled, a file, new), the device and the ensemble."""
         self.load_button = QPushButton("Load checkpoint…")
         self.load_button.setToolTip(
             "Open a .pt file made by napari-selfloop (init, train or Fine-tune)"
@@ -114,7 +126,9 @@ class ModelWidget(QWidget):
         self.ensemble_button = QPushButton("Add to ensemble…")
         self.ensemble_button.setToolTip("Extra checkpoints for the 'ensemble' pseudo-label method")
         self.ensemble_label = QLabel("ensemble: current model only")
-        # The card in plain words first; the ML card (self.card) behind "Details".
+
+    def _build_card(self) -> None:
+        """The model card in plain words first; the ML card (``self.card``) behind *Details*."""
         self.summary = QLabel("No model yet: load a checkpoint or press New model.")
         self.summary.setWordWrap(True)
         self.summary.setTextFormat(Qt.TextFormat.RichText)
@@ -138,8 +152,8 @@ class ModelWidget(QWidget):
             "QLabel#selfloop_model_card { padding: 4px; border: 1px solid #555; }"
         )
         self.card.setVisible(False)
-        self.jigsaw = JigsawPanel(napari_viewer, self.state, self)
 
+    def _lay_out(self) -> None:
         # Two rows, so the button is never cut off in a narrow dock (issue 26).
         bundled = QFormLayout()
         bundled.addRow("Bundled model", self.bundled_combo)
@@ -164,6 +178,7 @@ class ModelWidget(QWidget):
         layout.addWidget(self.jigsaw)
         layout.addStretch(1)
 
+    def _connect(self) -> None:
         self.load_button.clicked.connect(self._browse)
         self.new_button.clicked.connect(lambda: self.new_model())
         self.bundled_button.clicked.connect(
@@ -175,9 +190,6 @@ class ModelWidget(QWidget):
         self.details_button.toggled.connect(self.show_details)
         self.state.model_changed.connect(self._show_card)
         self.state.ensemble_changed.connect(self._show_ensemble)
-        self.device_combo.setCurrentText(self.state.device)
-        self._show_card(self.state.checkpoint)
-        self._suggest_bundled()
 
     # -- actions (also called by tests and the gui command) ----------------------------
 

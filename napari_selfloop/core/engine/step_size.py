@@ -147,13 +147,39 @@ def sweep_steps(
     pseudo-labels use ``config``'s patch, precision and seed (Q = ``q``). Yields progress
     (cancel points); returns the rows computed.
     """
+    _check_sweep_input(images, masks, steps)
+    base = replace(config or PseudoLabelConfig(), q=q, lr=None)
+    specs = _sweep_specs(steps, skip)
+    want_softmax = "softmax" not in skip
+    if not specs and not want_softmax:
+        return {}
+    truths = _checked_truths(images, masks)
+    sweep = _Sweep(model, images, truths, base, device, on_row, len(images) * (len(specs) + 1))
+    # Softmax first: its wrong pixels are what every map is measured against.
+    yield from sweep.softmax(keep_row=want_softmax)
+    for key, method, lr in specs:
+        yield from sweep.row(key, method, lr)
+    return sweep.rows
+
+
+def _check_sweep_input(
+    images: Sequence[Any], masks: Sequence[np.ndarray], steps: Sequence[float]
+) -> None:
+    """Refuse a sweep without images, with a mask missing, or with a step that is no
+    positive number."""
     if len(images) != len(masks) or not images:
         raise InputError(f"one mask per image is needed, got {len(images)} and {len(masks)}")
     bad = [s for s in steps if isinstance(s, bool) or not 0 < s < math.inf]
     if bad:
         raise InputError(f"self-loop steps must be positive numbers, got {bad}")
-    base = replace(config or PseudoLabelConfig(), q=q, lr=None)
-    specs = [
+
+
+def _sweep_specs(
+    steps: Sequence[float], skip: Collection[str]
+) -> list[tuple[str, str, float | None]]:
+    """``(row key, pseudo-label method, step)`` of each row after softmax, those in ``skip``
+    left out: the puzzles without steps, then each step."""
+    return [
         (key, method, lr)
         for key, method, lr in [
             ("no-ss", "selfloop-no-ss", None),
@@ -161,65 +187,98 @@ def sweep_steps(
         ]
         if key not in skip
     ]
-    want_softmax = "softmax" not in skip
-    rows: dict[str, dict[str, float]] = {}
-    if not specs and not want_softmax:
-        return rows
+
+
+def _checked_truths(images: Sequence[Any], masks: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """The masks as arrays, each checked to have its image's size (all of them before any
+    image is pseudo-labelled)."""
     truths = [np.asarray(m) for m in masks]
-    for i, mask in enumerate(truths):  # all checked before any image is pseudo-labelled
+    for i, mask in enumerate(truths):
         if mask.shape != np.shape(images[i])[:2]:
             raise InputError(
                 f"image {i + 1}: the mask has shape {mask.shape} but the image is "
                 f"{np.shape(images[i])[:2]}"
             )
-    labelled = [mask != IGNORE for mask in truths]
-    n_img = len(images)
-    total = n_img * (len(specs) + 1)
-    done = 0
+    return truths
+
+
+class _Sweep:
+    """One sweep of :func:`sweep_steps`: the pseudo-labels of its images, their progress
+    (``done`` of ``total`` pseudo-labels), the softmax prediction's wrong pixels and the
+    rows so far."""
+
+    def __init__(
+        self,
+        model: ResUNet,
+        images: Sequence[Any],
+        truths: list[np.ndarray],
+        base: PseudoLabelConfig,
+        device: str,
+        on_row: Callable[[str, dict[str, float]], None] | None,
+        total: int,
+    ) -> None:
+        self.model = model
+        self.images = images
+        self.truths = truths
+        self.labelled = [mask != IGNORE for mask in truths]
+        self.base = base
+        self.device = device
+        self.on_row = on_row
+        self.total = total
+        self.done = 0
+        self.wrong: list[np.ndarray] = []
+        self.rows: dict[str, dict[str, float]] = {}
 
     def run(
-        i: int, method: str, lr: float | None, what: str
+        self, i: int, method: str, lr: float | None, what: str
     ) -> Generator[Progress, None, PseudoLabelResult]:
         """One pseudo-label of image ``i``, relaying its progress."""
-        nonlocal done
-        message = f"{what}: image {i + 1}/{n_img}"
+        message = f"{what}: image {i + 1}/{len(self.images)}"
         result = yield from relay(
-            pseudo_label(images[i], model, replace(base, method=method, lr=lr), device=device),
-            lambda _e: Progress(done, total, message, {"phase": "sweep"}),
+            pseudo_label(
+                self.images[i],
+                self.model,
+                replace(self.base, method=method, lr=lr),
+                device=self.device,
+            ),
+            lambda _e: Progress(self.done, self.total, message, {"phase": "sweep"}),
         )
-        done += 1
-        yield Progress(done, total, message, {"phase": "sweep"})
+        self.done += 1
+        yield Progress(self.done, self.total, message, {"phase": "sweep"})
         return result
 
-    def add_row(key: str, per_image: list[dict[str, float]]) -> None:
-        rows[key] = {k: round(float(np.mean([r[k] for r in per_image])), 2) for k in per_image[0]}
-        if on_row is not None:
-            on_row(key, rows[key])
+    def softmax(self, keep_row: bool) -> Generator[Progress, None, None]:
+        """The softmax pseudo-labels: their wrong pixels, and their row if ``keep_row``."""
+        per_image, rng = [], np.random.default_rng(0)  # each row's own tie-breaks
+        for i, mask in enumerate(self.truths):
+            result = yield from self.run(i, "softmax", None, "softmax")
+            assert result.probability is not None  # no sinks: the maps are held in memory
+            self.wrong.append(((result.probability > 0.5) != (mask > 0))[self.labelled[i]])
+            if keep_row:
+                per_image.append(self._image_row(result, i, rng))
+        if keep_row:
+            self._add_row("softmax", per_image)
 
-    def image_row(result: Any, i: int, rng: np.random.Generator) -> dict[str, float]:
-        s = pixel_scores(result.probability > 0.5, truths[i])
+    def row(self, key: str, method: str, lr: float | None) -> Generator[Progress, None, None]:
+        """The row ``key``: pseudo-labels by ``method`` with step ``lr`` (after softmax)."""
+        rng = np.random.default_rng(0)
+        per_image = []
+        for i in range(len(self.images)):
+            result = yield from self.run(i, method, lr, key)
+            per_image.append(self._image_row(result, i, rng))
+        self._add_row(key, per_image)
+
+    def _image_row(self, result: Any, i: int, rng: np.random.Generator) -> dict[str, float]:
+        s = pixel_scores(result.probability > 0.5, self.truths[i])
         return {
             "f1": 100 * s["f1"],
             "balanced_accuracy": 100 * s["balanced_accuracy"],
-            **captured_errors(result.uncertainty[labelled[i]], {"": wrong[i]}, rng),
+            **captured_errors(result.uncertainty[self.labelled[i]], {"": self.wrong[i]}, rng),
         }
 
-    # Softmax first: its wrong pixels are what every map is measured against.
-    wrong: list[np.ndarray] = []
-    soft_rows, rng = [], np.random.default_rng(0)  # each row's own tie-breaks
-    for i, mask in enumerate(truths):
-        result = yield from run(i, "softmax", None, "softmax")
-        assert result.probability is not None  # no sinks: the maps are held in memory
-        wrong.append(((result.probability > 0.5) != (mask > 0))[labelled[i]])
-        if want_softmax:
-            soft_rows.append(image_row(result, i, rng))
-    if want_softmax:
-        add_row("softmax", soft_rows)
-    for key, method, lr in specs:
-        rng = np.random.default_rng(0)
-        per_image = []
-        for i in range(n_img):
-            result = yield from run(i, method, lr, key)
-            per_image.append(image_row(result, i, rng))
-        add_row(key, per_image)
-    return rows
+    def _add_row(self, key: str, per_image: list[dict[str, float]]) -> None:
+        self.rows[key] = {
+            k: round(float(np.mean([r[k] for r in per_image])), 2) for k in per_image[0]
+        }
+        if self.on_row is not None:
+            self.on_row(key, self.rows[key])

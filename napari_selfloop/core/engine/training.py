@@ -247,6 +247,23 @@ class TrainConfig:
         if problems:  # the range checks below need the right types
             raise InputError("; ".join(problems))
         check_seed(self.seed)
+        for group in (
+            self._run_problems,
+            self._pseudo_label_problems,
+            self._optimiser_problems,
+            self._jigsaw_problems,
+            self._schedule_problems,
+            self._loss_problems,
+            self._evaluation_problems,
+            self._augmentation_problems,
+        ):
+            problems.extend(group())
+        if problems:
+            raise InputError("; ".join(problems))
+
+    def _run_problems(self) -> list[str]:
+        """The framework, the iterations, the patch sizes and the batch sizes."""
+        problems = []
         if self.framework not in FRAMEWORKS:
             problems.append(
                 f"unknown framework {self.framework!r}: choose one of {', '.join(FRAMEWORKS)}"
@@ -264,6 +281,11 @@ class TrainConfig:
             self.unlabeled_batch_size is not None and self.unlabeled_batch_size < 1
         ):
             problems.append("batch sizes must be at least 1")
+        return problems
+
+    def _pseudo_label_problems(self) -> list[str]:
+        """Q and the MC dropout passes, the confidence threshold and mode."""
+        problems = []
         if not 1 <= self.q <= MAX_Q or not 1 <= self.mc_passes <= MAX_Q:
             problems.append(
                 f"Q and the MC dropout passes must be between 1 and {MAX_Q}, "
@@ -275,6 +297,11 @@ class TrainConfig:
             problems.append(
                 f"confidence must be one of {', '.join(CONFIDENCE_MODES)}, got {self.confidence!r}"
             )
+        return problems
+
+    def _optimiser_problems(self) -> list[str]:
+        """The learning rates, the weight decay and the self-loop steps' rule."""
+        problems = []
         if not self.lr > 0 or not self.ss_lr > 0 or self.weight_decay < 0:
             problems.append(
                 f"learning rates must be positive and weight decay not negative, got lr {self.lr}, "
@@ -284,6 +311,11 @@ class TrainConfig:
             problems.append(
                 f"ss_step_rule must be one of {', '.join(STEP_RULES)}, got {self.ss_step_rule!r}"
             )
+        return problems
+
+    def _jigsaw_problems(self) -> list[str]:
+        """The jigsaw warm-up: its steps, batch size and patch size."""
+        problems = []
         if self.jigsaw_warmup < 0 or self.jigsaw_batch_size < 1:
             problems.append(
                 "jigsaw warm-up steps must not be negative and its batch size at least 1"
@@ -292,6 +324,11 @@ class TrainConfig:
             problems.append(
                 f"jigsaw patch size must be a multiple of {PATCH_MULTIPLE}, got {self.jigsaw_patch_size}"
             )
+        return problems
+
+    def _schedule_problems(self) -> list[str]:
+        """The learning-rate schedule, the Dice gate and the labelled-only warm-up."""
+        problems = []
         if self.schedule not in SCHEDULES:
             problems.append(
                 f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"
@@ -300,6 +337,11 @@ class TrainConfig:
             problems.append(f"gate_dice is a Dice in [0, 1), got {self.gate_dice}")
         if not 0.0 <= self.warmup < 1.0:
             problems.append(f"warmup is a fraction of the iterations in [0, 1), got {self.warmup}")
+        return problems
+
+    def _loss_problems(self) -> list[str]:
+        """The loss weights, and what the puzzles' ``L_SEG`` needs."""
+        problems = []
         if (
             min(
                 self.ug_weight,
@@ -316,16 +358,24 @@ class TrainConfig:
                 "puzzle_seg_weight needs the selfloop framework with ss_weight > 0 "
                 "(it segments the puzzles of the labelled L_SS)"
             )
+        return problems
+
+    def _evaluation_problems(self) -> list[str]:
+        """The validation metric and how often the run is evaluated."""
+        problems = []
         if self.val_metric not in VAL_METRICS:
             problems.append(
                 f"val_metric must be one of {', '.join(VAL_METRICS)}, got {self.val_metric!r}"
             )
         if self.validate_every < 1:
             problems.append(f"validate_every must be at least 1, got {self.validate_every}")
+        return problems
+
+    def _augmentation_problems(self) -> list[str]:
+        """The colour and scale jitter strengths."""
         if self.hed_jitter < 0 or self.brightness_jitter < 0 or self.scale_jitter < 0:
-            problems.append("jitter strengths must not be negative")
-        if problems:
-            raise InputError("; ".join(problems))
+            return ["jitter strengths must not be negative"]
+        return []
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (for checkpoints read with ``weights_only=True``)."""
@@ -535,6 +585,38 @@ def train(
     best weights. The global torch random generator is seeded from ``config.seed``.
     """
     cfg = config or TrainConfig()
+    lab, unl, val = _checked_items(model, cfg, labeled, unlabeled, validation)
+    out = _checked_out(out)
+    resumed: Resumed | None = None
+    if resume is not None:
+        resumed, resumed_pixel_size = _resume_from(resume, model, cfg)
+        pixel_size_um = pixel_size_um if pixel_size_um is not None else resumed_pixel_size
+    dev = resolve_device(device)
+    tissue = merge_ranges(tissue, labelled_tissue(lab))
+    return _train_loop(
+        model,
+        lab,
+        unl,
+        val,
+        cfg,
+        dev=dev,
+        resumed=resumed,
+        out=out,
+        parent=parent,
+        pixel_size_um=pixel_size_um,
+        tissue=tissue,
+    )
+
+
+def _checked_items(
+    model: ResUNet,
+    cfg: TrainConfig,
+    labeled: list[TrainItem],
+    unlabeled: list[TrainItem],
+    validation: list[TrainItem] | None,
+) -> tuple[list[PreparedItem], list[PreparedItem], list[PreparedItem]]:
+    """The labelled, unlabelled and validation items checked and prepared for ``model``,
+    and ``cfg`` checked against the model (:func:`train`'s input errors, in their order)."""
     ws = model.config.work_size
     kind = model.config.instance_output
     lab = check_items(labeled, "labelled", need_masks=True, work_size=ws, instance_output=kind)
@@ -557,45 +639,40 @@ def train(
         raise InputError(
             f"Q ({cfg.q}) exceeds the jigsaw pool size ({model.config.num_permutations})"
         )
+    return lab, unl, val
+
+
+def _checked_out(out: Path | str | None) -> Path | None:
+    """The checkpoint file to write, as a path, checked: its folder exists, it is no folder."""
     out = Path(out) if out is not None else None
     if out is not None and not out.parent.is_dir():
         raise InputError(f"cannot write {out}: folder {out.parent} does not exist")
     if out is not None and out.is_dir():
         raise InputError(f"cannot write {out}: it is a folder, give a file name (.pt)")
-    resumed: Resumed | None = None
-    if resume is not None:
-        ck = load_checkpoint(resume)
-        if not ck.config.same_network(model.config):
-            raise CheckpointError(
-                f"{Path(resume).name} holds a different model ({ck.config}) "
-                f"than the one given ({model.config})"
-            )
-        training = ck.meta.get("training")
-        if isinstance(training, dict) and training.get("kind") == PRETRAIN_KIND:
-            raise CheckpointError(
-                f"{Path(resume).name} was written by jigsaw pre-training, not by training: "
-                "start from it (--checkpoint), do not resume it"
-            )
-        record = resume_record(
-            ck, [tuple(p.shape) for p in model.parameters()], iterations=cfg.iterations
+    return out
+
+
+def _resume_from(
+    resume: Path | str, model: ResUNet, cfg: TrainConfig
+) -> tuple[Resumed, float | None]:
+    """What a run resumed from the checkpoint ``resume`` starts from, and that checkpoint's
+    pixel size; refused for another network or a jigsaw pre-training checkpoint."""
+    ck = load_checkpoint(resume)
+    if not ck.config.same_network(model.config):
+        raise CheckpointError(
+            f"{Path(resume).name} holds a different model ({ck.config}) "
+            f"than the one given ({model.config})"
         )
-        resumed = Resumed(ck.model.state_dict(), record, ck.meta.get("parent"))
-        pixel_size_um = pixel_size_um if pixel_size_um is not None else ck.pixel_size_um
-    dev = resolve_device(device)
-    tissue = merge_ranges(tissue, labelled_tissue(lab))
-    return _train_loop(
-        model,
-        lab,
-        unl,
-        val,
-        cfg,
-        dev=dev,
-        resumed=resumed,
-        out=out,
-        parent=parent,
-        pixel_size_um=pixel_size_um,
-        tissue=tissue,
+    training = ck.meta.get("training")
+    if isinstance(training, dict) and training.get("kind") == PRETRAIN_KIND:
+        raise CheckpointError(
+            f"{Path(resume).name} was written by jigsaw pre-training, not by training: "
+            "start from it (--checkpoint), do not resume it"
+        )
+    record = resume_record(
+        ck, [tuple(p.shape) for p in model.parameters()], iterations=cfg.iterations
     )
+    return Resumed(ck.model.state_dict(), record, ck.meta.get("parent")), ck.pixel_size_um
 
 
 @dataclass

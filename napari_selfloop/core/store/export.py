@@ -237,14 +237,52 @@ def _trace(labels: np.ndarray, y0: int = 0, x0: int = 0, window: Window | None =
     Vectorised: each edge's successor comes from the 2x2 pixels at its end, the rings are
     the cycles of that permutation (found by pointer doubling), and each ring starts at its
     first edge in the raster order of vertices (east, west, south, north at one vertex).
+    The steps: :func:`_edge_keys` (the edges), :func:`_link_edges` (each one's successor),
+    :func:`_ring_minima` and :func:`_walking_order` (the rings, each as walked),
+    :func:`_ring_measures` and :func:`_closed_rings` (areas, boxes and vertices).
     """
     lab = np.asarray(labels)
     if lab.dtype == bool:
         lab = lab.view(np.uint8)
-    width = lab.shape[1]
     q = np.pad(lab, 1)
+    keys = _edge_keys(q)
+    if not keys.size:
+        empty = np.zeros(0, np.int64)
+        return _Rings(empty, empty, np.zeros((0, 4), np.int64), [], np.zeros(1, np.int64), empty)
+    vertex, d = np.divmod(keys, 4)
+    vy, vx = np.divmod(vertex, lab.shape[1] + 1)
+    owner, nxt, pinched = _link_edges(q, keys, vertex, d, vy, vx)
+    start = vertex * 4 + _RANK[d]
+    del q, keys, vertex
+    low = _ring_minima(start, nxt)
+    walk = _walking_order(start, low, nxt)
+    walk = walk[_turns(d, nxt)[walk]]  # the corners, ring by ring, in walking order
+    del start, nxt
+    ring_key = low[walk]
+    first = np.flatnonzero(np.r_[True, ring_key[1:] != ring_key[:-1]])
+    count = np.diff(np.r_[first, walk.size])
+    px, py = vx[walk], vy[walk]
+    areas, boxes = _ring_measures(px, py, first, count)
+    ring_label = owner[walk[first]]
+    order = np.lexsort((ring_key[first], -areas, ring_label))
+    offsets, points = _closed_rings(px, py, first[order], count[order], y0, x0, window)
+    return _Rings(
+        labels=ring_label[order],
+        areas=areas[order],
+        boxes=boxes[order],
+        points=points,
+        offsets=offsets,
+        pinched=pinched,
+    )
+
+
+def _edge_keys(q: np.ndarray) -> np.ndarray:
+    """Every pixel edge of the padded labels ``q`` with a label on its right and another
+    value on its left, as sorted keys ``4 * vertex + direction``: its start vertex (in the
+    raster order of the unpadded array's ``(h + 1) x (w + 1)`` pixel corners) and its
+    direction (0 east, 1 south, 2 west, 3 north)."""
     nw, ne, sw, se = q[:-1, :-1], q[:-1, 1:], q[1:, :-1], q[1:, 1:]
-    keys = np.sort(
+    return np.sort(
         np.concatenate(
             [
                 np.flatnonzero((se != 0) & (ne != se)) * 4,  # east: top edges
@@ -254,15 +292,24 @@ def _trace(labels: np.ndarray, y0: int = 0, x0: int = 0, window: Window | None =
             ]
         ).astype(np.int64, copy=False)
     )
-    del nw, ne, sw, se
-    empty = np.zeros(0, np.int64)
-    if not keys.size:
-        return _Rings(empty, empty, np.zeros((0, 4), np.int64), [], np.zeros(1, np.int64), empty)
-    vw, qw = width + 1, width + 2  # row lengths of the vertex grid and of the padded pixels
+
+
+def _link_edges(
+    q: np.ndarray,
+    keys: np.ndarray,
+    vertex: np.ndarray,
+    d: np.ndarray,
+    vy: np.ndarray,
+    vx: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For the edges ``keys`` of the padded labels ``q`` (:func:`_edge_keys`; start ``vertex``
+    at row ``vy`` and column ``vx`` of the vertex grid, direction ``d``): each edge's label
+    (the pixel on its right), the index of the edge that follows it on its ring, and the
+    labels two of whose pixels touch only at a corner."""
+    qw = q.shape[1]  # row length of the padded pixels
+    vw = qw - 1  # row length of the vertex grid
     quad = np.array([0, 1, qw, qw + 1], np.int64)  # NW, NE, SW, SE of a vertex, in q
     flat = q.ravel()
-    vertex, d = np.divmod(keys, 4)
-    vy, vx = np.divmod(vertex, vw)
     owner = flat[vy * qw + vx + quad[_OWNER[d]]]
     end = vertex + np.array([1, vw, -1, -vw], np.int64)[d]
     ey, ex = np.divmod(end, vw)
@@ -275,17 +322,25 @@ def _trace(labels: np.ndarray, y0: int = 0, x0: int = 0, window: Window | None =
     turn = np.where(left, (d + 3) % 4, np.where(right, d, (d + 1) % 4))
     nxt = np.searchsorted(keys, end * 4 + turn)
     pinched = np.unique(owner[left & ~right])
-    del end, turn, left, right
-    # Each ring's first edge: the smallest start key on its cycle (pointer doubling).
-    start = vertex * 4 + _RANK[d]
+    return owner, nxt, pinched
+
+
+def _ring_minima(start: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Per edge: the smallest ``start`` on its cycle of ``nxt``, which names its ring and
+    marks the ring's first edge (pointer doubling)."""
     low, jump = start, nxt
     while True:
         lower = np.minimum(low, low[jump])
         if np.array_equal(lower, low):
-            break
+            return low
         low, jump = lower, jump[jump]
-    # Steps from each edge to the last edge of its ring (list ranking): the walking order.
-    index = np.arange(keys.size)
+
+
+def _walking_order(start: np.ndarray, low: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """The edges' indices ring by ring (by their first edges' ``start``), each ring from its
+    first edge as walked along ``nxt``: the steps from each edge to the last edge of its ring
+    are counted by list ranking."""
+    index = np.arange(start.size)
     last = (start == low)[nxt]
     jump = np.where(last, index, nxt)
     togo = (~last).astype(np.int64)
@@ -300,16 +355,23 @@ def _trace(labels: np.ndarray, y0: int = 0, x0: int = 0, window: Window | None =
     ring = np.searchsorted(start[heads], low)
     walk = np.empty_like(index)
     walk[(np.cumsum(length) - 1)[ring] - togo] = index  # rings in order, each as walked
-    del heads, length, ring
+    return walk
+
+
+def _turns(d: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """Per edge: whether its direction ``d`` differs from that of the edge before it on its
+    ring (``nxt``), that is whether its start vertex is a corner."""
     before = np.empty_like(nxt)
-    before[nxt] = index
-    walk = walk[(d != d[before])[walk]]  # the corners, ring by ring, in walking order
-    del index, last, jump, togo, before, start, nxt
-    ring_key = low[walk]
-    first = np.flatnonzero(np.r_[True, ring_key[1:] != ring_key[:-1]])
-    count = np.diff(np.r_[first, walk.size])
-    px, py = vx[walk], vy[walk]
-    following = np.arange(walk.size) + 1
+    before[nxt] = np.arange(nxt.size)
+    return d != d[before]
+
+
+def _ring_measures(
+    px: np.ndarray, py: np.ndarray, first: np.ndarray, count: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Twice the signed area and the box (x0, x1, y0, y1) of each ring whose ``count``
+    corners are ``px, py[first:first + count]``."""
+    following = np.arange(px.size) + 1
     following[first + count - 1] = first
     areas = np.add.reduceat(px * py[following] - px[following] * py, first)
     boxes = np.stack(
@@ -321,13 +383,25 @@ def _trace(labels: np.ndarray, y0: int = 0, x0: int = 0, window: Window | None =
         ],
         axis=1,
     )
-    ring_label = owner[walk[first]]
-    order = np.lexsort((ring_key[first], -areas, ring_label))
-    # The rings in that order, each closed: its corners, then its first corner again.
-    count, first = count[order], first[order]
+    return areas, boxes
+
+
+def _closed_rings(
+    px: np.ndarray,
+    py: np.ndarray,
+    first: np.ndarray,
+    count: np.ndarray,
+    y0: int,
+    x0: int,
+    window: Window | None,
+) -> tuple[np.ndarray, list[list[Any]]]:
+    """The rings whose corners are ``px, py[first:first + count]``, in the order given, each
+    closed (its corners, then its first corner again), as ``[x, y]`` vertices plus
+    ``(x0, y0)``, then in slide coordinates for a ``window``; with the offsets of the rings
+    in that list."""
     size = count + 1
     offsets = np.r_[0, np.cumsum(size)]
-    ring_of = np.repeat(np.arange(order.size), size)
+    ring_of = np.repeat(np.arange(first.size), size)
     source = first[ring_of] + np.arange(int(offsets[-1])) - offsets[:-1][ring_of]
     source[offsets[1:] - 1] = first
     xs, ys = px[source] + x0, py[source] + y0
@@ -338,14 +412,7 @@ def _trace(labels: np.ndarray, y0: int = 0, x0: int = 0, window: Window | None =
             xs, ys = xs.astype(np.int64), ys.astype(np.int64)
     with _gc_paused():
         points = np.stack([xs, ys], axis=1).tolist()
-    return _Rings(
-        labels=ring_label[order],
-        areas=areas[order],
-        boxes=boxes[order],
-        points=points,
-        offsets=offsets,
-        pinched=pinched,
-    )
+    return offsets, points
 
 
 def ring_area(ring: list[list[int]]) -> float:

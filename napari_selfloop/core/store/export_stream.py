@@ -43,7 +43,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -624,11 +624,7 @@ def write_export(
     only when all are complete, exports into one folder take turns). Returns the entry.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file, not a folder: choose a folder to export into")
-    height, width = plan.shape
-    if window is not None and (height, width) != window.shape:
-        raise InputError(f"labels of shape {(height, width)} do not fit region {window.label}")
+    _check_destination(out, plan, window)
     out.mkdir(parents=True, exist_ok=True)
     manifest_path = out / MANIFEST
     style = {"classification": classification, "object_type": object_type, "window": window}
@@ -636,17 +632,11 @@ def write_export(
         manifest = _read_manifest(manifest_path)
         stem = choose_stem(out, str(name), image_sha256, manifest["entries"])
         files = _files(stem)
-        entry = manifest_entry(
-            name=str(name),
-            image=None,
+        entry = _planned_entry(
+            name,
+            plan,
+            files,
             image_sha256=image_sha256,
-            files=files,
-            shape=[height, width],
-            checkpoint=None,
-            foreground_pixels=plan.foreground,
-            uncertain_pixels=plan.uncertain_pixels,
-            objects=plan.objects,
-            uncertain_policy=plan.uncertain,
             object_type=object_type,
             pixel_size_um=pixel_size_um,
             window=window,
@@ -657,38 +647,101 @@ def write_export(
             # Entered last first: leaving the stack renames mask, instances, GeoJSON, manifest.
             manifest_tmp = stack.enter_context(atomic_path(manifest_path))
             tmp = {key: stack.enter_context(atomic_path(out / files[key])) for key in order[::-1]}
-            tiff: dict[str, Any] = {"pixel_size_um": pixel_size_um, "ome": False}
-            mask_w = stack.enter_context(
-                TiledTiffWriter(
-                    tmp["mask"],
-                    height,
-                    width,
-                    np.uint8,
-                    metadata={SELFLOOP_MASK_TAG: "0/1/255"},
-                    **tiff,
-                )
-            )
-            inst_w = stack.enter_context(
-                TiledTiffWriter(tmp["instances"], height, width, plan.out_dtype, **tiff)
-            )
+            mask_w, inst_w = _open_tiffs(stack, tmp, plan, pixel_size_um)
             geojson = stack.enter_context(open(tmp["geojson"], "w", encoding="utf-8"))
-            geojson.write('{"type": "FeatureCollection", "features": [')
-            held: dict[int, np.ndarray] = {}
-            first = True
-            for index, (y0, raw) in enumerate(plan.bands()):
-                mask = plan.mask(raw)
-                labels = plan.final(raw, index, mask)
-                mask_w.write_rows(y0, mask)
-                inst_w.write_rows(y0, labels.astype(plan.out_dtype))
-                with _gc_paused():
-                    features = list(_features(plan, labels, y0, held, **style))
-                for feature in features:
-                    geojson.write(("" if first else ", ") + json.dumps(feature, ensure_ascii=False))
-                    first = False
-                del features
-            geojson.write("]}\n")
-            if held:  # never: every object ends in some band
-                raise RuntimeError(f"{len(held)} object(s) were never outlined")
+            _write_bands(plan, mask_w, inst_w, geojson, style)
             manifest_tmp.write_text(manifest_text, encoding="utf-8")
     log.info("exported %s: %d objects -> %s", name, entry["objects"], out)
     return entry
+
+
+def _check_destination(out: Path, plan: Plan, window: Window | None) -> None:
+    """Refuse a file as the export folder, and labels that do not fit their ``window``."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file, not a folder: choose a folder to export into")
+    height, width = plan.shape
+    if window is not None and (height, width) != window.shape:
+        raise InputError(f"labels of shape {(height, width)} do not fit region {window.label}")
+
+
+def _planned_entry(
+    name: str,
+    plan: Plan,
+    files: dict[str, str],
+    *,
+    image_sha256: str | None,
+    object_type: str,
+    pixel_size_um: float | None,
+    window: Window | None,
+) -> dict[str, Any]:
+    """The manifest entry of a planned input written to ``files`` (its counts from the plan)."""
+    height, width = plan.shape
+    return manifest_entry(
+        name=str(name),
+        image=None,
+        image_sha256=image_sha256,
+        files=files,
+        shape=[height, width],
+        checkpoint=None,
+        foreground_pixels=plan.foreground,
+        uncertain_pixels=plan.uncertain_pixels,
+        objects=plan.objects,
+        uncertain_policy=plan.uncertain,
+        object_type=object_type,
+        pixel_size_um=pixel_size_um,
+        window=window,
+    )
+
+
+def _open_tiffs(
+    stack: contextlib.ExitStack,
+    tmp: dict[str, Path],
+    plan: Plan,
+    pixel_size_um: float | None,
+) -> tuple[TiledTiffWriter, TiledTiffWriter]:
+    """The mask and instance TIFF writers, opened on their temporaries ``tmp`` in ``stack``
+    (in that order)."""
+    height, width = plan.shape
+    tiff: dict[str, Any] = {"pixel_size_um": pixel_size_um, "ome": False}
+    mask_w = stack.enter_context(
+        TiledTiffWriter(
+            tmp["mask"],
+            height,
+            width,
+            np.uint8,
+            metadata={SELFLOOP_MASK_TAG: "0/1/255"},
+            **tiff,
+        )
+    )
+    inst_w = stack.enter_context(
+        TiledTiffWriter(tmp["instances"], height, width, plan.out_dtype, **tiff)
+    )
+    return mask_w, inst_w
+
+
+def _write_bands(
+    plan: Plan,
+    mask_w: TiledTiffWriter,
+    inst_w: TiledTiffWriter,
+    geojson: TextIO,
+    style: dict[str, Any],
+) -> None:
+    """Band by band: the training mask and the instance labels into their TIFFs, and the
+    features of the objects that end in the band into the GeoJSON ``FeatureCollection``."""
+    geojson.write('{"type": "FeatureCollection", "features": [')
+    held: dict[int, np.ndarray] = {}
+    first = True
+    for index, (y0, raw) in enumerate(plan.bands()):
+        mask = plan.mask(raw)
+        labels = plan.final(raw, index, mask)
+        mask_w.write_rows(y0, mask)
+        inst_w.write_rows(y0, labels.astype(plan.out_dtype))
+        with _gc_paused():
+            features = list(_features(plan, labels, y0, held, **style))
+        for feature in features:
+            geojson.write(("" if first else ", ") + json.dumps(feature, ensure_ascii=False))
+            first = False
+        del features
+    geojson.write("]}\n")
+    if held:  # never: every object ends in some band
+        raise RuntimeError(f"{len(held)} object(s) were never outlined")
