@@ -377,16 +377,19 @@ def settle(labels: np.ndarray, box: tuple[int, int, int, int], nucleus: bool) ->
     else:
         nearest = np.zeros(local.shape, local.dtype)
     touching = ndi.binary_dilation(ids > 0, structure=FOUR)
-    new_ids: list[int] = []
-    fresh = next_id(data)
-    for k in range(1, n + 1):
-        piece = pieces == k
-        if (piece & touching).any():
-            values[piece] = nearest[piece]
-        else:
-            values[piece] = fresh
-            new_ids.append(fresh)
-            fresh = skip_reserved(fresh + 1)
+    # Which pieces touch a nucleus, all at once (one pass, however many pieces there are).
+    touches = np.zeros(n + 1, bool)
+    touches[np.unique(pieces[touching & unc])] = True
+    touches[0] = False
+    joins = touches[pieces] & unc
+    values[joins] = nearest[joins]
+    lone = np.flatnonzero(~touches[1:]) + 1  # the other pieces, in order: new nuclei
+    new_ids = [int(v) for v in id_sequence(next_id(data), lone.size)]
+    if lone.size:
+        lut = np.zeros(n + 1, np.int64)
+        lut[lone] = new_ids
+        alone = unc & ~joins
+        values[alone] = lut[pieces[alone]]
     index = _global((ry, rx), unc)
     joined = n - len(new_ids)
     return Edit(
