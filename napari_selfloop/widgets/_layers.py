@@ -326,16 +326,17 @@ def _add_corrections(
     viewer: Any, data: np.ndarray, name: str, meta: dict[str, Any], /, **kwargs: Any
 ) -> Layer:
     """A new correction layer: nuclei coloured, uncertain pixels yellow, a new id to paint."""
+    free = next_id(data)
     layer = viewer.add_labels(
         data,
         name=name,
-        colormap=correction_colormap(next_id(data) - 1),
+        colormap=correction_colormap(free - 1),
         opacity=CORRECTION_OPACITY,
         metadata={KEY: meta},
         **kwargs,
     )
-    meta_of(layer)[COLORED_KEY] = next_id(data) - 1 + COLOR_HEADROOM
-    layer.selected_label = next_id(data)
+    meta_of(layer)[COLORED_KEY] = free - 1 + COLOR_HEADROOM
+    layer.selected_label = free
     layer.brush_size = 8
     return layer
 

@@ -259,12 +259,10 @@ def split(labels: np.ndarray, first: Point, second: Point) -> Edit:
 def merge(labels: np.ndarray, first: Point, second: Point) -> Edit:
     """Make the nucleus under ``second`` part of the nucleus under ``first`` (its id)."""
     data = np.asarray(labels)
-    keep, _, _ = nucleus_at(data, first)
+    keep, keep_crop, keep_pixels = nucleus_at(data, first)
     other, crop, pixels = nucleus_at(data, second)
-    if other == keep:
-        first_piece = nucleus_at(data, first)
-        if first_piece[1] == crop and np.array_equal(first_piece[2], pixels):
-            raise InputError(f"both clicks are on nucleus {keep}: click two different nuclei")
+    if other == keep and keep_crop == crop and np.array_equal(keep_pixels, pixels):
+        raise InputError(f"both clicks are on nucleus {keep}: click two different nuclei")
     index = _global(crop, pixels)
     return Edit(
         index,
