@@ -66,7 +66,16 @@ from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.store.checkpoint import load_checkpoint  # noqa: E402
 
 #: Fine-tune settings this benchmark can vary (``train`` options of the same names).
-SETTINGS = ("framework", "iterations", "patch_size", "batch_size", "lr", "q", "warmup")
+SETTINGS = (
+    "framework",
+    "iterations",
+    "patch_size",
+    "batch_size",
+    "lr",
+    "q",
+    "warmup",
+    "batchnorm",
+)
 
 
 def propose(model: Any, image: np.ndarray, method: str) -> np.ndarray:

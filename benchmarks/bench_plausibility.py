@@ -36,9 +36,15 @@ sys.path.insert(0, str(HERE.parent))
 from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
 from train_bundled import load_dataset  # noqa: E402
 
+from napari_selfloop.core.engine.datasets import PreparedItem  # noqa: E402
 from napari_selfloop.core.engine.metrics import panoptic_scores, pixel_scores  # noqa: E402
-from napari_selfloop.core.engine.plausibility import plausibility_warning, record_of  # noqa: E402
+from napari_selfloop.core.engine.plausibility import (  # noqa: E402
+    plausibility_warning,
+    record_of,
+    with_entropy,
+)
 from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
+from napari_selfloop.core.engine.training import TrainConfig, own_certainty  # noqa: E402
 from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.store.checkpoint import load_checkpoint  # noqa: E402
@@ -69,6 +75,17 @@ def check(model: Any, record: Any, d: dict[str, Any], method: str) -> dict[str, 
     return row
 
 
+def certainty_values(model: Any, images: list[dict[str, Any]]) -> list[float]:
+    """The model's :func:`fg_entropy` on its training images, by ``train``'s own code."""
+    items = [
+        PreparedItem(d["name"], d["image"], *d["mask"].shape, d["mask"].astype("uint8"), None)
+        for d in images
+    ]
+    return run_to_completion(
+        own_certainty(model, items, TrainConfig(), torch.device("cpu"), lambda m: m)
+    )
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True)
@@ -86,6 +103,12 @@ def main() -> int:
     model = ckpt.model.eval()
     data = load_dataset("monuseg/train")
     train_idx, held_idx = leave_one_organ_out([d["name"] for d in data], args.organ)
+    if not record.get("fg_entropy"):
+        # A checkpoint trained before the certainty record: measure it as ``train`` does at
+        # its end, on the model's training images (all fully labelled).
+        t0 = time.perf_counter()
+        record = with_entropy(record, certainty_values(model, [data[i] for i in train_idx]))
+        print(f"[plausibility] recorded certainty in {time.perf_counter() - t0:.0f} s: {record}")
     sets = {
         "training organs": [data[i] for i in train_idx],
         "held-out organ": [data[i] for i in held_idx],

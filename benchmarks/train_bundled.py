@@ -336,6 +336,7 @@ def stage_segment(
         seed=seed,
         validate_every=100,
         jigsaw_patch_size=recipe["pretrain"]["patch_size"],
+        batchnorm="update",  # the recipe as measured (auto would freeze a trained start)
     )
     done = finished_steps(out)
     if done >= cfg.iterations:

@@ -223,6 +223,7 @@ def main() -> int:
             seed=0,
             validate_every=100,
             jigsaw_patch_size=recipe["pretrain"]["patch_size"],
+            batchnorm="update",  # the recipe as measured (auto would freeze a trained start)
         )
         t0 = time.perf_counter()
         done = ckpt.exists()

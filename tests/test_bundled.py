@@ -234,7 +234,11 @@ def test_shipped_model_is_small_half_precision_and_documented(name):
     if ckpt.config.instance_output != "none":
         inst = meta["metrics"]["instances"]
         assert inst["marker"] == ckpt.config.instance_marker and inst["validation"]["pq"] > 0
-        assert meta["metrics"]["tissue"]["images"] >= 30  # the plausibility record
+        tissue = meta["metrics"]["tissue"]  # the plausibility record
+        assert tissue["images"] >= 30
+        # the model's own certainty on its training images (benchmarks/record_certainty.py)
+        low, high = tissue["fg_entropy"]
+        assert 0.0 < low <= high < 1.0
     assert len(meta["data"]) >= 30 and all(len(d["sha256"]) == 64 for d in meta["data"])
     jig = meta["metrics"]
     assert abs(jig["jigsaw_chance_loss"] - math.log(ckpt.config.num_permutations)) < 1e-3

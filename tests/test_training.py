@@ -541,3 +541,64 @@ def test_other_refusals(tmp_path):
         )
     with pytest.raises(InputError, match="does not exist"):
         train(build_model(TINY), items(1), [], TrainConfig(**FAST), out=tmp_path / "no" / "x.pt")
+
+
+def _running_stats(model):
+    return [
+        (m.running_mean.clone(), m.running_var.clone())
+        for m in model.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
+
+
+def _same_stats(a, b):
+    return all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
+
+
+def test_batchnorm_auto_updates_a_new_model_and_freezes_a_trained_one(tmp_path):
+    cfg = TrainConfig(**{**FAST, "framework": "supervised", "iterations": 3, "validate_every": 3})
+    assert cfg.batchnorm == "auto"
+    model = build_model(TINY, seed=0)
+    before = _running_stats(model)
+    run(train(model, items(1), [], cfg, out=tmp_path / "new.pt"))
+    assert not _same_stats(before, _running_stats(model))  # a new model learns its statistics
+    assert load_checkpoint(tmp_path / "new.pt").meta["training"]["config"]["batchnorm"] == "update"
+
+    # fine-tuning that trained model: its statistics stay, its weights still learn
+    trained = load_checkpoint(tmp_path / "new.pt").model
+    before, weights = _running_stats(trained), state_snapshot(trained)
+    run(train(trained, items(1, 2), [], cfg, out=tmp_path / "tuned.pt"))
+    assert _same_stats(before, _running_stats(trained))
+    assert any(
+        not torch.equal(v, trained.state_dict()[k])
+        for k, v in weights.items()
+        if k.endswith("weight")
+    )
+    tuned = load_checkpoint(tmp_path / "tuned.pt")
+    assert tuned.meta["training"]["config"]["batchnorm"] == "frozen"
+    assert _same_stats(before, _running_stats(tuned.model))
+    # ... unless asked to update them
+    run(train(trained, items(1, 2), [], TrainConfig(**{**cfg.to_dict(), "batchnorm": "update"})))
+    assert not _same_stats(before, _running_stats(trained))
+
+
+def test_a_resumed_run_keeps_the_batchnorm_mode_it_began_with(tmp_path):
+    cfg = TrainConfig(**{**FAST, "framework": "supervised", "iterations": 4, "validate_every": 2})
+    out = tmp_path / "run.pt"
+    gen = train(build_model(TINY, seed=0), items(1), [], cfg, out=out)
+    for event in gen:
+        if event.data["phase"] == "train" and event.done == 3:
+            break
+    gen.close()
+    assert load_checkpoint(out).meta["training"]["config"]["batchnorm"] == "update"
+    # the checkpoint's model has tracked batches now: auto alone would freeze it
+    model = load_checkpoint(out).model
+    before = _running_stats(model)
+    run(train(model, items(1), [], cfg, resume=out, out=out))
+    assert load_checkpoint(out).meta["training"]["config"]["batchnorm"] == "update"
+    assert not _same_stats(before, _running_stats(model))
+
+
+def test_batchnorm_mode_is_checked():
+    with pytest.raises(InputError, match="batchnorm must be one of auto, update, frozen"):
+        TrainConfig(batchnorm="off")

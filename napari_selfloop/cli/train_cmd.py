@@ -13,7 +13,14 @@ from ..core.engine.datasets import mask_instances, open_mask
 from ..core.engine.model import ModelConfig, ResUNet, build_model
 from ..core.engine.pseudolabel import PATCH_MULTIPLE, STEP_RULES
 from ..core.engine.seeds import check_seed
-from ..core.engine.training import FRAMEWORKS, VAL_METRICS, TrainConfig, TrainItem, train
+from ..core.engine.training import (
+    BATCHNORM_MODES,
+    FRAMEWORKS,
+    VAL_METRICS,
+    TrainConfig,
+    TrainItem,
+    train,
+)
 from ..core.errors import InputError
 from ..core.io.atomic import sweep_stale_temporaries
 from ..core.io.file_check import check_input_file
@@ -119,6 +126,13 @@ def _add_training_options(g: Options, d: TrainConfig) -> None:
         help="scale augmentation: patches are cut at up to 1 + this times (or that fraction "
         "of) the patch side and resized to it; useful for a model with a work size, whose "
         f"patches are whole images ({d.scale_jitter:g}: none)",
+    )
+    g.add_argument(
+        "--batchnorm",
+        choices=BATCHNORM_MODES,
+        default=d.batchnorm,
+        help="BatchNorm running statistics: follow the training batches, or keep the starting "
+        f"checkpoint's (for fine-tuning on a small corrected region) ({d.batchnorm})",
     )
 
 
@@ -253,6 +267,7 @@ CONFIG_OPTIONS = (
     "puzzle_seg_weight",
     "scale_jitter",
     "val_metric",
+    "batchnorm",
 )
 
 

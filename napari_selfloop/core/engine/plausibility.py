@@ -2,11 +2,12 @@
 
 A model trained on some organs and stains can be confidently wrong on tissue it has not
 seen (on a brain image the MoNuSeg model marked 73 % of all pixels as nucleus). Each
-trained checkpoint records the range of two figures over its labelled training images
+trained checkpoint records the range of three figures over its labelled training images
 (:func:`tissue_range`, in ``metrics["tissue"]``): the **foreground share** (the fraction of
-pixels that are nucleus or lesion) and the **typical object size** (the median area of the
-objects, in pixels). :func:`plausibility_warning` compares a proposal's figures with that
-range, with a wide margin (:data:`SHARE_MARGIN`, :data:`SIZE_MARGIN`), so that it stays
+pixels that are nucleus or lesion), the **typical object size** (the median area of the
+objects, in pixels) and the model's **uncertainty over what it calls foreground**
+(:func:`fg_entropy`, of its own predictions, measured when training ends). :func:`plausibility_warning` compares a proposal's figures with that
+range, with a margin (:data:`SHARE_MARGIN`, :data:`SIZE_MARGIN`, :data:`ENTROPY_MARGIN`), so that it stays
 quiet on tissue like the training tissue and speaks when a proposal is far outside it.
 The margins were measured on validation images (``docs/instances.md``).
 """
@@ -24,6 +25,10 @@ import numpy as np
 SHARE_MARGIN = 1.6
 #: A proposal's median object area may exceed the largest training median by this factor.
 SIZE_MARGIN = 3.0
+#: A proposal's ``fg_entropy`` may exceed the largest training value by this factor.
+ENTROPY_MARGIN = 1.05
+#: Foreground pixels a proposal (or a training image) needs for its ``fg_entropy``.
+MIN_FG_PIXELS = 2_000
 #: Below this many objects the median size says little: only the share is checked.
 MIN_OBJECTS = 5
 #: Labelled pixels an image needs to count in a training record (a 100x100 region).
@@ -51,6 +56,29 @@ def figures_from_areas(areas: np.ndarray, pixels: int) -> dict[str, float]:
     return {"share": float(areas.sum()) / max(pixels, 1), "median_area": median}
 
 
+def fg_entropy(sums: np.ndarray) -> float:
+    """The mean binary entropy (bits) of the model's own probability over what it calls
+    foreground, from ``(entropy summed, pixels)``; NaN under :data:`MIN_FG_PIXELS` pixels.
+
+    How unsure the model is of what it calls nucleus: on the leave-one-organ-out cases
+    where a base model was badly wrong this rose above every training image's value while
+    the share and the object size stayed in range (``docs/instances.md``). It is measured
+    on the plain (softmax) prediction whatever the method, so the record and the check
+    agree: MC dropout's averaged probability is 5-11 % less certain than softmax's.
+    """
+    total, pixels = float(sums[0]), float(sums[1])
+    return total / pixels if pixels >= MIN_FG_PIXELS else math.nan
+
+
+def entropy_range(values: Iterable[float]) -> dict[str, Any] | None:
+    """The ``fg_entropy`` part of a tissue record: its min and max over training images
+    (those with enough foreground)."""
+    finite = [float(v) for v in values if math.isfinite(v)]
+    if not finite:
+        return None
+    return {"fg_entropy": [round(min(finite), 4), round(max(finite), 4)]}
+
+
 def tissue_range(figures: Iterable[dict[str, float]]) -> dict[str, Any] | None:
     """The record of a training set: min and max of each figure over its images."""
     rows = list(figures)
@@ -72,11 +100,28 @@ def merge_ranges(*ranges: dict[str, Any] | None) -> dict[str, Any] | None:
         return None
     share = [min(r["share"][0] for r in valid), max(r["share"][1] for r in valid)]
     areas = [r["median_area"] for r in valid if r.get("median_area")]
-    return {
+    merged = {
         "share": share,
         "median_area": [min(a[0] for a in areas), max(a[1] for a in areas)] if areas else None,
         "images": sum(int(r.get("images") or 0) for r in valid),
     }
+    entropies = [r["fg_entropy"] for r in valid if r.get("fg_entropy")]
+    if entropies:
+        merged["fg_entropy"] = [min(e[0] for e in entropies), max(e[1] for e in entropies)]
+    return merged
+
+
+def with_entropy(record: dict[str, Any] | None, values: Iterable[float]) -> dict[str, Any] | None:
+    """``record`` with the ``fg_entropy`` range of ``values`` joined to any it had (the
+    model's own figures on its labelled training images, measured after training)."""
+    part = entropy_range(values)
+    if part is None or not _valid(record):
+        return record
+    old = record.get("fg_entropy")
+    lo, hi = part["fg_entropy"]
+    if old:
+        lo, hi = min(lo, old[0]), max(hi, old[1])
+    return {**record, "fg_entropy": [lo, hi]}
 
 
 def _pair(v: Any) -> bool:
@@ -93,6 +138,7 @@ def _valid(record: Any) -> TypeGuard[dict[str, Any]]:
         isinstance(record, dict)
         and _pair(record.get("share"))
         and (record.get("median_area") is None or _pair(record.get("median_area")))
+        and (record.get("fg_entropy") is None or _pair(record.get("fg_entropy")))
     )
 
 
@@ -109,11 +155,12 @@ def plausibility_warning(
 ) -> str | None:
     """A plain-words warning when a proposal looks unlike the model's training tissue.
 
-    ``figures`` are the proposal's (:func:`image_figures`; ``result.info["figures"]`` of a
-    pseudo-label). Fires when the foreground share is above :data:`SHARE_MARGIN` times the
-    largest training share, or the median object area above :data:`SIZE_MARGIN` times the
-    largest training median. None when the proposal is within range, or the model has no
-    record.
+    ``figures`` are the proposal's (:func:`image_figures` and :func:`fg_entropy`;
+    ``result.info["figures"]`` of a pseudo-label). Fires when the foreground share is above
+    :data:`SHARE_MARGIN` times the largest training share, the median object area above
+    :data:`SIZE_MARGIN` times the largest training median, or the model's uncertainty over
+    what it calls foreground above :data:`ENTROPY_MARGIN` times its largest on the training
+    images. None when the proposal is within range, or the model has no record.
     """
     if not _valid(record) or not isinstance(figures, dict):
         return None
@@ -131,6 +178,13 @@ def plausibility_warning(
         reasons.append(
             f"the objects it finds are typically {median / areas[1]:.0f} times as large as on "
             "its training images"
+        )
+    entropy = float(figures.get("fg_entropy", math.nan))
+    top_entropy = (record.get("fg_entropy") or [0.0, math.inf])[1]
+    if math.isfinite(entropy) and entropy > ENTROPY_MARGIN * top_entropy:
+        reasons.append(
+            f"it is much less sure of what it calls {NOUN} than on any of its training images "
+            f"(uncertainty {entropy:.2f} against at most {top_entropy:.2f})"
         )
     if not reasons:
         return None

@@ -49,7 +49,7 @@ from .device import autocast, memory_format, resolve_device, resolve_precision
 from .instances import Instancer, StreamedInstances, instancer_for
 from .jigsaw import ROTATIONS, Puzzles, permutation_pool, sample_puzzles
 from .model import POOL_RANGE, ResUNet, pad_to_stride, set_mc_dropout
-from .plausibility import image_figures
+from .plausibility import fg_entropy, image_figures
 from .seeds import BATCH_SEED_STRIDE, check_seed, mix_seed
 from .sliding_window import KeepFn, RowSink, tiled_apply
 from .work_size import from_work_size, to_work_size, work_shape
@@ -285,6 +285,13 @@ def _weighted_mean_std(
 def _binary_entropy(p: torch.Tensor) -> torch.Tensor:
     p = p.clamp(1e-6, 1 - 1e-6)
     return -(p * torch.log2(p) + (1 - p) * torch.log2(1 - p))
+
+
+def _entropy_sums(prob: torch.Tensor) -> np.ndarray:
+    """The summed binary entropy (bits) of ``prob`` where it calls foreground (>= 0.5),
+    and how many pixels that is."""
+    fg = prob >= 0.5
+    return np.array([float(_binary_entropy(prob)[fg].sum()), float(fg.sum())])
 
 
 def _maps(logits: torch.Tensor) -> torch.Tensor:
@@ -713,6 +720,9 @@ class _PatchMethod:
         self.dev, self.dtype, self.fmt, self.with_aux = dev, dtype, fmt, with_aux
         self.batch_no = 0
         self.records: dict[str, list[np.ndarray]] = {"losses": [], "weights": [], "classes": []}
+        # The model's own certainty (softmax) over what it calls foreground: a single
+        # model's plausibility figure (:func:`.plausibility.fg_entropy`), summed per patch.
+        self.certainty = np.zeros(2) if len(models) == 1 else None
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         cfg, dev = self.cfg, self.dev
@@ -723,8 +733,15 @@ class _PatchMethod:
         ):
             torch.manual_seed(mix_seed(cfg.seed, self.batch_no, BATCH_SEED_STRIDE))
             out = _run_method(self.models, x, cfg, self.rng, self.pool, dev, self.dtype)
+            plain = None
+            if self.certainty is not None:
+                plain = (
+                    out.prob if cfg.method == "softmax" else predict_softmax(self.models[0], x).prob
+                )
         if not bool(torch.isfinite(out.prob).all()):
             raise _nan_error(self.models, x, cfg, self.dtype, self.batch_no)
+        if plain is not None and self.certainty is not None:
+            self.certainty += _entropy_sums(plain.float())
         self.batch_no += 1
         if out.losses is not None:
             # self-loop's output: its losses come with their weights and classes
@@ -740,7 +757,11 @@ class _PatchMethod:
         return maps
 
     def add_records(self, result: PseudoLabelResult) -> None:
-        """One row of Q jigsaw losses, weights and classes per patch (self-loop methods)."""
+        """One row of Q jigsaw losses, weights and classes per patch (self-loop methods);
+        the model's certainty figure in ``info["figures"]["fg_entropy"]`` (single model)."""
+        if self.certainty is not None and self.certainty[1] > 0:
+            figures = result.info.get("figures") or {}
+            result.info["figures"] = {**figures, "fg_entropy": fg_entropy(self.certainty)}
         if self.records["losses"]:
             result.losses = np.concatenate(self.records["losses"])
             result.weights = np.concatenate(self.records["weights"])

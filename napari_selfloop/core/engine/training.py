@@ -34,7 +34,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ from .jigsaw import Puzzles, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, aux_loss, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
 from .model import ResUNet
-from .plausibility import RECORD_KEY, labelled_tissue, merge_ranges
+from .plausibility import RECORD_KEY, labelled_tissue, merge_ranges, with_entropy
 from .pretrain import (
     PRETRAIN_KIND,
     PretrainConfig,
@@ -100,6 +100,8 @@ log = logging.getLogger(__name__)
 GATE_WINDOW = 5
 
 FRAMEWORKS = ("selfloop", "supervised", "softmax", "mc-dropout", "selfloop-no-ss")
+#: What training does with the BatchNorm running statistics (:attr:`TrainConfig.batchnorm`).
+BATCHNORM_MODES = ("auto", "update", "frozen")
 SCHEDULES = ("cosine", "constant")
 #: How validation images are scored for choosing the best weights (``TrainConfig.val_metric``).
 VAL_METRICS = ("pooled", "per-image")
@@ -204,6 +206,17 @@ class TrainConfig:
         Patch side for tiled prediction of validation images.
     save_optimizer
         Store the optimiser state in checkpoints so that training can be resumed.
+    batchnorm
+        What happens to the BatchNorm layers' running statistics. ``update``: they follow
+        the training batches, as they must for a new model. ``frozen``: they keep the
+        starting model's values (the layers' scale and shift still learn), so a fine-tune
+        on one small corrected region does not replace statistics gathered over many
+        images by that region's. ``auto`` (the default): ``frozen`` when every BatchNorm
+        layer of the starting model has already seen training batches (a trained model
+        being fine-tuned), else ``update`` (a new or only jigsaw-pre-trained model). In the
+        human-in-the-loop benchmark the frozen statistics turned a fine-tune that made an
+        organ's other images worse into one that helps (``docs/instances.md``). The
+        checkpoint records the mode used.
     """
 
     framework: str = "supervised"
@@ -241,6 +254,7 @@ class TrainConfig:
     val_metric: str = "pooled"
     val_patch_size: int = 384
     save_optimizer: bool = True
+    batchnorm: str = "auto"
 
     def __post_init__(self) -> None:
         problems = config_type_problems(self)
@@ -270,6 +284,10 @@ class TrainConfig:
             )
         if self.iterations < 1:
             problems.append(f"iterations must be at least 1, got {self.iterations}")
+        if self.batchnorm not in BATCHNORM_MODES:
+            problems.append(
+                f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {self.batchnorm!r}"
+            )
         for name in ("patch_size", "val_patch_size"):
             v = getattr(self, name)
             if v < PATCH_MULTIPLE or v % PATCH_MULTIPLE:
@@ -588,8 +606,11 @@ def train(
     lab, unl, val = _checked_items(model, cfg, labeled, unlabeled, validation)
     out = _checked_out(out)
     resumed: Resumed | None = None
+    if cfg.batchnorm == "auto":
+        cfg = replace(cfg, batchnorm=batchnorm_for(model))
     if resume is not None:
         resumed, resumed_pixel_size = _resume_from(resume, model, cfg)
+        cfg = replace(cfg, batchnorm=resumed.batchnorm or cfg.batchnorm)
         pixel_size_um = pixel_size_um if pixel_size_um is not None else resumed_pixel_size
     dev = resolve_device(device)
     tissue = merge_ranges(tissue, labelled_tissue(lab))
@@ -672,7 +693,25 @@ def _resume_from(
     record = resume_record(
         ck, [tuple(p.shape) for p in model.parameters()], iterations=cfg.iterations
     )
-    return Resumed(ck.model.state_dict(), record, ck.meta.get("parent")), ck.pixel_size_um
+    config = training.get("config") if isinstance(training, dict) else None
+    mode = config.get("batchnorm") if isinstance(config, dict) else None
+    resumed = Resumed(
+        ck.model.state_dict(),
+        record,
+        ck.meta.get("parent"),
+        batchnorm=mode if mode in ("update", "frozen") else None,  # as the run began
+    )
+    return resumed, ck.pixel_size_um
+
+
+def batchnorm_for(model: torch.nn.Module) -> str:
+    """``auto``'s choice for ``model``: ``frozen`` when every BatchNorm layer has already
+    tracked training batches (a trained model), else ``update``."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    trained = all(
+        m.num_batches_tracked is not None and int(m.num_batches_tracked) > 0 for m in layers
+    )
+    return "frozen" if layers and trained else "update"
 
 
 @dataclass
@@ -1004,6 +1043,11 @@ def _train_loop(
     finally:
         run.restore_best(initial)
     if run.best.state is not None:
+        if run.out is not None and run.tissue is not None:
+            values = yield from own_certainty(
+                model, lab, cfg, dev, lambda m: run.event(run.total, "record", 0.0, m)
+            )
+            run.tissue = with_entropy(run.tissue, values)
         run.save()  # the best weights again, now with the whole run's history
     return run.result(time.perf_counter() - start_time)
 
@@ -1196,7 +1240,7 @@ def _objective_step(
 ) -> tuple[float, float | None, float | None, float]:
     """One step of the whole network on L_SEG + L_SS(labelled) + L_UG (one forward pass);
     the losses and the Dice of the prediction on the labelled patches (before the step)."""
-    model.train()
+    train_mode(model, cfg.batchnorm)  # resolved by :func:`train`: never ``auto`` here
     nl = xl.shape[0]
     parts = [xl] if xu is None else [xl, xu]
     n_plain = sum(p.shape[0] for p in parts)
@@ -1246,6 +1290,16 @@ def _objective_step(
     )
 
 
+def train_mode(model: torch.nn.Module, batchnorm: str = "update") -> None:
+    """Put ``model`` in training mode; with ``batchnorm="frozen"`` its BatchNorm layers
+    stay in eval mode (their running statistics unchanged; dropout still active)."""
+    model.train()
+    if batchnorm == "frozen":
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 def _labelled_dice(logits: torch.Tensor, mask: torch.Tensor) -> float:
     """Dice of ``logits > 0`` against a batch's labelled pixels (1 when neither has any
     foreground)."""
@@ -1255,6 +1309,50 @@ def _labelled_dice(logits: torch.Tensor, mask: torch.Tensor) -> float:
     both = int((pred & truth).sum())
     total = int(pred.sum()) + int(truth.sum())
     return 1.0 if total == 0 else 2.0 * both / total
+
+
+#: Context (pixels) around a labelled region when the model's certainty is measured there.
+CERTAINTY_CONTEXT = 64
+
+
+def own_certainty(
+    model: ResUNet,
+    lab: list[PreparedItem],
+    cfg: TrainConfig,
+    dev: torch.device,
+    make_event: Callable[[str], Progress],
+) -> Generator[Progress, None, list[float]]:
+    """The trained model's :func:`.plausibility.fg_entropy` on each labelled image (its
+    labelled part with :data:`CERTAINTY_CONTEXT` pixels around it), for the plausibility
+    record: what the warning compares a proposal with is the model's own figure on the
+    tissue it was trained on (at the pseudo-label's default patch, as a proposal is made)."""
+    plc = PseudoLabelConfig(
+        method="softmax",
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        seed=cfg.seed,
+    )
+    values: list[float] = []
+    for n, item in enumerate(lab, 1):
+        if item.mask is None:
+            continue
+        message = f"recording the model's certainty on {item.name} ({n}/{len(lab)})"
+
+        def event(_e: Progress, message: str = message) -> Progress:
+            return make_event(message)
+
+        rows, cols = np.nonzero(item.mask != IGNORE)
+        if rows.size == 0:
+            continue
+        c = CERTAINTY_CONTEXT
+        y0, y1 = max(int(rows.min()) - c, 0), min(int(rows.max()) + 1 + c, item.height)
+        x0, x1 = max(int(cols.min()) - c, 0), min(int(cols.max()) + 1 + c, item.width)
+        crop = np.asarray(item.image[y0:y1, x0:x1])
+        result = yield from relay(
+            pseudo_label(crop, model, plc, device=dev, instances=False), event
+        )
+        values.append(float((result.info.get("figures") or {}).get("fg_entropy", math.nan)))
+    return values
 
 
 def _validate(
