@@ -75,6 +75,7 @@ SETTINGS = (
     "q",
     "warmup",
     "batchnorm",
+    "freeze_encoder",
 )
 
 
@@ -179,7 +180,10 @@ def fine_tune(
     cmd = [sys.executable, "-m", "napari_selfloop.cli", "train", "--images", str(images)]
     cmd += ["--masks", str(masks), "--checkpoint", str(base), "--out", str(out), "--force"]
     for key, value in settings.items():
-        cmd += [f"--{key.replace('_', '-')}", str(value)]
+        if isinstance(value, bool):  # a flag of train's
+            cmd += [f"--{key.replace('_', '-')}"] if value else []
+        else:
+            cmd += [f"--{key.replace('_', '-')}", str(value)]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -210,7 +214,10 @@ def main() -> int:
     )
     defaults = asdict(TrainConfig())
     for key in SETTINGS:
-        p.add_argument(f"--{key.replace('_', '-')}", type=type(defaults[key]))
+        if isinstance(defaults[key], bool):
+            p.add_argument(f"--{key.replace('_', '-')}", action="store_true", default=None)
+        else:
+            p.add_argument(f"--{key.replace('_', '-')}", type=type(defaults[key]))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("monuseg/train")

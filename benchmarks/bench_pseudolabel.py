@@ -53,6 +53,10 @@ CASES = [
     ("old: softmax", "softmax", 1),
     ("old: selfloop Q=10", "selfloop", 10),
     ("old: mc-dropout 10", "mc-dropout", 10),
+    # Without the plain pass that measures the model's certainty for the plausibility check
+    # (PseudoLabelConfig.certainty): what that check costs the other methods.
+    ("no certainty: selfloop Q=10", "selfloop", 10),
+    ("no certainty: mc-dropout 10", "mc-dropout", 10),
 ]
 #: The old design: the decoder as wide as the encoder's skips, 384-px patches.
 OLD_DECODER, OLD_PATCH = "matched", 384
@@ -121,6 +125,7 @@ def time_methods(size: int, repeats: int, q_scale: float, only: list[str] | None
                 method=method,
                 q=q,
                 precision=precision,
+                certainty=not label.startswith("no certainty: "),
                 **({"patch_size": OLD_PATCH} if old else {}),
             )
             plans.append((label, q, models, cfg))

@@ -114,6 +114,11 @@ def test_the_certainty_comes_from_the_plain_prediction_whatever_the_method(metho
     assert other.info["figures"]["fg_entropy"] == pytest.approx(expected, rel=1e-4)
     # ... while the method's own averaged probability is a different map
     assert not np.allclose(other.probability, p)
+    # without the measurement: no plain pass, no figure, the same proposal
+    cfg = PseudoLabelConfig(method=method, q=3, seed=0, certainty=False)
+    skipped = run_to_completion(pseudo_label(image, model, cfg, device="cpu"))
+    assert "fg_entropy" not in (skipped.info.get("figures") or {})
+    np.testing.assert_array_equal(skipped.probability, other.probability)
 
 
 def test_training_records_the_labelled_tissue_and_the_parents(tmp_path):

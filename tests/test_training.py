@@ -602,3 +602,13 @@ def test_a_resumed_run_keeps_the_batchnorm_mode_it_began_with(tmp_path):
 def test_batchnorm_mode_is_checked():
     with pytest.raises(InputError, match="batchnorm must be one of auto, update, frozen"):
         TrainConfig(batchnorm="off")
+
+
+def test_freeze_encoder_trains_the_decoder_only():
+    model = build_model(TINY, seed=0)
+    before = state_snapshot(model)
+    cfg = TrainConfig(**{**FAST, "framework": "supervised", "iterations": 3}, freeze_encoder=True)
+    run(train(model, items(1), [], cfg))
+    after = model.state_dict()
+    changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
+    assert changed and all(k.startswith("decoder.") for k in changed)

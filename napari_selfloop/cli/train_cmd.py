@@ -128,6 +128,11 @@ def _add_training_options(g: Options, d: TrainConfig) -> None:
         f"patches are whole images ({d.scale_jitter:g}: none)",
     )
     g.add_argument(
+        "--freeze-encoder",
+        action="store_true",
+        help="train the decoder only (the encoder stays as it is; each step costs less)",
+    )
+    g.add_argument(
         "--batchnorm",
         choices=BATCHNORM_MODES,
         default=d.batchnorm,
@@ -268,6 +273,7 @@ CONFIG_OPTIONS = (
     "scale_jitter",
     "val_metric",
     "batchnorm",
+    "freeze_encoder",
 )
 
 

@@ -129,6 +129,12 @@ class PseudoLabelConfig:
     uncertainty
         ``entropy`` (default): binary entropy of the probability; ``spread``: the weighted
         standard deviation of the Q maps (MC dropout, ensemble and self-loop methods).
+    certainty
+        Measure the model's certainty over what it calls foreground for the plausibility
+        check (``info["figures"]["fg_entropy"]``, :func:`.plausibility.fg_entropy`) on
+        its plain prediction: free for softmax, one plain forward pass more per batch of
+        patches for the other methods of a single model (``benchmarks/bench_pseudolabel.py``
+        times it). Off: no pass, and the check has only share and size to go on.
     """
 
     method: str = "mc-dropout"
@@ -146,6 +152,7 @@ class PseudoLabelConfig:
     grid_shift: bool = True
     weighting: str = "loss"
     uncertainty: str = "entropy"
+    certainty: bool = True
 
     def __post_init__(self) -> None:
         problems = config_type_problems(self)
@@ -722,7 +729,7 @@ class _PatchMethod:
         self.records: dict[str, list[np.ndarray]] = {"losses": [], "weights": [], "classes": []}
         # The model's own certainty (softmax) over what it calls foreground: a single
         # model's plausibility figure (:func:`.plausibility.fg_entropy`), summed per patch.
-        self.certainty = np.zeros(2) if len(models) == 1 else None
+        self.certainty = np.zeros(2) if len(models) == 1 and cfg.certainty else None
 
     def __call__(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         cfg, dev = self.cfg, self.dev

@@ -30,6 +30,7 @@ and step, not ``q``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import time
@@ -217,6 +218,9 @@ class TrainConfig:
         human-in-the-loop benchmark the frozen statistics turned a fine-tune that made an
         organ's other images worse into one that helps (``docs/instances.md``). The
         checkpoint records the mode used.
+    freeze_encoder
+        Train the decoder (and the jigsaw head) only: the encoder's weights and statistics
+        stay as they are and no gradient flows through it, so a step costs less.
     """
 
     framework: str = "supervised"
@@ -255,6 +259,7 @@ class TrainConfig:
     val_patch_size: int = 384
     save_optimizer: bool = True
     batchnorm: str = "auto"
+    freeze_encoder: bool = False
 
     def __post_init__(self) -> None:
         problems = config_type_problems(self)
@@ -1241,6 +1246,8 @@ def _objective_step(
     """One step of the whole network on L_SEG + L_SS(labelled) + L_UG (one forward pass);
     the losses and the Dice of the prediction on the labelled patches (before the step)."""
     train_mode(model, cfg.batchnorm)  # resolved by :func:`train`: never ``auto`` here
+    if cfg.freeze_encoder:
+        model.encoder.eval()
     nl = xl.shape[0]
     parts = [xl] if xu is None else [xl, xu]
     n_plain = sum(p.shape[0] for p in parts)
@@ -1258,7 +1265,8 @@ def _objective_step(
     # With puzzle_seg_weight the decoder also segments the puzzled labelled patches.
     n_seg = x.shape[0] if classes is not None and cfg.puzzle_seg_weight > 0 else n_plain
     with autocast(x.device, dtype):
-        feats = model.encoder(model.normalize(x))
+        with torch.no_grad() if cfg.freeze_encoder else contextlib.nullcontext():
+            feats = model.encoder(model.normalize(x))
         seg = model.decoder([f[:n_seg] for f in feats])
         jig = model.jigsaw_head(feats[-1][n_plain:]) if classes is not None else None
     l_seg = seg_loss(seg[:nl, :1], ml, cfg.dice_weight)
