@@ -352,3 +352,29 @@ def test_an_implausible_proposal_is_a_plain_words_warning(
     assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
     assert not [n for n in notes if "may not know" in str(n.message)]
     assert "may not know" not in panel.runner.status.text()
+
+
+def test_a_model_unsure_of_its_foreground_is_warned_of_with_the_default_method(
+    make_napari_viewer, project, notes, qtbot, tmp_path
+):
+    """Share within the record, but the model far less sure of what it calls nucleus
+    than on its training images: the panel's default method (MC dropout) still warns,
+    since the figure comes from the plain prediction."""
+    from napari_selfloop.core.engine.plausibility import RECORD_KEY
+    from napari_selfloop.core.store.checkpoint import save_checkpoint
+
+    viewer = make_napari_viewer()
+    viewer.add_image(small_nuclei(96)[0], name="tile")
+    net = build_model(ModelConfig(width=TINY_WIDTH), seed=0)
+    net.decoder.head.bias.data[0] = 1.0  # foreground at about 0.7 everywhere: unsure
+    path = tmp_path / "unsure.pt"
+    record = {"share": [0.1, 1.0], "images": 3, "fg_entropy": [0.2, 0.3]}
+    save_checkpoint(path, net, metrics={RECORD_KEY: record})
+    model = dock(viewer, ModelWidget)
+    assert model.load(path) is not None
+    panel = dock(viewer, PseudoLabelWidget)
+    assert panel.method_combo.currentText() == "mc-dropout"
+    assert panel.run() and wait_run(qtbot, panel.runner).status == "done"
+    warned = [n for n in notes if "may not know this tissue" in str(n.message)]
+    assert len(warned) == 1 and "less sure" in str(warned[0].message)
+    assert "may not know this tissue" in panel.runner.status.text()
