@@ -39,8 +39,8 @@ from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 #: The arms: train options beside the defaults.
 ARMS: dict[str, dict[str, Any]] = {
     "defaults": {},
-    "200 steps": {"iterations": 200},
-    "encoder frozen, 200 steps": {"iterations": 200, "freeze_encoder": True},
+    "whole network, 200 steps": {"encoder": "train"},
+    "whole network, 120 steps": {"encoder": "train", "iterations": 120},
 }
 
 

@@ -75,7 +75,7 @@ SETTINGS = (
     "q",
     "warmup",
     "batchnorm",
-    "freeze_encoder",
+    "encoder",
 )
 
 

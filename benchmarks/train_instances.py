@@ -224,6 +224,7 @@ def main() -> int:
             validate_every=100,
             jigsaw_patch_size=recipe["pretrain"]["patch_size"],
             batchnorm="update",  # the recipe as measured (auto would freeze a trained start)
+            encoder="train",
         )
         t0 = time.perf_counter()
         done = ckpt.exists()

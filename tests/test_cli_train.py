@@ -104,6 +104,26 @@ def test_train_writes_a_checkpoint_with_roles(folders, capsys):
     assert sum(d["role"] == "labelled" for d in ck2.meta["data"]) == 1
 
 
+def test_fine_tuning_a_trained_model_keeps_its_statistics_and_encoder(folders, caplog):
+    def train_cli(out, *extra):
+        args = ["-q", "train", "--images", str(folders / "images")]
+        args += ["--masks", str(folders / "masks"), "--labeled", "a", *FAST, *extra]
+        assert main([*args, "--out", str(out)]) == 0
+        return load_checkpoint(out).meta["training"]["config"]
+
+    caplog.set_level("INFO")
+    config = train_cli(folders / "new.pt")  # best by L_SEG at its last step: trained
+    assert config["batchnorm"] == "update" and config["encoder"] == "train"
+    assert "fine-tuning a trained model" not in caplog.text
+    config = train_cli(folders / "tuned.pt", "--checkpoint", str(folders / "new.pt"))
+    assert config["batchnorm"] == "frozen" and config["encoder"] == "frozen"
+    assert "fine-tuning a trained model: BatchNorm statistics kept, encoder frozen" in caplog.text
+    config = train_cli(
+        folders / "whole.pt", "--checkpoint", str(folders / "new.pt"), "--encoder", "train"
+    )
+    assert config["batchnorm"] == "frozen" and config["encoder"] == "train"
+
+
 def _train_error(folders, capsys, *extra):
     rc = main(
         [

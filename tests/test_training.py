@@ -324,7 +324,9 @@ def test_checkpoint_records_parent_data_config_metrics_history(tmp_path):
     roles = {d["name"]: d["role"] for d in raw["data"]}
     assert roles == {"img0.png": "labelled", "img3.png": "unlabelled", "img9.png": "validation"}
     assert all(len(d["sha256"]) == 64 for d in raw["data"])
-    assert TrainConfig.from_dict(raw["training"]["config"]) == cfg
+    # the config as it ran: auto's choices for a new model recorded
+    ran = TrainConfig(**{**cfg.to_dict(), "batchnorm": "update", "encoder": "train"})
+    assert TrainConfig.from_dict(raw["training"]["config"]) == ran
     assert raw["training"]["step"] == result.best_step
     assert set(raw["training"]["optimizer"]) == {"state", "param_groups"}
     assert raw["metrics"]["metric_name"] == "val_f1"
@@ -555,7 +557,7 @@ def _same_stats(a, b):
     return all(torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) for x, y in zip(a, b))
 
 
-def test_batchnorm_auto_updates_a_new_model_and_freezes_a_trained_one(tmp_path):
+def test_auto_modes_train_a_new_model_whole_and_fine_tune_a_trained_one_s_decoder(tmp_path):
     cfg = TrainConfig(**{**FAST, "framework": "supervised", "iterations": 3, "validate_every": 3})
     assert cfg.batchnorm == "auto"
     model = build_model(TINY, seed=0)
@@ -574,12 +576,24 @@ def test_batchnorm_auto_updates_a_new_model_and_freezes_a_trained_one(tmp_path):
         for k, v in weights.items()
         if k.endswith("weight")
     )
+    assert all(
+        torch.equal(v, trained.state_dict()[k])
+        for k, v in weights.items()
+        if k.startswith("encoder.")
+    )
     tuned = load_checkpoint(tmp_path / "tuned.pt")
-    assert tuned.meta["training"]["config"]["batchnorm"] == "frozen"
+    config = tuned.meta["training"]["config"]
+    assert config["batchnorm"] == "frozen" and config["encoder"] == "frozen"
     assert _same_stats(before, _running_stats(tuned.model))
-    # ... unless asked to update them
-    run(train(trained, items(1, 2), [], TrainConfig(**{**cfg.to_dict(), "batchnorm": "update"})))
+    # ... unless asked to update them and train the encoder
+    settings = {**cfg.to_dict(), "batchnorm": "update", "encoder": "train"}
+    run(train(trained, items(1, 2), [], TrainConfig(**settings)))
     assert not _same_stats(before, _running_stats(trained))
+    assert any(
+        not torch.equal(v, trained.state_dict()[k])
+        for k, v in weights.items()
+        if k.startswith("encoder.")
+    )
 
 
 def test_a_resumed_run_keeps_the_batchnorm_mode_it_began_with(tmp_path):
@@ -595,19 +609,22 @@ def test_a_resumed_run_keeps_the_batchnorm_mode_it_began_with(tmp_path):
     model = load_checkpoint(out).model
     before = _running_stats(model)
     run(train(model, items(1), [], cfg, resume=out, out=out))
-    assert load_checkpoint(out).meta["training"]["config"]["batchnorm"] == "update"
+    config = load_checkpoint(out).meta["training"]["config"]
+    assert config["batchnorm"] == "update" and config["encoder"] == "train"
     assert not _same_stats(before, _running_stats(model))
 
 
-def test_batchnorm_mode_is_checked():
+def test_batchnorm_and_encoder_modes_are_checked():
     with pytest.raises(InputError, match="batchnorm must be one of auto, update, frozen"):
         TrainConfig(batchnorm="off")
+    with pytest.raises(InputError, match="encoder must be one of auto, train, frozen"):
+        TrainConfig(encoder="off")
 
 
-def test_freeze_encoder_trains_the_decoder_only():
+def test_a_frozen_encoder_trains_the_decoder_only():
     model = build_model(TINY, seed=0)
     before = state_snapshot(model)
-    cfg = TrainConfig(**{**FAST, "framework": "supervised", "iterations": 3}, freeze_encoder=True)
+    cfg = TrainConfig(**{**FAST, "framework": "supervised", "iterations": 3}, encoder="frozen")
     run(train(model, items(1), [], cfg))
     after = model.state_dict()
     changed = {k for k, v in before.items() if not torch.equal(v, after[k])}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from argparse import SUPPRESS
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,10 +16,12 @@ from ..core.engine.pseudolabel import PATCH_MULTIPLE, STEP_RULES
 from ..core.engine.seeds import check_seed
 from ..core.engine.training import (
     BATCHNORM_MODES,
+    ENCODER_MODES,
     FRAMEWORKS,
     VAL_METRICS,
     TrainConfig,
     TrainItem,
+    resolved_modes,
     train,
 )
 from ..core.errors import InputError
@@ -128,16 +131,23 @@ def _add_training_options(g: Options, d: TrainConfig) -> None:
         f"patches are whole images ({d.scale_jitter:g}: none)",
     )
     g.add_argument(
-        "--freeze-encoder",
-        action="store_true",
-        help="train the decoder only (the encoder stays as it is; each step costs less)",
+        "--encoder",
+        choices=ENCODER_MODES,
+        default=d.encoder,
+        help="train the encoder too, or keep it frozen and train the decoder only (a step "
+        "costs about 0.65x); auto: frozen when fine-tuning a trained model "
+        f"({d.encoder})",
+    )
+    g.add_argument(  # the flag's first spelling, as recorded benchmark commands use it
+        "--freeze-encoder", dest="encoder", action="store_const", const="frozen", help=SUPPRESS
     )
     g.add_argument(
         "--batchnorm",
         choices=BATCHNORM_MODES,
         default=d.batchnorm,
         help="BatchNorm running statistics: follow the training batches, or keep the starting "
-        f"checkpoint's (for fine-tuning on a small corrected region) ({d.batchnorm})",
+        "model's (for fine-tuning on a small corrected region); auto: kept when fine-tuning "
+        f"a trained model ({d.batchnorm})",
     )
 
 
@@ -273,7 +283,7 @@ CONFIG_OPTIONS = (
     "scale_jitter",
     "val_metric",
     "batchnorm",
-    "freeze_encoder",
+    "encoder",
 )
 
 
@@ -383,6 +393,14 @@ def run(args: argparse.Namespace) -> int:
         len(val_items),
         config.iterations,
     )
+    modes = resolved_modes(config, model)
+    if args.resume is None and "frozen" in (modes.batchnorm, modes.encoder):
+        log.info(
+            "fine-tuning a trained model: BatchNorm statistics %s, encoder %s "
+            "(--batchnorm update / --encoder train to change)",
+            "kept" if modes.batchnorm == "frozen" else "updated",
+            "frozen" if modes.encoder == "frozen" else "trained",
+        )
     sweep_stale_temporaries(args.out.parent)
     result = drive(gen, desc=f"train {config.framework}", quiet=args.quiet)
     metric = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"

@@ -169,13 +169,13 @@ class PretrainResult:
 @dataclass
 class Resumed:
     """What a resumed run starts from: its checkpoint's weights, its checked training record
-    (:func:`..store.checkpoint.resume_record`), its parent and the BatchNorm mode it ran
-    with (both used by training only)."""
+    (:func:`..store.checkpoint.resume_record`), its parent and the BatchNorm and encoder
+    modes it ran with (both used by training only)."""
 
     state: dict[str, torch.Tensor]
     record: ResumeRecord
     parent: str | None = None
-    batchnorm: str | None = None
+    modes: dict[str, str] = field(default_factory=dict)
 
 
 def jigsaw_batch_loss(
