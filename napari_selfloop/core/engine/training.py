@@ -1366,7 +1366,8 @@ def own_certainty(
     make_event: Callable[[str], Progress],
 ) -> Generator[Progress, None, list[float]]:
     """The trained model's :func:`.plausibility.fg_entropy` on each labelled image (its
-    labelled part with :data:`CERTAINTY_CONTEXT` pixels around it), for the plausibility
+    labelled part with :data:`CERTAINTY_CONTEXT` pixels around it; the whole image for a
+    model with a work size, which proposes on whole images), for the plausibility
     record: what the warning compares a proposal with is the model's own figure on the
     tissue it was trained on (at the pseudo-label's default patch, as a proposal is made)."""
     plc = PseudoLabelConfig(
@@ -1387,10 +1388,13 @@ def own_certainty(
         rows, cols = np.nonzero(item.mask != IGNORE)
         if rows.size == 0:
             continue
-        c = CERTAINTY_CONTEXT
-        y0, y1 = max(int(rows.min()) - c, 0), min(int(rows.max()) + 1 + c, item.height)
-        x0, x1 = max(int(cols.min()) - c, 0), min(int(cols.max()) + 1 + c, item.width)
-        crop = np.asarray(item.image[y0:y1, x0:x1])
+        if model.config.work_size:
+            crop = item.image  # a work-size model proposes on whole images: measure it so
+        else:
+            c = CERTAINTY_CONTEXT
+            y0, y1 = max(int(rows.min()) - c, 0), min(int(rows.max()) + 1 + c, item.height)
+            x0, x1 = max(int(cols.min()) - c, 0), min(int(cols.max()) + 1 + c, item.width)
+            crop = np.asarray(item.image[y0:y1, x0:x1])
         result = yield from relay(
             pseudo_label(crop, model, plc, device=dev, instances=False), event
         )
