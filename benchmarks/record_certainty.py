@@ -26,12 +26,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
+from bench_plausibility import certainty_values  # noqa: E402
 from train_bundled import load_dataset  # noqa: E402
 
-from napari_selfloop.core.engine.datasets import PreparedItem  # noqa: E402
 from napari_selfloop.core.engine.plausibility import RECORD_KEY, record_of, with_entropy  # noqa: E402
-from napari_selfloop.core.engine.training import TrainConfig, own_certainty  # noqa: E402
-from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 
 
@@ -52,15 +50,9 @@ def main() -> int:
     data = [d for d in load_dataset(args.data) if d["name"] in names]
     if len(data) != len(names):
         raise SystemExit(f"found {len(data)} of the {len(names)} labelled images in {args.data}")
-    items = [
-        PreparedItem(d["name"], d["image"], *d["mask"].shape, d["mask"].astype("uint8"), None)
-        for d in data
-    ]
     model = ckpt.model.float().eval()
     t0 = time.perf_counter()
-    values = run_to_completion(
-        own_certainty(model, items, TrainConfig(), torch.device("cpu"), lambda m: m)
-    )
+    values = certainty_values(model, data)
     record = with_entropy({k: v for k, v in record.items() if k != "fg_entropy"}, values)
     print(f"measured on {len(values)} images in {time.perf_counter() - t0:.0f} s: {record}")
     meta = ckpt.meta

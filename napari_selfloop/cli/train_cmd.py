@@ -21,7 +21,6 @@ from ..core.engine.training import (
     VAL_METRICS,
     TrainConfig,
     TrainItem,
-    resolved_modes,
     train,
 )
 from ..core.errors import InputError
@@ -393,14 +392,6 @@ def run(args: argparse.Namespace) -> int:
         len(val_items),
         config.iterations,
     )
-    modes = resolved_modes(config, model)
-    if args.resume is None and "frozen" in (modes.batchnorm, modes.encoder):
-        log.info(
-            "fine-tuning a trained model: BatchNorm statistics %s, encoder %s "
-            "(--batchnorm update / --encoder train to change)",
-            "kept" if modes.batchnorm == "frozen" else "updated",
-            "frozen" if modes.encoder == "frozen" else "trained",
-        )
     sweep_stale_temporaries(args.out.parent)
     result = drive(gen, desc=f"train {config.framework}", quiet=args.quiet)
     metric = "n/a" if result.best_metric is None else f"{result.best_metric:.4f}"

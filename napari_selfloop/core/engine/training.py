@@ -634,6 +634,13 @@ def train(
             encoder=modes.get("encoder", cfg.encoder),
         )
         pixel_size_um = pixel_size_um if pixel_size_um is not None else resumed_pixel_size
+    elif "frozen" in (cfg.batchnorm, cfg.encoder):
+        log.info(
+            "fine-tuning a trained model: BatchNorm statistics %s, encoder %s "
+            "(batchnorm='update' / encoder='train', --batchnorm / --encoder, to change)",
+            "kept" if cfg.batchnorm == "frozen" else "updated",
+            "frozen" if cfg.encoder == "frozen" else "trained",
+        )
     dev = resolve_device(device)
     tissue = merge_ranges(tissue, labelled_tissue(lab))
     return _train_loop(
@@ -1354,6 +1361,17 @@ def _labelled_dice(logits: torch.Tensor, mask: torch.Tensor) -> float:
     return 1.0 if total == 0 else 2.0 * both / total
 
 
+def _plain_prediction(cfg: TrainConfig, **settings: Any) -> PseudoLabelConfig:
+    """Softmax prediction at the training's precision, memory format and seed."""
+    return PseudoLabelConfig(
+        method="softmax",
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        seed=cfg.seed,
+        **settings,
+    )
+
+
 #: Context (pixels) around a labelled region when the model's certainty is measured there.
 CERTAINTY_CONTEXT = 64
 
@@ -1370,12 +1388,7 @@ def own_certainty(
     model with a work size, which proposes on whole images), for the plausibility
     record: what the warning compares a proposal with is the model's own figure on the
     tissue it was trained on (at the pseudo-label's default patch, as a proposal is made)."""
-    plc = PseudoLabelConfig(
-        method="softmax",
-        precision=cfg.precision,
-        channels_last=cfg.channels_last,
-        seed=cfg.seed,
-    )
+    plc = _plain_prediction(cfg)
     values: list[float] = []
     for n, item in enumerate(lab, 1):
         if item.mask is None:
@@ -1416,13 +1429,7 @@ def _validate(
     Prediction runs at the training precision (``cfg.precision`` resolves to the same
     dtype on the same device).
     """
-    plc = PseudoLabelConfig(
-        method="softmax",
-        patch_size=cfg.val_patch_size,
-        precision=cfg.precision,
-        channels_last=cfg.channels_last,
-        seed=cfg.seed,
-    )
+    plc = _plain_prediction(cfg, patch_size=cfg.val_patch_size)
     counts = np.zeros(4, dtype=np.int64)
     per_image: list[float] = []
     was = model.training
