@@ -234,6 +234,8 @@ def test_shipped_model_is_small_half_precision_and_documented(name):
     if ckpt.config.instance_output != "none":
         inst = meta["metrics"]["instances"]
         assert inst["marker"] == ckpt.config.instance_marker and inst["validation"]["pq"] > 0
+        # the watershed's settings chosen on validation images (record_instance_rule.py)
+        assert inst["min_fraction"] == ckpt.config.instance_min_fraction
         tissue = meta["metrics"]["tissue"]  # the plausibility record
         assert tissue["images"] >= 30
         # the model's own certainty on its training images (benchmarks/record_certainty.py)

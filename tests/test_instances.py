@@ -9,10 +9,12 @@ import torch
 from napari_selfloop.core.engine.instances import (
     AUX_HI,
     AUX_LO,
+    MIN_FRACTION,
     Instancer,
     StreamedInstances,
     aux_target,
     encode_targets,
+    instancer_for,
     split_targets,
 )
 from napari_selfloop.core.engine.losses import aux_loss, seg_loss
@@ -43,6 +45,48 @@ def test_two_touching_discs_come_out_as_two_instances(kind):
     pred = Instancer(kind=kind)(fg, aux_target(labels, kind))
     assert pred.max() == 2
     assert panoptic_scores(labels, pred)["pq"] > 0.8
+
+
+def _discs_and_a_fragment(scale: int) -> np.ndarray:
+    """Three nuclei (radius 9) and a rim fragment (radius 3: 11 % of a nucleus' area),
+    all ``scale`` times larger."""
+    labels = touching_discs(
+        (80 * scale, 80 * scale),
+        tuple((cy * scale, cx * scale) for cy, cx in ((20, 20), (20, 50), (55, 30))),
+        r=9 * scale,
+    )
+    yy, xx = np.mgrid[: labels.shape[0], : labels.shape[1]]
+    labels[(yy - 60 * scale) ** 2 + (xx - 65 * scale) ** 2 <= (3 * scale) ** 2] = 4
+    return labels
+
+
+@pytest.mark.parametrize("scale", [1, 3])
+def test_fragments_far_below_the_median_nucleus_are_dropped_at_any_scale(scale):
+    labels = _discs_and_a_fragment(scale)
+    fg = (labels > 0).astype(np.float32)
+    aux = aux_target(labels, "distance")
+    # The fragment (28 px at scale 1, 9x that at scale 3) is far above min_size at scale 3,
+    # and below 0.3 of the median nucleus at both.
+    assert Instancer(kind="distance", min_fraction=0.0)(fg, aux).max() == 4
+    pred = Instancer(kind="distance")(fg, aux)
+    assert MIN_FRACTION == 0.3 and pred.max() == 3
+    assert set(np.unique(pred[labels == 4])) == {0}
+    # A fraction below the fragment's share keeps it.
+    assert Instancer(kind="distance", min_fraction=0.05)(fg, aux).max() == 4
+
+
+def test_min_fraction_recorded_in_the_model_config():
+    with pytest.raises(InputError, match="min fraction"):
+        ModelConfig(width=8, instance_output="distance", instance_min_fraction=1.0)
+    with pytest.raises(InputError, match="fraction"):
+        Instancer(kind="distance", min_fraction=-0.1)
+    cfg = ModelConfig(width=8, instance_output="distance", instance_min_fraction=0.1)
+    assert instancer_for(cfg).min_fraction == 0.1
+    assert instancer_for(ModelConfig(width=8, instance_output="distance")).min_fraction == 0.3
+    assert cfg.same_network(ModelConfig(width=8, instance_output="distance"))
+    # A binary model's rule has no object map to take a median of: unchanged.
+    fg = (_discs_and_a_fragment(1) > 0).astype(np.float32)
+    assert Instancer(binary_rule="components")(fg).max() == 4
 
 
 def test_encode_targets_codes_and_split_back():

@@ -91,6 +91,10 @@ class ModelConfig:
     instance_marker
         The marker threshold of the watershed that makes instances from the maps
         (:class:`.instances.Instancer`), chosen on validation images; None: its default.
+    instance_min_fraction
+        Objects of the watershed smaller than this fraction of the median object area
+        are dropped (:attr:`.instances.Instancer.min_fraction`), chosen on validation
+        images; None: its default.
     """
 
     in_channels: int = 3
@@ -106,6 +110,7 @@ class ModelConfig:
     selfloop_lr: float | None = None
     instance_output: str = "none"
     instance_marker: float | None = None
+    instance_min_fraction: float | None = None
 
     def __post_init__(self) -> None:
         # Types first (a checkpoint's config is untrusted input): 8.0, "8" or True are not
@@ -140,6 +145,11 @@ class ModelConfig:
             raise InputError(
                 f"instance marker must be None or in (0, 1), got {self.instance_marker:g}"
             )
+        if self.instance_min_fraction is not None and not 0.0 <= self.instance_min_fraction < 1.0:
+            raise InputError(
+                "instance min fraction must be None or in [0, 1), "
+                f"got {self.instance_min_fraction:g}"
+            )
         lo, hi = WORK_SIZE_RANGE
         if self.work_size is not None and not lo <= self.work_size <= hi:
             raise InputError(
@@ -168,9 +178,10 @@ class ModelConfig:
     def same_network(self, other: ModelConfig) -> bool:
         """Whether ``other`` builds the same network (settings such as the self-loop step
         aside): models that can share weights, be ensembled or resume each other."""
-        return replace(self, selfloop_lr=None, instance_marker=None) == replace(
-            other, selfloop_lr=None, instance_marker=None
-        )
+        def network(c: ModelConfig) -> ModelConfig:
+            return replace(c, selfloop_lr=None, instance_marker=None, instance_min_fraction=None)
+
+        return network(self) == network(other)
 
     @property
     def out_channels(self) -> int:
