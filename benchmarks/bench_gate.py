@@ -7,13 +7,22 @@ paper's schedule: unlabelled images from step 1) and ``selfloop`` with the defau
 pixel Dice and precision of softmax proposals on four held-out images, and the seconds::
 
     python benchmarks/bench_gate.py --seeds 0 1 --out benchmarks/results/gate.json
+
+``--case monuseg`` runs the same arms on real H&E instead (``../shared/data``): two
+labelled 192x192 crops of two MoNuSeg images, eight unlabelled 192x192 crops of eight
+others, a fresh width-8 model, 600 steps; scored on 256x256 crops of six further images::
+
+    python benchmarks/bench_gate.py --case monuseg --iterations 600 \
+        --out benchmarks/results/gate_monuseg.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,34 +42,78 @@ from napari_selfloop.core.engine.training import TrainConfig, TrainItem, train  
 from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 
-ARMS = (("supervised", 0.0), ("selfloop", 0.0), ("selfloop", TrainConfig().gate_dice))
+#: ``framework[:setting=value,...]``: the settings override the case's ``TrainConfig``.
+ARMS = ("supervised", "selfloop:gate_dice=0", f"selfloop:gate_dice={TrainConfig().gate_dice:g}")
 
 
-def arm(framework: str, gate: float, iterations: int, seed: int) -> dict[str, Any]:
-    torch.manual_seed(seed)
-    model = build_model(ModelConfig(width=8), seed=seed)
+def parse_arm(spec: str) -> tuple[str, dict[str, Any]]:
+    """``selfloop:gate_dice=0.5,warmup=0.3`` -> ``("selfloop", {"gate_dice": 0.5, ...})``."""
+    framework, _, rest = spec.partition(":")
+    settings: dict[str, Any] = {"gate_dice": 0.0}
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        settings[key] = json.loads(value)
+    return framework, settings
+
+
+Case = tuple[list[TrainItem], list[TrainItem], list[tuple[np.ndarray, np.ndarray]], dict]
+
+
+def synthetic_case() -> Case:
+    """Purple discs: one 64x64 labelled corner, six unlabelled images, four to score."""
     img, mask = blobs(100, 128)
     part = np.full_like(mask, 255)
     part[:64, :64] = mask[:64, :64]
     unl = [TrainItem(f"u{s}", blobs(200 + s, 128)[0]) for s in range(6)]
+    tests = [blobs(300 + s, 128) for s in range(4)]
+    return [TrainItem("l0", img, part)], unl, tests, {"batch_size": 2, "lr": 3e-3, "q": 2}
+
+
+def monuseg_case() -> Case:
+    """Real H&E: crops of MoNuSeg images (two labelled, eight unlabelled, six to score)."""
+    from skimage.io import imread
+
+    root = HERE.parent.parent / "shared" / "data" / "monuseg" / "train"
+    if not (root / "images").is_dir():
+        raise SystemExit(f"data not found: {root} (see ../shared/data/README.md)")
+    names = sorted(p.name for p in (root / "images").glob("*.png"))
+
+    def crop(i: int, y: int, side: int) -> tuple[np.ndarray, np.ndarray]:
+        image = imread(root / "images" / names[i])[..., :3]
+        mask = imread(root / "masks" / names[i])
+        return image[y : y + side, y : y + side].copy(), mask[y : y + side, y : y + side].copy()
+
+    lab = [TrainItem(f"l{i}", *crop(i, 100, 192)) for i in range(2)]
+    unl = [TrainItem(f"u{i}", crop(i, 500, 192)[0]) for i in range(2, 10)]
+    tests = [crop(i, 300, 256) for i in range(20, 26)]
+    return lab, unl, tests, {"batch_size": 4, "lr": 1e-3, "q": 3}
+
+
+CASES: dict[str, Callable[[], Case]] = {"synthetic": synthetic_case, "monuseg": monuseg_case}
+
+
+def arm(
+    framework: str, extra: dict[str, Any], iterations: int, seed: int, case: Case
+) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = build_model(ModelConfig(width=8), seed=seed)
+    lab, unl, tests, settings = case
     cfg = TrainConfig(
         framework=framework,
         iterations=iterations,
         patch_size=96,
-        batch_size=2,
-        unlabeled_batch_size=6,
-        lr=3e-3,
-        q=2,
+        unlabeled_batch_size=len(unl),
         seed=seed,
         validate_every=10_000,
-        gate_dice=gate,
+        batchnorm="update",
+        encoder="train",
+        **{**settings, **extra},
     )
     t0 = time.perf_counter()
-    result = run_to_completion(train(model, [TrainItem("l0", img, part)], unl, cfg, device="cpu"))
+    result = run_to_completion(train(model, lab, unl, cfg, device="cpu"))
     seconds = time.perf_counter() - t0
     scores = []
-    for s in range(4):
-        test, truth = blobs(300 + s, 128)
+    for test, truth in tests:
         r = run_to_completion(
             pseudo_label(test, model.eval(), PseudoLabelConfig(method="softmax"), device="cpu")
         )
@@ -68,10 +121,11 @@ def arm(framework: str, gate: float, iterations: int, seed: int) -> dict[str, An
     opened = [h["unlabelled_from"] for h in result.history if "unlabelled_from" in h]
     return {
         "framework": framework,
-        "gate_dice": gate,
+        **extra,
         "seed": seed,
         "dice": round(float(np.mean([s["f1"] for s in scores])), 4),
         "precision": round(float(np.mean([s["precision"] for s in scores])), 4),
+        "recall": round(float(np.mean([s["recall"] for s in scores])), 4),
         "unlabelled_from": opened[0] if opened else None,
         "seconds": round(seconds, 1),
     }
@@ -79,7 +133,9 @@ def arm(framework: str, gate: float, iterations: int, seed: int) -> dict[str, An
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--case", choices=tuple(CASES), default="synthetic")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--arms", nargs="+", default=list(ARMS), help="framework[:setting=value,...]")
     p.add_argument("--iterations", type=int, default=150)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, required=True)
@@ -88,11 +144,14 @@ def main() -> int:
     report: dict[str, Any] = {
         "benchmark": "gate",
         "command": " ".join(["python", "benchmarks/bench_gate.py", *sys.argv[1:]]),
+        "case": args.case,
         "runs": [],
     }
+    case = CASES[args.case]()
     for seed in args.seeds:
-        for framework, gate in ARMS:
-            row = arm(framework, gate, args.iterations, seed)
+        for spec in args.arms:
+            framework, extra = parse_arm(spec)
+            row = arm(framework, extra, args.iterations, seed, case)
             report["runs"].append(row)
             print(row, flush=True)
             write_json(args.out, report)

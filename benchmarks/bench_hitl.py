@@ -76,6 +76,7 @@ SETTINGS = (
     "warmup",
     "batchnorm",
     "encoder",
+    "instance_rule",
 )
 
 

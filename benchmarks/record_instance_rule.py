@@ -8,7 +8,7 @@ of a ``tune_instances.py --split val`` report; the weights (half precision stays
 with ``--half``) and the rest of the record are kept::
 
     python benchmarks/record_instance_rule.py --checkpoint napari_selfloop/models/nuclei-he.pt \\
-        --rule benchmarks/results/instances_rule_val.json --half
+        --rule benchmarks/results/instances_rule_val_900.json --half
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ PQ (ties: fewer edits). The images are the fixed-seed validation split of
 leave-one-organ-out model (``--split organ --organ ORGAN``: a second check that the choice
 carries to tissue the model has not seen)::
 
-    python benchmarks/tune_instances.py --checkpoint runs/inst-val-300.pt --split val \\
-        --out benchmarks/results/instances_rule_val.json
+    python benchmarks/tune_instances.py --checkpoint runs/inst-val-900.pt --split val \\
+        --out benchmarks/results/instances_rule_val_900.json
     python benchmarks/tune_instances.py --checkpoint runs/loo-kidney/segment.pt \\
         --split organ --organ kidney --out benchmarks/results/instances_rule_loo_kidney.json
 """

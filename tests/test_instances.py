@@ -10,9 +10,13 @@ from napari_selfloop.core.engine.instances import (
     AUX_HI,
     AUX_LO,
     MIN_FRACTION,
+    MIN_RULE_NUCLEI,
+    RULE_MARKERS,
     Instancer,
+    Region,
     StreamedInstances,
     aux_target,
+    choose_rule,
     encode_targets,
     instancer_for,
     split_targets,
@@ -87,6 +91,76 @@ def test_min_fraction_recorded_in_the_model_config():
     # A binary model's rule has no object map to take a median of: unchanged.
     fg = (_discs_and_a_fragment(1) > 0).astype(np.float32)
     assert Instancer(binary_rule="components")(fg).max() == 4
+
+
+def _disc_grid(rows: int, seed: int = 0, size: int = 192) -> np.ndarray:
+    """Pairs of touching discs (radius 9), ``rows`` rows of two pairs."""
+    r = np.random.default_rng(seed)
+    centres = []
+    for cy in range(24, 24 + 48 * rows, 48):
+        for cx in (30, 110):
+            centres += [(cy + int(r.integers(-3, 4)), cx), (cy, cx + 16)]
+    return touching_discs((size, size), centres, r=9)
+
+
+def test_choose_rule_on_labelled_nuclei():
+    labels = _disc_grid(4)  # 16 nuclei
+    fg = (labels > 0).astype(np.float32)
+    aux = aux_target(labels, "distance")
+    everywhere = np.ones(labels.shape, bool)
+    assert choose_rule("distance", [Region(fg, aux, labels, everywhere)]) is None  # < 20
+    more = _disc_grid(4, seed=1)
+    regions = [
+        Region(fg, aux, labels, everywhere),
+        Region((more > 0).astype(np.float32), aux_target(more, "distance"), more, everywhere),
+    ]
+    assert MIN_RULE_NUCLEI <= 32
+    inst, figures = choose_rule("distance", regions)
+    assert inst.marker in RULE_MARKERS and figures["nuclei"] == 32
+    assert figures["pq"] > 0.9 and figures["edits_per_100"] == 0.0
+    # Only the labelled part is scored: objects mostly outside it are not false positives.
+    half = np.zeros(labels.shape, bool)
+    half[:96] = True
+    truth = np.where(half, labels, 0)
+    truth_more = np.where(half, more, 0)
+    more_regions = [
+        Region(fg, aux, truth, half),
+        Region(regions[1].prob, regions[1].aux, truth_more, half),
+        Region(fg, aux, labels, everywhere),
+    ]
+    _, figures = choose_rule("distance", more_regions)
+    assert figures["edits_per_100"] == 0.0
+
+
+def _disc_items(n: int, ids: bool = True) -> list[TrainItem]:
+    items = []
+    for s in range(n):
+        labels = _disc_grid(4, seed=s)
+        img = np.full((192, 192, 3), 230, np.uint8)
+        img[labels > 0] = (90, 40, 140)
+        mask = (labels > 0).astype(np.uint8)
+        items.append(TrainItem(f"s{s}", img, mask, instances=labels if ids else None))
+    return items
+
+
+@pytest.mark.parametrize("rule", ["auto", "keep"])
+def test_train_chooses_the_watershed_settings_on_labelled_nuclei(rule, tmp_path, caplog):
+    model = build_model(ModelConfig(width=8, instance_output="distance"), seed=0)
+    cfg = TrainConfig(iterations=3, patch_size=96, batch_size=2, instance_rule=rule)
+    with caplog.at_level("INFO", logger="napari_selfloop"):
+        run_to_completion(
+            train(model, _disc_items(2), [], cfg, device="cpu", out=tmp_path / "m.pt")
+        )
+    saved = load_checkpoint(tmp_path / "m.pt").config
+    if rule == "auto":
+        assert saved.instance_marker in RULE_MARKERS and saved.instance_min_fraction is not None
+        assert "chosen on the 32 labelled nuclei" in caplog.text
+    else:
+        assert saved.instance_marker is None and saved.instance_min_fraction is None
+    # Masks without ids leave the settings alone.
+    model = build_model(ModelConfig(width=8, instance_output="distance"), seed=0)
+    run_to_completion(train(model, _disc_items(2, ids=False), [], cfg, device="cpu"))
+    assert model.config.instance_marker is None
 
 
 def test_encode_targets_codes_and_split_back():

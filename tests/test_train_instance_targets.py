@@ -57,6 +57,7 @@ def test_train_items_carry_instance_targets(tmp_path):
     assert item.instances is not None
     (prepared,) = check_items([item], "labelled", need_masks=True, instance_output="distance")
     coded = prepared.mask
+    assert np.array_equal(prepared.instances, item.instances)  # to choose the watershed on
     fg = lab > 0
     fg &= lab != UNCERTAIN
     assert ((coded[fg] >= AUX_LO) & (coded[fg] <= AUX_HI)).all()  # every nucleus pixel coded
@@ -65,4 +66,4 @@ def test_train_items_carry_instance_targets(tmp_path):
     assert coded[12, 14] < coded[12, 10] and coded[12, 14] < coded[12, 19]
     # A binary model ignores them.
     (binary,) = check_items([item], "labelled", need_masks=True, instance_output="none")
-    assert set(np.unique(binary.mask).tolist()) == {0, 1, UNCERTAIN}
+    assert set(np.unique(binary.mask).tolist()) == {0, 1, UNCERTAIN} and binary.instances is None

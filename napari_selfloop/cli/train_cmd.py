@@ -18,6 +18,7 @@ from ..core.engine.training import (
     BATCHNORM_MODES,
     ENCODER_MODES,
     FRAMEWORKS,
+    INSTANCE_RULE_MODES,
     VAL_METRICS,
     TrainConfig,
     TrainItem,
@@ -147,6 +148,14 @@ def _add_training_options(g: Options, d: TrainConfig) -> None:
         help="BatchNorm running statistics: follow the training batches, or keep the starting "
         "model's (for fine-tuning on a small corrected region); auto: kept when fine-tuning "
         f"a trained model ({d.batchnorm})",
+    )
+    g.add_argument(
+        "--instance-rule",
+        choices=INSTANCE_RULE_MODES,
+        default=d.instance_rule,
+        help="how a model with an instance output separates touching nuclei after training: "
+        "auto chooses the watershed's settings again on labelled nuclei that have their own "
+        f"ids (20 or more); keep leaves the starting model's ({d.instance_rule})",
     )
 
 
@@ -283,6 +292,7 @@ CONFIG_OPTIONS = (
     "val_metric",
     "batchnorm",
     "encoder",
+    "instance_rule",
 )
 
 

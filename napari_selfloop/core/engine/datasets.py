@@ -76,6 +76,9 @@ class PreparedItem:
     mask: np.ndarray | None
     sha256: str | None
     labelled_pixels: int = 0
+    #: One id per nucleus where the mask came with instance labels folded into it (None
+    #: otherwise): what :func:`.training.own_instance_rule` scores the watershed against.
+    instances: np.ndarray | None = None
 
 
 def _pixels_sha256(image: Any) -> str | None:
@@ -314,10 +317,13 @@ def check_items(
         if image is not item.image:
             height, width = image.shape[:2]
             mask = None if mask is None else mask_to_work_size(mask, work_size)
+        ids = None
         if mask is not None and item.instances is not None and image is item.image:
-            mask = encode_targets(mask, mask_plane(item.instances, name), instance_output)
+            plane = mask_plane(item.instances, name)
+            mask = encode_targets(mask, plane, instance_output)
+            ids = None if instance_output == "none" else plane
         labelled = int(np.count_nonzero(mask != IGNORE)) if mask is not None else 0
-        prepared.append(PreparedItem(name, image, height, width, mask, sha, labelled))
+        prepared.append(PreparedItem(name, image, height, width, mask, sha, labelled, ids))
     return prepared
 
 

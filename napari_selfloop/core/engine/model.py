@@ -178,6 +178,7 @@ class ModelConfig:
     def same_network(self, other: ModelConfig) -> bool:
         """Whether ``other`` builds the same network (settings such as the self-loop step
         aside): models that can share weights, be ensembled or resume each other."""
+
         def network(c: ModelConfig) -> ModelConfig:
             return replace(c, selfloop_lr=None, instance_marker=None, instance_min_fraction=None)
 

@@ -62,6 +62,7 @@ from .datasets import (
     check_items,
 )
 from .device import autocast, memory_format, resolve_device, resolve_precision
+from .instances import Region, choose_rule
 from .jigsaw import Puzzles, permutation_pool, sample_puzzles
 from .losses import CONFIDENCE_MODES, IGNORE, aux_loss, seg_loss, ss_loss, ug_loss
 from .metrics import pixel_counts, scores_from_counts
@@ -105,6 +106,8 @@ FRAMEWORKS = ("selfloop", "supervised", "softmax", "mc-dropout", "selfloop-no-ss
 BATCHNORM_MODES = ("auto", "update", "frozen")
 #: Whether training changes the encoder (:attr:`TrainConfig.encoder`).
 ENCODER_MODES = ("auto", "train", "frozen")
+#: :attr:`TrainConfig.instance_rule`.
+INSTANCE_RULE_MODES = ("auto", "keep")
 SCHEDULES = ("cosine", "constant")
 #: How validation images are scored for choosing the best weights (``TrainConfig.val_metric``).
 VAL_METRICS = ("pooled", "per-image")
@@ -230,6 +233,15 @@ class TrainConfig:
         when fine-tuning a trained model (as ``batchnorm``'s ``auto`` decides), else
         ``train``. In the human-in-the-loop benchmark a frozen encoder at a higher
         learning rate gave about the same gain as the whole network in 0.7x the time (``docs/instances.md``).
+    instance_rule
+        For a model with an instance output trained on nuclei with their own ids (the
+        correction layer's, or an export's instance file): ``auto`` (the default) chooses
+        the watershed's settings (marker, smallest object) again on those nuclei when the
+        run ends (:func:`.instances.choose_rule`, at least
+        :data:`.instances.MIN_RULE_NUCLEI` of them) and records them in the checkpoint;
+        ``keep`` keeps the starting model's. In the human-in-the-loop benchmark the
+        inherited settings left a fine-tuned kidney model worse than before the
+        fine-tune (``docs/instances.md``).
     """
 
     framework: str = "supervised"
@@ -269,6 +281,7 @@ class TrainConfig:
     save_optimizer: bool = True
     batchnorm: str = "auto"
     encoder: str = "auto"
+    instance_rule: str = "auto"
 
     def __post_init__(self) -> None:
         problems = config_type_problems(self)
@@ -301,6 +314,11 @@ class TrainConfig:
         if self.batchnorm not in BATCHNORM_MODES:
             problems.append(
                 f"batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {self.batchnorm!r}"
+            )
+        if self.instance_rule not in INSTANCE_RULE_MODES:
+            problems.append(
+                f"instance_rule must be one of {', '.join(INSTANCE_RULE_MODES)}, "
+                f"got {self.instance_rule!r}"
             )
         if self.encoder not in ENCODER_MODES:
             problems.append(
@@ -1094,6 +1112,10 @@ def _train_loop(
                 model, lab, cfg, dev, lambda m: run.event(run.total, "record", 0.0, m)
             )
             run.tissue = with_entropy(run.tissue, values)
+        if cfg.instance_rule == "auto":
+            yield from own_instance_rule(
+                model, lab, cfg, dev, lambda m: run.event(run.total, "record", 0.0, m)
+            )
         run.save()  # the best weights again, now with the whole run's history
     return run.result(time.perf_counter() - start_time)
 
@@ -1413,6 +1435,67 @@ def own_certainty(
         )
         values.append(float((result.info.get("figures") or {}).get("fg_entropy", math.nan)))
     return values
+
+
+def own_instance_rule(
+    model: ResUNet,
+    lab: list[PreparedItem],
+    cfg: TrainConfig,
+    dev: torch.device,
+    make_event: Callable[[str], Progress],
+) -> Generator[Progress, None, dict[str, float] | None]:
+    """Choose the watershed's settings again on the labelled nuclei that came with their
+    own ids (:func:`.instances.choose_rule`) and set them in ``model.config``; their
+    scores there, or None where there is no instance output or too few such nuclei."""
+    kind = model.config.instance_output
+    items = [i for i in lab if i.instances is not None and i.mask is not None]
+    if kind == "none" or not items or model.config.work_size:
+        return None
+    plc = _plain_prediction(cfg)
+    regions: list[Region] = []
+    for n, item in enumerate(items, 1):
+        assert item.mask is not None and item.instances is not None
+        labelled = item.mask != IGNORE
+        rows, cols = np.nonzero(labelled)
+        if rows.size == 0:
+            continue
+        c = CERTAINTY_CONTEXT
+        y0, y1 = max(int(rows.min()) - c, 0), min(int(rows.max()) + 1 + c, item.height)
+        x0, x1 = max(int(cols.min()) - c, 0), min(int(cols.max()) + 1 + c, item.width)
+        message = f"choosing how nuclei are separated on {item.name} ({n}/{len(items)})"
+
+        def event(_e: Progress, message: str = message) -> Progress:
+            return make_event(message)
+
+        result = yield from relay(
+            pseudo_label(
+                np.asarray(item.image[y0:y1, x0:x1]), model, plc, device=dev, instances=False
+            ),
+            event,
+        )
+        assert result.probability is not None and result.aux is not None
+        inside = labelled[y0:y1, x0:x1]
+        ids = np.asarray(item.instances[y0:y1, x0:x1]).astype(np.int64)
+        fg = (item.mask[y0:y1, x0:x1] != 0) & inside
+        truth = np.where(fg, ids, 0)
+        regions.append(Region(result.probability, result.aux, truth, inside))
+    chosen = choose_rule(kind, regions)
+    if chosen is None:
+        return None
+    inst, figures = chosen
+    model.config = replace(
+        model.config, instance_marker=inst.marker, instance_min_fraction=inst.min_fraction
+    )
+    log.info(
+        "watershed settings chosen on the %d labelled nuclei: marker %g, smallest object "
+        "%g of the median (PQ %.3f, %.1f edits per 100 nuclei on them)",
+        figures["nuclei"],
+        inst.marker,
+        inst.min_fraction,
+        figures["pq"],
+        figures["edits_per_100"],
+    )
+    return figures
 
 
 def _validate(
