@@ -41,6 +41,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "whole network, 200 steps": {"encoder": "train"},
     "whole network, 120 steps": {"encoder": "train", "iterations": 120},
+    "defaults, watershed settings kept": {"instance_rule": "keep"},
 }
 
 

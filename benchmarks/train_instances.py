@@ -225,6 +225,7 @@ def main() -> int:
             jigsaw_patch_size=recipe["pretrain"]["patch_size"],
             batchnorm="update",  # the recipe as measured (auto would freeze a trained start)
             encoder="train",
+            instance_rule="keep",  # the watershed is chosen on validation images instead
         )
         t0 = time.perf_counter()
         done = ckpt.exists()
