@@ -1398,6 +1398,20 @@ def _plain_prediction(cfg: TrainConfig, **settings: Any) -> PseudoLabelConfig:
 CERTAINTY_CONTEXT = 64
 
 
+def _labelled_window(item: PreparedItem) -> tuple[slice, slice] | None:
+    """The bounding box of an item's labelled pixels with :data:`CERTAINTY_CONTEXT`
+    pixels around it (None when nothing is labelled)."""
+    assert item.mask is not None
+    rows, cols = np.nonzero(item.mask != IGNORE)
+    if rows.size == 0:
+        return None
+    c = CERTAINTY_CONTEXT
+    return (
+        slice(max(int(rows.min()) - c, 0), min(int(rows.max()) + 1 + c, item.height)),
+        slice(max(int(cols.min()) - c, 0), min(int(cols.max()) + 1 + c, item.width)),
+    )
+
+
 def own_certainty(
     model: ResUNet,
     lab: list[PreparedItem],
@@ -1420,16 +1434,13 @@ def own_certainty(
         def event(_e: Progress, message: str = message) -> Progress:
             return make_event(message)
 
-        rows, cols = np.nonzero(item.mask != IGNORE)
-        if rows.size == 0:
+        window = _labelled_window(item)
+        if window is None:
             continue
         if model.config.work_size:
             crop = item.image  # a work-size model proposes on whole images: measure it so
         else:
-            c = CERTAINTY_CONTEXT
-            y0, y1 = max(int(rows.min()) - c, 0), min(int(rows.max()) + 1 + c, item.height)
-            x0, x1 = max(int(cols.min()) - c, 0), min(int(cols.max()) + 1 + c, item.width)
-            crop = np.asarray(item.image[y0:y1, x0:x1])
+            crop = np.asarray(item.image[window])
         result = yield from relay(
             pseudo_label(crop, model, plc, device=dev, instances=False), event
         )
@@ -1455,28 +1466,23 @@ def own_instance_rule(
     regions: list[Region] = []
     for n, item in enumerate(items, 1):
         assert item.mask is not None and item.instances is not None
-        labelled = item.mask != IGNORE
-        rows, cols = np.nonzero(labelled)
-        if rows.size == 0:
+        window = _labelled_window(item)
+        if window is None:
             continue
-        c = CERTAINTY_CONTEXT
-        y0, y1 = max(int(rows.min()) - c, 0), min(int(rows.max()) + 1 + c, item.height)
-        x0, x1 = max(int(cols.min()) - c, 0), min(int(cols.max()) + 1 + c, item.width)
         message = f"choosing how nuclei are separated on {item.name} ({n}/{len(items)})"
 
         def event(_e: Progress, message: str = message) -> Progress:
             return make_event(message)
 
         result = yield from relay(
-            pseudo_label(
-                np.asarray(item.image[y0:y1, x0:x1]), model, plc, device=dev, instances=False
-            ),
+            pseudo_label(np.asarray(item.image[window]), model, plc, device=dev, instances=False),
             event,
         )
         assert result.probability is not None and result.aux is not None
-        inside = labelled[y0:y1, x0:x1]
-        ids = np.asarray(item.instances[y0:y1, x0:x1]).astype(np.int64)
-        fg = (item.mask[y0:y1, x0:x1] != 0) & inside
+        mask = item.mask[window]
+        inside = mask != IGNORE
+        ids = np.asarray(item.instances[window]).astype(np.int64)
+        fg = (mask != 0) & inside
         truth = np.where(fg, ids, 0)
         regions.append(Region(result.probability, result.aux, truth, inside))
     chosen = choose_rule(kind, regions)
