@@ -29,8 +29,13 @@ sys.path.insert(0, str(HERE.parent))
 from bench_plausibility import certainty_values  # noqa: E402
 from train_bundled import load_dataset  # noqa: E402
 
+from napari_selfloop.core.engine.model import ResUNet  # noqa: E402
 from napari_selfloop.core.engine.plausibility import RECORD_KEY, record_of, with_entropy  # noqa: E402
-from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from napari_selfloop.core.store.checkpoint import (  # noqa: E402
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 def main() -> int:
@@ -55,11 +60,18 @@ def main() -> int:
     values = certainty_values(model, data)
     record = with_entropy({k: v for k, v in record.items() if k != "fg_entropy"}, values)
     print(f"measured on {len(values)} images in {time.perf_counter() - t0:.0f} s: {record}")
+    metrics = {**(ckpt.meta.get("metrics") or {}), RECORD_KEY: record}
+    resave(ckpt, model, metrics, args.dest or args.checkpoint, half=args.half)
+    return 0
+
+
+def resave(ckpt: Checkpoint, model: ResUNet, metrics: dict, dest: Path, *, half: bool) -> Path:
+    """Write ``model`` (in half precision with ``half``) to ``dest`` with ``ckpt``'s record
+    and ``metrics`` in place of its metrics."""
     meta = ckpt.meta
-    metrics = {**(meta.get("metrics") or {}), RECORD_KEY: record}
-    dest = save_checkpoint(
-        args.dest or args.checkpoint,
-        model.half() if args.half else model,
+    path = save_checkpoint(
+        dest,
+        model.half() if half else model,
         training=meta.get("training"),
         history=meta.get("history") or [],
         metrics=metrics,
@@ -68,8 +80,8 @@ def main() -> int:
         note=meta.get("note"),
         pixel_size_um=meta.get("pixel_size_um"),
     )
-    print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    return path
 
 
 if __name__ == "__main__":

@@ -20,9 +20,12 @@ from dataclasses import replace
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from napari_selfloop.core.store.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from record_certainty import resave  # noqa: E402
+
+from napari_selfloop.core.store.checkpoint import load_checkpoint  # noqa: E402
 
 FIGURES = ("f1", "pq", "aji", "object_f1", "edits_per_100")
 
@@ -47,8 +50,7 @@ def main() -> int:
     model.config = replace(
         model.config, instance_marker=row["marker"], instance_min_fraction=row["min_fraction"]
     )
-    meta = ckpt.meta
-    metrics = dict(meta.get("metrics") or {})
+    metrics = dict(ckpt.meta.get("metrics") or {})
     metrics["instances"] = {
         **(metrics.get("instances") or {}),
         "output": model.config.instance_output,
@@ -58,19 +60,8 @@ def main() -> int:
         "validation": {k: row["mean"][k] for k in FIGURES},
         "chosen_by": report["command"],
     }
-    dest = save_checkpoint(
-        args.dest or args.checkpoint,
-        model.half() if args.half else model,
-        training=meta.get("training"),
-        history=meta.get("history") or [],
-        metrics=metrics,
-        parent=meta.get("parent"),
-        data=meta.get("data") or [],
-        note=meta.get("note"),
-        pixel_size_um=meta.get("pixel_size_um"),
-    )
     print(f"{report['best']}: {metrics['instances']['validation']}")
-    print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB)")
+    resave(ckpt, model, metrics, args.dest or args.checkpoint, half=args.half)
     return 0
 
 

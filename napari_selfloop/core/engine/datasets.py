@@ -77,7 +77,7 @@ class PreparedItem:
     sha256: str | None
     labelled_pixels: int = 0
     #: One id per nucleus where the mask came with instance labels folded into it (None
-    #: otherwise): what :func:`.training.own_instance_rule` scores the watershed against.
+    #: otherwise): what :func:`.training.own_instance_rule` chooses the watershed's settings on.
     instances: np.ndarray | None = None
 
 

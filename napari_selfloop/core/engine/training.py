@@ -1107,15 +1107,24 @@ def _train_loop(
     finally:
         run.restore_best(initial)
     if run.best.state is not None:
-        if run.out is not None and run.tissue is not None:
-            values = yield from own_certainty(
-                model, lab, cfg, dev, lambda m: run.event(run.total, "record", 0.0, m)
+        # One prediction of each labelled item serves the certainty record and the rule.
+        record = run.out is not None and run.tissue is not None
+        rule = _chooses_instance_rule(model, cfg, lab)
+        if record or rule:
+            values, regions = yield from _own_figures(
+                model,
+                lab,
+                cfg,
+                dev,
+                lambda m: run.event(run.total, "record", 0.0, m),
+                certainty=record,
+                rule=rule,
             )
-            run.tissue = with_entropy(run.tissue, values)
-        if cfg.instance_rule == "auto":
-            yield from own_instance_rule(
-                model, lab, cfg, dev, lambda m: run.event(run.total, "record", 0.0, m)
-            )
+            if record:
+                assert run.tissue is not None
+                run.tissue = with_entropy(run.tissue, values)
+            if rule:
+                own_instance_rule(model, regions)
         run.save()  # the best weights again, now with the whole run's history
     return run.result(time.perf_counter() - start_time)
 
@@ -1424,19 +1433,38 @@ def own_certainty(
     model with a work size, which proposes on whole images), for the plausibility
     record: what the warning compares a proposal with is the model's own figure on the
     tissue it was trained on (at the pseudo-label's default patch, as a proposal is made)."""
+    values, _ = yield from _own_figures(model, lab, cfg, dev, make_event, certainty=True)
+    return values
+
+
+def _own_figures(
+    model: ResUNet,
+    lab: list[PreparedItem],
+    cfg: TrainConfig,
+    dev: torch.device,
+    make_event: Callable[[str], Progress],
+    *,
+    certainty: bool,
+    rule: bool = False,
+) -> Generator[Progress, None, tuple[list[float], list[Region]]]:
+    """One plain prediction of each labelled item (see :func:`own_certainty`), and from
+    it the item's ``fg_entropy`` (``certainty``) and, for items whose nuclei have their own
+    ids, the :class:`.instances.Region` the watershed's settings are chosen on (``rule``)."""
     plc = _plain_prediction(cfg)
     values: list[float] = []
+    regions: list[Region] = []
     for n, item in enumerate(lab, 1):
-        if item.mask is None:
+        with_ids = rule and item.instances is not None
+        if item.mask is None or not (certainty or with_ids):
             continue
-        message = f"recording the model's certainty on {item.name} ({n}/{len(lab)})"
+        window = _labelled_window(item)
+        if window is None:
+            continue
+        message = f"measuring the trained model on {item.name} ({n}/{len(lab)})"
 
         def event(_e: Progress, message: str = message) -> Progress:
             return make_event(message)
 
-        window = _labelled_window(item)
-        if window is None:
-            continue
         if model.config.work_size:
             crop = item.image  # a work-size model proposes on whole images: measure it so
         else:
@@ -1444,48 +1472,34 @@ def own_certainty(
         result = yield from relay(
             pseudo_label(crop, model, plc, device=dev, instances=False), event
         )
-        values.append(float((result.info.get("figures") or {}).get("fg_entropy", math.nan)))
-    return values
+        if certainty:
+            values.append(float((result.info.get("figures") or {}).get("fg_entropy", math.nan)))
+        if with_ids:
+            assert item.instances is not None
+            assert result.probability is not None and result.aux is not None
+            mask = item.mask[window]
+            inside = mask != IGNORE
+            ids = np.asarray(item.instances[window]).astype(np.int64)
+            truth = np.where((mask != 0) & inside, ids, 0)
+            regions.append(Region(result.probability, result.aux, truth, inside))
+    return values, regions
 
 
-def own_instance_rule(
-    model: ResUNet,
-    lab: list[PreparedItem],
-    cfg: TrainConfig,
-    dev: torch.device,
-    make_event: Callable[[str], Progress],
-) -> Generator[Progress, None, dict[str, float] | None]:
-    """Choose the watershed's settings again on the labelled nuclei that came with their
-    own ids (:func:`.instances.choose_rule`) and set them in ``model.config``; their
-    scores there, or None where there is no instance output or too few such nuclei."""
-    kind = model.config.instance_output
-    items = [i for i in lab if i.instances is not None and i.mask is not None]
-    if kind == "none" or not items or model.config.work_size:
-        return None
-    plc = _plain_prediction(cfg)
-    regions: list[Region] = []
-    for n, item in enumerate(items, 1):
-        assert item.mask is not None and item.instances is not None
-        window = _labelled_window(item)
-        if window is None:
-            continue
-        message = f"choosing how nuclei are separated on {item.name} ({n}/{len(items)})"
+def _chooses_instance_rule(model: ResUNet, cfg: TrainConfig, lab: list[PreparedItem]) -> bool:
+    """Whether the run ends by choosing the watershed's settings (``instance_rule``)."""
+    return (
+        cfg.instance_rule == "auto"
+        and model.config.instance_output != "none"
+        and not model.config.work_size
+        and any(i.instances is not None for i in lab)
+    )
 
-        def event(_e: Progress, message: str = message) -> Progress:
-            return make_event(message)
 
-        result = yield from relay(
-            pseudo_label(np.asarray(item.image[window]), model, plc, device=dev, instances=False),
-            event,
-        )
-        assert result.probability is not None and result.aux is not None
-        mask = item.mask[window]
-        inside = mask != IGNORE
-        ids = np.asarray(item.instances[window]).astype(np.int64)
-        fg = (mask != 0) & inside
-        truth = np.where(fg, ids, 0)
-        regions.append(Region(result.probability, result.aux, truth, inside))
-    chosen = choose_rule(kind, regions)
+def own_instance_rule(model: ResUNet, regions: list[Region]) -> dict[str, float] | None:
+    """Choose the watershed's settings again on the labelled nuclei of ``regions``
+    (:func:`.instances.choose_rule`) and set them in ``model.config``; their scores
+    there, or None with too few nuclei."""
+    chosen = choose_rule(model.config.instance_output, regions)
     if chosen is None:
         return None
     inst, figures = chosen
