@@ -12,10 +12,15 @@ fires, beside how wrong each proposal is (pixel Dice, edits per 100 nuclei):
 - ``dermoscopy``: ``--isic`` ISIC images (not tissue at all: a stand-in for an image the
   model knows nothing about; no nuclei truth, so no edits).
 
-::
+With ``--split val`` instead of ``--organ``, the checkpoint is a model trained on the
+training part of the validation split (``train_instances.py --split val``) and the sets
+are its training images and its validation images (tissue like the training tissue that
+the model never saw: where the warning must stay quiet)::
 
     python benchmarks/bench_plausibility.py --checkpoint runs/loo-prostate/segment.pt \\
         --organ prostate --out benchmarks/results/plausibility_loo_prostate.json
+    python benchmarks/bench_plausibility.py --checkpoint runs/inst-val-900.pt --split val \\
+        --isic 0 --out benchmarks/results/plausibility_val.json
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
-from train_bundled import load_dataset  # noqa: E402
+from train_bundled import load_dataset, three_way_split  # noqa: E402
 
 from napari_selfloop.core.engine.datasets import PreparedItem  # noqa: E402
 from napari_selfloop.core.engine.metrics import panoptic_scores, pixel_scores  # noqa: E402
@@ -89,7 +94,11 @@ def certainty_values(model: Any, images: list[dict[str, Any]]) -> list[float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--organ", choices=ORGANS, required=True, help="the organ it never saw")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--organ", choices=ORGANS, help="the organ it never saw")
+    where.add_argument(
+        "--split", choices=("val",), help="the validation split's training and validation images"
+    )
     p.add_argument("--isic", type=int, default=12, help="ISIC images to check (0: none)")
     p.add_argument("--method", default="softmax")
     p.add_argument("--threads", type=int, default=1)
@@ -102,7 +111,12 @@ def main() -> int:
         raise SystemExit(f"{args.checkpoint} records no tissue range: train it with this version")
     model = ckpt.model.eval()
     data = load_dataset("monuseg/train")
-    train_idx, held_idx = leave_one_organ_out([d["name"] for d in data], args.organ)
+    if args.organ:
+        train_idx, held_idx = leave_one_organ_out([d["name"] for d in data], args.organ)
+        held_name = "held-out organ"
+    else:  # the split of train_instances.py --split val (and tune_instances.py)
+        train_idx, held_idx, _ = three_way_split(len(data), 6, 6, 0)
+        held_name = "validation images"
     if not record.get("fg_entropy"):
         # A checkpoint trained before the certainty record: measure it as ``train`` does at
         # its end, on the model's training images (all fully labelled).
@@ -111,7 +125,7 @@ def main() -> int:
         print(f"[plausibility] recorded certainty in {time.perf_counter() - t0:.0f} s: {record}")
     sets = {
         "training organs": [data[i] for i in train_idx],
-        "held-out organ": [data[i] for i in held_idx],
+        held_name: [data[i] for i in held_idx],
     }
     if args.isic:
         sets["dermoscopy"] = load_dataset("isic512/train")[: args.isic]
@@ -120,6 +134,7 @@ def main() -> int:
         "command": " ".join(["python", "benchmarks/bench_plausibility.py", *sys.argv[1:]]),
         "checkpoint": str(args.checkpoint),
         "organ": args.organ,
+        "split": args.split,
         "method": args.method,
         "record": record,
         "sets": {},

@@ -13,7 +13,11 @@ Dice):
   share of objects under 50 px;
 - ``ent_fg``: mean binary entropy of the probability over the predicted foreground (how
   unsure the model is of what it calls nucleus); ``ent_all``: over the whole image;
-- ``unc_over_fg``: uncertain pixels per foreground pixel.
+- ``unc_over_fg``: uncertain pixels per foreground pixel;
+- ``ent_inst_fg`` (models with an instance map): mean binary entropy of the instance map
+  over the predicted foreground (how unsure it is of where nuclei separate); ``big``:
+  share of the proposal's foreground in objects over three times its median object (the
+  merged clumps a proposal wrong in its separation makes).
 
 With ``--methods`` it also gives ``ent_fg`` under MC dropout (Q = 10) beside softmax, on
 four training images and the held-out ones (the figure depends on the method)::
@@ -77,6 +81,10 @@ def figures(model: Any, d: dict[str, Any]) -> dict[str, Any]:
         "n": int(areas.size),
         "med": float(np.median(areas)) if areas.size else 0.0,
         "small": float((areas < 50).mean()) if areas.size else 0.0,
+        "ent_inst_fg": float(entropy(r.aux)[fg].mean()) if r.aux is not None and fg.any() else None,
+        "big": float(areas[areas > 3 * np.median(areas)].sum() / areas.sum())
+        if areas.size
+        else 0.0,
         "pq": round(float(pq["pq"]), 3),
         "edits": round(float(pq.get("edits_per_100", -1)), 1),
         "dice": round(float(dice.get("dice", dice.get("f1", -1))), 3),
