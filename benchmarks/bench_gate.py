@@ -14,6 +14,17 @@ others, a fresh width-8 model, 600 steps; scored on 256x256 crops of six further
 
     python benchmarks/bench_gate.py --case monuseg --iterations 600 \
         --out benchmarks/results/gate_monuseg.json
+
+``--case protocol20`` is the issue's 20 % protocol at the scale it saw the collapse: a
+fresh width-16 model whose jigsaw is pre-trained 300 steps first (``jigsaw_warmup``; the
+issue saw the collapse with such a jigsaw at chance as with a pre-trained one), 6 whole
+MoNuSeg images labelled and 12 unlabelled (the 18 training images of the validation
+split), patch 96, batch 4, Q 3, lr 3e-4, 600 steps; scored on the split's 6 validation
+images (never its test images)::
+
+    python benchmarks/bench_gate.py --case protocol20 --iterations 600 \
+        --arms supervised "selfloop:gate_dice=0" "selfloop:gate_dice=0.5" \
+        --out benchmarks/results/gate_protocol20.json
 """
 
 from __future__ import annotations
@@ -89,25 +100,56 @@ def monuseg_case() -> Case:
     return lab, unl, tests, {"batch_size": 4, "lr": 1e-3, "q": 3}
 
 
-CASES: dict[str, Callable[[], Case]] = {"synthetic": synthetic_case, "monuseg": monuseg_case}
+def protocol20_case() -> Case:
+    """The 20 % protocol: 6 of the validation split's 18 training images labelled whole, the
+    other 12 unlabelled, its 6 validation images scored (a width-16 model)."""
+    sys.path.insert(0, str(HERE))
+    from train_bundled import load_dataset, three_way_split
+
+    data = load_dataset("monuseg/train")
+    train_idx, val_idx, _ = three_way_split(len(data), 6, 6, 0)
+    lab = [TrainItem(data[i]["name"], data[i]["image"], data[i]["mask"]) for i in train_idx[:6]]
+    unl = [TrainItem(data[i]["name"], data[i]["image"]) for i in train_idx[6:]]
+    tests = [(data[i]["image"], data[i]["mask"]) for i in val_idx]
+    settings = {
+        "width": 16,
+        "batch_size": 4,
+        "unlabeled_batch_size": 4,
+        "lr": 3e-4,
+        "q": 3,
+        "jigsaw_warmup": 300,
+        "jigsaw_patch_size": 96,
+    }
+    return lab, unl, tests, settings
+
+
+CASES: dict[str, Callable[[], Case]] = {
+    "synthetic": synthetic_case,
+    "monuseg": monuseg_case,
+    "protocol20": protocol20_case,
+}
 
 
 def arm(
     framework: str, extra: dict[str, Any], iterations: int, seed: int, case: Case
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
-    model = build_model(ModelConfig(width=8), seed=seed)
     lab, unl, tests, settings = case
+    settings = dict(settings)
+    model = build_model(ModelConfig(width=settings.pop("width", 8)), seed=seed)
     cfg = TrainConfig(
-        framework=framework,
-        iterations=iterations,
-        patch_size=96,
-        unlabeled_batch_size=len(unl),
-        seed=seed,
-        validate_every=10_000,
-        batchnorm="update",
-        encoder="train",
-        **{**settings, **extra},
+        **{
+            "framework": framework,
+            "iterations": iterations,
+            "patch_size": 96,
+            "unlabeled_batch_size": len(unl),
+            "seed": seed,
+            "validate_every": 10_000,
+            "batchnorm": "update",
+            "encoder": "train",
+            **settings,
+            **extra,
+        }
     )
     t0 = time.perf_counter()
     result = run_to_completion(train(model, lab, unl, cfg, device="cpu"))

@@ -337,6 +337,7 @@ def stage_segment(
         validate_every=100,
         jigsaw_patch_size=recipe["pretrain"]["patch_size"],
         batchnorm="update",  # the recipe as measured (auto would freeze a trained start)
+        batchnorm_batches="all",  # as measured: the puzzled patches share the batch
         encoder="train",
     )
     done = finished_steps(out)

@@ -224,6 +224,7 @@ def main() -> int:
             validate_every=100,
             jigsaw_patch_size=recipe["pretrain"]["patch_size"],
             batchnorm="update",  # the recipe as measured (auto would freeze a trained start)
+            batchnorm_batches="all",  # as measured: the puzzled patches share the batch
             encoder="train",
             instance_rule="keep",  # the watershed is chosen on validation images instead
         )

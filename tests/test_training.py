@@ -54,6 +54,7 @@ def items(n: int, start: int = 0, masks: bool = True) -> list[TrainItem]:
 FAST = dict(
     framework="selfloop",  # the method under test (the default is supervised)
     gate_dice=0.0,  # the paper's schedule: unlabelled images from step 1
+    warmup=0.0,
     iterations=4,
     patch_size=96,
     batch_size=2,
@@ -119,8 +120,12 @@ def test_a_puzzled_mask_stays_aligned_with_its_puzzled_patch():
 
 def test_puzzle_seg_weight_adds_l_seg_of_the_puzzled_patches():
     """One objective step with ``puzzle_seg_weight`` equals the hand-made objective:
-    L_SEG(plain) + w * L_SEG(decoder of the puzzles, puzzled masks) + ss_weight * L_SS."""
-    cfg = TrainConfig(**{**FAST, "ss_weight": 0.3, "dice_weight": 1.0, "puzzle_seg_weight": 0.7})
+    L_SEG(plain) + w * L_SEG(decoder of the puzzles, puzzled masks) + ss_weight * L_SS
+    (plain and puzzled patches in one BatchNorm batch, ``batchnorm_batches="all"``)."""
+    one_batch = {**FAST, "batchnorm_batches": "all"}
+    cfg = TrainConfig(
+        **{**one_batch, "ss_weight": 0.3, "dice_weight": 1.0, "puzzle_seg_weight": 0.7}
+    )
     img, mask = blobs(0, 96)
     xl = torch.from_numpy(np.stack([img, img[::-1].copy()])).permute(0, 3, 1, 2).float() / 255
     ml = torch.from_numpy(np.stack([mask, mask[::-1].copy()]))
@@ -149,7 +154,7 @@ def test_puzzle_seg_weight_adds_l_seg_of_the_puzzled_patches():
     # and without the weight the step differs (the decoder of the puzzles counts)
     c = build_model(TINY, seed=1)
     opt_c = torch.optim.SGD(c.parameters(), lr=0.1)
-    no_puzzle = TrainConfig(**{**FAST, "ss_weight": 0.3, "dice_weight": 1.0})
+    no_puzzle = TrainConfig(**{**one_batch, "ss_weight": 0.3, "dice_weight": 1.0})
     _objective_step(
         c, opt_c, xl, ml, None, None, no_puzzle, np.random.default_rng(5), pool, torch.float32
     )
@@ -229,6 +234,7 @@ def test_selfloop_steps_in_training_do_not_replay_the_segmentation_momentum():
         hed_jitter=0.0,
         validate_every=100,
         gate_dice=0.0,  # self-loop steps from step 1
+        warmup=0.0,
     )
     after_objective = None
     checked = 0

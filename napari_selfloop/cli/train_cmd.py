@@ -15,6 +15,7 @@ from ..core.engine.model import ModelConfig, ResUNet, build_model
 from ..core.engine.pseudolabel import PATCH_MULTIPLE, STEP_RULES
 from ..core.engine.seeds import check_seed
 from ..core.engine.training import (
+    BATCHNORM_BATCHES,
     BATCHNORM_MODES,
     ENCODER_MODES,
     FRAMEWORKS,
@@ -150,6 +151,14 @@ def _add_training_options(g: Options, d: TrainConfig) -> None:
         f"a trained model ({d.batchnorm})",
     )
     g.add_argument(
+        "--batchnorm-batches",
+        choices=BATCHNORM_BATCHES,
+        default=d.batchnorm_batches,
+        help="which patches set the BatchNorm statistics while they learn: the labelled ones "
+        "alone (the unlabelled patches of the semi-supervised frameworks are normalised by "
+        f"the running statistics), or all in one batch, as before ({d.batchnorm_batches})",
+    )
+    g.add_argument(
         "--instance-rule",
         choices=INSTANCE_RULE_MODES,
         default=d.instance_rule,
@@ -164,7 +173,8 @@ def _add_selfloop_options(g: Options, d: TrainConfig) -> None:
         "--warmup",
         type=float,
         default=d.warmup,
-        help="fraction of iterations on labelled data only before pseudo-labels",
+        help="fraction of iterations on labelled data only before the unlabelled images join "
+        f"({d.warmup:g}; 0: from the first step, the paper's schedule)",
     )
     g.add_argument(
         "--gate-dice",
@@ -291,6 +301,7 @@ CONFIG_OPTIONS = (
     "scale_jitter",
     "val_metric",
     "batchnorm",
+    "batchnorm_batches",
     "encoder",
     "instance_rule",
 )
