@@ -15,6 +15,16 @@ others, a fresh width-8 model, 600 steps; scored on 256x256 crops of six further
     python benchmarks/bench_gate.py --case monuseg --iterations 600 \
         --out benchmarks/results/gate_monuseg.json
 
+``--case shift`` is a toy of unlabelled images unlike the labelled ones (the same discs,
+scanned at 0.6 of the brightness; two whole labelled images, four unlabelled, 60 steps
+are enough)::
+
+    python benchmarks/bench_gate.py --case shift --iterations 60 --seeds 0 1 2 \
+        --arms supervised "selfloop:gate_dice=0.5" "softmax:gate_dice=0.5" \
+        'selfloop:gate_dice=0.5,warmup=0,batchnorm_batches="all"' \
+        'softmax:gate_dice=0.5,warmup=0,batchnorm_batches="all"' \
+        --out benchmarks/results/gate_shift.json
+
 ``--case protocol20`` is the issue's 20 % protocol at the scale it saw the collapse: a
 fresh width-16 model whose jigsaw is pre-trained 300 steps first (``jigsaw_warmup``; the
 issue saw the collapse with such a jigsaw at chance as with a pre-trained one), 6 whole
@@ -80,6 +90,15 @@ def synthetic_case() -> Case:
     return [TrainItem("l0", img, part)], unl, tests, {"batch_size": 2, "lr": 3e-3, "q": 2}
 
 
+def shift_case() -> Case:
+    """Purple discs again, the unlabelled images scanned darker (0.6 of the brightness): two
+    whole labelled images, four unlabelled, three to score."""
+    lab = [TrainItem(f"l{s}", *blobs(s, 96)) for s in range(2)]
+    unl = [TrainItem(f"u{s}", (blobs(100 + s, 96)[0] * 0.6).astype(np.uint8)) for s in range(4)]
+    tests = [blobs(300 + s, 96) for s in range(3)]
+    return lab, unl, tests, {"batch_size": 2, "lr": 3e-3, "q": 1, "hed_jitter": 0.0}
+
+
 def monuseg_case() -> Case:
     """Real H&E: crops of MoNuSeg images (two labelled, eight unlabelled, six to score)."""
     from skimage.io import imread
@@ -125,6 +144,7 @@ def protocol20_case() -> Case:
 
 CASES: dict[str, Callable[[], Case]] = {
     "synthetic": synthetic_case,
+    "shift": shift_case,
     "monuseg": monuseg_case,
     "protocol20": protocol20_case,
 }
