@@ -620,6 +620,21 @@ def test_a_resumed_run_keeps_the_batchnorm_mode_it_began_with(tmp_path):
     assert not _same_stats(before, _running_stats(model))
 
 
+def test_a_resumed_run_keeps_how_its_patches_shared_batchnorm(tmp_path):
+    cfg = TrainConfig(**{**FAST, "iterations": 4, "batchnorm_batches": "all"})
+    out = tmp_path / "run.pt"
+    gen = train(build_model(TINY, seed=0), items(1), items(1, start=5, masks=False), cfg, out=out)
+    for event in gen:
+        if event.data["phase"] == "train" and event.done == 3:
+            break
+    gen.close()
+    # resumed with the default ("labelled"), it goes on as it began
+    resumed = TrainConfig(**{**FAST, "iterations": 4})
+    model = load_checkpoint(out).model
+    run(train(model, items(1), items(1, start=5, masks=False), resumed, resume=out, out=out))
+    assert load_checkpoint(out).meta["training"]["config"]["batchnorm_batches"] == "all"
+
+
 def test_batchnorm_and_encoder_modes_are_checked():
     with pytest.raises(InputError, match="batchnorm must be one of auto, update, frozen"):
         TrainConfig(batchnorm="off")

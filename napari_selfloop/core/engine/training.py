@@ -241,7 +241,8 @@ class TrainConfig:
         semi-supervised runs over-segment with no pseudo-label loss at all (Dice 0.52
         against 0.67 supervised); with ``labelled`` and the half ``warmup`` no seed of three
         collapsed (0.60-0.65 against 0.64-0.67; ``docs/instances.md``). Supervised training
-        has only labelled patches: the same either way.
+        has only labelled patches: the same either way. A resumed run keeps the mode it
+        began with (``all`` for runs recorded before this option).
     encoder
         ``train``: the whole network learns. ``frozen``: the decoder (and the jigsaw head)
         only; the encoder's weights and statistics stay as they are and no gradient flows
@@ -672,6 +673,7 @@ def train(
             cfg,
             batchnorm=modes.get("batchnorm", cfg.batchnorm),
             encoder=modes.get("encoder", cfg.encoder),
+            batchnorm_batches=modes.get("batchnorm_batches", cfg.batchnorm_batches),
         )
         pixel_size_um = pixel_size_um if pixel_size_um is not None else resumed_pixel_size
     elif "frozen" in (cfg.batchnorm, cfg.encoder):
@@ -769,6 +771,10 @@ def _resume_from(
         for name, allowed in (("batchnorm", BATCHNORM_MODES), ("encoder", ENCODER_MODES))
         if config.get(name) in allowed[1:]  # as the run began (never auto: resolved)
     }
+    if config:  # a run recorded by train: its patches keep sharing BatchNorm as they began
+        batches = config.get("batchnorm_batches", "all")  # before the option: one batch
+        if batches in BATCHNORM_BATCHES:
+            modes["batchnorm_batches"] = batches
     return Resumed(ck.model.state_dict(), record, ck.meta.get("parent"), modes), ck.pixel_size_um
 
 
