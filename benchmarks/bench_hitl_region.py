@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_hitl import fine_tune, propose  # noqa: E402
 from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
-from train_bundled import load_dataset  # noqa: E402
+from train_bundled import load_dataset, train_settings  # noqa: E402
 
 from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.store.checkpoint import load_checkpoint  # noqa: E402
@@ -79,12 +79,7 @@ def main() -> int:
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    settings: dict[str, Any] = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            p.error(f"--set {item!r}: expected KEY=VALUE")
-        settings[key] = json.loads(value)
+    settings = train_settings(p, args.set)
     data = load_dataset("monuseg/train")
     _, held = leave_one_organ_out([d["name"] for d in data], args.organ)
     images = [data[i] for i in held]

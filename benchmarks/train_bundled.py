@@ -225,6 +225,21 @@ def three_way_split(
     return [train_idx[i] for i in keep], [train_idx[i] for i in held], test_idx
 
 
+def train_settings(p: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` options as TrainConfig settings (JSON values); a bad one is a
+    usage error."""
+    settings: dict[str, Any] = {}
+    for setting in items:
+        key, _, value = setting.partition("=")
+        try:
+            if key not in TrainConfig.__dataclass_fields__:
+                raise ValueError(key)
+            settings[key] = json.loads(value)
+        except ValueError:
+            p.error(f"--set {setting!r}: expected KEY=VALUE, a TrainConfig field and a JSON value")
+    return settings
+
+
 def load_dataset(rel: str, work_size: int | None = None) -> list[dict[str, Any]]:
     """Images, masks (and instance labels) at their own size; ``train_image`` and
     ``train_mask`` at the model's work size (the same arrays when it has none)."""
@@ -663,14 +678,7 @@ def main() -> int:
         recipe["pretrain"]["iterations"] = args.pretrain_iterations
     if args.lr:
         recipe["segment"]["lr"] = args.lr
-    for setting in args.set:
-        key, _, value = setting.partition("=")
-        try:
-            if key not in TrainConfig.__dataclass_fields__:
-                raise ValueError(key)
-            recipe["segment"][key] = json.loads(value)
-        except ValueError:
-            p.error(f"--set {setting!r}: expected KEY=VALUE, a TrainConfig field and a JSON value")
+    recipe["segment"].update(train_settings(p, args.set))
     data = load_dataset(recipe["data"], recipe["work_size"])
     train_idx, val_idx, test_idx = three_way_split(len(data), args.test, args.val, args.split_seed)
     items = [

@@ -41,7 +41,13 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
 from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
-from train_bundled import RECIPES, drive, load_dataset, three_way_split  # noqa: E402
+from train_bundled import (  # noqa: E402
+    RECIPES,
+    drive,
+    load_dataset,
+    three_way_split,
+    train_settings,
+)
 
 from napari_selfloop.core.engine.instances import INSTANCE_OUTPUTS, Instancer  # noqa: E402
 from napari_selfloop.core.engine.metrics import (  # noqa: E402
@@ -165,9 +171,7 @@ def main() -> int:
     seg = dict(recipe["segment"])
     if args.lr:
         seg["lr"] = args.lr
-    for setting in args.set:
-        key, _, value = setting.partition("=")
-        seg[key] = json.loads(value)
+    seg.update(train_settings(p, args.set))
     data = load_dataset(recipe["data"])
     if (args.split == "organ") != bool(args.holdout_organ):
         p.error("--holdout-organ goes with --split organ (and --split organ needs it)")

@@ -1369,7 +1369,7 @@ def _objective_step(
         if cfg.batchnorm_batches == "labelled" and x.shape[0] > nl:
             # The labelled patches alone set the batch statistics, as in supervised
             # training; the rest is normalised by the running statistics.
-            feats, seg = _forward(model, x[:nl], nl, frozen_encoder)
+            _, seg = _forward(model, x[:nl], nl, frozen_encoder)
             with running_statistics(model):
                 rest, seg_rest = _forward(model, x[nl:], n_seg - nl, frozen_encoder)
             if seg is not None and seg_rest is not None:
