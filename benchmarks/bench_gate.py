@@ -35,6 +35,17 @@ images (never its test images)::
     python benchmarks/bench_gate.py --case protocol20 --iterations 600 \
         --arms supervised "selfloop:gate_dice=0" "selfloop:gate_dice=0.5" \
         --out benchmarks/results/gate_protocol20.json
+
+The arms of one seed are paired: a semi-supervised run draws the same labelled patches and
+dropout masks as supervised training (``training.side_stream``), so their difference is
+what the unlabelled images add, plus the drift of two runs that part ways at their first
+unlabelled step. ``supervised:lr=0.00030000003`` (the learning rate changed by 1e-7 of
+itself) measures that drift alone.
+
+``--holdout 0.2`` keeps the last fifth of each labelled image's rows out of training as the
+run's own validation, and keeps the weights that score best on it (a guard "on the model's
+own validation"). ``--trace`` adds each run's labelled Dice in training and its
+pseudo-labels' foreground share (what the drift guard watches), by 25 steps.
 """
 
 from __future__ import annotations
@@ -150,11 +161,35 @@ CASES: dict[str, Callable[[], Case]] = {
 }
 
 
+def held_out(lab: list[TrainItem], share: float) -> tuple[list[TrainItem], list[TrainItem]]:
+    """The labelled images with the last ``share`` of their rows kept out of training, and
+    those rows as validation images (the whole image, only the strip labelled)."""
+    train_items, val_items = [], []
+    for it in lab:
+        mask = np.asarray(it.mask)
+        cut = mask.shape[0] - max(1, int(round(share * mask.shape[0])))
+        kept, strip = mask.copy(), np.full_like(mask, 255)
+        kept[cut:] = 255
+        strip[cut:] = mask[cut:]
+        train_items.append(TrainItem(it.name, it.image, kept))
+        val_items.append(TrainItem(f"{it.name}-strip", it.image, strip))
+    return train_items, val_items
+
+
 def arm(
-    framework: str, extra: dict[str, Any], iterations: int, seed: int, case: Case
+    framework: str,
+    extra: dict[str, Any],
+    iterations: int,
+    seed: int,
+    case: Case,
+    holdout: float = 0.0,
+    trace_runs: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
     lab, unl, tests, settings = case
+    val = None
+    if holdout > 0:
+        lab, val = held_out(lab, holdout)
     settings = dict(settings)
     model = build_model(ModelConfig(width=settings.pop("width", 8)), seed=seed)
     cfg = TrainConfig(
@@ -172,7 +207,7 @@ def arm(
         }
     )
     t0 = time.perf_counter()
-    result = run_to_completion(train(model, lab, unl, cfg, device="cpu"))
+    result = run_to_completion(train(model, lab, unl, cfg, validation=val, device="cpu"))
     seconds = time.perf_counter() - t0
     scores = []
     for test, truth in tests:
@@ -181,15 +216,41 @@ def arm(
         )
         scores.append(pixel_scores(r.probability > 0.5, truth))
     opened = [h["unlabelled_from"] for h in result.history if "unlabelled_from" in h]
+    steps = [h for h in result.history if h.get("step") and "labelled_dice" in h]
+    windows = [steps[k : k + 25] for k in range(0, len(steps), 25)]
+    trace = {
+        # the labelled Dice in training, and the pseudo-labels' foreground share, by 25 steps
+        "labelled_dice_by_25": [
+            round(float(np.mean([h["labelled_dice"] for h in w])), 3) for w in windows
+        ],
+        "pseudo_foreground_by_25": [
+            round(float(np.mean(f)), 3) if f else None
+            for f in (
+                [h["pseudo_foreground"] for h in w if "pseudo_foreground" in h] for w in windows
+            )
+        ],
+    }
+    own = {}
+    if val:
+        own = {
+            "holdout": holdout,
+            "best_step": result.best_step,
+            "val_f1": {h["step"]: round(h["val_f1"], 4) for h in result.history if "val_f1" in h},
+        }
     return {
         "framework": framework,
         **extra,
+        **own,
         "seed": seed,
         "dice": round(float(np.mean([s["f1"] for s in scores])), 4),
         "precision": round(float(np.mean([s["precision"] for s in scores])), 4),
         "recall": round(float(np.mean([s["recall"] for s in scores])), 4),
         "unlabelled_from": opened[0] if opened else None,
+        "unlabelled_until": next(
+            (h["unlabelled_until"] for h in result.history if "unlabelled_until" in h), None
+        ),
         "seconds": round(seconds, 1),
+        **(trace if trace_runs else {}),
     }
 
 
@@ -200,6 +261,18 @@ def main() -> int:
     p.add_argument("--arms", nargs="+", default=list(ARMS), help="framework[:setting=value,...]")
     p.add_argument("--iterations", type=int, default=150)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument(
+        "--trace",
+        action="store_true",
+        help="also record each run's labelled Dice and pseudo-labels' foreground share by 25 steps",
+    )
+    p.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="share of each labelled image's rows kept out of training as the run's own "
+        "validation (the best weights on it are kept); 0: none",
+    )
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -213,7 +286,7 @@ def main() -> int:
     for seed in args.seeds:
         for spec in args.arms:
             framework, extra = parse_arm(spec)
-            row = arm(framework, extra, args.iterations, seed, case)
+            row = arm(framework, extra, args.iterations, seed, case, args.holdout, args.trace)
             report["runs"].append(row)
             print(row, flush=True)
             write_json(args.out, report)

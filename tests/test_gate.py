@@ -7,7 +7,14 @@ import pytest
 from test_training import FAST, items
 
 from napari_selfloop.core.engine.model import ModelConfig, build_model
-from napari_selfloop.core.engine.training import GATE_WINDOW, TrainConfig, _labelled_dice, train
+from napari_selfloop.core.engine.training import (
+    DRIFT_WINDOW,
+    GATE_WINDOW,
+    DriftGuard,
+    TrainConfig,
+    _labelled_dice,
+    train,
+)
 from napari_selfloop.core.progress import run_to_completion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -155,3 +162,80 @@ def test_batchnorm_batches_is_checked():
 
     with pytest.raises(InputError, match="batchnorm_batches"):
         TrainConfig(batchnorm_batches="some")
+
+
+def test_a_semi_supervised_run_whose_unlabelled_images_teach_nothing_ends_as_supervised():
+    """From the same seed, a semi-supervised run draws the same labelled patches and the same
+    dropout masks on them as supervised training (the unlabelled patches, the puzzles and the
+    pseudo-label passes draw from streams of their own), and its labelled patches alone set
+    the BatchNorm statistics: when its pseudo-labels teach nothing (``ug_weight=0``) it ends
+    with supervised training's weights, bit for bit, so it can only differ by what the
+    unlabelled images teach. With the statistics shared (``batchnorm_batches="all"``, the
+    coupling behind the 20 % protocol's collapse) it ends elsewhere."""
+    import torch
+
+    def final_weights(framework, **settings):
+        cfg = TrainConfig(
+            **{**FAST, "framework": framework, "iterations": 6, "validate_every": 100, **settings}
+        )
+        model = build_model(ModelConfig(width=8), seed=0)
+        run_to_completion(train(model, items(2), items(2, start=5, masks=False), cfg, device="cpu"))
+        return [v.detach().clone() for v in model.state_dict().values()]
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+    supervised = final_weights("supervised")
+    for framework in ("softmax", "mc-dropout"):
+        taught_nothing = final_weights(framework, ug_weight=0.0, threshold=0.51)
+        assert same(taught_nothing, supervised), framework
+    assert not same(final_weights("softmax", ug_weight=0.0, batchnorm_batches="all"), supervised)
+    assert not same(final_weights("softmax", threshold=0.51), supervised)  # L_UG does teach
+
+
+def test_the_drift_guard_fires_when_the_pseudo_labels_shrink_or_grow():
+    steady = [0.30, 0.20] * 10  # a mean of 0.25, noisy step to step
+    for later, fires in (([0.25] * 10, False), ([0.12] * 10, True), ([0.55] * 10, True)):
+        guard = DriftGuard(0.5, window=10)
+        assert not any(guard.note(v) for v in steady[:10])  # the reference
+        assert not any(guard.note(v) for v in steady[10:])  # as it began
+        fired = [guard.note(v) for v in later]
+        assert fired[-1] is fires, later[0]
+        if fires:  # once the latest window has moved far enough
+            assert fired.index(True) >= 4
+    off = DriftGuard(0.0, window=2)
+    assert not any(off.note(v) for v in [0.5, 0.5, 0.0, 0.0, 0.0])
+
+
+def test_the_drift_guard_goes_back_to_where_the_unlabelled_images_joined():
+    """When the guard fires, the weights return to the step before the unlabelled images
+    joined and the run goes on without them: here it fires at the last step, so the run
+    ends with the weights of supervised training stopped at the end of the warm-up."""
+    import torch
+
+    warmup_steps = 2 * DRIFT_WINDOW
+    common = {**FAST, "schedule": "constant", "validate_every": warmup_steps}
+
+    def run(framework, iterations, **settings):
+        cfg = TrainConfig(
+            **{**common, "framework": framework, "iterations": iterations, **settings}
+        )
+        model = build_model(ModelConfig(width=8), seed=0)
+        result = run_to_completion(
+            train(model, items(2), items(2, start=5, masks=False), cfg, device="cpu")
+        )
+        return [v.detach().clone() for v in model.state_dict().values()], result.history
+
+    total = warmup_steps + 2 * DRIFT_WINDOW
+    guarded, history = run("softmax", total, warmup=0.5, drift_guard=0.999, threshold=0.51)
+    assert [h["step"] for h in history if "unlabelled_until" in h] == [total]
+    assert any("pseudo_foreground" in h for h in history)
+    supervised, _ = run("supervised", warmup_steps)
+    assert all(torch.equal(a, b) for a, b in zip(guarded, supervised, strict=True))
+
+
+def test_drift_guard_is_checked():
+    from napari_selfloop.core.errors import InputError
+
+    with pytest.raises(InputError, match="drift_guard"):
+        TrainConfig(drift_guard=1.0)

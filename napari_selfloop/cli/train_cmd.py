@@ -183,6 +183,14 @@ def _add_selfloop_options(g: Options, d: TrainConfig) -> None:
         help="semi-supervised frameworks: use the unlabelled images only once the model's "
         f"Dice on its labelled patches reaches this ({d.gate_dice:g}; 0: from the first step)",
     )
+    g.add_argument(
+        "--drift-guard",
+        type=float,
+        default=d.drift_guard,
+        help="semi-supervised frameworks: when the pseudo-labels' foreground share falls "
+        "below this fraction of where it began (or grows past its inverse), go back to where "
+        f"the unlabelled images joined and go on without them ({d.drift_guard:g}; 0: off)",
+    )
     g.add_argument("--q", type=int, default=d.q, help=f"jigsaw permutations per patch ({d.q})")
     g.add_argument("--threshold", type=float, default=d.threshold)
     g.add_argument("--confidence", choices=("two-sided", "foreground"), default=d.confidence)
@@ -287,6 +295,7 @@ CONFIG_OPTIONS = (
     "lr",
     "warmup",
     "gate_dice",
+    "drift_guard",
     "seed",
     "precision",
     "validate_every",

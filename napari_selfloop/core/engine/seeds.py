@@ -16,6 +16,9 @@ SEED_LIMIT = 2**32
 #: are kept so that every run and pseudo-label stays reproducible across versions.
 RUN_SEED_STRIDE = 1_000_003
 BATCH_SEED_STRIDE = 100_003
+#: Stride of the torch stream of a training step's passes over its unlabelled and puzzled
+#: patches (:func:`.training.side_stream`).
+SIDE_SEED_STRIDE = 10_007
 
 
 def check_seed(seed: Any, what: str = "seed") -> None:
