@@ -224,11 +224,13 @@ def test_the_drift_guard_goes_back_to_where_the_unlabelled_images_joined():
         result = run_to_completion(
             train(model, items(2), items(2, start=5, masks=False), cfg, device="cpu")
         )
-        return [v.detach().clone() for v in model.state_dict().values()], result.history
+        return [v.detach().clone() for v in model.state_dict().values()], result
 
     total = warmup_steps + 2 * DRIFT_WINDOW
-    guarded, history = run("softmax", total, warmup=0.5, drift_guard=0.999, threshold=0.51)
+    guarded, result = run("softmax", total, warmup=0.5, drift_guard=0.999, threshold=0.51)
+    history = result.history
     assert [h["step"] for h in history if "unlabelled_until" in h] == [total]
+    assert result.unlabelled_until == total
     assert any("pseudo_foreground" in h for h in history)
     supervised, _ = run("supervised", warmup_steps)
     assert all(torch.equal(a, b) for a, b in zip(guarded, supervised, strict=True))

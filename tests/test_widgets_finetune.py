@@ -216,3 +216,18 @@ def test_training_form_is_built_from_its_mapping(qtbot):
     add_rows(form, TRAIN_FIELDS, c)
     labels = [form.itemAt(i, QFormLayout.ItemRole.LabelRole).widget().text() for i in range(5)]
     assert labels == ["Framework", "Iterations", "Q", "Learning rate", "Patch size"]
+
+
+def test_the_result_says_when_the_pseudo_labels_drifted(make_napari_viewer, project):
+    from napari_selfloop.core.engine.training import TrainResult
+
+    w = dock(_viewer(make_napari_viewer), FineTuneWidget)
+    history = [{"step": 1}, {"step": 60, "unlabelled_until": 60}, {"step": 80}]
+    w._done(TrainResult(best_step=50, best_metric=0.5, metric_name="train_seg_loss", steps=80))
+    assert "drifted" not in w.result_label.text()
+    w._done(
+        TrainResult(
+            best_step=50, best_metric=0.5, metric_name="train_seg_loss", steps=80, history=history
+        )
+    )
+    assert "drifted at step 60" in w.result_label.text()

@@ -366,9 +366,16 @@ class FineTuneWidget(QWidget):
         metric = (
             "" if result.best_metric is None else f"{result.metric_name} {result.best_metric:.4f} "
         )
+        drifted = ""
+        if result.unlabelled_until is not None:
+            drifted = (
+                f" The pseudo-labels drifted at step {result.unlabelled_until}: the model went "
+                "back to where the unlabelled images joined and learned from the labelled "
+                "images alone from there."
+            )
         self.result_label.setText(
             f"Finished {result.steps} iterations in {result.seconds:.0f} s; "
-            f"best {metric}at step {result.best_step}."
+            f"best {metric}at step {result.best_step}.{drifted}"
         )
 
     def _end(self, outcome: Outcome) -> None:

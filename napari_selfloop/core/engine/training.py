@@ -516,6 +516,12 @@ class TrainResult:
     checkpoint: Path | None = None
     seconds: float = 0.0
 
+    @property
+    def unlabelled_until(self) -> int | None:
+        """The step at which the drift guard stopped the unlabelled images
+        (:attr:`TrainConfig.drift_guard`), or None."""
+        return next((h["unlabelled_until"] for h in self.history if "unlabelled_until" in h), None)
+
 
 def _to_tensor(batch: np.ndarray, dev: torch.device, fmt: torch.memory_format) -> torch.Tensor:
     return torch.from_numpy(batch).permute(0, 3, 1, 2).to(dev).contiguous(memory_format=fmt)
