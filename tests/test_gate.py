@@ -236,6 +236,32 @@ def test_the_drift_guard_goes_back_to_where_the_unlabelled_images_joined():
     assert all(torch.equal(a, b) for a, b in zip(guarded, supervised, strict=True))
 
 
+def test_after_the_drift_guard_the_checkpoint_holds_no_weights_learned_after_the_join(tmp_path):
+    """Nothing was evaluated before the unlabelled images joined (step 1): the checkpoints
+    written after it held weights the guard has gone back on, so the file goes with them;
+    stopped there, the run leaves no checkpoint, as one stopped before its first evaluation."""
+    cfg = TrainConfig(
+        **{
+            **FAST,
+            "framework": "softmax",
+            "iterations": 3 * DRIFT_WINDOW,
+            "validate_every": 7,  # evaluated (and written) at step 49, not at 50
+            "drift_guard": 0.999,
+            "threshold": 0.51,
+        }
+    )
+    out = tmp_path / "run.pt"
+    model = build_model(ModelConfig(width=8), seed=0)
+    gen = train(model, items(2), items(2, start=5, masks=False), cfg, device="cpu", out=out)
+    for event in gen:
+        if event.data.get("phase") == "train" and event.done == 2 * DRIFT_WINDOW - 1:
+            assert out.exists()  # written after the join
+        if event.data.get("phase") == "train" and "drifted" in event.message:
+            break
+    gen.close()
+    assert event.done == 2 * DRIFT_WINDOW and not out.exists()
+
+
 def test_drift_guard_is_checked():
     from napari_selfloop.core.errors import InputError
 

@@ -890,6 +890,7 @@ class _Run:
         self.seg_window: list[float] = []  # L_SEG since the last evaluation (no validation set)
         # Weights, optimiser and best evaluation as the unlabelled images joined (drift guard).
         self.joined: tuple[dict[str, torch.Tensor], dict[str, Any], _Best] | None = None
+        self.saves = 0  # checkpoints this run has written to ``out``
 
     def mark_join(self) -> None:
         """Remember the weights, the optimiser and the best evaluation as the unlabelled
@@ -898,13 +899,16 @@ class _Run:
 
     def back_to_join(self) -> None:
         """Go back to :meth:`mark_join`'s weights, optimiser and best evaluation (the
-        pseudo-labels drifted); ``out`` holds that best again."""
+        pseudo-labels drifted); ``out`` holds that best again, or, when nothing had been
+        evaluated before the join, no longer holds weights learned after it."""
         assert self.joined is not None
         state, optimizer, best = self.joined
         self.best = best
         if self.out is not None and best.state is not None:
             self.model.load_state_dict(best.state)
             self.save()
+        elif self.out is not None and self.saves:
+            self.out.unlink(missing_ok=True)  # this run wrote it, after the join
         self.model.load_state_dict(state)
         self.optimizer.load_state_dict(optimizer)
 
@@ -1054,6 +1058,7 @@ class _Run:
             pixel_size_um=self.pixel_size_um,
             note=f"{self.cfg.framework} training, best {self.metric_name} at step {step}",
         )
+        self.saves += 1
 
     def restore_best(self, initial: dict[str, torch.Tensor]) -> None:
         """Load the best weights (``initial`` if nothing was evaluated) and switch to eval mode."""
