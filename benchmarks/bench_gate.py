@@ -216,20 +216,6 @@ def arm(
         )
         scores.append(pixel_scores(r.probability > 0.5, truth))
     opened = [h["unlabelled_from"] for h in result.history if "unlabelled_from" in h]
-    steps = [h for h in result.history if h.get("step") and "labelled_dice" in h]
-    windows = [steps[k : k + 25] for k in range(0, len(steps), 25)]
-    trace = {
-        # the labelled Dice in training, and the pseudo-labels' foreground share, by 25 steps
-        "labelled_dice_by_25": [
-            round(float(np.mean([h["labelled_dice"] for h in w])), 3) for w in windows
-        ],
-        "pseudo_foreground_by_25": [
-            round(float(np.mean(f)), 3) if f else None
-            for f in (
-                [h["pseudo_foreground"] for h in w if "pseudo_foreground" in h] for w in windows
-            )
-        ],
-    }
     own = {}
     if val:
         own = {
@@ -246,11 +232,25 @@ def arm(
         "precision": round(float(np.mean([s["precision"] for s in scores])), 4),
         "recall": round(float(np.mean([s["recall"] for s in scores])), 4),
         "unlabelled_from": opened[0] if opened else None,
-        "unlabelled_until": next(
-            (h["unlabelled_until"] for h in result.history if "unlabelled_until" in h), None
-        ),
+        "unlabelled_until": result.unlabelled_until,
         "seconds": round(seconds, 1),
-        **(trace if trace_runs else {}),
+        **(trace(result.history) if trace_runs else {}),
+    }
+
+
+def trace(history: list[dict[str, Any]], every: int = 25) -> dict[str, list]:
+    """The labelled Dice in training and the pseudo-labels' foreground share (what the
+    drift guard watches), averaged by ``every`` steps."""
+    steps = [h for h in history if h.get("step") and "labelled_dice" in h]
+    windows = [steps[k : k + every] for k in range(0, len(steps), every)]
+    shares = [[h["pseudo_foreground"] for h in w if "pseudo_foreground" in h] for w in windows]
+    return {
+        f"labelled_dice_by_{every}": [
+            round(float(np.mean([h["labelled_dice"] for h in w])), 3) for w in windows
+        ],
+        f"pseudo_foreground_by_{every}": [
+            round(float(np.mean(f)), 3) if f else None for f in shares
+        ],
     }
 
 
