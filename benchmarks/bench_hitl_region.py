@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_hitl import fine_tune, propose  # noqa: E402
 from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
-from train_bundled import load_dataset, train_settings  # noqa: E402
+from train_bundled import add_settings_option, load_dataset, train_settings  # noqa: E402
 
 from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.store.checkpoint import load_checkpoint  # noqa: E402
@@ -70,12 +70,8 @@ def main() -> int:
     p.add_argument("--region", type=int, default=500)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--label", default="defaults")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a train option (TrainConfig field) and its JSON value, e.g. dice_weight=1.0",
+    add_settings_option(
+        p, "a train option (TrainConfig field) and its JSON value, e.g. dice_weight=1.0"
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)

@@ -225,6 +225,11 @@ def three_way_split(
     return [train_idx[i] for i in keep], [train_idx[i] for i in held], test_idx
 
 
+def add_settings_option(p: argparse.ArgumentParser, help: str) -> None:
+    """The ``--set KEY=VALUE`` option (repeatable); :func:`train_settings` reads it."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def train_settings(p: argparse.ArgumentParser, items: list[str]) -> dict[str, Any]:
     """``--set KEY=VALUE`` options as TrainConfig settings (JSON values); a bad one is a
     usage error."""
@@ -594,12 +599,8 @@ def main() -> int:
         "they, not the test images, are evaluated (for choosing a recipe without looking at "
         "the test images); training is as without them",
     )
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a stage-2 setting of the recipe (JSON value), e.g. scale_jitter=0.3",
+    add_settings_option(
+        p, "override a stage-2 setting of the recipe (JSON value), e.g. scale_jitter=0.3"
     )
     p.add_argument("--split-seed", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)

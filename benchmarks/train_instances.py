@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
 from train_bundled import (  # noqa: E402
     RECIPES,
+    add_settings_option,
     drive,
     load_dataset,
     three_way_split,
@@ -158,13 +159,7 @@ def main() -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--methods", default="softmax", help="comma-separated pseudo-label methods")
     p.add_argument("--eval-only", action="store_true")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a TrainConfig setting of the recipe (JSON value)",
-    )
+    add_settings_option(p, "override a TrainConfig setting of the recipe (JSON value)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     recipe = json.loads(json.dumps(RECIPES["nuclei-he"]))
