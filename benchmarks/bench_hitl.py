@@ -23,7 +23,9 @@ For each corrected image of the held-out organ (``--corrected``, default all):
 4. the fine-tuned model proposes again; the rest of that image (its other quadrants,
    scored as crops) and the organ's other images are scored before and after:
    **edits per 100 nuclei** (deletes of predicted objects that match no nucleus plus adds
-   of nuclei no prediction matches, IoU > 0.5), PQ, pixel Dice.
+   of nuclei no prediction matches, IoU > 0.5), PQ, pixel Dice; the other images also
+   split by whether they come from the corrected image's tissue source site (the
+   ``TCGA-<site>`` of the names; an organ's images come from two to five sites).
 
 Writes JSON to ``--out`` after every corrected image (a stopped run keeps what it did, and
 ``--out`` of an earlier run is continued: images already there are skipped)::
@@ -53,7 +55,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from monuseg_organs import ORGANS, leave_one_organ_out  # noqa: E402
+from monuseg_organs import ORGANS, leave_one_organ_out, site_of  # noqa: E402
 from train_bundled import load_dataset  # noqa: E402
 
 from napari_selfloop.core.corrections.nuclei import proposal_labels  # noqa: E402
@@ -133,19 +135,27 @@ def score_rest(
     images: list[dict[str, Any]], preds: list[np.ndarray], corrected: int, region: int
 ) -> dict[str, Any]:
     """Scores of everything but the corrected region: the rest of image ``corrected`` (its
-    other three parts, as crops) and the other images whole."""
-    same, others = [], []
+    other three parts, as crops) and the other images whole; these split by whether they
+    come from the corrected image's tissue source site (``same_site``, ``other_sites``:
+    absent when there are none)."""
+    same, others, site_same, site_other = [], [], [], []
+    site = site_of(images[corrected]["name"])
     for i, (d, pred) in enumerate(zip(images, preds, strict=True)):
         truth = d["labels"]
         if i == corrected:
             same += [counts(truth[q], pred[q]) for q in quadrants(truth.shape, region)[1:]]
         else:
             others.append(counts(truth, pred))
-    return {
+            (site_same if site_of(d["name"]) == site else site_other).append(others[-1])
+    scores = {
         "rest_of_image": totals(same),
         "other_images": totals(others),
         "all": totals(same + others),
     }
+    for part, scored in (("same_site", site_same), ("other_sites", site_other)):
+        if scored:
+            scores[part] = totals(scored)
+    return scores
 
 
 def fine_tune(
@@ -254,7 +264,10 @@ def main() -> int:
     arm["command"] = " ".join(["python", "benchmarks/bench_hitl.py", *sys.argv[1:]])
     per = arm.setdefault("per_image", {})
     base_model = base_ckpt.model.eval()
-    if "before" not in report:
+    if "before" not in report or any(
+        "other_images" in b and "same_site" not in b and "other_sites" not in b
+        for b in report["before"].values()
+    ):  # not yet scored, or scored before the site split (the same figures, and that)
         t0 = time.perf_counter()
         preds = [propose(base_model, d["image"], args.method) for d in images]
         report["before"] = {

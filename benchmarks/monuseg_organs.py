@@ -30,12 +30,18 @@ SITES = {
 ORGANS = tuple(sorted(set(SITES.values())))
 
 
-def organ_of(name: str) -> str:
-    """The organ of a MoNuSeg file name such as ``TCGA-G9-6336-01Z-00-DX1.png``."""
+def site_of(name: str) -> str:
+    """The TCGA tissue source site of a MoNuSeg file name (``G9`` of
+    ``TCGA-G9-6336-01Z-00-DX1.png``)."""
     parts = name.split("-")
     if len(parts) < 2 or parts[0] != "TCGA" or parts[1] not in SITES:
         raise ValueError(f"{name}: not a MoNuSeg TCGA name with a known tissue source site")
-    return SITES[parts[1]]
+    return parts[1]
+
+
+def organ_of(name: str) -> str:
+    """The organ of a MoNuSeg file name such as ``TCGA-G9-6336-01Z-00-DX1.png``."""
+    return SITES[site_of(name)]
 
 
 def leave_one_organ_out(names: list[str], organ: str) -> tuple[list[int], list[int]]:

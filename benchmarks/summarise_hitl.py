@@ -6,6 +6,7 @@ bar asks for:
 - the **mean cut** in edits per 100 nuclei (on the rest of the corrected image and the
   organ's other images, ``all`` in the results), averaged over each organ's corrected
   images and then **over the organs** (each organ counts once, whatever its image count);
+  per organ also the mean cut on each of those two parts alone;
 - every corrected image whose base proposal needed **more than 100 edits per 100 nuclei**,
   with its edits after the fine-tune as a share of before (the bar: at most 0.40);
 - the median seconds of the fine-tune processes (as measured by ``bench_hitl.py``: at its
@@ -38,6 +39,8 @@ from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 HEAVY_EDITS = 100.0
 HEAVY_SHARE = 0.40
 MEAN_CUT_BAR = 0.25
+#: The parts ``bench_hitl.py`` scores: the bar's (``all``) and the two it is made of.
+PARTS = ("all", "rest_of_image", "other_images")
 
 
 def summarise(results: list[dict[str, Any]], arm: str) -> dict[str, Any]:
@@ -52,11 +55,15 @@ def summarise(results: list[dict[str, Any]], arm: str) -> dict[str, Any]:
         per = report.get("arms", {}).get(arm, {}).get("per_image", {})
         if not per:
             raise ValueError(f"{organ}: no corrected image in arm {arm!r}")
-        cuts = []
+        cuts: dict[str, list[float]] = {part: [] for part in PARTS}
         for name, row in per.items():
+            for part in PARTS:
+                if part in row["before"] and part in row["after"]:
+                    b = float(row["before"][part]["edits_per_100"])
+                    a = float(row["after"][part]["edits_per_100"])
+                    cuts[part].append(1.0 - a / max(b, 1e-9))
             before = float(row["before"]["all"]["edits_per_100"])
             after = float(row["after"]["all"]["edits_per_100"])
-            cuts.append(1.0 - after / max(before, 1e-9))
             seconds.append(float(row["finetune_seconds"]))
             if before > HEAVY_EDITS:
                 heavy.append(
@@ -71,7 +78,12 @@ def summarise(results: list[dict[str, Any]], arm: str) -> dict[str, Any]:
         organs[organ] = {
             "corrected_images": len(per),
             "of_images": len(report.get("images", per)),
-            "mean_cut": round(sum(cuts) / len(cuts), 4),
+            "mean_cut": round(sum(cuts["all"]) / len(cuts["all"]), 4),
+            **{
+                f"mean_cut_{part}": round(sum(values) / len(values), 4)
+                for part, values in cuts.items()
+                if part != "all" and values
+            },
         }
     if not organs:
         raise ValueError("no results given")
@@ -101,7 +113,11 @@ def main() -> int:
     summary["results"] = [str(path) for path in args.results]
     summary["command"] = " ".join(["python", "benchmarks/summarise_hitl.py", *sys.argv[1:]])
     for organ, row in summary["organs"].items():
-        print(f"{organ}: mean cut {row['mean_cut']:.1%} ({row['corrected_images']} images)")
+        print(
+            f"{organ}: mean cut {row['mean_cut']:.1%} ({row['corrected_images']} images; "
+            f"rest of the corrected image {row.get('mean_cut_rest_of_image', float('nan')):.1%}, "
+            f"other images {row.get('mean_cut_other_images', float('nan')):.1%})"
+        )
     print(f"mean over {len(summary['organs'])} organs: {summary['mean_cut_over_organs']:.1%}")
     for h in summary["heavy_images"]:
         print(f"  {h['image']}: {h['before']:.1f} -> {h['after']:.1f} ({h['share_of_before']:.0%})")

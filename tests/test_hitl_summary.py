@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -22,12 +23,16 @@ def script():
         sys.path.remove(str(BENCHMARKS))
 
 
-def _row(before: float, after: float, seconds: float = 80.0) -> dict:
-    return {
+def _row(before: float, after: float, seconds: float = 80.0, rest=None) -> dict:
+    row = {
         "before": {"all": {"edits_per_100": before}},
         "after": {"all": {"edits_per_100": after}},
         "finetune_seconds": seconds,
     }
+    if rest is not None:  # (before, after) on the rest of the corrected image
+        row["before"]["rest_of_image"] = {"edits_per_100": rest[0]}
+        row["after"]["rest_of_image"] = {"edits_per_100": rest[1]}
+    return row
 
 
 def _report(organ: str, rows: dict[str, dict], arm: str = "defaults") -> dict:
@@ -36,11 +41,14 @@ def _report(organ: str, rows: dict[str, dict], arm: str = "defaults") -> dict:
 
 def test_each_organ_counts_once_and_heavy_images_are_listed(script):
     # organ a: cuts 0.5 and 0.1 (mean 0.3); organ b: one image, cut 0.0
-    a = _report("a", {"x": _row(120.0, 60.0, 70.0), "y": _row(50.0, 45.0, 90.0)})
+    a = _report("a", {"x": _row(120.0, 60.0, 70.0, rest=(40.0, 30.0)), "y": _row(50.0, 45.0, 90.0)})
     b = _report("b", {"z": _row(80.0, 80.0, 100.0)})
     s = script.summarise([a, b], "defaults")
     assert s["organs"]["a"]["mean_cut"] == pytest.approx(0.3)
     assert s["organs"]["b"]["mean_cut"] == pytest.approx(0.0)
+    # a part is averaged over the images that have it; a part no image has is left out
+    assert s["organs"]["a"]["mean_cut_rest_of_image"] == pytest.approx(0.25)
+    assert "mean_cut_other_images" not in s["organs"]["a"]
     # (0.3 + 0.0) / 2, not (0.5 + 0.1 + 0.0) / 3
     assert s["mean_cut_over_organs"] == pytest.approx(0.15)
     assert not s["mean_cut_met"]
@@ -87,3 +95,29 @@ def test_command_line_writes_json(tmp_path):
     summary = json.loads(out.read_text())
     assert summary["mean_cut_over_organs"] == pytest.approx((0.7 + 0.25) / 2)
     assert summary["heavy_met"] and summary["mean_cut_met"]
+
+
+def test_bench_hitl_splits_the_other_images_by_tissue_source_site():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        bench = importlib.import_module("bench_hitl")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    truth = np.zeros((8, 8), np.int32)
+    truth[1:3, 1:3] = 1  # in the corrected 4x4 region
+    truth[5:7, 5:7] = 2  # in the rest of the image
+    names = [
+        "TCGA-A7-0001-01Z-00-DX1.png",
+        "TCGA-A7-0002-01Z-00-DX1.png",
+        "TCGA-E2-0003-01Z-00-DX1.png",
+    ]
+    images = [{"name": n, "labels": truth} for n in names]
+    # right on the corrected image and its site's other image, nothing on the other site's
+    scores = bench.score_rest(images, [truth, truth, np.zeros_like(truth)], 0, 4)
+    assert scores["rest_of_image"]["edits_per_100"] == 0.0
+    assert scores["same_site"]["edits_per_100"] == 0.0
+    assert scores["other_sites"]["edits_per_100"] == 100.0  # 2 adds for 2 nuclei
+    assert scores["other_images"]["edits_per_100"] == 50.0
+    assert scores["all"]["edits"] == 2
+    # no image of another site: no such part
+    assert "other_sites" not in bench.score_rest(images[:2], [truth, truth], 0, 4)
