@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -88,9 +89,6 @@ def summarise(results: list[dict[str, Any]], arm: str) -> dict[str, Any]:
     if not organs:
         raise ValueError("no results given")
     mean_cut = sum(o["mean_cut"] for o in organs.values()) / len(organs)
-    seconds.sort()
-    mid = len(seconds) // 2
-    median = seconds[mid] if len(seconds) % 2 else (seconds[mid - 1] + seconds[mid]) / 2
     return {
         "arm": arm,
         "organs": organs,
@@ -98,7 +96,7 @@ def summarise(results: list[dict[str, Any]], arm: str) -> dict[str, Any]:
         "mean_cut_met": mean_cut >= MEAN_CUT_BAR,
         "heavy_images": heavy,
         "heavy_met": all(h["share_of_before"] <= HEAVY_SHARE for h in heavy),
-        "median_finetune_seconds": round(median, 1),
+        "median_finetune_seconds": round(statistics.median(seconds), 1),
     }
 
 
