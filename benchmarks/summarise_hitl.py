@@ -58,13 +58,17 @@ def summarise(results: list[dict[str, Any]], arm: str) -> dict[str, Any]:
             raise ValueError(f"{organ}: no corrected image in arm {arm!r}")
         cuts: dict[str, list[float]] = {part: [] for part in PARTS}
         for name, row in per.items():
-            for part in PARTS:
-                if part in row["before"] and part in row["after"]:
-                    b = float(row["before"][part]["edits_per_100"])
-                    a = float(row["after"][part]["edits_per_100"])
-                    cuts[part].append(1.0 - a / max(b, 1e-9))
-            before = float(row["before"]["all"]["edits_per_100"])
-            after = float(row["after"]["all"]["edits_per_100"])
+            edits = {
+                part: (
+                    float(row["before"][part]["edits_per_100"]),
+                    float(row["after"][part]["edits_per_100"]),
+                )
+                for part in PARTS
+                if part in row["before"] and part in row["after"]
+            }
+            for part, (b, a) in edits.items():
+                cuts[part].append(1.0 - a / max(b, 1e-9))
+            before, after = edits["all"]
             seconds.append(float(row["finetune_seconds"]))
             if before > HEAVY_EDITS:
                 heavy.append(

@@ -2,25 +2,18 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_support import BENCHMARKS, import_benchmark
 
 
 @pytest.fixture(scope="module")
 def script():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("summarise_hitl")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return import_benchmark("summarise_hitl")
 
 
 def _row(before: float, after: float, seconds: float = 80.0, rest=None) -> dict:
@@ -98,11 +91,7 @@ def test_command_line_writes_json(tmp_path):
 
 
 def test_bench_hitl_splits_the_other_images_by_tissue_source_site():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        bench = importlib.import_module("bench_hitl")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    bench = import_benchmark("bench_hitl")
     truth = np.zeros((8, 8), np.int32)
     truth[1:3, 1:3] = 1  # in the corrected 4x4 region
     truth[5:7, 5:7] = 2  # in the rest of the image

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+from benchmark_support import import_benchmark
 
 
 @pytest.fixture(scope="module")
 def recipe_script():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("train_bundled")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return import_benchmark("train_bundled")
 
 
 @pytest.mark.parametrize("n, n_test, n_val", [(74, 14, 14), (30, 6, 6), (74, 0, 10)])
