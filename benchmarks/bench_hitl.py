@@ -27,6 +27,11 @@ For each corrected image of the held-out organ (``--corrected``, default all):
    split by whether they come from the corrected image's tissue source site (the
    ``TCGA-<site>`` of the names; an organ's images come from two to five sites).
 
+``--blends 0.25 0.5 ...`` scores, from the same fine-tune, the model that ``train --blend
+F`` would give for each fraction F (the fine-tuned weights moved back toward the base
+model's, then the watershed's settings chosen again on the corrected nuclei as ``train``
+does), each as an arm ``LABEL-blend-F``: the fine-tune runs once for all of them.
+
 Writes JSON to ``--out`` after every corrected image (a stopped run keeps what it did, and
 ``--out`` of an earlier run is continued: images already there are skipped)::
 
@@ -37,6 +42,7 @@ Writes JSON to ``--out`` after every corrected image (a stopped run keeps what i
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -59,9 +65,15 @@ from monuseg_organs import ORGANS, leave_one_organ_out, site_of  # noqa: E402
 from train_bundled import load_dataset  # noqa: E402
 
 from napari_selfloop.core.corrections.nuclei import proposal_labels  # noqa: E402
+from napari_selfloop.core.engine.instances import Region  # noqa: E402
 from napari_selfloop.core.engine.metrics import panoptic_scores, pixel_scores  # noqa: E402
 from napari_selfloop.core.engine.pseudolabel import PseudoLabelConfig, pseudo_label  # noqa: E402
-from napari_selfloop.core.engine.training import TrainConfig  # noqa: E402
+from napari_selfloop.core.engine.training import (  # noqa: E402
+    CERTAINTY_CONTEXT,
+    TrainConfig,
+    blended_state,
+    own_instance_rule,
+)
 from napari_selfloop.core.io.atomic import write_json  # noqa: E402
 from napari_selfloop.core.io.label_files import write_labels_tiff  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
@@ -79,6 +91,7 @@ SETTINGS = (
     "batchnorm",
     "encoder",
     "instance_rule",
+    "blend",
 )
 
 
@@ -179,9 +192,7 @@ def fine_tune(
         # The correction layer as the plugin gives it: one id per nucleus in the region,
         # 255 (not labelled) elsewhere, saved as napari's writer saves it.
         ids = np.full(d["mask"].shape, 255, np.uint32)
-        ids[:region, :region] = proposal_labels(
-            (d["labels"][:region, :region] > 0).astype(np.uint8), d["labels"][:region, :region]
-        )
+        ids[:region, :region] = region_ids(d, region)
         write_labels_tiff(masks / f"{stem}.tif", ids, correction=True)
     else:
         mask = np.full(d["mask"].shape, 255, np.uint8)
@@ -205,6 +216,84 @@ def fine_tune(
     return out, round(seconds, 1), last[0]
 
 
+def region_ids(d: dict[str, Any], region: int) -> np.ndarray:
+    """The corrected region's nuclei, one id each, as the correction layer holds them."""
+    return proposal_labels(
+        (d["labels"][:region, :region] > 0).astype(np.uint8), d["labels"][:region, :region]
+    )
+
+
+def blended_model(
+    base: Any, tuned: Any, fraction: float, d: dict[str, Any], region: int, rule: bool
+) -> Any:
+    """What ``train --blend fraction`` ends with, from the base model and the fine-tuned one
+    of the same run: the blended weights and, with ``rule`` (``--instance-rule auto``), the
+    watershed's settings chosen again on the corrected nuclei with the context ``train``
+    measures them in."""
+    model = copy.deepcopy(tuned)
+    model.load_state_dict(blended_state(base.state_dict(), tuned.state_dict(), fraction))
+    model.eval()
+    if rule and model.config.instance_output != "none":
+        h, w = d["labels"].shape
+        window = (
+            slice(0, min(region + CERTAINTY_CONTEXT, h)),
+            slice(0, min(region + CERTAINTY_CONTEXT, w)),
+        )
+        r = run_to_completion(
+            pseudo_label(
+                np.asarray(d["image"][window]),
+                model,
+                PseudoLabelConfig(method="softmax"),
+                device="cpu",
+                instances=False,
+            )
+        )
+        inside = np.zeros(r.probability.shape, bool)
+        inside[:region, :region] = True
+        truth = np.zeros(r.probability.shape, np.int64)
+        truth[:region, :region] = region_ids(d, region)
+        own_instance_rule(model, [Region(r.probability, r.aux, truth, inside)])
+    return model
+
+
+def record_run(
+    arm: dict[str, Any],
+    name: str,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    seconds: float,
+    last: str,
+) -> None:
+    """One corrected image's scores in ``arm``, and the arm's summary so far."""
+    per = arm.setdefault("per_image", {})
+    per[name] = {
+        "before": before,
+        "after": after,
+        "finetune_seconds": seconds,
+        "train_output": last,
+        "cut": {
+            part: round(
+                1 - after[part]["edits_per_100"] / max(before[part]["edits_per_100"], 1e-9), 4
+            )
+            for part in ("rest_of_image", "other_images", "all")
+        },
+    }
+    cuts = [r["cut"]["all"] for r in per.values()]
+    arm["summary"] = {
+        "corrected_images": len(per),
+        "mean_cut_all": round(float(np.mean(cuts)), 4),
+        "edits_per_100_before": round(
+            float(np.mean([r["before"]["all"]["edits_per_100"] for r in per.values()])), 2
+        ),
+        "edits_per_100_after": round(
+            float(np.mean([r["after"]["all"]["edits_per_100"] for r in per.values()])), 2
+        ),
+        "pq_before": round(float(np.mean([r["before"]["all"]["pq"] for r in per.values()])), 4),
+        "pq_after": round(float(np.mean([r["after"]["all"]["pq"] for r in per.values()])), 4),
+        "median_finetune_seconds": float(np.median([r["finetune_seconds"] for r in per.values()])),
+    }
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--organ", choices=ORGANS, required=True)
@@ -222,6 +311,14 @@ def main() -> int:
         help="the corrected region as the correction layer holds it now, one id per nucleus "
         "(a model with an instance output learns from them what separates touching nuclei), "
         "or as a 0/1 mask, as before issue 25 (default instances)",
+    )
+    p.add_argument(
+        "--blends",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also score, from the same fine-tune, the model train --blend F gives for each "
+        "fraction F (arms LABEL-blend-F)",
     )
     defaults = asdict(TrainConfig())
     for key in SETTINGS:
@@ -263,6 +360,15 @@ def main() -> int:
     arm["targets"] = args.targets
     arm["command"] = " ".join(["python", "benchmarks/bench_hitl.py", *sys.argv[1:]])
     per = arm.setdefault("per_image", {})
+    blend_arms = {}
+    for fraction in args.blends:
+        if not 0.0 < fraction < 1.0:
+            raise SystemExit(f"--blends are fractions in (0, 1), got {fraction}")
+        b_arm = report["arms"].setdefault(f"{args.label}-blend-{fraction:g}", {})
+        b_arm["settings"] = {**arm["settings"], "blend": fraction}
+        b_arm["targets"] = args.targets
+        b_arm["command"] = arm["command"] + f"  (scored in-process, as train --blend {fraction:g})"
+        blend_arms[fraction] = b_arm
     base_model = base_ckpt.model.eval()
     if "before" not in report or any(
         "other_images" in b and "same_site" not in b and "other_sites" not in b
@@ -279,54 +385,34 @@ def main() -> int:
         report["propose_seconds"] = round((time.perf_counter() - t0) / len(images), 2)
         write_json(args.out, report)
     n = len(images) if args.corrected is None else min(args.corrected, len(images))
+    rule = arm["settings"]["instance_rule"] == "auto" and args.targets == "instances"
     for i, d in enumerate(images[:n]):
-        if d["name"] in per:
+        todo = {f: a for f, a in blend_arms.items() if d["name"] not in a.get("per_image", {})}
+        if d["name"] in per and not todo:
             continue
         with tempfile.TemporaryDirectory() as tmp:
             ckpt, seconds, last = fine_tune(
                 args.base, d, args.region, settings, args.threads, Path(tmp), args.targets
             )
             model = load_checkpoint(ckpt).model.eval()
-        preds = [propose(model, x["image"], args.method) for x in images]
-        after = score_rest(images, preds, i, args.region)
         before = report["before"][d["name"]]
-        per[d["name"]] = {
-            "before": before,
-            "after": after,
-            "finetune_seconds": seconds,
-            "train_output": last,
-            "cut": {
-                part: round(
-                    1 - after[part]["edits_per_100"] / max(before[part]["edits_per_100"], 1e-9), 4
-                )
-                for part in ("rest_of_image", "other_images", "all")
-            },
-        }
-        cuts = [r["cut"]["all"] for r in per.values()]
-        arm["summary"] = {
-            "corrected_images": len(per),
-            "mean_cut_all": round(float(np.mean(cuts)), 4),
-            "edits_per_100_before": round(
-                float(np.mean([r["before"]["all"]["edits_per_100"] for r in per.values()])), 2
-            ),
-            "edits_per_100_after": round(
-                float(np.mean([r["after"]["all"]["edits_per_100"] for r in per.values()])), 2
-            ),
-            "pq_before": round(float(np.mean([r["before"]["all"]["pq"] for r in per.values()])), 4),
-            "pq_after": round(float(np.mean([r["after"]["all"]["pq"] for r in per.values()])), 4),
-            "median_finetune_seconds": float(
-                np.median([r["finetune_seconds"] for r in per.values()])
-            ),
-        }
+        preds = [propose(model, x["image"], args.method) for x in images]
+        record_run(arm, d["name"], before, score_rest(images, preds, i, args.region), seconds, last)
+        for fraction, b_arm in todo.items():
+            mixed = blended_model(base_model, model, fraction, d, args.region, rule)
+            preds = [propose(mixed, x["image"], args.method) for x in images]
+            after = score_rest(images, preds, i, args.region)
+            record_run(b_arm, d["name"], before, after, seconds, last)
         write_json(args.out, report)
-        s = per[d["name"]]
-        print(
-            f"[hitl {args.organ}/{args.label}] {d['name']}: edits/100 "
-            f"{before['all']['edits_per_100']:.1f} -> {after['all']['edits_per_100']:.1f}, "
-            f"PQ {before['all']['pq']:.3f} -> {after['all']['pq']:.3f}, "
-            f"fine-tune {s['finetune_seconds']:.0f} s",
-            flush=True,
-        )
+        for label in [args.label] + [f"{args.label}-blend-{f:g}" for f in todo]:
+            r = report["arms"][label]["per_image"][d["name"]]
+            print(
+                f"[hitl {args.organ}/{label}] {d['name']}: edits/100 "
+                f"{before['all']['edits_per_100']:.1f} -> {r['after']['all']['edits_per_100']:.1f}, "
+                f"PQ {before['all']['pq']:.3f} -> {r['after']['all']['pq']:.3f}, "
+                f"fine-tune {seconds:.0f} s",
+                flush=True,
+            )
     print(f"wrote {args.out}", flush=True)
     return 0
 

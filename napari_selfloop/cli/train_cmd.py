@@ -166,6 +166,14 @@ def _add_training_options(g: Options, d: TrainConfig) -> None:
         "auto chooses the watershed's settings again on labelled nuclei that have their own "
         f"ids (20 or more); keep leaves the starting model's ({d.instance_rule})",
     )
+    g.add_argument(
+        "--blend",
+        type=float,
+        default=d.blend,
+        help="keep this fraction of what the run learned: the weights end at start + blend "
+        "x (trained - start), between the starting model and the fine-tuned one (not with "
+        f"--resume; {d.blend:g}: the trained weights)",
+    )
 
 
 def _add_selfloop_options(g: Options, d: TrainConfig) -> None:
@@ -313,6 +321,7 @@ CONFIG_OPTIONS = (
     "batchnorm_batches",
     "encoder",
     "instance_rule",
+    "blend",
 )
 
 

@@ -282,6 +282,13 @@ class TrainConfig:
         ``keep`` keeps the starting model's. In the human-in-the-loop benchmark the
         inherited settings left a fine-tuned kidney model worse than before the
         fine-tune (``docs/instances.md``).
+    blend
+        How much of what the run learned the model keeps: when the run ends, its best
+        weights ``w`` become ``w0 + blend * (w - w0)``, ``w0`` the weights it started from
+        (weight-space ensembling of the fine-tuned and the starting model, as in robust
+        fine-tuning, Wortsman et al., CVPR 2022), before the watershed's settings are
+        chosen. 1 (no blending) by default. A resumed run cannot blend: it no longer
+        has ``w0``.
     """
 
     framework: str = "supervised"
@@ -324,6 +331,7 @@ class TrainConfig:
     batchnorm_batches: str = "labelled"
     encoder: str = "auto"
     instance_rule: str = "auto"
+    blend: float = 1.0
 
     def __post_init__(self) -> None:
         problems = config_type_problems(self)
@@ -472,6 +480,8 @@ class TrainConfig:
             )
         if self.validate_every < 1:
             problems.append(f"validate_every must be at least 1, got {self.validate_every}")
+        if not 0.0 < self.blend <= 1.0:
+            problems.append(f"blend is a fraction in (0, 1], got {self.blend}")
         return problems
 
     def _augmentation_problems(self) -> list[str]:
@@ -594,6 +604,25 @@ def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def blended_state(
+    start: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], fraction: float
+) -> dict[str, torch.Tensor]:
+    """``start + fraction * (trained - start)`` for every floating-point tensor of two
+    state dicts of the same network (``trained``'s own value for the others, such as
+    BatchNorm's batch counters)."""
+    if start.keys() != trained.keys():
+        raise ValueError("the two state dicts are not of the same network")
+    out = {}
+    for k, w in trained.items():
+        w0 = start[k].to(w.device)
+        if w.is_floating_point():
+            mixed = w0.float() + fraction * (w.float() - w0.float())
+            out[k] = mixed.to(w.dtype)
+        else:
+            out[k] = w.clone()
+    return out
+
+
 def _cpu_copy(obj: Any) -> Any:
     """A deep copy of a (nested) optimiser state with every tensor cloned to the CPU."""
     if isinstance(obj, torch.Tensor):
@@ -699,6 +728,11 @@ def train(
     resumed: Resumed | None = None
     cfg = resolved_modes(cfg, model)
     if resume is not None:
+        if cfg.blend < 1.0:
+            raise InputError(
+                f"blend {cfg.blend:g} needs the weights the run started from, which a "
+                "resumed run no longer has: resume with blend 1, or start the run again"
+            )
         resumed, resumed_pixel_size = _resume_from(resume, model, cfg)
         modes = resumed.modes  # as the run began
         cfg = replace(
@@ -1061,6 +1095,14 @@ class _Run:
         )
         self.saves += 1
 
+    def blend(self, start: dict[str, torch.Tensor]) -> None:
+        """Move the best weights back toward ``start`` (:attr:`TrainConfig.blend`) and
+        load them; the metrics record the blend."""
+        assert self.best.state is not None
+        self.best.state = blended_state(start, self.best.state, self.cfg.blend)
+        self.best.metrics = {**self.best.metrics, "blend": self.cfg.blend}
+        self.model.load_state_dict(self.best.state)
+
     def restore_best(self, initial: dict[str, torch.Tensor]) -> None:
         """Load the best weights (``initial`` if nothing was evaluated) and switch to eval mode."""
         self.model.load_state_dict(self.best.state if self.best.state is not None else initial)
@@ -1257,6 +1299,8 @@ def _train_loop(
     finally:
         run.restore_best(initial)
     if run.best.state is not None:
+        if cfg.blend < 1.0:
+            run.blend(initial)
         # One prediction of each labelled item serves the certainty record and the rule.
         record = run.out is not None and run.tissue is not None
         rule = _chooses_instance_rule(model, cfg, lab)
