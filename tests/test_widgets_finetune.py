@@ -191,6 +191,7 @@ def test_training_form_is_built_from_its_mapping(qtbot):
         QSpinBox,
         QDoubleSpinBox,
         QComboBox,
+        QDoubleSpinBox,
     ]
     assert [c["framework"].itemText(i) for i in range(c["framework"].count())] == list(FRAMEWORKS)
     assert [c["patch_size"].itemText(i) for i in range(4)] == ["96", "192", "288", "384"]
@@ -199,14 +200,24 @@ def test_training_form_is_built_from_its_mapping(qtbot):
     lr = c["lr"]
     assert (lr.decimals(), lr.minimum(), lr.maximum(), lr.singleStep()) == (5, 1e-5, 0.1, 1e-4)
     assert c["patch_size"].toolTip() == "Side of the training patches (multiples of 96)"
+    blend = c["blend"]
+    assert (blend.decimals(), blend.minimum(), blend.maximum(), blend.singleStep()) == (
+        2,
+        0.05,
+        1.0,
+        0.05,
+    )
     assert read_values(TRAIN_FIELDS, c) == {
         "framework": d.framework,
         "iterations": d.iterations,
         "q": d.q,
         "lr": pytest.approx(d.lr),
         "patch_size": d.patch_size,
+        "blend": pytest.approx(d.blend),
     }
     c["patch_size"].setCurrentText("96")
+    c["blend"].setValue(0.25)
+    assert TrainConfig(**read_values(TRAIN_FIELDS, c)).blend == pytest.approx(0.25)
     c["framework"].setCurrentText("selfloop")
     values = read_values(TRAIN_FIELDS, c)
     assert values["patch_size"] == 96 and values["framework"] == "selfloop"
@@ -214,8 +225,8 @@ def test_training_form_is_built_from_its_mapping(qtbot):
     qtbot.addWidget(holder)
     form = QFormLayout(holder)
     add_rows(form, TRAIN_FIELDS, c)
-    labels = [form.itemAt(i, QFormLayout.ItemRole.LabelRole).widget().text() for i in range(5)]
-    assert labels == ["Framework", "Iterations", "Q", "Learning rate", "Patch size"]
+    labels = [form.itemAt(i, QFormLayout.ItemRole.LabelRole).widget().text() for i in range(6)]
+    assert labels == ["Framework", "Iterations", "Q", "Learning rate", "Patch size", "Blend"]
 
 
 def test_the_result_says_when_the_pseudo_labels_drifted(make_napari_viewer, project):

@@ -83,6 +83,16 @@ TRAIN_FIELDS = {
         choices=tuple(k * PATCH_MULTIPLE for k in range(1, GUI_PATCH_STEPS + 1)),
         tooltip=f"Side of the training patches (multiples of {PATCH_MULTIPLE})",
     ),
+    "blend": Field(
+        QDoubleSpinBox,
+        "Blend",
+        range=(0.05, 1.0),
+        step=0.05,
+        decimals=2,
+        tooltip="How much of what the fine-tune learns the model keeps: 1 keeps the "
+        "fine-tuned weights; lower values end nearer the model you started from, which "
+        "changes less on slides unlike the ones you corrected",
+    ),
 }
 
 
