@@ -30,7 +30,9 @@ For each corrected image of the held-out organ (``--corrected``, default all):
 ``--blends 0.25 0.5 ...`` scores, from the same fine-tune, the model that ``train --blend
 F`` would give for each fraction F (the fine-tuned weights moved back toward the base
 model's, then the watershed's settings chosen again on the corrected nuclei as ``train``
-does), each as an arm ``LABEL-blend-F``: the fine-tune runs once for all of them.
+does), each as an arm ``LABEL-blend-F``: the fine-tune runs once for all of them. With
+``--keep DIR`` the fine-tuned checkpoints are kept there, and a later run with other
+``--blends`` scores them without fine-tuning again.
 
 Writes JSON to ``--out`` after every corrected image (a stopped run keeps what it did, and
 ``--out`` of an earlier run is continued: images already there are skipped)::
@@ -45,6 +47,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -320,6 +323,12 @@ def main() -> int:
         help="also score, from the same fine-tune, the model train --blend F gives for each "
         "fraction F (arms LABEL-blend-F)",
     )
+    p.add_argument(
+        "--keep",
+        type=Path,
+        help="keep each fine-tuned checkpoint here (STEM.pt; out of the repository), and "
+        "score --blends from a kept one instead of fine-tuning again",
+    )
     defaults = asdict(TrainConfig())
     for key in SETTINGS:
         if isinstance(defaults[key], bool):
@@ -390,14 +399,25 @@ def main() -> int:
         todo = {f: a for f, a in blend_arms.items() if d["name"] not in a.get("per_image", {})}
         if d["name"] in per and not todo:
             continue
-        with tempfile.TemporaryDirectory() as tmp:
-            ckpt, seconds, last = fine_tune(
-                args.base, d, args.region, settings, args.threads, Path(tmp), args.targets
-            )
-            model = load_checkpoint(ckpt).model.eval()
+        kept = args.keep / f"{Path(d['name']).stem}.pt" if args.keep else None
         before = report["before"][d["name"]]
-        preds = [propose(model, x["image"], args.method) for x in images]
-        record_run(arm, d["name"], before, score_rest(images, preds, i, args.region), seconds, last)
+        if kept is not None and kept.exists() and d["name"] in per:
+            # This arm's fine-tune of the image, kept by an earlier run: score more blends.
+            model = load_checkpoint(kept).model.eval()
+            seconds, last = per[d["name"]]["finetune_seconds"], per[d["name"]]["train_output"]
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                ckpt, seconds, last = fine_tune(
+                    args.base, d, args.region, settings, args.threads, Path(tmp), args.targets
+                )
+                model = load_checkpoint(ckpt).model.eval()
+                if kept is not None:
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(ckpt, kept.with_suffix(".tmp"))
+                    os.replace(kept.with_suffix(".tmp"), kept)
+            preds = [propose(model, x["image"], args.method) for x in images]
+            after = score_rest(images, preds, i, args.region)
+            record_run(arm, d["name"], before, after, seconds, last)
         for fraction, b_arm in todo.items():
             mixed = blended_model(base_model, model, fraction, d, args.region, rule)
             preds = [propose(mixed, x["image"], args.method) for x in images]
