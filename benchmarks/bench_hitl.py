@@ -27,8 +27,8 @@ For each corrected image of the held-out organ (``--corrected``, default all):
    split by whether they come from the corrected image's tissue source site (the
    ``TCGA-<site>`` of the names; an organ's images come from two to five sites).
 
-``--blends 0.25 0.5 ...`` scores, from the same fine-tune, the model that ``train --blend
-F`` would give for each fraction F (the fine-tuned weights moved back toward the base
+``--blends 0.25 0.5 ...`` fine-tunes with ``--blend 1`` (the arm ``LABEL``) and scores,
+from the same fine-tune, the model that ``train --blend F`` would give for each fraction F (the fine-tuned weights moved back toward the base
 model's, then the watershed's settings chosen again on the corrected nuclei as ``train``
 does), each as an arm ``LABEL-blend-F``: the fine-tune runs once for all of them. With
 ``--keep DIR`` the fine-tuned checkpoints are kept there, and a later run with other
@@ -334,13 +334,18 @@ def main() -> int:
         if isinstance(defaults[key], bool):
             p.add_argument(f"--{key.replace('_', '-')}", action="store_true", default=None)
         else:
-            p.add_argument(f"--{key.replace('_', '-')}", type=type(defaults[key]))
+            kind = float if defaults[key] is None else type(defaults[key])  # blend: None is auto
+            p.add_argument(f"--{key.replace('_', '-')}", type=kind)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     data = load_dataset("monuseg/train")
     train_idx, held_idx = leave_one_organ_out([d["name"] for d in data], args.organ)
     images = [data[i] for i in held_idx]
     settings = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
+    if args.blends:
+        if settings.get("blend", 1.0) != 1.0:
+            raise SystemExit("--blends blends the fine-tuned weights: not with --blend")
+        settings["blend"] = 1.0  # the fine-tune itself keeps all it learned
     base_ckpt = load_checkpoint(args.base)
     data_record = base_ckpt.meta.get("data")
     seen = (

@@ -7,7 +7,13 @@ import torch
 
 from napari_selfloop.cli import main
 from napari_selfloop.core.engine.model import ModelConfig, build_model
-from napari_selfloop.core.engine.training import TrainConfig, blended_state, train
+from napari_selfloop.core.engine.training import (
+    FINETUNE_BLEND,
+    TrainConfig,
+    blended_state,
+    resolved_modes,
+    train,
+)
 from napari_selfloop.core.errors import InputError
 from napari_selfloop.core.progress import run_to_completion
 from napari_selfloop.core.store.checkpoint import load_checkpoint
@@ -33,7 +39,7 @@ def test_blended_state_moves_floats_and_keeps_counters():
         blended_state({"w": start["w"]}, trained, 0.5)
 
 
-def _fine_tune(blend: float, out=None) -> tuple[dict, dict]:
+def _fine_tune(blend: float | None, out=None) -> tuple[dict, dict]:
     """A trained tiny model fine-tuned with ``blend``: its weights before and after."""
     model = build_model(ModelConfig(width=8), seed=0)
     cfg = TrainConfig(iterations=4, patch_size=96, batch_size=2, validate_every=2)
@@ -47,6 +53,7 @@ def _fine_tune(blend: float, out=None) -> tuple[dict, dict]:
 def test_train_ends_at_the_blend_of_start_and_trained(tmp_path):
     start, full = _fine_tune(1.0)
     start_again, half = _fine_tune(0.5, out=tmp_path / "half.pt")
+    _, auto = _fine_tune(None, out=tmp_path / "auto.pt")
     assert all(torch.equal(start[k], start_again[k]) for k in start)  # the same run twice
     moved = [
         k for k in start if start[k].is_floating_point() and not torch.equal(start[k], full[k])
@@ -60,6 +67,29 @@ def test_train_ends_at_the_blend_of_start_and_trained(tmp_path):
     assert saved.meta["training"]["config"]["blend"] == 0.5
     for k in moved:
         torch.testing.assert_close(saved.model.state_dict()[k], half[k].cpu())
+    # auto: a fine-tune of a trained model ends at FINETUNE_BLEND of what it learned.
+    assert (
+        load_checkpoint(tmp_path / "auto.pt").meta["training"]["config"]["blend"] == FINETUNE_BLEND
+    )
+    for k in moved:
+        expected = start[k] + FINETUNE_BLEND * (full[k] - start[k])
+        torch.testing.assert_close(auto[k], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_auto_blend_is_for_fine_tuning_a_trained_model_only(tmp_path):
+    new = build_model(ModelConfig(width=8), seed=0)
+    assert resolved_modes(TrainConfig(), new).blend == 1.0  # a new model keeps all it learns
+    cfg = TrainConfig(iterations=2, patch_size=96, batch_size=2)
+    run_to_completion(train(new, items(1), [], cfg, device="cpu", out=tmp_path / "m.pt"))
+    trained = new
+    assert resolved_modes(TrainConfig(), trained).blend == FINETUNE_BLEND
+    assert resolved_modes(TrainConfig(), trained, resuming=True).blend == 1.0
+    assert resolved_modes(TrainConfig(blend=0.6), trained).blend == 0.6
+    # A resumed fine-tune (auto) runs: it keeps all it learned since the checkpoint.
+    more = TrainConfig(iterations=3, patch_size=96, batch_size=2)
+    out = tmp_path / "more.pt"
+    run_to_completion(train(trained, items(1), [], more, resume=tmp_path / "m.pt", out=out))
+    assert load_checkpoint(out).meta["training"]["config"]["blend"] == 1.0
 
 
 def test_blend_refusals(tmp_path):
@@ -77,6 +107,7 @@ def test_train_command_blends(folders):  # noqa: F811
     args = ["-q", "train", "--images", str(folders / "images")]
     args += ["--masks", str(folders / "masks"), "--labeled", "a", *FAST]
     assert main([*args, "--out", str(folders / "new.pt")]) == 0
+    assert load_checkpoint(folders / "new.pt").meta["training"]["config"]["blend"] == 1.0
     tuned = folders / "tuned.pt"
     extra = ["--checkpoint", str(folders / "new.pt"), "--blend", "0.3"]
     assert main([*args, *extra, "--out", str(tuned)]) == 0

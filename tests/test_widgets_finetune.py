@@ -203,21 +203,22 @@ def test_training_form_is_built_from_its_mapping(qtbot):
     blend = c["blend"]
     assert (blend.decimals(), blend.minimum(), blend.maximum(), blend.singleStep()) == (
         2,
-        0.05,
+        0.0,
         1.0,
         0.05,
     )
+    assert d.blend is None and blend.text() == "auto"  # its minimum stands for auto
     assert read_values(TRAIN_FIELDS, c) == {
         "framework": d.framework,
         "iterations": d.iterations,
         "q": d.q,
         "lr": pytest.approx(d.lr),
         "patch_size": d.patch_size,
-        "blend": pytest.approx(d.blend),
+        "blend": None,
     }
     c["patch_size"].setCurrentText("96")
-    c["blend"].setValue(0.25)
-    assert TrainConfig(**read_values(TRAIN_FIELDS, c)).blend == pytest.approx(0.25)
+    c["blend"].setValue(0.5)
+    assert TrainConfig(**read_values(TRAIN_FIELDS, c)).blend == pytest.approx(0.5)
     c["framework"].setCurrentText("selfloop")
     values = read_values(TRAIN_FIELDS, c)
     assert values["patch_size"] == 96 and values["framework"] == "selfloop"

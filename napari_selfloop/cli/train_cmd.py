@@ -18,6 +18,7 @@ from ..core.engine.training import (
     BATCHNORM_BATCHES,
     BATCHNORM_MODES,
     ENCODER_MODES,
+    FINETUNE_BLEND,
     FRAMEWORKS,
     INSTANCE_RULE_MODES,
     VAL_METRICS,
@@ -171,8 +172,9 @@ def _add_training_options(g: Options, d: TrainConfig) -> None:
         type=float,
         default=d.blend,
         help="keep this fraction of what the run learned: the weights end at start + blend "
-        "x (trained - start), between the starting model and the fine-tuned one (not with "
-        f"--resume; {d.blend:g}: the trained weights)",
+        "x (trained - start), between the starting model and the fine-tuned one (below 1 "
+        f"not with --resume); default auto: {FINETUNE_BLEND:g} when fine-tuning a trained "
+        "model, 1 (the trained weights) for a new model or a resumed run",
     )
 
 

@@ -19,7 +19,8 @@ from qtpy.QtWidgets import QCheckBox, QComboBox, QDoubleSpinBox, QFormLayout, QS
 @dataclass(frozen=True)
 class Field:
     """One control: ``kind`` is QSpinBox, QDoubleSpinBox, QComboBox (``choices``) or
-    QCheckBox (``label`` is its text)."""
+    QCheckBox (``label`` is its text). A spin box with ``none_text`` shows that text at its
+    minimum, which stands for None (a config's ``auto``)."""
 
     kind: type[QWidget]
     label: str
@@ -28,6 +29,7 @@ class Field:
     decimals: int | None = None
     choices: tuple[Any, ...] = ()
     tooltip: str = ""
+    none_text: str = ""
 
 
 def make_control(field: Field, value: Any) -> QWidget:
@@ -45,7 +47,9 @@ def make_control(field: Field, value: Any) -> QWidget:
         widget.setRange(*field.range)
         if field.step is not None:
             widget.setSingleStep(field.step)
-        widget.setValue(value)
+        if field.none_text:
+            widget.setSpecialValueText(field.none_text)
+        widget.setValue(field.range[0] if value is None and field.none_text else value)
     else:
         raise TypeError(f"no form control of kind {field.kind.__name__}")
     if field.tooltip:
@@ -73,6 +77,8 @@ def read_values(fields: Mapping[str, Field], controls: Mapping[str, Any]) -> dic
             values[name] = field.choices[widget.currentIndex()]
         elif isinstance(widget, QCheckBox):
             values[name] = widget.isChecked()
+        elif field.none_text and widget.value() == widget.minimum():
+            values[name] = None
         else:
             values[name] = widget.value()
     return values

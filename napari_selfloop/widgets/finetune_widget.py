@@ -41,7 +41,7 @@ from qtpy.QtWidgets import (
 from ..core.corrections.nuclei import has_ids, labels_instances
 from ..core.engine.datasets import TrainItem
 from ..core.engine.pseudolabel import PATCH_MULTIPLE
-from ..core.engine.training import FRAMEWORKS, TrainConfig, TrainResult, train
+from ..core.engine.training import FINETUNE_BLEND, FRAMEWORKS, TrainConfig, TrainResult, train
 from ..core.errors import InputError, SelfloopError
 from ..core.io.images import check_image
 from ..core.io.windows import Window, WindowArray
@@ -86,12 +86,14 @@ TRAIN_FIELDS = {
     "blend": Field(
         QDoubleSpinBox,
         "Blend",
-        range=(0.05, 1.0),
+        range=(0.0, 1.0),
         step=0.05,
         decimals=2,
+        none_text="auto",
         tooltip="How much of what the fine-tune learns the model keeps: 1 keeps the "
         "fine-tuned weights; lower values end nearer the model you started from, which "
-        "changes less on slides unlike the ones you corrected",
+        f"changes less on slides unlike the ones you corrected. auto: {FINETUNE_BLEND:g} "
+        "for a trained model, 1 for a new one",
     ),
 }
 

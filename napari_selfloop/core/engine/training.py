@@ -111,6 +111,10 @@ FRAMEWORKS = ("selfloop", "supervised", "softmax", "mc-dropout", "selfloop-no-ss
 BATCHNORM_MODES = ("auto", "update", "frozen")
 #: Whether training changes the encoder (:attr:`TrainConfig.encoder`).
 ENCODER_MODES = ("auto", "train", "frozen")
+#: What a fine-tune of a trained model keeps of what it learned (``TrainConfig.blend``'s
+#: ``auto``), chosen by ``benchmarks/bench_hitl.py`` over four held-out organs
+#: (``docs/instances.md``).
+FINETUNE_BLEND = 0.25
 #: :attr:`TrainConfig.instance_rule`.
 INSTANCE_RULE_MODES = ("auto", "keep")
 #: Which patches of a step set the BatchNorm layers' batch statistics (``TrainConfig.batchnorm_batches``).
@@ -287,8 +291,10 @@ class TrainConfig:
         weights ``w`` become ``w0 + blend * (w - w0)``, ``w0`` the weights it started from
         (weight-space ensembling of the fine-tuned and the starting model, as in robust
         fine-tuning, Wortsman et al., CVPR 2022), before the watershed's settings are
-        chosen. 1 (no blending) by default. A resumed run cannot blend: it no longer
-        has ``w0``.
+        chosen. None (the default, ``auto``): :data:`FINETUNE_BLEND` when fine-tuning a
+        trained model (as ``batchnorm``'s ``auto`` decides), 1 (no blending) for a new
+        model and for a resumed run, which no longer has ``w0`` (an explicit blend below
+        1 cannot resume). The checkpoint records the value used.
     """
 
     framework: str = "supervised"
@@ -331,7 +337,7 @@ class TrainConfig:
     batchnorm_batches: str = "labelled"
     encoder: str = "auto"
     instance_rule: str = "auto"
-    blend: float = 1.0
+    blend: float | None = None
 
     def __post_init__(self) -> None:
         problems = config_type_problems(self)
@@ -480,7 +486,7 @@ class TrainConfig:
             )
         if self.validate_every < 1:
             problems.append(f"validate_every must be at least 1, got {self.validate_every}")
-        if not 0.0 < self.blend <= 1.0:
+        if self.blend is not None and not 0.0 < self.blend <= 1.0:
             problems.append(f"blend is a fraction in (0, 1], got {self.blend}")
         return problems
 
@@ -726,9 +732,9 @@ def train(
     lab, unl, val = _checked_items(model, cfg, labeled, unlabeled, validation)
     out = _checked_out(out)
     resumed: Resumed | None = None
-    cfg = resolved_modes(cfg, model)
+    cfg = resolved_modes(cfg, model, resuming=resume is not None)
     if resume is not None:
-        if cfg.blend < 1.0:
+        if cfg.blend is not None and cfg.blend < 1.0:
             raise InputError(
                 f"blend {cfg.blend:g} needs the weights the run started from, which a "
                 "resumed run no longer has: resume with blend 1, or start the run again"
@@ -859,16 +865,22 @@ def is_trained(model: ResUNet) -> bool:
     )
 
 
-def resolved_modes(cfg: TrainConfig, model: ResUNet) -> TrainConfig:
-    """``cfg`` with ``auto`` of ``batchnorm`` and ``encoder`` decided for ``model``:
-    fine-tuning a trained model keeps its BatchNorm statistics and its encoder."""
-    if "auto" not in (cfg.batchnorm, cfg.encoder):
+def resolved_modes(cfg: TrainConfig, model: ResUNet, resuming: bool = False) -> TrainConfig:
+    """``cfg`` with ``auto`` of ``batchnorm``, ``encoder`` and ``blend`` decided for
+    ``model``: fine-tuning a trained model keeps its BatchNorm statistics and its encoder,
+    and ends at :data:`FINETUNE_BLEND` of what it learned (a resumed run: all of it)."""
+    if "auto" not in (cfg.batchnorm, cfg.encoder) and cfg.blend is not None:
         return cfg
     trained = is_trained(model)
+    if cfg.blend is not None:
+        blend = cfg.blend
+    else:
+        blend = FINETUNE_BLEND if trained and not resuming else 1.0
     return replace(
         cfg,
         batchnorm=("frozen" if trained else "update") if cfg.batchnorm == "auto" else cfg.batchnorm,
         encoder=("frozen" if trained else "train") if cfg.encoder == "auto" else cfg.encoder,
+        blend=blend,
     )
 
 
@@ -1098,7 +1110,7 @@ class _Run:
     def blend(self, start: dict[str, torch.Tensor]) -> None:
         """Move the best weights back toward ``start`` (:attr:`TrainConfig.blend`) and
         load them; the metrics record the blend."""
-        assert self.best.state is not None
+        assert self.best.state is not None and self.cfg.blend is not None
         self.best.state = blended_state(start, self.best.state, self.cfg.blend)
         self.best.metrics = {**self.best.metrics, "blend": self.cfg.blend}
         self.model.load_state_dict(self.best.state)
@@ -1299,7 +1311,7 @@ def _train_loop(
     finally:
         run.restore_best(initial)
     if run.best.state is not None:
-        if cfg.blend < 1.0:
+        if cfg.blend is not None and cfg.blend < 1.0:
             run.blend(initial)
         # One prediction of each labelled item serves the certainty record and the rule.
         record = run.out is not None and run.tissue is not None
