@@ -331,7 +331,7 @@ def test_checkpoint_records_parent_data_config_metrics_history(tmp_path):
     assert roles == {"img0.png": "labelled", "img3.png": "unlabelled", "img9.png": "validation"}
     assert all(len(d["sha256"]) == 64 for d in raw["data"])
     # the config as it ran: auto's choices for a new model recorded
-    ran = TrainConfig(**{**cfg.to_dict(), "batchnorm": "update", "encoder": "train"})
+    ran = TrainConfig(**{**cfg.to_dict(), "batchnorm": "update", "encoder": "train", "blend": 1.0})
     assert TrainConfig.from_dict(raw["training"]["config"]) == ran
     assert raw["training"]["step"] == result.best_step
     assert set(raw["training"]["optimizer"]) == {"state", "param_groups"}
