@@ -113,3 +113,24 @@ def test_train_command_blends(folders):  # noqa: F811
     assert main([*args, *extra, "--out", str(tuned)]) == 0
     meta = load_checkpoint(tuned).meta
     assert meta["training"]["config"]["blend"] == 0.3 and meta["metrics"]["blend"] == 0.3
+
+
+def test_a_stopped_fine_tune_keeps_its_best_weights_unblended(tmp_path):
+    model = build_model(ModelConfig(width=8), seed=0)
+    cfg = TrainConfig(iterations=4, patch_size=96, batch_size=2, validate_every=2)
+    run_to_completion(train(model, items(2), [], cfg, device="cpu"))  # a trained model
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    out = tmp_path / "stopped.pt"
+    tuned = TrainConfig(iterations=8, patch_size=96, batch_size=2, validate_every=2)
+    events = train(model, items(2, start=5), [], tuned, device="cpu", out=out)
+    for event in events:
+        if event.data["phase"] == "train" and event.data["step"] == 5:
+            break  # the panel's Stop: the generator is closed
+    events.close()
+    saved = load_checkpoint(out)
+    assert saved.meta["training"]["config"]["blend"] == FINETUNE_BLEND  # auto, as it ran
+    assert "blend" not in saved.meta["metrics"]  # ... but never applied
+    best = saved.model.state_dict()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v.cpu(), best[k])  # the best weights, in memory and out
+    assert any(not torch.equal(start[k], best[k]) for k in start if start[k].is_floating_point())

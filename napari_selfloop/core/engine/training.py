@@ -294,7 +294,9 @@ class TrainConfig:
         chosen. None (the default, ``auto``): :data:`FINETUNE_BLEND` when fine-tuning a
         trained model (as ``batchnorm``'s ``auto`` decides), 1 (no blending) for a new
         model and for a resumed run, which no longer has ``w0`` (an explicit blend below
-        1 cannot resume). The checkpoint records the value used.
+        1 cannot resume). The checkpoint's config records the value; its metrics hold
+        ``blend`` only when the blend was applied: a run stopped early (its generator
+        closed, the panel's *Stop*) keeps its best weights unblended.
     """
 
     framework: str = "supervised"
