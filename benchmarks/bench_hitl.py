@@ -77,7 +77,7 @@ from napari_selfloop.core.engine.training import (  # noqa: E402
     blended_state,
     own_instance_rule,
 )
-from napari_selfloop.core.io.atomic import write_json  # noqa: E402
+from napari_selfloop.core.io.atomic import atomic_path, write_json  # noqa: E402
 from napari_selfloop.core.io.label_files import write_labels_tiff  # noqa: E402
 from napari_selfloop.core.progress import run_to_completion  # noqa: E402
 from napari_selfloop.core.store.checkpoint import load_checkpoint  # noqa: E402
@@ -418,8 +418,8 @@ def main() -> int:
                 model = load_checkpoint(ckpt).model.eval()
                 if kept is not None:
                     kept.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(ckpt, kept.with_suffix(".tmp"))
-                    os.replace(kept.with_suffix(".tmp"), kept)
+                    with atomic_path(kept) as partial:
+                        shutil.copyfile(ckpt, partial)
             preds = [propose(model, x["image"], args.method) for x in images]
             after = score_rest(images, preds, i, args.region)
             record_run(arm, d["name"], before, after, seconds, last)
